@@ -1,0 +1,103 @@
+"""Language models for dspy-ext: the embedded local model, engines and metering.
+
+``make_lm("local")`` gives a ready ``dspy.LM`` running the embedded
+SmolLM2-135M-Instruct in-process; any other string goes to ``dspy.LM`` as is
+(``"openai/gpt-4o-mini"``, ``"ollama_chat/llama3"``, ...).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import dspy
+
+from dspy_ext.lm.engine import Generation, MeteredEngine, request_messages
+from dspy_ext.lm.fake import FakeEngine, FakeLMError
+from dspy_ext.lm.llama import EmbeddedModelMissing, LlamaCppEngine, embedded_model_path
+from dspy_ext.lm.metering import (
+    BudgetExhausted,
+    CallMeter,
+    UsageSnapshot,
+    active_meters,
+    find_budget_exhausted,
+    metering,
+)
+
+__all__ = [
+    "BudgetExhausted",
+    "CallMeter",
+    "EmbeddedModelMissing",
+    "FakeEngine",
+    "FakeLMError",
+    "Generation",
+    "LlamaCppEngine",
+    "MeteredEngine",
+    "UsageSnapshot",
+    "active_meters",
+    "embedded_model_path",
+    "find_budget_exhausted",
+    "is_local_lm",
+    "make_lm",
+    "metering",
+    "request_messages",
+]
+
+LOCAL_PREFIX = "local"
+
+# One llama context per (model file, prefix_reuse): loading is cheap, but two
+# contexts on the same 2 cores would only fight each other.
+_ENGINES: dict[tuple[str, bool], LlamaCppEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _local_engine(model_path: str | None, prefix_reuse: bool) -> LlamaCppEngine:
+    path = str(Path(model_path).resolve()) if model_path else str(embedded_model_path())
+    with _ENGINES_LOCK:
+        key = (path, prefix_reuse)
+        if key not in _ENGINES:
+            _ENGINES[key] = LlamaCppEngine(path, prefix_reuse=prefix_reuse)
+        return _ENGINES[key]
+
+
+def make_lm(
+    name: str = LOCAL_PREFIX,
+    *,
+    temperature: float = 0.0,
+    max_tokens: int | None = None,
+    cache: bool = True,
+    prefix_reuse: bool = True,
+    **kwargs,
+) -> dspy.LM:
+    """Build a ready ``dspy.LM``.
+
+    Args:
+        name: ``"local"`` for the embedded SmolLM2-135M-Instruct,
+            ``"local:/path/model.gguf"`` for another GGUF chat model, or any
+            model string ``dspy.LM`` accepts.
+        temperature: Default sampling temperature (0 = greedy).
+        max_tokens: Default completion cap (``None``: the engine's default for
+            local models, the provider's otherwise).
+        cache: Use DSPy's response cache.
+        prefix_reuse: Local models only: reuse the KV cache of a shared prefix.
+        **kwargs: Passed on to ``dspy.LM``.
+
+    Returns:
+        A ``dspy.LM``. Local models are identified in the model string by file
+        name and digest, because DSPy's cache key ignores the engine.
+
+    Example:
+        >>> lm = make_lm("local")                   # doctest: +SKIP
+        >>> dspy.configure(lm=lm, adapter=default_adapter(lm))  # doctest: +SKIP
+    """
+    if name == LOCAL_PREFIX or name.startswith(LOCAL_PREFIX + ":"):
+        model_path = name.partition(":")[2] or None
+        engine = _local_engine(model_path, prefix_reuse)
+        model = engine.model_id if prefix_reuse else engine.model_id + "-noreuse"
+        return dspy.LM(model, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+    return dspy.LM(name, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+
+
+def is_local_lm(lm: dspy.BaseLM | None) -> bool:
+    """Whether ``lm`` runs a small in-process model (where the plain adapter is the default)."""
+    return lm is not None and isinstance(getattr(lm, "engine", None), LlamaCppEngine)
