@@ -6,6 +6,9 @@ The package is organised by concept:
 * :mod:`dspy_ext.adapters` - the small-model ``PlainAdapter``;
 * :mod:`dspy_ext.data` - task loading and the built-in instruction-induction tasks;
 * :mod:`dspy_ext.evaluation` - the shared evaluator and statistics;
+* :mod:`dspy_ext.search` - the search core shared by every instruction search;
+* :mod:`dspy_ext.optimizers` - APE, OPRO, EvoPrompt and ProTeGi;
+* :mod:`dspy_ext.meta_prompts` - the Signatures the optimizers send to the prompt model;
 * :mod:`dspy_ext.cli` - the ``dspy-ext`` command.
 """
 
@@ -14,10 +17,15 @@ from __future__ import annotations
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.lm import CallMeter, make_lm, metering
+from dspy_ext.optimizers import APE, OPRO, EvoPrompt, ProTeGi
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "APE",
+    "OPRO",
+    "EvoPrompt",
+    "ProTeGi",
     "CallMeter",
     "EvaluationReport",
     "Evaluator",

@@ -12,11 +12,12 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dspy_ext.cli import compile as compile_cmd
     from dspy_ext.cli import evaluate
 
     parser = argparse.ArgumentParser(prog="dspy-ext", description="Prompt optimization for DSPy programs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (evaluate,):
+    for module in (evaluate, compile_cmd):
         module.register(subparsers)
     return parser
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dspy
 
-from dspy_ext.lm.engine import Generation, MeteredEngine, request_messages
+from dspy_ext.lm.engine import Generation, MeteredEngine, pop_finish_reason, request_messages
 from dspy_ext.lm.fake import FakeEngine, FakeLMError
 from dspy_ext.lm.llama import EmbeddedModelMissing, LlamaCppEngine, embedded_model_path
 from dspy_ext.lm.metering import (
@@ -40,6 +40,7 @@ __all__ = [
     "is_local_lm",
     "make_lm",
     "metering",
+    "pop_finish_reason",
     "request_messages",
 ]
 

@@ -10,6 +10,7 @@ Subclasses implement :meth:`MeteredEngine.generate` only.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass
 
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
@@ -37,6 +38,21 @@ def request_messages(request: Request) -> list[dict[str, str]]:
         messages.append({"role": "system", "content": system})
     messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
     return messages
+
+
+_last = threading.local()
+
+
+def pop_finish_reason() -> str | None:
+    """The finish reason of the last engine call made in this thread, then forget it.
+
+    ``None`` when no dspy-ext engine ran since the last pop (e.g. a DSPy cache
+    hit, or an LM with another engine). Proposal guards use it to reject
+    instructions that were cut off at ``max_tokens``.
+    """
+    reason = getattr(_last, "finish_reason", None)
+    _last.finish_reason = None
+    return reason
 
 
 class MeteredEngine(abc.ABC):
@@ -73,6 +89,7 @@ class MeteredEngine(abc.ABC):
             raise
         for meter in meters:
             meter.record(generation.input_tokens, generation.output_tokens)
+        _last.finish_reason = generation.finish_reason
         return Response(
             id=None,
             model=request.model,

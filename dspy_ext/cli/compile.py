@@ -1,0 +1,168 @@
+"""``dspy-ext compile``: optimize a task's program and write the run folder.
+
+The run folder holds ``program.json`` (DSPy state), ``trials.jsonl`` (one
+row per evaluated candidate), ``run.json`` (settings and figures) and
+``report.md`` (best instruction, demos, scores, calls, tokens, time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from dspy_ext.cli.common import (
+    CLIError,
+    RunSetup,
+    add_model_args,
+    add_output_args,
+    add_task_args,
+    build_student,
+    emit_json,
+    setup_run,
+)
+from dspy_ext.data import dataset_fingerprint, split_train_val
+from dspy_ext.evaluation import Evaluator
+from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.prompt_state import predictors
+
+logger = logging.getLogger(__name__)
+
+OURS = ("ape", "opro", "evoprompt-ga", "evoprompt-de", "protegi")
+DSPY_BUILTINS = ("mipro", "copro", "bfsrs")
+
+
+def make_optimizer(name: str, metric: Any, *, budget: int, seed: int, threads: int, log_dir: Path | None,
+                   progress: bool) -> Any:
+    """Build an optimizer by CLI name; ours get the hard budget, DSPy's the closest setting."""
+    from dspy_ext import APE, OPRO, EvoPrompt, ProTeGi
+
+    common = dict(max_lm_calls=budget, seed=seed, num_threads=threads, log_dir=log_dir, progress=progress)
+    if name == "ape":
+        return APE(metric, **common)
+    if name == "opro":
+        return OPRO(metric, **common)
+    if name in ("evoprompt-ga", "evoprompt-de"):
+        return EvoPrompt(metric, variant=name.split("-")[1], **common)
+    if name == "protegi":
+        return ProTeGi(metric, **common)
+    if name == "mipro":
+        return dspy.MIPROv2(metric, auto="light", seed=seed, num_threads=threads, verbose=False)
+    if name == "copro":
+        return dspy.COPRO(metric, breadth=4, depth=2, init_temperature=1.0)
+    if name == "bfsrs":
+        return dspy.BootstrapFewShotWithRandomSearch(metric, num_candidate_programs=4, num_threads=threads,
+                                                     max_bootstrapped_demos=2, max_labeled_demos=3)
+    raise CLIError(f"unknown optimizer {name!r}; choose one of {', '.join(OURS + DSPY_BUILTINS)}")
+
+
+def compile_with(name: str, optimizer: Any, student: dspy.Module, train: list, val: list, threads: int,
+                 seed: int) -> dspy.Module:
+    """Call ``compile`` with each optimizer's own quirks."""
+    if name == "mipro":
+        return optimizer.compile(student, trainset=train, valset=val, requires_permission_to_run=False)
+    if name == "copro":
+        return optimizer.compile(student, trainset=train, eval_kwargs={"num_threads": threads})
+    if name == "bfsrs":
+        return optimizer.compile(student, trainset=train, valset=val)
+    return optimizer.compile(student, trainset=train, valset=val)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("compile", help="optimize a program's prompts for a task",
+                                   description="Optimize a program's instructions and demos for a task.")
+    add_task_args(parser)
+    add_model_args(parser)
+    parser.add_argument("--optimizer", default="ape", choices=OURS + DSPY_BUILTINS)
+    parser.add_argument("--budget", type=int, default=400, help="max LM calls (hard cap for our optimizers)")
+    parser.add_argument("--train", type=int, default=50, help="training rows drawn from the training file")
+    parser.add_argument("--val", type=int, default=50, help="validation rows drawn from the training file")
+    parser.add_argument("--out", default=None, help="run folder (default runs/TASK-OPTIMIZER-sSEED)")
+    add_output_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.budget < 1:
+        raise CLIError("--budget must be >= 1")
+    setup = setup_run(args)
+    task = setup.task
+    train, val = split_train_val(task.train, args.train, args.val, seed=args.seed)
+    out = Path(args.out or f"runs/{task.name}-{args.optimizer}-s{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    student = build_student(args, task)
+    show = not args.json or sys.stderr.isatty()
+    optimizer = make_optimizer(args.optimizer, setup.metric, budget=args.budget, seed=args.seed,
+                               threads=args.threads, log_dir=out, progress=show)
+    meter = CallMeter()
+    started = time.perf_counter()
+    with setup.context(), metering(meter):
+        compiled = compile_with(args.optimizer, optimizer, student, train, val, args.threads, args.seed)
+    compile_seconds = time.perf_counter() - started
+    compile_usage = meter.snapshot()
+
+    evaluator = Evaluator(setup.metric, num_threads=args.threads, progress=show)
+    with setup.context():
+        test = evaluator.evaluate(compiled, task.test, desc="test")
+        baseline = evaluator.evaluate(student, task.test, desc="baseline test")
+        val_report = evaluator.evaluate(compiled, val, desc="val")
+    result = getattr(compiled, "dspy_ext_result", None)
+    summary = {
+        "task": task.name,
+        "optimizer": args.optimizer,
+        "seed": args.seed,
+        "budget": args.budget,
+        "lm": setup.lm.model,
+        "adapter": setup.adapter_name,
+        "train": len(train),
+        "val": len(val),
+        "test": len(task.test),
+        "val_score": round(val_report.score, 2),
+        "test_score": round(test.score, 2),
+        "baseline_test_score": round(baseline.score, 2),
+        "lm_calls": compile_usage.calls,
+        "tokens": compile_usage.total_tokens,
+        "seconds": round(compile_seconds, 2),
+        "budget_exhausted": bool(result and result.budget_exhausted),
+        "test_errors": test.errors,
+        "data_hash": dataset_fingerprint(train + val),
+        "out": str(out),
+    }
+    if result is not None:
+        summary["search"] = result.to_dict()
+    compiled.save(str(out / "program.json"))
+    (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(render_report(summary, compiled))
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{task.name} · {args.optimizer} · seed {args.seed}: test {summary['test_score']:.1f}% "
+              f"(baseline {summary['baseline_test_score']:.1f}%), val {summary['val_score']:.1f}%, "
+              f"{summary['lm_calls']} LM calls, {summary['seconds']:.0f} s -> {out}")
+    return 0
+
+
+def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
+    """The run's Markdown report."""
+    lines = [
+        f"# {summary['task']}: {summary['optimizer']} (seed {summary['seed']})",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    for key in ("val_score", "test_score", "baseline_test_score", "lm_calls", "tokens", "seconds", "budget",
+                "budget_exhausted", "lm", "adapter", "train", "val", "test"):
+        lines.append(f"| {key} | {summary[key]} |")
+    for name, predictor in predictors(program):
+        lines += ["", f"## Predictor `{name}`", "", "Instruction:", "", "> " + predictor.signature.instructions.replace(
+            "\n", "\n> "), "", f"Demos ({len(predictor.demos)}):", ""]
+        for demo in predictor.demos:
+            data = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
+            lines.append("- " + "; ".join(f"{k}: {str(v)[:120]}" for k, v in data.items() if k != "augmented"))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,173 @@
+"""EvoPrompt (Guo et al., ICLR 2024): LLM-performed evolution of instructions, GA and DE variants.
+
+*GA*: parents are drawn by roulette wheel (probability proportional to
+score), the LM crosses them over and mutates the child, and the next
+population is the top ``population_size`` of parents and children.
+
+*DE*: for each member, two random donors are compared word by word; the
+differing parts, the best member and the current member go to the LM, which
+mutates the differing parts, merges them into the best member and crosses the
+result with the current member. The member is replaced only if the trial
+scores better.
+
+The initial population mixes the student's instruction with induced and
+paraphrased ones. All members are scored on one fixed training subset.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from typing import Any, Literal
+
+from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
+
+
+def roulette_pick(rng: random.Random, weights: list[float], k: int = 2) -> list[int]:
+    """Pick ``k`` distinct indices with probability proportional to ``weights``.
+
+    All-zero weights fall back to uniform choice.
+
+    Example:
+        >>> roulette_pick(random.Random(0), [0.0, 1.0, 0.0], k=1)
+        [1]
+    """
+    if k > len(weights):
+        raise ValueError("cannot pick more parents than there are members")
+    remaining = list(range(len(weights)))
+    picked = []
+    for _ in range(k):
+        w = [max(0.0, weights[i]) for i in remaining]
+        total = sum(w)
+        if total <= 0:
+            choice = rng.choice(remaining)
+        else:
+            r = rng.uniform(0, total)
+            acc = 0.0
+            choice = remaining[-1]
+            for i, wi in zip(remaining, w):
+                acc += wi
+                if r <= acc and wi > 0:
+                    choice = i
+                    break
+        picked.append(choice)
+        remaining.remove(choice)
+    return picked
+
+
+def differing_parts(a: str, b: str) -> str:
+    """The phrases where instructions ``a`` and ``b`` differ, one ``"x" vs "y"`` per line."""
+    wa, wb = a.split(), b.split()
+    lines = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes():
+        if tag != "equal":
+            left, right = " ".join(wa[i1:i2]) or "(nothing)", " ".join(wb[j1:j2]) or "(nothing)"
+            lines.append(f'"{left}" vs "{right}"')
+    return "\n".join(lines) if lines else "(the donors are identical)"
+
+
+class EvoPrompt(InstructionSearch):
+    """Evolutionary instruction search with an LM as the variation operator.
+
+    Args:
+        metric: The task metric.
+        variant: ``"ga"`` (genetic algorithm) or ``"de"`` (differential evolution).
+        population_size: Members per generation.
+        temperature: Sampling temperature of the evolution prompts.
+        **kwargs: See :class:`~dspy_ext.search.InstructionSearch` (``steps`` = generations).
+
+    Example:
+        >>> EvoPrompt(exact_match, variant="de", population_size=6).compile(program, trainset=train)  # doctest: +SKIP
+    """
+
+    roles = ("induce", "paraphrase", "crossover", "differential")
+
+    def __init__(self, metric: Any, *, variant: Literal["ga", "de"] = "ga", population_size: int = 6,
+                 temperature: float = 0.9, steps: int = 3, **kwargs: Any) -> None:
+        super().__init__(metric, steps=steps, **kwargs)
+        if variant not in ("ga", "de"):
+            raise ValueError(f"variant must be 'ga' or 'de', got {variant!r}")
+        if population_size < 3:
+            raise ValueError("population_size must be >= 3 (DE needs a member and two donors)")
+        self.variant = variant
+        self.population_size = population_size
+        self.temperature = temperature
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        return f"evoprompt-{self.variant}"
+
+    def projected_calls(self, n_predictors: int, n_val: int) -> int:
+        per_member = 1 + self.minibatch_size * n_predictors
+        return (self.population_size + self.steps * self.population_size) * per_member + 3 * n_val * n_predictors
+
+    def initial(self, run: SearchRun, seed_candidate: Candidate) -> list[Candidate]:
+        run.meta_state = {"batch": run.minibatch()}
+        members: list[Candidate] = []
+        name = run.target(0)
+        wanted = self.population_size - 1
+        attempts = 0
+        while len(members) < wanted and attempts < 2 * wanted:
+            attempts += 1
+            if attempts % 2:
+                pairs = run.rng.sample(run.trainset, min(5, len(run.trainset)))
+                texts = run.ask("induce", 1, temperature=self.temperature, step=run.step_description(name),
+                                examples=format_pairs(pairs))
+                origin = "evoprompt.init.induce"
+            else:
+                texts = run.ask("paraphrase", 1, temperature=self.temperature,
+                                instruction=seed_candidate.instruction(name))
+                origin = "evoprompt.init.paraphrase"
+            for raw in texts:
+                child = run.admit(raw, seed_candidate, name, origin=origin)
+                if child is not None and all(child.key != m.key for m in members):
+                    members.append(child)
+        return members
+
+    def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
+        name = run.target(step)
+        return self._ga(run, population, name, step) if self.variant == "ga" else self._de(run, population, name, step)
+
+    def _ga(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
+        weights = [run.store.get(c.key).mean or 0.0 for c in population]
+        children = []
+        for _ in range(len(population)):
+            i, j = roulette_pick(run.rng, weights, 2)
+            a, b = population[i], population[j]
+            for raw in run.ask("crossover", 1, temperature=self.temperature,
+                               parent_1=a.instruction(name), parent_2=b.instruction(name)):
+                children.append(run.admit(raw, a, name, origin=f"evoprompt-ga.gen{step + 1}", parents=(a.key, b.key)))
+        return children
+
+    def _de(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
+        best = self.top(run, population, 1)[0]
+        trials = []
+        for index, member in enumerate(population):
+            others = [k for k in range(len(population)) if k != index]
+            r1, r2 = run.rng.sample(others, 2)
+            d1, d2 = population[r1], population[r2]
+            texts = run.ask(
+                "differential", 1, temperature=self.temperature,
+                differing_parts=differing_parts(d1.instruction(name), d2.instruction(name)),
+                best_instruction=best.instruction(name), current_instruction=member.instruction(name),
+            )
+            for raw in texts:
+                trial = run.admit(raw, member, name, origin=f"evoprompt-de.gen{step + 1}",
+                                  parents=(member.key, d1.key, d2.key, best.key), replaces=member.key)
+                trials.append(trial)
+        return trials
+
+    def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
+        batch = run.meta_state["batch"]
+        run.score(population + children, batch)
+        if self.variant == "ga" or not population:
+            return self.top(run, population + children, self.population_size)
+        by_member = {c.meta.get("replaces"): c for c in children}
+        survivors = []
+        for member in population:
+            trial = by_member.get(member.key)
+            if trial is not None and (run.store.get(trial.key).mean or 0) > (run.store.get(member.key).mean or 0):
+                survivors.append(trial)
+            else:
+                survivors.append(member)
+        return survivors

@@ -1,0 +1,395 @@
+"""The shared instruction-search teleprompter: one loop for APE, OPRO, EvoPrompt and ProTeGi.
+
+A method is a subclass that says how it *proposes* candidates and how it
+*selects* which to keep; everything else is here:
+
+1. demo sets are built with DSPy's bootstrapping (``max_bootstrapped_demos``,
+   ``max_labeled_demos``);
+2. the method's initial candidates are admitted and selected;
+3. ``steps`` rounds of propose -> admit (guards, dedupe) -> select run on
+   training minibatches, changing one predictor's instruction per step;
+4. the final program is chosen on the full valset over (instruction x demo
+   set), with the student's own instruction always among the contenders.
+
+``max_lm_calls`` is a hard cap on task and prompt-model calls together. The
+search phase gets ``1 - final_share`` of it; when any cap is hit the best
+candidate so far is returned, with a warning.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dspy
+from dspy.teleprompt import Teleprompter
+
+from dspy_ext.adapters import default_adapter
+from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_texts
+from dspy_ext.search.candidate import Candidate, PredictorPrompt
+from dspy_ext.search.demos import build_demo_sets
+from dspy_ext.search.guards import ProposalGuard
+from dspy_ext.search.run import Models, SearchRun, SearchStopped
+from dspy_ext.search.trial_log import TrialLog
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """What a compile found; attached to the returned program as ``dspy_ext_result``."""
+
+    method: str
+    best: dict[str, Any]
+    val_score: float | None
+    baseline_val_score: float | None
+    lm_calls: int
+    tokens: int
+    seconds: float
+    budget_exhausted: bool
+    n_candidates: int
+    rejected: dict[str, int]
+    demo_sets: int
+    trials: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "trials"}
+
+
+class InstructionSearch(Teleprompter, abc.ABC):
+    """Base class of the instruction-search teleprompters.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)``.
+        prompt_model: LM that writes instructions (default: the task model).
+        task_model: LM that runs the program (default: ``dspy.settings.lm``).
+        max_lm_calls: Hard cap on LM calls (task + prompt model) for the compile.
+        seed: Seeds every random choice; ``0`` is a seed like any other.
+        steps: Search rounds after the initial candidates.
+        minibatch_size: Training examples per search minibatch.
+        max_bootstrapped_demos: Bootstrapped demos per predictor per demo set.
+        max_labeled_demos: Labeled demos per predictor per demo set.
+        num_demo_sets: Demo sets to build (the first is labeled-only).
+        final_candidates: Instruction sets carried into the final selection.
+        final_share: Share of ``max_lm_calls`` kept for the final selection.
+        num_threads: Evaluation threads.
+        meta_prompts: Overrides of the meta-prompt Signatures, by role.
+        log_dir: Folder for ``trials.jsonl`` (``None``: in memory only).
+        progress: Show a progress bar with the best score and calls used.
+    """
+
+    method: ClassVar[str] = "search"
+    #: Roles of :data:`DEFAULT_META_PROMPTS` this method uses.
+    roles: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        metric: Any,
+        *,
+        prompt_model: dspy.BaseLM | None = None,
+        task_model: dspy.BaseLM | None = None,
+        max_lm_calls: int = 400,
+        seed: int = 0,
+        steps: int = 4,
+        minibatch_size: int = 10,
+        max_bootstrapped_demos: int = 2,
+        max_labeled_demos: int = 3,
+        num_demo_sets: int = 3,
+        final_candidates: int = 3,
+        final_share: float = 0.35,
+        num_threads: int = 4,
+        meta_prompts: dict[str, type[dspy.Signature]] | None = None,
+        log_dir: str | Path | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_lm_calls < 1:
+            raise ValueError("max_lm_calls must be >= 1")
+        if minibatch_size < 1 or steps < 0 or final_candidates < 1 or num_demo_sets < 1:
+            raise ValueError("minibatch_size, final_candidates and num_demo_sets must be >= 1 and steps >= 0")
+        if not 0.0 <= final_share < 1.0:
+            raise ValueError("final_share must be in [0, 1)")
+        if max_bootstrapped_demos < 0 or max_labeled_demos < 0:
+            raise ValueError("demo counts must be >= 0")
+        unknown = set(meta_prompts or {}) - set(DEFAULT_META_PROMPTS)
+        if unknown:
+            raise ValueError(f"unknown meta-prompt roles {sorted(unknown)}; known: {sorted(DEFAULT_META_PROMPTS)}")
+        self.metric = metric
+        self.prompt_model = prompt_model
+        self.task_model = task_model
+        self.max_lm_calls = max_lm_calls
+        self.seed = seed
+        self.steps = steps
+        self.minibatch_size = minibatch_size
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.num_demo_sets = num_demo_sets
+        self.final_candidates = final_candidates
+        self.final_share = final_share
+        self.num_threads = num_threads
+        self.meta_prompts = {**DEFAULT_META_PROMPTS, **(meta_prompts or {})}
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.progress = progress
+
+    # ---- what a method defines --------------------------------------------------------
+    @abc.abstractmethod
+    def initial(self, run: SearchRun, seed_candidate: Candidate) -> list[Candidate]:
+        """Initial candidates (the seed candidate is scored separately)."""
+
+    @abc.abstractmethod
+    def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
+        """New candidates for step ``step`` (admitted through ``run.admit``)."""
+
+    @abc.abstractmethod
+    def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
+        """Score as needed and return the next population."""
+
+    def projected_calls(self, n_predictors: int, n_val: int) -> int:
+        """A rough count of the calls a run without a cap would make (logged before running)."""
+        return 0
+
+    # ---- the loop ---------------------------------------------------------------------
+    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
+                **kwargs: Any) -> dspy.Module:
+        """Search instructions (and demo sets) for every predictor of ``student``.
+
+        Args:
+            student: Any DSPy program; it is not modified.
+            trainset: Training examples (proposals, demos, search minibatches).
+            valset: Examples for the final choice; default: 40% of ``trainset``, seeded.
+
+        Returns:
+            A new program carrying the best prompts; ``program.dspy_ext_result`` holds a
+            :class:`SearchResult`.
+        """
+        if kwargs.get("teacher") is not None:
+            raise ValueError(f"{type(self).__name__} does not use a teacher program")
+        if not trainset:
+            raise ValueError("trainset is empty")
+        rng = random.Random(self.seed)
+        trainset = list(trainset)
+        if not valset:
+            shuffled = list(trainset)
+            rng.shuffle(shuffled)
+            cut = max(1, int(len(shuffled) * 0.4))
+            valset, trainset = shuffled[:cut], shuffled[cut:] or shuffled[:cut]
+        valset = list(valset)
+        task_lm = self.task_model or dspy.settings.lm
+        if task_lm is None:
+            raise ValueError("no task LM: pass task_model= or dspy.configure(lm=...)")
+        prompt_lm = self.prompt_model or task_lm
+        models = Models(
+            task_lm=task_lm,
+            task_adapter=dspy.settings.adapter or default_adapter(task_lm),
+            prompt_lm=prompt_lm,
+            prompt_adapter=dspy.settings.adapter or default_adapter(prompt_lm),
+        )
+        total = CallMeter(self.max_lm_calls)
+        search_cap = max(1, int(self.max_lm_calls * (1.0 - self.final_share)))
+        search_meter = CallMeter(search_cap)
+        log_path = self.log_dir / "trials.jsonl" if self.log_dir else None
+        if log_path is not None and log_path.exists():
+            log_path.unlink()
+        guard = ProposalGuard(
+            meta_texts=meta_prompt_texts({r: self.meta_prompts[r] for r in self.roles}),
+            train_inputs=[str(v) for ex in trainset for v in ex.inputs().values()],
+        )
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.max_lm_calls, desc=self.method, unit="call")
+        run = SearchRun(
+            method=self.method, student=student, trainset=trainset, valset=valset, metric=self.metric,
+            models=models, seed=rng.randrange(2**31), total_meter=total, search_meter=search_meter,
+            minibatch_size=self.minibatch_size, num_threads=self.num_threads, guard=guard,
+            meta_prompts=self.meta_prompts, trial_log=TrialLog(log_path), progress=bar,
+        )
+        n_pred = len(run.predictor_names())
+        if n_pred == 0:
+            raise ValueError("the student has no dspy.Predict modules to optimize")
+        projected = self.projected_calls(n_pred, len(valset))
+        logger.info(
+            "%s: projected about %d LM calls without a cap; cap %d (search %d, final %d)",
+            self.method, projected, self.max_lm_calls, search_cap, self.max_lm_calls - search_cap,
+        )
+        if projected > self.max_lm_calls:
+            logger.info("%s: the cap will cut the run short; the best candidate so far is returned", self.method)
+        try:
+            with metering(total):
+                best, exhausted = self._run(run, student)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._finish(run, student, best, exhausted)
+
+    def _run(self, run: SearchRun, student: dspy.Module) -> tuple[Candidate, bool]:
+        exhausted = False
+        seed_candidate = Candidate.from_program(student, origin="student")
+        population: list[Candidate] = []
+        with metering(run.search_meter):
+            try:
+                self._build_demo_sets(run, student)
+                seed_candidate = self._with_demo_set(seed_candidate, run, 0, origin="student")
+                initial = [seed_candidate] + [c for c in self.initial(run, seed_candidate) if c is not None]
+                population = self.select(run, [], _unique(initial))
+                for step in range(self.steps):
+                    run.step = step + 1
+                    children = [c for c in self.propose(run, population, step) if c is not None]
+                    population = self.select(run, population, _unique(children))
+            except SearchStopped:
+                exhausted = True
+                logger.warning("%s: search budget (%d calls) used up at step %d; continuing with the best so far",
+                               self.method, run.search_meter.max_calls, run.step)
+        try:
+            best = self._final_selection(run, seed_candidate)
+        except SearchStopped:
+            exhausted = True
+            best = None
+        if best is None:
+            validated = run.store.best_validated()
+            ranked = run.store.ranked()
+            best = validated.candidate if validated else ranked[0].candidate if ranked else seed_candidate
+            logger.warning("%s: LM-call budget of %d used up; returning the best candidate so far",
+                           self.method, self.max_lm_calls)
+        return best, exhausted or run.total_meter.exhausted
+
+    def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> None:
+        names = run.predictor_names()
+        labeled_only = Candidate({n: PredictorPrompt(i) for n, i in Candidate.from_program(student).instructions.items()})
+        from dspy_ext.search.demos import labeled_demo_set
+
+        first = labeled_demo_set(names, run.trainset, self.max_labeled_demos, run.rng)
+        run.demo_sets = [first]
+        teacher = Candidate(
+            {n: PredictorPrompt(p.instruction, 0, first[n]) for n, p in labeled_only.prompts.items()}
+        ).apply(student)
+        if self.max_bootstrapped_demos > 0 and self.num_demo_sets > 1:
+            # Bootstrapping stops at the first successes; a bounded pool keeps
+            # a model that rarely succeeds from spending the search budget here.
+            pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * self.max_bootstrapped_demos + 4))
+            with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
+                more = build_demo_sets(
+                    student, pool, self.metric, num_sets=self.num_demo_sets,
+                    max_bootstrapped_demos=self.max_bootstrapped_demos, max_labeled_demos=self.max_labeled_demos,
+                    rng=run.rng, teacher=teacher,
+                )
+            run.demo_sets += [s for s in more[1:] if s not in run.demo_sets]
+        used = {id(ex) for ex in run.trainset if any(
+            ex.toDict() == d for demos in first.values() for d in demos)}
+        pool = [ex for ex in run.trainset if id(ex) not in used]
+        run.search_pool = pool or list(run.trainset)
+
+    @staticmethod
+    def _with_demo_set(candidate: Candidate, run: SearchRun, index: int, *, origin: str) -> Candidate:
+        demo_set = run.demo_sets[index]
+        return Candidate(
+            {n: PredictorPrompt(p.instruction, index, demo_set.get(n, ())) for n, p in candidate.prompts.items()},
+            candidate.parents, origin,
+        )
+
+    def _final_selection(self, run: SearchRun, seed_candidate: Candidate) -> Candidate | None:
+        """Choose among (instruction set x demo set) on the valset by successive halving.
+
+        Every contender is scored on the first rows of the valset; the better
+        half goes on to twice as many rows, until the survivors are scored on
+        the whole valset. Rows already scored come from the score cache, so
+        each round only pays for its new rows. When the budget cannot pay for
+        a round, the leader of the last finished round wins.
+        """
+        ranked = [r.candidate for r in run.store.ranked()]
+        contenders: list[Candidate] = []
+        for candidate in [*ranked[:1], seed_candidate, *ranked[1:]]:
+            if all(candidate.instructions != c.instructions for c in contenders):
+                contenders.append(candidate)
+            if len(contenders) >= self.final_candidates + 1:
+                break
+        # Priority = rank of the instruction set + rank of the demo set, so the
+        # leaders and the student's own instruction are met early.
+        pairs = sorted(itertools.product(range(len(contenders)), range(len(run.demo_sets))), key=lambda p: (sum(p), p))
+        alive = _unique([self._with_demo_set(contenders[c], run, d, origin=f"final:{contenders[c].origin}")
+                         for c, d in pairs])
+        n_val = len(run.valset)
+        rows = min(n_val, max(5, self.minibatch_size // 2))
+        leader: Candidate | None = None
+        while True:
+            batch = run.valset[:rows]
+            scores: dict[str, float] = {}
+            for combo in alive:
+                report = run.evaluate(combo, batch, split="val")
+                if report.budget_exhausted:
+                    return leader
+                scores[combo.key] = report.score
+                record = run.store.get(combo.key)
+                record.val_score, record.val_n = report.score, rows
+            alive.sort(key=lambda c: -scores[c.key])  # stable: ties keep priority order
+            leader = alive[0]
+            if rows >= n_val:
+                return leader
+            alive = alive[: max(2, math.ceil(len(alive) / 2))] if rows * 2 < n_val else alive[:2]
+            rows = min(n_val, rows * 2)
+
+    def _finish(self, run: SearchRun, student: dspy.Module, best: Candidate, exhausted: bool) -> dspy.Module:
+        program = best.apply(student)
+        record = run.store.get(best.key) if best.key in run.store else None
+        baseline = [r for r in run.store.records()
+                    if r.val_score is not None and r.candidate.instructions == Candidate.from_program(student).instructions
+                    and r.candidate.demo_sets == dict.fromkeys(best.prompts, 0)]
+        usage = run.total_meter.snapshot()
+        program.dspy_ext_result = SearchResult(
+            method=self.method,
+            best=best.to_dict(),
+            val_score=record.val_score if record else None,
+            baseline_val_score=baseline[0].val_score if baseline else None,
+            lm_calls=usage.calls,
+            tokens=usage.total_tokens,
+            seconds=round(time.perf_counter() - run.started, 2),
+            budget_exhausted=exhausted,
+            n_candidates=len(run.store),
+            rejected=dict(run.rejected),
+            demo_sets=len(run.demo_sets),
+            trials=run.trial_log.rows,
+        )
+        logger.info("%s: best val %.1f (baseline %s) with %d calls", self.method,
+                    program.dspy_ext_result.val_score or float("nan"),
+                    program.dspy_ext_result.baseline_val_score, usage.calls)
+        return program
+
+    # ---- helpers for methods ------------------------------------------------------------
+    @staticmethod
+    def top(run: SearchRun, candidates: list[Candidate], k: int) -> list[Candidate]:
+        """The ``k`` best of ``candidates`` by accumulated search score."""
+        def key(c: Candidate):
+            record = run.store.get(c.key) if c.key in run.store else None
+            mean = record.mean if record and record.mean is not None else -math.inf
+            return (-mean, record.order if record else math.inf)
+
+        return sorted(candidates, key=key)[:k]
+
+
+def _unique(candidates: list[Candidate]) -> list[Candidate]:
+    seen: set[str] = set()
+    out = []
+    for c in candidates:
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out
+
+
+def format_pairs(examples: list[dspy.Example], limit: int = 400) -> str:
+    """Input/output pairs as compact text for meta-prompts."""
+    lines = []
+    for ex in examples:
+        inputs = "; ".join(f"{v}" for v in ex.inputs().values())
+        outputs = "; ".join(f"{v}" for k, v in ex.labels().items() if k != "accepted")
+        lines.append(f"Input: {inputs[:limit]} -> Output: {outputs[:limit]}")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""A candidate: the prompt state (instruction and demos) of every predictor of a program."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from dspy_ext.prompt_state import content_hash, demo_to_dict, predictors
+
+
+@dataclass(frozen=True)
+class PredictorPrompt:
+    """One predictor's prompt: its instruction and the demo set it uses."""
+
+    instruction: str
+    demo_set: int = 0
+    demos: tuple[dict[str, Any], ...] = ()
+
+    def content(self) -> dict[str, Any]:
+        return {"instruction": self.instruction, "demos": list(self.demos)}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The prompt state of every predictor, with provenance.
+
+    Two candidates with the same instructions and demos have the same
+    :attr:`key`, whatever their provenance, so a duplicate proposal is never
+    evaluated twice.
+
+    Attributes:
+        prompts: ``{predictor_name: PredictorPrompt}``.
+        parents: Keys of the candidates this one was derived from.
+        origin: The method step that made it (e.g. ``"ape.induce"``).
+    """
+
+    prompts: dict[str, PredictorPrompt]
+    parents: tuple[str, ...] = ()
+    origin: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def key(self) -> str:
+        return content_hash({name: p.content() for name, p in sorted(self.prompts.items())})
+
+    def instruction(self, name: str) -> str:
+        return self.prompts[name].instruction
+
+    @property
+    def instructions(self) -> dict[str, str]:
+        return {name: p.instruction for name, p in self.prompts.items()}
+
+    @property
+    def demo_sets(self) -> dict[str, int]:
+        return {name: p.demo_set for name, p in self.prompts.items()}
+
+    def with_instruction(self, name: str, instruction: str, *, origin: str, parents: tuple[str, ...] | None = None,
+                         **meta: Any) -> Candidate:
+        """A child that differs from this candidate in one predictor's instruction."""
+        prompts = dict(self.prompts)
+        prompts[name] = PredictorPrompt(instruction, prompts[name].demo_set, prompts[name].demos)
+        return Candidate(prompts, parents if parents is not None else (self.key,), origin, meta)
+
+    def with_demos(self, demo_sets: dict[str, tuple[int, tuple[dict[str, Any], ...]]], *, origin: str) -> Candidate:
+        """A copy using other demo sets: ``{name: (set_index, demos)}``."""
+        prompts = {
+            name: PredictorPrompt(p.instruction, *demo_sets.get(name, (p.demo_set, p.demos)))
+            for name, p in self.prompts.items()
+        }
+        return Candidate(prompts, (self.key,), origin)
+
+    def apply(self, student: dspy.Module) -> dspy.Module:
+        """A new program: a deep copy of ``student`` carrying this candidate's prompts.
+
+        Instructions are set with ``signature.with_instructions`` (a new
+        signature class), so the student and its signature classes are untouched.
+        """
+        program = student.deepcopy()
+        for name, predictor in predictors(program):
+            prompt = self.prompts.get(name)
+            if prompt is None:
+                continue
+            predictor.signature = predictor.signature.with_instructions(prompt.instruction)
+            predictor.demos = [dspy.Example(**d) for d in prompt.demos]
+        return program
+
+    @classmethod
+    def from_program(cls, program: dspy.Module, *, origin: str = "student") -> Candidate:
+        """The candidate describing ``program`` as it is (instructions and demos)."""
+        prompts = {
+            name: PredictorPrompt(p.signature.instructions, 0, tuple(demo_to_dict(d) for d in p.demos))
+            for name, p in predictors(program)
+        }
+        return cls(prompts, (), origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "instructions": self.instructions,
+            "demo_sets": self.demo_sets,
+            "n_demos": {name: len(p.demos) for name, p in self.prompts.items()},
+            "parents": list(self.parents),
+            "origin": self.origin,
+        }

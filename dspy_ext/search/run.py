@@ -1,0 +1,235 @@
+"""The per-compile state and services of an instruction search.
+
+A :class:`SearchRun` lives for exactly one ``compile`` call, so optimizers keep
+no state on ``self``. It owns the RNG, the budget meters, the evaluator and its
+score cache, the candidate store, the trial log and the demo sets, and offers
+the two services every method needs: *score candidates* and *ask the prompt
+model for instructions*.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from dspy_ext.evaluation import EvaluationReport, Evaluator
+from dspy_ext.lm.engine import pop_finish_reason
+from dspy_ext.lm.metering import CallMeter, find_budget_exhausted
+from dspy_ext.search.candidate import Candidate
+from dspy_ext.search.guards import ProposalGuard, clean_proposal
+from dspy_ext.search.store import CandidateRecord, CandidateStore
+from dspy_ext.search.trial_log import TrialLog
+
+logger = logging.getLogger(__name__)
+
+
+#: Token cap of a proposal; a longer one is cut off, and cut-off proposals are never adopted.
+PROPOSAL_MAX_TOKENS = 150
+
+
+class SearchStopped(Exception):
+    """The search phase must stop (its share of the budget is used up)."""
+
+
+@dataclass
+class Models:
+    """The LMs and adapters of a run."""
+
+    task_lm: dspy.BaseLM
+    task_adapter: dspy.Adapter | None
+    prompt_lm: dspy.BaseLM
+    prompt_adapter: dspy.Adapter | None
+
+
+class SearchRun:
+    """Everything one compile of an instruction search needs.
+
+    Args:
+        method: Name of the optimizer (logged on every trial).
+        student: The program being optimized (never modified).
+        trainset: Examples for proposals, demos and search scoring.
+        valset: Examples for the final selection.
+        metric: The task metric.
+        models: Task and prompt LMs with their adapters.
+        seed: Seeds the run's private RNG.
+        total_meter: The hard cap for the whole compile.
+        search_meter: The cap for the search phase (the rest is kept for the final selection).
+        minibatch_size: Examples per search minibatch.
+        num_threads: Evaluation threads.
+        guard: Proposal guard.
+        meta_prompts: Signatures by role.
+        trial_log: Where trials are logged.
+        progress: A tqdm bar (or ``None``).
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        student: dspy.Module,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example],
+        metric: Any,
+        models: Models,
+        seed: int,
+        total_meter: CallMeter,
+        search_meter: CallMeter,
+        minibatch_size: int,
+        num_threads: int,
+        guard: ProposalGuard,
+        meta_prompts: dict[str, type[dspy.Signature]],
+        trial_log: TrialLog,
+        progress: Any = None,
+    ) -> None:
+        self.method = method
+        self.student = student
+        self.trainset = trainset
+        self.search_pool = list(trainset)
+        self.valset = valset
+        self.metric = metric
+        self.models = models
+        self.rng = random.Random(seed)
+        self.total_meter = total_meter
+        self.search_meter = search_meter
+        self.minibatch_size = minibatch_size
+        self.evaluator = Evaluator(metric, num_threads=num_threads)
+        self.guard = guard
+        self.meta_prompts = meta_prompts
+        self.trial_log = trial_log
+        self.store = CandidateStore()
+        self.progress = progress
+        self.step = 0
+        self.rejected: dict[str, int] = {}
+        self.started = time.perf_counter()
+        self.demo_sets: list[dict[str, tuple[dict[str, Any], ...]]] = []
+        self.meta_state: dict[str, Any] = {}  # a method's own per-run state (e.g. OPRO's fixed batch)
+
+    # ---- data -----------------------------------------------------------------------
+    def minibatch(self, size: int | None = None) -> list[dspy.Example]:
+        """A fresh minibatch of the search pool, drawn with the run's RNG."""
+        return Evaluator.sample(self.search_pool, size or self.minibatch_size, self.rng)
+
+    def predictor_names(self) -> list[str]:
+        from dspy_ext.prompt_state import predictors
+
+        return [name for name, _ in predictors(self.student)]
+
+    def target(self, step: int) -> str:
+        """The predictor whose instruction step ``step`` changes (round robin)."""
+        names = self.predictor_names()
+        return names[step % len(names)]
+
+    def step_description(self, name: str) -> str:
+        """``"input -> output"`` for predictor ``name`` (what its instruction maps)."""
+        from dspy_ext.prompt_state import predictors
+
+        signature = dict(predictors(self.student))[name].signature
+        return f"{', '.join(signature.input_fields)} -> {', '.join(signature.output_fields)}"
+
+    # ---- scoring --------------------------------------------------------------------
+    def evaluate(self, candidate: Candidate, examples: Sequence[dspy.Example], *, split: str,
+                 meter: CallMeter | None = None) -> EvaluationReport:
+        """Evaluate one candidate on ``examples`` with the task model and log the trial."""
+        program = candidate.apply(self.student)
+        with dspy.context(lm=self.models.task_lm, adapter=self.models.task_adapter):
+            report = self.evaluator.evaluate(program, examples, meter=meter, desc=f"{self.method}:{split}")
+        record, _ = self.store.add(candidate)
+        if split != "val":
+            from dspy_ext.evaluation import example_key
+
+            for row in report.scored:
+                record.train_scores[example_key(examples[row.index])] = row.score
+        self.trial_log.record(candidate, report, method=self.method, step=self.step, split=split,
+                              running_mean=record.mean if split != "val" else report.score)
+        self._tick()
+        return report
+
+    def score(self, candidates: Sequence[Candidate], examples: Sequence[dspy.Example] | None = None,
+              *, split: str = "train") -> list[CandidateRecord]:
+        """Score candidates on a minibatch (the same one for all); stop the search when the budget is gone.
+
+        Returns:
+            Their records (accumulated means over every example seen).
+
+        Raises:
+            SearchStopped: When the search budget runs out (finished rows are kept).
+        """
+        batch = list(examples) if examples is not None else self.minibatch()
+        records = []
+        for candidate in candidates:
+            report = self.evaluate(candidate, batch, split=split)
+            records.append(self.store.get(candidate.key))
+            if report.budget_exhausted:
+                raise SearchStopped("search budget used up")
+        return records
+
+    # ---- proposals ------------------------------------------------------------------
+    def ask(self, role: str, n: int, *, temperature: float = 1.0, **inputs: str) -> list[str]:
+        """Run meta-prompt ``role`` ``n`` times on the prompt model; return the raw outputs.
+
+        Each sample gets its own seed from the run's RNG, so samples differ and
+        the same run seed reproduces them (and DSPy's cache keys them apart).
+
+        Raises:
+            SearchStopped: When the budget runs out.
+        """
+        signature = self.meta_prompts[role]
+        predict = dspy.Predict(signature)
+        output = next(iter(signature.output_fields))
+        texts = []
+        with dspy.context(lm=self.models.prompt_lm, adapter=self.models.prompt_adapter):
+            for _ in range(n):
+                seed = self.rng.randrange(2**31)
+                pop_finish_reason()
+                try:
+                    prediction = predict(**inputs, config={"temperature": temperature, "seed": seed,
+                                                           "max_tokens": PROPOSAL_MAX_TOKENS})
+                except Exception as exc:
+                    if find_budget_exhausted(exc) is not None:
+                        raise SearchStopped("search budget used up") from exc
+                    self.rejected["lm_or_parse_error"] = self.rejected.get("lm_or_parse_error", 0) + 1
+                    logger.info("%s proposal failed: %s", role, exc)
+                    continue
+                finally:
+                    self._tick()
+                text = str(prediction.get(output) or "")
+                texts.append(text if pop_finish_reason() != "length" else "\x00truncated")
+        return texts
+
+    def admit(self, raw: str, parent: Candidate, name: str, *, origin: str,
+              parents: tuple[str, ...] | None = None, **meta: Any) -> Candidate | None:
+        """Turn a raw proposal into a new candidate, or ``None`` if it is rejected or a duplicate."""
+        truncated = raw == "\x00truncated"
+        text = "" if truncated else clean_proposal(raw)
+        reason = "truncated" if truncated else self.guard.check(text, truncated=None)
+        if reason is None and self.store.seen_instruction(text) and text != parent.instruction(name):
+            reason = "duplicate"
+        if reason is None and text == parent.instruction(name):
+            reason = "duplicate"
+        if reason is not None:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            logger.debug("rejected (%s): %r", reason, text[:120])
+            return None
+        child = parent.with_instruction(name, text, origin=origin, parents=parents, **meta)
+        if child.key in self.store:
+            self.rejected["duplicate"] = self.rejected.get("duplicate", 0) + 1
+            return None
+        return child
+
+    # ---- progress -------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self.progress is None:
+            return
+        best = self.store.ranked()
+        self.progress.n = self.total_meter.calls
+        self.progress.set_postfix_str(
+            f"best {best[0].mean:.0f}% (n={best[0].n_scored})" if best else "best -", refresh=False
+        )
+        self.progress.refresh()
+

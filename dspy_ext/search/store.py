@@ -1,0 +1,83 @@
+"""The candidate store: every candidate seen in a search, with its per-example scores."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from dspy_ext.search.candidate import Candidate
+
+
+@dataclass
+class CandidateRecord:
+    """A candidate and what is known of it."""
+
+    candidate: Candidate
+    order: int
+    train_scores: dict[str, float] = field(default_factory=dict)  # example key -> score in [0, 1]
+    val_score: float | None = None  # 0-100 on the first ``val_n`` validation rows
+    val_n: int = 0
+
+    @property
+    def mean(self) -> float | None:
+        """Mean search score (0-100) over every training example it was scored on."""
+        if not self.train_scores:
+            return None
+        return 100.0 * statistics.fmean(self.train_scores.values())
+
+    @property
+    def n_scored(self) -> int:
+        return len(self.train_scores)
+
+
+class CandidateStore:
+    """Deduplicates candidates by content hash and accumulates their scores.
+
+    Example:
+        >>> store = CandidateStore()
+        >>> record, is_new = store.add(candidate)    # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, CandidateRecord] = {}
+        self._instruction_texts: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def get(self, key: str) -> CandidateRecord:
+        return self._records[key]
+
+    def add(self, candidate: Candidate) -> tuple[CandidateRecord, bool]:
+        """Add ``candidate`` unless an identical one is stored; return its record and whether it is new."""
+        key = candidate.key
+        if key in self._records:
+            return self._records[key], False
+        record = CandidateRecord(candidate, len(self._records))
+        self._records[key] = record
+        self._instruction_texts.update(_norm(t) for t in candidate.instructions.values())
+        return record, True
+
+    def seen_instruction(self, text: str) -> bool:
+        """Whether an instruction with this text (case/space-insensitive) was already proposed."""
+        return _norm(text) in self._instruction_texts
+
+    def records(self) -> list[CandidateRecord]:
+        return list(self._records.values())
+
+    def ranked(self) -> list[CandidateRecord]:
+        """Scored records, best search mean first (ties: more examples, then earlier)."""
+        scored = [r for r in self._records.values() if r.mean is not None]
+        return sorted(scored, key=lambda r: (-r.mean, -r.n_scored, r.order))
+
+    def best_validated(self) -> CandidateRecord | None:
+        """The record validated on the most rows, best score first (ties: earlier)."""
+        done = [r for r in self._records.values() if r.val_score is not None]
+        return min(done, key=lambda r: (-r.val_n, -r.val_score, r.order)) if done else None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())

@@ -1,0 +1,67 @@
+"""The trial log: one JSONL row per evaluated candidate, shared by every method."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dspy_ext.evaluation import EvaluationReport
+from dspy_ext.search.candidate import Candidate
+
+
+class TrialLog:
+    """Appends a row per evaluation to a JSONL file (and keeps rows in memory).
+
+    Each row holds the candidate's instructions, demo sets, parents and origin
+    (the method step that made it), the split and size it was scored on, its
+    score and errors, and the LM calls and tokens that evaluation cost.
+
+    Args:
+        path: JSONL file to append to, or ``None`` to keep rows in memory only.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(
+        self,
+        candidate: Candidate,
+        report: EvaluationReport,
+        *,
+        method: str,
+        step: int,
+        split: str,
+        running_mean: float | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Log one evaluation of ``candidate`` and return the row."""
+        row = {
+            "trial": len(self.rows),
+            "time": round(time.time(), 3),
+            "method": method,
+            "step": step,
+            **candidate.to_dict(),
+            "split": split,
+            "n": report.n_examples,
+            "score": round(report.score, 2),
+            "running_mean": None if running_mean is None else round(running_mean, 2),
+            "errors": {k: v for k, v in report.errors.items() if v},
+            "lm_calls": report.usage.calls,
+            "tokens": report.usage.total_tokens,
+            "cache_hits": report.cache_hits,
+            "seconds": round(report.seconds, 3),
+            **extra,
+        }
+        with self._lock:
+            self.rows.append(row)
+            if self.path is not None:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return row
