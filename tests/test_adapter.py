@@ -112,16 +112,13 @@ def test_none_inputs_are_left_out() -> None:
 
 
 def test_custom_prefix_is_used_with_a_colon() -> None:
-    class Custom(dspy.Signature):
-        """Translate."""
-
-        text: str = dspy.InputField(prefix="Source text")
-        translation: str = dspy.OutputField(prefix="French:")
-
-    assert field_prefix(Custom, "text") == "Source text:"
-    assert field_prefix(Custom, "translation") == "French:"
-    assert PlainAdapter().format(Custom, [], {"text": "cat"})[-1]["content"] == "Source text: cat"
-    assert PlainAdapter().parse(Custom, "French: chat") == {"translation": "chat"}
+    custom = Sentiment.with_updated_fields("review", prefix="Source text").with_updated_fields(
+        "sentiment", prefix="Verdict:"
+    )
+    assert field_prefix(custom, "review") == "Source text:"
+    assert field_prefix(custom, "sentiment") == "Verdict:"
+    assert PlainAdapter().format(custom, [], {"review": "cat"})[-1]["content"] == "Source text: cat"
+    assert PlainAdapter().parse(custom, "Verdict: good") == {"sentiment": "good"}
 
 
 # --- parsing: one output field ----------------------------------------------------

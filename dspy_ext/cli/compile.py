@@ -8,6 +8,7 @@ row per evaluated candidate), ``run.json`` (settings and figures) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                                threads=args.threads, log_dir=out, progress=show)
     meter = CallMeter()
     started = time.perf_counter()
-    with setup.context(), metering(meter):
+    # DSPy's optimizers print progress to stdout; keep stdout for our own output (--json).
+    with setup.context(), metering(meter), contextlib.redirect_stdout(sys.stderr):
         compiled = compile_with(args.optimizer, optimizer, student, train, val, args.threads, args.seed)
     compile_seconds = time.perf_counter() - started
     compile_usage = meter.snapshot()
