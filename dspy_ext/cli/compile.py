@@ -32,55 +32,18 @@ from dspy_ext.data import dataset_fingerprint, split_train_val
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import predictors
+from dspy_ext.registry import REGISTRY, build_optimizer
 
 logger = logging.getLogger(__name__)
-
-OURS = ("ape", "opro", "evoprompt-ga", "evoprompt-de", "protegi")
-DSPY_BUILTINS = ("mipro", "copro", "bfsrs")
-
-
-def make_optimizer(name: str, metric: Any, *, budget: int, seed: int, threads: int, log_dir: Path | None,
-                   progress: bool) -> Any:
-    """Build an optimizer by CLI name; ours get the hard budget, DSPy's the closest setting."""
-    from dspy_ext import APE, OPRO, EvoPrompt, ProTeGi
-
-    common = dict(max_lm_calls=budget, seed=seed, num_threads=threads, log_dir=log_dir, progress=progress)
-    if name == "ape":
-        return APE(metric, **common)
-    if name == "opro":
-        return OPRO(metric, **common)
-    if name in ("evoprompt-ga", "evoprompt-de"):
-        return EvoPrompt(metric, variant=name.split("-")[1], **common)
-    if name == "protegi":
-        return ProTeGi(metric, **common)
-    if name == "mipro":
-        return dspy.MIPROv2(metric, auto="light", seed=seed, num_threads=threads, verbose=False)
-    if name == "copro":
-        return dspy.COPRO(metric, breadth=4, depth=2, init_temperature=1.0)
-    if name == "bfsrs":
-        return dspy.BootstrapFewShotWithRandomSearch(metric, num_candidate_programs=4, num_threads=threads,
-                                                     max_bootstrapped_demos=2, max_labeled_demos=3)
-    raise CLIError(f"unknown optimizer {name!r}; choose one of {', '.join(OURS + DSPY_BUILTINS)}")
-
-
-def compile_with(name: str, optimizer: Any, student: dspy.Module, train: list, val: list, threads: int,
-                 seed: int) -> dspy.Module:
-    """Call ``compile`` with each optimizer's own quirks."""
-    if name == "mipro":
-        return optimizer.compile(student, trainset=train, valset=val, requires_permission_to_run=False)
-    if name == "copro":
-        return optimizer.compile(student, trainset=train, eval_kwargs={"num_threads": threads})
-    if name == "bfsrs":
-        return optimizer.compile(student, trainset=train, valset=val)
-    return optimizer.compile(student, trainset=train, valset=val)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compile", help="optimize a program's prompts for a task",
                                    description="Optimize a program's instructions and demos for a task.")
     add_task_args(parser)
     add_model_args(parser)
-    parser.add_argument("--optimizer", default="ape", choices=OURS + DSPY_BUILTINS)
+    parser.add_argument("--optimizer", default="ape", choices=list(REGISTRY))
+    parser.add_argument("--config", default=None,
+                        help="optimizer settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)")
     parser.add_argument("--budget", type=int, default=400, help="max LM calls (hard cap for our optimizers)")
     parser.add_argument("--train", type=int, default=50, help="training rows drawn from the training file")
     parser.add_argument("--val", type=int, default=50, help="validation rows drawn from the training file")
@@ -99,13 +62,19 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     student = build_student(args, task)
     show = not args.json or sys.stderr.isatty()
-    optimizer = make_optimizer(args.optimizer, setup.metric, budget=args.budget, seed=args.seed,
-                               threads=args.threads, log_dir=out, progress=show)
+    try:
+        config = json.loads(args.config) if args.config else None
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"--config is not valid JSON: {exc}") from None
+    with setup.context():
+        optimizer = build_optimizer(args.optimizer, setup.metric, config=config, budget=args.budget, seed=args.seed,
+                                    num_threads=args.threads, n_train=len(train), n_val=len(val), log_dir=str(out),
+                                    progress=show)
     meter = CallMeter()
     started = time.perf_counter()
     # DSPy's optimizers print progress to stdout; keep stdout for our own output (--json).
     with setup.context(), metering(meter), contextlib.redirect_stdout(sys.stderr):
-        compiled = compile_with(args.optimizer, optimizer, student, train, val, args.threads, args.seed)
+        compiled = optimizer.compile(student, trainset=train, valset=val)
     compile_seconds = time.perf_counter() - started
     compile_usage = meter.snapshot()
 
@@ -120,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         "optimizer": args.optimizer,
         "seed": args.seed,
         "budget": args.budget,
+        "budget_enforced": optimizer.enforces_budget,
+        "config": optimizer.config.model_dump(),
         "lm": setup.lm.model,
         "adapter": setup.adapter_name,
         "train": len(train),

@@ -1,0 +1,338 @@
+"""One way to name and configure any optimizer, ours or DSPy's.
+
+Each entry maps a name to a pydantic config model (validated, defaults
+filled, unknown keys rejected) and to a builder that adapts the optimizer's
+compile quirks: COPRO's ``eval_kwargs``, GEPA's five-argument metric and
+budget option, BootstrapFewShot's missing ``valset``, MIPROv2's seed.
+Research code swaps optimizers by changing one string:
+
+Example:
+    >>> handle = build_optimizer("ape", exact_match, budget=400, seed=0)          # doctest: +SKIP
+    >>> program = handle.compile(student, trainset=train, valset=val)             # doctest: +SKIP
+    >>> handle = build_optimizer("copro", exact_match, config={"depth": 2})       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dspy
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class OptimizerConfig(BaseModel):
+    """Base of every optimizer's config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchConfig(OptimizerConfig):
+    """Settings shared by dspy-ext's instruction searches."""
+
+    steps: int | None = Field(default=None, ge=0)
+    minibatch_size: int = Field(default=10, ge=1)
+    max_bootstrapped_demos: int = Field(default=2, ge=0)
+    max_labeled_demos: int = Field(default=3, ge=0)
+    num_demo_sets: int = Field(default=3, ge=1)
+    final_candidates: int = Field(default=3, ge=1)
+    final_share: float = Field(default=0.35, ge=0.0, lt=1.0)
+
+
+class APEConfig(SearchConfig):
+    num_candidates: int = Field(default=6, ge=1)
+    pairs_per_induction: int = Field(default=5, ge=1)
+    top_k: int = Field(default=3, ge=1)
+    variants_per_survivor: int = Field(default=1, ge=1)
+    induce_temperature: float = Field(default=0.9, ge=0.0, le=2.0)
+
+
+class OPROConfig(SearchConfig):
+    proposals_per_step: int = Field(default=4, ge=1)
+    trajectory_size: int = Field(default=20, ge=1)
+    num_exemplars: int = Field(default=3, ge=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+
+
+class EvoPromptConfig(SearchConfig):
+    population_size: int = Field(default=6, ge=3)
+    temperature: float = Field(default=0.9, ge=0.0, le=2.0)
+
+
+class ProTeGiConfig(SearchConfig):
+    beam_width: int = Field(default=2, ge=1)
+    num_gradients: int = Field(default=2, ge=1)
+    errors_per_gradient: int = Field(default=4, ge=1)
+    paraphrases_per_edit: int = Field(default=1, ge=0)
+    bandit_pulls: int = Field(default=8, ge=1)
+    bandit_batch: int = Field(default=5, ge=1)
+    ucb_c: float = Field(default=1.0, ge=0.0)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+
+
+class MIPROConfig(OptimizerConfig):
+    auto: Literal["light", "medium", "heavy"] | None = "light"
+    num_candidates: int | None = Field(default=None, ge=1)
+    num_trials: int | None = Field(default=None, ge=1)
+    max_bootstrapped_demos: int = Field(default=2, ge=0)
+    max_labeled_demos: int = Field(default=3, ge=0)
+    minibatch_size: int = Field(default=35, ge=1)
+
+
+class COPROConfig(OptimizerConfig):
+    breadth: int | None = Field(default=None, ge=2)
+    depth: int = Field(default=2, ge=1)
+    init_temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+
+
+class BootstrapConfig(OptimizerConfig):
+    max_bootstrapped_demos: int = Field(default=2, ge=0)
+    max_labeled_demos: int = Field(default=3, ge=0)
+    max_rounds: int = Field(default=1, ge=1)
+
+
+class RandomSearchConfig(BootstrapConfig):
+    num_candidate_programs: int | None = Field(default=None, ge=1)
+
+
+class LabeledConfig(OptimizerConfig):
+    k: int = Field(default=3, ge=0)
+
+
+class GEPAConfig(OptimizerConfig):
+    max_metric_calls: int | None = Field(default=None, ge=1)
+    reflection_minibatch_size: int = Field(default=3, ge=1)
+
+
+class SIMBAConfig(OptimizerConfig):
+    bsize: int = Field(default=8, ge=1)
+    num_candidates: int = Field(default=4, ge=2)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_demos: int = Field(default=3, ge=0)
+
+
+@dataclass
+class BuildContext:
+    """What a builder may use besides the config."""
+
+    metric: Callable[..., Any]
+    budget: int | None
+    seed: int
+    num_threads: int
+    n_train: int
+    n_val: int
+    prompt_model: dspy.BaseLM | None = None
+    log_dir: str | None = None
+    progress: bool = False
+
+
+@dataclass
+class OptimizerHandle:
+    """A built optimizer with a uniform ``compile(student, trainset=, valset=)``."""
+
+    name: str
+    optimizer: Any
+    config: OptimizerConfig
+    enforces_budget: bool
+    compile_fn: Callable[..., dspy.Module]
+    compile_kwargs: dict[str, Any]
+
+    def compile(self, student: dspy.Module, *, trainset: list, valset: list | None = None) -> dspy.Module:
+        return self.compile_fn(self.optimizer, student, list(trainset), list(valset) if valset else None,
+                               **self.compile_kwargs)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A registry entry: config schema, builder and compile adapter."""
+
+    name: str
+    config_model: type[OptimizerConfig]
+    build: Callable[[OptimizerConfig, BuildContext], Any]
+    compile: Callable[..., dspy.Module]
+    enforces_budget: bool
+    description: str
+    #: Extra keyword arguments of ``compile`` (e.g. COPRO's ``eval_kwargs``), from config and context.
+    compile_kwargs: Callable[[OptimizerConfig, BuildContext], dict[str, Any]] = lambda config, ctx: {}
+
+
+def _search_kwargs(config: SearchConfig, ctx: BuildContext) -> dict[str, Any]:
+    kwargs = config.model_dump(exclude_none=True)
+    return {**kwargs, "max_lm_calls": ctx.budget or 400, "seed": ctx.seed, "num_threads": ctx.num_threads,
+            "prompt_model": ctx.prompt_model, "log_dir": ctx.log_dir, "progress": ctx.progress}
+
+
+def _ours(kind: str) -> Callable[[OptimizerConfig, BuildContext], Any]:
+    def build(config: OptimizerConfig, ctx: BuildContext) -> Any:
+        from dspy_ext.optimizers import APE, OPRO, EvoPrompt, ProTeGi
+
+        kwargs = _search_kwargs(config, ctx)
+        if kind in ("ga", "de"):
+            return EvoPrompt(ctx.metric, variant=kind, **kwargs)
+        return {"ape": APE, "opro": OPRO, "protegi": ProTeGi}[kind](ctx.metric, **kwargs)
+
+    return build
+
+
+def _with_valset(opt: Any, student: dspy.Module, train: list, val: list | None, **kwargs: Any) -> dspy.Module:
+    return opt.compile(student, trainset=train, valset=val, **kwargs)
+
+
+def _train_only(opt: Any, student: dspy.Module, train: list, val: list | None, **kwargs: Any) -> dspy.Module:
+    # BootstrapFewShot, LabeledFewShot, SIMBA and COPRO take no valset: the valset is simply unused.
+    return opt.compile(student, trainset=train, **kwargs)
+
+
+def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
+    auto = None if config.num_candidates else config.auto
+    return dspy.MIPROv2(
+        ctx.metric, prompt_model=ctx.prompt_model, auto=auto, num_candidates=config.num_candidates,
+        max_bootstrapped_demos=config.max_bootstrapped_demos, max_labeled_demos=config.max_labeled_demos,
+        num_threads=ctx.num_threads, seed=ctx.seed, verbose=False,
+    )
+
+
+def _mipro_compile_kwargs(config: MIPROConfig, ctx: BuildContext) -> dict[str, Any]:
+    # seed passed explicitly: MIPROv2's `seed or self.seed` would turn 0 into 9.
+    kwargs: dict[str, Any] = {"seed": ctx.seed, "minibatch": ctx.n_val > config.minibatch_size,
+                              "minibatch_size": config.minibatch_size}
+    if config.num_candidates:
+        kwargs["num_trials"] = config.num_trials or 2 * config.num_candidates
+    return kwargs
+
+
+def _build_copro(config: COPROConfig, ctx: BuildContext) -> Any:
+    # Calls ~= depth * breadth * n_train (task) + depth * breadth (prompt): fit breadth to the budget.
+    breadth = config.breadth
+    if breadth is None:
+        breadth = max(2, min(10, (ctx.budget or 400) // max(1, config.depth * (ctx.n_train + 1)))) if ctx.budget else 4
+    return dspy.COPRO(metric=ctx.metric, prompt_model=ctx.prompt_model, breadth=breadth, depth=config.depth,
+                      init_temperature=config.init_temperature)
+
+
+def _build_bfsrs(config: RandomSearchConfig, ctx: BuildContext) -> Any:
+    n = config.num_candidate_programs
+    if n is None:
+        per_program = max(1, ctx.n_val or ctx.n_train)
+        n = max(1, min(16, (ctx.budget or 400) // per_program - 3)) if ctx.budget else 4
+    return dspy.BootstrapFewShotWithRandomSearch(
+        ctx.metric, num_candidate_programs=n, num_threads=ctx.num_threads,
+        max_bootstrapped_demos=config.max_bootstrapped_demos, max_labeled_demos=config.max_labeled_demos,
+        max_rounds=config.max_rounds,
+    )
+
+
+def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
+    metric = ctx.metric
+
+    def five_arg_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+        return metric(gold, pred, trace)
+
+    reflection_lm = ctx.prompt_model or dspy.settings.lm
+    return dspy.GEPA(metric=five_arg_metric, max_metric_calls=config.max_metric_calls or ctx.budget or 400,
+                     reflection_lm=reflection_lm, reflection_minibatch_size=config.reflection_minibatch_size,
+                     num_threads=ctx.num_threads, seed=ctx.seed)
+
+
+def _build_simba(config: SIMBAConfig, ctx: BuildContext) -> Any:
+    steps = config.max_steps
+    if steps is None:
+        # Each step runs num_candidates programs on a batch of bsize examples.
+        steps = max(1, (ctx.budget or 400) // (config.bsize * (config.num_candidates + 1))) if ctx.budget else 4
+    return dspy.SIMBA(metric=ctx.metric, bsize=min(config.bsize, max(1, ctx.n_train)),
+                      num_candidates=config.num_candidates, max_steps=steps, max_demos=config.max_demos,
+                      prompt_model=ctx.prompt_model, num_threads=ctx.num_threads)
+
+
+REGISTRY: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        OptimizerSpec("ape", APEConfig, _ours("ape"), _with_valset, True, "APE: induce, score, resample"),
+        OptimizerSpec("opro", OPROConfig, _ours("opro"), _with_valset, True, "OPRO: scored trajectory meta-prompt"),
+        OptimizerSpec("evoprompt-ga", EvoPromptConfig, _ours("ga"), _with_valset, True, "EvoPrompt, genetic"),
+        OptimizerSpec("evoprompt-de", EvoPromptConfig, _ours("de"), _with_valset, True, "EvoPrompt, differential"),
+        OptimizerSpec("protegi", ProTeGiConfig, _ours("protegi"), _with_valset, True, "ProTeGi: textual gradients"),
+        OptimizerSpec("mipro", MIPROConfig, _build_mipro, _with_valset, False, "DSPy MIPROv2",
+                      _mipro_compile_kwargs),
+        # COPRO takes prompt_model as its first positional argument: metric is passed by name.
+        OptimizerSpec("copro", COPROConfig, _build_copro, _train_only, False, "DSPy COPRO",
+                      lambda c, ctx: {"eval_kwargs": {"num_threads": ctx.num_threads, "display_progress": False}}),
+        OptimizerSpec("bfs", BootstrapConfig, lambda c, ctx: dspy.BootstrapFewShot(ctx.metric, **c.model_dump()),
+                      _train_only, False, "DSPy BootstrapFewShot"),
+        OptimizerSpec("bfsrs", RandomSearchConfig, _build_bfsrs, _with_valset, False,
+                      "DSPy BootstrapFewShotWithRandomSearch"),
+        OptimizerSpec("labeled", LabeledConfig, lambda c, ctx: dspy.LabeledFewShot(k=c.k), _train_only, False,
+                      "DSPy LabeledFewShot"),
+        OptimizerSpec("gepa", GEPAConfig, _build_gepa, _with_valset, False, "DSPy GEPA"),
+        OptimizerSpec("simba", SIMBAConfig, _build_simba, _train_only, False, "DSPy SIMBA",
+                      lambda c, ctx: {"seed": ctx.seed}),
+    ]
+}
+
+
+def resolve_config(name: str, config: dict[str, Any] | None = None) -> OptimizerConfig:
+    """Validate ``config`` for optimizer ``name`` and fill its defaults.
+
+    Raises:
+        ValueError: For an unknown optimizer, an unknown key or a bad value; the message
+            names the optimizer and the offending keys.
+    """
+    spec = get_spec(name)
+    try:
+        return spec.config_model(**(config or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: "
+            + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"])
+            for err in exc.errors()
+        )
+        valid = ", ".join(spec.config_model.model_fields)
+        raise ValueError(f"invalid config for optimizer '{name}': {problems} (valid keys: {valid})") from None
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(REGISTRY)}") from None
+
+
+def build_optimizer(
+    name: str,
+    metric: Callable[..., Any],
+    *,
+    config: dict[str, Any] | None = None,
+    budget: int | None = None,
+    seed: int = 0,
+    num_threads: int = 4,
+    n_train: int = 0,
+    n_val: int = 0,
+    prompt_model: dspy.BaseLM | None = None,
+    log_dir: str | None = None,
+    progress: bool = False,
+) -> OptimizerHandle:
+    """Build optimizer ``name`` from a validated config.
+
+    Args:
+        name: A key of :data:`REGISTRY`.
+        metric: ``metric(example, prediction, trace=None)``; adapted where an optimizer wants another shape.
+        config: Optimizer-specific settings (validated; see the ``*Config`` models).
+        budget: LM calls: a hard cap for dspy-ext's optimizers, the closest setting for DSPy's.
+        seed: Seed (passed explicitly so that 0 stays 0).
+        num_threads: Evaluation threads.
+        n_train: Training-set size (some budget mappings need it).
+        n_val: Validation-set size.
+        prompt_model: LM that writes instructions, where the optimizer has one.
+        log_dir: Where dspy-ext's optimizers write ``trials.jsonl``.
+        progress: Show dspy-ext's progress bar.
+
+    Returns:
+        An :class:`OptimizerHandle`.
+    """
+    spec = get_spec(name)
+    validated = resolve_config(name, config)
+    ctx = BuildContext(metric=metric, budget=budget, seed=seed, num_threads=num_threads, n_train=n_train,
+                       n_val=n_val, prompt_model=prompt_model, log_dir=log_dir, progress=progress)
+    return OptimizerHandle(name, spec.build(validated, ctx), validated, spec.enforces_budget, spec.compile,
+                           spec.compile_kwargs(validated, ctx))
