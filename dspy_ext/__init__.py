@@ -9,11 +9,13 @@ The package is organised by concept:
 * :mod:`dspy_ext.search` - the search core shared by every instruction search;
 * :mod:`dspy_ext.optimizers` - APE, OPRO, EvoPrompt and ProTeGi;
 * :mod:`dspy_ext.meta_prompts` - the Signatures the optimizers send to the prompt model;
+* :mod:`dspy_ext.export` - versioned prompt artifacts and a DSPy-free runtime (``dspy_ext.export(program, path)``);
 * :mod:`dspy_ext.cli` - the ``dspy-ext`` command.
 """
 
 from __future__ import annotations
 
+from dspy_ext import export
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.lm import CallMeter, make_lm, metering
@@ -31,6 +33,7 @@ __all__ = [
     "Evaluator",
     "PlainAdapter",
     "__version__",
+    "export",
     "make_lm",
     "metering",
 ]

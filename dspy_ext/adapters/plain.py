@@ -153,7 +153,7 @@ class PlainAdapter(Adapter):
                 raise AdapterParseError(
                     type(self).__name__, signature, completion,
                     f"Field '{name}' could not be read as {signature.output_fields[name].annotation}: {exc}",
-                    parsed_result=str(parsed),
+                    parsed_result=dict(parsed),
                 ) from exc
         return parsed
 
@@ -196,7 +196,7 @@ class PlainAdapter(Adapter):
                 type(self).__name__, signature, completion,
                 f"Missing output field(s) {missing}; expected lines starting with "
                 + ", ".join(field_prefix(signature, n) for n in names),
-                parsed_result=str({k: " ".join(v) for k, v in found.items()}),
+                parsed_result={k: " ".join(v) for k, v in found.items()},
             )
         return {n: "\n".join(v).strip() for n, v in found.items()}
 

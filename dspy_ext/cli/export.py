@@ -40,8 +40,19 @@ from dspy_ext.export import export, export_markdown, load, verify
 
 logger = logging.getLogger(__name__)
 
-#: Keys of ``run.json`` copied into the artifact's metadata.
-RUN_METADATA_KEYS = ("optimizer", "optimizer_settings", "seed", "data_hash", "dev_score", "test_score")
+#: Artifact metadata key -> the ``run.json`` keys it is read from (first present wins).
+#: ``dspy-ext compile`` writes ``config``, ``val_score`` and ``test_score``; other tools may use the
+#: artifact's own names, at the top level or under ``"metadata"``.
+RUN_METADATA_KEYS = {
+    "optimizer": ("optimizer",),
+    "optimizer_settings": ("optimizer_settings", "config"),
+    "seed": ("seed",),
+    "data_hash": ("data_hash",),
+    "dev_score": ("dev_score", "val_score"),
+    "test_score": ("test_score",),
+    "baseline_test_score": ("baseline_test_score",),
+    "budget": ("budget",),
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -163,19 +174,51 @@ def load_program_state(program: dspy.Module, path: Path, program_name: str) -> N
         raise CLIError(f"{path}: could not load the program state: {type(exc).__name__}: {exc}") from None
 
 
-def _metadata(run_info: dict[str, Any], args: argparse.Namespace, task: Any, program_path: Path) -> dict[str, Any]:
+def run_metadata(run_info: dict[str, Any], args: argparse.Namespace, task: Any, adapter_name: str,
+                 lm_model: str, program_path: Path) -> dict[str, Any]:
+    """The artifact metadata for an export: ``run.json`` figures plus the task, program and source.
+
+    Args:
+        run_info: The decoded ``run.json`` (``{}`` when there is none).
+        args: The parsed command line.
+        task: The loaded task.
+        adapter_name: The adapter the artifact is exported with.
+        lm_model: The model string of the configured LM.
+        program_path: The program state file.
+
+    Returns:
+        Metadata for :func:`dspy_ext.export.export`; ``data_hash`` defaults to
+        the fingerprint of the task's training split.
+
+    Raises:
+        CLIError: ``run.json`` names another task or program than the command line.
+
+    Example:
+        >>> run_metadata({"optimizer": "ape", "val_score": 60.0}, args, task, "PlainAdapter", "local/m",
+        ...              Path("run/program.json"))["dev_score"]   # doctest: +SKIP
+        60.0
+    """
     nested = run_info.get("metadata") if isinstance(run_info.get("metadata"), dict) else {}
     metadata: dict[str, Any] = {}
-    for key in RUN_METADATA_KEYS:
-        if key in run_info:
-            metadata[key] = run_info[key]
-        elif key in nested:
-            metadata[key] = nested[key]
+    for key, sources in RUN_METADATA_KEYS.items():
+        for source in sources:
+            if source in run_info:
+                metadata[key] = run_info[source]
+                break
+            if source in nested:
+                metadata[key] = nested[source]
+                break
+    for key, actual in (("task", task.name), ("program", args.program)):
+        recorded = run_info.get(key)
+        if isinstance(recorded, str) and recorded != actual:
+            raise CLIError(f"run.json says the {key} is {recorded!r} but the command line gives {actual!r}")
+    for key, actual in (("adapter", adapter_name), ("lm", lm_model)):
+        recorded = run_info.get(key)
+        if isinstance(recorded, str) and recorded != actual:
+            logger.warning("the run was compiled with %s %s but is exported with %s; the artifact holds the "
+                           "prompt %s would send", key, recorded, actual, actual)
     if metadata.get("data_hash") is None:
         metadata["data_hash"] = dataset_fingerprint(task.train)
-    run_program = run_info.get("program")
-    if isinstance(run_program, str) and run_program != args.program:
-        raise CLIError(f"run.json says the program is {run_program!r} but --program is {args.program!r}")
     metadata.update({"task": task.name, "program": args.program, "source": str(program_path)})
     return metadata
 
@@ -197,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
     setup = setup_run(args)
     program = build_student(args, setup.task)
     load_program_state(program, program_path, args.program)
-    metadata = _metadata(run_info, args, setup.task, program_path)
+    adapter_name = type(setup.adapter).__name__ if setup.adapter is not None else "ChatAdapter"
+    metadata = run_metadata(run_info, args, setup.task, adapter_name, setup.lm.model, program_path)
     with setup.context():
         export(program, out, adapter=setup.adapter, lm=setup.lm, metadata=metadata)
     artifact = load(out)  # read back: everything below uses the file as written

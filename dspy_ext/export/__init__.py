@@ -22,8 +22,17 @@ Example:
 
 from __future__ import annotations
 
+import sys
+import types
+
 from dspy_ext.export.apply import ApplyError, apply, check_program
-from dspy_ext.export.exporter import ExportError, adapter_from_options, build_artifact, export, lm_settings
+from dspy_ext.export.exporter import (
+    ExportError,
+    adapter_from_options,
+    build_artifact,
+    export,
+    lm_settings,
+)
 from dspy_ext.export.runtime import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -65,3 +74,13 @@ __all__ = [
     "to_markdown",
     "verify",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``dspy_ext.export(program, path)`` call :func:`export` while ``dspy_ext.export.load`` etc. stay reachable."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

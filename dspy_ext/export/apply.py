@@ -63,8 +63,9 @@ def _new_state(name: str, predictor: dspy.Predict, entry: dict[str, Any]) -> tup
     return new_signature, demos
 
 
-def _rendered(name: str, entry: dict[str, Any], signature: type[dspy.Signature], demos: list,
-              key: str = "messages") -> list[dict[str, Any]]:
+def _rendered(entry: dict[str, Any], signature: type[dspy.Signature], demos: list,
+              key: str) -> list[dict[str, Any]]:
+    """What DSPy renders for the new state: the main template (``messages``) or the JSON ``fallback``."""
     if key == "messages":
         adapter = adapter_from_options(entry["adapter"], entry["adapter_options"])
     else:
@@ -111,7 +112,7 @@ def check_program(artifact: PromptArtifact, program: dspy.Module) -> dict[str, t
             stored = entry["messages"] if key == "messages" else (entry["fallback"] or {}).get("messages")
             if stored is None:
                 continue
-            rendered = _rendered(name, entry, signature, demos, key)
+            rendered = _rendered(entry, signature, demos, key)
             if rendered != stored:
                 index = next((i for i, (a, b) in enumerate(zip(rendered, stored)) if a != b), min(len(rendered),
                                                                                                   len(stored)))

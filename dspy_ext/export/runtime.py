@@ -259,13 +259,14 @@ def parse_type(text: str) -> tuple:
 
     Raises:
         ValueError: The string does not follow the grammar (see the module source).
+        TypeError: ``text`` is not a string.
 
     Example:
         >>> parse_type('Optional[Literal["a", 1]]')
         ('optional', ('literal', ('a', 1)))
     """
     if not isinstance(text, str):
-        raise ValueError(f"a type must be a string, got {type(text).__name__}")
+        raise TypeError(f"a type must be a string, got {type(text).__name__}")
     parser = _TypeParser(text)
     parsed = parser.parse()
     parser.skip()
@@ -390,14 +391,12 @@ _PY_CONSTANTS = {"True": True, "False": False, "None": None}
 
 
 def _literal_member(value: Any, members: Sequence[Any]) -> tuple[bool, Any]:
+    """pydantic's Literal check: same kind of value (1.0 may match 1, but True never matches 1)."""
     for member in members:
-        if isinstance(member, bool) or isinstance(value, bool) or member is None or value is None:
-            if type(member) is type(value) and member == value:
-                return True, member
-        elif isinstance(member, str) or isinstance(value, str):
-            if type(member) is type(value) and member == value:
-                return True, member
-        elif member == value:
+        strict = any(isinstance(v, (bool, str)) or v is None for v in (member, value))
+        if strict and type(member) is type(value) and member == value:
+            return True, member
+        if not strict and member == value:
             return True, member
     return False, None
 
@@ -506,18 +505,16 @@ def parse_value(value: Any, type_: str | tuple) -> Any:
     if parsed == ("str",):
         return str(value)
     if parsed[0] == "literal":
-        found, member = _literal_member(value, parsed[1])
-        if found:
-            return member
+        if value in parsed[1]:  # Python equality, as DSPy checks it (2.0 matches 2 and is returned as is)
+            return value
         if isinstance(value, str):
             text = value.strip()
             if text.startswith(("Literal[", "str[")) and text.endswith("]"):
                 text = text[text.find("[") + 1:-1]
             if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
                 text = text[1:-1]
-            found, member = _literal_member(text, parsed[1])
-            if found:
-                return member
+            if text in parsed[1]:
+                return text
             value = text
     if not isinstance(value, str):
         return _coerce(value, parsed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["RuntimePredictorCall", "VerifyReport", "runtime_program", "verify"]
 
 _PRIVILEGED = ("signature", "demos", "config", "lm")
+
+# The runtime pass calls the LM with chat dicts, as DSPy 3.4's adapters do; DSPy warns about that call
+# shape (removal planned for 3.5, outside dspy-ext's supported range). Only calls made from this module
+# are silenced.
+warnings.filterwarnings("ignore", message="Passing OpenAI-style message", category=DeprecationWarning,
+                        module=__name__)
 
 
 class RuntimePredictorCall:
@@ -137,10 +144,12 @@ class VerifyReport:
 
     @property
     def dspy_score(self) -> float:
+        """The in-DSPy score, 0-100, rounded to 2 decimals."""
         return round(self.dspy.score, 2)
 
     @property
     def runtime_score(self) -> float:
+        """The score through the artifact's runtime, 0-100, rounded to 2 decimals."""
         return round(self.runtime.score, 2)
 
     @property
@@ -150,6 +159,7 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
+        """Whether the two scores differ by at most :attr:`tolerance` points."""
         return abs(self.runtime.score - self.dspy.score) <= self.tolerance + 1e-9
 
     @property
@@ -164,6 +174,7 @@ class VerifyReport:
         return sorted(set(out))
 
     def to_dict(self) -> dict[str, Any]:
+        """The figures as JSON-ready values (scores, n, difference, rows that differ, errors, LM calls)."""
         differing = self.differing_rows
         return {
             "dspy_score": self.dspy_score,

@@ -126,7 +126,17 @@ class EvoPrompt(InstructionSearch):
 
     def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
         name = run.target(step)
+        if len(population) < (2 if self.variant == "ga" else 3):
+            # Too few members were admitted to breed (rejected or duplicate proposals): grow by paraphrase.
+            return self._grow(run, population, name, step)
         return self._ga(run, population, name, step) if self.variant == "ga" else self._de(run, population, name, step)
+
+    def _grow(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
+        children = []
+        for member in population:
+            for raw in run.ask("paraphrase", 2, temperature=self.temperature, instruction=member.instruction(name)):
+                children.append(run.admit(raw, member, name, origin=f"{self.method}.grow{step + 1}"))
+        return children
 
     def _ga(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
         weights = [run.store.get(c.key).mean or 0.0 for c in population]
@@ -160,7 +170,7 @@ class EvoPrompt(InstructionSearch):
     def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
         batch = run.meta_state["batch"]
         run.score(population + children, batch)
-        if self.variant == "ga" or not population:
+        if self.variant == "ga" or len(population) < 3:
             return self.top(run, population + children, self.population_size)
         by_member = {c.meta.get("replaces"): c for c in children}
         survivors = []

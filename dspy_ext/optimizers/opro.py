@@ -58,12 +58,14 @@ class OPRO(InstructionSearch):
 
     def trajectory(self, run: SearchRun, population: list[Candidate], name: str) -> list[tuple[str, float]]:
         """The best ``trajectory_size`` (instruction, score) pairs for predictor ``name``."""
-        best = self.top(run, population, self.trajectory_size)
+        # A candidate whose every row failed (LM or metric errors) has no score to show.
+        scored = [c for c in population if c.key in run.store and run.store.get(c.key).mean is not None]
+        best = self.top(run, scored, self.trajectory_size)
         return [(c.instruction(name), run.store.get(c.key).mean) for c in best]
 
     def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
         name = run.target(step)
-        parent = self.top(run, population, 1)[0]
+        parent = self.top(run, population, 1)[0]  # unscored candidates rank last, so this is defined
         exemplars = run.rng.sample(run.trainset, min(self.num_exemplars, len(run.trainset)))
         texts = run.ask(
             "trajectory", self.proposals_per_step, temperature=self.temperature,

@@ -20,7 +20,8 @@ _TERMINAL = (".", "!", "?", ":", ")", "]", '"', "'")
 def clean_proposal(text: str) -> str:
     """Strip quotes, markers and a leading ``Instruction:`` label a model may add."""
     text = (text or "").strip()
-    text = re.sub(r"</?(?:start|end|prompt|instruction)>", "", text, flags=re.IGNORECASE).strip()
+    # The closing ">" may already be gone (the adapter strips trailing decoration).
+    text = re.sub(r"</?(?:start|end|prompt|instruction)>?", "", text, flags=re.IGNORECASE).strip()
     text = _ANSWER_LABEL.sub("", text).strip()
     if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
@@ -42,7 +43,7 @@ class ProposalGuard:
     Args:
         meta_texts: The optimizer's own meta-prompt texts (signature
             instructions and field descriptions).
-        train_inputs: Training input values that must not be copied verbatim.
+        train_inputs: Training values (inputs and labels) that must not be copied verbatim.
         max_chars: Longest acceptable instruction.
         leak_ngram: A run of this many words shared with a meta-prompt text is
             a leak.
