@@ -418,3 +418,14 @@ def test_compile_writes_the_trial_log(tmp_path: Path) -> None:
     expected_tokens = sum(sum(len(x["content"].split()) for x in m) + len(opro_world(m).split()) for m in task)
     assert sum(r["tokens"] for r in rows) == expected_tokens
     assert result.lm_calls == engine.calls and result.tokens >= expected_tokens
+
+
+def test_guard_rejects_a_proposal_that_echoes_a_meta_prompt_field() -> None:
+    """A small model often answers OPRO's prompt with its own 'Step: input -> output' line (seen on SmolLM2)."""
+    from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels
+
+    guard = ProposalGuard(meta_labels=meta_prompt_labels(DEFAULT_META_PROMPTS))
+    assert guard.check("Step: input -> output", truncated=False) == "echoed_meta_prompt"
+    assert guard.check("Scored instructions: Instruction: x Accuracy: 40", truncated=False) == "echoed_meta_prompt"
+    assert guard.check("Input: great film -> Output: positive", truncated=False) == "echoed_meta_prompt"
+    assert guard.check("Output whether the review is positive or negative.", truncated=False) is None

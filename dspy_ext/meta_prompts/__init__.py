@@ -90,6 +90,19 @@ def meta_prompt_texts(signatures: dict[str, type[dspy.Signature]]) -> list[str]:
     return [t for t in texts if t]
 
 
+def meta_prompt_labels(signatures: dict[str, type[dspy.Signature]]) -> list[str]:
+    """The ``Prefix:`` labels the plain adapter shows for the meta-prompts' input fields.
+
+    ``"Input:"`` is added because meta-prompts show examples as ``Input: ... -> Output: ...``.
+    """
+    from dspy_ext.adapters.plain import field_prefix
+
+    labels = {"Input:"}
+    for sig in signatures.values():
+        labels.update(field_prefix(sig, name) for name in sig.input_fields)
+    return sorted(labels)
+
+
 __all__ = [
     "DEFAULT_META_PROMPTS",
     "CrossoverThenMutate",
@@ -99,5 +112,6 @@ __all__ = [
     "InduceInstruction",
     "ParaphraseInstruction",
     "ProposeFromTrajectory",
+    "meta_prompt_labels",
     "meta_prompt_texts",
 ]

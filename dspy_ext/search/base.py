@@ -33,7 +33,7 @@ from dspy.teleprompt import Teleprompter
 
 from dspy_ext.adapters import default_adapter
 from dspy_ext.lm.metering import CallMeter, metering
-from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_texts
+from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.demos import build_demo_sets
 from dspy_ext.search.guards import ProposalGuard
@@ -84,6 +84,9 @@ class InstructionSearch(Teleprompter, abc.ABC):
         meta_prompts: Overrides of the meta-prompt Signatures, by role.
         log_dir: Folder for ``trials.jsonl`` (``None``: in memory only).
         progress: Show a progress bar with the best score and calls used.
+        final_selector: Replaces the final (instruction x demo set) choice: called as
+            ``final_selector(search, run, seed_candidate)`` and returns the chosen
+            :class:`Candidate` (or ``None``: best so far). Default: successive halving.
     """
 
     method: ClassVar[str] = "search"
@@ -109,6 +112,7 @@ class InstructionSearch(Teleprompter, abc.ABC):
         meta_prompts: dict[str, type[dspy.Signature]] | None = None,
         log_dir: str | Path | None = None,
         progress: bool = False,
+        final_selector: Any = None,
     ) -> None:
         super().__init__()
         if max_lm_calls < 1:
@@ -138,6 +142,7 @@ class InstructionSearch(Teleprompter, abc.ABC):
         self.meta_prompts = {**DEFAULT_META_PROMPTS, **(meta_prompts or {})}
         self.log_dir = Path(log_dir) if log_dir else None
         self.progress = progress
+        self.final_selector = final_selector
 
     # ---- what a method defines --------------------------------------------------------
     @abc.abstractmethod
@@ -198,9 +203,12 @@ class InstructionSearch(Teleprompter, abc.ABC):
         log_path = self.log_dir / "trials.jsonl" if self.log_dir else None
         if log_path is not None and log_path.exists():
             log_path.unlink()
+        meta_signatures = {r: self.meta_prompts[r] for r in self.roles}
         guard = ProposalGuard(
-            meta_texts=meta_prompt_texts({r: self.meta_prompts[r] for r in self.roles}),
-            train_inputs=[str(v) for ex in trainset for v in ex.inputs().values()],
+            meta_texts=meta_prompt_texts(meta_signatures),
+            meta_labels=meta_prompt_labels(meta_signatures),
+            # Inputs and labels alike: neither may be copied into the instruction (AdalFlow#434).
+            train_inputs=[str(v) for ex in trainset for k, v in ex.items() if k != "accepted"],
         )
         bar = None
         if self.progress:
@@ -305,6 +313,8 @@ class InstructionSearch(Teleprompter, abc.ABC):
         each round only pays for its new rows. When the budget cannot pay for
         a round, the leader of the last finished round wins.
         """
+        if self.final_selector is not None:
+            return self.final_selector(self, run, seed_candidate)
         ranked = [r.candidate for r in run.store.ranked()]
         contenders: list[Candidate] = []
         for candidate in [*ranked[:1], seed_candidate, *ranked[1:]]:

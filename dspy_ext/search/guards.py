@@ -49,6 +49,8 @@ class ProposalGuard:
             a leak.
         min_input_chars: Training inputs shorter than this (single words,
             labels) are too generic to count as a leak.
+        meta_labels: Field labels of the meta-prompts (``"Step:"``, ...); a
+            proposal that starts with one echoes the prompt instead of answering it.
 
     Example:
         >>> guard = ProposalGuard(["Write a new instruction that scores higher"], ["a long training sentence here"])
@@ -62,12 +64,14 @@ class ProposalGuard:
     max_chars: int = 800
     leak_ngram: int = 8
     min_input_chars: int = 20
+    meta_labels: Iterable[str] = ()
 
     def __post_init__(self) -> None:
         self._meta_ngrams: set[tuple[str, ...]] = set()
         for text in self.meta_texts:
             self._meta_ngrams |= _ngrams(_words(text), self.leak_ngram)
         self._inputs = [" ".join(_words(t)) for t in self.train_inputs if len(str(t)) >= self.min_input_chars]
+        self._labels = tuple({label.strip().lower() for label in self.meta_labels if label.strip()})
 
     def check(self, text: str, *, truncated: bool | None) -> str | None:
         """Return why ``text`` is rejected, or ``None`` if it may be adopted.
@@ -83,6 +87,8 @@ class ProposalGuard:
             return "truncated"
         if len(text) > self.max_chars:
             return "too_long"
+        if text.lower().startswith(self._labels):
+            return "echoed_meta_prompt"
         if self._meta_ngrams and _ngrams(_words(text), self.leak_ngram) & self._meta_ngrams:
             return "meta_prompt_leak"
         norm = " ".join(_words(text))
