@@ -20,12 +20,14 @@ from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.lm import CallMeter, make_lm, metering
 from dspy_ext.optimizers import APE, OPRO, EvoPrompt, ProTeGi
+from dspy_ext.tuning import OptunaSearch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "APE",
     "OPRO",
+    "OptunaSearch",
     "EvoPrompt",
     "ProTeGi",
     "CallMeter",

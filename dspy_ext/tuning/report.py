@@ -1,0 +1,138 @@
+"""What a finished tune shows: a table of the top trials and one PNG (history + importances)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def top_trials_table(session: Any, k: int = 5) -> str:
+    """A plain-text table of the ``k`` best trials."""
+    trials = session.top_trials(k)
+    if not trials:
+        return "(no finished trial yet)"
+    criteria = session.criteria
+    multi = len(criteria) > 1
+    header = ["#", "state", "optimizer", *(criteria if multi else ["dev %"]), "LM calls", "s", "params"]
+    rows = []
+    for t in trials:
+        scores = t.user_attrs.get("scores") or {}
+        state = t.state.name.lower()
+        if state == "complete" and not _feasible(t):
+            state = "infeasible"
+        if multi:
+            values = [_fmt((scores.get("criteria") or {}).get(c)) for c in criteria]
+        else:
+            values = [_fmt(t.value if t.values is not None else scores.get("dev"))]
+        params = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(v)}" for k, v in t.params.items() if k != "optimizer")
+        rows.append([str(t.number), state, t.user_attrs.get("optimizer") or t.params.get("optimizer", "?"), *values,
+                     str(t.user_attrs.get("lm_calls", "")), _fmt(t.user_attrs.get("seconds")), params])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths)) + "  " + header[-1]]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(lines)
+
+
+def _feasible(trial: Any) -> bool:
+    from dspy_ext.tuning.search import is_feasible
+
+    return is_feasible(trial)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def param_importances(session: Any) -> dict[str, float]:
+    """Optuna's hyperparameter importances for the primary objective (``{}`` when they cannot be computed)."""
+    import optuna
+
+    complete = [t for t in session.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return {}
+    k = session.criteria.index(session.primary) if session.objective == "pareto" else 0
+    target = (lambda t: t.values[k]) if session.objective == "pareto" else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(session.study, target=target))
+    except Exception as exc:  # too few distinct values, a single-valued parameter ...
+        logger.info("parameter importances not available: %s", exc)
+        return {}
+
+
+def save_plot(session: Any, path: str | Path) -> Path | None:
+    """One PNG: the optimization history (left) and hyperparameter importances (right).
+
+    History: every finished trial's primary value (pruned trials at their partial
+    score, marked x; infeasible ones hollow) and the best feasible value so far.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    trials = [t for t in session.study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    if not trials:
+        return None
+    k = session.criteria.index(session.primary) if session.objective == "pareto" else 0
+    front = {t.number for t in session.pareto_front()}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    best, best_x, best_y = -math.inf, [], []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state.name == "COMPLETE":
+            value = t.values[k]
+            feasible = _feasible(t)
+            left.scatter([t.number], [value], color="tab:blue", facecolors="tab:blue" if feasible else "none", zorder=3)
+            counts = t.number in front if session.objective == "pareto" else feasible
+            if counts:
+                best = max(best, value)
+        else:
+            value = (t.user_attrs.get("scores") or {}).get("dev")
+            if value is not None:
+                left.scatter([t.number], [value], color="tab:gray", marker="x", zorder=3)
+        if best > -math.inf:
+            best_x.append(t.number)
+            best_y.append(best)
+    if best_x:
+        left.step(best_x, best_y, where="post", color="tab:red", label="best so far")
+    left.scatter([], [], color="tab:blue", label="complete")
+    left.scatter([], [], color="tab:gray", marker="x", label="pruned (partial score)")
+    if session.objective == "constraints":
+        left.scatter([], [], color="tab:blue", facecolors="none", label="infeasible")
+    baseline = (session.baseline.get("criteria") or {}).get(session.primary)
+    if baseline is not None:
+        left.axhline(baseline, color="tab:green", linestyle="--", linewidth=1, label="student (baseline)")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("trial")
+    left.set_ylabel(f"dev {session.primary} (0-100)")
+    left.set_title(f"Optimization history: {session.search.study_name}")
+    left.legend(loc="lower right", fontsize=8)
+    importances = param_importances(session)
+    if importances:
+        names = list(importances)[::-1]
+        right.barh(names, [importances[n] for n in names], color="tab:purple")
+        right.set_xlabel("importance")
+        right.set_title("Hyperparameter importances")
+    else:
+        right.text(0.5, 0.5, "importances need >= 2 complete trials\nwith varied parameters", ha="center",
+                   va="center")
+        right.set_axis_off()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
