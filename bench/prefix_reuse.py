@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- Machine: {cpu_count()} CPUs (`nproc`), {cpu_model()}; llama.cpp threads: {engine.n_threads}; "
         f"load average (1/5/15 min) before {load_before}, after {load_after}.",
-        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; Python {platform.python_version()}, "
-        f"dspy {dspy.__version__}, llama-cpp-python {llama_cpp.__version__}.",
+        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
+        f"Python {platform.python_version()}, dspy {dspy.__version__}, llama-cpp-python {llama_cpp.__version__}.",
         f"- Prompt: {prompt_tokens:.0f} tokens per call on average (chat template, instruction, demos, input).",
         "",
         "| setting | calls/s (median) | s/call | calls/s per round | output tokens/call | accuracy |",

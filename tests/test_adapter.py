@@ -16,16 +16,6 @@ from metrics import exact_match
 from programs import DraftThenAnswer
 from programs.two_step import DRAFT_INSTRUCTIONS
 
-# Deterministic library bug (see the final report): PlainAdapter passes a *str* as
-# ``parsed_result`` to DSPy's AdapterParseError, whose constructor calls
-# ``parsed_result.keys()``, so every "cannot parse" path raises AttributeError instead.
-PARSED_RESULT_BUG = pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="library bug: plain.py passes parsed_result=str(...) to AdapterParseError (needs a dict)",
-)
-
-
 class Sentiment(dspy.Signature):
     """Classify the sentiment of the review."""
 
@@ -175,7 +165,6 @@ def test_typed_single_output_is_coerced() -> None:
     assert PlainAdapter().parse(signature, "Count: 12") == {"count": 12}
 
 
-@PARSED_RESULT_BUG
 def test_literal_outside_the_options_raises_parse_error() -> None:
     class Label(dspy.Signature):
         """Classify."""
@@ -211,7 +200,6 @@ def test_missing_first_label_takes_the_preamble() -> None:
     assert parsed == {"reasoning": "I add the numbers.", "answer": "4"}
 
 
-@PARSED_RESULT_BUG
 @pytest.mark.parametrize(
     "reply",
     [
@@ -225,7 +213,6 @@ def test_missing_fields_raise_parse_error(reply: str) -> None:
         PlainAdapter().parse(COT, reply)
 
 
-@PARSED_RESULT_BUG
 def test_unparseable_typed_field_raises_parse_error() -> None:
     with pytest.raises(AdapterParseError, match="score"):
         PlainAdapter().parse(Rate, "Label: Yes\nScore: many")

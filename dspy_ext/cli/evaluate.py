@@ -69,4 +69,9 @@ def run(args: argparse.Namespace) -> int:
               f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
               f"{result['seconds']:.1f} s")
         print(f"errors: {format_errors(result['errors'])}")
+    if not report.scored:
+        first = next((r for r in report.rows if r.error is not None), None)
+        detail = f": {first.error.value}: {first.message[:300]}" if first else ""
+        print(f"dspy-ext evaluate: error: no row could be scored{detail}", file=sys.stderr)
+        return 1
     return 0

@@ -245,7 +245,7 @@ class Evaluator:
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         start = time.perf_counter()
-        base_key = (program_fingerprint(program), _run_context_key(), repeats > 1 and temperature)
+        base_key = (program_fingerprint(program), _run_context_key(), temperature)
         jobs = [(i, k) for k in range(repeats) for i in range(len(examples))]
         rows: list[RowResult] = []
         hits = 0

@@ -102,6 +102,7 @@ class LlamaCppEngine(MeteredEngine):
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._llama = None
+        self._last_messages: list[dict[str, str]] | None = None
 
     def _model(self):
         if self._llama is None:
@@ -129,8 +130,11 @@ class LlamaCppEngine(MeteredEngine):
         with self._lock:
             llama = self._model()
             seed = config.seed if config.seed is not None else self._rng.randrange(2**31)
-            if not self.prefix_reuse:
-                llama.reset()  # forget the cached prompt so the next call re-processes it all
+            # llama-cpp-python re-decodes only the last token of a prompt it has fully cached,
+            # which can flip near-tied greedy choices; repeat prompts are processed afresh.
+            if not self.prefix_reuse or messages == self._last_messages:
+                llama.reset()
+            self._last_messages = messages
             out = llama.create_chat_completion(
                 messages=messages,
                 temperature=temperature,
