@@ -3,6 +3,10 @@
 The run folder holds ``program.json`` (DSPy state), ``trials.jsonl`` (one
 row per evaluated candidate), ``run.json`` (settings and figures) and
 ``report.md`` (best instruction, demos, scores, calls, tokens, time).
+
+:func:`run_one` is the whole of one run (draw train/val, compile, score on the
+test split, write the folder); ``dspy-ext compare`` calls it once per
+(optimizer, seed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,10 @@ from dspy_ext.cli.common import (
     setup_run,
 )
 from dspy_ext.data import dataset_fingerprint, split_train_val
-from dspy_ext.evaluation import Evaluator
+from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import predictors
-from dspy_ext.registry import REGISTRY, build_optimizer
+from dspy_ext.registry import REGISTRY, build_optimizer, resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,24 +57,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.budget < 1:
-        raise CLIError("--budget must be >= 1")
-    setup = setup_run(args)
-    task = setup.task
-    train, val = split_train_val(task.train, args.train, args.val, seed=args.seed)
-    out = Path(args.out or f"runs/{task.name}-{args.optimizer}-s{args.seed}")
-    out.mkdir(parents=True, exist_ok=True)
-    student = build_student(args, task)
-    show = not args.json or sys.stderr.isatty()
+@dataclass
+class RunOutcome:
+    """What :func:`run_one` produced: the ``run.json`` summary, the program and its reports."""
+
+    summary: dict[str, Any]
+    program: dspy.Module
+    test: EvaluationReport
+    baseline: EvaluationReport
+    val: EvaluationReport
+
+
+def parse_config(value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """``--config`` as a dict (it may already be one)."""
+    if value is None or isinstance(value, dict):
+        return value
     try:
-        config = json.loads(args.config) if args.config else None
+        config = json.loads(value)
     except json.JSONDecodeError as exc:
         raise CLIError(f"--config is not valid JSON: {exc}") from None
-    with setup.context():
-        optimizer = build_optimizer(args.optimizer, setup.metric, config=config, budget=args.budget, seed=args.seed,
-                                    num_threads=args.threads, n_train=len(train), n_val=len(val), log_dir=str(out),
-                                    progress=show)
+    if not isinstance(config, dict):
+        raise CLIError("--config must be a JSON object")
+    return config
+
+
+def run_one(
+    setup: RunSetup,
+    settings: Any,
+    out: Path,
+    *,
+    progress: bool = False,
+    evaluator: Evaluator | None = None,
+) -> RunOutcome:
+    """Compile one optimizer on one seed's train/val draw, score it on the test split, write ``out``.
+
+    Args:
+        setup: The task, LM, adapter and metric (the task's test split is used whole).
+        settings: An argparse-like object with ``optimizer``, ``config`` (dict, JSON text or
+            ``None``), ``budget``, ``seed``, ``train``, ``val``, ``threads`` and ``program``.
+        out: The run folder (created): ``program.json``, ``run.json``, ``report.md`` and,
+            for dspy-ext's optimizers, ``trials.jsonl``.
+        progress: Show progress bars on stderr.
+        evaluator: The evaluator for the test, baseline and val scores (shared to reuse its
+            score cache across runs); default: a new one.
+
+    Returns:
+        A :class:`RunOutcome`; ``summary`` is what ``run.json`` holds. ``lm_calls``,
+        ``tokens`` and ``seconds`` are those of the compile alone.
+    """
+    if settings.budget < 1:
+        raise CLIError("--budget must be >= 1")
+    config = parse_config(settings.config)
+    task = setup.task
+    train, val = split_train_val(task.train, settings.train, settings.val, seed=settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    student = build_student(settings, task)
+    with setup.context(), contextlib.redirect_stdout(sys.stderr):  # some constructors print (bfsrs)
+        optimizer = build_optimizer(settings.optimizer, setup.metric, config=config, budget=settings.budget,
+                                    seed=settings.seed, num_threads=settings.threads, n_train=len(train),
+                                    n_val=len(val), log_dir=str(out), progress=progress)
     meter = CallMeter()
     started = time.perf_counter()
     # DSPy's optimizers print progress to stdout; keep stdout for our own output (--json).
@@ -78,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     compile_seconds = time.perf_counter() - started
     compile_usage = meter.snapshot()
 
-    evaluator = Evaluator(setup.metric, num_threads=args.threads, progress=show)
+    evaluator = evaluator or Evaluator(setup.metric, num_threads=settings.threads, progress=progress)
     with setup.context():
         test = evaluator.evaluate(compiled, task.test, desc="test")
         baseline = evaluator.evaluate(student, task.test, desc="baseline test")
@@ -86,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
     result = getattr(compiled, "dspy_ext_result", None)
     summary = {
         "task": task.name,
-        "optimizer": args.optimizer,
-        "seed": args.seed,
-        "budget": args.budget,
+        "optimizer": settings.optimizer,
+        "seed": settings.seed,
+        "budget": settings.budget,
         "budget_enforced": optimizer.enforces_budget,
         "config": optimizer.config.model_dump(),
         "lm": setup.lm.model,
@@ -112,6 +158,18 @@ def run(args: argparse.Namespace) -> int:
     compiled.save(str(out / "program.json"))
     (out / "run.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(render_report(summary, compiled))
+    return RunOutcome(summary, compiled, test, baseline, val_report)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.budget < 1:
+        raise CLIError("--budget must be >= 1")
+    resolve_config(args.optimizer, parse_config(args.config))  # a bad --config fails before anything is loaded
+    setup = setup_run(args)
+    task = setup.task
+    out = Path(args.out or f"runs/{task.name}-{args.optimizer}-s{args.seed}")
+    show = not args.json or sys.stderr.isatty()
+    summary = run_one(setup, args, out, progress=show).summary
     if args.json:
         emit_json(summary)
     else:

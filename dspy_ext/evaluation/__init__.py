@@ -1,4 +1,4 @@
-"""Scoring programs: the shared evaluator, error classes and statistics."""
+"""Scoring programs: the shared evaluator, error classes, statistics and paired significance tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dspy_ext.evaluation.evaluator import (
     example_key,
     metric_value,
 )
+from dspy_ext.evaluation.significance import PairedTest, mcnemar_exact, paired_bootstrap, paired_test
 from dspy_ext.evaluation.stats import MeanCI, mean_ci, t95
 
 __all__ = [
@@ -18,10 +19,14 @@ __all__ = [
     "EvaluationReport",
     "Evaluator",
     "MeanCI",
+    "PairedTest",
     "RowResult",
     "classify_error",
     "example_key",
+    "mcnemar_exact",
     "mean_ci",
     "metric_value",
+    "paired_bootstrap",
+    "paired_test",
     "t95",
 ]

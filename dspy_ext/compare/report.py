@@ -1,0 +1,246 @@
+"""Tables, statistics and the plot of an optimizer comparison.
+
+Input is the list of finished cells, one per (optimizer, seed), each with its
+summary row and its per-example test scores. Output: one summary row per
+optimizer (test mean ± 95% CI over seeds, calls, tokens, time, a paired test
+against the best), rendered as Markdown and CSV, and a PNG of test score
+against LM calls with one point per run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dspy_ext.evaluation.significance import ALPHA, paired_test
+from dspy_ext.evaluation.stats import mean_ci
+
+
+@dataclass
+class Cell:
+    """One finished (optimizer, seed) run."""
+
+    optimizer: str
+    seed: int
+    row: dict[str, Any]
+    example_scores: list[float | None] = field(repr=False, default_factory=list)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarise(cells: Sequence[Cell], optimizers: Sequence[str], *, alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """One summary row per optimizer (in the given order), with a paired test against the best.
+
+    The best optimizer has the highest mean test score over its seeds (ties: fewer
+    LM calls). Every other optimizer is tested against it on the per-example test
+    scores pooled over the seeds both finished: (seed, example) pairs.
+    """
+    by_opt: dict[str, list[Cell]] = {name: [] for name in optimizers}
+    for cell in cells:
+        by_opt.setdefault(cell.optimizer, []).append(cell)
+    rows: list[dict[str, Any]] = []
+    for name, runs in by_opt.items():
+        runs = sorted(runs, key=lambda c: c.seed)
+        if not runs:
+            rows.append({"optimizer": name, "runs": 0, "seeds": []})
+            continue
+        ci = mean_ci([c.row["test_score"] for c in runs])
+        rows.append({
+            "optimizer": name,
+            "runs": len(runs),
+            "seeds": [c.seed for c in runs],
+            "test_mean": round(ci.mean, 2),
+            "test_ci95": round(ci.half_width, 2),
+            "lm_calls_mean": round(_mean([c.row["lm_calls"] for c in runs]), 1),
+            "tokens_mean": round(_mean([c.row["tokens"] for c in runs]), 1),
+            "seconds_mean": round(_mean([c.row["seconds"] for c in runs]), 2),
+            "budget_enforced": bool(runs[0].row.get("budget_enforced")),
+            "budget_exhausted_runs": sum(bool(c.row.get("budget_exhausted")) for c in runs),
+            "baseline_test_score": runs[0].row.get("baseline_test_score"),
+        })
+    finished = [r for r in rows if r["runs"]]
+    if not finished:
+        return rows
+    best = max(finished, key=lambda r: (r["test_mean"], -r["lm_calls_mean"]))
+    best_cells = {c.seed: c for c in by_opt[best["optimizer"]]}
+    for row in finished:
+        row["best"] = row is best
+        if row is best:
+            row["vs_best"] = None
+            continue
+        a: list[float | None] = []
+        b: list[float | None] = []
+        matched = []
+        for cell in by_opt[row["optimizer"]]:
+            other = best_cells.get(cell.seed)
+            if other is None or len(other.example_scores) != len(cell.example_scores):
+                continue
+            matched.append(cell.seed)
+            a += other.example_scores
+            b += cell.example_scores
+        if not matched:
+            row["vs_best"] = None
+            continue
+        test = paired_test(a, b, alpha=alpha)
+        row["vs_best"] = {**test.to_dict(), "seeds": matched}
+    return rows
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _fmt_p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def _secs(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def _ci(row: dict[str, Any]) -> str:
+    return f"{row['test_mean']:.1f} ± {row['test_ci95']:.1f}" if row["runs"] > 1 else f"{row['test_mean']:.1f}"
+
+
+def render_markdown(meta: dict[str, Any], summary: Sequence[dict[str, Any]], cells: Sequence[Cell],
+                    plot_name: str | None = "score_vs_calls.png", heading: int = 1) -> str:
+    """The comparison as Markdown: settings, the per-optimizer table, notes and the per-run table."""
+    h = "#" * heading
+    seeds = ", ".join(str(s) for s in meta["seeds"])
+    lines = [
+        f"{h} Optimizer comparison: {meta['task']}",
+        "",
+        f"LM `{meta['lm']}`, adapter {meta['adapter']}, program `{meta['program']}`, metric `{meta['metric']}`; "
+        f"budget {meta['budget']} LM calls per compile; seeds {seeds}; train {meta['train']} / val {meta['val']} "
+        f"drawn from the training file with each seed; test = the full held-out test split ({meta['test']} rows), "
+        "the same for every run.",
+    ]
+    baseline = next((r.get("baseline_test_score") for r in summary if r.get("runs")), None)
+    if baseline is not None:
+        lines += ["", f"Uncompiled student (task's instruction, zero-shot) on the test split: {baseline:.1f}%."]
+    lines += [
+        "",
+        "| optimizer | test % (mean ± 95% CI) | runs | Δ vs best (pts) | p | significant | LM calls | tokens "
+        "| wall s | budget enforced |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary:
+        if not row["runs"]:
+            lines.append(f"| {row['optimizer']} | no finished run | 0 | | | | | | | |")
+            continue
+        vs = row.get("vs_best")
+        if row.get("best"):
+            delta, p, sig = "best", "", ""
+        elif vs is None:
+            delta, p, sig = "no matched seeds", "", ""
+        else:
+            delta = f"{-vs['diff_points'] + 0.0:+.1f}"
+            p = _fmt_p(vs["p_value"])
+            sig = "**yes**" if vs["significant"] else "no"
+        exhausted = f" ({row['budget_exhausted_runs']}/{row['runs']} hit it)" if row["budget_exhausted_runs"] else ""
+        lines.append(
+            f"| {row['optimizer']} | {_ci(row)} | {row['runs']} | {delta} | {p} | {sig} | {row['lm_calls_mean']:.0f} "
+            f"| {row['tokens_mean']:.0f} | {_secs(row['seconds_mean'])} | {_yes(row['budget_enforced'])}{exhausted} |"
+        )
+    methods = sorted({r["vs_best"]["method"] for r in summary if r.get("vs_best")})
+    test_text = {
+        "mcnemar-exact": "exact McNemar test",
+        "paired-bootstrap": "paired bootstrap",
+    }
+    lines += [
+        "",
+        "Δ vs best and p: each optimizer against the best one "
+        f"({' / '.join(test_text[m] for m in methods) or 'paired test'}, two-sided) on the per-example test "
+        "scores pooled over the seeds both finished, i.e. (seed, example) pairs; *significant* means "
+        f"p < {ALPHA} (no correction for multiple comparisons; pooling treats the seeds' test rows as "
+        "independent pairs). LM calls, tokens and wall time are means per compile (test scoring excluded). "
+        "Budget enforced: *yes* = a hard cap on LM calls (dspy-ext's optimizers); *no* = DSPy's optimizer "
+        "configured to the setting closest to the budget, with the calls it really used.",
+    ]
+    if plot_name:
+        lines += ["", f"![test score vs LM calls]({plot_name})"]
+    lines += ["", f"{h}# Runs", "", "| optimizer | seed | test % | val % | LM calls | tokens | wall s |",
+              "|---|---|---|---|---|---|---|"]
+    for cell in sorted(cells, key=lambda c: (meta["optimizers"].index(c.optimizer)
+                                              if c.optimizer in meta["optimizers"] else 99, c.seed)):
+        r = cell.row
+        lines.append(f"| {cell.optimizer} | {cell.seed} | {r['test_score']:.1f} | {r.get('val_score', 0):.1f} | "
+                     f"{r['lm_calls']} | {r['tokens']} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ["optimizer", "runs", "seeds", "test_mean", "test_ci95", "test_low", "test_high", "lm_calls_mean",
+              "tokens_mean", "seconds_mean", "budget_enforced", "budget_exhausted_runs", "best", "test",
+              "diff_vs_best_points", "p_value", "significant"]
+
+
+def render_csv(summary: Sequence[dict[str, Any]]) -> str:
+    """One CSV row per optimizer."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in summary:
+        vs = row.get("vs_best") or {}
+        runs = row["runs"]
+        writer.writerow({
+            "optimizer": row["optimizer"],
+            "runs": runs,
+            "seeds": " ".join(str(s) for s in row["seeds"]),
+            "test_mean": row.get("test_mean", ""),
+            "test_ci95": row.get("test_ci95", ""),
+            "test_low": round(row["test_mean"] - row["test_ci95"], 2) if runs else "",
+            "test_high": round(row["test_mean"] + row["test_ci95"], 2) if runs else "",
+            "lm_calls_mean": row.get("lm_calls_mean", ""),
+            "tokens_mean": row.get("tokens_mean", ""),
+            "seconds_mean": row.get("seconds_mean", ""),
+            "budget_enforced": row.get("budget_enforced", ""),
+            "budget_exhausted_runs": row.get("budget_exhausted_runs", ""),
+            "best": row.get("best", ""),
+            "test": vs.get("method", ""),
+            # Negative: this optimizer is that many points below the best (pooled over matched seeds).
+            "diff_vs_best_points": -vs["diff_points"] if vs else "",
+            "p_value": vs.get("p_value", ""),
+            "significant": vs.get("significant", ""),
+        })
+    return buffer.getvalue()
+
+
+def plot_score_vs_calls(cells: Sequence[Cell], optimizers: Sequence[str], path: Path, *, title: str = "",
+                        budget: int | None = None) -> Path:
+    """Scatter test score (%) against compile LM calls, one point per run, one colour per optimizer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    markers = "osD^vP*Xh<>p"
+    for k, name in enumerate(optimizers):
+        runs = [c for c in cells if c.optimizer == name]
+        if not runs:
+            continue
+        enforced = bool(runs[0].row.get("budget_enforced"))
+        ax.scatter([c.row["lm_calls"] for c in runs], [c.row["test_score"] for c in runs],
+                   label=name + ("" if enforced else " (DSPy)"), marker=markers[k % len(markers)], s=40, alpha=0.8,
+                   color=f"C{k % 10}")
+    if budget:
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=1)
+        ax.annotate("budget", (budget, 0.02), xycoords=("data", "axes fraction"), rotation=90, ha="right",
+                    va="bottom", color="grey", fontsize=8)
+    ax.set_xlabel("LM calls of the compile")
+    ax.set_ylabel("test score (%)")
+    ax.set_ylim(-2, 102)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,178 @@
+"""``dspy-ext compare`` on the fake world: table, statistics, plot, clean stdout and resume.
+
+The LM is injected through ``dspy_ext.cli.compare.run(args, lm=...)``; the fake
+LM answers both the task prompts (plain adapter) and every optimizer's
+meta-prompts (see :mod:`dspy_ext.compare.fake_world`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from dspy_ext.cli import build_parser, main
+from dspy_ext.cli import compare as compare_cmd
+from dspy_ext.compare.fake_world import fake_world_lm, write_task
+from dspy_ext.registry import REGISTRY, LabeledConfig, OptimizerSpec
+
+ROW_KEYS = {"optimizer", "seed", "test_score", "lm_calls", "seconds", "tokens", "budget_enforced"}
+
+
+@pytest.fixture
+def task_folder(tmp_path: Path) -> Path:
+    return write_task(tmp_path / "items", n_train=40, n_test=24)
+
+
+def argv(task_folder: Path, out: Path, *extra: str, optimizers: str = "ape,bfs,labeled", seeds: int = 2,
+         budget: int = 60) -> list[str]:
+    return ["compare", "--data", str(task_folder), "--optimizers", optimizers, "--budget", str(budget),
+            "--seeds", str(seeds), "--train", "10", "--val", "10", "--threads", "2", "--adapter", "plain",
+            "--out", str(out), *extra]
+
+
+def run(args: list[str], lm, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = compare_cmd.run(build_parser().parse_args(args), lm=lm)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(args: list[str], lm, capsys: pytest.CaptureFixture[str]) -> tuple[dict, str]:
+    code, out, err = run([*args, "--json"], lm, capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out  # DSPy's prints (BootstrapFewShot's) must not reach stdout
+    return json.loads(lines[0]), err
+
+
+def test_compare_writes_results_and_resumes(task_folder: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    lm = fake_world_lm()
+    first, err = run_json(argv(task_folder, out), lm, capsys)
+
+    # One row per (optimizer, seed), each scored on the full 24-row test split.
+    assert [(r["optimizer"], r["seed"]) for r in first["rows"]] == [
+        ("ape", 0), ("ape", 1), ("bfs", 0), ("bfs", 1), ("labeled", 0), ("labeled", 1)]
+    for row in first["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert 0.0 <= row["test_score"] <= 100.0 and row["test"] == 24
+    ape = [r for r in first["rows"] if r["optimizer"] == "ape"]
+    assert all(0 < r["lm_calls"] <= 60 and r["budget_enforced"] for r in ape)
+    assert all(not r["budget_enforced"] for r in first["rows"] if r["optimizer"] != "ape")
+    assert first["new_lm_calls"] == lm.engine.calls > 0
+    assert first["failed"] == [] and first["skipped_cells"] == 0
+    # Progress: one line per cell on stderr.
+    progress = [line for line in err.splitlines() if line.startswith("[")]
+    assert len(progress) == 6 and progress[0].startswith("[1/6] items · ape · seed 0: test ")
+
+    # Summary: one row per optimizer with mean ± CI over the 2 seeds and a paired test against the best.
+    summary = {row["optimizer"]: row for row in first["summary"]}
+    assert list(summary) == ["ape", "bfs", "labeled"]
+    best = [name for name, row in summary.items() if row["best"]]
+    assert best == [first["best"]]
+    top = summary[first["best"]]
+    assert top["vs_best"] is None
+    assert top["test_mean"] == max(row["test_mean"] for row in summary.values())
+    for name, row in summary.items():
+        assert row["runs"] == 2
+        if name == first["best"]:
+            continue
+        vs = row["vs_best"]
+        assert vs["method"] == "mcnemar-exact" and vs["n"] == 48 and vs["seeds"] == [0, 1]
+        assert vs["diff_points"] == pytest.approx(top["test_mean"] - row["test_mean"], abs=0.02)
+        assert vs["significant"] == (vs["p_value"] < 0.05)
+    # In the fake world demos alone solve 2 of 8 items; the instruction search solves more.
+    assert summary["labeled"]["test_mean"] == pytest.approx(25.0)
+    assert top["test_mean"] >= 75.0 and summary["labeled"]["vs_best"]["significant"]
+
+    # Files: Markdown + CSV table, PNG plot, one JSON per cell with per-example scores.
+    md = (out / "results.md").read_text()
+    assert "| optimizer | test % (mean ± 95% CI) |" in md and "![test score vs LM calls](score_vs_calls.png)" in md
+    assert "| labeled | 25.0 ± 0.0 | 2 |" in md
+    with open(out / "results.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["optimizer"] for r in table] == ["ape", "bfs", "labeled"]
+    assert sum(r["best"] == "True" for r in table) == 1
+    assert (out / "score_vs_calls.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = sorted((out / "cells").glob("*.json"))
+    assert [c.name for c in cells] == ["ape-s0.json", "ape-s1.json", "bfs-s0.json", "bfs-s1.json",
+                                       "labeled-s0.json", "labeled-s1.json"]
+    stored = json.loads(cells[0].read_text())
+    assert len(stored["test_example_scores"]) == 24
+    assert (out / "runs" / "ape-s0" / "program.json").exists() and (out / "runs" / "ape-s0" / "trials.jsonl").exists()
+
+    # Re-run: every cell is skipped, no LM call, identical rows.
+    calls = lm.engine.calls
+    second, err = run_json(argv(task_folder, out), lm, capsys)
+    assert second["new_lm_calls"] == 0 and lm.engine.calls == calls
+    assert second["rows"] == first["rows"] and second["summary"] == first["summary"]
+    assert second["skipped_cells"] == 6
+    assert sum("skipped" in line for line in err.splitlines()) == 6
+
+    # A third seed runs only the three new cells; plain-text output names the best.
+    code, stdout, err = run(argv(task_folder, out, seeds=3), lm, capsys)
+    assert code == 0
+    assert sum("skipped" in line for line in err.splitlines()) == 6
+    assert stdout.startswith("items: 9 runs (6 resumed)")
+    assert "best" in stdout
+    assert len(list((out / "cells").glob("*.json"))) == 9
+
+
+def test_changed_settings_run_the_cell_again(task_folder: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    lm = fake_world_lm()
+    first, _ = run_json(argv(task_folder, out, optimizers="ape", seeds=1, budget=40), lm, capsys)
+    assert first["rows"][0]["lm_calls"] <= 40
+    again, err = run_json(argv(task_folder, out, optimizers="ape", seeds=1, budget=50), lm, capsys)
+    assert again["skipped_cells"] == 0 and again["new_lm_calls"] > 0
+    assert "other settings" in err
+    assert again["rows"][0]["budget"] == 50
+
+
+def test_per_optimizer_config_reaches_the_optimizer(task_folder: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    result, _ = run_json(argv(task_folder, out, "--config", '{"labeled": {"k": 1}}', optimizers="labeled",
+                              seeds=1), fake_world_lm(), capsys)
+    run_file = json.loads((out / "runs" / "labeled-s0" / "run.json").read_text())
+    assert run_file["config"] == {"k": 1}
+    # One demo: the fake model solves 1 item in 8.
+    assert result["rows"][0]["test_score"] == pytest.approx(12.5)
+
+
+def test_a_failing_optimizer_does_not_lose_the_other_cells(task_folder: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(config, ctx):
+        raise RuntimeError("this optimizer is broken")
+
+    monkeypatch.setitem(REGISTRY, "broken", OptimizerSpec("broken", LabeledConfig, broken, lambda *a: None, False,
+                                                          "always fails"))
+    out = tmp_path / "cmp"
+    code, stdout, err = run([*argv(task_folder, out, optimizers="broken,labeled", seeds=1), "--json"],
+                            fake_world_lm(), capsys)
+    assert code == 1
+    result = json.loads(stdout)
+    assert result["failed"] == [{"optimizer": "broken", "seed": 0, "error": "RuntimeError: this optimizer is broken"}]
+    assert [r["optimizer"] for r in result["rows"]] == ["labeled"]
+    assert "FAILED" in err
+    assert "| broken | no finished run |" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--optimizers", "ape,nope"], "unknown optimizer 'nope'"),
+    (["--optimizers", "ape", "--config", '{"ape": {"bogus": 1}}'], "bogus: unknown key"),
+    (["--optimizers", "ape", "--config", '{"copro": {}}'], "not in --optimizers: copro"),
+    (["--optimizers", "ape", "--config", "{not json"], "--config is not valid JSON"),
+    (["--optimizers", "ape", "--seeds", "0"], "--seeds must be >= 1"),
+])
+def test_bad_arguments_exit_2_before_any_model_loads(task_folder: Path, tmp_path: Path, extra: list[str],
+                                                      message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compare", "--data", str(task_folder), "--out", str(tmp_path / "x"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.startswith("dspy-ext compare: error:")
