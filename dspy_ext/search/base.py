@@ -197,6 +197,14 @@ class InstructionSearch(Teleprompter, abc.ABC):
             prompt_lm=prompt_lm,
             prompt_adapter=dspy.settings.adapter or default_adapter(prompt_lm),
         )
+        from dspy_ext.lm.engine import MeteredEngine
+
+        unmetered = sorted({lm.model for lm in (task_lm, prompt_lm)
+                            if not isinstance(getattr(lm, "engine", None), MeteredEngine)})
+        if unmetered:
+            # Calls are counted in the engine; DSPy's built-in engines do not report to dspy-ext's meters.
+            logger.warning("%s: %s do(es) not run on a dspy-ext engine: max_lm_calls=%d is not enforced and "
+                           "calls are not counted for it", self.method, ", ".join(unmetered), self.max_lm_calls)
         total = CallMeter(self.max_lm_calls)
         search_cap = max(1, int(self.max_lm_calls * (1.0 - self.final_share)))
         search_meter = CallMeter(search_cap)
