@@ -429,3 +429,11 @@ def test_guard_rejects_a_proposal_that_echoes_a_meta_prompt_field() -> None:
     assert guard.check("Scored instructions: Instruction: x Accuracy: 40", truncated=False) == "echoed_meta_prompt"
     assert guard.check("Input: great film -> Output: positive", truncated=False) == "echoed_meta_prompt"
     assert guard.check("Output whether the review is positive or negative.", truncated=False) is None
+
+
+def test_clean_proposal_strips_a_chatty_preamble() -> None:
+    """SmolLM2 often answers 'Here's the new instruction: "..."' (seen in the first_word_letter runs)."""
+    assert clean_proposal('Here\'s the new instruction: "write the first letter of the word"') == (
+        "write the first letter of the word")
+    assert clean_proposal("Here is the improved prompt: Name the larger animal.") == "Name the larger animal."
+    assert clean_proposal('Here\'s the new instruction: "write the first letter') == "write the first letter"

@@ -13,7 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+")
-_ANSWER_LABEL = re.compile(r"^\s*(?:new\s+|improved\s+|revised\s+)?(?:instruction|prompt)\s*:\s*", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(
+    r"^\s*(?:here(?:'s| is)\s+(?:the|a|my)\s+)?(?:new\s+|improved\s+|revised\s+)?(?:instruction|prompt)\s*:\s*",
+    re.IGNORECASE,
+)
 _TERMINAL = (".", "!", "?", ":", ")", "]", '"', "'")
 
 
@@ -25,6 +28,8 @@ def clean_proposal(text: str) -> str:
     text = _ANSWER_LABEL.sub("", text).strip()
     if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
+    elif len(text) > 1 and text[0] in "\"`" and text.count(text[0]) == 1:
+        text = text[1:].strip()  # an opening quote whose closing one was cut off with the label's line
     return " ".join(text.split())
 
 
