@@ -13,31 +13,14 @@ Use a fresh DSPY_CACHEDIR so that LM-call counts are those of a cold run.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import run_cell  # noqa: E402
 from _docs import write_section  # noqa: E402
 
 TASKS = ["sentiment", "first_word_letter", "larger_animal", "singular_to_plural"]
-
-
-COLLECT_ONLY = False
-
-
-def run_cell(cmd: list[str], out: Path) -> dict | None:
-    if out.exists():
-        return json.loads(out.read_text())
-    if COLLECT_ONLY:
-        return None
-    proc = subprocess.run([sys.executable, "-m", "dspy_ext", *cmd, "--json"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
-        return None
-    out.write_text(proc.stdout)
-    return json.loads(proc.stdout)
 
 
 def evaluate_grid(args: argparse.Namespace) -> None:
@@ -48,7 +31,7 @@ def evaluate_grid(args: argparse.Namespace) -> None:
             for demos in (args.demos, 0):
                 cells[(adapter, demos)] = run_cell(
                     ["evaluate", "--task", task, "--demos", str(demos), "--split", "test", "--adapter", adapter],
-                    args.out_dir / f"eval-{task}-{adapter}-{demos}.json")
+                    args.out_dir / f"eval-{task}-{adapter}-{demos}.json", args.collect_only)
         rows.append((task, cells))
     lines = [f"`dspy-ext evaluate --task T --demos K --split test [--adapter chat] --json`, 100 test rows, "
              "greedy, exact match.", "",
@@ -73,7 +56,8 @@ def compile_grid(args: argparse.Namespace) -> None:
         for opt in args.optimizers:
             cell = run_cell(["compile", "--task", task, "--optimizer", opt, "--budget", str(args.budget), "--seed",
                              str(args.seed), "--train", "50", "--val", "50", "--out",
-                             str(args.out_dir / f"{task}-{opt}")], args.out_dir / f"compile-{task}-{opt}.json")
+                             str(args.out_dir / f"{task}-{opt}")], args.out_dir / f"compile-{task}-{opt}.json",
+                            args.collect_only)
             if cell is None:
                 lines.append(f"| {task} | {opt} | not run | | | | |")
                 continue
@@ -93,8 +77,6 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished cells, run none")
     args = parser.parse_args()
-    global COLLECT_ONLY
-    COLLECT_ONLY = args.collect_only
     args.tasks = args.tasks.split(",")
     args.optimizers = args.optimizers.split(",")
     args.out_dir.mkdir(parents=True, exist_ok=True)

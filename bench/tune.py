@@ -12,33 +12,14 @@ Use a fresh DSPY_CACHEDIR so that LM-call counts are those of a cold run.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import read_json, run_cell  # noqa: E402
 from _docs import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def read_json(text: str) -> dict:
-    """The JSON object of a ``--json`` run (the last line starting with ``{``: some optimizers print first)."""
-    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
-
-
-def run_cell(cmd: list[str], out: Path, collect_only: bool) -> dict | None:
-    if out.exists() and out.stat().st_size:
-        return read_json(out.read_text())
-    if collect_only:
-        return None
-    proc = subprocess.run([sys.executable, "-m", "dspy_ext", *cmd, "--json"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}", file=sys.stderr)
-        return None
-    out.write_text(proc.stdout)
-    return read_json(proc.stdout)
 
 
 def main() -> None:
