@@ -70,7 +70,9 @@ def test_kill_9_loses_at_most_the_running_trial(tmp_path: Path) -> None:
     done_before = {t.number: (t.params, t.value) for t in before if t.state.name == "COMPLETE"}
     killed = [t for t in before if t.state.name == "RUNNING"]
     assert len(killed) == 1  # exactly the in-flight trial is left hanging
-    time.sleep(2.5)  # the grace period (2 x the 1 s heartbeat) runs out
+    # Wait out the grace period (2 x the 1 s heartbeat). SQLite's CURRENT_TIMESTAMP has one-second
+    # resolution, so 2.5 s can read as exactly 2 s, which is not yet stale: wait 4 s.
+    time.sleep(4.0)
 
     target = len(done_before) + 3
     search = OptunaSearch(F.accuracy, space=F.LABELED_SPACE, n_trials=target, storage=url, study_name="killed",
