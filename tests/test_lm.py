@@ -379,3 +379,14 @@ def test_embedded_prefix_reuse_gives_same_greedy_text(local_lm) -> None:  # 3 ca
         with dspy.context(lm=no_reuse):
             without_reuse = program(input="A warm and wonderful movie.").output
     assert with_reuse == without_reuse
+
+
+def test_llama_threads_come_from_the_environment_and_bad_values_are_named(tmp_path, monkeypatch) -> None:
+    weights = tmp_path / "tiny.gguf"
+    weights.write_bytes(b"GGUF not really")  # the engine reads the file lazily: only its digest is taken here
+    monkeypatch.setenv("DSPY_EXT_LLAMA_THREADS", "1")
+    assert LlamaCppEngine(weights).n_threads == 1
+    assert LlamaCppEngine(weights, n_threads=3).n_threads == 3  # an explicit argument wins
+    monkeypatch.setenv("DSPY_EXT_LLAMA_THREADS", "two")
+    with pytest.raises(ValueError, match="DSPY_EXT_LLAMA_THREADS must be a positive integer, got 'two'"):
+        LlamaCppEngine(weights)

@@ -19,7 +19,6 @@ field (how small models end a chain of thought).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, get_args, get_origin
 
 from dspy.adapters.base import Adapter
@@ -27,9 +26,7 @@ from dspy.adapters.utils import format_field_value, parse_value
 from dspy.signatures.signature import Signature
 from dspy.utils.exceptions import AdapterParseError
 
-_FENCE = re.compile(r"^```[\w-]*\s*$")
-_DECORATION = "*_#`> "
-
+from dspy_ext.export.runtime import PlainReplyError, split_plain_reply
 
 def field_prefix(signature: type[Signature], name: str) -> str:
     """The ``Prefix:`` label of a field (DSPy's prefix, e.g. ``"Input:"``)."""
@@ -44,25 +41,6 @@ def _labels(signature: type[Signature], name: str) -> list[str]:
     prefix = field_prefix(signature, name)[:-1].strip()
     candidates = {prefix.lower(), name.lower(), name.replace("_", " ").lower()}
     return sorted(candidates, key=len, reverse=True)
-
-
-def _strip_decoration(line: str) -> str:
-    return line.strip().strip(_DECORATION).strip()
-
-
-def _match_label(line: str, labels: list[str]) -> str | None:
-    """If ``line`` starts with ``label:`` return the rest of the line."""
-    bare = _strip_decoration(line)
-    low = bare.lower()
-    for label in labels:
-        if low.startswith(label) and low[len(label):].lstrip(" *_").startswith(":"):
-            rest = bare[len(label):].lstrip(" *_")[1:]
-            return _strip_decoration(rest) if rest.strip() else ""
-    return None
-
-
-def _content_lines(completion: str) -> list[str]:
-    return [line for line in completion.splitlines() if line.strip() and not _FENCE.match(line.strip())]
 
 
 class PlainAdapter(Adapter):
@@ -139,12 +117,14 @@ class PlainAdapter(Adapter):
     # ---- parsing -------------------------------------------------------------------
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         names = list(signature.output_fields)
-        lines = _content_lines(completion)
-        if not lines:
-            raise AdapterParseError(type(self).__name__, signature, completion, "The reply is empty.")
-        raw = self._split_single(signature, names[0], lines) if len(names) == 1 else self._split_fields(
-            signature, names, lines, completion
-        )
+        try:
+            raw = split_plain_reply(completion, names, {name: _labels(signature, name) for name in names})
+        except PlainReplyError as exc:
+            problem = str(exc)
+            if exc.missing:
+                problem += "; expected lines starting with " + ", ".join(field_prefix(signature, n) for n in names)
+            raise AdapterParseError(type(self).__name__, signature, completion, problem[0].upper() + problem[1:] + ".",
+                                    parsed_result=exc.partial or None) from None
         parsed: dict[str, Any] = {}
         for name in names:
             try:
@@ -156,49 +136,6 @@ class PlainAdapter(Adapter):
                     parsed_result=dict(parsed),
                 ) from exc
         return parsed
-
-    def _split_single(self, signature: type[Signature], name: str, lines: list[str]) -> dict[str, str]:
-        labels = _labels(signature, name) + ["output", "answer"]
-        first = lines[0]
-        rest = _match_label(first, labels)
-        if rest == "" and len(lines) > 1:
-            return {name: _strip_decoration(lines[1])}
-        return {name: rest if rest is not None else _strip_decoration(first)}
-
-    def _split_fields(
-        self, signature: type[Signature], names: list[str], lines: list[str], completion: str
-    ) -> dict[str, str]:
-        labels = {name: _labels(signature, name) for name in names}
-        found: dict[str, list[str]] = {}
-        current: str | None = None
-        preamble: list[str] = []
-        for line in lines:
-            hit = next(((n, r) for n in names if (r := _match_label(line, labels[n])) is not None), None)
-            if hit is not None and hit[0] not in found:
-                current = hit[0]
-                found[current] = [hit[1]] if hit[1] else []
-            elif current is not None:
-                found[current].append(line.strip())
-            else:
-                preamble.append(line.strip())
-        missing = [n for n in names if n not in found]
-        if missing == [names[-1]]:
-            # A model that skips the last label usually ends with the answer on its own line.
-            source = found[current] if current is not None else preamble
-            if len(source) > 1:
-                found[names[-1]] = [source.pop()]
-                missing = []
-        elif missing == names[:1] and preamble:
-            found[names[0]] = preamble
-            missing = []
-        if missing:
-            raise AdapterParseError(
-                type(self).__name__, signature, completion,
-                f"Missing output field(s) {missing}; expected lines starting with "
-                + ", ".join(field_prefix(signature, n) for n in names),
-                parsed_result={k: " ".join(v) for k, v in found.items()},
-            )
-        return {n: "\n".join(v).strip() for n, v in found.items()}
 
     @staticmethod
     def _coerce(value: str, annotation: Any) -> Any:

@@ -35,6 +35,7 @@ from dspy_ext.cli.common import (
 )
 from dspy_ext.data import dataset_fingerprint, split_train_val
 from dspy_ext.evaluation import EvaluationReport, Evaluator
+from dspy_ext.lm.cache import private_cache
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import predictors
 from dspy_ext.registry import REGISTRY, build_optimizer, resolve_config
@@ -88,6 +89,7 @@ def run_one(
     *,
     progress: bool = False,
     evaluator: Evaluator | None = None,
+    cache_dir: Path | None = None,
 ) -> RunOutcome:
     """Compile one optimizer on one seed's train/val draw, score it on the test split, write ``out``.
 
@@ -100,6 +102,9 @@ def run_one(
         progress: Show progress bars on stderr.
         evaluator: The evaluator for the test, baseline and val scores (shared to reuse its
             score cache across runs); default: a new one.
+        cache_dir: Give the compile a private DSPy response cache in this folder, so that its
+            LM-call count is that of the optimizer alone, not lowered by earlier runs in the
+            process (default: DSPy's shared cache).
 
     Returns:
         A :class:`RunOutcome`; ``summary`` is what ``run.json`` holds. ``lm_calls``,
@@ -119,7 +124,8 @@ def run_one(
     meter = CallMeter()
     started = time.perf_counter()
     # DSPy's optimizers print progress to stdout; keep stdout for our own output (--json).
-    with setup.context(), metering(meter), contextlib.redirect_stdout(sys.stderr):
+    cache = private_cache(cache_dir) if cache_dir is not None else contextlib.nullcontext()
+    with setup.context(), cache, metering(meter), contextlib.redirect_stdout(sys.stderr):
         compiled = optimizer.compile(student, trainset=train, valset=val)
     compile_seconds = time.perf_counter() - started
     compile_usage = meter.snapshot()

@@ -186,7 +186,8 @@ def run_compare(
     cells: list[Cell] = []
     failed: list[dict[str, Any]] = []
     skipped = 0
-    jobs = [(name, seed) for name in optimizers for seed in seeds]
+    # Seed-major order: an interrupted comparison has every optimizer on the first seeds.
+    jobs = [(name, seed) for seed in seeds for name in optimizers]
     started = time.perf_counter()
     # DSPy's optimizers print to stdout: everything a cell prints goes to stderr.
     with metering(meter), contextlib.redirect_stdout(sys.stderr):
@@ -206,8 +207,11 @@ def run_compare(
                                              "config": configs.get(name)})
             before = meter.calls
             try:
-                outcome = run_one(setup, settings, out / "runs" / cell_name(name, seed), progress=progress,
-                                  evaluator=evaluator)
+                run_dir = out / "runs" / cell_name(name, seed)
+                # A private response cache per cell: its call count is the optimizer's own, and a
+                # cell interrupted mid-compile replays its finished calls for free.
+                outcome = run_one(setup, settings, run_dir, progress=progress, evaluator=evaluator,
+                                  cache_dir=run_dir / "cache")
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # one broken optimizer must not lose the other cells
@@ -222,6 +226,7 @@ def run_compare(
             log(f"{tag}: test {row['test_score']:.1f}% (val {row['val_score']:.1f}%), {row['lm_calls']} compile "
                 f"calls, {row['seconds']:.1f} s; {meter.calls - before} calls with scoring")
 
+    cells.sort(key=lambda c: (optimizers.index(c.optimizer), c.seed))  # report by optimizer, not run order
     summary = summarise(cells, optimizers)
     best = next((r["optimizer"] for r in summary if r.get("best")), None)
     meta = {

@@ -813,6 +813,82 @@ def _match_label(line: str, labels: Sequence[str]) -> str | None:
     return None
 
 
+
+class PlainReplyError(ValueError):
+    """A plain-format reply lacks a field (or is empty).
+
+    Attributes:
+        missing: The output fields not found (empty when the reply is empty).
+        partial: The fields that were found, as text.
+    """
+
+    def __init__(self, message: str, missing: Sequence[str] = (), partial: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+        self.partial = dict(partial or {})
+
+
+def split_plain_reply(reply: str, names: Sequence[str], labels: Mapping[str, Sequence[str]],
+                      single_field_labels: Sequence[str] = ("output", "answer")) -> dict[str, str]:
+    """Cut a plain-format reply into the text of each output field.
+
+    This is the lenient parse of ``PlainAdapter``, shared with the runtime so that
+    an exported prompt reads replies exactly as DSPy did. For one output field: the
+    first content line, an echoed ``Label:`` stripped (or the next line when the
+    label stands alone). For several: the text after each field's label; a missing
+    last field falls back to the last line (how small models end a chain of
+    thought), a missing first field to the lines before any label.
+
+    Args:
+        reply: The model's reply.
+        names: Output field names, in order.
+        labels: Per field, the labels a model may echo (lower case, longest first).
+        single_field_labels: Extra labels accepted when there is one output field.
+
+    Returns:
+        ``{field: text}`` for every name.
+
+    Raises:
+        PlainReplyError: The reply is empty or lacks a field.
+
+    Example:
+        >>> split_plain_reply("Output: positive", ["output"], {"output": ["output"]})
+        {'output': 'positive'}
+    """
+    lines = [ln for ln in reply.splitlines() if ln.strip() and not _PLAIN_FENCE.match(ln.strip())]
+    if not lines:
+        raise PlainReplyError("the reply is empty")
+    if len(names) == 1:
+        rest = _match_label(lines[0], list(labels[names[0]]) + list(single_field_labels))
+        if rest == "" and len(lines) > 1:
+            return {names[0]: _strip_decoration(lines[1])}
+        return {names[0]: rest if rest is not None else _strip_decoration(lines[0])}
+    found: dict[str, list[str]] = {}
+    current: str | None = None
+    preamble: list[str] = []
+    for line in lines:
+        hit = next(((key, rest) for key in names if (rest := _match_label(line, labels[key])) is not None), None)
+        if hit is not None and hit[0] not in found:
+            current = hit[0]
+            found[current] = [hit[1]] if hit[1] else []
+        elif current is not None:
+            found[current].append(line.strip())
+        else:
+            preamble.append(line.strip())
+    missing = [key for key in names if key not in found]
+    if missing == [names[-1]]:
+        source = found[current] if current is not None else preamble
+        if len(source) > 1:
+            found[names[-1]] = [source.pop()]
+            missing = []
+    elif missing == list(names[:1]) and preamble:
+        found[names[0]] = preamble
+        missing = []
+    if missing:
+        raise PlainReplyError(f"missing output field(s) {missing}", missing,
+                              {key: " ".join(value) for key, value in found.items()})
+    return {key: "\n".join(value).strip() for key, value in found.items()}
+
 class PromptArtifact:
     """A loaded, validated prompt artifact.
 
@@ -1066,20 +1142,14 @@ class PromptArtifact:
     def _parse_plain(self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any],
                      reply: str) -> dict[str, Any]:
         outputs = entry["output_fields"]
-        names = [f["name"] for f in outputs]
-        lines = [ln for ln in reply.splitlines() if ln.strip() and not _PLAIN_FENCE.match(ln.strip())]
-        if not lines:
-            raise ParseError(name, "PlainAdapter", reply, "the reply is empty")
-        if len(names) == 1:
-            labels = list(spec["labels"][names[0]]) + list(spec["single_field_labels"])
-            first = lines[0]
-            rest = _match_label(first, labels)
-            if rest == "" and len(lines) > 1:
-                raw = {names[0]: _strip_decoration(lines[1])}
-            else:
-                raw = {names[0]: rest if rest is not None else _strip_decoration(first)}
-        else:
-            raw = self._split_plain_fields(name, entry, spec, names, lines, reply)
+        try:
+            raw = split_plain_reply(reply, [f["name"] for f in outputs], spec["labels"],
+                                    spec["single_field_labels"])
+        except PlainReplyError as exc:
+            problem = str(exc)
+            if exc.missing:
+                problem += "; expected lines starting with " + ", ".join(f["prefix"] for f in outputs)
+            raise ParseError(name, "PlainAdapter", reply, problem) from None
         parsed = {}
         for field in outputs:
             key = field["name"]
@@ -1089,42 +1159,6 @@ class PromptArtifact:
                 raise ParseError(name, "PlainAdapter", reply,
                                  f"field {key!r} could not be read as {field['type']}: {exc}") from None
         return parsed
-
-    @staticmethod
-    def _split_plain_fields(name: str, entry: Mapping[str, Any], spec: Mapping[str, Any], names: list[str],
-                            lines: list[str], reply: str) -> dict[str, str]:
-        labels = spec["labels"]
-        found: dict[str, list[str]] = {}
-        current: str | None = None
-        preamble: list[str] = []
-        for line in lines:
-            hit = None
-            for key in names:
-                rest = _match_label(line, labels[key])
-                if rest is not None:
-                    hit = (key, rest)
-                    break
-            if hit is not None and hit[0] not in found:
-                current = hit[0]
-                found[current] = [hit[1]] if hit[1] else []
-            elif current is not None:
-                found[current].append(line.strip())
-            else:
-                preamble.append(line.strip())
-        missing = [key for key in names if key not in found]
-        if missing == [names[-1]]:
-            source = found[current] if current is not None else preamble
-            if len(source) > 1:
-                found[names[-1]] = [source.pop()]
-                missing = []
-        elif missing == names[:1] and preamble:
-            found[names[0]] = preamble
-            missing = []
-        if missing:
-            prefixes = ", ".join(f["prefix"] for f in entry["output_fields"])
-            raise ParseError(name, "PlainAdapter", reply,
-                             f"missing output field(s) {missing}; expected lines starting with {prefixes}")
-        return {key: "\n".join(value).strip() for key, value in found.items()}
 
     # ---- views ---------------------------------------------------------------------------
     def text(self, name: str) -> str:

@@ -67,13 +67,24 @@ def model_identity(path: Path) -> str:
     return f"local/{path.stem}-{digest.hexdigest()[:10]}"
 
 
+def _threads_from_env() -> int | None:
+    raw = os.environ.get("DSPY_EXT_LLAMA_THREADS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"DSPY_EXT_LLAMA_THREADS must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
 class LlamaCppEngine(MeteredEngine):
     """A DSPy engine running a GGUF chat model through llama-cpp-python.
 
     Args:
         model_path: GGUF file; defaults to the embedded SmolLM2-135M-Instruct.
         n_ctx: Context window in tokens.
-        n_threads: CPU threads for llama.cpp (default: all cores, at most 8).
+        n_threads: CPU threads for llama.cpp (default: ``$DSPY_EXT_LLAMA_THREADS``,
+            else all cores, at most 8). One thread per process is faster when
+            several processes share the cores.
         prefix_reuse: Reuse the KV cache of the longest common prompt prefix.
         seed: Seeds the sampler; each sampled call draws its seed from a
             private RNG seeded with this, unless the request carries a seed.
@@ -97,7 +108,7 @@ class LlamaCppEngine(MeteredEngine):
             raise FileNotFoundError(f"model file not found: {self.model_path}")
         self.model_id = model_identity(self.model_path)
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or min(8, os.cpu_count() or 1)
+        self.n_threads = n_threads or _threads_from_env() or min(8, os.cpu_count() or 1)
         self.prefix_reuse = prefix_reuse
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
