@@ -14,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dspy_ext.adapters import PlainAdapter
 
 
 class OptimizerConfig(BaseModel):
@@ -184,6 +187,21 @@ def _train_only(opt: Any, student: dspy.Module, train: list, val: list | None, *
     return opt.compile(student, trainset=train, **kwargs)
 
 
+#: COPRO's proposer has two outputs; small models write only the instruction. An empty prefix
+#: makes the plain adapter label the output field by its name, as it would with no prefix.
+COPRO_FILL_MISSING = {"proposed_prefix_for_output_field": ""}
+
+
+def _copro_compile(opt: Any, student: dspy.Module, train: list, val: list | None, **kwargs: Any) -> dspy.Module:
+    adapter = dspy.settings.adapter
+    if not isinstance(adapter, PlainAdapter):
+        return _train_only(opt, student, train, val, **kwargs)
+    lenient = copy.copy(adapter)
+    lenient.fill_missing = {**adapter.fill_missing, **COPRO_FILL_MISSING}
+    with dspy.context(adapter=lenient):
+        return _train_only(opt, student, train, val, **kwargs)
+
+
 def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
     auto = None if config.num_candidates else config.auto
     return dspy.MIPROv2(
@@ -256,7 +274,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("mipro", MIPROConfig, _build_mipro, _with_valset, False, "DSPy MIPROv2",
                       _mipro_compile_kwargs),
         # COPRO takes prompt_model as its first positional argument: metric is passed by name.
-        OptimizerSpec("copro", COPROConfig, _build_copro, _train_only, False, "DSPy COPRO",
+        OptimizerSpec("copro", COPROConfig, _build_copro, _copro_compile, False, "DSPy COPRO",
                       lambda c, ctx: {"eval_kwargs": {"num_threads": ctx.num_threads, "display_progress": False}}),
         OptimizerSpec("bfs", BootstrapConfig, lambda c, ctx: dspy.BootstrapFewShot(ctx.metric, **c.model_dump()),
                       _train_only, False, "DSPy BootstrapFewShot"),

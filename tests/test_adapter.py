@@ -315,3 +315,16 @@ def test_plain_adapter_with_demos_beats_chat_adapter_on_the_small_model(local_lm
     # The chat adapter's failures are unparseable replies (scored 0), not LM errors.
     assert chat_report.errors["lm_error"] == 0
     assert len(chat_report.scored) == 10
+
+
+def test_fill_missing_supplies_fields_a_reply_leaves_out() -> None:
+    sig = dspy.Signature("question -> answer, note")
+    strict, lenient = PlainAdapter(), PlainAdapter(fill_missing={"note": "-"})
+    with pytest.raises(AdapterParseError, match=r"Missing output field\(s\) \['answer', 'note'\]"):
+        strict.parse(sig, "Paris")
+    assert lenient.parse(sig, "Paris") == {"answer": "Paris", "note": "-"}
+    # A field the reply does write is kept, never replaced by the fill value.
+    assert lenient.parse(sig, "Answer: Paris\nNote: capital") == {"answer": "Paris", "note": "capital"}
+    # Fields without a fill value are still required.
+    with pytest.raises(AdapterParseError, match="Missing output field"):
+        lenient.parse(sig, "Note: only a note")

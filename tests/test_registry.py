@@ -203,3 +203,28 @@ def test_gepa_gets_a_five_argument_metric_that_delegates() -> None:
     assert gepa_metric(example, good, None, "predict", None) is True
     assert gepa_metric(example, dspy.Prediction(output="no"), "trace", "predict", []) is False
     assert [s[2] for s in seen] == [None, "trace"]
+
+
+def test_copro_survives_a_prompt_model_that_writes_only_the_instruction() -> None:
+    """Small models answer COPRO's two-field proposer with one bare sentence; the plain adapter fills the prefix."""
+    from dspy_ext.compare.fake_world import respond
+    from dspy_ext.lm import FakeEngine
+
+    def terse(messages: list[dict[str, str]]) -> str:
+        reply = respond(messages)
+        if "Reply with one line per field" in messages[0]["content"]:
+            return reply.splitlines()[0].split(":", 1)[1].strip()  # the instruction alone, no labels, no prefix
+        return reply
+
+    lm = dspy.LM("fake/terse-copro", engine=FakeEngine(terse), cache=False)
+    train = dataset(12)
+    adapter = PlainAdapter()
+    with dspy.context(lm=lm, adapter=adapter), contextlib.redirect_stdout(io.StringIO()):
+        handle = build_optimizer("copro", metric, budget=60, seed=0, num_threads=2, n_train=len(train))
+        program = handle.compile(student(), trainset=train)
+        assert dspy.settings.adapter is adapter  # the lenient copy was only in force during compile
+    assert adapter.fill_missing == {}
+    assert program.predict.signature.instructions.startswith("Handle the request at level")
+    # Under the strict adapter the same reply is a parse error naming the missing field.
+    with dspy.context(lm=lm, adapter=PlainAdapter()), pytest.raises(Exception, match="proposed_prefix_for_output_field"):
+        dspy.Predict(dspy.teleprompt.copro_optimizer.BasicGenerateInstruction)(basic_instruction="Do it.")

@@ -19,6 +19,7 @@ field (how small models end a chain of thought).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
 from dspy.adapters.base import Adapter
@@ -50,6 +51,10 @@ class PlainAdapter(Adapter):
         format_hint: For a single output field, add one system line asking for
             the value alone. Off by default: on SmolLM2-135M it did not lift
             zero-shot accuracy and cost 20 points on sentiment with 3 demos.
+        fill_missing: Values for output fields a reply may leave out, e.g.
+            ``{"proposed_prefix_for_output_field": ""}`` for COPRO's proposer,
+            whose second field a small model never writes. Without an entry a
+            missing field is a parse error.
         **kwargs: Passed to ``dspy.Adapter``.
 
     Example:
@@ -57,9 +62,11 @@ class PlainAdapter(Adapter):
         >>> dspy.Predict("input -> output")(input="cats")                 # doctest: +SKIP
     """
 
-    def __init__(self, format_hint: bool = False, **kwargs: Any) -> None:
+    def __init__(self, format_hint: bool = False, fill_missing: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.format_hint = format_hint
+        self.fill_missing = dict(fill_missing or {})
 
     # ---- rendering -----------------------------------------------------------------
     def format_field_description(self, signature: type[Signature]) -> str:
@@ -117,8 +124,17 @@ class PlainAdapter(Adapter):
     # ---- parsing -------------------------------------------------------------------
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         names = list(signature.output_fields)
+        labels = {name: _labels(signature, name) for name in names}
         try:
-            raw = split_plain_reply(completion, names, {name: _labels(signature, name) for name in names})
+            try:
+                raw = split_plain_reply(completion, names, labels)
+            except PlainReplyError as exc:
+                # Drop the fillable fields the reply lacks and read the rest again.
+                fill = [n for n in names if n in self.fill_missing and n not in exc.partial]
+                if not fill or not exc.missing:
+                    raise
+                raw = split_plain_reply(completion, [n for n in names if n not in fill], labels)
+                raw.update({n: self.fill_missing[n] for n in fill})
         except PlainReplyError as exc:
             problem = str(exc)
             if exc.missing:
