@@ -7,11 +7,19 @@ and writes ``results.md``, ``results.csv`` and ``score_vs_calls.png``;
 
 from __future__ import annotations
 
-from dspy_ext.compare.report import Cell, plot_score_vs_calls, render_csv, render_markdown, summarise
+from dspy_ext.compare.report import (
+    Cell,
+    draw_score_vs_calls,
+    plot_score_vs_calls,
+    render_csv,
+    render_markdown,
+    summarise,
+)
 from dspy_ext.compare.runner import make_setup, parse_configs, parse_optimizers, run_compare
 
 __all__ = [
     "Cell",
+    "draw_score_vs_calls",
     "make_setup",
     "parse_configs",
     "parse_optimizers",

@@ -211,15 +211,13 @@ def render_csv(summary: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def plot_score_vs_calls(cells: Sequence[Cell], optimizers: Sequence[str], path: Path, *, title: str = "",
-                        budget: int | None = None) -> Path:
-    """Scatter test score (%) against compile LM calls, one point per run, one colour per optimizer."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def draw_score_vs_calls(ax: Any, cells: Sequence[Cell], optimizers: Sequence[str], *, title: str = "",
+                        budget: int | None = None, legend: bool = True) -> None:
+    """Draw test score (%) against compile LM calls on a matplotlib ``ax``: one point per run.
 
-    fig = Figure(figsize=(7.0, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    Each optimizer keeps its colour and marker by its position in ``optimizers``, so
+    several panels drawn with the same list agree.
+    """
     markers = "osD^vP*Xh<>p"
     for k, name in enumerate(optimizers):
         runs = [c for c in cells if c.optimizer == name]
@@ -239,7 +237,19 @@ def plot_score_vs_calls(cells: Sequence[Cell], optimizers: Sequence[str], path: 
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if legend:
+        ax.legend(fontsize=8, loc="best")
+
+
+def plot_score_vs_calls(cells: Sequence[Cell], optimizers: Sequence[str], path: Path, *, title: str = "",
+                        budget: int | None = None) -> Path:
+    """Scatter test score (%) against compile LM calls into a PNG, one point per run, one colour per optimizer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    draw_score_vs_calls(fig.add_subplot(1, 1, 1), cells, optimizers, title=title, budget=budget)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
