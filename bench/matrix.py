@@ -1,12 +1,11 @@
-"""Run `dspy-ext evaluate` / `dspy-ext compile` over a grid and tabulate the results.
+"""Run `dspy-ext evaluate` over tasks x adapters x demos and tabulate the results.
 
 Each cell is one CLI run whose `--json` output is kept in OUT_DIR, so an
 interrupted grid resumes where it stopped. Results go to docs/benchmarks.md.
 
     python bench/matrix.py evaluate --out-dir bench/results
-    python bench/matrix.py compile --budget 400 --out-dir bench/results \
-        --optimizers ape,opro,evoprompt-ga,evoprompt-de,protegi
 
+Optimizer runs (one seed or several) are tabulated by bench/compare_tasks.py.
 Use a fresh DSPY_CACHEDIR so that LM-call counts are those of a cold run.
 """
 
@@ -47,40 +46,17 @@ def evaluate_grid(args: argparse.Namespace) -> None:
     write_section("Embedded model: plain adapter vs DSPy's ChatAdapter", "\n".join(lines))
 
 
-def compile_grid(args: argparse.Namespace) -> None:
-    lines = [f"`dspy-ext compile --task T --optimizer O --budget {args.budget} --seed {args.seed} --train 50 --val 50`"
-             " on the embedded model; test = the full `test.jsonl` (100 rows); baseline = the uncompiled student "
-             "(human instruction, zero-shot) on the same rows.", "",
-             "| task | optimizer | test % | baseline % | val % | LM calls | wall s |", "|---|---|---|---|---|---|---|"]
-    for task in args.tasks:
-        for opt in args.optimizers:
-            cell = run_cell(["compile", "--task", task, "--optimizer", opt, "--budget", str(args.budget), "--seed",
-                             str(args.seed), "--train", "50", "--val", "50", "--out",
-                             str(args.out_dir / f"{task}-{opt}")], args.out_dir / f"compile-{task}-{opt}.json",
-                            args.collect_only)
-            if cell is None:
-                lines.append(f"| {task} | {opt} | not run | | | | |")
-                continue
-            lines.append(f"| {task} | {opt} | {cell['test_score']:.0f} | {cell['baseline_test_score']:.0f} | "
-                         f"{cell['val_score']:.0f} | {cell['lm_calls']} | {cell['seconds']:.0f} |")
-    write_section(f"Instruction search on the embedded model (budget {args.budget})", "\n".join(lines))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("grid", choices=["evaluate", "compile"])
+    parser.add_argument("grid", choices=["evaluate"])
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--optimizers", default="ape,opro,evoprompt-ga,evoprompt-de,protegi")
-    parser.add_argument("--budget", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--demos", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished cells, run none")
     args = parser.parse_args()
     args.tasks = args.tasks.split(",")
-    args.optimizers = args.optimizers.split(",")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (evaluate_grid if args.grid == "evaluate" else compile_grid)(args)
+    evaluate_grid(args)
 
 
 if __name__ == "__main__":
