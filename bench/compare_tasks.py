@@ -24,7 +24,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import DOC, write_section  # noqa: E402
 
-from dspy_ext.compare.report import Cell, draw_score_vs_calls, summarise  # noqa: E402
+from dspy_ext.compare.report import (  # noqa: E402
+    Cell,
+    draw_score_vs_calls,
+    plot_score_vs_calls,
+    render_csv,
+    render_markdown,
+    summarise,
+)
 
 TASKS = ["sentiment", "first_word_letter", "larger_animal", "singular_to_plural"]
 OPTIMIZERS = "ape,opro,evoprompt-ga,evoprompt-de,protegi,mipro,copro,bfsrs"
@@ -44,10 +51,17 @@ def run_task(task: str, args: argparse.Namespace, optimizers: list[str]) -> dict
     cells = load_cells(folder)
     if not cells:
         return None
-    # Summarised from the stored cells, so a comparison still running can be tabulated.
+    # Summarised from the stored cells, so a comparison still running (or cut short) can be tabulated.
     results = folder / "results.json"
-    failed = json.loads(results.read_text()).get("failed", []) if results.exists() else []
-    return {"cells": cells, "summary": summarise(cells, optimizers), "failed": failed}
+    meta = json.loads(results.read_text()) if results.exists() else {}
+    summary = summarise(cells, optimizers)
+    if meta:  # the task's own report, re-rendered over every stored cell and the full optimizer list
+        meta = {**meta, "optimizers": optimizers, "seeds": sorted({c.seed for c in cells})}
+        (folder / "results.md").write_text(render_markdown(meta, summary, cells))
+        (folder / "results.csv").write_text(render_csv(summary))
+        plot_score_vs_calls(cells, optimizers, folder / "score_vs_calls.png", budget=args.budget,
+                            title=f"{task}: test score vs LM calls")
+    return {"cells": cells, "summary": summary, "failed": meta.get("failed", [])}
 
 
 def load_cells(folder: Path) -> list[Cell]:
@@ -59,10 +73,12 @@ def load_cells(folder: Path) -> list[Cell]:
     return cells
 
 
-def cell_text(row: dict | None) -> str:
+def cell_text(row: dict | None, seeds: int) -> str:
     if not row or not row.get("runs"):
         return "not run"
     text = f"{row['test_mean']:.1f} ± {row['test_ci95']:.1f}" if row["runs"] > 1 else f"{row['test_mean']:.1f}"
+    if row["runs"] < seeds:
+        text += f" [{row['runs']} of {seeds} seeds]"
     if row.get("best"):
         text = f"**{text}**"
     elif (row.get("vs_best") or {}).get("significant"):
@@ -87,7 +103,7 @@ def render(results: dict[str, dict], optimizers: list[str], args: argparse.Names
         rows = {t: next((r for r in results[t]["summary"] if r["optimizer"] == name), None) for t in tasks}
         means = [r["test_mean"] for r in rows.values() if r and r.get("runs")]
         mean = f"{sum(means) / len(means):.1f}" if len(means) == len(tasks) else "-"
-        lines.append(f"| {name} | " + " | ".join(cell_text(rows[t]) for t in tasks) + f" | {mean} |")
+        lines.append(f"| {name} | " + " | ".join(cell_text(rows[t], args.seeds) for t in tasks) + f" | {mean} |")
     base = [next((r.get("baseline_test_score") for r in results[t]["summary"] if r.get("runs")), None) for t in tasks]
     lines.append("| zero-shot baseline | " + " | ".join("-" if b is None else f"{b:.1f}" for b in base) + " | |")
     failed = [(t, f) for t in tasks for f in results[t].get("failed", [])]
