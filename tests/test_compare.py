@@ -176,3 +176,23 @@ def test_bad_arguments_exit_2_before_any_model_loads(task_folder: Path, tmp_path
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.startswith("dspy-ext compare: error:")
+
+
+def test_each_cell_compiles_cold_even_when_rerun_after_an_interruption(task_folder: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Cells get private, empty caches: an optimizer's count is its own, and a re-run cell is counted in full."""
+    out = tmp_path / "cmp"
+    lm = fake_world_lm(cache=True)  # DSPy's response cache on, as for a user
+    first, _ = run_json(argv(task_folder, out, optimizers="ape", seeds=1), lm, capsys)
+    cold = first["rows"][0]["lm_calls"]
+    assert cold > 0 and (out / "runs" / "ape-s0" / "cache").is_dir()
+
+    # An interrupted cell: its cache holds the calls made, but it never stored its result.
+    (out / "cells" / "ape-s0.json").unlink()
+    marker = out / "runs" / "ape-s0" / "cache" / "left-by-the-interrupted-run"
+    marker.write_text("x")
+    again, _ = run_json(argv(task_folder, out, optimizers="ape", seeds=1), lm, capsys)
+    assert not marker.exists()  # the cell's cache was emptied before it ran again
+    assert again["skipped_cells"] == 0
+    assert again["rows"][0]["lm_calls"] == cold  # not replayed for free from the old cache
+    assert again["rows"][0]["test_score"] == first["rows"][0]["test_score"]

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -208,8 +209,9 @@ def run_compare(
             before = meter.calls
             try:
                 run_dir = out / "runs" / cell_name(name, seed)
-                # A private response cache per cell: its call count is the optimizer's own, and a
-                # cell interrupted mid-compile replays its finished calls for free.
+                # A private response cache per cell, emptied first: the call count is the optimizer's own,
+                # cold, and a cell interrupted mid-compile cannot replay cached calls outside its budget.
+                shutil.rmtree(run_dir / "cache", ignore_errors=True)
                 outcome = run_one(setup, settings, run_dir, progress=progress, evaluator=evaluator,
                                   cache_dir=run_dir / "cache")
             except KeyboardInterrupt:
