@@ -24,14 +24,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _docs import DOC, write_section  # noqa: E402
 
-from dspy_ext.compare.report import (  # noqa: E402
-    Cell,
-    draw_score_vs_calls,
-    plot_score_vs_calls,
-    render_csv,
-    render_markdown,
-    summarise,
-)
+from dspy_ext.compare.report import Cell, draw_score_vs_calls, summarise  # noqa: E402
+from dspy_ext.compare.runner import cell_from_json, write_reports  # noqa: E402
 
 TASKS = ["sentiment", "first_word_letter", "larger_animal", "singular_to_plural"]
 OPTIMIZERS = "ape,opro,evoprompt-ga,evoprompt-de,protegi,mipro,copro,bfsrs"
@@ -57,20 +51,13 @@ def run_task(task: str, args: argparse.Namespace, optimizers: list[str]) -> dict
     summary = summarise(cells, optimizers)
     if meta:  # the task's own report, re-rendered over every stored cell and the full optimizer list
         meta = {**meta, "optimizers": optimizers, "seeds": sorted({c.seed for c in cells})}
-        (folder / "results.md").write_text(render_markdown(meta, summary, cells))
-        (folder / "results.csv").write_text(render_csv(summary))
-        plot_score_vs_calls(cells, optimizers, folder / "score_vs_calls.png", budget=args.budget,
-                            title=f"{task}: test score vs LM calls")
+        write_reports(folder, meta, summary, cells)
     return {"cells": cells, "summary": summary, "failed": meta.get("failed", [])}
 
 
 def load_cells(folder: Path) -> list[Cell]:
-    cells = []
-    for path in sorted((folder / "cells").glob("*.json")):  # written atomically by the compare runner
-        data = json.loads(path.read_text())
-        row = data["row"]
-        cells.append(Cell(row["optimizer"], row["seed"], row, data["test_example_scores"]))
-    return cells
+    # Cells are written atomically by the compare runner.
+    return [cell_from_json(json.loads(path.read_text())) for path in sorted((folder / "cells").glob("*.json"))]
 
 
 def cell_text(row: dict | None, seeds: int) -> str:

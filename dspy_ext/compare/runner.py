@@ -131,8 +131,25 @@ def load_cell(path: Path, fingerprint: str) -> Cell | None:
         return None
     if data.get("fingerprint") != fingerprint:
         return None
+    return cell_from_json(data)
+
+
+def cell_from_json(data: dict[str, Any]) -> Cell:
+    """A :class:`Cell` from the JSON object :func:`store_cell` wrote."""
     row = data["row"]
     return Cell(row["optimizer"], row["seed"], row, data["test_example_scores"])
+
+
+def write_reports(out: Path, meta: dict[str, Any], summary: list[dict[str, Any]],
+                  cells: list[Cell]) -> dict[str, str]:
+    """Write ``results.md``, ``results.csv`` and ``score_vs_calls.png`` into ``out``; return their paths."""
+    files = {"markdown": str(out / "results.md"), "csv": str(out / "results.csv"),
+             "plot": str(out / "score_vs_calls.png"), "json": str(out / "results.json")}
+    plot_score_vs_calls(cells, meta["optimizers"], Path(files["plot"]),
+                        title=f"{meta['task']}: test score vs LM calls", budget=meta["budget"])
+    Path(files["markdown"]).write_text(render_markdown(meta, summary, cells))
+    Path(files["csv"]).write_text(render_csv(summary))
+    return files
 
 
 def store_cell(path: Path, cell: Cell, fingerprint: str) -> None:
@@ -244,12 +261,7 @@ def run_compare(
         "test": len(task.test),
         "optimizers": optimizers,
     }
-    files = {"markdown": str(out / "results.md"), "csv": str(out / "results.csv"),
-             "plot": str(out / "score_vs_calls.png"), "json": str(out / "results.json")}
-    plot_score_vs_calls(cells, optimizers, Path(files["plot"]), title=f"{task.name}: test score vs LM calls",
-                        budget=args.budget)
-    Path(files["markdown"]).write_text(render_markdown(meta, summary, cells))
-    Path(files["csv"]).write_text(render_csv(summary))
+    files = write_reports(out, meta, summary, cells)
     usage = meter.snapshot()
     result = {
         **meta,
