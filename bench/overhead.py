@@ -1,6 +1,6 @@
 """Framework overhead: seconds spent outside the LM per LM call.
 
-The LM is a zero-latency FakeEngine (dspy_ext.compare.fake_world), so the
+The LM is a zero-latency FakeEngine (tests/support/fake_world.py), so the
 wall time of a run is almost all framework: DSPy's module/adapter/LM layers
 and response cache, our metering, evaluator and search loop. The time spent
 inside the engine is measured and subtracted; what is left, divided by the
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _docs import write_section  # noqa: E402
 
 from dspy_ext.adapters import PlainAdapter, default_adapter  # noqa: E402
-from dspy_ext.compare.fake_world import BASELINE_INSTRUCTION, dataset, respond  # noqa: E402
+from tests.support.fake_world import BASELINE_INSTRUCTION, dataset, respond  # noqa: E402
 from dspy_ext.evaluation import Evaluator  # noqa: E402
 from dspy_ext.lm import FakeEngine  # noqa: E402
 from dspy_ext.registry import build_optimizer  # noqa: E402

@@ -1,7 +1,7 @@
 """Thread scaling of the evaluator against an API-like LM that sleeps 200 ms per call.
 
 The FakeEngine sleeps outside any lock, like a remote API; the evaluator
-scores 64 rows of the fake world (dspy_ext.compare.fake_world) at 1, 4, 8 and
+scores 64 rows of the fake world (tests/support/fake_world.py) at 1, 4, 8 and
 16 threads. Each setting is run 3 times with a fresh evaluator and a fresh
 LM (DSPy cache off, so every row is a real engine call); the table gives the
 median wall time and the speed-up against 1 thread, next to the ideal
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _docs import write_section  # noqa: E402
 
 from dspy_ext.adapters import PlainAdapter  # noqa: E402
-from dspy_ext.compare.fake_world import dataset, respond  # noqa: E402
+from tests.support.fake_world import dataset, respond  # noqa: E402
 from dspy_ext.evaluation import Evaluator  # noqa: E402
 from dspy_ext.lm import FakeEngine  # noqa: E402
 from programs import build_program  # noqa: E402

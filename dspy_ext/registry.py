@@ -20,99 +20,61 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import dspy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.optimizers.ape import APEConfig
+from dspy_ext.optimizers.evoprompt import EvoPromptConfig
+from dspy_ext.optimizers.opro import OPROConfig
+from dspy_ext.optimizers.protegi import ProTeGiConfig
+from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
+from dspy_ext.search.final_selection import FinalSelector
 
-
-class OptimizerConfig(BaseModel):
-    """Base of every optimizer's config: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class SearchConfig(OptimizerConfig):
-    """Settings shared by dspy-ext's instruction searches."""
-
-    steps: int | None = Field(default=None, ge=0)
-    minibatch_size: int = Field(default=10, ge=1)
-    max_bootstrapped_demos: int = Field(default=2, ge=0)
-    max_labeled_demos: int = Field(default=3, ge=0)
-    num_demo_sets: int = Field(default=3, ge=1)
-    final_candidates: int = Field(default=3, ge=1)
-    final_share: float = Field(default=0.35, ge=0.0, lt=1.0)
-
-
-class APEConfig(SearchConfig):
-    num_candidates: int = Field(default=6, ge=1)
-    pairs_per_induction: int = Field(default=5, ge=1)
-    top_k: int = Field(default=3, ge=1)
-    variants_per_survivor: int = Field(default=1, ge=1)
-    induce_temperature: float = Field(default=0.9, ge=0.0, le=2.0)
-
-
-class OPROConfig(SearchConfig):
-    proposals_per_step: int = Field(default=4, ge=1)
-    trajectory_size: int = Field(default=20, ge=1)
-    num_exemplars: int = Field(default=3, ge=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-
-
-class EvoPromptConfig(SearchConfig):
-    population_size: int = Field(default=6, ge=3)
-    temperature: float = Field(default=0.9, ge=0.0, le=2.0)
-
-
-class ProTeGiConfig(SearchConfig):
-    beam_width: int = Field(default=2, ge=1)
-    num_gradients: int = Field(default=2, ge=1)
-    errors_per_gradient: int = Field(default=4, ge=1)
-    paraphrases_per_edit: int = Field(default=1, ge=0)
-    bandit_pulls: int = Field(default=8, ge=1)
-    bandit_batch: int = Field(default=5, ge=1)
-    ucb_c: float = Field(default=1.0, ge=0.0)
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+# ---- DSPy's optimizers: their settings as dspy-ext exposes them --------------------------------
 
 
 class MIPROConfig(OptimizerConfig):
     auto: Literal["light", "medium", "heavy"] | None = "light"
-    num_candidates: int | None = Field(default=None, ge=1)
-    num_trials: int | None = Field(default=None, ge=1)
-    max_bootstrapped_demos: int = Field(default=2, ge=0)
-    max_labeled_demos: int = Field(default=3, ge=0)
-    minibatch_size: int = Field(default=35, ge=1)
+    num_candidates: int | None = tunable(None, ge=1, tune={"int": [2, 6]})
+    num_trials: int | None = tunable(None, ge=1, tune={"int": [4, 12]})
+    max_bootstrapped_demos: int = tunable(2, ge=0, tune={"int": [0, 3]})
+    max_labeled_demos: int = tunable(3, ge=0, tune={"int": [0, 4]})
+    minibatch_size: int = tunable(35, ge=1, tune=[10, 25])
 
 
 class COPROConfig(OptimizerConfig):
-    breadth: int | None = Field(default=None, ge=2)
-    depth: int = Field(default=2, ge=1)
-    init_temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    breadth: int | None = tunable(None, ge=2, tune={"int": [2, 5]})
+    depth: int = tunable(2, ge=1, tune={"int": [1, 3]})
+    init_temperature: float = tunable(1.0, ge=0.0, le=2.0, tune={"float": [0.5, 1.4]})
 
 
 class BootstrapConfig(OptimizerConfig):
-    max_bootstrapped_demos: int = Field(default=2, ge=0)
-    max_labeled_demos: int = Field(default=3, ge=0)
+    max_bootstrapped_demos: int = tunable(2, ge=0, tune={"int": [1, 4]})
+    max_labeled_demos: int = tunable(3, ge=0, tune={"int": [0, 4]})
+    max_rounds: int = tunable(1, ge=1, tune={"int": [1, 2]})
+
+
+class RandomSearchConfig(OptimizerConfig):
+    max_bootstrapped_demos: int = tunable(2, ge=0, tune={"int": [1, 3]})
+    max_labeled_demos: int = tunable(3, ge=0, tune={"int": [0, 4]})
     max_rounds: int = Field(default=1, ge=1)
-
-
-class RandomSearchConfig(BootstrapConfig):
-    num_candidate_programs: int | None = Field(default=None, ge=1)
+    num_candidate_programs: int | None = tunable(None, ge=1, tune={"int": [2, 6]})
 
 
 class LabeledConfig(OptimizerConfig):
-    k: int = Field(default=3, ge=0)
+    k: int = tunable(3, ge=0, tune={"int": [1, 6]})
 
 
 class GEPAConfig(OptimizerConfig):
-    max_metric_calls: int | None = Field(default=None, ge=1)
-    reflection_minibatch_size: int = Field(default=3, ge=1)
+    max_metric_calls: int | None = tunable(None, ge=1, tune={"int": [40, 200], "step": 20})
+    reflection_minibatch_size: int = tunable(3, ge=1, tune={"int": [2, 5]})
 
 
 class SIMBAConfig(OptimizerConfig):
-    bsize: int = Field(default=8, ge=1)
-    num_candidates: int = Field(default=4, ge=2)
-    max_steps: int | None = Field(default=None, ge=1)
-    max_demos: int = Field(default=3, ge=0)
+    bsize: int = tunable(8, ge=1, tune=[4, 8])
+    num_candidates: int = tunable(4, ge=2, tune={"int": [2, 4]})
+    max_steps: int | None = tunable(None, ge=1, tune={"int": [1, 4]})
+    max_demos: int = tunable(3, ge=0, tune={"int": [0, 3]})
 
 
 @dataclass
@@ -128,6 +90,7 @@ class BuildContext:
     prompt_model: dspy.BaseLM | None = None
     log_dir: str | None = None
     progress: bool = False
+    final_selector: FinalSelector | None = None
 
 
 @dataclass
@@ -158,12 +121,14 @@ class OptimizerSpec:
     description: str
     #: Extra keyword arguments of ``compile`` (e.g. COPRO's ``eval_kwargs``), from config and context.
     compile_kwargs: Callable[[OptimizerConfig, BuildContext], dict[str, Any]] = lambda config, ctx: {}
+    #: A dspy-ext instruction search (its final selection is pluggable: ``final_selector``).
+    instruction_search: bool = False
 
 
-def _search_kwargs(config: SearchConfig, ctx: BuildContext) -> dict[str, Any]:
-    kwargs = config.model_dump(exclude_none=True)
-    return {**kwargs, "max_lm_calls": ctx.budget or 400, "seed": ctx.seed, "num_threads": ctx.num_threads,
-            "prompt_model": ctx.prompt_model, "log_dir": ctx.log_dir, "progress": ctx.progress}
+def _search_kwargs(config: OptimizerConfig, ctx: BuildContext) -> dict[str, Any]:
+    return {**config.model_dump(), "max_lm_calls": ctx.budget or DEFAULT_BUDGET, "seed": ctx.seed,
+            "num_threads": ctx.num_threads, "prompt_model": ctx.prompt_model, "log_dir": ctx.log_dir,
+            "progress": ctx.progress, "final_selector": ctx.final_selector}
 
 
 def _ours(kind: str) -> Callable[[OptimizerConfig, BuildContext], Any]:
@@ -224,7 +189,7 @@ def _build_copro(config: COPROConfig, ctx: BuildContext) -> Any:
     # Calls ~= depth * breadth * n_train (task) + depth * breadth (prompt): fit breadth to the budget.
     breadth = config.breadth
     if breadth is None:
-        breadth = max(2, min(10, (ctx.budget or 400) // max(1, config.depth * (ctx.n_train + 1)))) if ctx.budget else 4
+        breadth = max(2, min(10, (ctx.budget or DEFAULT_BUDGET) // max(1, config.depth * (ctx.n_train + 1)))) if ctx.budget else 4
     return dspy.COPRO(metric=ctx.metric, prompt_model=ctx.prompt_model, breadth=breadth, depth=config.depth,
                       init_temperature=config.init_temperature)
 
@@ -233,7 +198,7 @@ def _build_bfsrs(config: RandomSearchConfig, ctx: BuildContext) -> Any:
     n = config.num_candidate_programs
     if n is None:
         per_program = max(1, ctx.n_val or ctx.n_train)
-        n = max(1, min(16, (ctx.budget or 400) // per_program - 3)) if ctx.budget else 4
+        n = max(1, min(16, (ctx.budget or DEFAULT_BUDGET) // per_program - 3)) if ctx.budget else 4
     return dspy.BootstrapFewShotWithRandomSearch(
         ctx.metric, num_candidate_programs=n, num_threads=ctx.num_threads,
         max_bootstrapped_demos=config.max_bootstrapped_demos, max_labeled_demos=config.max_labeled_demos,
@@ -248,7 +213,7 @@ def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
         return metric(gold, pred, trace)
 
     reflection_lm = ctx.prompt_model or dspy.settings.lm
-    return dspy.GEPA(metric=five_arg_metric, max_metric_calls=config.max_metric_calls or ctx.budget or 400,
+    return dspy.GEPA(metric=five_arg_metric, max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
                      reflection_lm=reflection_lm, reflection_minibatch_size=config.reflection_minibatch_size,
                      num_threads=ctx.num_threads, seed=ctx.seed)
 
@@ -257,7 +222,7 @@ def _build_simba(config: SIMBAConfig, ctx: BuildContext) -> Any:
     steps = config.max_steps
     if steps is None:
         # Each step runs num_candidates programs on a batch of bsize examples.
-        steps = max(1, (ctx.budget or 400) // (config.bsize * (config.num_candidates + 1))) if ctx.budget else 4
+        steps = max(1, (ctx.budget or DEFAULT_BUDGET) // (config.bsize * (config.num_candidates + 1))) if ctx.budget else 4
     return dspy.SIMBA(metric=ctx.metric, bsize=min(config.bsize, max(1, ctx.n_train)),
                       num_candidates=config.num_candidates, max_steps=steps, max_demos=config.max_demos,
                       prompt_model=ctx.prompt_model, num_threads=ctx.num_threads)
@@ -266,11 +231,16 @@ def _build_simba(config: SIMBAConfig, ctx: BuildContext) -> Any:
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
-        OptimizerSpec("ape", APEConfig, _ours("ape"), _with_valset, True, "APE: induce, score, resample"),
-        OptimizerSpec("opro", OPROConfig, _ours("opro"), _with_valset, True, "OPRO: scored trajectory meta-prompt"),
-        OptimizerSpec("evoprompt-ga", EvoPromptConfig, _ours("ga"), _with_valset, True, "EvoPrompt, genetic"),
-        OptimizerSpec("evoprompt-de", EvoPromptConfig, _ours("de"), _with_valset, True, "EvoPrompt, differential"),
-        OptimizerSpec("protegi", ProTeGiConfig, _ours("protegi"), _with_valset, True, "ProTeGi: textual gradients"),
+        OptimizerSpec("ape", APEConfig, _ours("ape"), _with_valset, True, "APE: induce, score, resample",
+                      instruction_search=True),
+        OptimizerSpec("opro", OPROConfig, _ours("opro"), _with_valset, True, "OPRO: scored trajectory meta-prompt",
+                      instruction_search=True),
+        OptimizerSpec("evoprompt-ga", EvoPromptConfig, _ours("ga"), _with_valset, True, "EvoPrompt, genetic",
+                      instruction_search=True),
+        OptimizerSpec("evoprompt-de", EvoPromptConfig, _ours("de"), _with_valset, True, "EvoPrompt, differential",
+                      instruction_search=True),
+        OptimizerSpec("protegi", ProTeGiConfig, _ours("protegi"), _with_valset, True, "ProTeGi: textual gradients",
+                      instruction_search=True),
         OptimizerSpec("mipro", MIPROConfig, _build_mipro, _with_valset, False, "DSPy MIPROv2",
                       _mipro_compile_kwargs),
         # COPRO takes prompt_model as its first positional argument: metric is passed by name.
@@ -296,17 +266,7 @@ def resolve_config(name: str, config: dict[str, Any] | None = None) -> Optimizer
         ValueError: For an unknown optimizer, an unknown key or a bad value; the message
             names the optimizer and the offending keys.
     """
-    spec = get_spec(name)
-    try:
-        return spec.config_model(**(config or {}))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: "
-            + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"])
-            for err in exc.errors()
-        )
-        valid = ", ".join(spec.config_model.model_fields)
-        raise ValueError(f"invalid config for optimizer '{name}': {problems} (valid keys: {valid})") from None
+    return get_spec(name).config_model.resolve(config, name=name)
 
 
 def get_spec(name: str) -> OptimizerSpec:
@@ -329,6 +289,7 @@ def build_optimizer(
     prompt_model: dspy.BaseLM | None = None,
     log_dir: str | None = None,
     progress: bool = False,
+    final_selector: FinalSelector | None = None,
 ) -> OptimizerHandle:
     """Build optimizer ``name`` from a validated config.
 
@@ -344,13 +305,18 @@ def build_optimizer(
         prompt_model: LM that writes instructions, where the optimizer has one.
         log_dir: Where dspy-ext's optimizers write ``trials.jsonl``.
         progress: Show dspy-ext's progress bar.
+        final_selector: The final selection of a dspy-ext instruction search (default: successive halving).
 
     Returns:
         An :class:`OptimizerHandle`.
     """
     spec = get_spec(name)
     validated = resolve_config(name, config)
+    if final_selector is not None and not spec.instruction_search:
+        raise ValueError(f"optimizer {name!r} has no pluggable final selection; only dspy-ext's instruction "
+                         f"searches do ({', '.join(n for n, s in REGISTRY.items() if s.instruction_search)})")
     ctx = BuildContext(metric=metric, budget=budget, seed=seed, num_threads=num_threads, n_train=n_train,
-                       n_val=n_val, prompt_model=prompt_model, log_dir=log_dir, progress=progress)
+                       n_val=n_val, prompt_model=prompt_model, log_dir=log_dir, progress=progress,
+                       final_selector=final_selector)
     return OptimizerHandle(name, spec.build(validated, ctx), validated, spec.enforces_budget, spec.compile,
                            spec.compile_kwargs(validated, ctx))

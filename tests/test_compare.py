@@ -1,8 +1,8 @@
 """``dspy-ext compare`` on the fake world: table, statistics, plot, clean stdout and resume.
 
-The LM is injected through ``dspy_ext.cli.compare.run(args, lm=...)``; the fake
+The LM is injected through ``dspy_ext.cli.main(argv, lm=...)``; the fake
 LM answers both the task prompts (plain adapter) and every optimizer's
-meta-prompts (see :mod:`dspy_ext.compare.fake_world`).
+meta-prompts (see ``tests/support/fake_world.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dspy_ext.cli import build_parser, main
-from dspy_ext.cli import compare as compare_cmd
-from dspy_ext.compare.fake_world import fake_world_lm, write_task
+from support.fake_world import fake_world_lm, write_task
+
+from dspy_ext.cli import main
 from dspy_ext.registry import REGISTRY, LabeledConfig, OptimizerSpec
 
 ROW_KEYS = {"optimizer", "seed", "test_score", "lm_calls", "seconds", "tokens", "budget_enforced"}
@@ -34,7 +34,7 @@ def argv(task_folder: Path, out: Path, *extra: str, optimizers: str = "ape,bfs,l
 
 
 def run(args: list[str], lm, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = compare_cmd.run(build_parser().parse_args(args), lm=lm)
+    code = main(args, lm=lm)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -136,7 +136,7 @@ def test_changed_settings_run_the_cell_again(task_folder: Path, tmp_path: Path,
 def test_per_optimizer_config_reaches_the_optimizer(task_folder: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    result, _ = run_json(argv(task_folder, out, "--config", '{"labeled": {"k": 1}}', optimizers="labeled",
+    result, _ = run_json(argv(task_folder, out, "--optimizer-config", '{"labeled": {"k": 1}}', optimizers="labeled",
                               seeds=1), fake_world_lm(), capsys)
     run_file = json.loads((out / "runs" / "labeled-s0" / "run.json").read_text())
     assert run_file["config"] == {"k": 1}
@@ -165,10 +165,11 @@ def test_a_failing_optimizer_does_not_lose_the_other_cells(task_folder: Path, tm
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--optimizers", "ape,nope"], "unknown optimizer 'nope'"),
-    (["--optimizers", "ape", "--config", '{"ape": {"bogus": 1}}'], "bogus: unknown key"),
-    (["--optimizers", "ape", "--config", '{"copro": {}}'], "not in --optimizers: copro"),
-    (["--optimizers", "ape", "--config", "{not json"], "--config is not valid JSON"),
-    (["--optimizers", "ape", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--optimizers", "ape", "--optimizer-config", '{"ape": {"bogus": 1}}'], "bogus: unknown key"),
+    (["--optimizers", "ape", "--optimizer-config", '{"copro": {}}'], "not in optimizers: copro"),
+    (["--optimizers", "ape", "--optimizer-config", "{not json"], "--optimizer-config is not valid JSON"),
+    (["--optimizers", "ape", "--seeds", "0"], "seeds: Input should be greater than or equal to 1"),
+    ([], "optimizers: Field required"),
 ])
 def test_bad_arguments_exit_2_before_any_model_loads(task_folder: Path, tmp_path: Path, extra: list[str],
                                                       message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,21 +179,25 @@ def test_bad_arguments_exit_2_before_any_model_loads(task_folder: Path, tmp_path
     assert message in err and err.startswith("dspy-ext compare: error:")
 
 
-def test_each_cell_compiles_cold_even_when_rerun_after_an_interruption(task_folder: Path, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """Cells get private, empty caches: an optimizer's count is its own, and a re-run cell is counted in full."""
+def test_an_interrupted_cell_resumes_from_its_journal_and_is_counted_in_full(
+        task_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each cell journals its own calls: its count is its own and cold; an interrupted cell resumes from the
+    journal without calling the model again, and the replayed calls are counted (no free budget)."""
     out = tmp_path / "cmp"
     lm = fake_world_lm(cache=True)  # DSPy's response cache on, as for a user
     first, _ = run_json(argv(task_folder, out, optimizers="ape", seeds=1), lm, capsys)
     cold = first["rows"][0]["lm_calls"]
-    assert cold > 0 and (out / "runs" / "ape-s0" / "cache").is_dir()
+    journal = out / "runs" / "ape-s0" / "calls.jsonl"
+    assert cold > 0 and len(journal.read_text().splitlines()) >= cold
 
-    # An interrupted cell: its cache holds the calls made, but it never stored its result.
+    # An interrupted cell: its journal holds the calls made, but it never stored its result.
     (out / "cells" / "ape-s0.json").unlink()
-    marker = out / "runs" / "ape-s0" / "cache" / "left-by-the-interrupted-run"
-    marker.write_text("x")
+    engine_calls = lm.engine.calls
     again, _ = run_json(argv(task_folder, out, optimizers="ape", seeds=1), lm, capsys)
-    assert not marker.exists()  # the cell's cache was emptied before it ran again
     assert again["skipped_cells"] == 0
-    assert again["rows"][0]["lm_calls"] == cold  # not replayed for free from the old cache
+    assert again["rows"][0]["lm_calls"] == cold  # replayed calls are charged: not free budget
     assert again["rows"][0]["test_score"] == first["rows"][0]["test_score"]
+    # The compile made no model call at all; only scoring could (and the DSPy cache serves it).
+    assert lm.engine.calls == engine_calls
+    result = json.loads((out / "runs" / "ape-s0" / "run.json").read_text())
+    assert result["replayed_calls"] > 0

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
+import re
 from pathlib import Path
 
 import dspy
 import pytest
 
-from dspy_ext.cli import export as export_cmd
-from dspy_ext.cli.common import CLIError
+from dspy_ext.cli import main
 from dspy_ext.data import dataset_fingerprint, load_task
 from dspy_ext.export import load
 from programs import DraftThenAnswer, Transform
@@ -20,12 +19,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:Passing OpenAI-style message:Dep
 
 
 def run_cli(argv: list[str]) -> int:
-    """Parse and run ``dspy-ext export ARGV`` (the command is registered locally)."""
-    parser = argparse.ArgumentParser(prog="dspy-ext")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    export_cmd.register(subparsers)
-    args = parser.parse_args(["export", *argv])
-    return args.func(args)
+    """Run ``dspy-ext export ARGV`` as the command line does."""
+    return main(["export", *argv])
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture, pattern: str) -> None:
+    """``dspy-ext export ARGV`` exits 2 with one error line matching ``pattern``, and prints nothing on stdout."""
+    capsys.readouterr()  # what earlier commands printed
+    assert run_cli(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("dspy-ext export: error: ") and len(captured.err.strip().splitlines()) == 1
+    assert re.search(pattern, captured.err), captured.err
 
 
 def _compiled(task_name: str = "sentiment") -> dspy.Module:
@@ -103,7 +108,7 @@ def test_run_folder_metadata_is_copied(tmp_path: Path, fake_local, capsys) -> No
     assert "search" not in meta
 
 
-def test_run_folder_generic_metadata_and_task_check(tmp_path: Path, fake_local) -> None:
+def test_run_folder_generic_metadata_and_task_check(tmp_path: Path, fake_local, capsys) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _compiled().save(str(run_dir / "program.json"))
@@ -116,43 +121,35 @@ def test_run_folder_generic_metadata_and_task_check(tmp_path: Path, fake_local) 
     assert (meta["optimizer"], meta["optimizer_settings"], meta["dev_score"]) == ("LabeledFewShot", {"k": 3}, 70.0)
     assert load(out).predictor("predict")["adapter"] == "ChatAdapter"  # a non-local LM: DSPy's default
     (run_dir / "run.json").write_text(json.dumps({"task": "larger_animal"}), encoding="utf-8")
-    with pytest.raises(CLIError, match="run.json says the task is 'larger_animal'"):
-        run_cli([str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake"])
+    fails([str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake"], capsys, "run.json says the task is 'larger_animal'")
 
 
-def test_pickles_are_refused(tmp_path: Path, fake_local) -> None:
+def test_pickles_are_refused(tmp_path: Path, fake_local, capsys) -> None:
     pickle_file = tmp_path / "program.pkl"
     pickle_file.write_bytes(b"\x80\x04\x95 not to be loaded")
-    with pytest.raises(CLIError, match="refusing to load a pickle"):
-        run_cli([str(pickle_file), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"])
+    fails([str(pickle_file), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"], capsys, "refusing to load a pickle")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "program.pkl").write_bytes(b"\x80\x04")
-    with pytest.raises(CLIError, match=r"no program.json \(it has \['program.pkl'\]: pickles are never loaded"):
-        run_cli([str(run_dir), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"])
+    fails([str(run_dir), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"], capsys, r"no program.json \(it has \['program.pkl'\]: pickles are never loaded")
     assert not (tmp_path / "a.json").exists()
 
 
-def test_bad_sources_and_options(tmp_path: Path, program_json: Path, fake_local) -> None:
+def test_bad_sources_and_options(tmp_path: Path, program_json: Path, fake_local, capsys) -> None:
     base = ["--task", "sentiment", "--lm", "fake"]
-    with pytest.raises(CLIError, match="no such file or folder"):
-        run_cli([str(tmp_path / "missing.json"), "--out", str(tmp_path / "a.json"), *base])
-    with pytest.raises(CLIError, match="use a .json file name"):
-        run_cli([str(program_json), "--out", str(tmp_path / "a.pkl"), *base])
+    fails([str(tmp_path / "missing.json"), "--out", str(tmp_path / "a.json"), *base], capsys, "no such file or folder")
+    fails([str(program_json), "--out", str(tmp_path / "a.pkl"), *base], capsys, "use a .json file name")
     broken = tmp_path / "broken.json"
     broken.write_text('{"predict": ', encoding="utf-8")
-    with pytest.raises(CLIError, match="not valid JSON"):
-        run_cli([str(broken), "--out", str(tmp_path / "a.json"), *base])
-    with pytest.raises(CLIError, match=r"holds predictors \['predict'\], but --program two_step has "
-                                       r"\['draft', 'answer'\]"):
-        run_cli([str(program_json), "--out", str(tmp_path / "a.json"), *base, "--program", "two_step"])
+    fails([str(broken), "--out", str(tmp_path / "a.json"), *base], capsys, "not valid JSON")
+    fails([str(program_json), "--out", str(tmp_path / "a.json"), *base, "--program", "two_step"], capsys, r"holds predictors \['predict'\], but program two_step has "
+                                       r"\['draft', 'answer'\]")
 
 
-def test_state_from_another_program_is_refused(tmp_path: Path, fake_local) -> None:
+def test_state_from_another_program_is_refused(tmp_path: Path, fake_local, capsys) -> None:
     path = tmp_path / "two_step.json"
     DraftThenAnswer(instructions="x").save(str(path))
-    with pytest.raises(CLIError, match="pass the --program and task the program was compiled with"):
-        run_cli([str(path), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"])
+    fails([str(path), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"], capsys, "pass the program and task the state was compiled with")
 
 
 def test_verify_fails_loudly_when_the_runtime_disagrees(tmp_path: Path, program_json: Path, fake_local,

@@ -1,4 +1,4 @@
-"""Tests for ``dspy_ext.export.runtime``: value formatting and parsing parity, bad files, no-DSPy import."""
+"""Tests for ``dspy_ext.runtime``: value formatting and parsing parity, bad files, no-DSPy import."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dspy.adapters.utils import parse_value as dspy_parse_value
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.export import build_artifact, export, runtime
 from dspy_ext.export.exporter import annotation_type
-from dspy_ext.export.runtime import (
+from dspy_ext.runtime import (
     ArtifactError,
     RenderError,
     compute_hash,

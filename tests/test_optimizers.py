@@ -344,17 +344,17 @@ class RecordingEvoPrompt(EvoPrompt):
         self.engine = engine
         self.generations: list[dict] = []
 
-    def propose(self, run, population, step):
+    def propose(self, run, state, population, step):
         before = len(self.engine.requests)
-        children = super().propose(run, population, step)
+        children = super().propose(run, state, population, step)
         self.generations.append({
             "members": [(c.instruction("self"), run.store.get(c.key).mean) for c in population],
             "requests": self.engine.requests[before:],
         })
         return children
 
-    def select(self, run, population, children):
-        survivors = super().select(run, population, children)
+    def select(self, run, state, population, children):
+        survivors = super().select(run, state, population, children)
         if self.generations and population:
             self.generations[-1]["children"] = [(c.instruction("self"), run.store.get(c.key).mean) for c in children]
             by_key = {c.key: c.instruction("self") for c in population}
@@ -449,10 +449,10 @@ class RecordingProTeGi(ProTeGi):
         self.engine = engine
         self.selections: list[dict] = []
 
-    def select(self, run, population, children):
+    def select(self, run, state, population, children):
         arms = population + children
         before = len(self.engine.requests)
-        beam = super().select(run, population, children)
+        beam = super().select(run, state, population, children)
         self.selections.append({
             "arms": len(arms),
             "pool": len(run.search_pool),
@@ -698,7 +698,8 @@ def test_duplicate_proposals_are_not_re_evaluated(method: str) -> None:
     assert sum(1 for m in task_requests(engine) if m[0]["content"] == same) <= 16 + 8
 
 
-LONG_UNTERMINATED = "Handle the request at level 8 " + "and keep going with more and more words " * 6
+# Longer than the proposal token cap (150): the fake engine cuts it off and reports finish reason "length".
+LONG_UNTERMINATED = "Handle the request at level 8 " + "and keep going with more and more words " * 25
 
 
 @pytest.mark.parametrize(
@@ -843,3 +844,23 @@ def test_task_model_errors_in_a_run_are_logged_on_trial_rows(method: str) -> Non
     student_rows = [r for r in rows if r["instructions"]["self"] == "Handle the request at level 8."]
     assert any(r["errors"] for r in student_rows)
     assert all(r["score"] == 100.0 for r in student_rows)  # it solves every row that ran
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_candidate_whose_rows_mostly_failed_is_never_adopted(method: str) -> None:
+    """The level-8 instruction would solve every row, but its calls fail on 3 rows in 4: it is set aside."""
+    flaky = "Handle the request at level 8, the flaky one."
+
+    def fails(messages: list[dict[str, str]]) -> bool:
+        return role_of(messages) is None and messages[0]["content"] == flaky and item_number(
+            messages[-1]["content"]) % 4 != 0
+
+    engine = FakeEngine(_replying(method, lambda fields: flaky), fail_when=fails)
+    optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
+    program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
+
+    result = program.dspy_ext_result
+    flaky_rows = [r for r in result.trials if r["instructions"]["self"] == flaky]
+    assert flaky_rows and any(r["errors"]["lm_error"] > 0 for r in flaky_rows)  # it was tried, and failed
+    assert program.signature.instructions != flaky
+    assert result.best["instructions"]["self"] != flaky

@@ -1,7 +1,7 @@
 """The optimizer registry: validated configs and per-optimizer compile adapters.
 
 Every entry is also run end to end on the fake world of
-:mod:`dspy_ext.compare.fake_world` (a fake LM that answers task prompts and any
+``tests/support/fake_world.py`` (a fake LM that answers task prompts and any
 optimizer's meta-prompts), with a spy on the optimizer's ``compile`` to check
 the arguments each adapter passes.
 """
@@ -16,7 +16,7 @@ import dspy
 import pytest
 
 from dspy_ext.adapters import PlainAdapter
-from dspy_ext.compare.fake_world import BASELINE_INSTRUCTION, dataset, fake_world_lm
+from support.fake_world import BASELINE_INSTRUCTION, dataset, fake_world_lm
 from dspy_ext.registry import (
     REGISTRY,
     APEConfig,
@@ -46,7 +46,7 @@ def test_defaults_are_filled() -> None:
     config = resolve_config("ape")
     assert isinstance(config, APEConfig)
     assert config.model_dump() == {
-        "steps": None, "minibatch_size": 10, "max_bootstrapped_demos": 2, "max_labeled_demos": 3,
+        "steps": 2, "minibatch_size": 10, "max_bootstrapped_demos": 2, "max_labeled_demos": 3,
         "num_demo_sets": 3, "final_candidates": 3, "final_share": 0.35, "num_candidates": 6,
         "pairs_per_induction": 5, "top_k": 3, "variants_per_survivor": 1, "induce_temperature": 0.9,
     }
@@ -207,7 +207,7 @@ def test_gepa_gets_a_five_argument_metric_that_delegates() -> None:
 
 def test_copro_survives_a_prompt_model_that_writes_only_the_instruction() -> None:
     """Small models answer COPRO's two-field proposer with one bare sentence; the plain adapter fills the prefix."""
-    from dspy_ext.compare.fake_world import respond
+    from support.fake_world import respond
     from dspy_ext.lm import FakeEngine
 
     def terse(messages: list[dict[str, str]]) -> str:
@@ -228,3 +228,38 @@ def test_copro_survives_a_prompt_model_that_writes_only_the_instruction() -> Non
     # Under the strict adapter the same reply is a parse error naming the missing field.
     with dspy.context(lm=lm, adapter=PlainAdapter()), pytest.raises(Exception, match="proposed_prefix_for_output_field"):
         dspy.Predict(dspy.teleprompt.copro_optimizer.BasicGenerateInstruction)(basic_instruction="Do it.")
+
+
+# ---- each setting is written once -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_registry_constructor_and_tuning_space_agree(name: str) -> None:
+    """The config model is the one source: the registry's defaults, the constructor's and the Optuna space's."""
+    import inspect
+
+    from dspy_ext.tuning.space import DEFAULT_METHOD_SPACES, Param
+
+    spec = REGISTRY[name]
+    defaults = spec.config_model()
+    assert resolve_config(name) == defaults
+    # The Optuna space's default ranges are the config model's, and every end of them is a valid value.
+    ranges = spec.config_model.tuning_ranges()
+    space = {k: v for k, v in DEFAULT_METHOD_SPACES[name].items() if k in spec.config_model.model_fields}
+    assert space == {k: Param.parse(v, k) for k, v in ranges.items()}
+    for key, param in space.items():
+        for value, _ in param.probe_values():
+            resolve_config(name, {key: value})
+    if not spec.instruction_search:
+        return
+    with dspy.context(lm=fake_world_lm(), adapter=PlainAdapter()):
+        handle = build_optimizer(name, metric)
+    # The constructor holds the same validated config, and declares no default of its own for any setting.
+    assert handle.optimizer.config == defaults
+    cls = type(handle.optimizer)
+    parameters = {p for klass in cls.__mro__ if "__init__" in vars(klass)
+                  for p in inspect.signature(klass.__init__).parameters}
+    assert not parameters & set(spec.config_model.model_fields), parameters & set(spec.config_model.model_fields)
+    # A constructor keyword is validated by the same model.
+    with pytest.raises(ValueError, match="invalid config for optimizer '.+': .*greater than or equal to"):
+        cls(metric, **{next(iter(spec.config_model.model_fields)): -1})

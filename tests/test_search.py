@@ -33,11 +33,13 @@ from dspy_ext.search import (
     CandidateStore,
     Models,
     PredictorPrompt,
+    Proposal,
     ProposalGuard,
     SearchRun,
     TrialLog,
     clean_proposal,
 )
+from dspy_ext.search.run import PROPOSAL_MAX_TOKENS
 
 _lm_ids = itertools.count()
 META_TEXT = [sig.instructions for sig in DEFAULT_META_PROMPTS.values()]
@@ -302,7 +304,7 @@ def make_run(responder, *, trainset=None, engine_cls=FakeEngine) -> tuple[Search
     run = SearchRun(
         method="unit", student=dspy.Predict(dspy.Signature("input -> output", "Reply to the request.")),
         trainset=trainset, valset=[item(i) for i in range(100, 104)], metric=metric,
-        models=Models(lm, PlainAdapter(), lm, PlainAdapter()), seed=0, total_meter=CallMeter(50),
+        models=Models(lm, PlainAdapter(), lm, PlainAdapter()), seed=0, base_seed=0, total_meter=CallMeter(50),
         search_meter=CallMeter(40), minibatch_size=4, num_threads=1,
         guard=ProposalGuard(meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS),
                             train_inputs=[ex.input for ex in trainset]),
@@ -315,16 +317,16 @@ def test_admit_rejects_duplicates_cut_offs_and_leaks() -> None:
     run, _ = make_run(lambda messages: "x")
     seed = Candidate.from_program(run.student)
     run.store.add(seed)
-    child = run.admit("Instruction: Reply in capitals.", seed, "self", origin="unit.step1")
+    child = run.admit(Proposal("Instruction: Reply in capitals.", False, "paraphrase"), seed, "self", origin="unit.step1")
     assert child is not None and child.instruction("self") == "Reply in capitals."
     assert child.origin == "unit.step1" and child.parents == (seed.key,)
     run.store.add(child)
 
-    assert run.admit("Reply to the request.", seed, "self", origin="o") is None  # the parent's own text
-    assert run.admit("reply  IN capitals.", seed, "self", origin="o") is None  # seen before (normalised)
-    assert run.admit("\x00truncated", seed, "self", origin="o") is None
-    assert run.admit('""', seed, "self", origin="o") is None
-    assert run.admit("Reply like: please handle item number 2 now.", seed, "self", origin="o") is None
+    assert run.admit(Proposal("Reply to the request.", False, "paraphrase"), seed, "self", origin="o") is None  # the parent's own text
+    assert run.admit(Proposal("reply  IN capitals.", False, "paraphrase"), seed, "self", origin="o") is None  # seen before (normalised)
+    assert run.admit(Proposal("Reply in lower case.", True, "paraphrase"), seed, "self", origin="o") is None
+    assert run.admit(Proposal('""', False, "paraphrase"), seed, "self", origin="o") is None
+    assert run.admit(Proposal("Reply like: please handle item number 2 now.", False, "paraphrase"), seed, "self", origin="o") is None
     assert run.rejected == {"duplicate": 2, "truncated": 1, "empty": 1, "training_data_leak": 1}
 
 
@@ -335,13 +337,24 @@ def test_ask_marks_proposals_stopped_at_max_tokens_as_truncated() -> None:
             return Generation(g.text, g.input_tokens, g.output_tokens, "length")
 
     run, engine = make_run(lambda messages: "Reply in capitals.", engine_cls=Cut)
-    texts = run.ask("paraphrase", 2, instruction="Reply to the request.")
-    assert texts == ["\x00truncated", "\x00truncated"] and engine.calls == 2
-    assert run.admit(texts[0], Candidate.from_program(run.student), "self", origin="o") is None
+    proposals = run.ask("paraphrase", 2, instruction="Reply to the request.")
+    assert proposals == [Proposal("Reply in capitals.", True, "paraphrase")] * 2 and engine.calls == 2
+    assert run.admit(proposals[0], Candidate.from_program(run.student), "self", origin="o") is None
     assert run.rejected == {"truncated": 1}
 
     complete, _ = make_run(lambda messages: "Reply in capitals.")
-    assert complete.ask("paraphrase", 1, instruction="Reply to the request.") == ["Reply in capitals."]
+    assert complete.ask("paraphrase", 1, instruction="Reply to the request.") == [
+        Proposal("Reply in capitals.", False, "paraphrase")]
+
+
+def test_a_real_cut_off_proposal_is_rejected_as_truncated() -> None:
+    """The engine stops at the proposal token cap: finish reason "length" reaches the guard."""
+    words = " ".join(f"word{i}" for i in range(400))
+    run, engine = make_run(lambda messages: words)
+    [proposal] = run.ask("paraphrase", 1, instruction="Reply to the request.")
+    assert proposal.truncated is True and len(proposal.text.split()) == PROPOSAL_MAX_TOKENS
+    assert run.admit(proposal, Candidate.from_program(run.student), "self", origin="o") is None
+    assert run.rejected == {"truncated": 1}
 
 
 def test_evaluation_errors_are_counted_not_scored() -> None:

@@ -1,4 +1,4 @@
-"""``OptunaSearch``, its search space, pruning, objectives, the candidate-level TPE selector and ``dspy-ext tune``.
+"""``OptunaTuner``, its tuning space, pruning, objectives, candidate-level TPE in a trial and ``dspy-ext tune``.
 
 Everything runs on the fake world of :mod:`tune_fake` (LabeledFewShot with k
 demos scores k/5; four or more demos make the model chatty).
@@ -10,18 +10,21 @@ import json
 from pathlib import Path
 
 import dspy
+import optuna
 import pytest
-
 import tune_fake as F
+
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.search.final_selection import CandidateTPE
 from dspy_ext.tuning import (
+    DEFAULT_METHOD_SPACES,
     Choice,
     CriteriaMetric,
     Int,
-    OptunaSearch,
-    SearchSpace,
-    SearchSpaceError,
-    TPEFinalSelector,
+    OptunaTuner,
+    Param,
+    TuningSpace,
+    TuningSpaceError,
     criteria_of,
     load_space,
 )
@@ -41,7 +44,7 @@ def params(k: int) -> dict:
     return {"optimizer": "labeled", "labeled.k": k}
 
 
-# ---- the search space ---------------------------------------------------------------------------------
+# ---- the tuning space ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -70,20 +73,20 @@ def params(k: int) -> dict:
     ({"optimisers": ["ape"]}, "optimisers: unknown top-level key"),
 ])
 def test_invalid_spaces_are_rejected_with_the_reason(raw: dict, message: str) -> None:
-    with pytest.raises(SearchSpaceError) as info:
-        SearchSpace.from_dict(raw)
+    with pytest.raises(TuningSpaceError) as info:
+        TuningSpace.from_dict(raw)
     assert message in str(info.value)
     assert str(info.value).startswith("invalid search space: ")
 
 
 def test_every_problem_is_listed_at_once() -> None:
-    with pytest.raises(SearchSpaceError) as info:
-        SearchSpace.from_dict({"optimizers": {"ape": {"num_candidates": 0, "top_k": {"int": [3, 1]}}}, "budget": -1})
+    with pytest.raises(TuningSpaceError) as info:
+        TuningSpace.from_dict({"optimizers": {"ape": {"num_candidates": 0, "top_k": {"int": [3, 1]}}}, "budget": -1})
     assert len(info.value.problems) == 3
 
 
 def test_defaults_per_method_and_overrides_merge(tmp_path: Path) -> None:
-    space = SearchSpace.default()
+    space = TuningSpace.default()
     assert list(space.methods) == ["ape", "opro", "bfsrs"]
     assert space.methods["ape"]["num_candidates"] == Int(3, 8)
     path = tmp_path / "space.yaml"
@@ -96,7 +99,7 @@ def test_defaults_per_method_and_overrides_merge(tmp_path: Path) -> None:
     assert loaded.methods["labeled"]["k"] == Int(1, 6)                  # null -> the method's defaults
     assert loaded.budget == 30 and loaded.pruner == {"type": "none"}
     # Python and YAML declare the same space.
-    python = SearchSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(2, 4), "top_k": 2}, "labeled": None},
+    python = TuningSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(2, 4), "top_k": 2}, "labeled": None},
                                     "budget": 30, "pruner": "none"})
     assert python.fingerprint() == loaded.fingerprint()
     json_path = tmp_path / "space.json"
@@ -104,14 +107,29 @@ def test_defaults_per_method_and_overrides_merge(tmp_path: Path) -> None:
     assert load_space(json_path).fingerprint() == loaded.fingerprint()
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimizers: [ape\n")
-    with pytest.raises(SearchSpaceError, match="not valid YAML"):
+    with pytest.raises(TuningSpaceError, match="not valid YAML"):
         load_space(bad)
+
+
+def test_default_ranges_are_read_from_each_optimizers_config_model() -> None:
+    from dspy_ext.registry import REGISTRY
+
+    for name, spec in REGISTRY.items():
+        params = dict(DEFAULT_METHOD_SPACES[name])
+        # Only dspy-ext's instruction searches get the final-selection knob.
+        assert (params.pop("final_selection", None) == Choice(["halving", "tpe"])) is spec.instruction_search, name
+        assert params and params == {k: Param.parse(v, k) for k, v in spec.config_model.tuning_ranges().items()}
+    # Every end of every default range is a value the optimizer's own config accepts.
+    assert list(TuningSpace.default(list(REGISTRY)).methods) == list(REGISTRY)
+    ours = ", ".join(name for name, spec in REGISTRY.items() if spec.instruction_search)
+    with pytest.raises(TuningSpaceError, match=f"only dspy-ext's own optimizers \\({ours}\\)"):
+        TuningSpace.from_dict({"optimizers": {"mipro": {"final_trials": 4}}})
 
 
 def test_a_sampled_plan_is_a_valid_config() -> None:
     import optuna
 
-    space = SearchSpace.from_dict({"optimizers": {"ape": {"final_selection": Choice(["tpe"]), "budget": 50}},
+    space = TuningSpace.from_dict({"optimizers": {"ape": {"final_selection": Choice(["tpe"]), "budget": 50}},
                                    "common": {"adapter": "plain"}})
     study = optuna.create_study(direction="maximize")
     plan = space.suggest(study.ask())
@@ -120,8 +138,8 @@ def test_a_sampled_plan_is_a_valid_config() -> None:
 
 
 def test_invalid_space_is_rejected_before_any_trial(tmp_path: Path, world) -> None:
-    with pytest.raises(SearchSpaceError, match="labeled.k: -1"):
-        OptunaSearch(F.accuracy, space={"optimizers": {"labeled": {"k": {"int": [-1, 3]}}}},
+    with pytest.raises(TuningSpaceError, match="labeled.k: -1"):
+        OptunaTuner(F.accuracy, space={"optimizers": {"labeled": {"k": {"int": [-1, 3]}}}},
                      storage=str(tmp_path / "s.db"))
     assert not (tmp_path / "s.db").exists()
 
@@ -138,9 +156,9 @@ def test_criteria_of() -> None:
 
 
 def test_trials_store_program_scores_and_costs(tmp_path: Path, world) -> None:
-    search = OptunaSearch(F.accuracy, space=labeled_space(), n_trials=3, storage=str(tmp_path / "s.db"),
+    tuner = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=3, storage=str(tmp_path / "s.db"),
                           study_name="attrs", num_threads=1, enqueue=[params(3), params(1)])
-    program = search.compile(F.student(), trainset=F.trainset(), valset=F.devset())
+    program = tuner.compile(F.student(), trainset=F.trainset(), valset=F.devset())
     summary = program.dspy_ext_tune
     assert summary["n_trials"] == 3 and summary["study"] == "attrs"
     assert summary["storage"] == "sqlite:///" + str((tmp_path / "s.db").resolve())
@@ -152,16 +170,16 @@ def test_trials_store_program_scores_and_costs(tmp_path: Path, world) -> None:
     assert Path(best["program_file"]).exists()
     # The returned program is the best trial's; a fresh load from its file scores the same.
     assert len(program.predict.demos) == best["params"]["labeled.k"]
-    trial_one = [t for t in summary["top_trials"] if t["params"]["labeled.k"] == 1][0]
+    trial_one = next(t for t in summary["top_trials"] if t["params"]["labeled.k"] == 1)
     assert trial_one["value"] == 20.0 and trial_one["scores"]["criteria"] == {"score": 20.0}
     assert summary["baseline"]["criteria"] == {"score": 0.0}
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
     space = labeled_space(pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0}, eval_minibatch=4)
-    search = OptunaSearch(F.accuracy, space=space, n_trials=5, storage="memory", num_threads=1,
+    tuner = OptunaTuner(F.accuracy, space=space, n_trials=5, storage="memory", num_threads=1,
                           enqueue=[params(5), params(4), params(0), params(1), params(5)])
-    session = search.open(F.student(), trainset=F.trainset(), valset=F.devset())
+    session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     trials = {t.number: t for t in session.study.trials}
     assert [trials[n].state.name for n in range(5)] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED", "COMPLETE"]
@@ -172,7 +190,7 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
         assert scores["dev_rows"] < scores["dev_n"] == 20 and scores["pruned_at_step"] == 0
         assert pruned.user_attrs["eval_lm_calls"] == 4  # one minibatch of 4 rows, not 20
     assert trials[0].intermediate_values == {0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0}
-    summary = session.summary()
+    summary = session.results.summary()
     assert summary["n_pruned"] == 2 and summary["n_complete"] == 3 and summary["n_trials"] == 5
     assert summary["best_value"] == 100.0  # a pruned trial never counts as the best
 
@@ -180,9 +198,9 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
 @pytest.mark.skipif(__import__("importlib").util.find_spec("scipy") is None, reason="WilcoxonPruner needs scipy")
 def test_wilcoxon_pruner_gets_per_example_values(world) -> None:
     space = labeled_space(pruner={"type": "wilcoxon", "p_threshold": 0.2}, eval_minibatch=5)
-    search = OptunaSearch(F.accuracy, space=space, n_trials=2, storage="memory", num_threads=1,
+    tuner = OptunaTuner(F.accuracy, space=space, n_trials=2, storage="memory", num_threads=1,
                           enqueue=[params(5), params(0)])
-    session = search.open(F.student(), trainset=F.trainset(), valset=F.devset())
+    session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     first, second = session.study.trials
     assert sorted(first.intermediate_values) == sorted(session.dev_order[:15])  # steps are example ids
@@ -191,19 +209,19 @@ def test_wilcoxon_pruner_gets_per_example_values(world) -> None:
 
 def test_rerun_continues_the_study_and_rejects_another_space(tmp_path: Path, world) -> None:
     storage = str(tmp_path / "s.db")
-    first = OptunaSearch(F.accuracy, space=labeled_space(), n_trials=2, storage=storage, study_name="again",
+    first = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=2, storage=storage, study_name="again",
                          num_threads=1)
     s1 = first.open(F.student(), trainset=F.trainset(), valset=F.devset())
     s1.optimize()
     values = {t.number: t.value for t in s1.study.trials}
-    second = OptunaSearch(F.accuracy, space=labeled_space(), n_trials=4, storage=storage, study_name="again",
+    second = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=4, storage=storage, study_name="again",
                           num_threads=1)
     s2 = second.open(F.student(), trainset=F.trainset(), valset=F.devset())
     assert s2.optimize() == 2
     assert {t.number: t.value for t in s2.study.trials if t.number in values} == values
-    assert s2.summary()["n_trials"] == 4
+    assert s2.results.summary()["n_trials"] == 4
     assert s2.optimize() == 0  # the target is reached
-    other = OptunaSearch(F.accuracy, space=labeled_space(eval_minibatch=7), n_trials=4, storage=storage,
+    other = OptunaTuner(F.accuracy, space=labeled_space(eval_minibatch=7), n_trials=4, storage=storage,
                          study_name="again")
     with pytest.raises(ValueError, match="another search space.*another study name"):
         other.open(F.student(), trainset=F.trainset(), valset=F.devset())
@@ -217,11 +235,11 @@ def test_rerun_continues_the_study_and_rejects_another_space(tmp_path: Path, wor
 def test_constraints_reject_a_candidate_that_breaks_another_criterion(world) -> None:
     # k=4 is the most accurate (80) but chatty: brevity drops from the student's 100 to 20
     # (only its "unknown" answers are one word).
-    search = OptunaSearch(F.two_criteria, space=labeled_space(), n_trials=3, storage="memory", num_threads=1,
+    tuner = OptunaTuner(F.two_criteria, space=labeled_space(), n_trials=3, storage="memory", num_threads=1,
                           objective="constraints", enqueue=[params(4), params(3), params(2)])
-    session = search.open(F.student(), trainset=F.trainset(), valset=F.devset())
+    session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
-    summary = session.summary()
+    summary = session.results.summary()
     assert summary["objective"] == "constraints" and summary["criteria"] == ["accuracy", "brevity"]
     assert summary["baseline"]["criteria"] == {"accuracy": 0.0, "brevity": 100.0}
     by_k = {t.params["labeled.k"]: t for t in session.study.trials}
@@ -232,15 +250,15 @@ def test_constraints_reject_a_candidate_that_breaks_another_criterion(world) -> 
     assert summary["best_trial"]["params"]["labeled.k"] == 3 and summary["best_value"] == 60.0
     assert summary["n_infeasible"] == 1
     assert session.study.best_trial.number == by_k[3].number  # Optuna agrees
-    assert len(session.best_program().predict.demos) == 3
+    assert len(session.results.best_program().predict.demos) == 3
 
 
 def test_pareto_reports_the_front(world) -> None:
-    search = OptunaSearch(F.two_criteria, space=labeled_space(), n_trials=4, storage="memory", num_threads=1,
+    tuner = OptunaTuner(F.two_criteria, space=labeled_space(), n_trials=4, storage="memory", num_threads=1,
                           objective="pareto", enqueue=[params(4), params(3), params(2), params(5)])
-    session = search.open(F.student(), trainset=F.trainset(), valset=F.devset())
+    session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
-    summary = session.summary()
+    summary = session.results.summary()
     assert summary["objective"] == "pareto" and len(session.study.directions) == 2
     front = {p["number"]: p["values"] for p in summary["pareto_front"]}
     # (accuracy, brevity): k=4 (80, 20), k=3 (60, 100), k=5 (100, 0) trade off; k=2 (40, 100) is dominated by k=3.
@@ -252,9 +270,9 @@ def test_pareto_reports_the_front(world) -> None:
 
 
 def test_several_criteria_need_a_matching_objective(world) -> None:
-    search = OptunaSearch(F.accuracy, space=labeled_space(), n_trials=1, storage="memory", objective="pareto")
+    tuner = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=1, storage="memory", objective="pareto")
     with pytest.raises(ValueError, match="needs a metric returning several criteria"):
-        search.open(F.student(), trainset=F.trainset(), valset=F.devset())
+        tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     cm = CriteriaMetric(F.two_criteria, primary="brevity")
     ex = F.item(3)
     assert cm(ex, dspy.Prediction(output="ITEM-3 indeed")) == 0.0 and cm.criteria == ["accuracy", "brevity"]
@@ -268,14 +286,14 @@ def test_several_criteria_need_a_matching_objective(world) -> None:
 def test_tpe_final_selector_in_our_optimizers(method: str, world) -> None:
     from dspy_ext.registry import build_optimizer
 
-    handle = build_optimizer(method, F.accuracy, budget=90, seed=0, num_threads=1,
+    storage = optuna.storages.InMemoryStorage()
+    selector = CandidateTPE(n_trials=8, minibatch_size=5, full_eval_steps=3, storage=storage, study_name="final")
+    handle = build_optimizer(method, F.accuracy, budget=90, seed=0, num_threads=1, final_selector=selector,
                              config={"minibatch_size": 5, "steps": 1, "max_bootstrapped_demos": 1})
-    selector = TPEFinalSelector(n_trials=8, minibatch_size=5, full_eval_steps=3)
-    handle.optimizer.final_selector = selector
     program = handle.compile(F.student(), trainset=F.trainset(), valset=F.devset(10))
     result = program.dspy_ext_result
     assert result.lm_calls <= 90 and result.val_score is not None
-    study = selector.last_study
+    study = optuna.load_study(study_name="final", storage=storage)
     assert study.trials and set(study.trials[0].params) == {"0_predictor_instruction", "0_predictor_demos"}
     finals = [row for row in result.trials if row["origin"] == "final:tpe"]
     assert finals  # the final choice was made by TPE trials
@@ -287,16 +305,50 @@ def test_tpe_final_selector_in_our_optimizers(method: str, world) -> None:
 def test_tpe_selector_picks_the_best_combination_when_affordable(world) -> None:
     from dspy_ext import APE
 
-    selector = TPEFinalSelector(n_trials=40, minibatch_size=10)
+    storage = optuna.storages.InMemoryStorage()
+    selector = CandidateTPE(n_trials=40, minibatch_size=10, storage=storage, study_name="final")
     ape = APE(F.accuracy, max_lm_calls=400, seed=0, steps=0, num_candidates=4, minibatch_size=5, num_threads=1,
               max_bootstrapped_demos=1, final_selector=selector)
     program = ape.compile(F.student(), trainset=F.trainset(), valset=F.devset(10))
     # every combination is scored on the whole valset (minibatch = valset): the winner is the true best
+    study = optuna.load_study(study_name="final", storage=storage)
     combos = {t.params["0_predictor_instruction"] * 10 + t.params["0_predictor_demos"]: t.value
-              for t in selector.last_study.trials if t.value is not None}
+              for t in study.trials if t.value is not None}
     assert program.dspy_ext_result.val_score == max(combos.values())
-    assert len(combos) == len(selector.last_study.trials[0].distributions["0_predictor_instruction"].choices) * len(
-        selector.last_study.trials[0].distributions["0_predictor_demos"].choices)
+    assert len(combos) == len(study.trials[0].distributions["0_predictor_instruction"].choices) * len(
+        study.trials[0].distributions["0_predictor_demos"].choices)
+
+
+def test_a_trial_with_tpe_final_selection_runs_candidate_level_tpe(world) -> None:
+    space = {"optimizers": {"ape": {"final_selection": "tpe", "final_trials": 6, "num_candidates": 2, "top_k": 2,
+                                    "steps": 0, "minibatch_size": 5, "max_bootstrapped_demos": 0,
+                                    "max_labeled_demos": 1, "induce_temperature": 0.7}},
+             "budget": 120, "pruner": "none", "eval_minibatch": 5}
+    tuner = OptunaTuner(F.accuracy, space=space, n_trials=1, storage="memory", num_threads=1)
+    session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset(10))
+    assert session.optimize() == 1
+    trial = session.study.trials[0]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["plan"]["final_selection"] == "tpe"
+    origins = {row["origin"] for row in session.runner.programs[0].dspy_ext_result.trials}
+    assert "final:tpe" in origins  # the final choice was made by candidate-level TPE trials
+    assert not any(o.startswith("final:") and o != "final:tpe" for o in origins)  # and not by successive halving
+
+
+def test_the_library_leaves_process_state_alone(world) -> None:
+    """Logging levels, warnings filters and stdout are the application's: a study changes none of them."""
+    import logging
+    import sys
+    import warnings
+
+    import optuna  # its import configures its own logger; what matters is what a study does afterwards
+
+    levels = {name: logging.getLogger(name).level for name in ("optuna", "dspy", "dspy_ext")}
+    filters, stdout = list(warnings.filters), sys.stdout
+    tuner = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=2, storage="memory", num_threads=1)
+    tuner.compile(F.student(), trainset=F.trainset(), valset=F.devset())
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+    assert optuna.logging.get_verbosity() == levels["optuna"]
+    assert warnings.filters == filters and sys.stdout is stdout
 
 
 # ---- the command line ------------------------------------------------------------------------------
@@ -345,3 +397,78 @@ def test_cli_rejects_an_invalid_space(tmp_path: Path, monkeypatch, capsys) -> No
     err = capsys.readouterr().err
     assert "dspy-ext tune: error: invalid search space: optimizers.ape.num_candidates: 0 (low end of [0, 4])" in err
     assert not (tmp_path / "o.db").exists()
+
+
+def test_cli_tune_run_file_flags_override_and_stored_settings_resume(tmp_path: Path, monkeypatch, capsys) -> None:
+    import dspy_ext.lm
+    from dspy_ext.cli import main
+
+    monkeypatch.setattr(dspy_ext.lm, "make_lm", lambda name="local", **kw: F.make_lm())
+    task = F.write_task(tmp_path / "items")
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizers:\n  labeled:\n    k: {int: [0, 3]}\npruner: none\neval_minibatch: 5\n")
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(f"data: {task}\nadapter: plain\nspace: {space}\nstorage: {tmp_path / 'optuna.db'}\n"
+                        "study: from-file\ntrials: 2\ntrain: 20\nval: 10\nthreads: 1\ntest: false\n")
+    assert main(["tune", "--config", str(run_file), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["study"] == "from-file" and first["n_trials"] == 2 == first["n_trials_this_run"]
+    assert (first["train"], first["val"], first["adapter"]) == (20, 10, "PlainAdapter")
+    assert "test_score" not in first  # test: false, from the file
+    # A flag overrides its key; every other key of the file stands.
+    assert main(["tune", "--config", str(run_file), "--trials", "3", "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["study"] == "from-file" and second["n_trials"] == 3 and second["n_trials_this_run"] == 1
+    assert second["storage"] == first["storage"] and "test_score" not in second
+    # The study folder's settings.yaml is a run file that resumes the same study, from any folder.
+    stored = Path(second["out_dir"]) / "settings.yaml"
+    assert stored.parent == tmp_path / "from-file"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["tune", "--config", str(stored), "--trials", "4", "--json"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert (third["study"], third["storage"], third["n_trials"], third["n_trials_this_run"]) == (
+        "from-file", first["storage"], 4, 1)
+    # A misspelt key in the run file is one line naming it, before anything runs.
+    run_file.write_text(f"data: {task}\ntrails: 3\n")
+    assert main(["tune", "--config", str(run_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dspy-ext tune: error: invalid settings in {run_file}: trails: unknown key"]
+
+
+def test_cli_tune_several_workers_need_a_shared_storage(tmp_path: Path, monkeypatch, capsys) -> None:
+    import dspy_ext.lm
+    from dspy_ext.cli import main
+
+    calls = []
+    monkeypatch.setattr(dspy_ext.lm, "make_lm", lambda name="local", **kw: calls.append(name) or F.make_lm())
+    code = main(["tune", "--data", str(F.write_task(tmp_path / "t")), "--storage", "memory", "--workers", "2",
+                 "--optimizers", "labeled"])
+    assert code == 2 and not calls  # refused before any LM is made
+    assert capsys.readouterr().err.strip() == (
+        "dspy-ext tune: error: workers > 1 needs a shared storage (a SQLite file or a database URL), not memory")
+
+
+@pytest.mark.embedded
+def test_tune_on_the_embedded_model(tmp_path: Path, local_lm) -> None:
+    """A two-trial study on the real model: the summary, the saved best program and a re-score agree."""
+    from dspy_ext.evaluation import Evaluator
+    from dspy_ext.experiment import TuneSettings
+    from dspy_ext.tuning import tune
+
+    settings = TuneSettings(task="sentiment", optimizers=["labeled"], trials=2, train=10, val=8,
+                            threads=1, storage=str(tmp_path / "optuna.db"), study="embedded", test=False)
+    result = tune(settings, lm=local_lm)  # 8 baseline rows + 2 trials x 8 dev rows, at most 24 model calls
+    summary = result.summary
+    assert summary["lm"].startswith("local/SmolLM2-135M-Instruct") and summary["adapter"] == "PlainAdapter"
+    assert summary["n_trials"] == summary["n_complete"] == 2 and summary["total_lm_calls"] <= 24
+    values = [t.value for t in result.session.study.trials]
+    assert summary["best_value"] == max(values) and 0.0 <= summary["best_value"] <= 100.0
+    best = summary["best_trial"]
+    program = result.job.student.deepcopy()
+    program.load(summary["best_program"])
+    assert len(program.predict.demos) == best["n_demos"]["predict"] == best["params"]["labeled.k"]
+    with result.job.components.context():
+        rescored = Evaluator(result.job.components.metric, num_threads=1).evaluate(program, result.job.devset)
+    assert round(rescored.score, 4) == summary["best_value"]  # greedy decoding: the same score again
+    assert json.loads((tmp_path / "embedded" / "summary.json").read_text())["best_value"] == summary["best_value"]

@@ -1,6 +1,6 @@
 """A study survives ``kill -9``: completed trials stay, the in-flight one is re-run, the study goes on.
 
-A subprocess runs :class:`OptunaSearch` on a SQLite study (heartbeat every
+A subprocess runs :class:`OptunaTuner` on a SQLite study (heartbeat every
 second); the test kills it with SIGKILL while a trial is running, waits out the
 grace period and resumes the study in this process.
 """
@@ -19,7 +19,7 @@ import pytest
 
 import tune_fake as F
 from dspy_ext.adapters import PlainAdapter
-from dspy_ext.tuning import OptunaSearch
+from dspy_ext.tuning import OptunaTuner
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,10 +75,10 @@ def test_kill_9_loses_at_most_the_running_trial(tmp_path: Path) -> None:
     time.sleep(4.0)
 
     target = len(done_before) + 3
-    search = OptunaSearch(F.accuracy, space=F.LABELED_SPACE, n_trials=target, storage=url, study_name="killed",
+    tuner = OptunaTuner(F.accuracy, space=F.LABELED_SPACE, n_trials=target, storage=url, study_name="killed",
                           num_threads=1, heartbeat_interval=1)
     with dspy.context(lm=F.make_lm(), adapter=PlainAdapter()):
-        session = search.open(F.student(), trainset=F.trainset(), valset=F.devset())
+        session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
         session.optimize()
     after = {t.number: t for t in session.study.get_trials(deepcopy=False)}
     # No completed trial is lost or changed.
@@ -91,7 +91,7 @@ def test_kill_9_loses_at_most_the_running_trial(tmp_path: Path) -> None:
     retries = [t for t in after.values() if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE" and retries[0].params == killed[0].params
     # The study went on to its target; n_trials counts every trial, resumed ones included.
-    summary = session.summary()
+    summary = session.results.summary()
     assert summary["n_complete"] == target and summary["n_failed"] == 1 and summary["n_running"] == 0
     assert summary["n_trials"] == len(after) == target + 1
     assert summary["best_value"] == max(t.value for t in after.values() if t.state.name == "COMPLETE")

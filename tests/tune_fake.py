@@ -14,7 +14,7 @@ level N, take K." with N cycling through :data:`LEVELS`.
 
 As a script::
 
-    python tests/tune_fake.py study STORAGE STUDY TRIALS [LATENCY HEARTBEAT]   # OptunaSearch in-process
+    python tests/tune_fake.py study STORAGE STUDY TRIALS [LATENCY HEARTBEAT]   # OptunaTuner in-process
     python tests/tune_fake.py cli tune --data ... --adapter plain ...        # dspy-ext with the fake LM
 
 With ``DSPY_EXT_TUNE_FAKE=1`` set, importing this module (also as a spawned
@@ -132,13 +132,13 @@ if os.environ.get("DSPY_EXT_TUNE_FAKE"):
 
 
 def run_study(storage: str, study: str, trials: int, latency: float = 0.0, heartbeat: int = 1) -> None:
-    """Run :class:`OptunaSearch` on the labeled space in this process (the kill -9 test's victim)."""
-    from dspy_ext.tuning import OptunaSearch
+    """Run :class:`OptunaTuner` on the labeled space in this process (the kill -9 test's victim)."""
+    from dspy_ext.tuning import OptunaTuner
 
-    search = OptunaSearch(accuracy, space=LABELED_SPACE, n_trials=trials, storage=storage, study_name=study,
+    tuner = OptunaTuner(accuracy, space=LABELED_SPACE, n_trials=trials, storage=storage, study_name=study,
                           num_threads=1, heartbeat_interval=heartbeat)
     with dspy.context(lm=make_lm(latency), adapter=PlainAdapter()):
-        search.open(student(), trainset=trainset(), valset=devset()).optimize()
+        tuner.open(student(), trainset=trainset(), valset=devset()).optimize()
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dspy
 
-from dspy_ext.adapters.plain import PlainAdapter, field_prefix
+from dspy_ext.adapters.plain import PlainAdapter, field_labels, field_prefix
+from dspy_ext.runtime import REPLY_FORMATS
 
-__all__ = ["ADAPTERS", "PlainAdapter", "default_adapter", "field_prefix", "make_adapter"]
+__all__ = ["ADAPTERS", "PlainAdapter", "default_adapter", "field_labels", "field_prefix", "make_adapter"]
 
-ADAPTERS = {
-    "plain": PlainAdapter,
-    "chat": dspy.ChatAdapter,
-    "json": dspy.JSONAdapter,
+#: Adapters by short name; the names are the runtime's reply formats, so there is one table of adapters.
+ADAPTERS: dict[str, type[dspy.Adapter]] = {
+    REPLY_FORMATS[cls.__name__]: cls for cls in (PlainAdapter, dspy.ChatAdapter, dspy.JSONAdapter)
 }
 
 

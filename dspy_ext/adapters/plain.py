@@ -27,7 +27,7 @@ from dspy.adapters.utils import format_field_value, parse_value
 from dspy.signatures.signature import Signature
 from dspy.utils.exceptions import AdapterParseError
 
-from dspy_ext.export.runtime import PlainReplyError, split_plain_reply
+from dspy_ext.runtime import PlainReplyError, split_plain_reply
 
 def field_prefix(signature: type[Signature], name: str) -> str:
     """The ``Prefix:`` label of a field (DSPy's prefix, e.g. ``"Input:"``)."""
@@ -37,7 +37,7 @@ def field_prefix(signature: type[Signature], name: str) -> str:
     return prefix if prefix.endswith(":") else prefix + ":"
 
 
-def _labels(signature: type[Signature], name: str) -> list[str]:
+def field_labels(signature: type[Signature], name: str) -> list[str]:
     """Labels a model may echo for a field, longest first."""
     prefix = field_prefix(signature, name)[:-1].strip()
     candidates = {prefix.lower(), name.lower(), name.replace("_", " ").lower()}
@@ -124,7 +124,7 @@ class PlainAdapter(Adapter):
     # ---- parsing -------------------------------------------------------------------
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
         names = list(signature.output_fields)
-        labels = {name: _labels(signature, name) for name in names}
+        labels = {name: field_labels(signature, name) for name in names}
         try:
             try:
                 raw = split_plain_reply(completion, names, labels)

@@ -1,48 +1,77 @@
-"""What every ``dspy-ext`` command shares: task, LM, adapter and program options."""
+"""What every ``dspy-ext`` command shares: flags that become settings, JSON output, one-line errors.
+
+Settings flags have no argparse defaults: a flag that is not given is absent
+from the namespace, so a run file's value (``--config``) stands unless a flag
+overrides it, and every default lives once, in :mod:`dspy_ext.experiment.settings`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import random
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
-import dspy
+from dspy_ext.experiment import ExperimentSettings, SettingsError
 
-from dspy_ext.adapters import ADAPTERS, default_adapter, make_adapter
-from dspy_ext.data import TaskData, load_task
-from metrics import METRICS, get_metric
-from programs import PROGRAMS, build_program
-
-MAX_CLASSIFY_LABELS = 20
+#: Flag destinations that are not settings keys, and the settings key each one sets.
+RENAMED_FLAGS = {"no_cache": ("cache", False), "no_test": ("test", False)}
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+def _default(settings_cls: type[ExperimentSettings], key: str) -> str:
+    field = settings_cls.model_fields[key]
+    value = field.get_default(call_default_factory=True)
+    return f" (default: {value})" if value not in (None, [], {}) else ""
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="RUN_FILE", default=None,
+                        help="run file (YAML, TOML or JSON) with the same keys as the flags; flags given on the "
+                             "command line override it. A run folder's settings.yaml reproduces that run.")
+
+
 def add_task_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="built-in task name (e.g. sentiment)")
-    source.add_argument("--data", help="task folder (train.jsonl, test.jsonl, instructions.json) or one data file")
-    group.add_argument("--input-keys", default=None, help="comma-separated input columns (default: input)")
-    group.add_argument("--output-keys", default=None, help="comma-separated output columns (default: output)")
+    group = parser.add_argument_group("data (one of --task/--data, here or in the run file)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--task", default=argparse.SUPPRESS, help="built-in task name (e.g. sentiment)")
+    source.add_argument("--data", default=argparse.SUPPRESS,
+                        help="task folder (train.jsonl, test.jsonl, instructions.json) or one data file")
+    group.add_argument("--input-keys", dest="input_keys", default=argparse.SUPPRESS,
+                       help="comma-separated input columns (default: input)")
+    group.add_argument("--output-keys", dest="output_keys", default=argparse.SUPPRESS,
+                       help="comma-separated output columns (default: output)")
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings] = ExperimentSettings,
+                   ) -> None:
+    d = lambda key: _default(settings_cls, key)  # noqa: E731
     group = parser.add_argument_group("model and program")
-    group.add_argument("--lm", default="local", help="'local' (embedded SmolLM2-135M) or any dspy.LM model string")
-    group.add_argument("--adapter", default="auto", choices=["auto", *ADAPTERS],
-                       help="prompt format: auto = plain for local models, DSPy's chat adapter otherwise")
-    group.add_argument("--program", default="transform", choices=list(PROGRAMS), help="program to run")
-    group.add_argument("--metric", default="exact_match", choices=list(METRICS), help="metric")
-    group.add_argument("--threads", type=int, default=4, help="evaluation threads")
-    group.add_argument("--seed", type=int, default=0, help="seed for every random choice")
-    group.add_argument("--no-cache", action="store_true", help="bypass DSPy's response cache")
+    group.add_argument("--lm", default=argparse.SUPPRESS,
+                       help="'local' (embedded SmolLM2-135M) or any dspy.LM model string" + d("lm"))
+    group.add_argument("--adapter", default=argparse.SUPPRESS, choices=["auto", "plain", "chat", "json"],
+                       help="prompt format: auto = plain for local models, DSPy's chat adapter otherwise" + d("adapter"))
+    group.add_argument("--program", default=argparse.SUPPRESS,
+                       help="built-in program (transform, classify, two_step, cot) or an import path "
+                            "package.module:Class of your own dspy.Module" + d("program"))
+    group.add_argument("--metric", default=argparse.SUPPRESS,
+                       help="built-in metric (exact_match, contains, token_f1, numeric_match) or an import path "
+                            "package.module:function" + d("metric"))
+    group.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="evaluation threads" + d("threads"))
+    group.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed for every random choice" + d("seed"))
+    group.add_argument("--no-cache", dest="no_cache", action="store_true", default=argparse.SUPPRESS,
+                       help="bypass DSPy's response cache")
+
+
+def add_split_args(parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings], what: str) -> None:
+    parser.add_argument("--train", type=int, default=argparse.SUPPRESS,
+                        help=f"training rows drawn {what} from the training file" + _default(settings_cls, "train"))
+    parser.add_argument("--val", type=int, default=argparse.SUPPRESS,
+                        help=f"validation rows drawn {what} from the training file" + _default(settings_cls, "val"))
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -51,79 +80,71 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(verbose: int) -> None:
+    """The command's logging: warnings by default, ``-v`` info, ``-vv`` debug, all on stderr."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose < 2:
         # DSPy logs every failed parse at WARNING; our evaluator summarises them instead.
         logging.getLogger("dspy").setLevel(logging.ERROR)
+        # Optuna logs every trial at INFO; the tune command shows its own progress.
+        logging.getLogger("optuna").setLevel(logging.WARNING)
     logging.getLogger("dspy_ext").setLevel(level)
 
 
-def _keys(value: str | None) -> list[str] | None:
-    return [k.strip() for k in value.split(",") if k.strip()] if value else None
+def given_flags(args: argparse.Namespace, settings_cls: type[ExperimentSettings],
+                rename: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings keys the command line gave (flags not given are absent)."""
+    rename = rename or {}
+    values: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if dest in RENAMED_FLAGS:
+            key, fixed = RENAMED_FLAGS[dest]
+            values[key] = fixed
+            continue
+        key = rename.get(dest, dest)
+        if key in settings_cls.model_fields:
+            values[key] = value
+    return values
 
 
-def load_task_from_args(args: argparse.Namespace) -> TaskData:
-    return load_task(
-        name=args.task, data=args.data, seed=args.seed,
-        input_keys=_keys(args.input_keys), output_keys=_keys(args.output_keys),
-    )
+def load_settings(args: argparse.Namespace, settings_cls: type[Any], *,
+                  rename: dict[str, str] | None = None, json_flags: dict[str, str] | None = None) -> Any:
+    """Settings of ``settings_cls`` from ``--config`` with the given flags on top.
+
+    Args:
+        args: The parsed command line.
+        settings_cls: The settings model of the command.
+        rename: Flag destination -> settings key, where they differ.
+        json_flags: Settings key -> flag, for flags whose value is JSON text (``--optimizer-config``).
+
+    Raises:
+        CLIError: The run file or a flag is invalid (one line naming the key).
+    """
+    flags = given_flags(args, settings_cls, rename)
+    for key, flag in (json_flags or {}).items():
+        if isinstance(flags.get(key), str):
+            flags[key] = parse_json_object(flags[key], flag)
+    try:
+        return settings_cls.load(getattr(args, "config", None), flags)
+    except SettingsError as exc:
+        raise CLIError(str(exc)) from None
 
 
-@dataclass
-class RunSetup:
-    """The configured LM, adapter, metric and task of one command."""
-
-    task: TaskData
-    lm: dspy.LM
-    adapter: dspy.Adapter | None
-    metric: Any
-
-    @property
-    def adapter_name(self) -> str:
-        return type(self.adapter).__name__ if self.adapter is not None else "ChatAdapter"
-
-    def context(self, **extra: Any):
-        """``dspy.context`` with this run's LM and adapter."""
-        return dspy.context(lm=self.lm, adapter=self.adapter, **extra)
+def parse_json_object(value: str, flag: str) -> dict[str, Any]:
+    """A flag's JSON object, or a one-line error."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise CLIError(f"{flag} must be a JSON object")
+    return parsed
 
 
-def setup_run(args: argparse.Namespace) -> RunSetup:
-    from dspy_ext.lm import make_lm
-
-    task = load_task_from_args(args)
-    lm = make_lm(args.lm, cache=not args.no_cache)
-    adapter = default_adapter(lm) if args.adapter == "auto" else make_adapter(args.adapter)
-    return RunSetup(task=task, lm=lm, adapter=adapter, metric=get_metric(args.metric))
-
-
-def build_student(args: argparse.Namespace, task: TaskData) -> dspy.Module:
-    """The uncompiled program for ``task``, with its human baseline instruction."""
-    labels = None
-    if args.program == "classify":
-        outputs = task.output_keys[0]
-        labels = sorted({str(ex[outputs]) for ex in task.train})
-        if len(labels) > MAX_CLASSIFY_LABELS:
-            raise CLIError(f"--program classify: task has {len(labels)} distinct outputs (max {MAX_CLASSIFY_LABELS})")
-    return build_program(
-        args.program, input_keys=task.input_keys, output_keys=task.output_keys,
-        instructions=task.baseline_instruction, labels=labels,
-    )
-
-
-def labeled_demos(train: list[dspy.Example], k: int, seed: int) -> list[dspy.Example]:
-    """``k`` training examples drawn with a private seeded RNG."""
-    if k <= 0:
-        return []
-    if k > len(train):
-        raise CLIError(f"--demos {k}: the training set has only {len(train)} examples")
-    return random.Random(seed).sample(train, k)
-
-
-def emit_json(obj: dict[str, Any]) -> None:
-    json.dump(obj, sys.stdout, ensure_ascii=False, default=str)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+def emit_json(obj: dict[str, Any], stream: TextIO) -> None:
+    json.dump(obj, stream, ensure_ascii=False, default=str)
+    stream.write("\n")
+    stream.flush()
 
 
 def format_errors(errors: dict[str, int]) -> str:

@@ -19,10 +19,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-import dspy
-
-from dspy_ext.cli.common import add_model_args, add_output_args, add_task_args, emit_json
+from dspy_ext.cli.common import (
+    add_config_arg,
+    add_model_args,
+    add_output_args,
+    add_split_args,
+    add_task_args,
+    emit_json,
+    load_settings,
+)
 from dspy_ext.compare import run_compare
+from dspy_ext.experiment import CompareSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,30 +37,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="compare optimizers over seeds on held-out data",
         description="Compile a task with several optimizers and seeds, score each run on the held-out test "
                     "split and tabulate mean ± 95% CI, LM calls, tokens, time and paired significance tests.")
+    add_config_arg(parser)
     add_task_args(parser)
-    add_model_args(parser)
-    parser.add_argument("--optimizers", required=True,
+    add_model_args(parser, CompareSettings)
+    parser.add_argument("--optimizers", default=argparse.SUPPRESS,
                         help="comma-separated registry names, e.g. ape,opro,mipro,copro,bfsrs")
-    parser.add_argument("--config", default=None,
+    parser.add_argument("--optimizer-config", dest="optimizer_config", default=argparse.SUPPRESS, metavar="JSON",
                         help="per-optimizer settings as JSON, e.g. '{\"ape\": {\"top_k\": 2}}' (validated)")
-    parser.add_argument("--budget", type=int, default=400,
-                        help="LM calls per compile (hard cap for ours; closest setting for DSPy's)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per optimizer: --seed, --seed+1, ...")
-    parser.add_argument("--train", type=int, default=50, help="training rows drawn per seed from the training file")
-    parser.add_argument("--val", type=int, default=50, help="validation rows drawn per seed from the training file")
-    parser.add_argument("--out", default=None, help="comparison folder (default runs/compare-TASK)")
+    parser.add_argument("--budget", type=int, default=argparse.SUPPRESS,
+                        help="LM calls per compile (hard cap for ours; closest setting for DSPy's; default: 400)")
+    parser.add_argument("--seeds", type=int, default=argparse.SUPPRESS,
+                        help="seeds per optimizer: --seed, --seed+1, ... (default: 3)")
+    add_split_args(parser, CompareSettings, "per seed")
+    parser.add_argument("--out", default=argparse.SUPPRESS, help="comparison folder (default runs/compare-TASK)")
     add_output_args(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace, *, lm: dspy.BaseLM | None = None) -> int:
-    """Run the comparison; ``lm`` replaces ``make_lm(args.lm)`` (for tests). Exit 1 if a cell failed."""
-    args.progress = sys.stderr.isatty() and not args.json
-    result = run_compare(args, lm=lm)
+def main(args: argparse.Namespace) -> int:
+    """Run the comparison; exit 1 if a cell failed."""
+    settings = load_settings(args, CompareSettings, rename={"optimizer_config": "optimizer_configs"},
+                             json_flags={"optimizer_configs": "--optimizer-config"})
+    result = run_compare(settings, lm=args.injected_lm, progress=sys.stderr.isatty() and not args.json,
+                         log=lambda message: print(message, file=sys.stderr, flush=True))
     if args.json:
-        emit_json(result)
+        emit_json(result, args.console)
     else:
-        print(render_text(result))
+        print(render_text(result), file=args.console)
     return 1 if result["failed"] else 0
 
 

@@ -7,22 +7,23 @@ import sys
 
 from dspy_ext.cli.common import (
     CLIError,
+    add_config_arg,
     add_model_args,
     add_output_args,
     add_task_args,
-    build_student,
     emit_json,
     format_errors,
-    labeled_demos,
-    setup_run,
+    load_settings,
 )
 from dspy_ext.evaluation import Evaluator
+from dspy_ext.experiment import RunSettings, build_components, build_student, labeled_demos
 from dspy_ext.prompt_state import predictors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="score a program on a task split",
                                    description="Score a program on a task split with the shared evaluator.")
+    add_config_arg(parser)
     add_task_args(parser)
     add_model_args(parser)
     parser.add_argument("--demos", type=int, default=0, help="labeled demos from the training split (default 0)")
@@ -32,43 +33,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature (default: 0.7 when --repeats > 1, else the LM's)")
     add_output_args(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise CLIError("--repeats must be >= 1")
-    setup = setup_run(args)
-    student = build_student(args, setup.task)
-    demos = labeled_demos(setup.task.train, args.demos, args.seed)
+    settings = load_settings(args, RunSettings)  # a compile run file works too: its optimizer keys go unused
+    components = build_components(settings, lm=args.injected_lm)
+    task = components.task
+    student = build_student(settings, task)
+    demos = labeled_demos(task.train, args.demos, settings.seed)
     for _, predictor in predictors(student):
         predictor.demos = list(demos)
-    rows = setup.task.test if args.split == "test" else setup.task.train
+    rows = task.test if args.split == "test" else task.train
     if args.split == "train" and demos:
         used = {id(d) for d in demos}
         rows = [r for r in rows if id(r) not in used]
     rows = rows[: args.limit] if args.limit else rows
     if not rows:
-        raise CLIError(f"split '{args.split}' of task '{setup.task.name}' has no rows")
+        raise CLIError(f"split '{args.split}' of task '{task.name}' has no rows")
     temperature = args.temperature if args.temperature is not None else (0.7 if args.repeats > 1 else None)
-    evaluator = Evaluator(setup.metric, num_threads=args.threads, progress=sys.stderr.isatty() or not args.json)
-    with setup.context():
+    evaluator = Evaluator(components.metric, num_threads=settings.threads,
+                          progress=sys.stderr.isatty() or not args.json)
+    with components.context():
         report = evaluator.evaluate(student, rows, repeats=args.repeats, temperature=temperature,
-                                    desc=f"{setup.task.name}/{args.split}")
+                                    desc=f"{task.name}/{args.split}")
     result = {
-        "task": setup.task.name, "split": args.split, "program": args.program, "lm": setup.lm.model,
-        "adapter": setup.adapter_name, "demos": len(demos), **report.to_dict(),
+        "task": task.name, "split": args.split, "program": settings.program, "lm": components.lm.model,
+        "adapter": components.adapter_name, "demos": len(demos), **report.to_dict(),
     }
     if args.json:
-        emit_json(result)
+        emit_json(result, args.console)
     else:
         ci = f" ± {result['ci95']:.1f}" if result["ci95"] else ""
-        print(f"{setup.task.name} [{args.split}] {args.program} · {setup.lm.model} · {setup.adapter_name} · "
-              f"{len(demos)} demos")
+        say = args.console
+        print(f"{task.name} [{args.split}] {settings.program} · {components.lm.model} · {components.adapter_name} · "
+              f"{len(demos)} demos", file=say)
         print(f"score {result['score']:.1f}%{ci} (n={result['n']}, repeats={args.repeats})  "
               f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
-              f"{result['seconds']:.1f} s")
-        print(f"errors: {format_errors(result['errors'])}")
+              f"{result['seconds']:.1f} s", file=say)
+        print(f"errors: {format_errors(result['errors'])}", file=say)
     if not report.scored:
         first = next((r for r in report.rows if r.error is not None), None)
         detail = f": {first.error.value}: {first.message[:300]}" if first else ""

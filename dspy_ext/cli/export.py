@@ -1,10 +1,11 @@
 """``dspy-ext export``: write a program's prompts as a JSON artifact, optionally verify it.
 
-``RUN_OR_PROGRAM`` is a program state saved with ``program.save("x.json")`` or
-a run folder holding ``program.json`` (and optionally ``run.json`` with
-metadata such as the optimizer, its settings, the seed and scores). The state
-is loaded into the program built by ``--program`` for the task (with the
-task's baseline instruction), exactly as ``evaluate`` builds it. Pickles are
+``RUN_OR_PROGRAM`` is a run folder written by ``dspy-ext compile`` (its
+``settings.yaml`` names the task, program, metric, LM and adapter, so no
+other flag is needed; flags given still override it), or a program state
+saved with ``program.save("x.json")`` together with ``--task``/``--data``
+and ``--program`` (or a ``--config`` run file). The state is loaded into the
+program built for the task, exactly as ``compile`` built it. Pickles are
 never loaded.
 
 With ``--verify`` the artifact is read back from disk and the program is
@@ -27,15 +28,24 @@ import dspy
 
 from dspy_ext.cli.common import (
     CLIError,
+    add_config_arg,
     add_model_args,
     add_output_args,
     add_task_args,
-    build_student,
     emit_json,
     format_errors,
-    setup_run,
+    given_flags,
+    load_settings,
 )
 from dspy_ext.data import dataset_fingerprint
+from dspy_ext.experiment import (
+    RunSettings,
+    SettingsError,
+    build_components,
+    build_student,
+    load_program_state,
+    open_run,
+)
 from dspy_ext.export import export, export_markdown, load, verify
 
 logger = logging.getLogger(__name__)
@@ -74,10 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "through the DSPy-free runtime next to the in-DSPy score.",
     )
     parser.add_argument("source", metavar="RUN_OR_PROGRAM",
-                        help="a program state saved with program.save('x.json'), or a run folder holding "
-                             "program.json (and optionally run.json)")
+                        help="a run folder written by 'dspy-ext compile' (its settings.yaml names the task, "
+                             "program and metric), or a program state saved with program.save('x.json')")
     parser.add_argument("--out", required=True, help="artifact file to write (.json); the Markdown view is "
                                                      "written next to it with .md")
+    add_config_arg(parser)
     add_task_args(parser)
     add_model_args(parser)
     parser.add_argument("--verify", action="store_true",
@@ -87,100 +98,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="allowed score difference in points (default 0: a greedy local model must agree)")
     add_output_args(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=main)
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise CLIError(f"{path}: {what} is not UTF-8 text (a pickle? pickles are never loaded)") from None
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{path}: {what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-
-
-def resolve_source(source: Path) -> tuple[Path, dict[str, Any]]:
-    """Find the program state file and the run metadata of ``RUN_OR_PROGRAM``.
+def read_source(source: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any], RunSettings]:
+    """The program state file, the run metadata and the settings of ``RUN_OR_PROGRAM``.
 
     Args:
-        source: A ``.json`` program state or a run folder.
+        source: A run folder, or a ``.json`` program state.
+        args: The parsed command line (its flags override a run folder's settings).
 
     Returns:
-        ``(program_json_path, run_info)``; ``run_info`` is ``{}`` without ``run.json``.
+        ``(program_json_path, run_info, settings)``; ``run_info`` is ``{}`` without ``run.json``.
 
     Raises:
         CLIError: Missing files, a pickle, or a non-JSON file.
-
-    Example:
-        >>> resolve_source(Path("runs/sentiment-mipro"))   # doctest: +SKIP
-        (PosixPath('runs/sentiment-mipro/program.json'), {'optimizer': 'MIPROv2', ...})
     """
     if not source.exists():
         raise CLIError(f"{source}: no such file or folder")
     if source.is_dir():
-        program_path = source / "program.json"
-        if not program_path.is_file():
-            pickles = sorted(p.name for p in source.glob("*.pkl"))
-            hint = f" (it has {pickles}: pickles are never loaded; save with program.save('program.json'))" \
-                if pickles else ""
-            raise CLIError(f"{source}: the run folder has no program.json{hint}")
-        run_info: dict[str, Any] = {}
-        run_path = source / "run.json"
-        if run_path.is_file():
-            run_info = _read_json(run_path, "run.json")
-            if not isinstance(run_info, dict):
-                raise CLIError(f"{run_path}: expected a JSON object")
-        return program_path, run_info
+        opened = open_run(source)
+        if args.config is not None or opened.settings is None:
+            return opened.program_file, opened.summary, load_settings(args, RunSettings)
+        try:
+            settings = opened.settings.with_changes(**given_flags(args, RunSettings))
+        except SettingsError as exc:
+            raise CLIError(str(exc)) from None
+        return opened.program_file, opened.summary, settings
     if source.suffix.lower() == ".pkl":
         raise CLIError(f"{source}: refusing to load a pickle (loading one can run arbitrary code); "
                        "save the program state with program.save('program.json') and export that")
     if source.suffix.lower() != ".json":
         raise CLIError(f"{source}: expected a program state .json file or a run folder")
-    return source, {}
+    return source, {}, load_settings(args, RunSettings)
 
 
-def load_program_state(program: dspy.Module, path: Path, program_name: str) -> None:
-    """Load a ``program.save("x.json")`` state into ``program``, after checking it fits.
-
-    Args:
-        program: The freshly built program.
-        path: The state file.
-        program_name: The ``--program`` name, for messages.
-
-    Raises:
-        CLIError: Not JSON, predictors or field counts that do not match the program.
-    """
-    state = _read_json(path, "the program state")
-    if not isinstance(state, dict):
-        raise CLIError(f"{path}: expected a JSON object saved with program.save('x.json')")
-    saved = sorted(k for k in state if k != "metadata")
-    expected = [name for name, _ in program.named_parameters()]
-    if saved != sorted(expected):
-        raise CLIError(f"{path} holds predictors {saved}, but --program {program_name} has {expected}; "
-                       "pass the --program and task the program was compiled with")
-    for name, predictor in program.named_parameters():
-        entry = state[name]
-        fields = entry.get("signature", {}).get("fields") if isinstance(entry, dict) else None
-        if not isinstance(fields, list) or len(fields) != len(predictor.signature.fields):
-            count = len(fields) if isinstance(fields, list) else "no"
-            raise CLIError(f"{path}: predictor {name!r} has {count} saved fields, the program's has "
-                           f"{len(predictor.signature.fields)} ({list(predictor.signature.fields)})")
-    versions = (state.get("metadata") or {}).get("dependency_versions") or {}
-    if versions.get("dspy") and versions["dspy"] != dspy.__version__:
-        logger.warning("%s was saved with dspy %s; this is dspy %s", path, versions["dspy"], dspy.__version__)
-    try:
-        program.load_state(state)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CLIError(f"{path}: could not load the program state: {type(exc).__name__}: {exc}") from None
-
-
-def run_metadata(run_info: dict[str, Any], args: argparse.Namespace, task: Any, adapter_name: str,
+def run_metadata(run_info: dict[str, Any], program_name: str, task: Any, adapter_name: str,
                  lm_model: str, program_path: Path) -> dict[str, Any]:
     """The artifact metadata for an export: ``run.json`` figures plus the task, program and source.
 
     Args:
         run_info: The decoded ``run.json`` (``{}`` when there is none).
-        args: The parsed command line.
+        program_name: The program's name or import path.
         task: The loaded task.
         adapter_name: The adapter the artifact is exported with.
         lm_model: The model string of the configured LM.
@@ -194,7 +153,7 @@ def run_metadata(run_info: dict[str, Any], args: argparse.Namespace, task: Any, 
         CLIError: ``run.json`` names another task or program than the command line.
 
     Example:
-        >>> run_metadata({"optimizer": "ape", "val_score": 60.0}, args, task, "PlainAdapter", "local/m",
+        >>> run_metadata({"optimizer": "ape", "val_score": 60.0}, "transform", task, "PlainAdapter", "local/m",
         ...              Path("run/program.json"))["dev_score"]   # doctest: +SKIP
         60.0
     """
@@ -208,7 +167,7 @@ def run_metadata(run_info: dict[str, Any], args: argparse.Namespace, task: Any, 
             if source in nested:
                 metadata[key] = nested[source]
                 break
-    for key, actual in (("task", task.name), ("program", args.program)):
+    for key, actual in (("task", task.name), ("program", program_name)):
         recorded = run_info.get(key)
         if isinstance(recorded, str) and recorded != actual:
             raise CLIError(f"run.json says the {key} is {recorded!r} but the command line gives {actual!r}")
@@ -219,11 +178,11 @@ def run_metadata(run_info: dict[str, Any], args: argparse.Namespace, task: Any, 
                            "prompt %s would send", key, recorded, actual, actual)
     if metadata.get("data_hash") is None:
         metadata["data_hash"] = dataset_fingerprint(task.train)
-    metadata.update({"task": task.name, "program": args.program, "source": str(program_path)})
+    metadata.update({"task": task.name, "program": program_name, "source": str(program_path)})
     return metadata
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """Run ``dspy-ext export`` (see the module docstring).
 
     Returns:
@@ -236,12 +195,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise CLIError(f"--out {out}: the artifact is JSON; use a .json file name")
-    program_path, run_info = resolve_source(Path(args.source))
-    setup = setup_run(args)
-    program = build_student(args, setup.task)
-    load_program_state(program, program_path, args.program)
-    adapter_name = type(setup.adapter).__name__ if setup.adapter is not None else "ChatAdapter"
-    metadata = run_metadata(run_info, args, setup.task, adapter_name, setup.lm.model, program_path)
+    program_path, run_info, settings = read_source(Path(args.source), args)
+    setup = build_components(settings, lm=args.injected_lm)
+    program = build_student(settings, setup.task)
+    load_program_state(program, program_path, settings.program)
+    adapter_name = setup.adapter_name
+    metadata = run_metadata(run_info, settings.program, setup.task, adapter_name, setup.lm.model, program_path)
     with setup.context():
         export(program, out, adapter=setup.adapter, lm=setup.lm, metadata=metadata)
     artifact = load(out)  # read back: everything below uses the file as written
@@ -250,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "artifact": str(out), "markdown": str(markdown), "content_hash": artifact.content_hash,
         "predictors": {n: artifact.data["predictors"][n]["adapter"] for n in artifact.names},
-        "task": setup.task.name, "program": args.program, "lm": setup.lm.model,
+        "task": setup.task.name, "program": settings.program, "lm": setup.lm.model,
         "verified": False, "dspy_score": None, "runtime_score": None, "n": None,
     }
     report = None
@@ -261,19 +220,20 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"split '{args.split}' of task '{setup.task.name}' has no rows")
         with setup.context():
             report = verify(program, artifact, rows, setup.metric, tolerance=args.tolerance,
-                            num_threads=args.threads, progress=sys.stderr.isatty())
+                            num_threads=settings.threads, progress=sys.stderr.isatty())
         result.update({"verified": True, "split": args.split, **report.to_dict()})
     if args.json:
-        emit_json(result)
+        emit_json(result, args.console)
     else:
         names = ", ".join(f"{n} [{a}]" for n, a in result["predictors"].items())
-        print(f"wrote {out} (sha256 {artifact.content_hash[:16]}; {names}) and {markdown}")
+        print(f"wrote {out} (sha256 {artifact.content_hash[:16]}; {names}) and {markdown}", file=args.console)
         if report is not None:
             print(f"verify {setup.task.name}/{args.split} n={report.dspy.n_examples}: "
                   f"DSPy {report.dspy_score:.2f}%  runtime {report.runtime_score:.2f}%  "
                   f"(difference {report.difference:+.2f}, tolerance {args.tolerance:g}; "
-                  f"{len(report.differing_rows)} row(s) differ)")
-            print(f"errors: DSPy {format_errors(report.dspy.errors)}; runtime {format_errors(report.runtime.errors)}")
+                  f"{len(report.differing_rows)} row(s) differ)", file=args.console)
+            print(f"errors: DSPy {format_errors(report.dspy.errors)}; runtime {format_errors(report.runtime.errors)}",
+                  file=args.console)
     if report is not None and not report.passed:
         rows_text = ", ".join(map(str, report.differing_rows[:10]))
         print(

@@ -15,14 +15,11 @@ from dspy_ext.compare.report import (
     render_markdown,
     summarise,
 )
-from dspy_ext.compare.runner import make_setup, parse_configs, parse_optimizers, run_compare
+from dspy_ext.compare.runner import run_compare
 
 __all__ = [
     "Cell",
     "draw_score_vs_calls",
-    "make_setup",
-    "parse_configs",
-    "parse_optimizers",
     "plot_score_vs_calls",
     "render_csv",
     "render_markdown",

@@ -19,7 +19,7 @@ from dspy_ext.data.loading import (
     load_examples,
     split_train_val,
 )
-from dspy_ext.data.registry import (
+from dspy_ext.data.tasks import (
     BUILTIN_TASKS,
     BUILTIN_TASKS_DIR,
     GENERIC_INSTRUCTION,

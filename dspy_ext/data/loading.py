@@ -48,6 +48,21 @@ SUPPORTED_EXTENSIONS: dict[str, str] = {
 _HUB_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+# Every character str.splitlines() breaks at, shown escaped: data (column names, values, file
+# names, parser messages) must never split an error message over several lines.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with line breaks escaped (``"a\nb"`` -> ``"a\\nb"``), so that it prints as one line.
+
+    Example:
+        >>> one_line("columns found: in\nput")
+        'columns found: in\\nput'
+    """
+    return text.translate(_LINE_BREAKS)
+
+
 class DataError(ValueError):
     """A data file is missing, empty or malformed.
 
@@ -70,7 +85,7 @@ class DataError(ValueError):
         if row is not None and row != line:
             where.append(f"row {row}")
         location = f"{self.source}, {' / '.join(where)}" if where else self.source
-        super().__init__(f"{location}: {message}")
+        super().__init__(one_line(f"{location}: {message}"))
 
 
 def _keys(keys: str | Sequence[str] | None, default: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -210,6 +225,23 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def _no_download_count() -> Iterator[None]:
+    """Stop ``datasets`` from reporting a local load to the Hub for one load, restoring the setting.
+
+    ``load_dataset("json", data_files=...)`` sends a HEAD request to the Hub's download counter
+    even for a local file; offline it waits for a DNS lookup or a 3-second timeout on every load.
+    """
+    from datasets import config
+
+    previous = config.HF_UPDATE_DOWNLOAD_COUNTS
+    config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        config.HF_UPDATE_DOWNLOAD_COUNTS = previous
+
+
 def _load_local(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
     """Validate and load one local file; returns plain row dicts."""
     import datasets
@@ -236,7 +268,7 @@ def _load_local(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
         kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})
 
     try:
-        with _quiet_datasets():
+        with _quiet_datasets(), _no_download_count():
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # datasets/pyarrow raise many unrelated types
         raise DataError(path, f"could not be read by datasets ({type(exc).__name__}: {exc})") from exc

@@ -6,10 +6,11 @@ It scores a program on examples with threads and keeps what DSPy's
 * a score cache keyed by (prompt state of the program, LM, adapter, example,
   repeat), so re-scoring a candidate on rows it has seen costs nothing;
 * exact LM-call and token counts under threads (see :mod:`dspy_ext.lm.metering`);
-* error classes: an LM/infrastructure failure, an unparseable reply, a metric
-  that raises and a program bug are counted apart. Only an unparseable reply
-  scores 0 (the prompt caused it); the others are left out of the mean and
-  reported, so a flaky LM cannot make a good candidate look bad;
+* error classes: an LM/infrastructure failure, a prompt too long for the
+  model's context window, an unparseable reply, a metric that raises and a
+  program bug are counted apart. Only an unparseable reply scores 0 (the
+  prompt caused it); the others are left out of the mean and reported, so a
+  flaky LM cannot make a good candidate look bad;
 * repeated sampling (``repeats`` rollouts at ``temperature`` > 0) with a mean
   and 95% confidence interval;
 * a hard stop when the call budget runs out, keeping every finished row.
@@ -34,6 +35,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError
 
 from dspy_ext.evaluation.stats import MeanCI, mean_ci
+from dspy_ext.lm.errors import context_overflow_in
 from dspy_ext.lm.metering import CallMeter, UsageSnapshot, find_budget_exhausted, metering
 from dspy_ext.prompt_state import content_hash, demo_to_dict, program_fingerprint
 
@@ -46,6 +48,7 @@ class ErrorKind(str, enum.Enum):
     """Why a row has no ordinary score."""
 
     LM = "lm_error"            # the LM or its transport failed (not the prompt's fault)
+    CONTEXT = "context_overflow"  # the prompt does not fit the model's context window
     PARSE = "parse_error"      # the reply could not be parsed into the output fields: scores 0
     METRIC = "metric_error"    # the metric raised
     PROGRAM = "program_error"  # any other exception inside the program
@@ -62,6 +65,8 @@ def _chain(exc: BaseException):
 def classify_error(exc: BaseException) -> ErrorKind:
     """Map an exception raised while running a program to an :class:`ErrorKind`."""
     chain = list(_chain(exc))
+    if context_overflow_in(exc) is not None:
+        return ErrorKind.CONTEXT
     if any(isinstance(e, AdapterParseError) for e in chain):
         return ErrorKind.PARSE
     if any(isinstance(e, (LMError, TimeoutError, ConnectionError)) for e in chain):
@@ -332,7 +337,12 @@ class Evaluator:
             if find_budget_exhausted(exc) is not None:
                 return None
             kind = classify_error(exc)
-            return RowResult(i, k, 0.0 if kind is ErrorKind.PARSE else None, None, kind, f"{type(exc).__name__}: {exc}")
+            # An overflow keeps its own one-line message (token counts), not DSPy's wrapper text.
+            message = f"{type(exc).__name__}: {exc}"
+            if kind is ErrorKind.CONTEXT:
+                overflow = context_overflow_in(exc)
+                message = str(getattr(overflow, "message", None) or overflow)
+            return RowResult(i, k, 0.0 if kind is ErrorKind.PARSE else None, None, kind, message)
         outputs = dict(prediction.items()) if hasattr(prediction, "items") else {"value": prediction}
         try:
             score = metric_value(self.metric(example, prediction))

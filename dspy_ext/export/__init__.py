@@ -3,7 +3,7 @@
 * :func:`export` writes the artifact: for every predictor the exact messages
   DSPy's adapter sends (inputs as ``⟦input:NAME⟧`` placeholders), demos, output
   fields and reply format, LM settings, metadata and a sha256 content hash.
-* :mod:`dspy_ext.export.runtime` (standard library only; vendor the single
+* :mod:`dspy_ext.runtime` (standard library only; vendor the single
   file) loads, validates, renders and parses artifacts: :func:`load`,
   ``artifact.render(name, **inputs)``, ``artifact.parse(name, reply)``.
 * :func:`apply` puts an artifact's instructions and demos back onto a fresh
@@ -22,9 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import sys
-import types
-
+from dspy_ext import runtime
 from dspy_ext.export.apply import ApplyError, apply, check_program
 from dspy_ext.export.exporter import (
     ExportError,
@@ -33,7 +31,7 @@ from dspy_ext.export.exporter import (
     export,
     lm_settings,
 )
-from dspy_ext.export.runtime import (
+from dspy_ext.runtime import (
     SCHEMA,
     SCHEMA_VERSION,
     ArtifactError,
@@ -70,17 +68,9 @@ __all__ = [
     "load",
     "loads",
     "predictor_text",
+    "runtime",
     "runtime_program",
     "to_markdown",
     "verify",
 ]
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``dspy_ext.export(program, path)`` call :func:`export` while ``dspy_ext.export.load`` etc. stay reachable."""
-
-    def __call__(self, *args, **kwargs):
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

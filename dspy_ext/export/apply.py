@@ -15,7 +15,7 @@ from typing import Any
 import dspy
 
 from dspy_ext.export.exporter import adapter_from_options, annotation_type
-from dspy_ext.export.runtime import PromptArtifact, format_type, load, placeholder
+from dspy_ext.runtime import PromptArtifact, format_type, load, placeholder
 from dspy_ext.prompt_state import predictors
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def apply(artifact_or_path: PromptArtifact | str | os.PathLike[str], program: ds
 
     Raises:
         ApplyError: The artifact does not fit the program; the program is unchanged.
-        dspy_ext.export.runtime.ArtifactError: The file is invalid.
+        dspy_ext.runtime.ArtifactError: The file is invalid.
 
     Example:
         >>> program = apply("sentiment.prompt.json", Transform(instructions="x"))  # doctest: +SKIP

@@ -4,7 +4,7 @@ For every ``dspy.Predict`` in the program (frozen sub-programs included) the
 artifact stores the messages the adapter's real ``format()`` returns when each
 input value is a placeholder (``⟦input:NAME⟧``), so the stored text is exactly
 what DSPy sends, demos and output-format reminders included. The runtime
-(:mod:`dspy_ext.export.runtime`) later puts formatted values into the
+(:mod:`dspy_ext.runtime`) later puts formatted values into the
 placeholders. Before writing, every predictor is rendered once more through
 the runtime with probe values and compared with ``adapter.format()`` on the
 same values; a difference refuses the export.
@@ -30,8 +30,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import dspy
 
-from dspy_ext.adapters.plain import PlainAdapter, _labels
-from dspy_ext.export.runtime import (
+from dspy_ext.adapters.plain import PlainAdapter, field_labels
+from dspy_ext.runtime import (
     SCHEMA,
     SCHEMA_VERSION,
     ArtifactError,
@@ -92,7 +92,7 @@ def annotation_type(annotation: Any) -> tuple:
             ``Literal["a", "b"]``, ``int | None``, ...).
 
     Returns:
-        The parsed type tuple (see :func:`dspy_ext.export.runtime.parse_type`).
+        The parsed type tuple (see :func:`dspy_ext.runtime.parse_type`).
 
     Raises:
         TypeError: The annotation is outside the supported set (custom types,
@@ -231,7 +231,8 @@ def lm_settings(lm: dspy.BaseLM | None) -> dict[str, Any] | None:
 
     Returns:
         ``{"model", "model_type", "temperature", "max_tokens", ...}`` with the
-        JSON-valued keys of :data:`LM_SETTING_KEYS`, or ``None``.
+        JSON-valued keys of :data:`LM_SETTING_KEYS` and, when the engine reports
+        one, ``context_window``; or ``None``.
 
     Example:
         >>> lm_settings(dspy.LM("openai/gpt-4o-mini", temperature=0.0, api_key="sk-x"))["temperature"]
@@ -255,6 +256,10 @@ def lm_settings(lm: dspy.BaseLM | None) -> dict[str, Any] | None:
                 logger.info("LM setting %s=%r is not JSON; left out of the artifact", key, value)
                 continue
             settings[key] = value
+    # The runtime's check_context uses it to refuse prompts the model cannot take.
+    window = getattr(getattr(lm, "engine", None), "context_window", None)
+    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        settings["context_window"] = window
     return settings
 
 
@@ -298,7 +303,7 @@ def _parse_spec(adapter_name: str, signature: type[dspy.Signature]) -> dict[str,
         # Labels a model may echo before a value; equal-length labels that both match are the same text,
         # so sorting by (length, text) keeps PlainAdapter's longest-first behaviour deterministically.
         "labels": {
-            name: sorted(_labels(signature, name), key=lambda s: (-len(s), s)) for name in signature.output_fields
+            name: sorted(field_labels(signature, name), key=lambda s: (-len(s), s)) for name in signature.output_fields
         },
         "single_field_labels": ["output", "answer"],
     }
@@ -371,7 +376,7 @@ def _probe(parsed: tuple, depth: int = 0) -> Any:
 def _check_probe(artifact: PromptArtifact, name: str, predictor: dspy.Predict, adapter: dspy.Adapter) -> None:
     """Render once through the runtime and once through DSPy with the same values; they must match."""
     entry = artifact.data["predictors"][name]
-    from dspy_ext.export.runtime import parse_type
+    from dspy_ext.runtime import parse_type
 
     values = {f["name"]: _probe(parse_type(f["type"])) for f in entry["input_fields"]}
     expected = _format(adapter, name, predictor, values)
@@ -396,7 +401,7 @@ def build_artifact(
     """Build (without writing) the artifact of ``program``; see :func:`export`.
 
     Returns:
-        A validated :class:`~dspy_ext.export.runtime.PromptArtifact` with no path.
+        A validated :class:`~dspy_ext.runtime.PromptArtifact` with no path.
 
     Raises:
         ExportError: Something the template approach cannot represent (the
@@ -409,6 +414,13 @@ def build_artifact(
     if not found:
         raise ExportError(f"{type(program).__name__} has no dspy.Predict modules to export")
     entries = {name: _predictor_entry(name, predictor, adapter) for name, predictor in found}
+    # A program that answers from a closed label set (dspy_ext.evaluation.constrained.LabelConstrained)
+    # names its rule per predictor; the runtime applies it with choose_label().
+    for name, rule in (getattr(program, "label_rules", None) or {}).items():
+        if name not in entries:
+            raise ExportError(f"label rule for unknown predictor {name!r}; the program has {sorted(entries)}")
+        _require_json(rule, f"predictor {name!r}: label rule")
+        entries[name]["label_rule"] = dict(rule)
     data: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,

@@ -10,9 +10,9 @@ what the artifact is responsible for: the prompt text and the reply parsing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.export.apply import check_program
-from dspy_ext.export.runtime import ParseError, PromptArtifact
+from dspy_ext.runtime import ParseError, PromptArtifact
 from dspy_ext.prompt_state import predictors
 
 logger = logging.getLogger(__name__)
@@ -31,11 +31,14 @@ __all__ = ["RuntimePredictorCall", "VerifyReport", "runtime_program", "verify"]
 
 _PRIVILEGED = ("signature", "demos", "config", "lm")
 
-# The runtime pass calls the LM with chat dicts, as DSPy 3.4's adapters do; DSPy warns about that call
-# shape (removal planned for 3.5, outside dspy-ext's supported range). Only calls made from this module
-# are silenced.
-warnings.filterwarnings("ignore", message="Passing OpenAI-style message", category=DeprecationWarning,
-                        module=__name__)
+try:
+    # The runtime pass calls the LM with chat dicts exactly as DSPy 3.4's adapters do, so it marks its
+    # calls the way they do; DSPy's deprecation of that call shape targets user code (removal in 3.5,
+    # outside dspy-ext's supported range). No warnings filter is touched.
+    from dspy.clients._deprecation import adapter_message_call
+except ImportError:  # another DSPy: the call shape may warn, nothing breaks
+    def adapter_message_call(lm: Any, messages: Any) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 class RuntimePredictorCall:
@@ -79,7 +82,8 @@ class RuntimePredictorCall:
         lm = self._lm()
 
         def complete(messages: list[dict[str, str]]) -> str:
-            outputs = lm(messages=messages, **self.lm_kwargs)
+            with adapter_message_call(lm, messages):
+                outputs = lm(messages=messages, **self.lm_kwargs)
             first = outputs[0] if outputs else ""
             text = first.get("text") if isinstance(first, dict) else first
             return text or ""

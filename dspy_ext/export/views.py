@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dspy_ext.export.runtime import PromptArtifact, load
+from dspy_ext.runtime import PromptArtifact, load
 
 __all__ = ["export_markdown", "predictor_text", "to_markdown"]
 

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import dspy
 
-from dspy_ext.lm.engine import Generation, MeteredEngine, pop_finish_reason, request_messages
+from dspy_ext.lm.engine import Generation, MeteredEngine, call_deadline, pop_finish_reason, request_messages
+from dspy_ext.lm.errors import (
+    ContextOverflowError,
+    LMCallTimeout,
+    LMRetriesExhausted,
+    context_overflow_in,
+    is_transient_error,
+)
 from dspy_ext.lm.fake import FakeEngine, FakeLMError
+from dspy_ext.lm.faults import FaultInjectingEngine, InjectedFault, with_faults
 from dspy_ext.lm.llama import EmbeddedModelMissing, LlamaCppEngine, embedded_model_path
 from dspy_ext.lm.metering import (
     BudgetExhausted,
@@ -23,25 +31,39 @@ from dspy_ext.lm.metering import (
     find_budget_exhausted,
     metering,
 )
+from dspy_ext.lm.retry import DEFAULT_POLICY, CallPolicy, active_call_policy, call_policy
 
 __all__ = [
+    "DEFAULT_POLICY",
     "BudgetExhausted",
     "CallMeter",
+    "CallPolicy",
+    "ContextOverflowError",
     "EmbeddedModelMissing",
     "FakeEngine",
     "FakeLMError",
+    "FaultInjectingEngine",
     "Generation",
+    "InjectedFault",
+    "LMCallTimeout",
+    "LMRetriesExhausted",
     "LlamaCppEngine",
     "MeteredEngine",
     "UsageSnapshot",
+    "active_call_policy",
     "active_meters",
+    "call_deadline",
+    "call_policy",
+    "context_overflow_in",
     "embedded_model_path",
     "find_budget_exhausted",
+    "is_transient_error",
     "is_local_lm",
     "make_lm",
     "metering",
     "pop_finish_reason",
     "request_messages",
+    "with_faults",
 ]
 
 LOCAL_PREFIX = "local"

@@ -1,21 +1,31 @@
 """The engine base class: one model call, metered.
 
 DSPy 3.4 engines implement ``complete(Request) -> Response``; DSPy keeps the
-cache, retries and history. :class:`MeteredEngine` adds what an optimizer
-needs on top: every call is reserved with the active meters first (so a
-budget is a hard cap) and its token usage is reported afterwards.
-Subclasses implement :meth:`MeteredEngine.generate` only.
+cache and history. :class:`MeteredEngine` adds what an optimizer needs on
+top: every try is reserved with the active meters first (so a budget is a
+hard cap, retries included) and its token usage is reported afterwards;
+transient errors are retried with backoff and jitter and slow calls time out
+(see :mod:`dspy_ext.lm.retry`); a prompt that does not fit the context window
+is refused before it costs anything. Subclasses implement
+:meth:`MeteredEngine.generate` only.
 """
 
 from __future__ import annotations
 
 import abc
+import contextvars
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
-from dspy_ext.lm.metering import active_meters
+from dspy_ext.lm.errors import ContextOverflowError, LMCallTimeout, LMRetriesExhausted
+from dspy_ext.lm.metering import CallMeter, active_meters
+from dspy_ext.lm.retry import CallPolicy, active_call_policy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,17 @@ def request_messages(request: Request) -> list[dict[str, str]]:
 
 
 _last = threading.local()
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("dspy_ext_call_deadline", default=None)
+
+
+def call_deadline() -> float | None:
+    """The ``time.monotonic()`` by which the running engine call must finish, or ``None``.
+
+    Engines with ``cooperative_timeout = True`` read it inside
+    :meth:`MeteredEngine.generate` and raise
+    :class:`~dspy_ext.lm.errors.LMCallTimeout` themselves when they pass it.
+    """
+    return _deadline.get()
 
 
 def pop_finish_reason() -> str | None:
@@ -56,7 +77,15 @@ def pop_finish_reason() -> str | None:
 
 
 class MeteredEngine(abc.ABC):
-    """Base class of dspy-ext engines: meters every call, then generates.
+    """Base class of dspy-ext engines: meters every try, retries transient errors, then generates.
+
+    Attributes:
+        call_policy: This engine's retries and timeout (a
+            :class:`~dspy_ext.lm.retry.CallPolicy`); a
+            :func:`~dspy_ext.lm.retry.call_policy` block overrides it.
+        cooperative_timeout: ``True`` when :meth:`generate` enforces
+            :func:`call_deadline` itself; otherwise a call with a timeout runs
+            in a helper thread that is abandoned when the time is up.
 
     Example:
         >>> class Echo(MeteredEngine):
@@ -66,29 +95,53 @@ class MeteredEngine(abc.ABC):
         >>> lm = dspy.LM("fake/echo-v1", engine=Echo())  # doctest: +SKIP
     """
 
+    call_policy: CallPolicy | None = None
+    cooperative_timeout: bool = False
+
     @abc.abstractmethod
     def generate(self, request: Request) -> Generation:
-        """Run the model once for ``request``."""
+        """Run the model once for ``request``.
+
+        Raises:
+            ContextOverflowError: The prompt does not fit the context window
+                (raise it before decoding: the try is then not charged).
+        """
 
     def complete(self, request: Request) -> Response:
-        meters = active_meters()
-        reserved = []
-        try:
+        """Run ``request`` under the active call policy, charging every try to the active meters.
+
+        Raises:
+            BudgetExhausted: A meter has no call left (before the first try or a retry).
+            LMRetriesExhausted: A transient error persisted through every retry.
+            ContextOverflowError: The prompt does not fit (nothing is charged).
+            Exception: Any other error of :meth:`generate`, unchanged.
+        """
+        policy = active_call_policy(self)
+        retry = 0
+        while True:
+            meters = _reserve(active_meters())
+            try:
+                generation = self._generate_once(request, policy.timeout)
+            except ContextOverflowError:
+                for meter in meters:
+                    meter.release()  # refused before decoding: nothing was spent
+                raise
+            except BaseException as exc:
+                for meter in meters:
+                    meter.record(None, None, failed=True)
+                if not isinstance(exc, Exception) or not policy.retry_on(exc):
+                    raise
+                if retry >= policy.max_retries:
+                    raise LMRetriesExhausted(retry + 1, exc) from exc
+                wait = policy.delay(retry, exc)
+                logger.info("transient LM error (%s: %s); retry %d of %d in %.2f s", type(exc).__name__,
+                            str(exc).split("\n", 1)[0][:200], retry + 1, policy.max_retries, wait)
+                time.sleep(wait)
+                retry += 1
+                continue
             for meter in meters:
-                meter.reserve()
-                reserved.append(meter)
-        except BaseException:
-            for meter in reserved:
-                meter.release()
-            raise
-        try:
-            generation = self.generate(request)
-        except BaseException:
-            for meter in meters:
-                meter.record(None, None, failed=True)
-            raise
-        for meter in meters:
-            meter.record(generation.input_tokens, generation.output_tokens)
+                meter.record(generation.input_tokens, generation.output_tokens)
+            break
         _last.finish_reason = generation.finish_reason
         return Response(
             id=None,
@@ -98,8 +151,60 @@ class MeteredEngine(abc.ABC):
             usage=Usage(input_tokens=generation.input_tokens, output_tokens=generation.output_tokens),
         )
 
+    def _generate_once(self, request: Request, timeout: float | None) -> Generation:
+        if timeout is None:
+            return self.generate(request)
+        token = _deadline.set(time.monotonic() + timeout)
+        try:
+            if self.cooperative_timeout:
+                return self.generate(request)
+            return _run_with_timeout(self.generate, request, timeout)
+        finally:
+            _deadline.reset(token)
+
     def stream(self, request: Request):
         return response_to_events(self.complete(request))
 
     def close(self) -> None:
         """Engines here hold no connection; subclasses free what they own."""
+
+
+def _reserve(meters: tuple[CallMeter, ...]) -> tuple[CallMeter, ...]:
+    """Reserve one call with every meter, all or none."""
+    reserved = []
+    try:
+        for meter in meters:
+            meter.reserve()
+            reserved.append(meter)
+    except BaseException:
+        for meter in reserved:
+            meter.release()
+        raise
+    return meters
+
+
+def _run_with_timeout(generate, request: Request, timeout: float) -> Generation:
+    """Run ``generate(request)`` in a helper thread; give up on it after ``timeout`` seconds.
+
+    A Python thread cannot be stopped: a call that hangs keeps its (daemon)
+    thread until it returns, and its result is dropped. The try is charged
+    either way, as a provider bills a request the client stopped waiting for.
+    """
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome["value"] = context.run(generate, request)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="dspy-ext-lm-call", daemon=True).start()
+    if not done.wait(timeout):
+        raise LMCallTimeout(timeout)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

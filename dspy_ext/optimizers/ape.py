@@ -14,65 +14,78 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
+from dspy_ext.search.config import InstructionSearchConfig, tunable
 
 
-class APE(InstructionSearch):
-    """Automatic Prompt Engineer.
+class APEConfig(InstructionSearchConfig):
+    """APE's settings.
 
-    Args:
-        metric: The task metric.
+    Attributes:
+        steps: Monte Carlo resampling rounds.
         num_candidates: Instructions induced at the start.
         pairs_per_induction: Training pairs shown per induction.
         top_k: Survivors kept after each round.
         variants_per_survivor: Monte Carlo rewrites per survivor per step.
         induce_temperature: Sampling temperature of the inductions.
-        **kwargs: See :class:`~dspy_ext.search.InstructionSearch` (``steps`` = resampling rounds).
+    """
+
+    steps: int = Field(default=2, ge=0)
+    num_candidates: int = tunable(6, ge=1, tune={"int": [3, 8]})
+    pairs_per_induction: int = Field(default=5, ge=1)
+    top_k: int = tunable(3, ge=1, tune={"int": [2, 4]})
+    variants_per_survivor: int = Field(default=1, ge=1)
+    induce_temperature: float = tunable(0.9, ge=0.0, le=2.0, tune={"float": [0.5, 1.2]})
+
+
+class APE(InstructionSearch[None]):
+    """Automatic Prompt Engineer.
+
+    Args:
+        metric: The task metric.
+        **kwargs: :class:`APEConfig` settings (``num_candidates``, ``top_k``, ``steps``, ...) and the
+            arguments of :class:`~dspy_ext.search.InstructionSearch`.
 
     Example:
-        >>> ape = APE(exact_match, max_lm_calls=400, seed=0)          # doctest: +SKIP
+        >>> ape = APE(exact_match, max_lm_calls=400, seed=0, top_k=2)   # doctest: +SKIP
         >>> compiled = ape.compile(program, trainset=train, valset=val)  # doctest: +SKIP
     """
 
     method = "ape"
     roles = ("induce", "paraphrase")
-
-    def __init__(self, metric: Any, *, num_candidates: int = 6, pairs_per_induction: int = 5, top_k: int = 3,
-                 variants_per_survivor: int = 1, induce_temperature: float = 0.9, steps: int = 2, **kwargs: Any) -> None:
-        super().__init__(metric, steps=steps, **kwargs)
-        if num_candidates < 1 or top_k < 1 or pairs_per_induction < 1 or variants_per_survivor < 1:
-            raise ValueError("num_candidates, pairs_per_induction, top_k and variants_per_survivor must be >= 1")
-        self.num_candidates = num_candidates
-        self.pairs_per_induction = pairs_per_induction
-        self.top_k = top_k
-        self.variants_per_survivor = variants_per_survivor
-        self.induce_temperature = induce_temperature
+    config_model = APEConfig
+    config: APEConfig
 
     def projected_calls(self, n_predictors: int, n_val: int) -> int:
-        initial = self.num_candidates * (1 + self.minibatch_size * n_predictors)
-        rounds = self.steps * self.top_k * self.variants_per_survivor * (1 + self.minibatch_size * n_predictors)
+        c = self.config
+        initial = c.num_candidates * (1 + c.minibatch_size * n_predictors)
+        rounds = c.steps * c.top_k * c.variants_per_survivor * (1 + c.minibatch_size * n_predictors)
         return initial + rounds + 3 * n_val * n_predictors
 
-    def initial(self, run: SearchRun, seed_candidate: Candidate) -> list[Candidate]:
+    def initial(self, run: SearchRun, state: None, seed_candidate: Candidate) -> list[Candidate]:
+        c = self.config
         children = []
         for name in run.predictor_names():
-            for _ in range(self.num_candidates):
-                pairs = run.rng.sample(run.trainset, min(self.pairs_per_induction, len(run.trainset)))
-                for raw in run.ask("induce", 1, temperature=self.induce_temperature,
-                                   step=run.step_description(name), examples=format_pairs(pairs)):
-                    children.append(run.admit(raw, seed_candidate, name, origin="ape.induce"))
-        return [c for c in children if c is not None]
+            for _ in range(c.num_candidates):
+                pairs = run.rng.sample(run.trainset, min(c.pairs_per_induction, len(run.trainset)))
+                for proposal in run.ask("induce", 1, temperature=c.induce_temperature,
+                                        step=run.step_description(name), examples=format_pairs(pairs)):
+                    children.append(run.admit(proposal, seed_candidate, name, origin="ape.induce"))
+        return [child for child in children if child is not None]
 
-    def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: None, population: list[Candidate], step: int) -> list[Candidate]:
         name = run.target(step)
         children = []
         for survivor in population:
-            for raw in run.ask("paraphrase", self.variants_per_survivor, temperature=self.induce_temperature,
-                               instruction=survivor.instruction(name)):
-                children.append(run.admit(raw, survivor, name, origin=f"ape.resample{step + 1}"))
-        return [c for c in children if c is not None]
+            for proposal in run.ask("paraphrase", self.config.variants_per_survivor,
+                                    temperature=self.config.induce_temperature, instruction=survivor.instruction(name)):
+                children.append(run.admit(proposal, survivor, name, origin=f"ape.resample{step + 1}"))
+        return [child for child in children if child is not None]
 
-    def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
+    def select(self, run: SearchRun, state: None, population: list[Candidate],
+               children: list[Candidate]) -> list[Candidate]:
         pool = population + children
         run.score(pool)
-        return self.top(run, pool, self.top_k)
+        return self.top(run, pool, self.config.top_k)

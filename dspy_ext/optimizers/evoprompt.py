@@ -18,9 +18,38 @@ from __future__ import annotations
 
 import difflib
 import random
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import dspy
+
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
+from dspy_ext.search.config import InstructionSearchConfig, tunable
+
+
+class EvoPromptConfig(InstructionSearchConfig):
+    """EvoPrompt's settings (both variants).
+
+    Attributes:
+        steps: Generations.
+        population_size: Members per generation (DE needs a member and two donors: at least 3).
+        temperature: Sampling temperature of the evolution prompts.
+    """
+
+    steps: int = tunable(3, ge=0, tune={"int": [1, 3]})
+    population_size: int = tunable(6, ge=3, tune={"int": [4, 8]})
+    temperature: float = tunable(0.9, ge=0.0, le=2.0, tune={"float": [0.5, 1.2]})
+
+
+@dataclass
+class EvoPromptState:
+    """EvoPrompt's per-compile state.
+
+    Attributes:
+        batch: The fixed training subset every member is scored on.
+    """
+
+    batch: list[dspy.Example]
 
 
 def roulette_pick(rng: random.Random, weights: list[float], k: int = 2) -> list[int]:
@@ -66,65 +95,66 @@ def differing_parts(a: str, b: str) -> str:
     return "\n".join(lines) if lines else "(the donors are identical)"
 
 
-class EvoPrompt(InstructionSearch):
+class EvoPrompt(InstructionSearch[EvoPromptState]):
     """Evolutionary instruction search with an LM as the variation operator.
 
     Args:
         metric: The task metric.
         variant: ``"ga"`` (genetic algorithm) or ``"de"`` (differential evolution).
-        population_size: Members per generation.
-        temperature: Sampling temperature of the evolution prompts.
-        **kwargs: See :class:`~dspy_ext.search.InstructionSearch` (``steps`` = generations).
+        **kwargs: :class:`EvoPromptConfig` settings (``population_size``, ``temperature``, ``steps``, ...)
+            and the arguments of :class:`~dspy_ext.search.InstructionSearch`.
 
     Example:
         >>> EvoPrompt(exact_match, variant="de", population_size=6).compile(program, trainset=train)  # doctest: +SKIP
     """
 
     roles = ("induce", "paraphrase", "crossover", "differential")
+    config_model = EvoPromptConfig
+    config: EvoPromptConfig
 
-    def __init__(self, metric: Any, *, variant: Literal["ga", "de"] = "ga", population_size: int = 6,
-                 temperature: float = 0.9, steps: int = 3, **kwargs: Any) -> None:
-        super().__init__(metric, steps=steps, **kwargs)
+    def __init__(self, metric: Any, *, variant: Literal["ga", "de"] = "ga", **kwargs: Any) -> None:
         if variant not in ("ga", "de"):
             raise ValueError(f"variant must be 'ga' or 'de', got {variant!r}")
-        if population_size < 3:
-            raise ValueError("population_size must be >= 3 (DE needs a member and two donors)")
         self.variant = variant
-        self.population_size = population_size
-        self.temperature = temperature
+        super().__init__(metric, **kwargs)
 
     @property
     def method(self) -> str:  # type: ignore[override]
         return f"evoprompt-{self.variant}"
 
     def projected_calls(self, n_predictors: int, n_val: int) -> int:
-        per_member = 1 + self.minibatch_size * n_predictors
-        return (self.population_size + self.steps * self.population_size) * per_member + 3 * n_val * n_predictors
+        c = self.config
+        per_member = 1 + c.minibatch_size * n_predictors
+        return (c.population_size + c.steps * c.population_size) * per_member + 3 * n_val * n_predictors
 
-    def initial(self, run: SearchRun, seed_candidate: Candidate) -> list[Candidate]:
-        run.meta_state = {"batch": run.minibatch()}
+    def new_state(self, run: SearchRun) -> EvoPromptState:
+        return EvoPromptState(batch=run.minibatch())
+
+    def initial(self, run: SearchRun, state: EvoPromptState, seed_candidate: Candidate) -> list[Candidate]:
         members: list[Candidate] = []
         name = run.target(0)
-        wanted = self.population_size - 1
+        temperature = self.config.temperature
+        wanted = self.config.population_size - 1
         attempts = 0
         while len(members) < wanted and attempts < 2 * wanted:
             attempts += 1
             if attempts % 2:
                 pairs = run.rng.sample(run.trainset, min(5, len(run.trainset)))
-                texts = run.ask("induce", 1, temperature=self.temperature, step=run.step_description(name),
-                                examples=format_pairs(pairs))
+                proposals = run.ask("induce", 1, temperature=temperature, step=run.step_description(name),
+                                    examples=format_pairs(pairs))
                 origin = "evoprompt.init.induce"
             else:
-                texts = run.ask("paraphrase", 1, temperature=self.temperature,
-                                instruction=seed_candidate.instruction(name))
+                proposals = run.ask("paraphrase", 1, temperature=temperature,
+                                    instruction=seed_candidate.instruction(name))
                 origin = "evoprompt.init.paraphrase"
-            for raw in texts:
-                child = run.admit(raw, seed_candidate, name, origin=origin)
+            for proposal in proposals:
+                child = run.admit(proposal, seed_candidate, name, origin=origin)
                 if child is not None and all(child.key != m.key for m in members):
                     members.append(child)
         return members
 
-    def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: EvoPromptState, population: list[Candidate],
+                step: int) -> list[Candidate]:
         name = run.target(step)
         if len(population) < (2 if self.variant == "ga" else 3):
             # Too few members were admitted to breed (rejected or duplicate proposals): grow by paraphrase.
@@ -134,8 +164,9 @@ class EvoPrompt(InstructionSearch):
     def _grow(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
         children = []
         for member in population:
-            for raw in run.ask("paraphrase", 2, temperature=self.temperature, instruction=member.instruction(name)):
-                children.append(run.admit(raw, member, name, origin=f"{self.method}.grow{step + 1}"))
+            for proposal in run.ask("paraphrase", 2, temperature=self.config.temperature,
+                                    instruction=member.instruction(name)):
+                children.append(run.admit(proposal, member, name, origin=f"{self.method}.grow{step + 1}"))
         return children
 
     def _ga(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
@@ -144,9 +175,10 @@ class EvoPrompt(InstructionSearch):
         for _ in range(len(population)):
             i, j = roulette_pick(run.rng, weights, 2)
             a, b = population[i], population[j]
-            for raw in run.ask("crossover", 1, temperature=self.temperature,
-                               parent_1=a.instruction(name), parent_2=b.instruction(name)):
-                children.append(run.admit(raw, a, name, origin=f"evoprompt-ga.gen{step + 1}", parents=(a.key, b.key)))
+            for proposal in run.ask("crossover", 1, temperature=self.config.temperature,
+                                    parent_1=a.instruction(name), parent_2=b.instruction(name)):
+                children.append(run.admit(proposal, a, name, origin=f"evoprompt-ga.gen{step + 1}",
+                                          parents=(a.key, b.key)))
         return children
 
     def _de(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
@@ -156,22 +188,22 @@ class EvoPrompt(InstructionSearch):
             others = [k for k in range(len(population)) if k != index]
             r1, r2 = run.rng.sample(others, 2)
             d1, d2 = population[r1], population[r2]
-            texts = run.ask(
-                "differential", 1, temperature=self.temperature,
+            proposals = run.ask(
+                "differential", 1, temperature=self.config.temperature,
                 differing_parts=differing_parts(d1.instruction(name), d2.instruction(name)),
                 best_instruction=best.instruction(name), current_instruction=member.instruction(name),
             )
-            for raw in texts:
-                trial = run.admit(raw, member, name, origin=f"evoprompt-de.gen{step + 1}",
+            for proposal in proposals:
+                trial = run.admit(proposal, member, name, origin=f"evoprompt-de.gen{step + 1}",
                                   parents=(member.key, d1.key, d2.key, best.key), replaces=member.key)
                 trials.append(trial)
         return trials
 
-    def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
-        batch = run.meta_state["batch"]
-        run.score(population + children, batch)
+    def select(self, run: SearchRun, state: EvoPromptState, population: list[Candidate],
+               children: list[Candidate]) -> list[Candidate]:
+        run.score(population + children, state.batch)
         if self.variant == "ga" or len(population) < 3:
-            return self.top(run, population + children, self.population_size)
+            return self.top(run, population + children, self.config.population_size)
         by_member = {c.meta.get("replaces"): c for c in children}
         survivors = []
         for member in population:

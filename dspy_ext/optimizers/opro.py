@@ -9,9 +9,43 @@ subset, so scores in the trajectory are comparable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import dspy
+from pydantic import Field
+
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
+from dspy_ext.search.config import InstructionSearchConfig, tunable
+
+
+class OPROConfig(InstructionSearchConfig):
+    """OPRO's settings.
+
+    Attributes:
+        steps: Optimization steps.
+        proposals_per_step: Instructions sampled per step.
+        trajectory_size: Best past instructions kept in the meta-prompt.
+        num_exemplars: Solved examples shown in the meta-prompt.
+        temperature: Sampling temperature of the optimizer LM.
+    """
+
+    steps: int = tunable(6, ge=0, tune={"int": [1, 4]})
+    proposals_per_step: int = tunable(4, ge=1, tune={"int": [2, 6]})
+    trajectory_size: int = Field(default=20, ge=1)
+    num_exemplars: int = tunable(3, ge=0, tune={"int": [0, 3]})
+    temperature: float = tunable(1.0, ge=0.0, le=2.0, tune={"float": [0.5, 1.2]})
+
+
+@dataclass
+class OPROState:
+    """OPRO's per-compile state.
+
+    Attributes:
+        batch: The fixed training subset every instruction is scored on, so trajectory scores compare.
+    """
+
+    batch: list[dspy.Example]
 
 
 def render_trajectory(entries: list[tuple[str, float]]) -> str:
@@ -20,16 +54,13 @@ def render_trajectory(entries: list[tuple[str, float]]) -> str:
     return "\n".join(f"Instruction: {text}\nAccuracy: {round(score)}" for text, score in ordered)
 
 
-class OPRO(InstructionSearch):
+class OPRO(InstructionSearch[OPROState]):
     """Optimization by PROmpting.
 
     Args:
         metric: The task metric.
-        proposals_per_step: Instructions sampled per step.
-        trajectory_size: Best past instructions kept in the meta-prompt.
-        num_exemplars: Solved examples shown in the meta-prompt.
-        temperature: Sampling temperature of the optimizer LM.
-        **kwargs: See :class:`~dspy_ext.search.InstructionSearch`.
+        **kwargs: :class:`OPROConfig` settings (``proposals_per_step``, ``trajectory_size``, ``steps``, ...)
+            and the arguments of :class:`~dspy_ext.search.InstructionSearch`.
 
     Example:
         >>> OPRO(exact_match, steps=6, max_lm_calls=400).compile(program, trainset=train)  # doctest: +SKIP
@@ -37,44 +68,40 @@ class OPRO(InstructionSearch):
 
     method = "opro"
     roles = ("trajectory",)
-
-    def __init__(self, metric: Any, *, proposals_per_step: int = 4, trajectory_size: int = 20, num_exemplars: int = 3,
-                 temperature: float = 1.0, steps: int = 6, **kwargs: Any) -> None:
-        super().__init__(metric, steps=steps, **kwargs)
-        if proposals_per_step < 1 or trajectory_size < 1 or num_exemplars < 0:
-            raise ValueError("proposals_per_step and trajectory_size must be >= 1, num_exemplars >= 0")
-        self.proposals_per_step = proposals_per_step
-        self.trajectory_size = trajectory_size
-        self.num_exemplars = num_exemplars
-        self.temperature = temperature
+    config_model = OPROConfig
+    config: OPROConfig
 
     def projected_calls(self, n_predictors: int, n_val: int) -> int:
-        per_step = self.proposals_per_step * (1 + self.minibatch_size * n_predictors)
-        return self.minibatch_size * n_predictors + self.steps * per_step + 3 * n_val * n_predictors
+        c = self.config
+        per_step = c.proposals_per_step * (1 + c.minibatch_size * n_predictors)
+        return c.minibatch_size * n_predictors + c.steps * per_step + 3 * n_val * n_predictors
 
-    def initial(self, run: SearchRun, seed_candidate: Candidate) -> list[Candidate]:
-        run.meta_state = {"batch": run.minibatch()}
+    def new_state(self, run: SearchRun) -> OPROState:
+        return OPROState(batch=run.minibatch())
+
+    def initial(self, run: SearchRun, state: OPROState, seed_candidate: Candidate) -> list[Candidate]:
         return []
 
     def trajectory(self, run: SearchRun, population: list[Candidate], name: str) -> list[tuple[str, float]]:
         """The best ``trajectory_size`` (instruction, score) pairs for predictor ``name``."""
         # A candidate whose every row failed (LM or metric errors) has no score to show.
         scored = [c for c in population if c.key in run.store and run.store.get(c.key).mean is not None]
-        best = self.top(run, scored, self.trajectory_size)
+        best = self.top(run, scored, self.config.trajectory_size)
         return [(c.instruction(name), run.store.get(c.key).mean) for c in best]
 
-    def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: OPROState, population: list[Candidate], step: int) -> list[Candidate]:
         name = run.target(step)
         parent = self.top(run, population, 1)[0]  # unscored candidates rank last, so this is defined
-        exemplars = run.rng.sample(run.trainset, min(self.num_exemplars, len(run.trainset)))
-        texts = run.ask(
-            "trajectory", self.proposals_per_step, temperature=self.temperature,
+        exemplars = run.rng.sample(run.trainset, min(self.config.num_exemplars, len(run.trainset)))
+        proposals = run.ask(
+            "trajectory", self.config.proposals_per_step, temperature=self.config.temperature,
             step=run.step_description(name),
             scored_instructions=render_trajectory(self.trajectory(run, population, name)),
             task_examples=format_pairs(exemplars),
         )
-        return [run.admit(raw, parent, name, origin=f"opro.step{step + 1}") for raw in texts]
+        return [run.admit(proposal, parent, name, origin=f"opro.step{step + 1}") for proposal in proposals]
 
-    def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
-        run.score(children, run.meta_state["batch"])
+    def select(self, run: SearchRun, state: OPROState, population: list[Candidate],
+               children: list[Candidate]) -> list[Candidate]:
+        run.score(children, state.batch)
         return population + children

@@ -5,6 +5,9 @@
 * :class:`TrialLog` - one JSONL row per evaluated candidate;
 * :class:`ProposalGuard` - rejects empty, cut-off, over-long and leaking proposals;
 * :class:`SearchRun` - the per-compile state (RNG, budget, evaluator, store, log);
+* :class:`Proposal` - one reply of the prompt model (text, cut-off flag, role);
+* :class:`InstructionSearchConfig` - the settings every search shares (each method extends it);
+* :class:`FinalSelector` - the final choice: :class:`SuccessiveHalving` (default) or :class:`CandidateTPE`;
 * :class:`InstructionSearch` - the teleprompter base class with the shared loop.
 """
 
@@ -12,13 +15,24 @@ from __future__ import annotations
 
 from dspy_ext.search.base import InstructionSearch, SearchResult, format_pairs
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
+from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig, OptimizerConfig, tunable
+from dspy_ext.search.final_selection import CandidateTPE, FinalSelector, SuccessiveHalving, final_contenders
 from dspy_ext.search.guards import ProposalGuard, clean_proposal
-from dspy_ext.search.run import Models, SearchRun, SearchStopped
+from dspy_ext.search.run import Models, Proposal, SearchRun, SearchStopped
 from dspy_ext.search.store import CandidateRecord, CandidateStore
 from dspy_ext.search.trial_log import TrialLog
 
 __all__ = [
+    "DEFAULT_BUDGET",
     "Candidate",
+    "CandidateTPE",
+    "FinalSelector",
+    "InstructionSearchConfig",
+    "OptimizerConfig",
+    "Proposal",
+    "SuccessiveHalving",
+    "final_contenders",
+    "tunable",
     "CandidateRecord",
     "CandidateStore",
     "InstructionSearch",

@@ -1,15 +1,18 @@
 """The shared instruction-search teleprompter: one loop for APE, OPRO, EvoPrompt and ProTeGi.
 
 A method is a subclass that says how it *proposes* candidates and how it
-*selects* which to keep; everything else is here:
+*selects* which to keep, with a typed config model (its settings, written
+once) and, if it needs one, a typed per-run state; everything else is here:
 
 1. demo sets are built with DSPy's bootstrapping (``max_bootstrapped_demos``,
    ``max_labeled_demos``);
 2. the method's initial candidates are admitted and selected;
 3. ``steps`` rounds of propose -> admit (guards, dedupe) -> select run on
    training minibatches, changing one predictor's instruction per step;
-4. the final program is chosen on the full valset over (instruction x demo
-   set), with the student's own instruction always among the contenders.
+4. the final program is chosen on the valset over (instruction x demo set) by
+   a :class:`~dspy_ext.search.final_selection.FinalSelector` given at
+   construction (successive halving by default), with the student's own
+   instruction always among the contenders.
 
 ``max_lm_calls`` is a hard cap on task and prompt-model calls together. The
 search phase gets ``1 - final_share`` of it; when any cap is hit the best
@@ -19,14 +22,13 @@ candidate so far is returned, with a warning.
 from __future__ import annotations
 
 import abc
-import itertools
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import dspy
 from dspy.teleprompt import Teleprompter
@@ -35,10 +37,16 @@ from dspy_ext.adapters import default_adapter
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
-from dspy_ext.search.demos import build_demo_sets
+from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig
+from dspy_ext.search.context import demo_set_context_fit
+from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
+from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
 from dspy_ext.search.guards import ProposalGuard
 from dspy_ext.search.run import Models, SearchRun, SearchStopped
 from dspy_ext.search.trial_log import TrialLog
+
+#: A method's per-run state (``None`` for methods that need none).
+StateT = TypeVar("StateT")
 
 logger = logging.getLogger(__name__)
 
@@ -64,97 +72,91 @@ class SearchResult:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
 
 
-class InstructionSearch(Teleprompter, abc.ABC):
+class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
     """Base class of the instruction-search teleprompters.
+
+    A method's settings are its :attr:`config_model` (defaults and bounds written once); they are
+    given as keyword arguments and validated here, and read as ``self.config.<name>``.
 
     Args:
         metric: ``metric(example, prediction, trace=None)``.
-        prompt_model: LM that writes instructions (default: the task model).
-        task_model: LM that runs the program (default: ``dspy.settings.lm``).
         max_lm_calls: Hard cap on LM calls (task + prompt model) for the compile.
         seed: Seeds every random choice; ``0`` is a seed like any other.
-        steps: Search rounds after the initial candidates.
-        minibatch_size: Training examples per search minibatch.
-        max_bootstrapped_demos: Bootstrapped demos per predictor per demo set.
-        max_labeled_demos: Labeled demos per predictor per demo set.
-        num_demo_sets: Demo sets to build (the first is labeled-only).
-        final_candidates: Instruction sets carried into the final selection.
-        final_share: Share of ``max_lm_calls`` kept for the final selection.
         num_threads: Evaluation threads.
+        prompt_model: LM that writes instructions (default: the task model).
+        task_model: LM that runs the program (default: ``dspy.settings.lm``).
         meta_prompts: Overrides of the meta-prompt Signatures, by role.
         log_dir: Folder for ``trials.jsonl`` (``None``: in memory only).
         progress: Show a progress bar with the best score and calls used.
-        final_selector: Replaces the final (instruction x demo set) choice: called as
-            ``final_selector(search, run, seed_candidate)`` and returns the chosen
-            :class:`Candidate` (or ``None``: best so far). Default: successive halving.
+        final_selector: Chooses the returned (instruction x demo set) among the final contenders
+            (default: :class:`~dspy_ext.search.final_selection.SuccessiveHalving`).
+        **settings: The method's settings (see its config model, e.g. ``steps``, ``minibatch_size``,
+            ``max_labeled_demos``, ``final_candidates``, ``final_share``).
+
+    Raises:
+        ValueError: A bad or unknown setting (the message names it and lists the valid ones).
     """
 
     method: ClassVar[str] = "search"
     #: Roles of :data:`DEFAULT_META_PROMPTS` this method uses.
     roles: ClassVar[tuple[str, ...]] = ()
+    #: The method's settings: defaults, bounds and tuning ranges.
+    config_model: ClassVar[type[InstructionSearchConfig]] = InstructionSearchConfig
 
     def __init__(
         self,
         metric: Any,
         *,
+        max_lm_calls: int = DEFAULT_BUDGET,
+        seed: int = 0,
+        num_threads: int = 4,
         prompt_model: dspy.BaseLM | None = None,
         task_model: dspy.BaseLM | None = None,
-        max_lm_calls: int = 400,
-        seed: int = 0,
-        steps: int = 4,
-        minibatch_size: int = 10,
-        max_bootstrapped_demos: int = 2,
-        max_labeled_demos: int = 3,
-        num_demo_sets: int = 3,
-        final_candidates: int = 3,
-        final_share: float = 0.35,
-        num_threads: int = 4,
         meta_prompts: dict[str, type[dspy.Signature]] | None = None,
         log_dir: str | Path | None = None,
         progress: bool = False,
-        final_selector: Any = None,
+        final_selector: FinalSelector | None = None,
+        **settings: Any,
     ) -> None:
         super().__init__()
         if max_lm_calls < 1:
             raise ValueError("max_lm_calls must be >= 1")
-        if minibatch_size < 1 or steps < 0 or final_candidates < 1 or num_demo_sets < 1:
-            raise ValueError("minibatch_size, final_candidates and num_demo_sets must be >= 1 and steps >= 0")
-        if not 0.0 <= final_share < 1.0:
-            raise ValueError("final_share must be in [0, 1)")
-        if max_bootstrapped_demos < 0 or max_labeled_demos < 0:
-            raise ValueError("demo counts must be >= 0")
+        if num_threads < 1:
+            raise ValueError("num_threads must be >= 1")
         unknown = set(meta_prompts or {}) - set(DEFAULT_META_PROMPTS)
         if unknown:
             raise ValueError(f"unknown meta-prompt roles {sorted(unknown)}; known: {sorted(DEFAULT_META_PROMPTS)}")
+        if final_selector is not None and not isinstance(final_selector, FinalSelector):
+            raise ValueError(f"final_selector must have a select(run, seed_candidate, contenders) method, "
+                             f"got {type(final_selector).__name__}")
+        self.config = self.config_model.resolve(settings, name=self.method)
         self.metric = metric
-        self.prompt_model = prompt_model
-        self.task_model = task_model
         self.max_lm_calls = max_lm_calls
         self.seed = seed
-        self.steps = steps
-        self.minibatch_size = minibatch_size
-        self.max_bootstrapped_demos = max_bootstrapped_demos
-        self.max_labeled_demos = max_labeled_demos
-        self.num_demo_sets = num_demo_sets
-        self.final_candidates = final_candidates
-        self.final_share = final_share
         self.num_threads = num_threads
+        self.prompt_model = prompt_model
+        self.task_model = task_model
         self.meta_prompts = {**DEFAULT_META_PROMPTS, **(meta_prompts or {})}
         self.log_dir = Path(log_dir) if log_dir else None
         self.progress = progress
-        self.final_selector = final_selector
+        self.final_selector: FinalSelector = final_selector or SuccessiveHalving()
 
     # ---- what a method defines --------------------------------------------------------
+    def new_state(self, run: SearchRun) -> StateT:
+        """The method's state for one compile, made before :meth:`initial` (default: none)."""
+        return None  # type: ignore[return-value]
+
     @abc.abstractmethod
-    def initial(self, run: SearchRun, seed_candidate: Candidate) -> list[Candidate]:
+    def initial(self, run: SearchRun, state: StateT, seed_candidate: Candidate) -> list[Candidate]:
         """Initial candidates (the seed candidate is scored separately)."""
 
     @abc.abstractmethod
-    def propose(self, run: SearchRun, population: list[Candidate], step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: StateT, population: list[Candidate], step: int) -> list[Candidate]:
         """New candidates for step ``step`` (admitted through ``run.admit``)."""
 
     @abc.abstractmethod
-    def select(self, run: SearchRun, population: list[Candidate], children: list[Candidate]) -> list[Candidate]:
+    def select(self, run: SearchRun, state: StateT, population: list[Candidate],
+               children: list[Candidate]) -> list[Candidate]:
         """Score as needed and return the next population."""
 
     def projected_calls(self, n_predictors: int, n_val: int) -> int:
@@ -206,7 +208,7 @@ class InstructionSearch(Teleprompter, abc.ABC):
             logger.warning("%s: %s do(es) not run on a dspy-ext engine: max_lm_calls=%d is not enforced and "
                            "calls are not counted for it", self.method, ", ".join(unmetered), self.max_lm_calls)
         total = CallMeter(self.max_lm_calls)
-        search_cap = max(1, int(self.max_lm_calls * (1.0 - self.final_share)))
+        search_cap = max(1, int(self.max_lm_calls * (1.0 - self.config.final_share)))
         search_meter = CallMeter(search_cap)
         log_path = self.log_dir / "trials.jsonl" if self.log_dir else None
         if log_path is not None and log_path.exists():
@@ -225,8 +227,8 @@ class InstructionSearch(Teleprompter, abc.ABC):
             bar = tqdm(total=self.max_lm_calls, desc=self.method, unit="call")
         run = SearchRun(
             method=self.method, student=student, trainset=trainset, valset=valset, metric=self.metric,
-            models=models, seed=rng.randrange(2**31), total_meter=total, search_meter=search_meter,
-            minibatch_size=self.minibatch_size, num_threads=self.num_threads, guard=guard,
+            models=models, seed=rng.randrange(2**31), base_seed=self.seed, total_meter=total, search_meter=search_meter,
+            minibatch_size=self.config.minibatch_size, num_threads=self.num_threads, guard=guard,
             meta_prompts=self.meta_prompts, trial_log=TrialLog(log_path), progress=bar,
         )
         n_pred = len(run.predictor_names())
@@ -254,13 +256,14 @@ class InstructionSearch(Teleprompter, abc.ABC):
         with metering(run.search_meter):
             try:
                 self._build_demo_sets(run, student)
-                seed_candidate = self._with_demo_set(seed_candidate, run, 0, origin="student")
-                initial = [seed_candidate] + [c for c in self.initial(run, seed_candidate) if c is not None]
-                population = self.select(run, [], _unique(initial))
-                for step in range(self.steps):
+                seed_candidate = with_demo_set(seed_candidate, run, 0, origin="student")
+                state = self.new_state(run)
+                initial = [seed_candidate] + [c for c in self.initial(run, state, seed_candidate) if c is not None]
+                population = self.select(run, state, [], _unique(initial))
+                for step in range(self.config.steps):
                     run.step = step + 1
-                    children = [c for c in self.propose(run, population, step) if c is not None]
-                    population = self.select(run, population, _unique(children))
+                    children = [c for c in self.propose(run, state, population, step) if c is not None]
+                    population = self.select(run, state, population, _unique(children))
             except SearchStopped:
                 exhausted = True
                 logger.warning("%s: search budget (%d calls) used up at step %d; continuing with the best so far",
@@ -281,79 +284,52 @@ class InstructionSearch(Teleprompter, abc.ABC):
     def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> None:
         names = run.predictor_names()
         labeled_only = Candidate({n: PredictorPrompt(i) for n, i in Candidate.from_program(student).instructions.items()})
-        from dspy_ext.search.demos import labeled_demo_set
-
-        first = labeled_demo_set(names, run.trainset, self.max_labeled_demos, run.rng)
+        first = self._fitting_labeled_set(run, student, labeled_demo_set(names, run.trainset,
+                                                                         self.config.max_labeled_demos, run.rng))
         run.demo_sets = [first]
         teacher = Candidate(
             {n: PredictorPrompt(p.instruction, 0, first[n]) for n, p in labeled_only.prompts.items()}
         ).apply(student)
-        if self.max_bootstrapped_demos > 0 and self.num_demo_sets > 1:
+        if self.config.max_bootstrapped_demos > 0 and self.config.num_demo_sets > 1:
             # Bootstrapping stops at the first successes; a bounded pool keeps
             # a model that rarely succeeds from spending the search budget here.
-            pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * self.max_bootstrapped_demos + 4))
+            pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * self.config.max_bootstrapped_demos + 4))
             with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
                 more = build_demo_sets(
-                    student, pool, self.metric, num_sets=self.num_demo_sets,
-                    max_bootstrapped_demos=self.max_bootstrapped_demos, max_labeled_demos=self.max_labeled_demos,
+                    student, pool, self.metric, num_sets=self.config.num_demo_sets,
+                    max_bootstrapped_demos=self.config.max_bootstrapped_demos, max_labeled_demos=self.config.max_labeled_demos,
                     rng=run.rng, teacher=teacher,
                 )
-            run.demo_sets += [s for s in more[1:] if s not in run.demo_sets]
+            run.demo_sets += [s for s in more[1:] if s not in run.demo_sets and self._fits(run, student, s)]
         used = {id(ex) for ex in run.trainset if any(
             ex.toDict() == d for demos in first.values() for d in demos)}
         pool = [ex for ex in run.trainset if id(ex) not in used]
         run.search_pool = pool or list(run.trainset)
 
-    @staticmethod
-    def _with_demo_set(candidate: Candidate, run: SearchRun, index: int, *, origin: str) -> Candidate:
-        demo_set = run.demo_sets[index]
-        return Candidate(
-            {n: PredictorPrompt(p.instruction, index, demo_set.get(n, ())) for n, p in candidate.prompts.items()},
-            candidate.parents, origin,
-        )
+    #: A demo set is dropped when more than this share of sampled training inputs overflow the context with it.
+    OVERFLOW_TOLERANCE = 0.1
+
+    def _fits(self, run: SearchRun, student: dspy.Module, demo_set: DemoSet) -> bool:
+        """Whether ``demo_set`` leaves room in the context for typical training inputs (see :mod:`.context`)."""
+        fit = demo_set_context_fit(student, demo_set, run.trainset, lm=run.models.task_lm,
+                                   adapter=run.models.task_adapter)
+        if fit.overflowing <= self.OVERFLOW_TOLERANCE * fit.checked:
+            return True
+        run.rejected["demo_set_overflow"] = run.rejected.get("demo_set_overflow", 0) + 1
+        logger.warning("%s: a demo set was set aside: %d of %d sampled prompts overflow (%s)", self.method,
+                       fit.overflowing, fit.checked, fit.message())
+        return False
+
+    def _fitting_labeled_set(self, run: SearchRun, student: dspy.Module, demo_set: DemoSet) -> DemoSet:
+        """The labeled demo set, with demos dropped from the end until typical inputs fit the context."""
+        while any(demo_set.values()) and not self._fits(run, student, demo_set):
+            demo_set = {name: demos[:-1] for name, demos in demo_set.items()}
+        return demo_set
 
     def _final_selection(self, run: SearchRun, seed_candidate: Candidate) -> Candidate | None:
-        """Choose among (instruction set x demo set) on the valset by successive halving.
-
-        Every contender is scored on the first rows of the valset; the better
-        half goes on to twice as many rows, until the survivors are scored on
-        the whole valset. Rows already scored come from the score cache, so
-        each round only pays for its new rows. When the budget cannot pay for
-        a round, the leader of the last finished round wins.
-        """
-        if self.final_selector is not None:
-            return self.final_selector(self, run, seed_candidate)
-        ranked = [r.candidate for r in run.store.ranked()]
-        contenders: list[Candidate] = []
-        for candidate in [*ranked[:1], seed_candidate, *ranked[1:]]:
-            if all(candidate.instructions != c.instructions for c in contenders):
-                contenders.append(candidate)
-            if len(contenders) >= self.final_candidates + 1:
-                break
-        # Priority = rank of the instruction set + rank of the demo set, so the
-        # leaders and the student's own instruction are met early.
-        pairs = sorted(itertools.product(range(len(contenders)), range(len(run.demo_sets))), key=lambda p: (sum(p), p))
-        alive = _unique([self._with_demo_set(contenders[c], run, d, origin=f"final:{contenders[c].origin}")
-                         for c, d in pairs])
-        n_val = len(run.valset)
-        rows = min(n_val, max(5, self.minibatch_size // 2))
-        leader: Candidate | None = None
-        while True:
-            batch = run.valset[:rows]
-            scores: dict[str, float] = {}
-            for combo in alive:
-                report = run.evaluate(combo, batch, split="val")
-                if report.budget_exhausted:
-                    return leader
-                scores[combo.key] = report.score
-                record = run.store.get(combo.key)
-                record.val_score, record.val_n = report.score, rows
-            alive.sort(key=lambda c: -scores[c.key])  # stable: ties keep priority order
-            leader = alive[0]
-            if rows >= n_val:
-                return leader
-            alive = alive[: max(2, math.ceil(len(alive) / 2))] if rows * 2 < n_val else alive[:2]
-            rows = min(n_val, rows * 2)
+        """The final selector's choice among the leading instruction sets (student's included) x demo sets."""
+        contenders = final_contenders(run, seed_candidate, self.config.final_candidates + 1)
+        return self.final_selector.select(run, seed_candidate, contenders)
 
     def _finish(self, run: SearchRun, student: dspy.Module, best: Candidate, exhausted: bool) -> dspy.Module:
         program = best.apply(student)

@@ -18,7 +18,7 @@ from typing import Any
 
 import dspy
 
-from dspy_ext.evaluation import EvaluationReport, Evaluator
+from dspy_ext.evaluation import EvaluationReport, Evaluator, example_key
 from dspy_ext.lm.engine import pop_finish_reason
 from dspy_ext.lm.metering import CallMeter, find_budget_exhausted
 from dspy_ext.search.candidate import Candidate
@@ -35,6 +35,22 @@ PROPOSAL_MAX_TOKENS = 150
 
 class SearchStopped(Exception):
     """The search phase must stop (its share of the budget is used up)."""
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One reply of the prompt model to a meta-prompt.
+
+    Attributes:
+        text: The proposed instruction as the model wrote it (not yet cleaned).
+        truncated: ``True`` if the model stopped at the token cap (a cut-off proposal is never
+            adopted), ``False`` if it stopped by itself, ``None`` if the LM does not say.
+        role: The meta-prompt role that produced it (``induce``, ``paraphrase``, ...).
+    """
+
+    text: str
+    truncated: bool | None
+    role: str
 
 
 @dataclass
@@ -58,6 +74,7 @@ class SearchRun:
         metric: The task metric.
         models: Task and prompt LMs with their adapters.
         seed: Seeds the run's private RNG.
+        base_seed: The compile's own seed (for components that seed their own generators).
         total_meter: The hard cap for the whole compile.
         search_meter: The cap for the search phase (the rest is kept for the final selection).
         minibatch_size: Examples per search minibatch.
@@ -78,6 +95,7 @@ class SearchRun:
         metric: Any,
         models: Models,
         seed: int,
+        base_seed: int,
         total_meter: CallMeter,
         search_meter: CallMeter,
         minibatch_size: int,
@@ -95,6 +113,7 @@ class SearchRun:
         self.metric = metric
         self.models = models
         self.rng = random.Random(seed)
+        self.base_seed = base_seed
         self.total_meter = total_meter
         self.search_meter = search_meter
         self.minibatch_size = minibatch_size
@@ -108,7 +127,6 @@ class SearchRun:
         self.rejected: dict[str, int] = {}
         self.started = time.perf_counter()
         self.demo_sets: list[dict[str, tuple[dict[str, Any], ...]]] = []
-        self.meta_state: dict[str, Any] = {}  # a method's own per-run state (e.g. OPRO's fixed batch)
 
     # ---- data -----------------------------------------------------------------------
     def minibatch(self, size: int | None = None) -> list[dspy.Example]:
@@ -141,10 +159,19 @@ class SearchRun:
             report = self.evaluator.evaluate(program, examples, meter=meter, desc=f"{self.method}:{split}")
         record, _ = self.store.add(candidate)
         if split != "val":
-            from dspy_ext.evaluation import example_key
-
-            for row in report.scored:
-                record.train_scores[example_key(examples[row.index])] = row.score
+            for row in report.rows:
+                key = example_key(examples[row.index])
+                if row.score is None:
+                    if key not in record.train_scores:
+                        record.failed_rows.add(key)
+                else:
+                    record.train_scores[key] = row.score
+                    record.failed_rows.discard(key)
+            if not record.reliable:
+                logger.info("%s: candidate %s set aside: %d of its %d rows failed", self.method, candidate.key,
+                            len(record.failed_rows), len(record.failed_rows) + record.n_scored)
+        else:
+            record.val_reliable = 2 * len(report.scored) >= len(report.rows)
         self.trial_log.record(candidate, report, method=self.method, step=self.step, split=split,
                               running_mean=record.mean if split != "val" else report.score)
         self._tick()
@@ -170,8 +197,8 @@ class SearchRun:
         return records
 
     # ---- proposals ------------------------------------------------------------------
-    def ask(self, role: str, n: int, *, temperature: float = 1.0, **inputs: str) -> list[str]:
-        """Run meta-prompt ``role`` ``n`` times on the prompt model; return the raw outputs.
+    def ask(self, role: str, n: int, *, temperature: float = 1.0, **inputs: str) -> list[Proposal]:
+        """Run meta-prompt ``role`` ``n`` times on the prompt model; return the proposals.
 
         Each sample gets its own seed from the run's RNG, so samples differ and
         the same run seed reproduces them (and DSPy's cache keys them apart).
@@ -182,7 +209,7 @@ class SearchRun:
         signature = self.meta_prompts[role]
         predict = dspy.Predict(signature)
         output = next(iter(signature.output_fields))
-        texts = []
+        proposals = []
         with dspy.context(lm=self.models.prompt_lm, adapter=self.models.prompt_adapter):
             for _ in range(n):
                 seed = self.rng.randrange(2**31)
@@ -198,16 +225,16 @@ class SearchRun:
                     continue
                 finally:
                     self._tick()
-                text = str(prediction.get(output) or "")
-                texts.append(text if pop_finish_reason() != "length" else "\x00truncated")
-        return texts
+                finish = pop_finish_reason()
+                truncated = None if finish is None else finish == "length"
+                proposals.append(Proposal(str(prediction.get(output) or ""), truncated, role))
+        return proposals
 
-    def admit(self, raw: str, parent: Candidate, name: str, *, origin: str,
+    def admit(self, proposal: Proposal, parent: Candidate, name: str, *, origin: str,
               parents: tuple[str, ...] | None = None, **meta: Any) -> Candidate | None:
-        """Turn a raw proposal into a new candidate, or ``None`` if it is rejected or a duplicate."""
-        truncated = raw == "\x00truncated"
-        text = "" if truncated else clean_proposal(raw)
-        reason = "truncated" if truncated else self.guard.check(text, truncated=None)
+        """Turn a proposal into a new candidate, or ``None`` if it is rejected or a duplicate."""
+        text = clean_proposal(proposal.text)
+        reason = self.guard.check(text, truncated=proposal.truncated)
         if reason is None and self.store.seen_instruction(text) and text != parent.instruction(name):
             reason = "duplicate"
         if reason is None and text == parent.instruction(name):

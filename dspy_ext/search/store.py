@@ -10,13 +10,21 @@ from dspy_ext.search.candidate import Candidate
 
 @dataclass
 class CandidateRecord:
-    """A candidate and what is known of it."""
+    """A candidate and what is known of it.
+
+    A row whose evaluation failed (LM error, context overflow, metric or program error) has no score and is
+    left out of the mean. So that a candidate is never adopted on a handful of rows, one whose rows mostly
+    failed is *set aside*: :meth:`CandidateStore.ranked` skips it, and a validation on which most rows
+    failed does not count (``val_reliable``).
+    """
 
     candidate: Candidate
     order: int
     train_scores: dict[str, float] = field(default_factory=dict)  # example key -> score in [0, 1]
+    failed_rows: set[str] = field(default_factory=set)  # example keys whose evaluation failed, never scored
     val_score: float | None = None  # 0-100 on the first ``val_n`` validation rows
     val_n: int = 0
+    val_reliable: bool = True  # at least half of the validation rows were scored
 
     @property
     def mean(self) -> float | None:
@@ -28,6 +36,11 @@ class CandidateRecord:
     @property
     def n_scored(self) -> int:
         return len(self.train_scores)
+
+    @property
+    def reliable(self) -> bool:
+        """At least half of the rows it was evaluated on were scored (the rest failed)."""
+        return len(self.failed_rows) <= self.n_scored
 
 
 class CandidateStore:
@@ -69,13 +82,13 @@ class CandidateStore:
         return list(self._records.values())
 
     def ranked(self) -> list[CandidateRecord]:
-        """Scored records, best search mean first (ties: more examples, then earlier)."""
-        scored = [r for r in self._records.values() if r.mean is not None]
+        """Scored, reliable records, best search mean first (ties: more examples, then earlier)."""
+        scored = [r for r in self._records.values() if r.mean is not None and r.reliable]
         return sorted(scored, key=lambda r: (-r.mean, -r.n_scored, r.order))
 
     def best_validated(self) -> CandidateRecord | None:
         """The record validated on the most rows, best score first (ties: earlier)."""
-        done = [r for r in self._records.values() if r.val_score is not None]
+        done = [r for r in self._records.values() if r.val_score is not None and r.val_reliable]
         return min(done, key=lambda r: (-r.val_n, -r.val_score, r.order)) if done else None
 
 

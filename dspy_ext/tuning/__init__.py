@@ -1,12 +1,15 @@
-"""Optuna-driven search: tune which optimizer runs and its hyperparameters, in persistent studies.
+"""Optuna-driven tuning: which optimizer runs and with which hyperparameters, in persistent studies.
 
-* :class:`OptunaSearch` - the teleprompter: each trial samples an optimizer and
-  its knobs, compiles, scores on the devset in minibatches (pruned trials are
-  recorded as pruned) and stores everything in the study;
-* :class:`SearchSpace` / :func:`load_space` - the space, in Python or YAML, with
-  per-method defaults, checked before any trial runs;
-* :class:`TPEFinalSelector` - candidate-level TPE over (instruction, demo set)
-  per predictor, usable as the final selection of APE, OPRO, EvoPrompt and ProTeGi;
+* :class:`OptunaTuner` (:mod:`~dspy_ext.tuning.study`) - the teleprompter and the study's identity;
+  :class:`TuneSession` is one process's handle on a study;
+* :class:`TrialRunner` (:mod:`~dspy_ext.tuning.objective`) - one trial: plan, compile, devset scoring
+  in minibatches with pruning, constraints;
+* :class:`StudyResults` (:mod:`~dspy_ext.tuning.results`) - best trial, Pareto front, top trials,
+  the summary and the best program;
+* :class:`TuningSpace` / :func:`load_space` (:mod:`~dspy_ext.tuning.space`) - the space, in Python or
+  YAML, with per-method defaults, checked before any trial runs;
+* :func:`tune` (:mod:`~dspy_ext.tuning.runner`) - a whole tune from :class:`~dspy_ext.experiment.TuneSettings`,
+  with :func:`~dspy_ext.tuning.workers.run_workers` running N worker processes on the study;
 * :class:`CriteriaMetric` - metrics returning several named criteria (Pareto or
   constraints against the student's own values);
 * :mod:`dspy_ext.tuning.storage` - SQLite/PostgreSQL storage with heartbeats and
@@ -18,8 +21,9 @@ Optuna itself is imported only when a study is opened.
 from __future__ import annotations
 
 from dspy_ext.tuning.criteria import CriteriaMetric, criteria_of
-from dspy_ext.tuning.search import OptunaSearch, TuneSession, is_feasible, trial_record
-from dspy_ext.tuning.selector import TPEFinalSelector
+from dspy_ext.tuning.objective import TrialRunner
+from dspy_ext.tuning.results import StudyResults, is_feasible, trial_record
+from dspy_ext.tuning.runner import TuneJob, TuneResult, tune
 from dspy_ext.tuning.space import (
     DEFAULT_METHOD_SPACES,
     DEFAULT_OPTIMIZERS,
@@ -28,12 +32,14 @@ from dspy_ext.tuning.space import (
     Float,
     Int,
     Param,
-    SearchSpace,
-    SearchSpaceError,
     TrialPlan,
+    TuningSpace,
+    TuningSpaceError,
     load_space,
 )
 from dspy_ext.tuning.storage import dashboard_command, default_storage_url
+from dspy_ext.tuning.study import OptunaTuner, StudyIdentity, TuneSession
+from dspy_ext.tuning.workers import TuneProgress, run_workers
 
 __all__ = [
     "DEFAULT_METHOD_SPACES",
@@ -43,17 +49,24 @@ __all__ = [
     "Fixed",
     "Float",
     "Int",
-    "OptunaSearch",
+    "OptunaTuner",
     "Param",
-    "SearchSpace",
-    "SearchSpaceError",
-    "TPEFinalSelector",
+    "StudyIdentity",
+    "StudyResults",
     "TrialPlan",
+    "TrialRunner",
+    "TuneJob",
+    "TuneProgress",
+    "TuneResult",
     "TuneSession",
+    "TuningSpace",
+    "TuningSpaceError",
     "criteria_of",
     "dashboard_command",
     "default_storage_url",
     "is_feasible",
     "load_space",
+    "run_workers",
     "trial_record",
+    "tune",
 ]

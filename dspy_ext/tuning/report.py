@@ -1,29 +1,33 @@
-"""What a finished tune shows: a table of the top trials and one PNG (history + importances)."""
+"""What a finished tune shows: a table of the top trials and one PNG (history + importances).
+
+Both read a :class:`~dspy_ext.tuning.results.StudyResults`.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
+
+from dspy_ext.tuning.results import StudyResults, is_feasible
 
 logger = logging.getLogger(__name__)
 
 
-def top_trials_table(session: Any, k: int = 5) -> str:
+def top_trials_table(results: StudyResults, k: int = 5) -> str:
     """A plain-text table of the ``k`` best trials."""
-    trials = session.top_trials(k)
+    trials = results.top_trials(k)
     if not trials:
         return "(no finished trial yet)"
-    criteria = session.criteria
+    criteria = results.criteria
     multi = len(criteria) > 1
     header = ["#", "state", "optimizer", *(criteria if multi else ["dev %"]), "LM calls", "s", "params"]
     rows = []
     for t in trials:
         scores = t.user_attrs.get("scores") or {}
         state = t.state.name.lower()
-        if state == "complete" and not _feasible(t):
+        if state == "complete" and not is_feasible(t):
             state = "infeasible"
         if multi:
             values = [_fmt((scores.get("criteria") or {}).get(c)) for c in criteria]
@@ -39,12 +43,6 @@ def top_trials_table(session: Any, k: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _feasible(trial: Any) -> bool:
-    from dspy_ext.tuning.search import is_feasible
-
-    return is_feasible(trial)
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -53,48 +51,46 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def param_importances(session: Any) -> dict[str, float]:
+def param_importances(results: StudyResults) -> dict[str, float]:
     """Optuna's hyperparameter importances for the primary objective (``{}`` when they cannot be computed)."""
     import optuna
 
-    complete = [t for t in session.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    complete = [t for t in results.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if len(complete) < 2:
         return {}
-    k = session.criteria.index(session.primary) if session.objective == "pareto" else 0
-    target = (lambda t: t.values[k]) if session.objective == "pareto" else None
+    k = results.primary_index
+    target = (lambda t: t.values[k]) if results.objective == "pareto" else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(session.study, target=target))
+        return dict(optuna.importance.get_param_importances(results.study, target=target))
     except Exception as exc:  # too few distinct values, a single-valued parameter ...
         logger.info("parameter importances not available: %s", exc)
         return {}
 
 
-def save_plot(session: Any, path: str | Path) -> Path | None:
+def save_plot(results: StudyResults, path: str | Path) -> Path | None:
     """One PNG: the optimization history (left) and hyperparameter importances (right).
 
     History: every finished trial's primary value (pruned trials at their partial
     score, marked x; infeasible ones hollow) and the best feasible value so far.
     """
-    import matplotlib
+    # A bare Figure draws without pyplot: no backend is chosen and no global figure state is touched.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    trials = [t for t in session.study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    trials = [t for t in results.study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     if not trials:
         return None
-    k = session.criteria.index(session.primary) if session.objective == "pareto" else 0
-    front = {t.number for t in session.pareto_front()}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    k = results.primary_index
+    front = {t.number for t in results.pareto_front()}
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     best, best_x, best_y = -math.inf, [], []
     for t in sorted(trials, key=lambda t: t.number):
         if t.state.name == "COMPLETE":
             value = t.values[k]
-            feasible = _feasible(t)
+            feasible = is_feasible(t)
             left.scatter([t.number], [value], color="tab:blue", facecolors="tab:blue" if feasible else "none", zorder=3)
-            counts = t.number in front if session.objective == "pareto" else feasible
+            counts = t.number in front if results.objective == "pareto" else feasible
             if counts:
                 best = max(best, value)
         else:
@@ -108,19 +104,17 @@ def save_plot(session: Any, path: str | Path) -> Path | None:
         left.step(best_x, best_y, where="post", color="tab:red", label="best so far")
     left.scatter([], [], color="tab:blue", label="complete")
     left.scatter([], [], color="tab:gray", marker="x", label="pruned (partial score)")
-    if session.objective == "constraints":
+    if results.objective == "constraints":
         left.scatter([], [], color="tab:blue", facecolors="none", label="infeasible")
-    baseline = (session.baseline.get("criteria") or {}).get(session.primary)
+    baseline = (results.baseline.get("criteria") or {}).get(results.primary)
     if baseline is not None:
         left.axhline(baseline, color="tab:green", linestyle="--", linewidth=1, label="student (baseline)")
-    from matplotlib.ticker import MaxNLocator
-
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("trial")
-    left.set_ylabel(f"dev {session.primary} (0-100)")
-    left.set_title(f"Optimization history: {session.search.study_name}")
+    left.set_ylabel(f"dev {results.primary} (0-100)")
+    left.set_title(f"Optimization history: {results.study_name}")
     left.legend(loc="lower right", fontsize=8)
-    importances = param_importances(session)
+    importances = param_importances(results)
     if importances:
         names = list(importances)[::-1]
         right.barh(names, [importances[n] for n in names], color="tab:purple")
@@ -134,5 +128,4 @@ def save_plot(session: Any, path: str | Path) -> Path | None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

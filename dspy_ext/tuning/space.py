@@ -1,9 +1,9 @@
-"""The search space of :class:`~dspy_ext.tuning.OptunaSearch`: which optimizers, which knobs, which ranges.
+"""The tuning space of :class:`~dspy_ext.tuning.OptunaTuner`: which optimizers, which knobs, which ranges.
 
 A space is declared in plain Python or YAML/JSON with the same shape::
 
     optimizers:              # a list of names, or a mapping name -> parameter overrides
-      ape:                   # parameters merge over the method's defaults (DEFAULT_METHOD_SPACES)
+      ape:                   # parameters merge over the method's defaults (its config model's ranges)
         num_candidates: {int: [3, 8]}
         induce_temperature: {float: [0.5, 1.2]}
         final_selection: [halving, tpe]      # a list is a categorical choice
@@ -22,7 +22,9 @@ A parameter is one of ``{int: [low, high], step: 1, log: false}``,
 scalar (fixed). Parameter names are the optimizer's config keys in
 :mod:`dspy_ext.registry` plus the tuning knobs ``budget``, ``final_selection``
 (``halving`` = successive halving, ``tpe`` = candidate-level TPE; dspy-ext's
-own optimizers only) and ``final_trials``.
+own optimizers only) and ``final_trials``. Each method's default ranges are
+written once, on its config model's fields (``tunable(..., tune={"int": [3, 8]})``,
+see :mod:`dspy_ext.search.config`), and read from there.
 
 Every space is checked before any trial runs: each end of every range and
 each choice is validated against the optimizer's pydantic config, so a range
@@ -30,13 +32,13 @@ that includes an unusable value (``num_candidates: {int: [0, 5]}``) is
 rejected with a message naming the optimizer, the parameter and the reason.
 
 Example:
-    >>> space = SearchSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(2, 4)}, "bfsrs": None}})
+    >>> space = TuningSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(2, 4)}, "bfsrs": None}})
     >>> sorted(space.methods)
     ['ape', 'bfsrs']
-    >>> SearchSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(0, 4)}}})
+    >>> TuningSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(0, 4)}}})
     Traceback (most recent call last):
     ...
-    dspy_ext.tuning.space.SearchSpaceError: invalid search space: optimizers.ape.num_candidates: 0 (low end of [0, 4]) is not allowed: Input should be greater than or equal to 1
+    dspy_ext.tuning.space.TuningSpaceError: invalid search space: optimizers.ape.num_candidates: 0 (low end of [0, 4]) is not allowed: Input should be greater than or equal to 1
 """
 
 from __future__ import annotations
@@ -51,8 +53,6 @@ from typing import Any
 
 from dspy_ext.registry import REGISTRY, resolve_config
 
-#: dspy-ext's own instruction searches (the ones whose final selection can be candidate-level TPE).
-OUR_METHODS = ("ape", "opro", "evoprompt-ga", "evoprompt-de", "protegi")
 #: Knobs of a method that tune the trial rather than the optimizer's config.
 TRIAL_KNOBS = ("budget", "final_selection", "final_trials")
 FINAL_SELECTIONS = ("halving", "tpe")
@@ -67,7 +67,7 @@ DEFAULT_BUDGET = 80
 _SCALARS = (str, int, float, bool, type(None))
 
 
-class SearchSpaceError(ValueError):
+class TuningSpaceError(ValueError):
     """A search space that cannot work; the message says where and why."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -106,21 +106,21 @@ class Param:
             kinds = [k for k in ("int", "float", "choice") if k in raw]
             extra = set(raw) - {"int", "float", "choice", "step", "log"}
             if len(kinds) != 1 or extra:
-                raise SearchSpaceError([
+                raise TuningSpaceError([
                     f"{where}: expected one of {{int: [low, high]}}, {{float: [low, high]}}, {{choice: [...]}} "
                     f"(optional step, log), a list or a scalar; got {raw!r}"])
             kind = kinds[0]
             if kind == "choice":
                 if "step" in raw or "log" in raw:
-                    raise SearchSpaceError([f"{where}: step/log do not apply to a choice"])
+                    raise TuningSpaceError([f"{where}: step/log do not apply to a choice"])
                 return cls("choice", choices=tuple(raw["choice"] or ()))
             bounds = raw[kind]
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-                raise SearchSpaceError([f"{where}: {kind} needs [low, high], got {bounds!r}"])
+                raise TuningSpaceError([f"{where}: {kind} needs [low, high], got {bounds!r}"])
             return cls(kind, low=bounds[0], high=bounds[1], step=raw.get("step"), log=bool(raw.get("log", False)))
         if isinstance(raw, _SCALARS):
             return cls("fixed", value=raw)
-        raise SearchSpaceError([f"{where}: cannot read {raw!r} as a parameter"])
+        raise TuningSpaceError([f"{where}: cannot read {raw!r} as a parameter"])
 
     # ---- checks ----
     def shape_problems(self, where: str) -> list[str]:
@@ -219,27 +219,26 @@ def Fixed(value: Any) -> Param:  # noqa: N802
 
 # ---- per-method defaults -----------------------------------------------------------------------
 
-_DEMOS = {"max_bootstrapped_demos": Int(0, 2), "max_labeled_demos": Int(1, 4)}
-_OURS = {**_DEMOS, "minibatch_size": Choice([5, 10]), "final_selection": Choice(["halving", "tpe"])}
 
-#: Sensible, budget-friendly ranges per method; a user's space merges over these.
-DEFAULT_METHOD_SPACES: dict[str, dict[str, Param]] = {
-    "ape": {**_OURS, "num_candidates": Int(3, 8), "top_k": Int(2, 4), "induce_temperature": Float(0.5, 1.2)},
-    "opro": {**_OURS, "steps": Int(1, 4), "proposals_per_step": Int(2, 6), "num_exemplars": Int(0, 3),
-             "temperature": Float(0.5, 1.2)},
-    "evoprompt-ga": {**_OURS, "steps": Int(1, 3), "population_size": Int(4, 8), "temperature": Float(0.5, 1.2)},
-    "evoprompt-de": {**_OURS, "steps": Int(1, 3), "population_size": Int(4, 8), "temperature": Float(0.5, 1.2)},
-    "protegi": {**_OURS, "steps": Int(1, 3), "beam_width": Int(1, 3), "num_gradients": Int(1, 3),
-                "errors_per_gradient": Int(2, 5), "temperature": Float(0.3, 1.0)},
-    "mipro": {"num_candidates": Int(2, 6), "num_trials": Int(4, 12), "max_bootstrapped_demos": Int(0, 3),
-              "max_labeled_demos": Int(0, 4), "minibatch_size": Choice([10, 25])},
-    "copro": {"breadth": Int(2, 5), "depth": Int(1, 3), "init_temperature": Float(0.5, 1.4)},
-    "bfs": {"max_bootstrapped_demos": Int(1, 4), "max_labeled_demos": Int(0, 4), "max_rounds": Int(1, 2)},
-    "bfsrs": {"num_candidate_programs": Int(2, 6), "max_bootstrapped_demos": Int(1, 3), "max_labeled_demos": Int(0, 4)},
-    "labeled": {"k": Int(1, 6)},
-    "gepa": {"max_metric_calls": Int(40, 200, step=20), "reflection_minibatch_size": Int(2, 5)},
-    "simba": {"bsize": Choice([4, 8]), "num_candidates": Int(2, 4), "max_steps": Int(1, 4), "max_demos": Int(0, 3)},
-}
+def default_method_space(name: str) -> dict[str, Param]:
+    """Optimizer ``name``'s default ranges, read from its config model (each field's ``tune`` range).
+
+    dspy-ext's instruction searches also get the ``final_selection`` knob (successive halving or
+    candidate-level TPE), since their final selection is pluggable.
+
+    Example:
+        >>> default_method_space("labeled")
+        {'k': Param(kind='int', low=1, high=6, step=None, log=False, choices=(), value=None)}
+    """
+    spec = REGISTRY[name]
+    params = {key: Param.parse(raw, f"{name}.{key}") for key, raw in spec.config_model.tuning_ranges().items()}
+    if spec.instruction_search:
+        params["final_selection"] = Choice(FINAL_SELECTIONS)
+    return params
+
+
+#: Sensible, budget-friendly ranges per method (from the registry's config models); a user's space merges over these.
+DEFAULT_METHOD_SPACES: dict[str, dict[str, Param]] = {name: default_method_space(name) for name in REGISTRY}
 
 
 # ---- the space ---------------------------------------------------------------------------------
@@ -262,7 +261,7 @@ class TrialPlan:
 
 
 @dataclass
-class SearchSpace:
+class TuningSpace:
     """A validated search space (see the module docstring for the format).
 
     Attributes:
@@ -272,7 +271,7 @@ class SearchSpace:
         pruner: ``{"type": "median"|"wilcoxon"|"none", ...options}``.
         eval_minibatch: Devset rows per intermediate value.
         sampler: ``{"type": "tpe"|"random", ...options}``.
-        objective: ``auto``, ``single``, ``pareto`` or ``constraints`` (see :class:`OptunaSearch`).
+        objective: ``auto``, ``single``, ``pareto`` or ``constraints`` (see :class:`~dspy_ext.tuning.OptunaTuner`).
     """
 
     methods: dict[str, dict[str, Param]]
@@ -285,8 +284,8 @@ class SearchSpace:
 
     # ---- parsing ----
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> SearchSpace:
-        """Parse and validate a space; raises :class:`SearchSpaceError` listing every problem."""
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> TuningSpace:
+        """Parse and validate a space; raises :class:`TuningSpaceError` listing every problem."""
         raw = dict(raw or {})
         problems: list[str] = []
         known = {"optimizers", "common", "budget", "pruner", "eval_minibatch", "sampler", "objective"}
@@ -298,7 +297,7 @@ class SearchSpace:
         if isinstance(optimizers, (list, tuple)):
             optimizers = dict.fromkeys(optimizers)
         if not isinstance(optimizers, Mapping):
-            raise SearchSpaceError([f"optimizers: expected a list of names or a mapping, got {optimizers!r}"])
+            raise TuningSpaceError([f"optimizers: expected a list of names or a mapping, got {optimizers!r}"])
         if not optimizers:
             problems.append("optimizers: empty; name at least one of " + ", ".join(REGISTRY))
         methods: dict[str, dict[str, Param]] = {}
@@ -313,7 +312,7 @@ class SearchSpace:
             for key, value in (overrides or {}).items():
                 try:
                     params[key] = Param.parse(value, f"optimizers.{name}.{key}")
-                except SearchSpaceError as exc:
+                except TuningSpaceError as exc:
                     problems += exc.problems
             methods[name] = params
         common: dict[str, Param] = {}
@@ -324,7 +323,7 @@ class SearchSpace:
         for key, value in raw_common.items():
             try:
                 common[key] = Param.parse(value, f"common.{key}")
-            except SearchSpaceError as exc:
+            except TuningSpaceError as exc:
                 problems += exc.problems
         pruner = raw.get("pruner", {"type": "median"})
         if isinstance(pruner, str):
@@ -339,11 +338,11 @@ class SearchSpace:
                     objective=raw.get("objective"))
         problems += space.problems()
         if problems:
-            raise SearchSpaceError(problems)
+            raise TuningSpaceError(problems)
         return space
 
     @classmethod
-    def default(cls, optimizers: list[str] | tuple[str, ...] = DEFAULT_OPTIMIZERS, **top: Any) -> SearchSpace:
+    def default(cls, optimizers: list[str] | tuple[str, ...] = DEFAULT_OPTIMIZERS, **top: Any) -> TuningSpace:
         """The default space over ``optimizers`` (each with its default ranges)."""
         return cls.from_dict({"optimizers": list(optimizers), **top})
 
@@ -370,7 +369,8 @@ class SearchSpace:
                 if key in TRIAL_KNOBS:
                     problems += _knob_problems(name, key, param, where)
                 elif key not in fields:
-                    valid = ", ".join([*fields, *(k for k in TRIAL_KNOBS if name in OUR_METHODS or k == "budget")])
+                    knobs = TRIAL_KNOBS if REGISTRY[name].instruction_search else ("budget",)
+                    valid = ", ".join([*fields, *knobs])
                     problems.append(f"{where}: unknown parameter for {name} (valid: {valid})")
                 else:
                     for value, what in param.probe_values():
@@ -462,8 +462,9 @@ def _positive_int(value: Any) -> bool:
 
 def _knob_problems(method: str, key: str, param: Param, where: str) -> list[str]:
     problems = []
-    if key in ("final_selection", "final_trials") and method not in OUR_METHODS:
-        return [f"{where}: only dspy-ext's own optimizers ({', '.join(OUR_METHODS)}) have a pluggable final "
+    if key in ("final_selection", "final_trials") and not REGISTRY[method].instruction_search:
+        ours = ", ".join(name for name, spec in REGISTRY.items() if spec.instruction_search)
+        return [f"{where}: only dspy-ext's own optimizers ({ours}) have a pluggable final "
                 f"selection; {method} does not"]
     for value, what in param.probe_values():
         if key in ("budget", "final_trials") and not _positive_int(value):
@@ -512,19 +513,19 @@ def _sampler_problems(sampler: Any) -> list[str]:
     return problems
 
 
-def load_space(source: str | Path | Mapping[str, Any] | SearchSpace | None) -> SearchSpace:
-    """A :class:`SearchSpace` from a YAML/JSON file, a dict, an existing space or ``None`` (the default).
+def load_space(source: str | Path | Mapping[str, Any] | TuningSpace | None) -> TuningSpace:
+    """A :class:`TuningSpace` from a YAML/JSON file, a dict, an existing space or ``None`` (the default).
 
     Raises:
-        SearchSpaceError: The space cannot work (every problem is listed).
+        TuningSpaceError: The space cannot work (every problem is listed).
         FileNotFoundError: The file does not exist.
     """
     if source is None:
-        return SearchSpace.default()
-    if isinstance(source, SearchSpace):
+        return TuningSpace.default()
+    if isinstance(source, TuningSpace):
         return source
     if isinstance(source, Mapping):
-        return SearchSpace.from_dict(copy.deepcopy(dict(source)))
+        return TuningSpace.from_dict(copy.deepcopy(dict(source)))
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"search space file not found: {path}")
@@ -537,8 +538,8 @@ def load_space(source: str | Path | Mapping[str, Any] | SearchSpace | None) -> S
 
             raw = yaml.safe_load(text)
     except Exception as exc:  # a YAML/JSON syntax error: one clear line
-        raise SearchSpaceError([f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"]) \
+        raise TuningSpaceError([f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"]) \
             from None
     if raw is not None and not isinstance(raw, Mapping):
-        raise SearchSpaceError([f"{path}: expected a mapping at the top level, got {type(raw).__name__}"])
-    return SearchSpace.from_dict(raw)
+        raise TuningSpaceError([f"{path}: expected a mapping at the top level, got {type(raw).__name__}"])
+    return TuningSpace.from_dict(raw)

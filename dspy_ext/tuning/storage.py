@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import shlex
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +96,8 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10, grace_period:
             kwargs["heartbeat_stale_trial_callback"] = retry_cls(max_retry=max_retry)
         else:
             kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    # Heartbeats are an experimental Optuna API: its ExperimentalWarning is for the caller to filter (the CLI does).
+    storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     if db is not None:
         _sqlite_wal(storage.engine)
     return storage

@@ -46,15 +46,19 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ADAPTERS",
+    "REPLY_FORMATS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "ArtifactError",
+    "ContextOverflowError",
     "ParseError",
     "PromptArtifact",
     "RenderError",
     "canonical_json",
+    "check_context",
+    "choose_label",
     "compute_hash",
+    "context_overflow_message",
     "format_type",
     "format_value",
     "load",
@@ -70,7 +74,7 @@ SCHEMA = "dspy-ext.prompt-artifact"
 #: The newest schema version this runtime reads.
 SCHEMA_VERSION = 1
 #: Adapter name -> reply format (``parse.format``).
-ADAPTERS = {"ChatAdapter": "chat", "JSONAdapter": "json", "PlainAdapter": "plain"}
+REPLY_FORMATS = {"ChatAdapter": "chat", "JSONAdapter": "json", "PlainAdapter": "plain"}
 
 _PLACEHOLDER_OPEN = "\u27e6input:"   # ⟦input:
 _PLACEHOLDER_CLOSE = "\u27e7"        # ⟧
@@ -88,6 +92,93 @@ class ArtifactError(ValueError):
 
 class RenderError(ValueError):
     """Inputs given to :meth:`PromptArtifact.render` are missing, unexpected or of an unsupported type."""
+
+
+def context_overflow_message(prompt_tokens: int, context_window: int, *, reply_tokens: int = 0,
+                             model: str | None = None) -> str:
+    """The one-line message of a prompt that does not fit a model's context window.
+
+    dspy-ext's engines and evaluator use the same wording (error class
+    ``context_overflow``), so a row that overflowed during optimization and a
+    call refused by :func:`check_context` in production read alike.
+
+    Args:
+        prompt_tokens: Tokens of the rendered prompt.
+        context_window: The model's context window in tokens.
+        reply_tokens: Tokens kept free for the reply.
+        model: The model's name, if known.
+
+    Returns:
+        The message.
+
+    Example:
+        >>> context_overflow_message(2301, 2048, model="smollm2")
+        'context overflow: the prompt has 2301 tokens, 253 more than the context window of 2048 tokens of smollm2 allows; shorten the input or use fewer demos'
+    """
+    reserved = f" + {reply_tokens} reserved for the reply" if reply_tokens else ""
+    over = prompt_tokens + reply_tokens - context_window
+    of_model = f" of {model}" if model else ""
+    return (f"context overflow: the prompt has {prompt_tokens} tokens{reserved}, {over} more than the context "
+            f"window of {context_window} tokens{of_model} allows; shorten the input or use fewer demos")
+
+
+class ContextOverflowError(ValueError):
+    """A rendered prompt does not fit the model's context window (see :func:`check_context`).
+
+    Attributes:
+        prompt_tokens: Tokens of the prompt.
+        context_window: The context window in tokens.
+        reply_tokens: Tokens that were kept free for the reply.
+        model: The model's name, if known.
+    """
+
+    def __init__(self, prompt_tokens: int, context_window: int, *, reply_tokens: int = 0,
+                 model: str | None = None) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.context_window = context_window
+        self.reply_tokens = reply_tokens
+        self.model = model
+        super().__init__(context_overflow_message(prompt_tokens, context_window, reply_tokens=reply_tokens,
+                                                  model=model))
+
+
+def check_context(messages: Sequence[Mapping[str, str]], count_tokens: Callable[[list[dict[str, str]]], int],
+                  context_window: int, *, reply_tokens: int = 0, model: str | None = None) -> int:
+    """Count the prompt's tokens and refuse a prompt that does not fit the context window.
+
+    Tokenizers and chat templates differ per model, so the count comes from
+    the caller (e.g. the provider's tokenizer applied to the chat template).
+
+    Args:
+        messages: Rendered chat messages (e.g. from :meth:`PromptArtifact.render`).
+        count_tokens: ``messages -> number of prompt tokens`` for your model.
+        context_window: The model's context window in tokens.
+        reply_tokens: Tokens to keep free for the reply (e.g. your ``max_tokens``).
+        model: The model's name, for the message.
+
+    Returns:
+        The prompt's token count.
+
+    Raises:
+        ContextOverflowError: ``prompt tokens + reply_tokens > context_window``.
+        ValueError: A bad ``context_window``/``reply_tokens``, or a counter that
+            does not return a non-negative integer.
+
+    Example:
+        >>> words = lambda messages: sum(len(m["content"].split()) for m in messages)
+        >>> check_context([{"role": "user", "content": "Input: a fine film"}], words, 2048)
+        4
+    """
+    for label, value in (("context_window", context_window), ("reply_tokens", reply_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if label == "context_window" else 0):
+            raise ValueError(f"{label} must be a {'positive' if label == 'context_window' else 'non-negative'} "
+                             f"integer, got {value!r}")
+    count = count_tokens([dict(m) for m in messages])
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count_tokens must return a non-negative integer, got {count!r}")
+    if count + reply_tokens > context_window:
+        raise ContextOverflowError(count, context_window, reply_tokens=reply_tokens, model=model)
+    return count
 
 
 class ParseError(ValueError):
@@ -621,8 +712,8 @@ def _check_parse(spec: Any, path: str, adapter: str, outputs: Sequence[str]) -> 
     _expect(spec, dict, path)
     _keys(spec, path, ("format",), ("labels", "single_field_labels"))
     _expect(spec["format"], str, f"{path}.format")
-    if spec["format"] != ADAPTERS[adapter]:
-        raise ArtifactError(f"{path}.format: {adapter} replies are read as {ADAPTERS[adapter]!r}, "
+    if spec["format"] != REPLY_FORMATS[adapter]:
+        raise ArtifactError(f"{path}.format: {adapter} replies are read as {REPLY_FORMATS[adapter]!r}, "
                             f"got {spec['format']!r}")
     if spec["format"] == "plain":
         _keys(spec, path, ("format", "labels", "single_field_labels"))
@@ -643,10 +734,10 @@ def _check_parse(spec: Any, path: str, adapter: str, outputs: Sequence[str]) -> 
 def _check_predictor(entry: Any, path: str) -> None:
     _expect(entry, dict, path)
     _keys(entry, path, ("adapter", "adapter_options", "messages", "input_fields", "output_fields", "instructions",
-                        "demos", "lm_kwargs", "lm", "parse", "fallback"))
+                        "demos", "lm_kwargs", "lm", "parse", "fallback"), ("label_rule",))
     _expect(entry["adapter"], str, f"{path}.adapter")
-    if entry["adapter"] not in ADAPTERS:
-        raise ArtifactError(f"{path}.adapter: expected one of {list(ADAPTERS)}, got {entry['adapter']!r}")
+    if entry["adapter"] not in REPLY_FORMATS:
+        raise ArtifactError(f"{path}.adapter: expected one of {list(REPLY_FORMATS)}, got {entry['adapter']!r}")
     _expect(entry["adapter_options"], dict, f"{path}.adapter_options")
     inputs = _check_fields(entry["input_fields"], f"{path}.input_fields", output=False)
     outputs = _check_fields(entry["output_fields"], f"{path}.output_fields", output=True)
@@ -674,6 +765,95 @@ def _check_predictor(entry: Any, path: str) -> None:
         _check_messages(fallback["messages"], f"{here}.messages")
         _check_placeholders(fallback["messages"], inputs, f"{here}.messages")
         _check_parse(fallback["parse"], f"{here}.parse", "JSONAdapter", outputs)
+    if "label_rule" in entry:
+        _check_label_rule(entry["label_rule"], f"{path}.label_rule", outputs)
+
+
+def _check_label_rule(rule: Any, path: str, outputs: Sequence[str]) -> None:
+    _expect(rule, dict, path)
+    _keys(rule, path, ("field", "labels", "prior", "method"))
+    if rule["field"] not in outputs:
+        raise ArtifactError(f"{path}.field: {rule['field']!r} is not an output field")
+    _expect(rule["labels"], list, f"{path}.labels")
+    if len(rule["labels"]) < 2 or len(set(map(str, rule["labels"]))) != len(rule["labels"]):
+        raise ArtifactError(f"{path}.labels: expected at least 2 distinct labels")
+    for j, label in enumerate(rule["labels"]):
+        _expect(label, str, f"{path}.labels[{j}]")
+    if rule["prior"] is not None:
+        _expect(rule["prior"], list, f"{path}.prior")
+        if len(rule["prior"]) != len(rule["labels"]) or not all(
+                isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in rule["prior"]):
+            raise ArtifactError(f"{path}.prior: expected one non-negative number per label")
+    if rule["method"] != "likelihood":
+        raise ArtifactError(f"{path}.method: expected 'likelihood', got {rule['method']!r}")
+
+
+def choose_label(rule: Mapping[str, Any], *, label_scores: Mapping[str, float] | None = None,
+                 reply: str | None = None) -> str:
+    """Apply a predictor's ``label_rule``: the answer is one of its labels.
+
+    With ``label_scores`` (the log-probability your serving stack gives each
+    label as the reply, e.g. from an engine that scores given text) the label
+    with the highest calibrated probability wins, exactly as at compile time.
+    Without them, the reply is matched to the closest label: equal after
+    lowercasing and stripping punctuation, else the label the reply starts
+    with or contains (the earliest, then the longest), else the label sharing
+    the most characters in order.
+
+    Args:
+        rule: The artifact's ``predictors[NAME]["label_rule"]``.
+        label_scores: ``{label: log-probability}`` for every label.
+        reply: The model's free reply (used when there are no scores).
+
+    Returns:
+        The chosen label.
+
+    Raises:
+        ValueError: Neither input given, or scores missing a label.
+
+    Example:
+        >>> rule = {"field": "output", "labels": ["negative", "positive"], "prior": None, "method": "likelihood"}
+        >>> choose_label(rule, reply="The sentiment is positive.")
+        'positive'
+        >>> choose_label(dict(rule, prior=[0.2, 0.8]), label_scores={"negative": -1.2, "positive": -0.4})
+        'negative'
+    """
+    labels = [str(label) for label in rule["labels"]]
+    if label_scores is not None:
+        missing = [label for label in labels if label not in label_scores]
+        if missing:
+            raise ValueError(f"label_scores lacks the label(s) {missing}")
+        prior = rule.get("prior")
+        scores = [float(label_scores[label]) for label in labels]
+        if prior is not None:
+            scores = [s - math.log(max(float(p), 1e-6)) for s, p in zip(scores, prior)]
+        return labels[max(range(len(labels)), key=scores.__getitem__)]
+    if reply is None:
+        raise ValueError("give label_scores or a reply")
+
+    def norm(text: str) -> str:
+        return " ".join(re.sub(r"[^\w\s-]", " ", text.lower()).split())
+
+    text = norm(reply)
+    for label in labels:
+        if norm(label) == text:
+            return label
+    hits = [(text.find(norm(label)), -len(label), i) for i, label in enumerate(labels)
+            if norm(label) and re.search(r"(?<!\w)" + re.escape(norm(label)) + r"(?!\w)", text)]
+    if hits:
+        return labels[min(hits)[2]]
+    return max(labels, key=lambda label: (_common_chars(norm(label), text), -labels.index(label)))
+
+
+def _common_chars(a: str, b: str) -> int:
+    """Length of the longest common subsequence of ``a`` and ``b``."""
+    previous = [0] * (len(b) + 1)
+    for char in a:
+        current = [0]
+        for j, other in enumerate(b):
+            current.append(previous[j] + 1 if char == other else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
 
 
 def _check_metadata(metadata: Any) -> None:
@@ -738,6 +918,10 @@ def validate(data: Any, *, check_hash: bool = True) -> None:
     if data["lm"] is not None:
         _keys(data["lm"], "lm", ("model",), extra_ok=True)
         _expect(data["lm"]["model"], str, "lm.model")
+        window = data["lm"].get("context_window")
+        _expect(window, (int, type(None)), "lm.context_window", "a positive integer or null")
+        if window is not None and window < 1:
+            raise ArtifactError(f"lm.context_window: expected a positive integer or null, got {window}")
     _check_metadata(data["metadata"])
     if check_hash:
         try:
@@ -951,6 +1135,43 @@ class PromptArtifact:
     def output_names(self, name: str) -> list[str]:
         """The output field names of predictor ``name``, in prompt order."""
         return [f["name"] for f in self._entry(name)["output_fields"]]
+
+    @property
+    def context_window(self) -> int | None:
+        """The context window (tokens) of the LM recorded at export, when it was known."""
+        lm = self.data["lm"]
+        return lm.get("context_window") if lm is not None else None
+
+    def check_context(self, messages: Sequence[Mapping[str, str]],
+                      count_tokens: Callable[[list[dict[str, str]]], int], *,
+                      context_window: int | None = None, reply_tokens: int = 0) -> int:
+        """Refuse rendered messages that do not fit the context window (see :func:`check_context`).
+
+        Args:
+            messages: Messages from :meth:`render`.
+            count_tokens: ``messages -> prompt tokens`` for your model.
+            context_window: Your model's window; default the one recorded at
+                export (:attr:`context_window`).
+            reply_tokens: Tokens to keep free for the reply.
+
+        Returns:
+            The prompt's token count.
+
+        Raises:
+            ContextOverflowError: The prompt does not fit; same message as the
+                ``context_overflow`` rows of dspy-ext's evaluator.
+            ValueError: No window given and none recorded in the artifact.
+
+        Example:
+            >>> messages = art.render("predict", input=long_text)          # doctest: +SKIP
+            >>> art.check_context(messages, my_tokenizer_count)            # doctest: +SKIP
+        """
+        window = context_window if context_window is not None else self.context_window
+        if window is None:
+            raise ValueError("the artifact records no context window (its LM did not report one); "
+                             "pass context_window=")
+        model = self.data["lm"]["model"] if self.data["lm"] is not None else None
+        return check_context(messages, count_tokens, window, reply_tokens=reply_tokens, model=model)
 
     def has_fallback(self, name: str) -> bool:
         """Whether a failed parse of predictor ``name`` is retried with a JSON prompt (ChatAdapter)."""

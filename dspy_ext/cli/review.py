@@ -1,0 +1,292 @@
+"""``dspy-ext review``: grade a program's outputs on a local, keyboard-first page.
+
+Three ways to name the program:
+
+* ``dspy-ext review RUN_DIR``: a run folder written by ``dspy-ext compile`` (its compiled ``program.json``,
+  task, LM and adapter);
+* ``dspy-ext review --task T|--data PATH [--program P] [--state program.json]``: a task's program,
+  optionally with a saved program state;
+* ``dspy-ext review --store FILE``: no program, serve (or report on, export, import) an existing store.
+
+The program runs on ``--n`` inputs (the task's split, or an unlabelled ``--inputs`` JSONL file of inputs
+only), ``--samples K`` outputs each; outputs already in the store are not made again. Then the page is
+served on 127.0.0.1 (``--port``, default a free one) and its URL, with the write token, is printed.
+
+``--report``, ``--export FILE`` and ``--import FILE`` work on the store alone and do not serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import webbrowser
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dspy_ext.cli.common import (
+    CLIError,
+    add_config_arg,
+    add_model_args,
+    add_output_args,
+    add_task_args,
+    emit_json,
+    load_settings,
+)
+from dspy_ext.experiment import (
+    ComponentError,
+    ExperimentSettings,
+    build_components,
+    build_student,
+    load_program_state,
+    open_run,
+)
+from dspy_ext.review import (
+    DEFAULT_THRESHOLD,
+    ReviewApp,
+    ReviewError,
+    ReviewServer,
+    ReviewStore,
+    align,
+    collect,
+    load_inputs_jsonl,
+)
+
+STORE_FILE = "review.sqlite"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``review`` subcommand to ``subparsers``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(); register(parser.add_subparsers())
+    """
+    parser = subparsers.add_parser(
+        "review", help="grade outputs on a local keyboard-first page; grow criteria; align checks",
+        description="Run a program on N inputs (K samples each), then serve a local review page where a person "
+                    "grades outputs Good/Bad with reasons, corrects them, and grows criteria whose automatic "
+                    "checks are aligned to the grades (EvalGen coverage / false failure rate).")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", default=None,
+                        help="a run folder (program.json + settings.yaml or run.json) from dspy-ext compile")
+    add_config_arg(parser)
+    add_task_args(parser)
+    add_model_args(parser)
+    group = parser.add_argument_group("review")
+    group.add_argument("--state", metavar="PATH", default=None,
+                       help="a DSPy program state saved with program.save('x.json'), loaded into --program")
+    group.add_argument("--inputs", metavar="FILE", default=None,
+                       help="unlabelled JSONL, one object per line with the input fields (instead of the split)")
+    group.add_argument("--split", default="test", choices=["train", "test"], help="split to take inputs from")
+    group.add_argument("--n", type=int, default=20, help="inputs to run (default 20)")
+    group.add_argument("--samples", type=int, default=1, help="outputs per input, K (default 1)")
+    group.add_argument("--temperature", type=float, default=None,
+                       help="sampling temperature (default: 0.7 when --samples > 1, else the LM's)")
+    group.add_argument("--store", metavar="PATH", default=None,
+                       help=f"SQLite review store (default: RUN_DIR/{STORE_FILE}, or runs/review-TASK.sqlite)")
+    group.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port)")
+    group.add_argument("--open", action="store_true", help="open the page in the default browser")
+    group.add_argument("--serve-seconds", type=float, default=None,
+                       help="stop serving after this many seconds (default: until Ctrl-C)")
+    group.add_argument("--no-serve", action="store_true", help="collect outputs into the store, do not serve")
+    group.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                       help=f"highest false failure rate of a chosen check (default {DEFAULT_THRESHOLD})")
+    group.add_argument("--report", action="store_true", help="print the alignment report and exit")
+    group.add_argument("--export", metavar="FILE", default=None, help="write all labels as JSONL and exit")
+    group.add_argument("--import", dest="import_file", metavar="FILE", default=None,
+                       help="read labels from JSONL (e.g. from another tool) and exit")
+    group.add_argument("--overwrite", action="store_true", help="with --import: replace grades already stored")
+    add_output_args(parser)
+    parser.set_defaults(func=main)
+
+
+def _has_task_flags(args: argparse.Namespace) -> bool:
+    return any(hasattr(args, name) for name in ("task", "data")) or bool(getattr(args, "config", None))
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    if args.store:
+        return Path(args.store)
+    if args.run_dir:
+        return Path(args.run_dir) / STORE_FILE
+    name = getattr(args, "task", None) or (Path(args.data).stem if getattr(args, "data", None) else None)
+    if name:
+        return Path("runs") / f"review-{name}.sqlite"
+    raise CLIError("give a RUN_DIR, --task/--data with a program, or --store FILE")
+
+
+class _Program:
+    """The program to review with its LM, adapter, task and rows."""
+
+    def __init__(self, program: Any, components: Any, rows: list[Any], title: str) -> None:
+        self.program, self.components, self.rows, self.title = program, components, rows, title
+
+
+def _load_program(args: argparse.Namespace) -> _Program:
+    if args.run_dir:
+        opened = open_run(args.run_dir)
+        components = opened.components()
+        program = opened.program(components)
+        title = f"{components.task.name} · {Path(args.run_dir).name}"
+    else:
+        settings = load_settings(args, ExperimentSettings)
+        components = build_components(settings)
+        program = build_student(settings, components.task)
+        if args.state:
+            state = Path(args.state)
+            if not state.is_file():
+                raise CLIError(f"--state {state}: no such file")
+            if state.suffix.lower() == ".pkl":
+                raise CLIError(f"--state {state}: refusing to load a pickle; save with program.save('x.json')")
+            load_program_state(program, state, settings.program)
+        title = f"{components.task.name} · {settings.program}"
+    task = components.task
+    if args.inputs:
+        rows = load_inputs_jsonl(args.inputs, task.input_keys)
+    else:
+        rows = list(task.test if args.split == "test" else task.train)
+    rows = rows[: args.n]
+    if not rows:
+        raise CLIError(f"no inputs: split {args.split!r} of task {task.name!r} is empty")
+    return _Program(program, components, rows, title)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``dspy-ext review`` (see the module docstring)."""
+    if args.n < 1:
+        raise CLIError("--n must be >= 1")
+    if args.samples < 1:
+        raise CLIError("--samples must be >= 1")
+    if args.temperature is not None and args.temperature < 0:
+        raise CLIError("--temperature must be >= 0")
+    if not 0 <= args.port <= 65535:
+        raise CLIError("--port must be between 0 and 65535")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise CLIError("--threshold must be between 0 and 1")
+    if args.run_dir and _has_task_flags(args):
+        raise CLIError("give either RUN_DIR or --task/--data/--config, not both")
+    if args.run_dir and args.state:
+        raise CLIError("--state is for --task/--data; a RUN_DIR has its own program.json")
+    try:
+        store = ReviewStore(_store_path(args))
+    except ReviewError as exc:
+        raise CLIError(str(exc)) from None
+    except Exception as exc:  # sqlite3.DatabaseError: not a database file, no permission, ...
+        raise CLIError(f"{_store_path(args)}: cannot open the review store: {exc}") from None
+    try:
+        if args.import_file or args.export or args.report:
+            return _store_actions(args, store)
+        return _collect_and_serve(args, store)
+    finally:
+        store.close()
+
+
+def _store_actions(args: argparse.Namespace, store: ReviewStore) -> int:
+    say, result = args.console, {"store": store.path}
+    try:
+        if args.import_file:
+            if not Path(args.import_file).is_file():
+                raise CLIError(f"--import {args.import_file}: no such file")
+            summary = store.import_jsonl(args.import_file, overwrite=args.overwrite)
+            result["import"] = asdict(summary)
+            if not args.json:
+                print(f"imported {summary.rows} rows from {args.import_file}: {summary.added_items} new outputs, "
+                      f"{summary.graded} grades, {summary.skipped_graded} already graded (kept)", file=say)
+        if args.export:
+            count = store.export_jsonl(args.export)
+            result["export"] = {"path": args.export, "rows": count}
+            if not args.json:
+                print(f"exported {count} rows to {args.export}", file=say)
+    except ReviewError as exc:
+        raise CLIError(str(exc)) from None
+    if args.report:
+        report = align(store, args.threshold)
+        result["report"] = report.to_dict()
+        if not args.json:
+            _print_report(report, say)
+    if args.json:
+        emit_json(result, say)
+    return 0
+
+
+def _print_report(report: Any, say: Any) -> None:
+    print(f"{report.reviewed}/{report.total} outputs reviewed; chosen check: best coverage with false failure "
+          f"rate <= {report.threshold:.0%}", file=say)
+    if not report.criteria:
+        print("no criteria yet", file=say)
+    for entry in report.criteria:
+        print(f"\n{entry.name} (v{entry.version}, {entry.labelled} labelled): {entry.description}", file=say)
+        for c in entry.candidates:
+            coverage = f"{c.coverage:.0%}" if c.coverage is not None else "n/a"
+            ffr = f"{c.false_failure_rate:.0%}" if c.false_failure_rate is not None else "n/a"
+            mark = "  <- chosen" if c.chosen else ""
+            print(f"  {c.check:40s} coverage {coverage:>4} ({c.failed_bad}/{c.n_bad})  false failures {ffr:>4} "
+                  f"({c.failed_good}/{c.n_good}){mark}", file=say)
+
+
+def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
+    say = args.console
+    lm = adapter = None
+    title = store.get_meta("title") or ""
+    collected: dict[str, Any] | None = None
+    if args.run_dir or _has_task_flags(args):
+        try:
+            loaded = _load_program(args)
+        except (ComponentError, ReviewError) as exc:
+            raise CLIError(str(exc)) from None
+        components = loaded.components
+        lm, adapter, title = components.lm, components.adapter, loaded.title
+        store.set_meta("title", title)
+        progress = sys.stderr.isatty()
+
+        def report_progress(done: int, total: int) -> None:
+            if progress:
+                print(f"\rcollecting outputs {done}/{total}", end="", file=sys.stderr, flush=True)
+
+        with components.context():
+            summary = collect(loaded.program, loaded.rows, store=store, input_keys=components.task.input_keys,
+                              output_keys=components.task.output_keys, samples=args.samples,
+                              temperature=args.temperature, on_progress=report_progress)
+        if progress:
+            print(file=sys.stderr)
+        collected = asdict(summary)
+        for error in summary.errors[:5]:
+            print(f"dspy-ext review: warning: {error}", file=sys.stderr)
+        if not args.json:
+            print(f"{summary.inputs} inputs x {summary.samples} samples: {summary.new_outputs} new outputs, "
+                  f"{summary.reused} already in the store, {len(summary.errors)} failed "
+                  f"(prompt version {summary.prompt_version})", file=say)
+    elif not args.store:
+        raise CLIError("give a RUN_DIR, --task/--data with a program, or --store FILE")
+    reviewed, total = store.progress()
+    if args.no_serve:
+        if args.json:
+            emit_json({"store": store.path, "reviewed": reviewed, "total": total, "collect": collected}, say)
+        return 0
+    if total == 0:
+        raise CLIError(f"{store.path}: the store has no outputs to review (give a program to collect some)")
+    app = ReviewApp(store, lm=lm, adapter=adapter, seed=getattr(args, "seed", 0), threshold=args.threshold,
+                    title=title)
+    try:
+        server = ReviewServer(app, port=args.port)
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
+    server.start()
+    try:
+        if args.json:
+            emit_json({"url": server.url, "store": store.path, "reviewed": reviewed, "total": total,
+                       "collect": collected}, say)
+        else:
+            print(f"review {reviewed}/{total} done · store {store.path}", file=say)
+            print(f"open {server.url}", file=say, flush=True)
+            print("(Ctrl-C stops; the review resumes where it stopped)", file=say, flush=True)
+        if args.open:
+            webbrowser.open(server.url)
+        deadline = None if args.serve_seconds is None else time.monotonic() + args.serve_seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

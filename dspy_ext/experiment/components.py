@@ -1,0 +1,258 @@
+"""The parts an experiment is made of: task, LM, adapter, metric and program, built from settings.
+
+Programs and metrics are given by a built-in name or by an import path
+``package.module:Name``, so a user compiles *their own* DSPy program:
+
+* a program path may name a ``dspy.Module`` subclass (called with no
+  arguments), an instance (deep-copied) or a factory function returning one;
+* a metric path names a callable taking ``(example, prediction, trace=None)``.
+
+Example:
+    >>> resolve_metric("exact_match").__name__
+    'exact_match'
+    >>> resolve_metric("no_such_module_xyz:metric")
+    Traceback (most recent call last):
+    ...
+    dspy_ext.experiment.components.ComponentError: metric 'no_such_module_xyz:metric': cannot import module 'no_such_module_xyz': No module named 'no_such_module_xyz'
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from dspy_ext.adapters import default_adapter, make_adapter
+from dspy_ext.data import TaskData, load_task
+from dspy_ext.experiment.settings import ExperimentSettings
+from metrics import METRICS
+from programs import PROGRAMS, build_program
+
+logger = logging.getLogger(__name__)
+
+#: The most distinct outputs the built-in ``classify`` program accepts as its label set.
+MAX_CLASSIFY_LABELS = 20
+
+
+class ComponentError(ValueError):
+    """A program, metric or program state that cannot be used; one line naming it and why."""
+
+
+@dataclass
+class Components:
+    """The task, LM, adapter and metric of an experiment.
+
+    Attributes:
+        task: The loaded task (its test split is used whole).
+        lm: The task LM.
+        adapter: The adapter (``None``: DSPy's default, the chat adapter).
+        metric: ``metric(example, prediction, trace=None)``.
+    """
+
+    task: TaskData
+    lm: dspy.BaseLM
+    adapter: dspy.Adapter | None
+    metric: Callable[..., Any]
+
+    @property
+    def adapter_name(self) -> str:
+        return type(self.adapter).__name__ if self.adapter is not None else "ChatAdapter"
+
+    def context(self, **extra: Any):
+        """``dspy.context`` with this experiment's LM and adapter."""
+        return dspy.context(lm=self.lm, adapter=self.adapter, **extra)
+
+
+def build_components(settings: ExperimentSettings, *, lm: dspy.BaseLM | None = None) -> Components:
+    """Load the task and build the LM, adapter and metric of ``settings``.
+
+    Args:
+        settings: The experiment's settings.
+        lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own).
+
+    Raises:
+        ValueError: An unknown task, program, metric or adapter (subclasses name which).
+    """
+    metric = resolve_metric(settings.metric)
+    if ":" in settings.program:
+        _user_program(settings.program)  # a bad import path fails here, before any data or model loads
+    task = load_task(name=settings.task, data=settings.data, seed=settings.seed,
+                     input_keys=settings.input_keys, output_keys=settings.output_keys)
+    if lm is None:
+        from dspy_ext.lm import make_lm
+
+        lm = make_lm(settings.lm, cache=settings.cache)
+    adapter = default_adapter(lm) if settings.adapter == "auto" else make_adapter(settings.adapter)
+    return Components(task=task, lm=lm, adapter=adapter, metric=metric)
+
+
+# ---- import paths -------------------------------------------------------------------------------
+
+
+def import_object(path: str, what: str) -> Any:
+    """The object named by ``package.module:attribute`` (dots after the colon walk attributes).
+
+    Raises:
+        ComponentError: A malformed path, a module that does not import, or a missing attribute.
+    """
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ComponentError(f"{what} {path!r}: expected an import path 'package.module:Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import error, or whatever the module raises while importing
+        raise ComponentError(f"{what} {path!r}: cannot import module {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ComponentError(f"{what} {path!r}: module {module_name!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_metric(name: str) -> Callable[..., Any]:
+    """A metric by built-in name or import path, checked to take ``(example, prediction, trace=None)``.
+
+    Raises:
+        ComponentError: Unknown name, a path that does not import, or not a metric-shaped callable.
+    """
+    if ":" not in name:
+        if name not in METRICS:
+            raise ComponentError(f"unknown metric {name!r}; built-in metrics: {', '.join(METRICS)}, "
+                                 "or give an import path 'package.module:function'")
+        return METRICS[name]
+    metric = import_object(name, "metric")
+    if not callable(metric):
+        raise ComponentError(f"metric {name!r}: {type(metric).__name__} object is not callable")
+    try:
+        signature = inspect.signature(metric)
+    except (TypeError, ValueError):
+        return metric  # a builtin without an introspectable signature: trust it
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        try:
+            signature.bind(None, None)
+        except TypeError:
+            raise ComponentError(f"metric {name!r}: a metric takes (example, prediction, trace=None); "
+                                 f"{getattr(metric, '__name__', name)}{signature} does not") from None
+    return metric
+
+
+def build_student(settings: ExperimentSettings, task: TaskData) -> dspy.Module:
+    """The uncompiled program of ``settings`` for ``task``.
+
+    A built-in program gets the task's fields and its human baseline instruction (``classify`` also
+    gets the task's label set); a program from an import path is used as its author built it.
+
+    Raises:
+        ComponentError: An unknown program, a path that does not import or is not a ``dspy.Module``.
+    """
+    name = settings.program
+    if ":" in name:
+        return _user_program(name)
+    if name.strip().lower() not in PROGRAMS:
+        raise ComponentError(f"unknown program {name!r}; built-in programs: {', '.join(PROGRAMS)}, "
+                             "or give an import path 'package.module:Class'")
+    labels = None
+    if name == "classify":
+        labels = sorted({str(ex[task.output_keys[0]]) for ex in task.train})
+        if len(labels) > MAX_CLASSIFY_LABELS:
+            raise ComponentError(f"program classify: task has {len(labels)} distinct outputs "
+                                 f"(at most {MAX_CLASSIFY_LABELS})")
+    return build_program(name, input_keys=task.input_keys, output_keys=task.output_keys,
+                         instructions=task.baseline_instruction, labels=labels)
+
+
+def _user_program(path: str) -> dspy.Module:
+    obj = import_object(path, "program")
+    if isinstance(obj, dspy.Module):
+        return copy.deepcopy(obj)  # the module-level instance stays untouched
+    if not callable(obj):
+        raise ComponentError(f"program {path!r}: expected a dspy.Module class, instance or factory, "
+                             f"got {type(obj).__name__}")
+    try:
+        program = obj()
+    except Exception as exc:
+        raise ComponentError(f"program {path!r}: calling it with no arguments failed: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(program, dspy.Module):
+        raise ComponentError(f"program {path!r}: expected a dspy.Module, got {type(program).__name__}")
+    if not program.named_predictors():
+        raise ComponentError(f"program {path!r}: the program has no dspy.Predict modules to optimize")
+    return program
+
+
+def labeled_demos(train: list[dspy.Example], k: int, seed: int) -> list[dspy.Example]:
+    """``k`` training examples drawn with a private seeded RNG.
+
+    Raises:
+        ComponentError: ``k`` is larger than the training set.
+    """
+    if k <= 0:
+        return []
+    if k > len(train):
+        raise ComponentError(f"{k} demos asked for, but the training set has only {len(train)} examples")
+    return random.Random(seed).sample(train, k)
+
+
+# ---- program state ------------------------------------------------------------------------------
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file's content, or one clear error (never a pickle: those are refused, not loaded).
+
+    Raises:
+        ComponentError: Not UTF-8 text, or not valid JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ComponentError(f"{path}: {what} is not UTF-8 text (a pickle? pickles are never loaded)") from None
+    except json.JSONDecodeError as exc:
+        raise ComponentError(f"{path}: {what} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                             f"column {exc.colno}") from None
+
+
+def load_program_state(program: dspy.Module, path: Path, program_name: str) -> None:
+    """Load a ``program.save("x.json")`` state into ``program``, after checking it fits.
+
+    Args:
+        program: The freshly built program.
+        path: The state file.
+        program_name: The program's name or import path, for messages.
+
+    Raises:
+        ComponentError: Not JSON, or predictors or field counts that do not match the program.
+    """
+    state = read_json_file(path, "the program state")
+    if not isinstance(state, dict):
+        raise ComponentError(f"{path}: expected a JSON object saved with program.save('x.json')")
+    saved = sorted(k for k in state if k != "metadata")
+    expected = [name for name, _ in program.named_parameters()]
+    if saved != sorted(expected):
+        raise ComponentError(f"{path} holds predictors {saved}, but program {program_name} has {expected}; "
+                             "pass the program and task the state was compiled with")
+    for name, predictor in program.named_parameters():
+        entry = state[name]
+        fields = entry.get("signature", {}).get("fields") if isinstance(entry, dict) else None
+        if not isinstance(fields, list) or len(fields) != len(predictor.signature.fields):
+            count = len(fields) if isinstance(fields, list) else "no"
+            raise ComponentError(f"{path}: predictor {name!r} has {count} saved fields, the program's has "
+                                 f"{len(predictor.signature.fields)} ({list(predictor.signature.fields)})")
+    versions = (state.get("metadata") or {}).get("dependency_versions") or {}
+    if versions.get("dspy") and versions["dspy"] != dspy.__version__:
+        logger.warning("%s was saved with dspy %s; this is dspy %s", path, versions["dspy"], dspy.__version__)
+    try:
+        program.load_state(state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ComponentError(f"{path}: could not load the program state: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,171 @@
+"""A call journal: every LM reply of one compile, kept in its run folder, so an interrupted compile resumes.
+
+:class:`CallJournal` stands in for DSPy's response cache while a compile runs
+(:func:`journaled`). Every reply is appended to ``calls.jsonl`` in the run
+folder (one JSON line, flushed and fsynced, so a ``kill -9`` loses at most the
+calls in flight). When the same compile runs again, the calls it made before
+are answered from the journal instead of the model, and each is *charged* to
+the active call meters as the call it was: a resumed compile re-traces the
+interrupted one exactly (same requests, same replies, same budget points) and
+its total never exceeds ``max_lm_calls``. Within one process a repeated request
+is free, as it is with DSPy's cache; a request first seen in an earlier process
+costs one call, as it did then.
+
+Only plain JSON records are journaled (what DSPy 3.4 stores for native
+engines, dspy-ext's included); nothing is ever unpickled.
+
+Example:
+    >>> with journaled("runs/ape-s0/calls.jsonl") as journal:          # doctest: +SKIP
+    ...     compiled = optimizer.compile(student, trainset=train)
+    >>> journal.replayed_calls                                           # doctest: +SKIP
+    118
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.clients.cache import Cache
+
+from dspy_ext.lm.metering import CallMeter, active_meters
+
+logger = logging.getLogger(__name__)
+
+
+class CallJournal(Cache):
+    """DSPy's response cache, backed by an append-only JSONL file, that charges replayed calls to the budget.
+
+    Args:
+        path: The journal file (created with its folder if missing).
+
+    Attributes:
+        replayed_calls: Calls answered from the journal's earlier sessions (each charged once).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(enable_disk_cache=False, enable_memory_cache=True, disk_cache_dir=None)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._earlier: dict[str, dict[str, int | None]] = {}  # key -> usage of a call made in an earlier session
+        self._charged: set[str] = set()
+        self._write_lock = threading.Lock()
+        self.replayed_calls = 0
+        self._load()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        torn = 0
+        with self.path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                    key, record = entry["key"], entry["record"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    torn += 1  # the line being written when the process died
+                    continue
+                self.memory_cache[key] = record
+                self._earlier[key] = entry.get("usage") or {}
+        if torn:
+            logger.warning("%s: skipped %d unreadable line(s) (a write cut short by a crash)", self.path, torn)
+        logger.info("%s: %d earlier call(s) to replay", self.path, len(self._earlier))
+
+    @property
+    def earlier_calls(self) -> int:
+        """Distinct calls the journal held when it was opened."""
+        return len(self._earlier)
+
+    def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
+        try:
+            key = self.cache_key(request, ignored_args_for_cache_key)
+        except Exception:
+            return None
+        record = super().get(request, ignored_args_for_cache_key)
+        if record is None or key not in self._earlier:
+            return record
+        with self._lock:
+            first = key not in self._charged
+            if first:
+                self._charged.add(key)
+        if first:
+            try:
+                _charge(self._earlier[key])
+            except BaseException:
+                with self._lock:
+                    self._charged.discard(key)
+                raise
+            self.replayed_calls += 1
+        return record
+
+    def put(self, request: dict[str, Any], value: Any, ignored_args_for_cache_key: list[str] | None = None,
+            enable_memory_cache: bool = True) -> None:
+        try:
+            key = self.cache_key(request, ignored_args_for_cache_key)
+            line = json.dumps({"key": key, "record": value, "usage": _usage(value)}, ensure_ascii=False,
+                              allow_nan=False)
+        except (TypeError, ValueError):
+            logger.debug("not journaled (not plain JSON): %r", type(value))
+            return
+        with self._lock:
+            self.memory_cache[key] = value
+        with self._write_lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._file.close()
+
+
+def _usage(record: Any) -> dict[str, int | None]:
+    usage = record.get("usage") if isinstance(record, dict) else None
+    if not isinstance(usage, dict):
+        return {}
+    get = lambda *names: next((usage[n] for n in names if isinstance(usage.get(n), int)), None)  # noqa: E731
+    return {"input_tokens": get("input_tokens", "prompt_tokens"), "output_tokens": get("output_tokens",
+                                                                                        "completion_tokens")}
+
+
+def _charge(usage: dict[str, int | None]) -> None:
+    """Count one replayed call on every active meter, all or none (a full meter raises ``BudgetExhausted``)."""
+    reserved: list[CallMeter] = []
+    try:
+        for meter in active_meters():
+            meter.reserve()
+            reserved.append(meter)
+    except BaseException:
+        for meter in reserved:
+            meter.release()
+        raise
+    for meter in reserved:
+        meter.record(usage.get("input_tokens"), usage.get("output_tokens"))
+
+
+@contextlib.contextmanager
+def journaled(path: str | os.PathLike[str]) -> Iterator[CallJournal]:
+    """Route DSPy's response cache to a :class:`CallJournal` at ``path`` while the block runs.
+
+    The LM must have its cache on (``dspy.LM(..., cache=True)``) for DSPy to consult it. Not for
+    concurrent use with other code that reads ``dspy.cache``: the cache is swapped process-wide.
+    """
+    journal = CallJournal(path)
+    previous = dspy.__dict__.get("cache")  # not `dspy.cache`: reading it would build the default cache
+    dspy.cache = journal
+    try:
+        yield journal
+    finally:
+        if previous is None:
+            dspy.__dict__.pop("cache", None)
+        else:
+            dspy.cache = previous
+        journal.close()

@@ -1,0 +1,214 @@
+"""Likelihood scoring: the log-probability of a given reply under the model, with nothing generated.
+
+An engine that can do it implements ``score_continuations(messages, continuations,
+*, end_of_turn) -> list[ContinuationScore]``: the chat messages are rendered
+with the model's chat template (up to the assistant cue), each continuation is
+appended as the assistant's reply, and one forward pass reads the
+log-probability of every reply token. The embedded llama.cpp engine and the
+fake engine implement it; remote API models do not (most chat APIs return the
+log-probabilities of tokens they *generate*, not of a given reply), and
+:func:`score_continuations` raises :class:`LikelihoodUnavailable` for them.
+
+Every call is one "forward pass": it is reserved on the active call meters like
+an LM call, so a budget caps scoring and generation together.
+
+Example:
+    >>> lm = make_lm("local")                                            # doctest: +SKIP
+    >>> messages = [{"role": "user", "content": "Input: A fine film."}]  # doctest: +SKIP
+    >>> score_continuations(lm, messages, ["positive", "negative"])      # doctest: +SKIP
+    [-0.41, -2.87]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from dspy_ext.lm.metering import active_meters
+
+__all__ = [
+    "ContinuationScore",
+    "LikelihoodEngine",
+    "LikelihoodUnavailable",
+    "count_prompt_tokens",
+    "likelihood_engine",
+    "log_softmax",
+    "score_continuations",
+    "supports_likelihood",
+]
+
+
+class LikelihoodUnavailable(RuntimeError):
+    """The LM cannot score a given continuation (e.g. a remote chat API)."""
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """The log-probability of one continuation.
+
+    Attributes:
+        logprob: Sum of the natural-log probabilities of its tokens (the
+            end-of-turn token included when it was scored).
+        n_tokens: Number of scored tokens (at least 1).
+        evaluated_tokens: Prompt and reply tokens the engine had to process
+            for it (what prefix reuse saves shows here).
+    """
+
+    logprob: float
+    n_tokens: int
+    evaluated_tokens: int = 0
+
+    @property
+    def mean_logprob(self) -> float:
+        """Log-probability per token (comparable across replies of different length)."""
+        return self.logprob / max(1, self.n_tokens)
+
+
+@runtime_checkable
+class LikelihoodEngine(Protocol):
+    """An engine that can score given replies (see the module docstring)."""
+
+    def score_continuations(
+        self, messages: list[dict[str, str]], continuations: Sequence[str], *, end_of_turn: bool = True
+    ) -> list[ContinuationScore]: ...
+
+
+def likelihood_engine(lm: Any) -> LikelihoodEngine:
+    """The engine of ``lm`` if it can score continuations.
+
+    Args:
+        lm: A ``dspy.LM`` (or anything with an ``engine`` attribute).
+
+    Returns:
+        The engine.
+
+    Raises:
+        LikelihoodUnavailable: ``lm`` is ``None`` or its engine cannot score.
+    """
+    if lm is None:
+        raise LikelihoodUnavailable("no LM is configured; likelihood scoring needs one")
+    engine = getattr(lm, "engine", None)
+    if not isinstance(engine, LikelihoodEngine):
+        name = getattr(lm, "model", type(lm).__name__)
+        raise LikelihoodUnavailable(
+            f"LM {name!r} cannot score a given reply (only the embedded llama.cpp engine and the fake engine can); "
+            "use the metric instead"
+        )
+    return engine
+
+
+def supports_likelihood(lm: Any) -> bool:
+    """Whether :func:`score_continuations` works for ``lm``."""
+    try:
+        likelihood_engine(lm)
+    except LikelihoodUnavailable:
+        return False
+    return True
+
+
+def score_continuations(
+    lm: Any,
+    messages: list[dict[str, str]],
+    continuations: Sequence[str],
+    *,
+    end_of_turn: bool = True,
+    per_token: bool = False,
+) -> list[float]:
+    """Log-probabilities of ``continuations`` as the assistant's reply to ``messages``.
+
+    Args:
+        lm: A ``dspy.LM`` whose engine can score (see :func:`supports_likelihood`).
+        messages: Chat messages (``{"role", "content"}``), as an adapter renders them.
+        continuations: Candidate replies, e.g. the gold output or each allowed label.
+        end_of_turn: Also score the end-of-turn token after each reply, so that
+            ``"positive"`` is not credited for being the start of a longer
+            sentence.
+        per_token: Return the mean log-probability per token instead of the sum.
+
+    Returns:
+        One natural-log score per continuation, in order (all <= 0).
+
+    Raises:
+        LikelihoodUnavailable: The LM cannot score.
+        ValueError: No continuations, or an empty one.
+        BudgetExhausted: An active meter has no call left (nothing was run).
+
+    Example:
+        >>> score_continuations(lm, [{"role": "user", "content": "Input: cat"}], ["cats", "dogs"])  # doctest: +SKIP
+        [-0.2, -6.1]
+    """
+    return [s.mean_logprob if per_token else s.logprob
+            for s in continuation_scores(lm, messages, continuations, end_of_turn=end_of_turn)]
+
+
+def continuation_scores(
+    lm: Any, messages: list[dict[str, str]], continuations: Sequence[str], *, end_of_turn: bool = True
+) -> list[ContinuationScore]:
+    """Like :func:`score_continuations`, with token counts (see :class:`ContinuationScore`)."""
+    engine = likelihood_engine(lm)
+    continuations = list(continuations)
+    if not continuations:
+        raise ValueError("give at least one continuation to score")
+    if any(not isinstance(c, str) or not c for c in continuations):
+        raise ValueError("continuations must be non-empty strings")
+    meters = active_meters()
+    reserved = []
+    try:
+        for meter in meters:
+            meter.reserve()
+            reserved.append(meter)
+    except BaseException:
+        for meter in reserved:
+            meter.release()
+        raise
+    try:
+        scores = engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
+    except BaseException:
+        for meter in meters:
+            meter.record(None, None, failed=True)
+        raise
+    evaluated = sum(s.evaluated_tokens for s in scores)
+    for meter in meters:
+        meter.record(evaluated, 0)
+    return scores
+
+
+def count_prompt_tokens(lm: Any, messages: list[dict[str, str]]) -> int:
+    """Tokens of ``messages`` rendered for the model, up to the assistant cue.
+
+    Exact for engines with a tokenizer (``count_prompt_tokens`` on the engine,
+    e.g. the embedded model); otherwise an estimate of one token per 4
+    characters plus 4 per message, which over-counts English text a little.
+
+    Args:
+        lm: A ``dspy.LM`` (or ``None`` for the estimate).
+        messages: Chat messages.
+
+    Returns:
+        The token count.
+
+    Example:
+        >>> count_prompt_tokens(None, [{"role": "user", "content": "x" * 40}])
+        14
+    """
+    engine = getattr(lm, "engine", None)
+    counter = getattr(engine, "count_prompt_tokens", None)
+    if callable(counter):
+        return int(counter(messages))
+    return sum(4 + math.ceil(len(m.get("content") or "") / 4) for m in messages)
+
+
+def log_softmax(values: Sequence[float]) -> list[float]:
+    """Normalise log-scores over a closed set: ``v - logsumexp(values)``.
+
+    Example:
+        >>> [round(math.exp(v), 2) for v in log_softmax([math.log(1), math.log(3)])]
+        [0.25, 0.75]
+    """
+    if not values:
+        return []
+    top = max(values)
+    total = top + math.log(sum(math.exp(v - top) for v in values))
+    return [v - total for v in values]

@@ -1,0 +1,50 @@
+"""Human review: grade outputs on a local keyboard-first page, grow criteria, align checks to the grades.
+
+* :class:`ReviewStore` (``store``): the SQLite store of outputs, grades, critiques, corrections and
+  criteria; its read API (``labeled_examples()``, ``critiques()``, ``criteria()``) feeds optimizers.
+* :mod:`~dspy_ext.review.criteria`: built-in checks, the LM judge and the criterion proposer.
+* :func:`align` (``alignment``): EvalGen coverage and false failure rate; chooses each criterion's check.
+* :class:`NextItemSampler` (``sampling``): informative picks alternating with random ones.
+* :func:`collect` (``collect``): run a program on N inputs, K samples each, into the store.
+* :class:`ReviewApp`, :class:`ReviewServer` (``server``): the local web page.
+
+Example:
+    >>> from dspy_ext.review import ReviewStore, ReviewApp, ReviewServer, collect
+    >>> store = ReviewStore("runs/review-sentiment.sqlite")                          # doctest: +SKIP
+    >>> collect(program, rows, store=store, input_keys=("input",), lm=lm)            # doctest: +SKIP
+    >>> server = ReviewServer(ReviewApp(store, lm=lm)).start(); print(server.url)     # doctest: +SKIP
+"""
+
+from dspy_ext.review.alignment import DEFAULT_THRESHOLD, AlignmentReport, CheckAlignment, CriterionAlignment, align
+from dspy_ext.review.collect import CollectSummary, InputsFileError, collect, load_inputs_jsonl, prompt_version
+from dspy_ext.review.criteria import (
+    CheckError,
+    CheckSpec,
+    CriterionProposer,
+    JudgeCriterion,
+    LMJudge,
+    ProposalError,
+    ProposeCriterion,
+    ProposedCriterion,
+)
+from dspy_ext.review.sampling import NextItemSampler, Signal, SignalIndex, item_signals
+from dspy_ext.review.server import ReviewApp, ReviewServer
+from dspy_ext.review.store import (
+    Criterion,
+    Critique,
+    ImportSummary,
+    ItemSummary,
+    LabeledExample,
+    ReviewError,
+    ReviewItem,
+    ReviewStore,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLD", "AlignmentReport", "CheckAlignment", "CheckError", "CheckSpec", "CollectSummary",
+    "Criterion", "CriterionAlignment", "CriterionProposer", "Critique", "ImportSummary", "InputsFileError",
+    "ItemSummary", "JudgeCriterion", "LMJudge", "LabeledExample", "NextItemSampler", "ProposalError",
+    "ProposeCriterion", "ProposedCriterion", "ReviewApp", "ReviewError", "ReviewItem", "ReviewServer",
+    "ReviewStore", "Signal", "SignalIndex", "align", "collect", "item_signals", "load_inputs_jsonl",
+    "prompt_version",
+]

@@ -1,0 +1,162 @@
+"""A whole tune as one library call: :func:`tune` (what ``dspy-ext tune`` runs).
+
+``tune(settings)`` opens (or resumes) the study, runs its remaining trials on
+``settings.workers`` processes, saves the best program, scores it and the
+student on the task's test split, draws ``tune.png`` and writes
+``summary.json`` and ``settings.yaml`` next to the study. ``settings.yaml`` is
+a run file: ``dspy-ext tune --config <out dir>/settings.yaml`` resumes the same
+study.
+
+Example:
+    >>> from dspy_ext.experiment import TuneSettings
+    >>> from dspy_ext.tuning import tune
+    >>> result = tune(TuneSettings(task="sentiment", optimizers=["ape", "bfsrs"], trials=8, budget=60))
+    ...                                                                                   # doctest: +SKIP
+    >>> result.summary["best_value"], result.summary["test_score"], result.program       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from dspy_ext.evaluation import Evaluator
+from dspy_ext.experiment import TuneSettings
+from dspy_ext.files import atomic_write_text
+from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.tuning.job import TuneJob
+from dspy_ext.tuning.report import save_plot
+from dspy_ext.tuning.results import StudyResults
+from dspy_ext.tuning.storage import dashboard_command, sqlite_path
+from dspy_ext.tuning.study import TuneSession
+from dspy_ext.tuning.workers import TuneProgress, run_workers
+
+logger = logging.getLogger(__name__)
+
+#: The resolved settings, written next to the study (a run file that resumes it).
+SETTINGS_FILE = "settings.yaml"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "tune.png"
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` did.
+
+    Attributes:
+        summary: :meth:`StudyResults.summary` plus this run's figures (``n_trials_this_run``,
+            ``workers``, ``task``, ``lm``, ``adapter``, ``train``, ``val``, ``seconds_this_run``,
+            ``best_program``, test scores, ``plot``, ``dashboard``), as written to ``summary.json``.
+        job: The main process's :class:`TuneJob`.
+        session: Its :class:`TuneSession`.
+        failed_workers: Workers that exited with an error.
+    """
+
+    summary: dict[str, Any]
+    job: TuneJob
+    session: TuneSession
+    failed_workers: list[str]
+
+    @property
+    def results(self) -> StudyResults:
+        return self.session.results
+
+    @property
+    def program(self) -> dspy.Module | None:
+        """The best trial's program (``None``: no complete feasible trial yet)."""
+        return self.results.best_program() if self.results.best_trial() is not None else None
+
+
+def tune(settings: TuneSettings, *, lm: dspy.BaseLM | None = None, progress: bool = False,
+         on_progress: Callable[[TuneProgress], None] | None = None,
+         worker_init: Callable[[], None] | None = None) -> TuneResult:
+    """Run (or resume) the tune of ``settings`` and write its files (see the module docstring).
+
+    Args:
+        settings: What to tune.
+        lm: An LM to use instead of ``make_lm(settings.lm)`` (one process only: ``workers`` must be 1).
+        progress: Show the evaluator's progress bars (test scoring) on stderr.
+        on_progress: Called with a :class:`TuneProgress` as trials finish.
+        worker_init: Called first in every worker process (see :func:`run_workers`).
+
+    Returns:
+        A :class:`TuneResult`.
+
+    Raises:
+        TuningSpaceError: The space cannot work (before any storage, data or LM is touched).
+        ValueError: Bad settings for this study (an LM object with several workers, an in-memory
+            study with several workers, a stored study created with another space or other data).
+    """
+    if lm is not None and settings.workers > 1:
+        raise ValueError("an LM object cannot be sent to worker processes; with workers > 1 give settings.lm")
+    started = time.perf_counter()
+    job = TuneJob.from_settings(settings, lm=lm)
+    session = job.open()
+    results = session.results
+    trials_before = results.counts()["all"]
+    _write_settings(job, results.out_dir)
+    failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
+    summary = results.summary(top=settings.top)
+    summary.update({
+        "n_trials_this_run": summary["n_trials"] - trials_before, "workers": settings.workers,
+        "task": job.components.task.name, "lm": job.components.lm.model, "adapter": job.components.adapter_name,
+        "train": len(job.trainset), "val": len(job.devset),
+        "seconds_this_run": round(time.perf_counter() - started, 2),
+    })
+    best_path = results.save_best()
+    summary["best_program"] = str(best_path) if best_path else None
+    if results.best_trial() is not None and settings.test and job.components.task.test:
+        summary.update(score_on_test(job, results.best_program(), progress=progress))
+    summary["plot"] = _plot(results)
+    summary["dashboard"] = dashboard_command(job.tuner.storage_url)
+    if results.out_dir is not None:
+        atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    return TuneResult(summary, job, session, failed)
+
+
+def score_on_test(job: TuneJob, program: dspy.Module, *, progress: bool = False) -> dict[str, Any]:
+    """Score ``program`` and the student on the task's test split.
+
+    Returns:
+        ``test_score``, ``baseline_test_score`` (0-100), ``test_n`` and ``test_lm_calls``.
+    """
+    test_rows = job.components.task.test
+    meter = CallMeter()
+    evaluator = Evaluator(job.components.metric, num_threads=job.settings.threads, progress=progress)
+    with job.components.context(), metering(meter):
+        test = evaluator.evaluate(program, test_rows, desc="best on test")
+        baseline = evaluator.evaluate(job.student, test_rows, desc="student on test")
+    return {"test_score": round(test.score, 2), "baseline_test_score": round(baseline.score, 2),
+            "test_n": len(test_rows), "test_lm_calls": meter.calls}
+
+
+def _plot(results: StudyResults) -> str | None:
+    if results.out_dir is None:
+        return None
+    try:
+        path = save_plot(results, results.out_dir / PLOT_FILE)
+    except Exception as exc:  # a plot must never lose a finished study's results
+        logger.warning("could not draw the plot: %s", exc)
+        return None
+    return str(path) if path else None
+
+
+def _write_settings(job: TuneJob, out_dir: Path | None) -> None:
+    """The settings with the study, a SQLite storage, the space file and the out dir made explicit."""
+    if out_dir is None:
+        return
+    settings, tuner = job.settings, job.tuner
+    changes: dict[str, Any] = {"study": tuner.study_name, "out": str(out_dir)}
+    if sqlite_path(tuner.storage_url) is not None:
+        changes["storage"] = tuner.storage_url  # absolute: the same study from any folder
+    if settings.space:
+        changes["space"] = str(Path(settings.space).resolve())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / SETTINGS_FILE, settings.with_changes(**changes).to_yaml())
