@@ -23,12 +23,19 @@ import dspy
 from pydantic import Field
 
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.evaluation import feedback_of, measure, metric_value
 from dspy_ext.optimizers.ape import APEConfig
 from dspy_ext.optimizers.evoprompt import EvoPromptConfig
 from dspy_ext.optimizers.opro import OPROConfig
 from dspy_ext.optimizers.protegi import ProTeGiConfig
 from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
+from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector
+from dspy_ext.search.regression import AcceptanceGate, parse_guards
+
+#: Optimizers that use a reviewer's critiques: ProTeGi as gradients, OPRO and EvoPrompt in their
+#: meta-prompts, GEPA as its metric's feedback text.
+FEEDBACK_OPTIMIZERS = frozenset({"protegi", "opro", "evoprompt-ga", "evoprompt-de", "gepa"})
 
 # ---- DSPy's optimizers: their settings as dspy-ext exposes them --------------------------------
 
@@ -91,11 +98,21 @@ class BuildContext:
     log_dir: str | None = None
     progress: bool = False
     final_selector: FinalSelector | None = None
+    feedback: SearchFeedback | None = None
+    guards: dict[str, float] | None = None
+    repeats: int = 1
+    temperature: float | None = None
 
 
 @dataclass
 class OptimizerHandle:
-    """A built optimizer with a uniform ``compile(student, trainset=, valset=)``."""
+    """A built optimizer with a uniform ``compile(student, trainset=, valset=)``.
+
+    With a ``gate`` (guards around one of DSPy's optimizers) the compiled program is checked
+    against the student on the valset (the trainset when there is none) and replaced by the best
+    guarded candidate, or the student, when it breaks a guard; see
+    :class:`~dspy_ext.search.regression.AcceptanceGate`.
+    """
 
     name: str
     optimizer: Any
@@ -103,10 +120,43 @@ class OptimizerHandle:
     enforces_budget: bool
     compile_fn: Callable[..., dspy.Module]
     compile_kwargs: dict[str, Any]
+    gate: AcceptanceGate | None = None
 
     def compile(self, student: dspy.Module, *, trainset: list, valset: list | None = None) -> dspy.Module:
-        return self.compile_fn(self.optimizer, student, list(trainset), list(valset) if valset else None,
-                               **self.compile_kwargs)
+        program = self.compile_fn(self.optimizer, student, list(trainset), list(valset) if valset else None,
+                                  **self.compile_kwargs)
+        if self.gate is not None:
+            program = self.gate.check(student, program, list(valset) if valset else list(trainset))
+        return program
+
+
+class ScalarMetric:
+    """A metric in the shape DSPy's optimizers expect: one float (with a trace, what the metric says).
+
+    A metric may return criteria (a mapping, or ``Prediction(criteria=...)``); DSPy's optimizers add
+    and compare scores, so they get the scalar objective. With ``with_feedback`` (GEPA) a row with a
+    feedback text is returned as ``dspy.Prediction(score=..., feedback=...)``.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)``.
+        with_feedback: Keep the metric's feedback text (GEPA's form).
+    """
+
+    def __init__(self, metric: Callable[..., Any], *, with_feedback: bool = False) -> None:
+        self.metric = metric
+        self.with_feedback = with_feedback
+        self.__name__ = getattr(metric, "__name__", "metric")
+
+    def __call__(self, example: Any, prediction: Any, trace: Any = None) -> Any:
+        if trace is None and self.with_feedback and callable(getattr(self.metric, "measure", None)):
+            measured = measure(self.metric, example, prediction)  # a criteria metric's feedback text
+            return dspy.Prediction(score=measured.score, feedback=measured.feedback) if measured.feedback \
+                else measured.score
+        value = self.metric(example, prediction, trace)
+        if isinstance(value, (bool, int, float)):
+            return value  # an ordinary metric's value passes through untouched
+        text = feedback_of(value) if trace is None and self.with_feedback else None
+        return dspy.Prediction(score=metric_value(value), feedback=text) if text else metric_value(value)
 
 
 @dataclass(frozen=True)
@@ -124,11 +174,19 @@ class OptimizerSpec:
     #: A dspy-ext instruction search (its final selection is pluggable: ``final_selector``).
     instruction_search: bool = False
 
+    @property
+    def uses_feedback(self) -> bool:
+        """Whether the optimizer takes a reviewer's critiques (``feedback=``); see :data:`FEEDBACK_OPTIMIZERS`."""
+        return self.name in FEEDBACK_OPTIMIZERS
+
 
 def _search_kwargs(config: OptimizerConfig, ctx: BuildContext) -> dict[str, Any]:
     return {**config.model_dump(), "max_lm_calls": ctx.budget or DEFAULT_BUDGET, "seed": ctx.seed,
             "num_threads": ctx.num_threads, "prompt_model": ctx.prompt_model, "log_dir": ctx.log_dir,
-            "progress": ctx.progress, "final_selector": ctx.final_selector}
+            "progress": ctx.progress, "final_selector": ctx.final_selector,
+            **({"feedback": ctx.feedback} if ctx.feedback else {}),
+            **({"guards": ctx.guards} if ctx.guards else {}),
+            "repeats": ctx.repeats, "eval_temperature": ctx.temperature}
 
 
 def _ours(kind: str) -> Callable[[OptimizerConfig, BuildContext], Any]:
@@ -206,12 +264,54 @@ def _build_bfsrs(config: RandomSearchConfig, ctx: BuildContext) -> Any:
     )
 
 
+class GEPAMetric:
+    """A metric in GEPA's five-argument form; with a person's critiques, it returns them as ``feedback``.
+
+    GEPA's reflection reads a ``feedback`` text per example when the metric returns
+    ``dspy.Prediction(score=..., feedback=...)``. Given :class:`SearchFeedback`, the text for one
+    example is the metric's own feedback (if any), then what the reviewer said about an output for
+    this very input, or, for a failed example without such a critique, the reviewer's reasons on
+    other outputs. Without feedback the metric's value is returned unchanged.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)``.
+        feedback: The reviewer's critiques, or ``None``.
+
+    Example:
+        >>> from dspy_ext.search import HumanCritique
+        >>> m = GEPAMetric(lambda e, p, t=None: e.output == p.output,
+        ...                SearchFeedback((HumanCritique({"input": "x"}, {"output": "No."}, "one word"),)))
+        >>> ex = dspy.Example(input="x", output="no").with_inputs("input")
+        >>> m(ex, dspy.Prediction(output="No."), None, "predict", None).feedback
+        "A human reviewer rejected the output 'No.' for this input: one word"
+    """
+
+    def __init__(self, metric: Callable[..., Any], feedback: SearchFeedback | None = None) -> None:
+        self.metric = metric
+        self.feedback = feedback or None
+
+    def __call__(self, gold: Any, pred: Any, trace: Any = None, pred_name: str | None = None,
+                 pred_trace: Any = None) -> Any:
+        value = self.metric(gold, pred, trace)
+        if self.feedback is None or pred_name is None:
+            return value  # GEPA asks for feedback text only when it reflects on one predictor
+        score = metric_value(value)
+        notes = [str(value.feedback)] if getattr(value, "feedback", None) else []
+        inputs = gold.inputs() if hasattr(gold, "inputs") else {}
+        exact = self.feedback.for_input(dict(inputs))
+        for critique in exact:
+            shown = "; ".join(str(v) for v in critique.output.values())
+            notes.append(f"A human reviewer rejected the output {shown!r} for this input: {critique.reason}")
+        if not exact and score < 1.0:
+            reasons = self.feedback.reasons()[: self.feedback.shown]
+            notes.append("A human reviewer rejected similar outputs of this task, saying: " + "; ".join(reasons))
+        if not notes:
+            notes.append(f"This trajectory got a score of {score}.")
+        return dspy.Prediction(score=score, feedback="\n".join(notes))
+
+
 def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
-    metric = ctx.metric
-
-    def five_arg_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
-        return metric(gold, pred, trace)
-
+    five_arg_metric = GEPAMetric(ctx.metric, ctx.feedback)
     reflection_lm = ctx.prompt_model or dspy.settings.lm
     return dspy.GEPA(metric=five_arg_metric, max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
                      reflection_lm=reflection_lm, reflection_minibatch_size=config.reflection_minibatch_size,
@@ -290,6 +390,10 @@ def build_optimizer(
     log_dir: str | None = None,
     progress: bool = False,
     final_selector: FinalSelector | None = None,
+    feedback: SearchFeedback | None = None,
+    guards: dict[str, float] | None = None,
+    repeats: int = 1,
+    temperature: float | None = None,
 ) -> OptimizerHandle:
     """Build optimizer ``name`` from a validated config.
 
@@ -306,17 +410,38 @@ def build_optimizer(
         log_dir: Where dspy-ext's optimizers write ``trials.jsonl``.
         progress: Show dspy-ext's progress bar.
         final_selector: The final selection of a dspy-ext instruction search (default: successive halving).
+        feedback: A person's critiques: ProTeGi's first gradients, failures to fix in OPRO's and EvoPrompt's
+            meta-prompts, GEPA's metric feedback. Other optimizers cannot use them (an error says so).
+        guards: Regression guards ``{criterion: points}`` (see :mod:`dspy_ext.search.regression`). dspy-ext's
+            searches apply them to every candidate; DSPy's optimizers are wrapped in an acceptance gate
+            that returns the best guarded candidate, or the student, when the compiled program breaks one.
+        repeats: Rollouts per row of every evaluation of dspy-ext's searches and of the gate.
+        temperature: Task-LM temperature of those rollouts (``None``: the LM's own).
 
     Returns:
-        An :class:`OptimizerHandle`.
+        An :class:`OptimizerHandle` (``handle.gate`` set for DSPy's optimizers with guards).
     """
     spec = get_spec(name)
     validated = resolve_config(name, config)
     if final_selector is not None and not spec.instruction_search:
         raise ValueError(f"optimizer {name!r} has no pluggable final selection; only dspy-ext's instruction "
                          f"searches do ({', '.join(n for n, s in REGISTRY.items() if s.instruction_search)})")
-    ctx = BuildContext(metric=metric, budget=budget, seed=seed, num_threads=num_threads, n_train=n_train,
+    if feedback and not spec.uses_feedback:
+        raise ValueError(f"optimizer {name!r} cannot use a reviewer's critiques; these can: "
+                         f"{', '.join(n for n, s in REGISTRY.items() if s.uses_feedback)} (labeled examples and "
+                         "review criteria still reach every optimizer through the train set and the metric)")
+    guards = parse_guards(guards)
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    # DSPy's optimizers add and compare scores: a metric returning criteria reaches them as one float.
+    task_metric = metric if spec.instruction_search else ScalarMetric(metric, with_feedback=name == "gepa")
+    ctx = BuildContext(metric=task_metric, budget=budget, seed=seed, num_threads=num_threads, n_train=n_train,
                        n_val=n_val, prompt_model=prompt_model, log_dir=log_dir, progress=progress,
-                       final_selector=final_selector)
+                       final_selector=final_selector, feedback=feedback or None, guards=guards or None,
+                       repeats=repeats, temperature=temperature)
+    gate = None
+    if guards and not spec.instruction_search:
+        gate = AcceptanceGate(metric, guards, num_threads=num_threads, repeats=repeats, temperature=temperature,
+                              seed=seed)
     return OptimizerHandle(name, spec.build(validated, ctx), validated, spec.enforces_budget, spec.compile,
-                           spec.compile_kwargs(validated, ctx))
+                           spec.compile_kwargs(validated, ctx), gate)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from metrics.checks import Check, contains_text, matches, max_words, not_contains, one_of, valid_json
 from metrics.text import (
     Contains,
     ExactMatch,
@@ -34,6 +35,13 @@ from metrics.text import (
 
 __all__ = [
     "METRICS",
+    "Check",
+    "contains_text",
+    "matches",
+    "max_words",
+    "not_contains",
+    "one_of",
+    "valid_json",
     "METRIC_CLASSES",
     "Contains",
     "ExactMatch",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support.fake_world import fake_world_lm, write_task
+from support.slices import task_slice
 
 from dspy_ext.cli import main
 from dspy_ext.experiment import (
@@ -114,6 +115,8 @@ def test_run_writes_the_run_folder_and_open_run_reads_it_back(task_folder: Path,
     summary = json.loads((folder / "run.json").read_text())
     assert summary == json.loads(json.dumps(result.summary, default=str))
     assert 0 < summary["lm_calls"] <= 40 and summary["test"] == 16
+    # The honest baseline: the student with 3 labeled demos (the fake model gets 2 in 8 with them), not zero-shot.
+    assert summary["baseline_test_score"] == 25.0 and summary["zero_shot_test_score"] == 0.0
     opened = open_run(folder)
     assert opened.settings == result.settings
     components = opened.components(lm=fake_world_lm())
@@ -264,14 +267,7 @@ def test_resolve_metric_accepts_two_argument_metrics(user_project: Path) -> None
 def test_embedded_compile_writes_a_complete_run_folder(tmp_path: Path, local_lm,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """``dspy-ext compile`` with APE at a small budget on SmolLM2, on a small slice of the sentiment task."""
-    from dspy_ext.data import load_task
-
-    task = load_task("sentiment")
-    folder = tmp_path / "sentiment-slice"
-    folder.mkdir()
-    for name, rows in (("train", task.train[:30]), ("test", task.test[:10])):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(dict(ex)) + "\n" for ex in rows))
-    (folder / "instructions.json").write_text(json.dumps(task.instructions))
+    folder = task_slice(tmp_path / "sentiment-slice", n_train=30, n_test=10)
     capsys.readouterr()
     code = main(["compile", "--data", str(folder), "--optimizer", "ape", "--budget", "30", "--train", "15", "--val",
                  "10", "--seed", "0", "--out", str(tmp_path / "run"), "--json"], lm=local_lm)
@@ -287,3 +283,40 @@ def test_embedded_compile_writes_a_complete_run_folder(tmp_path: Path, local_lm,
     opened = open_run(run_dir)
     assert opened.settings.optimizer == "ape" and opened.settings.budget == 30
     assert "## Predictor `predict`" in (run_dir / "report.md").read_text()
+
+
+def test_lm_retries_and_timeout_are_settings(task_folder: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``--lm-retries`` reaches every engine call: a connection reset on each first try is retried, or not."""
+    from support.fake_world import respond
+
+    from dspy_ext.lm import FakeEngine
+
+    seen: set[str] = set()
+
+    class Flaky(FakeEngine):
+        def generate(self, request):
+            text = str(request)
+            if text not in seen:
+                seen.add(text)
+                raise ConnectionResetError("connection reset by peer")
+            return super().generate(request)
+
+    import dspy
+
+    def evaluate(*flags: str) -> dict:
+        seen.clear()
+        lm = dspy.LM(f"fake/flaky-{len(flags)}", engine=Flaky(respond), cache=False)
+        capsys.readouterr()
+        code = main(["evaluate", "--data", str(task_folder), "--adapter", "plain", "--demos", "2", "--threads", "1",
+                     "--json", *flags], lm=lm)
+        assert code in (0, 1)
+        return json.loads(capsys.readouterr().out)
+
+    retried = evaluate("--lm-retries", "1")
+    assert retried["errors"]["lm_error"] == 0 and retried["n"] == 16
+    not_retried = evaluate("--lm-retries", "0")
+    assert not_retried["errors"]["lm_error"] == 16
+    assert RunSettings(task="sentiment", lm_timeout=2.5).lm_timeout == 2.5
+    with pytest.raises(SettingsError, match="lm_timeout: Input should be greater than 0"):
+        RunSettings(task="sentiment", lm_timeout=0)

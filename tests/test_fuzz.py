@@ -514,10 +514,6 @@ def label_files() -> st.SearchStrategy[bytes]:
     return st.one_of(lines, st.binary(max_size=120))
 
 
-# Known bug found by this test (dspy_ext/review/store.py belongs to another change): import_jsonl
-# opens the file as UTF-8 without catching UnicodeDecodeError, so a non-UTF-8 file escapes as that
-# instead of a ReviewError naming the file. strict: the marker must go once the bug is fixed.
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason="review import: non-UTF-8 file is not a ReviewError")
 @FUZZ
 @given(label_files())
 def test_fuzz_review_store_import(data: bytes) -> None:

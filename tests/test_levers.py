@@ -162,9 +162,9 @@ def test_likelihood_evaluator_refuses_programs_it_cannot_score(fake_lm):
             super().__init__()
             self.a, self.b = student(), student()
 
-    with dspy.context(lm=fake_lm(lambda m: "x"), adapter=PlainAdapter()):
-        with pytest.raises(ValueError, match="exactly one predictor, this one has 2"):
-            LikelihoodEvaluator().evaluate(Two(), sentiment_examples())
+    with dspy.context(lm=fake_lm(lambda m: "x"), adapter=PlainAdapter()), \
+            pytest.raises(ValueError, match="exactly one predictor, this one has 2"):
+        LikelihoodEvaluator().evaluate(Two(), sentiment_examples())
     with pytest.raises(ValueError, match="at least 2 distinct"):
         LikelihoodEvaluator(("positive", "positive"))
 
@@ -274,7 +274,7 @@ def test_balanced_demos_alternate_labels():
     demos = balanced_demos(pool, 8, seed=0, labels=LABELS)
     outputs = [d.output for d in demos]
     assert outputs.count("negative") == 4 and len({d.input for d in demos}) == 8
-    assert all(a != b for a, b in zip(outputs[::2], outputs[1::2]))  # one of each label per round
+    assert all(a != b for a, b in zip(outputs[::2], outputs[1::2], strict=True))  # one of each label per round
     assert balanced_demos(pool, 8, seed=0, labels=LABELS) == demos  # seeded
     assert len(balanced_demos(pool, 5, seed=1)) == 5  # open outputs: a random draw
     assert [d.output for d in balanced_demos(pool, 30, seed=0, labels=LABELS)].count("negative") == 10
@@ -313,7 +313,7 @@ def test_embedded_likelihood_matches_generation_and_reuse(local_lm):
     reply = local_lm(messages=messages)[0]
     prompt = engine.prompt_tokens(messages)
     assert list(engine._llama.input_ids[:len(prompt)]) == prompt
-    best = max(zip([s.logprob for s in again], ["positive", "negative"]))[1]
+    best = max(zip([s.logprob for s in again], ["positive", "negative"], strict=True))[1]
     assert reply.strip().lower().startswith(best)
 
 

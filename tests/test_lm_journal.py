@@ -60,3 +60,25 @@ def test_a_torn_last_line_is_skipped(fake_lm, tmp_path) -> None:
     with journaled(path) as journal:
         lm("q1")
     assert journal.earlier_calls == 1 and journal.replayed_calls == 1 and lm.engine.calls == 1
+
+
+def test_a_replayed_reply_carries_its_finish_reason(tmp_path) -> None:
+    """A cut-off proposal replayed from the journal still reads as cut off (proposal guards rely on it)."""
+    from dspy_ext.lm import FakeEngine
+    from dspy_ext.lm.engine import Generation, pop_finish_reason
+
+    class Cut(FakeEngine):
+        def generate(self, request):
+            g = super().generate(request)
+            return Generation(g.text, g.input_tokens, g.output_tokens, "length")
+
+    lm = dspy.LM("fake/journal-cut", engine=Cut(lambda messages: "a long proposal"), cache=True)
+    with journaled(tmp_path / "calls.jsonl"):
+        lm("q1")
+        assert pop_finish_reason() == "length"
+        lm("q1")  # a repeat in the same process
+        assert pop_finish_reason() == "length"
+    with journaled(tmp_path / "calls.jsonl"):
+        lm("q1")  # replayed from the journal in a later process
+        assert pop_finish_reason() == "length"
+    assert lm.engine.calls == 1

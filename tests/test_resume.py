@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.fake_world import fake_world_lm, write_task
+from support.slices import task_slice
 
 from dspy_ext.cli import main
 from dspy_ext.experiment import RunSettings, SettingsError, run
@@ -143,14 +144,7 @@ def test_a_second_process_on_the_same_folder_is_refused(tmp_path: Path) -> None:
 @pytest.mark.embedded
 def test_embedded_kill_9_resume_stays_within_the_budget(tmp_path: Path, local_lm) -> None:
     """SmolLM2: kill a ``--budget 120`` compile at about half its budget, run it again: at most 120 calls in all."""
-    from dspy_ext.data import load_task
-
-    task = load_task("sentiment")
-    folder = tmp_path / "sentiment-slice"
-    folder.mkdir()
-    for name, rows in (("train", task.train[:40]), ("test", task.test[:10])):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(dict(ex)) + "\n" for ex in rows))
-    (folder / "instructions.json").write_text(json.dumps(task.instructions))
+    folder = task_slice(tmp_path / "sentiment-slice", n_train=40, n_test=10)
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "dspy_ext", "compile", "--data", str(folder), "--optimizer", "ape", "--budget",
             "120", "--train", "20", "--val", "10", "--threads", "1", "--seed", "0", "--out", str(out), "--json"]

@@ -49,10 +49,14 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
 
 def add_model_args(parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings] = ExperimentSettings,
                    ) -> None:
-    d = lambda key: _default(settings_cls, key)  # noqa: E731
+    d = lambda key: _default(settings_cls, key)
     group = parser.add_argument_group("model and program")
     group.add_argument("--lm", default=argparse.SUPPRESS,
                        help="'local' (embedded SmolLM2-135M) or any dspy.LM model string" + d("lm"))
+    group.add_argument("--lm-timeout", dest="lm_timeout", type=float, default=argparse.SUPPRESS,
+                       help="seconds one LM call may take before it is abandoned and retried (default: no limit)")
+    group.add_argument("--lm-retries", dest="lm_retries", type=int, default=argparse.SUPPRESS,
+                       help="retries of a transient LM error, with backoff; each try counts" + d("lm_retries"))
     group.add_argument("--adapter", default=argparse.SUPPRESS, choices=["auto", "plain", "chat", "json"],
                        help="prompt format: auto = plain for local models, DSPy's chat adapter otherwise" + d("adapter"))
     group.add_argument("--program", default=argparse.SUPPRESS,
@@ -72,6 +76,13 @@ def add_split_args(parser: argparse.ArgumentParser, settings_cls: type[Experimen
                         help=f"training rows drawn {what} from the training file" + _default(settings_cls, "train"))
     parser.add_argument("--val", type=int, default=argparse.SUPPRESS,
                         help=f"validation rows drawn {what} from the training file" + _default(settings_cls, "val"))
+
+
+def add_feedback_arg(parser: argparse.ArgumentParser, what: str = "the compile") -> None:
+    parser.add_argument("--feedback", metavar="STORE", default=argparse.SUPPRESS,
+                        help=f"a review store (dspy-ext review) {what} learns from: Good and corrected outputs join "
+                             "the training rows, the criteria's aligned checks become guarded criteria, critiques "
+                             "go to the optimizer, Good outputs are pinned cases")
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -150,3 +161,20 @@ def emit_json(obj: dict[str, Any], stream: TextIO) -> None:
 def format_errors(errors: dict[str, int]) -> str:
     bad = {k: v for k, v in errors.items() if v}
     return ", ".join(f"{k}={v}" for k, v in bad.items()) if bad else "none"
+
+
+def add_guard_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, repeats: bool = True) -> None:
+    """``--guard CRITERION=POINTS`` (repeatable), and with ``repeats`` ``--repeats K`` and ``--temperature T``."""
+    group = parser.add_argument_group("regression guards" + (" and repeats" if repeats else "")) \
+        if isinstance(parser, argparse.ArgumentParser) else parser
+    group.add_argument("--guard", dest="guards", action="append", metavar="CRITERION=POINTS",
+                       default=argparse.SUPPRESS,
+                       help="the most points a criterion of the metric may drop against the student, e.g. "
+                            "--guard format=0 --guard short=2 ('score' is the objective); repeatable")
+    if not repeats:
+        return
+    group.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
+                       help="rollouts per row of every evaluation; selection uses their mean and the report names "
+                            "the rows that pass only sometimes (default: 1)")
+    group.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
+                       help="task-LM temperature of those rollouts (default: 0.7 with --repeats > 1)")

@@ -21,6 +21,8 @@ import sys
 
 from dspy_ext.cli.common import (
     add_config_arg,
+    add_feedback_arg,
+    add_guard_args,
     add_model_args,
     add_output_args,
     add_split_args,
@@ -49,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=argparse.SUPPRESS,
                         help="seeds per optimizer: --seed, --seed+1, ... (default: 3)")
     add_split_args(parser, CompareSettings, "per seed")
+    add_feedback_arg(parser, "every compile")
+    add_guard_args(parser)
     parser.add_argument("--out", default=argparse.SUPPRESS, help="comparison folder (default runs/compare-TASK)")
     add_output_args(parser)
     parser.set_defaults(func=main)

@@ -63,6 +63,11 @@ def main(args: argparse.Namespace) -> int:
         "task": task.name, "split": args.split, "program": settings.program, "lm": components.lm.model,
         "adapter": components.adapter_name, "demos": len(demos), **report.to_dict(),
     }
+    if args.repeats > 1:
+        rates = report.pass_rates
+        result["flaky_rows"] = [{"index": i, "pass_rate": round(rates[i], 3),
+                                 "input": "; ".join(str(v) for v in rows[i].inputs().values())[:120]}
+                                for i in report.flaky]
     if args.json:
         emit_json(result, args.console)
     else:
@@ -74,6 +79,15 @@ def main(args: argparse.Namespace) -> int:
               f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
               f"{result['seconds']:.1f} s", file=say)
         print(f"errors: {format_errors(result['errors'])}", file=say)
+        cis = report.criteria_cis()
+        if cis:
+            print(f"{'criterion':<16} {'mean %':>8} {'± 95% CI':>9}", file=say)
+            for name, ci in cis.items():
+                print(f"{name:<16} {ci.mean:>8.1f} {ci.half_width:>9.1f}", file=say)
+        if args.repeats > 1:
+            print(f"{len(result['flaky_rows'])} of {len(rows)} rows pass on some repeats but not all", file=say)
+            for row in result["flaky_rows"][:10]:
+                print(f"  row {row['index']} passes {100 * row['pass_rate']:.0f}%: {row['input'][:70]}", file=say)
     if not report.scored:
         first = next((r for r in report.rows if r.error is not None), None)
         detail = f": {first.error.value}: {first.message[:300]}" if first else ""

@@ -62,6 +62,7 @@ RUN_METADATA_KEYS = {
     "test_score": ("test_score",),
     "baseline_test_score": ("baseline_test_score",),
     "budget": ("budget",),
+    "guard_report": ("guard_report",),
 }
 
 

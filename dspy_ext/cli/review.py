@@ -13,6 +13,12 @@ only), ``--samples K`` outputs each; outputs already in the store are not made a
 served on 127.0.0.1 (``--port``, default a free one) and its URL, with the write token, is printed.
 
 ``--report``, ``--export FILE`` and ``--import FILE`` work on the store alone and do not serve.
+
+**After a compile from review** (``dspy-ext compile --feedback STORE``), ``dspy-ext review RUN_DIR`` uses that
+STORE, runs the compiled program on the inputs reviewed there, and opens on the outputs that changed: each
+shown next to the earlier output of the same input with its grade. Unchanged outputs are the same items
+as before and keep their grades, so only the changes are asked. ``--changed`` does the same for a
+``--store`` alone (against its most recent prompt version).
 """
 
 from __future__ import annotations
@@ -96,6 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--import", dest="import_file", metavar="FILE", default=None,
                        help="read labels from JSONL (e.g. from another tool) and exit")
     group.add_argument("--overwrite", action="store_true", help="with --import: replace grades already stored")
+    group.add_argument("--changed", action="store_true",
+                       help="open on the outputs the newest prompt version changed (automatic for a RUN_DIR "
+                            "compiled with --feedback)")
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -104,11 +113,21 @@ def _has_task_flags(args: argparse.Namespace) -> bool:
     return any(hasattr(args, name) for name in ("task", "data")) or bool(getattr(args, "config", None))
 
 
+def _review_store_of_run(run_dir: str) -> str | None:
+    """The review store a run was compiled from (``--feedback``), if any."""
+    try:
+        settings = open_run(run_dir).settings
+    except ComponentError:
+        return None  # _load_program reports the folder's problem
+    return settings.feedback if settings is not None else None
+
+
 def _store_path(args: argparse.Namespace) -> Path:
     if args.store:
         return Path(args.store)
     if args.run_dir:
-        return Path(args.run_dir) / STORE_FILE
+        # A run compiled from a review goes back to that review: its grades carry over to unchanged outputs.
+        return Path(_review_store_of_run(args.run_dir) or Path(args.run_dir) / STORE_FILE)
     name = getattr(args, "task", None) or (Path(args.data).stem if getattr(args, "data", None) else None)
     if name:
         return Path("runs") / f"review-{name}.sqlite"
@@ -122,15 +141,26 @@ class _Program:
         self.program, self.components, self.rows, self.title = program, components, rows, title
 
 
-def _load_program(args: argparse.Namespace) -> _Program:
+def _reviewed_inputs(store: ReviewStore, input_keys: list[str], output_keys: list[str]) -> list[dict[str, Any]]:
+    """The inputs of the graded outputs in ``store`` (each once, with its gold output when known)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for item in store.items():
+        if item.grade is None or item.input_id in rows or set(item.inputs) != set(input_keys):
+            continue
+        gold = {k: v for k, v in (item.gold or {}).items() if k in output_keys}
+        rows[item.input_id] = {**item.inputs, **gold}
+    return list(rows.values())
+
+
+def _load_program(args: argparse.Namespace, store: ReviewStore | None = None) -> _Program:
     if args.run_dir:
         opened = open_run(args.run_dir)
-        components = opened.components()
+        components = opened.components(lm=getattr(args, "injected_lm", None))
         program = opened.program(components)
         title = f"{components.task.name} · {Path(args.run_dir).name}"
     else:
         settings = load_settings(args, ExperimentSettings)
-        components = build_components(settings)
+        components = build_components(settings, lm=getattr(args, "injected_lm", None))
         program = build_student(settings, components.task)
         if args.state:
             state = Path(args.state)
@@ -141,11 +171,15 @@ def _load_program(args: argparse.Namespace) -> _Program:
             load_program_state(program, state, settings.program)
         title = f"{components.task.name} · {settings.program}"
     task = components.task
+    from_review = bool(args.run_dir and not args.inputs and not args.store and store is not None
+                       and _review_store_of_run(args.run_dir))
     if args.inputs:
-        rows = load_inputs_jsonl(args.inputs, task.input_keys)
+        rows = load_inputs_jsonl(args.inputs, task.input_keys)[: args.n]
+    elif from_review:
+        # Every reviewed input, whatever --n: the point is to see what the compile changed on them.
+        rows = _reviewed_inputs(store, list(task.input_keys), list(task.output_keys))
     else:
-        rows = list(task.test if args.split == "test" else task.train)
-    rows = rows[: args.n]
+        rows = list(task.test if args.split == "test" else task.train)[: args.n]
     if not rows:
         raise CLIError(f"no inputs: split {args.split!r} of task {task.name!r} is empty")
     return _Program(program, components, rows, title)
@@ -231,7 +265,7 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
     collected: dict[str, Any] | None = None
     if args.run_dir or _has_task_flags(args):
         try:
-            loaded = _load_program(args)
+            loaded = _load_program(args, store)
         except (ComponentError, ReviewError) as exc:
             raise CLIError(str(exc)) from None
         components = loaded.components
@@ -256,17 +290,29 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
             print(f"{summary.inputs} inputs x {summary.samples} samples: {summary.new_outputs} new outputs, "
                   f"{summary.reused} already in the store, {len(summary.errors)} failed "
                   f"(prompt version {summary.prompt_version})", file=say)
+        changed_since = summary.prompt_version
     elif not args.store:
         raise CLIError("give a RUN_DIR, --task/--data with a program, or --store FILE")
+    else:
+        changed_since = store.latest_prompt_version() if args.changed else None
+    changed = store.changed_outputs(changed_since) if changed_since else {}
+    if not changed and not args.changed:
+        changed_since = None  # nothing changed (or a first review): the ordinary page
+    if collected is not None:
+        collected["changed"] = len(changed)
+    if changed_since and not args.json:
+        print(f"{len(changed)} outputs changed since the reviewed prompt version; unchanged outputs keep their "
+              "grades", file=say)
     reviewed, total = store.progress()
     if args.no_serve:
         if args.json:
-            emit_json({"store": store.path, "reviewed": reviewed, "total": total, "collect": collected}, say)
+            emit_json({"store": store.path, "reviewed": reviewed, "total": total, "collect": collected,
+                       "changed": len(changed)}, say)
         return 0
     if total == 0:
         raise CLIError(f"{store.path}: the store has no outputs to review (give a program to collect some)")
     app = ReviewApp(store, lm=lm, adapter=adapter, seed=getattr(args, "seed", 0), threshold=args.threshold,
-                    title=title)
+                    title=title, changed_since=changed_since)
     try:
         server = ReviewServer(app, port=args.port)
     except OSError as exc:
@@ -275,7 +321,7 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
     try:
         if args.json:
             emit_json({"url": server.url, "store": store.path, "reviewed": reviewed, "total": total,
-                       "collect": collected}, say)
+                       "collect": collected, "changed": len(changed)}, say)
         else:
             print(f"review {reviewed}/{total} done · store {store.path}", file=say)
             print(f"open {server.url}", file=say, flush=True)

@@ -27,6 +27,8 @@ from typing import Any
 
 from dspy_ext.cli.common import (
     add_config_arg,
+    add_feedback_arg,
+    add_guard_args,
     add_model_args,
     add_output_args,
     add_split_args,
@@ -73,6 +75,8 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
          help="seconds between trial heartbeats; a trial silent for 2x this is re-queued" + _default("heartbeat"))
     flag("--timeout", type=float, help="stop starting trials after this many seconds")
     add_split_args(group, TuneSettings, "")
+    add_feedback_arg(group, "every trial")
+    add_guard_args(group, repeats=False)
     flag("--out", help="folder for the study's files (default: next to the study)")
     flag("--top", type=int, help="rows in the table of top trials" + _default("top"))
     flag("--no-test", dest="no_test", action="store_true", help="do not score the best program on the test split")

@@ -30,6 +30,12 @@ class Cell:
     example_scores: list[float | None] = field(repr=False, default_factory=list)
 
 
+def _mean_of(cells: list[Cell], key: str) -> float | None:
+    """The mean of a row field over ``cells`` that have it (older cells may not)."""
+    values = [c.row[key] for c in cells if c.row.get(key) is not None]
+    return round(_mean(values), 2) if values else None
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -62,7 +68,8 @@ def summarise(cells: Sequence[Cell], optimizers: Sequence[str], *, alpha: float 
             "seconds_mean": round(_mean([c.row["seconds"] for c in runs]), 2),
             "budget_enforced": bool(runs[0].row.get("budget_enforced")),
             "budget_exhausted_runs": sum(bool(c.row.get("budget_exhausted")) for c in runs),
-            "baseline_test_score": runs[0].row.get("baseline_test_score"),
+            "baseline_test_score": _mean_of(runs, "baseline_test_score"),
+            "zero_shot_test_score": _mean_of(runs, "zero_shot_test_score"),
         })
     finished = [r for r in rows if r["runs"]]
     if not finished:
@@ -122,8 +129,11 @@ def render_markdown(meta: dict[str, Any], summary: Sequence[dict[str, Any]], cel
         "the same for every run.",
     ]
     baseline = next((r.get("baseline_test_score") for r in summary if r.get("runs")), None)
+    zero_shot = next((r.get("zero_shot_test_score") for r in summary if r.get("runs")), None)
     if baseline is not None:
-        lines += ["", f"Uncompiled student (task's instruction, zero-shot) on the test split: {baseline:.1f}%."]
+        lines += ["", f"Baseline, what a user has for free: the student with 3 labeled demos (0 LM calls to build), "
+                      f"mean over the seeds' demo draws: {baseline:.1f}% on the test split"
+                      + (f"; zero-shot: {zero_shot:.1f}%." if zero_shot is not None else ".")]
     lines += [
         "",
         "| optimizer | test % (mean ± 95% CI) | runs | Δ vs best (pts) | p | significant | LM calls | tokens "

@@ -37,7 +37,8 @@ from dspy_ext.registry import resolve_config
 logger = logging.getLogger(__name__)
 
 #: Fields of a cell's row (and of ``--json`` rows), copied from the run's summary.
-ROW_FIELDS = ("optimizer", "seed", "test_score", "val_score", "baseline_test_score", "lm_calls", "tokens",
+ROW_FIELDS = ("optimizer", "seed", "test_score", "val_score", "baseline_test_score", "zero_shot_test_score",
+              "lm_calls", "tokens",
               "seconds", "budget", "budget_enforced", "budget_exhausted", "test_errors", "train", "val", "test",
               "out")
 CELL_VERSION = 1
@@ -47,8 +48,11 @@ def cell_name(optimizer: str, seed: int) -> str:
     return f"{optimizer}-s{seed}"
 
 
-def cell_fingerprint(components: Components, cell: RunSettings) -> str:
-    """A hash of everything that decides a cell's result; a stored cell is reused only if it matches."""
+def cell_fingerprint(components: Components, cell: RunSettings, review: str | None = None) -> str:
+    """A hash of everything that decides a cell's result; a stored cell is reused only if it matches.
+
+    ``review`` is the fingerprint of the review store a cell compiles from (``--feedback``), if any.
+    """
     task = components.task
     return content_hash({
         "version": CELL_VERSION,
@@ -66,6 +70,7 @@ def cell_fingerprint(components: Components, cell: RunSettings) -> str:
         "optimizer": cell.optimizer,
         "config": resolve_config(cell.optimizer, cell.optimizer_config).model_dump(),
         "seed": cell.seed,
+        **({"review": review} if review else {}),  # without --feedback, cells stored earlier still match
     })
 
 
@@ -140,6 +145,14 @@ def run_compare(
     out = Path(settings.out) if settings.out else settings.default_out
     out.mkdir(parents=True, exist_ok=True)
 
+    review = None
+    if settings.feedback:
+        from dspy_ext.review.feedback import Feedback, FeedbackError
+
+        try:
+            review = Feedback.from_store(settings.feedback).fingerprint  # read once: a bad store fails before any run
+        except FeedbackError as exc:
+            raise SettingsError(f"invalid settings: feedback: {exc}") from None
     evaluator = Evaluator(components.metric, num_threads=settings.threads, progress=progress)
     meter = CallMeter()
     cells: list[Cell] = []
@@ -154,7 +167,7 @@ def run_compare(
             tag = f"[{index}/{len(jobs)}] {task.name} · {name} · seed {seed}"
             run_dir = out / "runs" / cell_name(name, seed)
             cell_settings = settings.cell(name, seed).with_changes(out=str(run_dir))
-            fingerprint = cell_fingerprint(components, cell_settings)
+            fingerprint = cell_fingerprint(components, cell_settings, review)
             path = out / "cells" / f"{cell_name(name, seed)}.json"
             stored = load_cell(path, fingerprint)
             if stored is not None:

@@ -1,7 +1,17 @@
-"""Scoring programs: the shared evaluator, error classes, statistics and paired significance tests."""
+"""Scoring programs: the shared evaluator, error classes, multi-criteria metrics, statistics and paired tests."""
 
 from __future__ import annotations
 
+from dspy_ext.evaluation.criteria import (
+    CriteriaMetric,
+    Measurement,
+    criteria,
+    criteria_names,
+    criteria_of,
+    feedback_of,
+    measure,
+    metric_value,
+)
 from dspy_ext.evaluation.evaluator import (
     ErrorKind,
     EvaluationReport,
@@ -9,12 +19,18 @@ from dspy_ext.evaluation.evaluator import (
     RowResult,
     classify_error,
     example_key,
-    metric_value,
 )
 from dspy_ext.evaluation.significance import PairedTest, mcnemar_exact, paired_bootstrap, paired_test
 from dspy_ext.evaluation.stats import MeanCI, mean_ci, t95
 
 __all__ = [
+    "CriteriaMetric",
+    "Measurement",
+    "criteria",
+    "criteria_names",
+    "criteria_of",
+    "feedback_of",
+    "measure",
     "ErrorKind",
     "EvaluationReport",
     "Evaluator",

@@ -75,7 +75,8 @@ class LabelPrior:
         """
         if len(label_logprobs) != len(self.labels):
             raise ValueError(f"expected {len(self.labels)} label scores, got {len(label_logprobs)}")
-        shifted = [v - math.log(max(p, _FLOOR)) for v, p in zip(log_softmax(list(label_logprobs)), self.probs)]
+        normalised = log_softmax(list(label_logprobs))
+        shifted = [v - math.log(max(p, _FLOOR)) for v, p in zip(normalised, self.probs, strict=True)]
         return [math.exp(v) for v in log_softmax(shifted)]
 
     @property

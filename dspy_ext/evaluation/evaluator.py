@@ -11,8 +11,12 @@ It scores a program on examples with threads and keeps what DSPy's
   program bug are counted apart. Only an unparseable reply scores 0 (the
   prompt caused it); the others are left out of the mean and reported, so a
   flaky LM cannot make a good candidate look bad;
+* named criteria and feedback: a metric may return criteria (see
+  :mod:`dspy_ext.evaluation.criteria`); the metric is called once per row and
+  every criterion is kept per row and averaged per criterion;
 * repeated sampling (``repeats`` rollouts at ``temperature`` > 0) with a mean
-  and 95% confidence interval;
+  and 95% confidence interval, per-row pass rates and the rows that pass only
+  sometimes;
 * a hard stop when the call budget runs out, keeping every finished row.
 """
 
@@ -34,6 +38,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError
 
+from dspy_ext.evaluation.criteria import measure
 from dspy_ext.evaluation.stats import MeanCI, mean_ci
 from dspy_ext.lm.errors import context_overflow_in
 from dspy_ext.lm.metering import CallMeter, UsageSnapshot, find_budget_exhausted, metering
@@ -74,17 +79,6 @@ def classify_error(exc: BaseException) -> ErrorKind:
     return ErrorKind.PROGRAM
 
 
-def metric_value(value: Any) -> float:
-    """Turn a metric's return (bool, number, or ``dspy.Prediction(score=...)``) into a float."""
-    if isinstance(value, dspy.Prediction) or hasattr(value, "score"):
-        value = value.score
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    raise TypeError(f"metric returned {type(value).__name__}; expected bool, a number or Prediction(score=...)")
-
-
 def example_key(example: dspy.Example) -> str:
     """A stable key of an example's content."""
     return content_hash(demo_to_dict(example))
@@ -92,7 +86,18 @@ def example_key(example: dspy.Example) -> str:
 
 @dataclass
 class RowResult:
-    """The outcome of one (example, repeat)."""
+    """The outcome of one (example, repeat).
+
+    Attributes:
+        index: The example's position in the evaluated rows.
+        repeat: The rollout (0 .. repeats - 1).
+        score: The metric's scalar score (0-1), ``None`` when the row failed (see ``error``).
+        prediction: The program's outputs.
+        error: Why the row has no ordinary score.
+        message: The error's one-line text.
+        criteria: Every named criterion (0-1) when the metric returns several, else ``None``.
+        feedback: The metric's text of feedback on this row, if any.
+    """
 
     index: int
     repeat: int
@@ -100,6 +105,8 @@ class RowResult:
     prediction: dict[str, Any] | None = None
     error: ErrorKind | None = None
     message: str = ""
+    criteria: dict[str, float] | None = None
+    feedback: str | None = None
 
 
 @dataclass
@@ -161,8 +168,76 @@ class EvaluationReport:
         values = [100.0 * r.score for r in self.scored]
         return mean_ci(values) if values else MeanCI(0.0, 0.0, 0)
 
+    # ---- criteria ---------------------------------------------------------------------
+    @property
+    def criteria_names(self) -> list[str]:
+        """The criteria the metric returned, in its order (``[]`` for a one-number metric)."""
+        names: dict[str, None] = {}
+        for r in self.scored:
+            for name in r.criteria or ():
+                names.setdefault(name)
+        return list(names)
+
+    def criteria_means(self) -> dict[str, float]:
+        """Each criterion's mean on a 0-100 scale over the scored rows that report it."""
+        out = {}
+        for name in self.criteria_names:
+            values = [r.criteria[name] for r in self.scored if r.criteria and name in r.criteria]
+            out[name] = 100.0 * sum(values) / len(values)
+        return out
+
+    def criteria_cis(self) -> dict[str, MeanCI]:
+        """Each criterion's mean and 95% CI (0-100) over examples (per-example means over repeats)."""
+        per_example = self.example_criteria
+        out = {}
+        for name in self.criteria_names:
+            values = [100.0 * c[name] for c in per_example if c is not None and name in c]
+            out[name] = mean_ci(values) if values else MeanCI(0.0, 0.0, 0)
+        return out
+
+    @property
+    def example_criteria(self) -> list[dict[str, float] | None]:
+        """Per-example criteria, each the mean over the example's scored repeats (``None``: none scored).
+
+        A one-number metric gives ``{"score": ...}`` per example, so guards can name ``score``.
+        """
+        sums: dict[int, dict[str, list[float]]] = {}
+        for r in self.scored:
+            values = r.criteria if r.criteria is not None else {"score": r.score}
+            slot = sums.setdefault(r.index, {})
+            for name, v in values.items():
+                slot.setdefault(name, []).append(v)
+        return [{name: sum(v) / len(v) for name, v in sums[i].items()} if i in sums else None
+                for i in range(self.n_examples)]
+
+    def row(self, index: int, repeat: int = 0) -> RowResult | None:
+        """The result of example ``index`` at rollout ``repeat`` (``None`` if it was never run)."""
+        return next((r for r in self.rows if r.index == index and r.repeat == repeat), None)
+
+    # ---- repeats ------------------------------------------------------------------------
+    @property
+    def pass_rates(self) -> list[float | None]:
+        """Per example, the share of its scored repeats that passed (score >= 1), ``None`` if none scored."""
+        by_index: dict[int, list[float]] = {}
+        for r in self.scored:
+            by_index.setdefault(r.index, []).append(r.score)
+        return [sum(1 for s in by_index[i] if s >= 1.0) / len(by_index[i]) if i in by_index else None
+                for i in range(self.n_examples)]
+
+    @property
+    def flaky(self) -> list[int]:
+        """Indices of the examples that pass on some repeats but not on all (stochastic failures)."""
+        return [i for i, rate in enumerate(self.pass_rates) if rate is not None and 0.0 < rate < 1.0]
+
     def to_dict(self) -> dict[str, Any]:
         ci = self.ci
+        extra: dict[str, Any] = {}
+        means = self.criteria_means()
+        if means:
+            extra["criteria"] = {name: round(v, 2) for name, v in means.items()}
+        if self.repeats > 1:
+            extra["pass_rates"] = [None if r is None else round(r, 3) for r in self.pass_rates]
+            extra["flaky"] = self.flaky
         return {
             "score": round(self.score, 2),
             "ci95": round(ci.half_width, 2),
@@ -177,6 +252,7 @@ class EvaluationReport:
             "errors": self.errors,
             "complete": self.complete,
             "budget_exhausted": self.budget_exhausted,
+            **extra,
         }
 
 
@@ -192,8 +268,9 @@ class Evaluator:
     """Scores programs on examples; one instance per (metric, run).
 
     Args:
-        metric: ``metric(example, prediction, trace=None)`` returning a bool,
-            number in [0, 1] or ``dspy.Prediction(score=...)``.
+        metric: ``metric(example, prediction, trace=None)`` returning a bool, a number in [0, 1],
+            a mapping of criteria or ``dspy.Prediction(score=..., criteria=..., feedback=...)``
+            (see :mod:`dspy_ext.evaluation.criteria`); it is called once per row.
         num_threads: Worker threads.
         progress: Show a tqdm progress bar (on stderr).
         cache: Keep scores keyed by prompt state and example.
@@ -259,7 +336,8 @@ class Evaluator:
             key = (*base_key, example_key(examples[i]), k)
             cached = self._cache.get(key) if self.use_cache else None
             if cached is not None:
-                rows.append(RowResult(i, k, cached.score, cached.prediction, cached.error, cached.message))
+                rows.append(RowResult(i, k, cached.score, cached.prediction, cached.error, cached.message,
+                                      cached.criteria, cached.feedback))
                 hits += 1
             else:
                 pending.append((i, k, key))
@@ -345,10 +423,11 @@ class Evaluator:
             return RowResult(i, k, 0.0 if kind is ErrorKind.PARSE else None, None, kind, message)
         outputs = dict(prediction.items()) if hasattr(prediction, "items") else {"value": prediction}
         try:
-            score = metric_value(self.metric(example, prediction))
+            measured = measure(self.metric, example, prediction)
         except Exception as exc:
             return RowResult(i, k, None, _jsonable(outputs), ErrorKind.METRIC, f"{type(exc).__name__}: {exc}")
-        return RowResult(i, k, score, _jsonable(outputs))
+        return RowResult(i, k, measured.score, _jsonable(outputs), criteria=measured.criteria,
+                         feedback=measured.feedback)
 
 
 def _jsonable(outputs: dict[str, Any]) -> dict[str, Any]:

@@ -18,14 +18,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import inspect
 import json
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import dspy
 from dspy_ext.adapters import default_adapter, make_adapter
 from dspy_ext.data import TaskData, load_task
 from dspy_ext.experiment.settings import ExperimentSettings
+from dspy_ext.lm.retry import CallPolicy, call_policy
 from metrics import METRICS
 from programs import PROGRAMS, build_program
 
@@ -62,14 +64,17 @@ class Components:
     lm: dspy.BaseLM
     adapter: dspy.Adapter | None
     metric: Callable[..., Any]
+    call_policy: CallPolicy = field(default_factory=CallPolicy)
 
     @property
     def adapter_name(self) -> str:
         return type(self.adapter).__name__ if self.adapter is not None else "ChatAdapter"
 
-    def context(self, **extra: Any):
-        """``dspy.context`` with this experiment's LM and adapter."""
-        return dspy.context(lm=self.lm, adapter=self.adapter, **extra)
+    @contextlib.contextmanager
+    def context(self, *, lm: dspy.BaseLM | None = None) -> Iterator[None]:
+        """``dspy.context`` with this experiment's LM (or ``lm``), adapter and LM-call retries and timeout."""
+        with dspy.context(lm=lm or self.lm, adapter=self.adapter), call_policy(self.call_policy):
+            yield
 
 
 def build_components(settings: ExperimentSettings, *, lm: dspy.BaseLM | None = None) -> Components:
@@ -92,7 +97,8 @@ def build_components(settings: ExperimentSettings, *, lm: dspy.BaseLM | None = N
 
         lm = make_lm(settings.lm, cache=settings.cache)
     adapter = default_adapter(lm) if settings.adapter == "auto" else make_adapter(settings.adapter)
-    return Components(task=task, lm=lm, adapter=adapter, metric=metric)
+    policy = CallPolicy(max_retries=settings.lm_retries, timeout=settings.lm_timeout)
+    return Components(task=task, lm=lm, adapter=adapter, metric=metric, call_policy=policy)
 
 
 # ---- import paths -------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from dspy_ext.experiment.components import (
     Components,
     build_components,
     build_student,
+    labeled_demos,
     load_program_state,
     read_json_file,
 )
@@ -74,7 +75,7 @@ class RunResult:
         summary: What ``run.json`` holds; ``lm_calls``, ``tokens`` and ``seconds`` are the compile's alone.
         program: The compiled program.
         test: The compiled program on the test split.
-        baseline: The uncompiled student on the test split.
+        baseline: The student with labeled demos (the baseline a user has for free) on the test split.
         val: The compiled program on the validation rows.
         out: The run folder.
     """
@@ -124,6 +125,10 @@ def run(
         train, val = split_train_val(task.train, settings.train, settings.val, seed=settings.seed)
     except ValueError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
+    metric = components.metric
+    merged = _merge_review(settings, components, train, val) if settings.feedback else None
+    if merged is not None:
+        metric, train = merged.metric, merged.train
     out = Path(settings.out) if settings.out else settings.default_out
     settings = settings.with_changes(out=str(out))
     out.mkdir(parents=True, exist_ok=True)
@@ -132,18 +137,25 @@ def run(
         identity = {"settings": settings.model_dump(mode="json", exclude={"out", "cache"}), "lm": getattr(components.lm, "model", None),
                     "adapter": components.adapter_name, "train_val": dataset_fingerprint(train + val),
                     "test": dataset_fingerprint(task.test), "student": content_hash(program_state_json(student))}
+        if merged is None:
+            identity["settings"].pop("feedback", None)  # run folders from before --feedback existed still resume
+        else:
+            identity["feedback"] = merged.feedback.fingerprint  # a changed review is another run
         _claim_folder(out, identity, restart=restart)
         atomic_write_text(out / SETTINGS_FILE, settings.to_yaml())
         # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
         lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
-        with dspy.context(lm=lm, adapter=components.adapter):
-            optimizer = build_optimizer(settings.optimizer, components.metric, config=settings.optimizer_config,
+        with components.context(lm=lm):
+            review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
+            guards = review_kwargs.get("guards", settings.guards) or {}
+            optimizer = build_optimizer(settings.optimizer, metric, config=settings.optimizer_config,
                                         budget=settings.budget, seed=settings.seed, num_threads=settings.threads,
-                                        n_train=len(train), n_val=len(val), log_dir=str(out), progress=progress)
+                                        n_train=len(train), n_val=len(val), log_dir=str(out), progress=progress,
+                                        repeats=settings.repeats, temperature=settings.eval_temperature,
+                                        **{**review_kwargs, "guards": guards})
         meter = CallMeter()
         started = time.perf_counter()
-        with dspy.context(lm=lm, adapter=components.adapter), journaled(out / JOURNAL_FILE) as journal, \
-                metering(meter):
+        with components.context(lm=lm), journaled(out / JOURNAL_FILE) as journal, metering(meter):
             compiled = optimizer.compile(student, trainset=train, valset=val)
         compile_seconds = time.perf_counter() - started
         usage = meter.snapshot()
@@ -151,11 +163,20 @@ def run(
             logger.info("%s: resumed; %d of %d calls replayed from %s", out, journal.replayed_calls, usage.calls,
                         JOURNAL_FILE)
 
-        evaluator = evaluator or Evaluator(components.metric, num_threads=settings.threads, progress=progress)
+        if evaluator is None or evaluator.metric is not metric:
+            # With review criteria the metric is this run's own: a shared evaluator's cache holds other scores.
+            evaluator = Evaluator(metric, num_threads=settings.threads, progress=progress)
+        # The honest baseline is what a user has for free: the student with labeled demos (0 LM calls to build).
+        labeled = labeled_baseline(student, train, settings.seed)
+        rollouts = {"repeats": settings.repeats, "temperature": settings.eval_temperature}
         with components.context():
-            test = evaluator.evaluate(compiled, task.test, desc="test")
-            baseline = evaluator.evaluate(student, task.test, desc="baseline test")
-            val_report = evaluator.evaluate(compiled, val, desc="val")
+            test = evaluator.evaluate(compiled, task.test, desc="test", **rollouts)
+            baseline = evaluator.evaluate(labeled, task.test, desc="labeled-demo baseline test", **rollouts)
+            zero_shot = evaluator.evaluate(student, task.test, desc="zero-shot test", **rollouts)
+            val_report = evaluator.evaluate(compiled, val, desc="val", **rollouts)
+            # The per-criterion table on val compares against the student, as the guards do.
+            student_val = evaluator.evaluate(student, val, desc="student val", **rollouts) \
+                if guards or test.criteria_names else None
         result = getattr(compiled, "dspy_ext_result", None)
         summary = {
             "task": task.name,
@@ -174,6 +195,8 @@ def run(
             "val_score": round(val_report.score, 2),
             "test_score": round(test.score, 2),
             "baseline_test_score": round(baseline.score, 2),
+            "baseline": f"the student with {LABELED_BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
+            "zero_shot_test_score": round(zero_shot.score, 2),
             "lm_calls": usage.calls,
             "tokens": usage.total_tokens,
             "seconds": round(compile_seconds, 2),
@@ -185,11 +208,121 @@ def run(
         }
         if result is not None:
             summary["search"] = result.to_dict()
+        summary.update(criteria_summary(test=(zero_shot, test, task.test), val=(student_val, val_report, val),
+                                        guards=guards, compiled=compiled))
+        if merged is not None:
+            with components.context():
+                pinned = merged.feedback.check_pinned(compiled, input_keys=task.input_keys,
+                                                      output_keys=task.output_keys, evaluator_threads=settings.threads)
+            review = _review_summary(merged, pinned, test, zero_shot, settings.metric.rpartition(":")[2])
+            table = review.pop("criteria")
+            if not summary.get("criteria"):  # the run's own table is kept; a one-number metric gets the review's
+                summary["criteria"] = table
+            summary.update(review)
         atomic_write_text(out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2,
                                                          ensure_ascii=False) + "\n")
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
         atomic_write_text(out / REPORT_FILE, render_report(summary, compiled))
     return RunResult(settings, summary, compiled, test, baseline, val_report, out)
+
+
+def criteria_table(student: EvaluationReport | None, compiled: EvaluationReport) -> dict[str, dict[str, float]]:
+    """``{criterion: {"student": mean, "compiled": mean}}`` (0-100); ``{}`` for a one-number metric."""
+    if student is None:
+        return {}
+    before = student.criteria_means()
+    return {name: {"student": round(before.get(name, 0.0), 2), "compiled": round(value, 2)}
+            for name, value in compiled.criteria_means().items()}
+
+
+def criteria_summary(*, test: tuple[EvaluationReport, EvaluationReport, list[dspy.Example]],
+                     val: tuple[EvaluationReport | None, EvaluationReport, list[dspy.Example]],
+                     guards: dict[str, float], compiled: dspy.Module) -> dict[str, Any]:
+    """The run summary's per-criterion tables, guard report and stochastic-failure figures.
+
+    Args:
+        test: The student's and the compiled program's evaluations of the test rows, and the rows.
+        val: The same on the validation rows (the student's may be ``None``: not scored).
+        guards: The compile's regression guards (``{}``: none).
+        compiled: The compiled program (its search result or acceptance gate holds the val guard report).
+
+    Returns:
+        ``criteria`` and ``val_criteria`` (``{name: {student, compiled}}``) when the metric has criteria;
+        ``guard_report`` (``val`` from the compile, ``test`` measured here, every criterion with CIs)
+        when there are guards; ``repeats`` (pass rates, mean with CI, the rows that pass only
+        sometimes) when rows were scored more than once.
+    """
+    from dspy_ext.search.regression import RegressionGuard, row_criteria
+
+    (student_test, compiled_test, test_rows), (student_val, compiled_val, _) = test, val
+    out: dict[str, Any] = {}
+    table = criteria_table(student_test, compiled_test)
+    if table:
+        out["criteria"] = table
+        out["val_criteria"] = criteria_table(student_val, compiled_val)
+    if guards:
+        result = getattr(compiled, "dspy_ext_result", None)
+        val_report = getattr(result, "guard_report", None) or getattr(compiled, "dspy_ext_gate", None)
+        stochastic = compiled_test.repeats > 1 or bool((val_report or {}).get("stochastic"))
+        guard = RegressionGuard(guards, stochastic=stochastic)
+        reference, candidate = row_criteria(student_test, test_rows), row_criteria(compiled_test, test_rows)
+        verdict = guard.check(reference, candidate)
+        out["guard_report"] = {
+            "tolerances": dict(guards),
+            "val": val_report,
+            "test": {"n": verdict.n, "kept": verdict.ok, "broken": verdict.to_log()["broken"],
+                     "criteria": guard.report(reference, candidate, labels=("student", "compiled"))},
+        }
+    if compiled_test.repeats > 1:
+        ci = compiled_test.ci
+        rates = compiled_test.pass_rates
+        out["repeats"] = {
+            "k": compiled_test.repeats,
+            "test_mean": round(ci.mean, 2), "test_ci95": round(ci.half_width, 2),
+            "student_test_mean": round(student_test.ci.mean, 2),
+            "student_test_ci95": round(student_test.ci.half_width, 2),
+            "flaky_test_rows": [{"index": i, "pass_rate": round(rates[i], 3),
+                                 "input": "; ".join(str(v) for v in test_rows[i].inputs().values())[:120]}
+                                for i in compiled_test.flaky],
+        }
+    return out
+
+
+def _merge_review(settings: RunSettings, components: Components, train: list[dspy.Example],
+                  val: list[dspy.Example]) -> Any:
+    """The run's train rows, metric, guards and critiques with the review store ``settings.feedback`` merged in.
+
+    Raises:
+        SettingsError: The store cannot be read or was made for other fields (one line naming it).
+    """
+    from dspy_ext.experiment.feedback import merge_feedback
+    from dspy_ext.registry import get_spec
+    from dspy_ext.review.feedback import Feedback, FeedbackError
+
+    try:
+        review = Feedback.from_store(str(settings.feedback))
+        return merge_feedback(review, metric=components.metric, metric_name=settings.metric.rpartition(":")[2],
+                              task=components.task, train=train, val=val, guards=settings.guards,
+                              optimizer_uses_critiques=get_spec(settings.optimizer).uses_feedback)
+    except (FeedbackError, ValueError) as exc:
+        raise SettingsError(f"invalid settings: feedback: {exc}") from None
+
+
+def _review_summary(merged: Any, pinned: Any, test: EvaluationReport, student: EvaluationReport,
+                    metric_name: str) -> dict[str, Any]:
+    """The run report's ``feedback`` and ``pinned`` entries, and ``criteria`` (test, student vs compiled).
+
+    Without any review criterion (none has an aligned check) the table has the run's metric alone.
+    """
+    compiled_means, student_means = test.criteria_means(), student.criteria_means()
+    if not compiled_means:
+        compiled_means, student_means = {metric_name: test.score}, {metric_name: student.score}
+    return {
+        "feedback": merged.summary(),
+        "pinned": pinned.to_dict(),
+        "criteria": {name: {"student": round(student_means.get(name, 0.0), 2), "compiled": round(value, 2)}
+                     for name, value in compiled_means.items()},
+    }
 
 
 def _claim_folder(out: Path, identity: dict[str, Any], *, restart: bool) -> None:
@@ -227,6 +360,19 @@ def _difference(stored: dict[str, Any], identity: dict[str, Any]) -> str:
     return "; ".join(changed[:4]) or "other settings"
 
 
+#: Labeled demos per predictor of the baseline a user gets for free.
+LABELED_BASELINE_DEMOS = 3
+
+
+def labeled_baseline(student: dspy.Module, train: list[dspy.Example], seed: int) -> dspy.Module:
+    """The student with :data:`LABELED_BASELINE_DEMOS` labeled training demos per predictor, drawn with ``seed``."""
+    program = student.deepcopy()
+    demos = labeled_demos(train, min(LABELED_BASELINE_DEMOS, len(train)), seed)
+    for _, predictor in predictors(program):
+        predictor.demos = list(demos)
+    return program
+
+
 def program_state_json(program: dspy.Module) -> dict[str, Any]:
     """The JSON state ``program.save("x.json")`` writes (DSPy's own format, metadata included)."""
     from dspy.utils.saving import get_dependency_versions
@@ -244,9 +390,12 @@ def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
         "| figure | value |",
         "|---|---|",
     ]
-    for key in ("val_score", "test_score", "baseline_test_score", "lm_calls", "tokens", "seconds", "budget",
+    for key in ("val_score", "test_score", "baseline_test_score", "zero_shot_test_score", "lm_calls", "tokens", "seconds", "budget",
                 "budget_exhausted", "lm", "adapter", "train", "val", "test"):
         lines.append(f"| {key} | {summary[key]} |")
+    lines += render_criteria_section(summary)
+    if "pinned" in summary:
+        lines += render_review_section(summary)
     for name, predictor in predictors(program):
         lines += ["", f"## Predictor `{name}`", "", "Instruction:", "", "> " + predictor.signature.instructions.replace(
             "\n", "\n> "), "", f"Demos ({len(predictor.demos)}):", ""]
@@ -254,6 +403,71 @@ def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
             data = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
             lines.append("- " + "; ".join(f"{k}: {str(v)[:120]}" for k, v in data.items() if k != "augmented"))
     return "\n".join(lines) + "\n"
+
+
+def render_criteria_section(summary: dict[str, Any]) -> list[str]:
+    """The report lines of the per-criterion tables, the guard report and the rows that pass only sometimes."""
+    lines: list[str] = []
+    if summary.get("criteria"):
+        lines += ["", "## Criteria", "", "| criterion | student test | compiled test | student val | compiled val |",
+                  "|---|---|---|---|---|"]
+        val = summary.get("val_criteria") or {}
+        for name, cell in summary["criteria"].items():
+            v = val.get(name, {})
+            lines.append(f"| {name} | {cell['student']:.1f} | {cell['compiled']:.1f} | "
+                         f"{_cell(v.get('student'))} | {_cell(v.get('compiled'))} |")
+    report = summary.get("guard_report")
+    if report:
+        lines += ["", "## Regression guards", "",
+                  "Tolerances (points): " + ", ".join(f"{k} {v:g}" for k, v in report["tolerances"].items()) + "."]
+        val = report.get("val") or {}
+        if val.get("fallback"):
+            lines.append(f"The search returned the reference program's prompts: {val['fallback']}.")
+        if val.get("returned") and val.get("returned") != "compiled":
+            lines.append(f"The acceptance gate returned the {val['returned']}: the compiled program broke a guard.")
+        if val.get("rejected"):
+            lines.append("Candidates set aside by a guard: "
+                         + ", ".join(f"{k} {n}" for k, n in val["rejected"].items()) + ".")
+        lines += ["", "| split | criterion | before | after | drop | p | tolerance | broken |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for split, block in (("val", val.get("criteria") or {}), ("test", report["test"]["criteria"])):
+            for name, row in block.items():
+                before, after = [v for k, v in row.items() if isinstance(v, dict)][:2]
+                lines.append(f"| {split} | {name} | {before['mean']:.1f} ± {before['ci95']:.1f} | "
+                             f"{after['mean']:.1f} ± {after['ci95']:.1f} | {row['drop']:.1f} | {row['p_value']:.3f} | "
+                             f"{'-' if row['tolerance'] is None else format(row['tolerance'], 'g')} | "
+                             f"{'yes' if row['broken'] else 'no'} |")
+    repeats = summary.get("repeats")
+    if repeats:
+        lines += ["", "## Repeats", "",
+                  f"{repeats['k']} rollouts per row: test {repeats['test_mean']:.1f} ± {repeats['test_ci95']:.1f} "
+                  f"(student {repeats['student_test_mean']:.1f} ± {repeats['student_test_ci95']:.1f}); "
+                  f"{len(repeats['flaky_test_rows'])} rows pass only sometimes."]
+        for row in repeats["flaky_test_rows"][:20]:
+            lines.append(f"- row {row['index']} (passes {100 * row['pass_rate']:.0f}%): {row['input']}")
+    return lines
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_review_section(summary: dict[str, Any]) -> list[str]:
+    """The report lines of a compile from human review: what the review gave, and the pinned cases."""
+    review, pinned = summary["feedback"], summary["pinned"]
+    lines = ["", "## Human review", "",
+             f"From `{review['store']}`: {review['labeled']} labeled examples ({review['added_to_train']} added to "
+             f"training, {review['held_out']} held out), {review['critiques']} critiques "
+             f"({review['critiques_to_optimizer']} to the optimizer), guards {review['guards'] or 'none'}.", ""]
+    lines += [f"- {note}" for note in review["notes"]]
+    lines += ["", f"Pinned cases (outputs graded Good, checked by {pinned['by']}): {pinned['kept']} kept, "
+              f"{pinned['broken']} broken, {pinned['unscored']} not scored."]
+    if pinned["broken_items"]:
+        lines += ["", "| input | approved | now | fails |", "|---|---|---|---|"]
+        for case in pinned["broken_items"]:
+            cells = [case["input"][:80], case["approved"][:60], case["output"][:60], ", ".join(case["failed"])]
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return lines
 
 
 # ---- reading a run folder back ------------------------------------------------------------------

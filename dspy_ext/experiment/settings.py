@@ -30,13 +30,27 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dspy_ext.search.config import DEFAULT_BUDGET
+from dspy_ext.search.regression import parse_guards
 
 #: Run file suffixes and what reads them.
 RUN_FILE_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".json": "JSON"}
 
 
 class SettingsError(ValueError):
-    """Settings that cannot be used; the message names every bad key."""
+    """Settings that cannot be used; the message names every bad key.
+
+    Attributes:
+        detail: The problems, without the prefix naming where the settings came from.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+def _guards(value: Any) -> Any:
+    """Guards as ``{criterion: points}`` from a mapping or ``"name=points"`` strings (``--guard``, repeatable)."""
+    return parse_guards(value) if value is not None else {}
 
 
 def _keys(value: Any) -> Any:
@@ -58,6 +72,9 @@ class ExperimentSettings(BaseModel):
             import path ``package.module:Name`` of a ``dspy.Module`` class, instance or factory.
         metric: A built-in metric name (``exact_match``, ...) or an import path ``package.module:function``.
         lm: ``local`` (the embedded model) or any ``dspy.LM`` model string.
+        lm_timeout: Seconds one LM call may take before it is abandoned and retried (``None``: no limit).
+        lm_retries: Retries of an LM call that failed transiently (timeout, rate limit, 5xx, reset),
+            with exponential backoff and jitter; every try counts against the budget.
         adapter: ``auto`` (plain for local models, DSPy's chat adapter otherwise), ``plain``, ``chat`` or ``json``.
         seed: Seeds every random choice (``0`` is a seed like any other).
         train: Training rows drawn from the training split.
@@ -76,6 +93,8 @@ class ExperimentSettings(BaseModel):
     program: str = "transform"
     metric: str = "exact_match"
     lm: str = "local"
+    lm_timeout: float | None = Field(default=None, gt=0)
+    lm_retries: int = Field(default=3, ge=0)
     adapter: Literal["auto", "plain", "chat", "json"] = "auto"
     seed: int = 0
     train: int = Field(default=50, ge=1)
@@ -85,6 +104,13 @@ class ExperimentSettings(BaseModel):
     out: str | None = None
 
     _split_keys = field_validator("input_keys", "output_keys", mode="before")(lambda cls, v: _keys(v))
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            detail = _describe(exc)
+            raise SettingsError(f"invalid settings: {detail}", detail) from None
 
     @model_validator(mode="after")
     def _one_source(self) -> ExperimentSettings:
@@ -102,8 +128,8 @@ class ExperimentSettings(BaseModel):
         """
         try:
             return cls(**dict(values or {}))
-        except ValidationError as exc:
-            raise SettingsError(f"invalid {source}: {_describe(exc)}") from None
+        except SettingsError as exc:
+            raise SettingsError(f"invalid {source}: {exc.detail}", exc.detail) from None
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -143,11 +169,31 @@ class RunSettings(ExperimentSettings):
         optimizer: A registry name (``ape``, ``opro``, ``mipro``, ...).
         optimizer_config: The optimizer's own settings (validated against its config model).
         budget: LM calls: a hard cap for dspy-ext's optimizers, the closest setting for DSPy's.
+        feedback: A review store (``dspy-ext review``) to compile from: its Good and corrected outputs join
+            the training rows, its criteria's aligned checks become guarded criteria of the metric, its
+            critiques go to the optimizer, and its Good outputs are pinned cases (``None``: no review).
+        guards: Regression guards ``{criterion: points}``: the most points a criterion of the metric may
+            drop against the student (``score`` is the objective). dspy-ext's optimizers never select a
+            candidate that breaks one; DSPy's are wrapped in an acceptance gate. CLI: ``--guard format=0``.
+        repeats: Rollouts per row of every evaluation (search and test); selection uses their mean, and
+            the report gives per-row pass rates and the rows that pass only sometimes.
+        temperature: Task-LM temperature of those rollouts (``None``: 0.7 when ``repeats > 1``, else the LM's).
     """
 
     optimizer: str = "ape"
     optimizer_config: dict[str, Any] = Field(default_factory=dict)
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    feedback: str | None = None
+    guards: dict[str, float] = Field(default_factory=dict)
+    repeats: int = Field(default=1, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
+
+    @property
+    def eval_temperature(self) -> float | None:
+        """The temperature of the rollouts: ``temperature``, else 0.7 with several repeats (else ``None``)."""
+        return self.temperature if self.temperature is not None else (0.7 if self.repeats > 1 else None)
 
     @model_validator(mode="after")
     def _known_optimizer(self) -> RunSettings:
@@ -169,12 +215,22 @@ class CompareSettings(ExperimentSettings):
         optimizer_configs: Per-optimizer settings, ``{"ape": {"top_k": 2}}``.
         budget: LM calls per compile.
         seeds: Seeds per optimizer: ``seed``, ``seed + 1``, ...
+        guards: Regression guards of every cell (see :class:`RunSettings`): guarded optimizers side by side.
+        repeats: Rollouts per row of every evaluation (see :class:`RunSettings`).
+        temperature: Task-LM temperature of those rollouts (see :class:`RunSettings`).
+        feedback: A review store every cell compiles from (see :class:`RunSettings`).
     """
 
     optimizers: list[str]
     optimizer_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
     seeds: int = Field(default=3, ge=1)
+    guards: dict[str, float] = Field(default_factory=dict)
+    repeats: int = Field(default=1, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
+    feedback: str | None = None
 
     @field_validator("optimizers", mode="before")
     @classmethod
@@ -227,6 +283,8 @@ class TuneSettings(ExperimentSettings):
         timeout: Stop starting trials after this many seconds.
         top: Rows in the table of top trials.
         test: Score the best program on the test split.
+        guards: Regression guards given to every trial's optimizer (see :class:`RunSettings`).
+        feedback: A review store every trial compiles from (see :class:`RunSettings`).
     """
 
     space: str | None = None
@@ -242,6 +300,10 @@ class TuneSettings(ExperimentSettings):
     timeout: float | None = Field(default=None, gt=0)
     top: int = Field(default=5, ge=1)
     test: bool = True
+    guards: dict[str, float] = Field(default_factory=dict)
+
+    _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
+    feedback: str | None = None
 
     _split_lists = field_validator("optimizers", "criteria", mode="before")(lambda cls, v: _keys(v))
 

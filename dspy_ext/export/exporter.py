@@ -72,7 +72,7 @@ LM_SETTING_KEYS = (
 #: Metadata keys every artifact carries (``None`` when unknown).
 METADATA_KEYS = (
     "dspy_version", "dspy_ext_version", "optimizer", "optimizer_settings", "seed", "data_hash",
-    "dev_score", "test_score", "created_at",
+    "dev_score", "test_score", "created_at", "guard_report",
 )
 
 _SUPPORTED_TYPES = "str, int, float, bool, Any, Literal[...], list[...], dict[str, ...] and Optional[...]"
@@ -391,6 +391,17 @@ def _check_probe(artifact: PromptArtifact, name: str, predictor: dspy.Predict, a
             raise ExportError(f"predictor {name!r}: the JSON fallback template does not reproduce JSONAdapter.format()")
 
 
+def program_guard_report(program: dspy.Module) -> dict[str, Any] | None:
+    """The regression-guard report a compile attached to ``program`` (``None`` without guards).
+
+    A dspy-ext search attaches it to ``program.dspy_ext_result.guard_report``; the registry's
+    acceptance gate around DSPy's optimizers to ``program.dspy_ext_gate``.
+    """
+    result = getattr(program, "dspy_ext_result", None)
+    report = getattr(result, "guard_report", None) or getattr(program, "dspy_ext_gate", None)
+    return report if isinstance(report, dict) else None
+
+
 def build_artifact(
     program: dspy.Module,
     *,
@@ -427,7 +438,7 @@ def build_artifact(
         "content_hash": "",
         "predictors": entries,
         "lm": lm_settings(lm),
-        "metadata": _metadata(metadata),
+        "metadata": _metadata({"guard_report": program_guard_report(program), **dict(metadata or {})}),
     }
     try:
         data = json.loads(json.dumps(data, ensure_ascii=False, allow_nan=False))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
 from dspy_ext.lm.errors import ContextOverflowError, LMCallTimeout, LMRetriesExhausted
-from dspy_ext.lm.metering import CallMeter, active_meters
+from dspy_ext.lm.metering import CallMeter, active_meters, reserve_all
 from dspy_ext.lm.retry import CallPolicy, active_call_policy
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ def pop_finish_reason() -> str | None:
     return reason
 
 
+def note_finish_reason(reason: str | None) -> None:
+    """Set what :func:`pop_finish_reason` returns next in this thread, for a reply served without the
+    engine (a replay from a run's call journal), so a replayed reply reads exactly like the original."""
+    _last.finish_reason = reason
+
+
 class MeteredEngine(abc.ABC):
     """Base class of dspy-ext engines: meters every try, retries transient errors, then generates.
 
@@ -119,7 +125,7 @@ class MeteredEngine(abc.ABC):
         policy = active_call_policy(self)
         retry = 0
         while True:
-            meters = _reserve(active_meters())
+            meters = reserve_all(active_meters())
             try:
                 generation = self._generate_once(request, policy.timeout)
             except ContextOverflowError:
@@ -167,20 +173,6 @@ class MeteredEngine(abc.ABC):
 
     def close(self) -> None:
         """Engines here hold no connection; subclasses free what they own."""
-
-
-def _reserve(meters: tuple[CallMeter, ...]) -> tuple[CallMeter, ...]:
-    """Reserve one call with every meter, all or none."""
-    reserved = []
-    try:
-        for meter in meters:
-            meter.reserve()
-            reserved.append(meter)
-    except BaseException:
-        for meter in reserved:
-            meter.release()
-        raise
-    return meters
 
 
 def _run_with_timeout(generate, request: Request, timeout: float) -> Generation:

@@ -35,7 +35,8 @@ from typing import Any
 import dspy
 from dspy.clients.cache import Cache
 
-from dspy_ext.lm.metering import CallMeter, active_meters
+from dspy_ext.lm.engine import note_finish_reason
+from dspy_ext.lm.metering import active_meters, reserve_all
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,11 @@ class CallJournal(Cache):
         except Exception:
             return None
         record = super().get(request, ignored_args_for_cache_key)
-        if record is None or key not in self._earlier:
+        if record is None:
+            return None
+        # A replayed reply must read like the original one, cut-off flag included (proposal guards use it).
+        note_finish_reason(_finish_reason(record))
+        if key not in self._earlier:
             return record
         with self._lock:
             first = key not in self._charged
@@ -127,6 +132,14 @@ class CallJournal(Cache):
             self._file.close()
 
 
+def _finish_reason(record: Any) -> str | None:
+    responses = record.get("responses") if isinstance(record, dict) else None
+    if isinstance(responses, list) and responses and isinstance(responses[0], dict):
+        reason = responses[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    return None
+
+
 def _usage(record: Any) -> dict[str, int | None]:
     usage = record.get("usage") if isinstance(record, dict) else None
     if not isinstance(usage, dict):
@@ -138,16 +151,7 @@ def _usage(record: Any) -> dict[str, int | None]:
 
 def _charge(usage: dict[str, int | None]) -> None:
     """Count one replayed call on every active meter, all or none (a full meter raises ``BudgetExhausted``)."""
-    reserved: list[CallMeter] = []
-    try:
-        for meter in active_meters():
-            meter.reserve()
-            reserved.append(meter)
-    except BaseException:
-        for meter in reserved:
-            meter.release()
-        raise
-    for meter in reserved:
+    for meter in reserve_all(active_meters()):
         meter.record(usage.get("input_tokens"), usage.get("output_tokens"))
 
 

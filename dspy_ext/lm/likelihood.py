@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from dspy_ext.lm.metering import active_meters
+from dspy_ext.lm.metering import active_meters, reserve_all
 
 __all__ = [
     "ContinuationScore",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class LikelihoodUnavailable(RuntimeError):
+class LikelihoodUnavailable(RuntimeError):  # noqa: N818 (the name says what the caller can do)
     """The LM cannot score a given continuation (e.g. a remote chat API)."""
 
 
@@ -153,16 +153,7 @@ def continuation_scores(
         raise ValueError("give at least one continuation to score")
     if any(not isinstance(c, str) or not c for c in continuations):
         raise ValueError("continuations must be non-empty strings")
-    meters = active_meters()
-    reserved = []
-    try:
-        for meter in meters:
-            meter.reserve()
-            reserved.append(meter)
-    except BaseException:
-        for meter in reserved:
-            meter.release()
-        raise
+    meters = reserve_all(active_meters())
     try:
         scores = engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
     except BaseException:

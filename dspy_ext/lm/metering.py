@@ -123,6 +123,24 @@ class CallMeter:
         return self
 
 
+def reserve_all(meters: tuple[CallMeter, ...]) -> tuple[CallMeter, ...]:
+    """Reserve one call with every meter in ``meters``, all or none.
+
+    Raises:
+        BudgetExhausted: A meter is full (no meter keeps a reservation).
+    """
+    reserved: list[CallMeter] = []
+    try:
+        for meter in meters:
+            meter.reserve()
+            reserved.append(meter)
+    except BaseException:
+        for meter in reserved:
+            meter.release()
+        raise
+    return meters
+
+
 def active_meters() -> tuple[CallMeter, ...]:
     """The meters active in the current context, outermost first."""
     return tuple(dspy.settings.get(_SETTINGS_KEY) or ())

@@ -12,6 +12,11 @@ scores better.
 
 The initial population mixes the student's instruction with induced and
 paraphrased ones. All members are scored on one fixed training subset.
+
+With a person's critiques (``feedback=``) the crossover and differential
+prompts (``*WithFeedback`` in :mod:`dspy_ext.meta_prompts`) also show a few
+outputs the reviewer rejected, with the reasons, as failures the offspring
+must fix; a different draw for each offspring.
 """
 
 from __future__ import annotations
@@ -175,8 +180,9 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
         for _ in range(len(population)):
             i, j = roulette_pick(run.rng, weights, 2)
             a, b = population[i], population[j]
-            for proposal in run.ask("crossover", 1, temperature=self.config.temperature,
-                                    parent_1=a.instruction(name), parent_2=b.instruction(name)):
+            for proposal in run.ask(self.feedback_role("crossover"), 1, temperature=self.config.temperature,
+                                    parent_1=a.instruction(name), parent_2=b.instruction(name),
+                                    **self._feedback_fields(run)):
                 children.append(run.admit(proposal, a, name, origin=f"evoprompt-ga.gen{step + 1}",
                                           parents=(a.key, b.key)))
         return children
@@ -189,15 +195,22 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
             r1, r2 = run.rng.sample(others, 2)
             d1, d2 = population[r1], population[r2]
             proposals = run.ask(
-                "differential", 1, temperature=self.config.temperature,
+                self.feedback_role("differential"), 1, temperature=self.config.temperature,
                 differing_parts=differing_parts(d1.instruction(name), d2.instruction(name)),
                 best_instruction=best.instruction(name), current_instruction=member.instruction(name),
+                **self._feedback_fields(run),
             )
             for proposal in proposals:
                 trial = run.admit(proposal, member, name, origin=f"evoprompt-de.gen{step + 1}",
                                   parents=(member.key, d1.key, d2.key, best.key), replaces=member.key)
                 trials.append(trial)
         return trials
+
+    def _feedback_fields(self, run: SearchRun) -> dict[str, str]:
+        """The ``reviewer_feedback`` field of a feedback meta-prompt (nothing without feedback)."""
+        if not self.feedback:
+            return {}
+        return {"reviewer_feedback": self.feedback.render(self.feedback.sample(run.rng))}
 
     def select(self, run: SearchRun, state: EvoPromptState, population: list[Candidate],
                children: list[Candidate]) -> list[Candidate]:
@@ -208,7 +221,9 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
         survivors = []
         for member in population:
             trial = by_member.get(member.key)
-            if trial is not None and (run.store.get(trial.key).mean or 0) > (run.store.get(member.key).mean or 0):
+            # A trial that breaks a regression guard never replaces its member.
+            if trial is not None and run.store.get(trial.key).guarded and \
+                    (run.store.get(trial.key).mean or 0) > (run.store.get(member.key).mean or 0):
                 survivors.append(trial)
             else:
                 survivors.append(member)

@@ -5,6 +5,11 @@ far with their scores (0-100), sorted ascending so the best come last, plus a
 few solved examples, and samples ``proposals_per_step`` new instructions at
 temperature about 1. Every instruction is scored on the same fixed training
 subset, so scores in the trajectory are comparable.
+
+With a person's critiques (``feedback=``) the meta-prompt
+(:class:`~dspy_ext.meta_prompts.ProposeFromTrajectoryWithFeedback`) also shows
+a few outputs the reviewer rejected, with the reasons, as failures the new
+instruction must fix; a different draw each step, distinct reasons first.
 """
 
 from __future__ import annotations
@@ -93,12 +98,13 @@ class OPRO(InstructionSearch[OPROState]):
         name = run.target(step)
         parent = self.top(run, population, 1)[0]  # unscored candidates rank last, so this is defined
         exemplars = run.rng.sample(run.trainset, min(self.config.num_exemplars, len(run.trainset)))
-        proposals = run.ask(
-            "trajectory", self.config.proposals_per_step, temperature=self.config.temperature,
-            step=run.step_description(name),
-            scored_instructions=render_trajectory(self.trajectory(run, population, name)),
-            task_examples=format_pairs(exemplars),
-        )
+        fields = {"step": run.step_description(name),
+                  "scored_instructions": render_trajectory(self.trajectory(run, population, name)),
+                  "task_examples": format_pairs(exemplars)}
+        if self.feedback:
+            fields["reviewer_feedback"] = self.feedback.render(self.feedback.sample(run.rng))
+        proposals = run.ask(self.feedback_role("trajectory"), self.config.proposals_per_step,
+                            temperature=self.config.temperature, **fields)
         return [run.admit(proposal, parent, name, origin=f"opro.step{step + 1}") for proposal in proposals]
 
     def select(self, run: SearchRun, state: OPROState, population: list[Candidate],

@@ -11,18 +11,26 @@ Per step, for each beam member:
 The next beam (width ``beam_width``) is chosen from beam + children by a
 UCB bandit over small random minibatches, with a fixed number of pulls, so
 not every candidate is scored on every example.
+
+With a person's critiques (``feedback=``), their reasons are the first
+gradients: each step's beam members take the reviewer's distinct reasons not
+yet used, up to ``num_gradients`` each, and the edit prompt shows the outputs
+the reviewer rejected for that reason. The LM is asked for gradients only for
+the slots left over. Each edit's trial-log row says where its gradient came
+from (``gradient_source``: ``reviewer`` or ``lm``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 from pydantic import Field
 
 from dspy_ext.evaluation import example_key
-from dspy_ext.search import Candidate, InstructionSearch, SearchRun, SearchStopped
+from dspy_ext.search import Candidate, InstructionSearch, SearchFeedback, SearchRun, SearchStopped
 from dspy_ext.search.config import InstructionSearchConfig, tunable
 
 
@@ -63,7 +71,23 @@ def format_failures(rows: list[tuple[dspy.Example, dict[str, Any] | None]], limi
     return "\n\n".join(blocks)
 
 
-class ProTeGi(InstructionSearch[None]):
+@dataclass
+class ProTeGiState:
+    """ProTeGi's per-compile state.
+
+    Attributes:
+        reviewer_reasons: The reviewer's distinct reasons not yet used as gradients, in the order given.
+    """
+
+    reviewer_reasons: list[str] = field(default_factory=list)
+
+    def take(self, k: int) -> list[str]:
+        """The next ``k`` unused reviewer reasons (fewer when fewer are left)."""
+        taken, self.reviewer_reasons = self.reviewer_reasons[:k], self.reviewer_reasons[k:]
+        return taken
+
+
+class ProTeGi(InstructionSearch[ProTeGiState]):
     """Prompt optimization with textual gradients.
 
     Args:
@@ -87,10 +111,14 @@ class ProTeGi(InstructionSearch[None]):
         per_step = c.beam_width * c.minibatch_size + prompts + c.bandit_pulls * c.bandit_batch
         return c.steps * (per_step + children) + 3 * n_val * n_predictors
 
-    def initial(self, run: SearchRun, state: None, seed_candidate: Candidate) -> list[Candidate]:
+    def new_state(self, run: SearchRun) -> ProTeGiState:
+        return ProTeGiState(reviewer_reasons=self.feedback.reasons() if self.feedback else [])
+
+    def initial(self, run: SearchRun, state: ProTeGiState, seed_candidate: Candidate) -> list[Candidate]:
         return []
 
-    def propose(self, run: SearchRun, state: None, population: list[Candidate], step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: ProTeGiState, population: list[Candidate],
+                step: int) -> list[Candidate]:
         c = self.config
         name = run.target(step)
         children: list[Candidate | None] = []
@@ -100,19 +128,25 @@ class ProTeGi(InstructionSearch[None]):
             errors = [(batch[r.index], r.prediction) for r in report.rows if r.score is not None and r.score < 1.0]
             if report.budget_exhausted:
                 raise SearchStopped("search budget used up")
-            if not errors:
-                continue
-            shown = run.rng.sample(errors, min(c.errors_per_gradient, len(errors)))
-            failures = format_failures(shown)
-            reasons = []
-            for proposal in run.ask("diagnose", 1, temperature=c.temperature,
-                                    instruction=member.instruction(name), failures=failures):
-                reasons += [line.strip(" -*0123456789.") for line in proposal.text.splitlines()
-                            if line.strip(" -*0123456789.")]
-            for reason in reasons[: c.num_gradients]:
-                for proposal in run.ask("edit", 1, temperature=c.temperature, instruction=member.instruction(name),
+            # The reviewer's reasons come first; the LM is asked only for the gradient slots left over.
+            gradients = [(reason, self._reviewer_failures(reason), "reviewer")
+                         for reason in state.take(c.num_gradients)]
+            if errors and len(gradients) < c.num_gradients:
+                shown = run.rng.sample(errors, min(c.errors_per_gradient, len(errors)))
+                failures = format_failures(shown)
+                reasons = []
+                for proposal in run.ask("diagnose", 1, temperature=c.temperature,
+                                        instruction=member.instruction(name), failures=failures):
+                    reasons += [line.strip(" -*0123456789.") for line in proposal.text.splitlines()
+                                if line.strip(" -*0123456789.")]
+                gradients += [(reason, failures, "lm") for reason in reasons[: c.num_gradients - len(gradients)]]
+            for reason, failures, source in gradients:
+                # Without feedback the trial log stays as it always was: no gradient_source key.
+                meta = {"gradient": reason, **({"gradient_source": source} if self.feedback else {})}
+                role = "edit_feedback" if source == "reviewer" else "edit"
+                for proposal in run.ask(role, 1, temperature=c.temperature, instruction=member.instruction(name),
                                         failures=failures, problem=reason):
-                    edit = run.admit(proposal, member, name, origin=f"protegi.edit{step + 1}", gradient=reason)
+                    edit = run.admit(proposal, member, name, origin=f"protegi.edit{step + 1}", **meta)
                     children.append(edit)
                     if edit is None:
                         continue
@@ -121,7 +155,12 @@ class ProTeGi(InstructionSearch[None]):
                         children.append(run.admit(para, edit, name, origin=f"protegi.paraphrase{step + 1}"))
         return [child for child in children if child is not None]
 
-    def select(self, run: SearchRun, state: None, population: list[Candidate],
+    def _reviewer_failures(self, reason: str) -> str:
+        """The outputs the reviewer rejected for ``reason``, as the edit prompt's failures."""
+        rejected = self.feedback.with_reason(reason) if self.feedback else []
+        return SearchFeedback.render(rejected[: self.config.errors_per_gradient])
+
+    def select(self, run: SearchRun, state: ProTeGiState, population: list[Candidate],
                children: list[Candidate]) -> list[Candidate]:
         arms = population + children
         if len(arms) <= self.config.beam_width:

@@ -7,6 +7,8 @@
 * :class:`NextItemSampler` (``sampling``): informative picks alternating with random ones.
 * :func:`collect` (``collect``): run a program on N inputs, K samples each, into the store.
 * :class:`ReviewApp`, :class:`ReviewServer` (``server``): the local web page.
+* :class:`Feedback` (``feedback``): a store read for a compile: labeled examples, critiques, criteria with
+  their aligned checks (metric parts and guards), pinned cases.
 
 Example:
     >>> from dspy_ext.review import ReviewStore, ReviewApp, ReviewServer, collect
@@ -27,6 +29,7 @@ from dspy_ext.review.criteria import (
     ProposeCriterion,
     ProposedCriterion,
 )
+from dspy_ext.review.feedback import Feedback, FeedbackError, PinnedReport, ReviewCheck
 from dspy_ext.review.sampling import NextItemSampler, Signal, SignalIndex, item_signals
 from dspy_ext.review.server import ReviewApp, ReviewServer
 from dspy_ext.review.store import (
@@ -42,7 +45,8 @@ from dspy_ext.review.store import (
 
 __all__ = [
     "DEFAULT_THRESHOLD", "AlignmentReport", "CheckAlignment", "CheckError", "CheckSpec", "CollectSummary",
-    "Criterion", "CriterionAlignment", "CriterionProposer", "Critique", "ImportSummary", "InputsFileError",
+    "Criterion", "CriterionAlignment", "CriterionProposer", "Critique", "Feedback", "FeedbackError",
+    "ImportSummary", "InputsFileError", "PinnedReport", "ReviewCheck",
     "ItemSummary", "JudgeCriterion", "LMJudge", "LabeledExample", "NextItemSampler", "ProposalError",
     "ProposeCriterion", "ProposedCriterion", "ReviewApp", "ReviewError", "ReviewItem", "ReviewServer",
     "ReviewStore", "Signal", "SignalIndex", "align", "collect", "item_signals", "load_inputs_jsonl",

@@ -163,12 +163,19 @@ class ReviewApp:
         threshold: Highest false failure rate of a chosen check.
         max_body: Request body limit in bytes.
         title: Shown in the page header (e.g. the task name).
+        changed_since: A prompt version (e.g. a compiled program's, after ``dspy-ext compile --feedback``):
+            the page then opens on the outputs this version changed (filter ``changed``), each shown next
+            to the earlier outputs of the same input with their grades. Unchanged outputs are the same
+            items as before and keep their grades.
     """
 
     def __init__(self, store: ReviewStore, *, token: str | None = None, lm: dspy.LM | None = None,
                  adapter: dspy.Adapter | None = None, seed: int = 0,
-                 threshold: float = DEFAULT_THRESHOLD, max_body: int = DEFAULT_MAX_BODY, title: str = "") -> None:
+                 threshold: float = DEFAULT_THRESHOLD, max_body: int = DEFAULT_MAX_BODY, title: str = "",
+                 changed_since: str | None = None) -> None:
         self.store = store
+        self.changed_since = changed_since
+        self.default_filter = "changed" if changed_since else "unreviewed"
         self.token = token or secrets.token_urlsafe(24)
         self.lm = lm
         self.adapter = adapter
@@ -266,7 +273,7 @@ class ReviewApp:
             query = {k: v for k, v in request.query_params.items() if k != "token"}
             target = "/" + (f"?{urlencode(query)}" if query else "")
             return self._with_cookie(request, RedirectResponse(target, status_code=303))
-        filter_name = request.query_params.get("filter", "unreviewed")
+        filter_name = request.query_params.get("filter", self.default_filter)
         _, state = self._client(request)
         key, _ = await run_in_threadpool(self.next_key, filter_name, None, state)
         if key is None and filter_name != "all":
@@ -277,7 +284,7 @@ class ReviewApp:
 
     async def item_page(self, request: Request) -> Response:
         key = request.path_params["key"]
-        filter_name = request.query_params.get("filter", "unreviewed")
+        filter_name = request.query_params.get("filter", self.default_filter)
         try:
             context = await run_in_threadpool(self._item_context, key, filter_name)
         except ReviewError as exc:
@@ -287,7 +294,7 @@ class ReviewApp:
 
     async def criteria_page(self, request: Request) -> Response:
         report = await run_in_threadpool(align, self.store, self.threshold)
-        context = {**self._page_context(request.query_params.get("filter", "unreviewed")),
+        context = {**self._page_context(request.query_params.get("filter", self.default_filter)),
                    "report": report, "criteria_by_id": {c.id: c for c in self.store.criteria()}}
         return HTMLResponse(self._render("criteria.html", context))
 
@@ -298,6 +305,8 @@ class ReviewApp:
         reviewed, total = self.store.progress()
         criteria = self.store.criteria()
         filters = [("unreviewed", "unreviewed"), ("all", "all"), ("bad", "bad"), ("good", "good")]
+        if self.changed_since:
+            filters.insert(0, ("changed", "changed outputs"))
         filters += [(f"crit:{c.id}", f"fails: {c.name}") for c in criteria]
         return {"title": self.title, "token": self.token, "reviewed": reviewed, "total": total,
                 "filter": filter_name, "filters": filters, "criteria": criteria, "can_use_lm": self.lm is not None,
@@ -340,12 +349,17 @@ class ReviewApp:
                           else check.spec.passes(item.output_text))
                 auto.setdefault(criterion.id, []).append(
                     {"check": str(check.spec), "result": result, "chosen": check.id == criterion.chosen_check_id})
+        before = []
+        if self.changed_since:
+            for key_before in self.store.changed_outputs(self.changed_since).get(item.key, []):
+                earlier = self.store.item(key_before)
+                before.append({"item": earlier, "versions": [v[:12] for v in earlier.prompt_versions]})
         signals = self.index.signals()
         state = {"key": item.key, "grade": item.grade, "reason": item.reason or "",
                  "correction": item.correction or "", "filter": filter_name,
                  "criteria": [{"id": c.id, "name": c.name, "mark": item.judgements.get(c.id)}
                               for c in context["criteria"]]}
-        context.update({"item": item, "samples": sample_views, "prompts": prompts, "auto": auto,
+        context.update({"item": item, "samples": sample_views, "prompts": prompts, "auto": auto, "before": before,
                         "signal": signals.get(item.key, NO_SIGNAL), "state": state})
         return context
 
@@ -357,6 +371,11 @@ class ReviewApp:
             return items
         if filter_name in ("bad", "good"):
             return [i for i in items if i.grade == filter_name]
+        if filter_name == "changed":
+            if not self.changed_since:
+                raise HttpError(400, "filter 'changed' needs a prompt version to compare (dspy-ext review RUN)")
+            changed = self.store.changed_outputs(self.changed_since)
+            return [i for i in items if i.key in changed]
         if filter_name.startswith("crit:") and filter_name[5:].isdigit():
             cid = int(filter_name[5:])
             criterion = next((c for c in self.store.criteria(include_archived=True) if c.id == cid), None)
@@ -367,7 +386,7 @@ class ReviewApp:
             chosen = criterion.chosen_check
             outcomes = self.index.outcomes(chosen, [i.key for i in items]) if chosen is not None else {}
             return [i for i in items if (not marks[i.key] if i.key in marks else outcomes.get(i.key) is False)]
-        raise HttpError(400, f"unknown filter {filter_name!r} (unreviewed, all, bad, good, crit:ID)")
+        raise HttpError(400, f"unknown filter {filter_name!r} (unreviewed, all, bad, good, changed, crit:ID)")
 
     def next_key(self, filter_name: str, current: str | None, state: ClientState) -> tuple[str | None, str]:
         """The next item for a tab: the sampler over unreviewed items, file order for the other filters.
@@ -402,7 +421,7 @@ class ReviewApp:
     async def api_next(self, request: Request) -> Response:
         _, state = self._client(request)
         try:
-            key, how = await run_in_threadpool(self.next_key, request.query_params.get("filter", "unreviewed"),
+            key, how = await run_in_threadpool(self.next_key, request.query_params.get("filter", self.default_filter),
                                                request.query_params.get("current") or None, state)
         except HttpError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)

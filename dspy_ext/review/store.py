@@ -430,6 +430,47 @@ class ReviewStore:
                 "ORDER BY s.created_at, s.sample_index", (input_id_,)).fetchall()
         return [dict(r) for r in rows]
 
+    def latest_prompt_version(self) -> str | None:
+        """The prompt version of the most recently recorded sample (``None`` for an empty store)."""
+        with self._lock:
+            row = self._conn.execute("SELECT prompt_version FROM samples ORDER BY created_at DESC, rowid DESC "
+                                     "LIMIT 1").fetchone()
+        return row["prompt_version"] if row else None
+
+    def changed_outputs(self, version: str) -> dict[str, list[str]]:
+        """The outputs prompt ``version`` changed: after-item key -> the before-item keys of the same input.
+
+        An output of ``version`` is *changed* when another prompt version made some output for the
+        same input but never this one. An unchanged output is the same item as before (same input,
+        same output) and keeps its grade, so it is not listed. The before items come graded first,
+        then in insertion order.
+
+        Example:
+            >>> store = ReviewStore(":memory:")
+            >>> old = store.add_output({"input": "a"}, {"output": "x"}, prompt_version="v1")
+            >>> new = store.add_output({"input": "a"}, {"output": "y"}, prompt_version="v2")
+            >>> store.changed_outputs("v2") == {new: [old]}
+            True
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT s.input_id, s.prompt_version, s.item_key, i.seq, l.grade FROM samples s "
+                "JOIN items i ON i.key = s.item_key LEFT JOIN labels l ON l.item_key = s.item_key").fetchall()
+        after: dict[str, set[str]] = {}
+        before: dict[str, dict[str, tuple[int, int]]] = {}
+        for r in rows:
+            if r["prompt_version"] == version:
+                after.setdefault(r["input_id"], set()).add(r["item_key"])
+            else:
+                before.setdefault(r["input_id"], {})[r["item_key"]] = (r["grade"] is None, r["seq"])
+        changed: dict[str, list[str]] = {}
+        for input_, keys in after.items():
+            earlier = before.get(input_, {})
+            for key in keys:
+                if earlier and key not in earlier:
+                    changed[key] = sorted(earlier, key=earlier.__getitem__)
+        return changed
+
     def sample_counts(self) -> dict[str, tuple[int, int]]:
         """Input id -> ``(samples, distinct outputs)`` over all prompt versions (for the sampler)."""
         with self._lock:
@@ -726,10 +767,13 @@ class ReviewStore:
             ReviewError: A line that is not a valid label row; the message names the line.
         """
         rows = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    rows.append(_parse_label_row(line, f"{path}, line {number}"))
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        rows.append(_parse_label_row(line, f"{path}, line {number}"))
+        except UnicodeDecodeError as exc:
+            raise ReviewError(f"{path}: not UTF-8 text (byte {exc.start}); a label file is UTF-8 JSONL") from None
         added = graded = skipped = 0
         criteria = {c.name.lower(): c.id for c in self.criteria()}
         for row in rows:

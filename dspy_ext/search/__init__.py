@@ -4,11 +4,14 @@
 * :class:`CandidateStore` - every candidate seen, with accumulated scores;
 * :class:`TrialLog` - one JSONL row per evaluated candidate;
 * :class:`ProposalGuard` - rejects empty, cut-off, over-long and leaking proposals;
+* :class:`RegressionGuard` - no criterion may drop beyond its tolerance against a reference
+  (:class:`AcceptanceGate`: the same around any optimizer's result);
 * :class:`SearchRun` - the per-compile state (RNG, budget, evaluator, store, log);
 * :class:`Proposal` - one reply of the prompt model (text, cut-off flag, role);
 * :class:`InstructionSearchConfig` - the settings every search shares (each method extends it);
 * :class:`FinalSelector` - the final choice: :class:`SuccessiveHalving` (default) or :class:`CandidateTPE`;
-* :class:`InstructionSearch` - the teleprompter base class with the shared loop.
+* :class:`InstructionSearch` - the teleprompter base class with the shared loop;
+* :class:`SearchFeedback` - a person's critiques (:class:`HumanCritique`) as plain data for the methods.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 from dspy_ext.search.base import InstructionSearch, SearchResult, format_pairs
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig, OptimizerConfig, tunable
+from dspy_ext.search.feedback import HumanCritique, SearchFeedback
 from dspy_ext.search.final_selection import CandidateTPE, FinalSelector, SuccessiveHalving, final_contenders
 from dspy_ext.search.guards import ProposalGuard, clean_proposal
+from dspy_ext.search.regression import AcceptanceGate, CriterionCheck, GuardVerdict, RegressionGuard, parse_guards
 from dspy_ext.search.run import Models, Proposal, SearchRun, SearchStopped
 from dspy_ext.search.store import CandidateRecord, CandidateStore
 from dspy_ext.search.trial_log import TrialLog
@@ -27,6 +32,7 @@ __all__ = [
     "Candidate",
     "CandidateTPE",
     "FinalSelector",
+    "HumanCritique",
     "InstructionSearchConfig",
     "OptimizerConfig",
     "Proposal",
@@ -39,6 +45,12 @@ __all__ = [
     "Models",
     "PredictorPrompt",
     "ProposalGuard",
+    "AcceptanceGate",
+    "CriterionCheck",
+    "GuardVerdict",
+    "RegressionGuard",
+    "parse_guards",
+    "SearchFeedback",
     "SearchResult",
     "SearchRun",
     "SearchStopped",

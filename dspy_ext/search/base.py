@@ -35,13 +35,15 @@ from dspy.teleprompt import Teleprompter
 
 from dspy_ext.adapters import default_adapter
 from dspy_ext.lm.metering import CallMeter, metering
-from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels, meta_prompt_texts
+from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig
 from dspy_ext.search.context import demo_set_context_fit
 from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
+from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
 from dspy_ext.search.guards import ProposalGuard
+from dspy_ext.search.regression import RegressionGuard, parse_guards
 from dspy_ext.search.run import Models, SearchRun, SearchStopped
 from dspy_ext.search.trial_log import TrialLog
 
@@ -67,6 +69,10 @@ class SearchResult:
     rejected: dict[str, int]
     demo_sets: int
     trials: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    #: With regression guards: every criterion, reference against the returned program on the valset
+    #: (means with 95% CIs, the paired drop and test, tolerance, broken), the tolerances, and how many
+    #: candidates each guard set aside (see :meth:`InstructionSearch._guard_report`).
+    guard_report: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
@@ -90,6 +96,19 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         progress: Show a progress bar with the best score and calls used.
         final_selector: Chooses the returned (instruction x demo set) among the final contenders
             (default: :class:`~dspy_ext.search.final_selection.SuccessiveHalving`).
+        feedback: A person's critiques (Bad outputs with reasons) for the methods that use them
+            (ProTeGi as gradients, OPRO and EvoPrompt in their meta-prompts); ``None``: none.
+        guards: Regression guards ``{criterion: points}``: the most points (0-100) a criterion of the
+            metric may drop against ``guard_reference`` on the same rows (``score`` is the objective).
+            A candidate that breaks one is never selected, and its rejection is logged in the trial
+            log; if the final choice breaks one on the valset, the reference program is returned.
+            See :mod:`dspy_ext.search.regression`.
+        guard_reference: The program guards compare against (default: the student).
+        guard_repeats: Rollouts per row when guards are set (every evaluation then uses
+            ``max(repeats, guard_repeats)``); with more than one the guard's test is the stochastic one.
+        repeats: Rollouts per row of every evaluation; selection uses the mean over them.
+        eval_temperature: Task-LM temperature of the evaluations (``None``: the LM's own). Guards use the
+            stochastic test when it, or the task LM's own temperature, is above 0, or repeats exceed 1.
         **settings: The method's settings (see its config model, e.g. ``steps``, ``minibatch_size``,
             ``max_labeled_demos``, ``final_candidates``, ``final_share``).
 
@@ -116,6 +135,12 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         log_dir: str | Path | None = None,
         progress: bool = False,
         final_selector: FinalSelector | None = None,
+        feedback: SearchFeedback | None = None,
+        guards: dict[str, float] | None = None,
+        guard_reference: dspy.Module | None = None,
+        guard_repeats: int = 1,
+        repeats: int = 1,
+        eval_temperature: float | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -140,6 +165,26 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         self.log_dir = Path(log_dir) if log_dir else None
         self.progress = progress
         self.final_selector: FinalSelector = final_selector or SuccessiveHalving()
+        if feedback is not None and not isinstance(feedback, SearchFeedback):
+            raise ValueError(f"feedback must be a SearchFeedback, got {type(feedback).__name__}")
+        self.feedback: SearchFeedback | None = feedback or None
+        self.guards: dict[str, float] = parse_guards(guards)
+        if guard_reference is not None and not isinstance(guard_reference, dspy.Module):
+            raise ValueError(f"guard_reference must be a dspy.Module, got {type(guard_reference).__name__}")
+        if guard_repeats < 1 or repeats < 1:
+            raise ValueError("repeats and guard_repeats must be >= 1")
+        if eval_temperature is not None and eval_temperature < 0:
+            raise ValueError(f"eval_temperature must be >= 0, got {eval_temperature}")
+        self.guard_reference = guard_reference
+        self.guard_repeats = guard_repeats
+        self.repeats = repeats
+        self.eval_temperature = eval_temperature
+        if self.guards:
+            from dspy_ext.evaluation import criteria_names
+
+            known = criteria_names(metric)
+            if known is not None:
+                RegressionGuard(self.guards).validate(known)  # a misspelt guard fails here, before any call
 
     # ---- what a method defines --------------------------------------------------------
     def new_state(self, run: SearchRun) -> StateT:
@@ -162,6 +207,16 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
     def projected_calls(self, n_predictors: int, n_val: int) -> int:
         """A rough count of the calls a run without a cap would make (logged before running)."""
         return 0
+
+    def active_roles(self) -> tuple[str, ...]:
+        """The meta-prompt roles of this compile: :attr:`roles`, plus their feedback variants with feedback."""
+        if not self.feedback:
+            return self.roles
+        return self.roles + tuple(FEEDBACK_ROLES[r] for r in self.roles if r in FEEDBACK_ROLES)
+
+    def feedback_role(self, role: str) -> str:
+        """``role``'s variant that shows a person's critiques when this compile has feedback, else ``role``."""
+        return FEEDBACK_ROLES.get(role, role) if self.feedback else role
 
     # ---- the loop ---------------------------------------------------------------------
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
@@ -213,23 +268,35 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         log_path = self.log_dir / "trials.jsonl" if self.log_dir else None
         if log_path is not None and log_path.exists():
             log_path.unlink()
-        meta_signatures = {r: self.meta_prompts[r] for r in self.roles}
+        meta_signatures = {r: self.meta_prompts[r] for r in self.active_roles()}
+        # Inputs and labels alike: neither may be copied into the instruction (AdalFlow#434); nor may the
+        # inputs and outputs of critiques shown in a meta-prompt.
+        copied = [str(v) for ex in trainset for k, v in ex.items() if k != "accepted"]
+        if self.feedback:
+            copied += [str(v) for c in self.feedback.critiques for v in (*c.inputs.values(), *c.output.values())]
         guard = ProposalGuard(
             meta_texts=meta_prompt_texts(meta_signatures),
             meta_labels=meta_prompt_labels(meta_signatures),
-            # Inputs and labels alike: neither may be copied into the instruction (AdalFlow#434).
-            train_inputs=[str(v) for ex in trainset for k, v in ex.items() if k != "accepted"],
+            train_inputs=copied,
         )
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.max_lm_calls, desc=self.method, unit="call")
+        repeats = max(self.repeats, self.guard_repeats) if self.guards else self.repeats
+        regression = None
+        if self.guards:
+            lm_temperature = (getattr(task_lm, "kwargs", None) or {}).get("temperature") or 0.0
+            sampled = (self.eval_temperature if self.eval_temperature is not None else lm_temperature) > 0
+            regression = RegressionGuard(self.guards, stochastic=sampled or repeats > 1, seed=self.seed)
         run = SearchRun(
             method=self.method, student=student, trainset=trainset, valset=valset, metric=self.metric,
             models=models, seed=rng.randrange(2**31), base_seed=self.seed, total_meter=total, search_meter=search_meter,
             minibatch_size=self.config.minibatch_size, num_threads=self.num_threads, guard=guard,
             meta_prompts=self.meta_prompts, trial_log=TrialLog(log_path), progress=bar,
+            regression=regression, reference=self.guard_reference, repeats=repeats,
+            temperature=self.eval_temperature,
         )
         n_pred = len(run.predictor_names())
         if n_pred == 0:
@@ -279,7 +346,68 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             best = validated.candidate if validated else ranked[0].candidate if ranked else seed_candidate
             logger.warning("%s: LM-call budget of %d used up; returning the best candidate so far",
                            self.method, self.max_lm_calls)
+        if run.regression is not None:
+            best, out_of_budget = self._guarded_choice(run, student, best)
+            exhausted = exhausted or out_of_budget
         return best, exhausted or run.total_meter.exhausted
+
+    def _reference_candidate(self, run: SearchRun, student: dspy.Module) -> Candidate:
+        """The guards' reference as prompts of the student (the student's own when the shapes differ)."""
+        own = Candidate.from_program(student, origin="reference")
+        if self.guard_reference is None:
+            return own
+        reference = Candidate.from_program(self.guard_reference, origin="reference")
+        return reference if set(reference.prompts) == set(own.prompts) else own
+
+    def _guarded_choice(self, run: SearchRun, student: dspy.Module, best: Candidate) -> tuple[Candidate, bool]:
+        """``best`` if it keeps every guard on the whole valset, else the reference's prompts.
+
+        The check is paired, on every valset row both were scored on; rows already scored come from the
+        evaluator's cache. A choice that cannot be checked (the budget ran out) is not returned either.
+
+        Returns:
+            The candidate to return, and whether the budget ran out during the check.
+        """
+        fallback = self._reference_candidate(run, student)
+        if best.key == fallback.key:
+            return best, False
+        report = run.evaluate(best, run.valset, split="val")
+        record = run.store.get(best.key)
+        if not report.budget_exhausted and record.val_guarded and record.val_reliable:
+            return best, False
+        if report.budget_exhausted:
+            run.guard_fallback = "the budget ran out before the choice could be checked on the whole valset"
+        elif not record.val_reliable:
+            run.guard_fallback = "most of the choice's valset rows failed"
+        else:
+            run.guard_fallback = "the choice breaks a guard on the valset: " + ", ".join(
+                f"{name} -{drop:.1f}" for name, drop in record.val_guard_breaks.items())
+        logger.warning("%s: returning the reference program's prompts: %s", self.method, run.guard_fallback)
+        return fallback, report.budget_exhausted
+
+    def _guard_report(self, run: SearchRun, best: Candidate, fallback: Candidate) -> dict[str, Any]:
+        """Every criterion on the valset, reference against the returned program (see :class:`SearchResult`)."""
+        from dspy_ext.evaluation import example_key
+
+        assert run.regression is not None
+        keys = [example_key(ex) for ex in run.valset]
+        reference = {k: run.reference_rows[k] for k in keys if k in run.reference_rows}
+        if best.key == fallback.key:
+            compiled = reference
+        else:
+            scored = run.store.get(best.key).val_criteria if best.key in run.store else {}
+            compiled = {k: scored[k] for k in keys if k in scored}
+        return {
+            "reference": "student" if self.guard_reference is None else "guard_reference",
+            "tolerances": dict(self.guards),
+            "stochastic": run.regression.stochastic,
+            "repeats": run.repeats,
+            "split": "val",
+            "n": len(set(reference) & set(compiled)),
+            "criteria": run.regression.report(reference, compiled),
+            "rejected": dict(run.guard_rejections),
+            "fallback": run.guard_fallback,
+        }
 
     def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> None:
         names = run.predictor_names()
@@ -351,6 +479,8 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             rejected=dict(run.rejected),
             demo_sets=len(run.demo_sets),
             trials=run.trial_log.rows,
+            guard_report=self._guard_report(run, best, self._reference_candidate(run, student))
+            if run.regression is not None else None,
         )
         logger.info("%s: best val %.1f (baseline %s) with %d calls", self.method,
                     program.dspy_ext_result.val_score or float("nan"),
@@ -360,11 +490,12 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
     # ---- helpers for methods ------------------------------------------------------------
     @staticmethod
     def top(run: SearchRun, candidates: list[Candidate], k: int) -> list[Candidate]:
-        """The ``k`` best of ``candidates`` by accumulated search score."""
+        """The ``k`` best of ``candidates`` by accumulated search score; any that breaks a guard ranks last."""
         def key(c: Candidate):
             record = run.store.get(c.key) if c.key in run.store else None
             mean = record.mean if record and record.mean is not None else -math.inf
-            return (-mean, record.order if record else math.inf)
+            broken = bool(record and (record.guard_breaks or record.val_guard_breaks))
+            return (broken, -mean, record.order if record else math.inf)
 
         return sorted(candidates, key=key)[:k]
 

@@ -87,7 +87,8 @@ class SuccessiveHalving:
     whole valset. Pairs are met in priority order (rank of the instruction set +
     rank of the demo set), and ties keep that order. When the budget cannot
     pay for a round, the leader of the last finished round wins. A pair whose
-    rows mostly failed (LM or metric errors) ranks last and never leads.
+    rows mostly failed (LM or metric errors), or that breaks a regression
+    guard on the rows scored so far, ranks last and never leads.
 
     Args:
         first_rows: Valset rows of the first round (``None``: half the search's
@@ -120,7 +121,7 @@ class SuccessiveHalving:
                     return leader
                 record = run.store.get(combo.key)
                 record.val_score, record.val_n = report.score, rows
-                scores[combo.key] = report.score if record.val_reliable else -math.inf
+                scores[combo.key] = report.score if record.val_reliable and record.val_guarded else -math.inf
             alive.sort(key=lambda c: -scores[c.key])  # stable: ties keep priority order
             if scores[alive[0].key] > -math.inf:
                 leader = alive[0]
@@ -247,8 +248,8 @@ class CandidateTPE:
                 return False
             record = run.store.get(key)
             record.val_score, record.val_n = report.score, len(valset)
-            # A combination whose rows mostly failed is set aside: it can never win.
-            full[key] = report.score if record.val_reliable else -math.inf
+            # A combination whose rows mostly failed, or that breaks a guard, is set aside: it can never win.
+            full[key] = report.score if record.val_reliable and record.val_guarded else -math.inf
             order.append(key)
             return True
 

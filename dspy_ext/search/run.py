@@ -23,6 +23,7 @@ from dspy_ext.lm.engine import pop_finish_reason
 from dspy_ext.lm.metering import CallMeter, find_budget_exhausted
 from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.guards import ProposalGuard, clean_proposal
+from dspy_ext.search.regression import GuardVerdict, RegressionGuard, row_criteria
 from dspy_ext.search.store import CandidateRecord, CandidateStore
 from dspy_ext.search.trial_log import TrialLog
 
@@ -83,6 +84,11 @@ class SearchRun:
         meta_prompts: Signatures by role.
         trial_log: Where trials are logged.
         progress: A tqdm bar (or ``None``).
+        regression: Regression guards (``None``: none); every scored candidate is checked against
+            ``reference`` on the same rows, and one that breaks a guard is set aside.
+        reference: The program the guards compare against (default: the student).
+        repeats: Rollouts per row of every evaluation (selection uses the mean over them).
+        temperature: Task-LM temperature of the evaluations (``None``: the LM's own).
     """
 
     def __init__(
@@ -104,7 +110,13 @@ class SearchRun:
         meta_prompts: dict[str, type[dspy.Signature]],
         trial_log: TrialLog,
         progress: Any = None,
+        regression: RegressionGuard | None = None,
+        reference: dspy.Module | None = None,
+        repeats: int = 1,
+        temperature: float | None = None,
     ) -> None:
+        if repeats < 1:
+            raise ValueError("repeats must be >= 1")
         self.method = method
         self.student = student
         self.trainset = trainset
@@ -127,6 +139,17 @@ class SearchRun:
         self.rejected: dict[str, int] = {}
         self.started = time.perf_counter()
         self.demo_sets: list[dict[str, tuple[dict[str, Any], ...]]] = []
+        self.regression = regression
+        self.reference = reference if reference is not None else student
+        self.repeats = repeats
+        self.temperature = temperature
+        #: The reference's per-row criteria (example key -> criterion -> 0-1), filled as rows are needed.
+        self.reference_rows: dict[str, dict[str, float]] = {}
+        self._reference_tried: set[str] = set()
+        #: Candidates set aside by a guard, per criterion.
+        self.guard_rejections: dict[str, int] = {}
+        #: Why the reference's prompts were returned instead of the final choice (``None``: they were not).
+        self.guard_fallback: str | None = None
 
     # ---- data -----------------------------------------------------------------------
     def minibatch(self, size: int | None = None) -> list[dspy.Example]:
@@ -156,26 +179,85 @@ class SearchRun:
         """Evaluate one candidate on ``examples`` with the task model and log the trial."""
         program = candidate.apply(self.student)
         with dspy.context(lm=self.models.task_lm, adapter=self.models.task_adapter):
-            report = self.evaluator.evaluate(program, examples, meter=meter, desc=f"{self.method}:{split}")
+            report = self.evaluator.evaluate(program, examples, repeats=self.repeats, temperature=self.temperature,
+                                             meter=meter, desc=f"{self.method}:{split}")
         record, _ = self.store.add(candidate)
         if split != "val":
-            for row in report.rows:
-                key = example_key(examples[row.index])
-                if row.score is None:
+            ran = {row.index for row in report.rows}
+            # With repeats, an example's score is its mean over the repeats that were scored.
+            for index, score in enumerate(report.example_scores):
+                if index not in ran:
+                    continue
+                key = example_key(examples[index])
+                if score is None:
                     if key not in record.train_scores:
                         record.failed_rows.add(key)
                 else:
-                    record.train_scores[key] = row.score
+                    record.train_scores[key] = score
                     record.failed_rows.discard(key)
             if not record.reliable:
                 logger.info("%s: candidate %s set aside: %d of its %d rows failed", self.method, candidate.key,
                             len(record.failed_rows), len(record.failed_rows) + record.n_scored)
         else:
             record.val_reliable = 2 * len(report.scored) >= len(report.rows)
+        extra: dict[str, Any] = {}
+        if self.regression is not None and report.scored:
+            verdict = self._check_guards(record, examples, report, split)
+            if verdict is not None:
+                extra["guard"] = verdict.to_log()
+        if "gradient_source" in candidate.meta:
+            # A candidate made from a reviewer's critique says so in the trial log (only with feedback).
+            extra.update({k: candidate.meta[k] for k in ("gradient", "gradient_source") if k in candidate.meta})
         self.trial_log.record(candidate, report, method=self.method, step=self.step, split=split,
-                              running_mean=record.mean if split != "val" else report.score)
+                              running_mean=record.mean if split != "val" else report.score, **extra)
         self._tick()
         return report
+
+    # ---- regression guards ------------------------------------------------------------
+    def reference_criteria(self, examples: Sequence[dspy.Example]) -> tuple[dict[str, dict[str, float]], bool]:
+        """The reference program's per-row criteria on ``examples`` (scored once per row, then cached).
+
+        Returns:
+            The rows it could be scored on, and whether the budget ran out while scoring it.
+        """
+        missing = [ex for ex in examples if example_key(ex) not in self._reference_tried]
+        exhausted = False
+        if missing:
+            with dspy.context(lm=self.models.task_lm, adapter=self.models.task_adapter):
+                report = self.evaluator.evaluate(self.reference, missing, repeats=self.repeats,
+                                                 temperature=self.temperature, desc=f"{self.method}:reference")
+            rows = row_criteria(report, missing)
+            if rows and not self.reference_rows and self.regression is not None:
+                self.regression.validate(next(iter(rows.values())))
+            self.reference_rows.update(rows)
+            done = {example_key(missing[r.index]) for r in report.rows}
+            self._reference_tried.update(done)
+            exhausted = report.budget_exhausted
+        keys = [example_key(ex) for ex in examples]
+        return {k: self.reference_rows[k] for k in keys if k in self.reference_rows}, exhausted
+
+    def _check_guards(self, record: CandidateRecord, examples: Sequence[dspy.Example], report: EvaluationReport,
+                      split: str) -> GuardVerdict | None:
+        """Check ``record`` against the reference on every row of ``split`` it has been scored on."""
+        assert self.regression is not None
+        rows = record.val_criteria if split == "val" else record.train_criteria
+        rows.update(row_criteria(report, examples))
+        _, exhausted = self.reference_criteria(examples)
+        if exhausted:
+            report.budget_exhausted = True  # the callers stop as they would for the candidate's own rows
+        verdict = self.regression.check(self.reference_rows, rows)
+        breaks = {name: round(c.drop, 4) for name, c in verdict.broken.items()}
+        was_ok = record.guarded and record.val_guarded
+        if split == "val":
+            record.val_guard_breaks = breaks
+        else:
+            record.guard_breaks = breaks
+        if breaks and was_ok:
+            for name in breaks:
+                self.guard_rejections[name] = self.guard_rejections.get(name, 0) + 1
+            logger.info("%s: candidate %s set aside by a guard (%s): %s", self.method, record.candidate.key,
+                        split, verdict.describe())
+        return verdict
 
     def score(self, candidates: Sequence[Candidate], examples: Sequence[dspy.Example] | None = None,
               *, split: str = "train") -> list[CandidateRecord]:

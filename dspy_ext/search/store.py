@@ -16,6 +16,11 @@ class CandidateRecord:
     left out of the mean. So that a candidate is never adopted on a handful of rows, one whose rows mostly
     failed is *set aside*: :meth:`CandidateStore.ranked` skips it, and a validation on which most rows
     failed does not count (``val_reliable``).
+
+    With regression guards (:mod:`dspy_ext.search.regression`) a candidate whose guarded criterion dropped
+    beyond its tolerance against the reference is set aside the same way: ``guard_breaks`` (search rows)
+    keeps it out of :meth:`CandidateStore.ranked`, ``val_guard_breaks`` (valset rows) out of the final
+    choice.
     """
 
     candidate: Candidate
@@ -25,6 +30,10 @@ class CandidateRecord:
     val_score: float | None = None  # 0-100 on the first ``val_n`` validation rows
     val_n: int = 0
     val_reliable: bool = True  # at least half of the validation rows were scored
+    train_criteria: dict[str, dict[str, float]] = field(default_factory=dict)  # example key -> criteria (0-1)
+    val_criteria: dict[str, dict[str, float]] = field(default_factory=dict)
+    guard_breaks: dict[str, float] = field(default_factory=dict)  # criterion -> points dropped (search rows)
+    val_guard_breaks: dict[str, float] = field(default_factory=dict)  # criterion -> points dropped (valset rows)
 
     @property
     def mean(self) -> float | None:
@@ -41,6 +50,16 @@ class CandidateRecord:
     def reliable(self) -> bool:
         """At least half of the rows it was evaluated on were scored (the rest failed)."""
         return len(self.failed_rows) <= self.n_scored
+
+    @property
+    def guarded(self) -> bool:
+        """No guarded criterion dropped beyond its tolerance on the search rows."""
+        return not self.guard_breaks
+
+    @property
+    def val_guarded(self) -> bool:
+        """No guarded criterion dropped beyond its tolerance on the valset rows."""
+        return not self.val_guard_breaks
 
 
 class CandidateStore:
@@ -82,13 +101,14 @@ class CandidateStore:
         return list(self._records.values())
 
     def ranked(self) -> list[CandidateRecord]:
-        """Scored, reliable records, best search mean first (ties: more examples, then earlier)."""
-        scored = [r for r in self._records.values() if r.mean is not None and r.reliable]
+        """Scored, reliable, guarded records, best search mean first (ties: more examples, then earlier)."""
+        scored = [r for r in self._records.values() if r.mean is not None and r.reliable and r.guarded]
         return sorted(scored, key=lambda r: (-r.mean, -r.n_scored, r.order))
 
     def best_validated(self) -> CandidateRecord | None:
-        """The record validated on the most rows, best score first (ties: earlier)."""
-        done = [r for r in self._records.values() if r.val_score is not None and r.val_reliable]
+        """The record validated on the most rows, best score first (ties: earlier); never one breaking a guard."""
+        done = [r for r in self._records.values()
+                if r.val_score is not None and r.val_reliable and r.val_guarded and r.guarded]
         return min(done, key=lambda r: (-r.val_n, -r.val_score, r.order)) if done else None
 
 

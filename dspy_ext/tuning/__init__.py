@@ -20,7 +20,7 @@ Optuna itself is imported only when a study is opened.
 
 from __future__ import annotations
 
-from dspy_ext.tuning.criteria import CriteriaMetric, criteria_of
+from dspy_ext.evaluation.criteria import CriteriaMetric, criteria_of
 from dspy_ext.tuning.objective import TrialRunner
 from dspy_ext.tuning.results import StudyResults, is_feasible, trial_record
 from dspy_ext.tuning.runner import TuneJob, TuneResult, tune

@@ -67,6 +67,25 @@ def study_metric(settings: TuneSettings, metric: Callable[..., Any]) -> Callable
     return criteria_metric
 
 
+def review_merge(settings: TuneSettings, components: Components, metric: Callable[..., Any],
+                 trainset: list[dspy.Example], devset: list[dspy.Example]) -> Any:
+    """The review store ``settings.feedback`` merged into a tune (see :mod:`dspy_ext.experiment.feedback`).
+
+    Raises:
+        SettingsError: The store cannot be read or was made for other fields.
+    """
+    from dspy_ext.experiment import SettingsError
+    from dspy_ext.experiment.feedback import merge_feedback
+    from dspy_ext.review.feedback import Feedback, FeedbackError
+
+    try:
+        review = Feedback.from_store(str(settings.feedback))
+        return merge_feedback(review, metric=metric, metric_name=settings.metric.rpartition(":")[2],
+                              task=components.task, train=trainset, val=devset)
+    except (FeedbackError, ValueError) as exc:
+        raise SettingsError(f"invalid settings: feedback: {exc}") from None
+
+
 @dataclass
 class TuneJob:
     """The task, LM, data split, student and tuner of one process working on a study.
@@ -109,11 +128,20 @@ class TuneJob:
         task = components.task
         trainset, devset = split_train_val(task.train, settings.train, settings.val, seed=settings.seed)
         student = build_student(settings, task)
+        metric = study_metric(settings, components.metric)
+        review: dict[str, Any] = {"guards": dict(settings.guards)} if settings.guards else {}
+        if settings.feedback:
+            # The review's labeled examples join the training rows; its checks become criteria (and guards);
+            # its critiques go to every trial's optimizer that uses them.
+            merged = review_merge(settings, components, metric, trainset, devset)
+            metric, trainset = merged.metric, merged.train
+            review = {"feedback": merged.critiques, "guards": merged.guards}
         tuner = OptunaTuner(
-            study_metric(settings, components.metric), space=space, n_trials=settings.trials,
+            metric, space=space, n_trials=settings.trials,
             storage=settings.storage, study_name=settings.study or f"tune-{task.name}", seed=settings.seed,
             num_threads=settings.threads, objective=settings.objective, out_dir=settings.out,
             heartbeat_interval=settings.heartbeat, timeout=settings.timeout, worker_index=worker_index,
+            **review,
         )
         return cls(settings, components, trainset, devset, student, tuner)
 

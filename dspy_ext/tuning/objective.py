@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import dspy
 
 from dspy_ext.evaluation import Evaluator
+from dspy_ext.evaluation.criteria import CriteriaMetric
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import demo_to_dict, predictors
-from dspy_ext.tuning.criteria import CriteriaMetric
 from dspy_ext.tuning.space import TrialPlan
 
 if TYPE_CHECKING:
@@ -117,10 +117,14 @@ class TrialRunner:
         return dspy.context(lm=lm, adapter=adapter)
 
     def _compile(self, plan: TrialPlan) -> dspy.Module:
-        from dspy_ext.registry import build_optimizer
+        from dspy_ext.registry import build_optimizer, get_spec
 
         tuner = self.tuner
         extra: dict[str, Any] = {}
+        if tuner.feedback and get_spec(plan.optimizer).uses_feedback:
+            extra["feedback"] = tuner.feedback
+        if tuner.guards:
+            extra["guards"] = tuner.guards
         if plan.final_selection == "tpe":
             from dspy_ext.search.final_selection import CandidateTPE
 

@@ -23,7 +23,7 @@ other data is refused instead of mixing incomparable trials.
 
 Objectives
 ----------
-A metric may return several named criteria (see :mod:`dspy_ext.tuning.criteria`):
+A metric may return several named criteria (see :mod:`dspy_ext.evaluation.criteria`):
 
 * ``single``: maximise the primary criterion (the first, or ``primary=``);
 * ``pareto``: maximise every criterion jointly (Optuna multi-objective); the
@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,9 @@ from dspy.teleprompt import Teleprompter
 
 from dspy_ext.data import dataset_fingerprint
 from dspy_ext.evaluation import Evaluator
+from dspy_ext.evaluation.criteria import CriteriaMetric
 from dspy_ext.lm.metering import CallMeter, metering
-from dspy_ext.tuning.criteria import CriteriaMetric
+from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.tuning.objective import (
     TrialRunner,
     constraints_from_attrs,
@@ -100,6 +101,8 @@ class OptunaTuner(Teleprompter):
         timeout: Stop starting trials after this many seconds (per process).
         enqueue: Parameter sets to run first when the study is new, e.g. ``[{"optimizer": "bfsrs"}]``.
         worker_index: Offsets the sampler's seed so that workers do not draw the same parameters.
+        feedback: A reviewer's critiques, given to every trial's optimizer that uses them.
+        guards: Per-criterion guards (most points a criterion may drop) given to every trial's optimizer.
 
     Raises:
         TuningSpaceError: The space cannot work (raised here, before any storage is touched).
@@ -133,6 +136,8 @@ class OptunaTuner(Teleprompter):
         timeout: float | None = None,
         enqueue: Sequence[dict[str, Any]] | None = None,
         worker_index: int = 0,
+        feedback: SearchFeedback | None = None,
+        guards: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if n_trials < 1:
@@ -160,6 +165,8 @@ class OptunaTuner(Teleprompter):
         self.timeout = timeout
         self.enqueue = list(enqueue or [])
         self.worker_index = worker_index
+        self.feedback = feedback or None
+        self.guards = dict(guards or {})
 
     def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
                 **kwargs: Any) -> dspy.Module:
