@@ -36,9 +36,27 @@ def run_task(task: str, args: argparse.Namespace, optimizers: list[str]) -> dict
     """The task's finished cells and summary, running (or resuming) its comparison first unless ``--collect-only``."""
     folder = args.out_dir / task
     if not args.collect_only:
-        cmd = [sys.executable, "-m", "dspy_ext", "compare", "--task", task, "--optimizers", args.optimizers,
-               "--budget", str(args.budget), "--seeds", str(args.seeds), "--train", "50", "--val", "50",
-               "--out", str(folder), "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dspy_ext",
+            "compare",
+            "--task",
+            task,
+            "--optimizers",
+            args.optimizers,
+            "--budget",
+            str(args.budget),
+            "--seeds",
+            str(args.seeds),
+            "--train",
+            "50",
+            "--val",
+            "50",
+            "--out",
+            str(folder),
+            "--json",
+        ]
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             print(f"{task}: compare failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -95,11 +113,19 @@ def render(results: dict[str, dict], optimizers: list[str], args: argparse.Names
     lines.append("| zero-shot baseline | " + " | ".join("-" if b is None else f"{b:.1f}" for b in base) + " | |")
     failed = [(t, f) for t in tasks for f in results[t].get("failed", [])]
     if failed:
-        lines += ["", "Failed cells: " + "; ".join(f"{t} {f['optimizer']} seed {f['seed']}: {f['error'][:120]}"
-                                                  for t, f in failed)]
-    lines += ["", f"![test score vs LM calls, one point per run]({PLOT.name})", "",
-              "Per-run rows, tokens, wall times and the p-values: `" + os.path.relpath(args.out_dir, ROOT) +
-              "/TASK/results.md`; each run's trial log: `.../TASK/runs/OPTIMIZER-sSEED/trials.jsonl`."]
+        lines += [
+            "",
+            "Failed cells: "
+            + "; ".join(f"{t} {f['optimizer']} seed {f['seed']}: {f['error'][:120]}" for t, f in failed),
+        ]
+    lines += [
+        "",
+        f"![test score vs LM calls, one point per run]({PLOT.name})",
+        "",
+        "Per-run rows, tokens, wall times and the p-values: `"
+        + os.path.relpath(args.out_dir, ROOT)
+        + "/TASK/results.md`; each run's trial log: `.../TASK/runs/OPTIMIZER-sSEED/trials.jsonl`.",
+    ]
     return "\n".join(lines)
 
 
@@ -124,8 +150,10 @@ def render_seed(results: dict[str, dict], optimizers: list[str], seed: int) -> s
                 lines.append(f"| {task} | {name} | not run | | | | | |")
                 continue
             r = cell.row
-            lines.append(f"| {task} | {name} | {r['test_score']:.0f} | {r['baseline_test_score']:.0f} | "
-                         f"{r['val_score']:.0f} | {r['lm_calls']} | {r['tokens']} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {task} | {name} | {r['test_score']:.0f} | {r['baseline_test_score']:.0f} | "
+                f"{r['val_score']:.0f} | {r['lm_calls']} | {r['tokens']} | {r['seconds']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -142,8 +170,9 @@ def plot(results: dict[str, dict], optimizers: list[str], args: argparse.Namespa
     fullest = max(tasks, key=lambda t: len({c.optimizer for c in results[t]["cells"]}))
     for k, task in enumerate(tasks):
         ax = fig.add_subplot(rows, cols, k + 1)
-        draw_score_vs_calls(ax, results[task]["cells"], optimizers, title=task, budget=args.budget,
-                            legend=task == fullest)
+        draw_score_vs_calls(
+            ax, results[task]["cells"], optimizers, title=task, budget=args.budget, legend=task == fullest
+        )
     fig.tight_layout()
     fig.savefig(PLOT)
 
@@ -164,10 +193,14 @@ def main() -> None:
     if not results:
         sys.exit("no finished comparison to tabulate")
     plot(results, optimizers, args)
-    write_section(f"Instruction search vs DSPy on the embedded model (budget {args.budget}, seed {args.seed0})",
-                  render_seed(results, optimizers, args.seed0))
-    write_section(f"Optimizer comparison on the embedded model (budget {args.budget}, {args.seeds} seeds)",
-                  render(results, optimizers, args))
+    write_section(
+        f"Instruction search vs DSPy on the embedded model (budget {args.budget}, seed {args.seed0})",
+        render_seed(results, optimizers, args.seed0),
+    )
+    write_section(
+        f"Optimizer comparison on the embedded model (budget {args.budget}, {args.seeds} seeds)",
+        render(results, optimizers, args),
+    )
     print(f"wrote {DOC} and {PLOT}")
 
 

@@ -56,17 +56,27 @@ class ReviewScript:
 
 SCRIPTS = {
     "sentiment": ReviewScript(
-        "label only", "answers with exactly positive or negative", "one_of:positive,negative",
+        "label only",
+        "answers with exactly positive or negative",
+        "one_of:positive,negative",
         "answer with the label only: positive or negative",
-        ("wrong sentiment: read the whole sentence before deciding",
-         "sarcasm and faint praise are negative",
-         "a mixed review that ends well is positive")),
+        (
+            "wrong sentiment: read the whole sentence before deciding",
+            "sarcasm and faint praise are negative",
+            "a mixed review that ends well is positive",
+        ),
+    ),
     "larger_animal": ReviewScript(
-        "animal name only", "answers with the name of one animal and nothing else", "max_words:2",
+        "animal name only",
+        "answers with the name of one animal and nothing else",
+        "max_words:2",
         "answer with the animal's name only, no sentence",
-        ("that is the smaller animal: name the bigger one",
-         "compare real body sizes, not how dangerous the animal is",
-         "pick one of the two animals in the input")),
+        (
+            "that is the smaller animal: name the bigger one",
+            "compare real body sizes, not how dangerous the animal is",
+            "pick one of the two animals in the input",
+        ),
+    ),
 }
 
 
@@ -115,8 +125,11 @@ def scripted_review(store_path: Path, script: ReviewScript) -> dict[str, Any]:
         client = ReviewClient(server.port, server.app.token)
         known = {c["name"] for c in client.call("GET", "/api/report")["criteria"]}
         if script.criterion not in known:
-            client.call("POST", "/api/criteria", {"name": script.criterion, "description": script.description,
-                                                  "check": script.check})
+            client.call(
+                "POST",
+                "/api/criteria",
+                {"name": script.criterion, "description": script.description, "check": script.check},
+            )
         check = CheckSpec.parse(script.check)
         turn = 0
         while True:
@@ -159,14 +172,27 @@ def collect_student(task_name: str, store_path: Path, seeds: list[int], n_train:
     train, _ = split_train_val(components.task.train, n_train, n_val, seed=seeds[0])
     student = labeled_baseline(build_student(settings, components.task), train, seeds[0])
     with ReviewStore(store_path) as store, components.context():
-        summary = collect(student, rows, store=store, input_keys=components.task.input_keys,
-                          output_keys=components.task.output_keys)
-    return {"inputs": summary.inputs, "new_outputs": summary.new_outputs, "reused": summary.reused,
-            "prompt_version": summary.prompt_version}
+        summary = collect(
+            student, rows, store=store, input_keys=components.task.input_keys, output_keys=components.task.output_keys
+        )
+    return {
+        "inputs": summary.inputs,
+        "new_outputs": summary.new_outputs,
+        "reused": summary.reused,
+        "prompt_version": summary.prompt_version,
+    }
 
 
-def compile_pair(task_name: str, store_path: Path, seed: int, budget: int, n_train: int, n_val: int,
-                 optimizer: str, only: str = "both") -> dict[str, dict]:
+def compile_pair(
+    task_name: str,
+    store_path: Path,
+    seed: int,
+    budget: int,
+    n_train: int,
+    n_val: int,
+    optimizer: str,
+    only: str = "both",
+) -> dict[str, dict]:
     from dspy_ext.experiment import RunSettings, run
 
     out: dict[str, dict] = {}
@@ -174,12 +200,24 @@ def compile_pair(task_name: str, store_path: Path, seed: int, budget: int, n_tra
         if only not in ("both", label):
             continue
         folder = RESULTS / task_name / "runs" / f"{optimizer}-{label}-s{seed}"
-        settings = RunSettings(task=task_name, optimizer=optimizer, budget=budget, seed=seed, train=n_train,
-                               val=n_val, threads=1, out=str(folder), feedback=feedback)
+        settings = RunSettings(
+            task=task_name,
+            optimizer=optimizer,
+            budget=budget,
+            seed=seed,
+            train=n_train,
+            val=n_val,
+            threads=1,
+            out=str(folder),
+            feedback=feedback,
+        )
         started = time.perf_counter()
         result = run(settings, restart=True)  # same settings resume; a folder from older code starts over
-        print(f"{task_name} seed {seed} {label} feedback: test {result.summary['test_score']:.1f} "
-              f"({result.summary['lm_calls']} calls, {time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"{task_name} seed {seed} {label} feedback: test {result.summary['test_score']:.1f} "
+            f"({result.summary['lm_calls']} calls, {time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
         out[label] = result.summary
     return out
 
@@ -191,14 +229,34 @@ def digest(folder: Path) -> dict[str, Any]:
     reviewer = [t for t in trials if t.get("gradient_source") == "reviewer"]
     best = summary.get("search", {}).get("best", {})
     return {
-        "test": summary["test_score"], "val": summary["val_score"], "zero_shot": summary.get("zero_shot_test_score"),
-        "calls": summary["lm_calls"], "seconds": summary["seconds"], "criteria": summary.get("criteria", {}),
-        "pinned": summary.get("pinned"), "feedback": summary.get("feedback"),
-        "reviewer_trials": len(reviewer), "trials": len(trials),
-        "reviewer_train_mean": (round(sum(t["score"] for t in reviewer if t["split"] == "train")
-                                      / max(1, sum(t["split"] == "train" for t in reviewer)), 1) if reviewer else None),
-        "lm_train_mean": _mean([t["score"] for t in trials if t["split"] == "train"
-                                and t.get("gradient_source") != "reviewer" and t["origin"].startswith("protegi.edit")]),
+        "test": summary["test_score"],
+        "val": summary["val_score"],
+        "zero_shot": summary.get("zero_shot_test_score"),
+        "calls": summary["lm_calls"],
+        "seconds": summary["seconds"],
+        "criteria": summary.get("criteria", {}),
+        "pinned": summary.get("pinned"),
+        "feedback": summary.get("feedback"),
+        "reviewer_trials": len(reviewer),
+        "trials": len(trials),
+        "reviewer_train_mean": (
+            round(
+                sum(t["score"] for t in reviewer if t["split"] == "train")
+                / max(1, sum(t["split"] == "train" for t in reviewer)),
+                1,
+            )
+            if reviewer
+            else None
+        ),
+        "lm_train_mean": _mean(
+            [
+                t["score"]
+                for t in trials
+                if t["split"] == "train"
+                and t.get("gradient_source") != "reviewer"
+                and t["origin"].startswith("protegi.edit")
+            ]
+        ),
         "winner_origin": best.get("origin"),
         "rejected": summary.get("search", {}).get("rejected", {}),
         "instruction": next(iter((best.get("instructions") or {}).values()), ""),
@@ -217,7 +275,8 @@ def render(tasks: list[str], seeds: list[int], optimizer: str, meta: dict[str, A
         f"**Reduced run** (compute is scarce: 2 shared cores, several agents): seeds {seeds} instead of the 3 "
         f"seeds of full acceptance, budget {meta['budget']} instead of 400, train {meta['train']} / val "
         f"{meta['val']}, optimizer `{optimizer}`, one llama.cpp thread. The scripted reviewer "
-        f"(`bench/feedback.py`) grades {N_REVIEWED} outputs per task of the labeled-demo baseline (the student with 3 labeled demos) through the review page's "
+        f"(`bench/feedback.py`) grades {N_REVIEWED} outputs per task of the labeled-demo baseline (the student "
+        "with 3 labeled demos) through the review page's "
         "HTTP API (real server on 127.0.0.1, its token): Good when the output equals the gold label, otherwise "
         "Bad with a reason from a fixed list (a wrong-form critique, or one of three wrong-answer critiques in "
         "turn) and the gold label typed as the correction. It adds the task's criterion with one candidate "
@@ -236,9 +295,11 @@ def render(tasks: list[str], seeds: list[int], optimizer: str, meta: dict[str, A
         review_file = RESULTS / task / "review.json"
         review = json.loads(review_file.read_text()) if review_file.exists() else {}
         if review:
-            notes.append(f"- **{task}**: the reviewer graded {review['good']} Good and {review['bad']} Bad "
-                         f"({review['form']} for the form); criterion `{script.criterion}` (`{script.check}`): "
-                         f"{_alignment_text(review)}.")
+            notes.append(
+                f"- **{task}**: the reviewer graded {review['good']} Good and {review['bad']} Bad "
+                f"({review['form']} for the form); criterion `{script.criterion}` (`{script.check}`): "
+                f"{_alignment_text(review)}."
+            )
         for seed in seeds:
             for label in ("without", "with"):
                 folder = RESULTS / task / "runs" / f"{optimizer}-{label}-s{seed}"
@@ -248,15 +309,50 @@ def render(tasks: list[str], seeds: list[int], optimizer: str, meta: dict[str, A
                 crit = d["criteria"].get(script.criterion)
                 crit_text = f"{crit['student']:.0f} → {crit['compiled']:.0f}" if crit else "–"
                 pinned = f"{d['pinned']['kept']} / {d['pinned']['broken']}" if d["pinned"] else "–"
-                rev = (f"{d['reviewer_trials']} ({d['reviewer_train_mean']})" if label == "with" else "–")
+                rev = f"{d['reviewer_trials']} ({d['reviewer_train_mean']})" if label == "with" else "–"
                 lm = f"({d['lm_train_mean']})" if d["lm_train_mean"] is not None else "–"
-                lines.append(f"| {task} | {seed} | {label} | {d['test']:.1f} | {crit_text} | {pinned} | {d['calls']} "
-                             f"| {rev} | {lm} |")
-    lines += ["", "Columns: *criterion on test* is the review criterion's aligned check on the 100 test rows "
-              "(the run metric combined with it, so it is only measured when the compile had feedback); *pinned* "
-              "are the outputs graded Good, re-run with the compiled program and checked by the aligned check; the "
-              "candidate columns count search trials of edits made from the reviewer's reasons versus the LM's "
-              "own diagnoses, with their mean minibatch score.", "", *notes]
+                lines.append(
+                    f"| {task} | {seed} | {label} | {d['test']:.1f} | {crit_text} | {pinned} | {d['calls']} "
+                    f"| {rev} | {lm} |"
+                )
+    why = []
+    for task in tasks:
+        for seed in seeds:
+            with_dir = RESULTS / task / "runs" / f"{optimizer}-with-s{seed}"
+            without_dir = RESULTS / task / "runs" / f"{optimizer}-without-s{seed}"
+            if not ((with_dir / "run.json").exists() and (without_dir / "run.json").exists()):
+                continue
+            w, wo = digest(with_dir), digest(without_dir)
+            text = (
+                f"- {task} seed {seed}: {w['test']:.0f} with vs {wo['test']:.0f} without; "
+                f"{w['reviewer_trials']} trials of candidates from the reviewer's reasons "
+                f"(train mean {w['reviewer_train_mean']}); winner `{w['winner_origin']}`"
+            )
+            if w["winner_origin"] == "reference":
+                text += (
+                    f": the guarded search fell back to the reference program (the student as given, zero-shot, "
+                    f"{w['zero_shot']:.0f} on test) because the budget ran out before its final choice could be "
+                    "checked against the guard on the whole valset (report.md, Regression guards)"
+                )
+            elif w["instruction"]:
+                text += f", instruction {w['instruction'][:90]!r}"
+            if w["feedback"] and w["feedback"]["notes"]:
+                text += "; " + "; ".join(n for n in w["feedback"]["notes"] if "criterion" in n)
+            why.append(text + ".")
+    lines += [
+        "",
+        "Columns: *criterion on test* is the review criterion's aligned check on the 100 test rows "
+        "(the run metric combined with it, so it is only measured when the compile had feedback); *pinned* "
+        "are the outputs graded Good, re-run with the compiled program and checked by the aligned check; the "
+        "candidate columns count search trials of edits made from the reviewer's reasons versus the LM's "
+        "own diagnoses, with their mean minibatch score.",
+        "",
+        *notes,
+        "",
+        "From the run folders (`run.json`, `trials.jsonl`, `report.md`):",
+        "",
+        *why,
+    ]
     return "\n".join(lines)
 
 
@@ -264,8 +360,7 @@ def _alignment_text(review: dict) -> str:
     for entry in review.get("report", {}).get("criteria", []):
         for cand in entry["candidates"]:
             if cand["chosen"]:
-                return (f"coverage {cand['coverage']:.0%}, false failure rate {cand['false_failure_rate']:.0%}, "
-                        "chosen")
+                return f"coverage {cand['coverage']:.0%}, false failure rate {cand['false_failure_rate']:.0%}, chosen"
         return "no check chosen (it fails no Bad output, or too many Good ones)"
     return "not reviewed"
 
@@ -280,15 +375,23 @@ def main() -> None:
     parser.add_argument("--optimizer", default="protegi")
     parser.add_argument("--report-only", action="store_true", help="re-render from the stored run folders")
     parser.add_argument("--review-only", action="store_true", help="collect and review, do not compile")
-    parser.add_argument("--only", choices=["both", "with", "without"], default="both",
-                        help="compile only with or only without the review (two processes can share the work)")
+    parser.add_argument(
+        "--only",
+        choices=["both", "with", "without"],
+        default="both",
+        help="compile only with or only without the review (two processes can share the work)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/benchmarks.md")
     args = parser.parse_args()
     os.environ.setdefault("DSPY_EXT_LLAMA_THREADS", "1")
-    meta = {"budget": args.budget, "train": args.train, "val": args.val,
-            "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load": " / ".join(f"{x:.2f}" for x in os.getloadavg())}
+    meta = {
+        "budget": args.budget,
+        "train": args.train,
+        "val": args.val,
+        "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
     if not args.report_only:
         for task in args.tasks:
             folder = RESULTS / task
@@ -304,8 +407,16 @@ def main() -> None:
             print(f"{task}: reviewed {counts['good']} good, {counts['bad']} bad", flush=True)
         for seed in [] if args.review_only else args.seeds:
             for task in args.tasks:
-                compile_pair(task, RESULTS / task / "review.sqlite", seed, args.budget, args.train, args.val,
-                             args.optimizer, args.only)
+                compile_pair(
+                    task,
+                    RESULTS / task / "review.sqlite",
+                    seed,
+                    args.budget,
+                    args.train,
+                    args.val,
+                    args.optimizer,
+                    args.only,
+                )
     body = render(args.tasks, args.seeds, args.optimizer, meta)
     print(body)
     if not args.no_write:

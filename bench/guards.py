@@ -59,19 +59,34 @@ def run_cell(optimizer: str, seed: int, guarded: bool, args: argparse.Namespace,
     path = args.out_dir / "cells" / f"{name}.json"
     if path.exists():
         return json.loads(path.read_text())
-    settings = RunSettings(task="sentiment", program="guards:labeled_student", optimizer=optimizer, optimizer_config=CONFIGS.get(optimizer, {}),
-                           budget=args.budget, seed=seed, train=args.train, val=args.val, threads=1,
-                           guards={"format": 0.0} if guarded else {}, out=str(args.out_dir / "runs" / name))
+    settings = RunSettings(
+        task="sentiment",
+        program="guards:labeled_student",
+        optimizer=optimizer,
+        optimizer_config=CONFIGS.get(optimizer, {}),
+        budget=args.budget,
+        seed=seed,
+        train=args.train,
+        val=args.val,
+        threads=1,
+        guards={"format": 0.0} if guarded else {},
+        out=str(args.out_dir / "runs" / name),
+    )
     started = time.perf_counter()
     result = run(settings, components=components, evaluator=evaluator, restart=True)
     s = result.summary
     report = s.get("guard_report") or {}
     val_report = report.get("val") or {}
     cell = {
-        "optimizer": optimizer, "seed": seed, "guarded": guarded,
-        "correct": s["criteria"]["correct"]["compiled"], "format": s["criteria"]["format"]["compiled"],
-        "student_correct": s["criteria"]["correct"]["student"], "student_format": s["criteria"]["format"]["student"],
-        "lm_calls": s["lm_calls"], "seconds": round(time.perf_counter() - started, 1),
+        "optimizer": optimizer,
+        "seed": seed,
+        "guarded": guarded,
+        "correct": s["criteria"]["correct"]["compiled"],
+        "format": s["criteria"]["format"]["compiled"],
+        "student_correct": s["criteria"]["correct"]["student"],
+        "student_format": s["criteria"]["format"]["student"],
+        "lm_calls": s["lm_calls"],
+        "seconds": round(time.perf_counter() - started, 1),
         "rejected": (val_report.get("rejected") or {}).get("format", 0),
         "fallback": bool(val_report.get("fallback")) or val_report.get("returned") == "student",
     }
@@ -91,8 +106,9 @@ def table(cells: list[dict], args: argparse.Namespace) -> str:
         f"Reduced settings (the full run of issue 12 needs more compute than this session had): budget "
         f"{args.budget} LM calls per compile, seeds {args.seeds}, train {args.train}, val {args.val}, the first "
         f"{args.test_rows} test rows, embedded SmolLM2-135M-Instruct with one llama.cpp thread. MIPROv2 with "
-        f"{CONFIGS['mipro']} (its calls are not capped). The student has {STUDENT_DEMOS} labeled demos. Metric `criteria(correct=exact_match, "
-        f"format=one_of([\"positive\", \"negative\"]))`, objective their mean. Test %, mean over seeds; "
+        f"{CONFIGS['mipro']} (its calls are not capped). The student has {STUDENT_DEMOS} labeled demos. "
+        f"Metric `criteria(correct=exact_match, "
+        f'format=one_of(["positive", "negative"]))`, objective their mean. Test %, mean over seeds; '
         f"student: correct {student.get('student_correct', '-')}, format {student.get('student_format', '-')}.",
         "",
         "| optimizer | correct (free) | format (free) | correct (guard) | format (guard) | candidates set aside "
@@ -104,10 +120,12 @@ def table(cells: list[dict], args: argparse.Namespace) -> str:
         guard = [c for c in cells if c["optimizer"] == optimizer and c["guarded"]]
         if not free and not guard:
             continue
-        lines.append(f"| {optimizer} | {mean(free, 'correct')} | {mean(free, 'format')} | {mean(guard, 'correct')} | "
-                     f"{mean(guard, 'format')} | {sum(c['rejected'] for c in guard)} | "
-                     f"{sum(c['fallback'] for c in guard)}/{len(guard)} | {mean(free, 'lm_calls')} / "
-                     f"{mean(guard, 'lm_calls')} |")
+        lines.append(
+            f"| {optimizer} | {mean(free, 'correct')} | {mean(free, 'format')} | {mean(guard, 'correct')} | "
+            f"{mean(guard, 'format')} | {sum(c['rejected'] for c in guard)} | "
+            f"{sum(c['fallback'] for c in guard)}/{len(guard)} | {mean(free, 'lm_calls')} / "
+            f"{mean(guard, 'lm_calls')} |"
+        )
     return "\n".join(lines)
 
 

@@ -75,8 +75,12 @@ def program_with(task, demos: list[dspy.Example]) -> Transform:
 
 def generate_accuracy(program: dspy.Module, rows: list[dspy.Example]) -> dict[str, Any]:
     report = Evaluator(exact_match).evaluate(program, rows)
-    return {"accuracy": round(report.score, 2), "lm_calls": report.usage.calls, "seconds": round(report.seconds, 2),
-            "errors": {k: v for k, v in report.errors.items() if v}}
+    return {
+        "accuracy": round(report.score, 2),
+        "lm_calls": report.usage.calls,
+        "seconds": round(report.seconds, 2),
+        "errors": {k: v for k, v in report.errors.items() if v},
+    }
 
 
 def likelihood(program: dspy.Module, rows: list[dspy.Example], labels) -> Any:
@@ -119,26 +123,42 @@ def run_cell(task_name: str, seed: int, lm: dspy.LM) -> dict[str, Any]:
         # The rule calls this set open at this seed; measure the lever anyway on the letters seen.
         labels = tuple(sorted({str(e[output]) for e in train + val}))
         label_source = "forced (rule says open)"
-    cell: dict[str, Any] = {"task": task_name, "seed": seed, "labels": list(labels) if labels else None,
-                            "label_source": label_source if labels else "open", "configs": {}}
+    cell: dict[str, Any] = {
+        "task": task_name,
+        "seed": seed,
+        "labels": list(labels) if labels else None,
+        "label_source": label_source if labels else "open",
+        "configs": {},
+    }
     start, cpu0 = time.perf_counter(), cpu_seconds()
     probe = max(train, key=lambda e: len(str(e[task.input_keys[0]])))
     with dspy.context(lm=lm, adapter=PlainAdapter()):
         settings = {"random k=3 (baseline)": random.Random(seed).sample(train, 3)}
         for k in (3, 8, 16):
             demos = balanced_demos(train, k, seed=seed, field=output, labels=labels)
-            fitted = fit_demos_to_context(program_with(task, []).predict, demos, lm=lm,
-                                          probe_inputs=probe.inputs().toDict(), max_prompt_tokens=N_CTX)
+            fitted = fit_demos_to_context(
+                program_with(task, []).predict,
+                demos,
+                lm=lm,
+                probe_inputs=probe.inputs().toDict(),
+                max_prompt_tokens=N_CTX,
+            )
             settings[f"balanced k={k}"] = fitted
         for name, demos in settings.items():
             program = program_with(task, demos)
-            entry = {"k": len(demos), "demo_labels": [str(d[output]) for d in demos] if labels else None,
-                     "generate": generate_accuracy(program, test)}
+            entry = {
+                "k": len(demos),
+                "demo_labels": [str(d[output]) for d in demos] if labels else None,
+                "generate": generate_accuracy(program, test),
+            }
             if labels:
                 entry["labels"] = label_block(program, val, test, labels)
             cell["configs"][name] = entry
-            extra = (f" constrained {entry['labels']['constrained_test']}"
-                     f" calibrated {entry['labels']['calibrated_test']}") if labels else ""
+            extra = (
+                (f" constrained {entry['labels']['constrained_test']} calibrated {entry['labels']['calibrated_test']}")
+                if labels
+                else ""
+            )
             print(f"  {task_name} s{seed} {name}: {entry['generate']['accuracy']}{extra}", flush=True)
 
         # (e) selection among random 3-demo sets: val accuracy vs val likelihood.
@@ -149,11 +169,17 @@ def run_cell(task_name: str, seed: int, lm: dspy.LM) -> dict[str, Any]:
             program = program_with(task, demos)
             gen = generate_accuracy(program, val)
             lik = likelihood(program, val, labels)
-            candidates.append({"index": index, "val_accuracy": gen["accuracy"], "val_calls": gen["lm_calls"],
-                               "val_likelihood": round(lik.score(), 4),
-                               "val_gold_logprob": round(lik.score("gold_logprob"), 4),
-                               "val_constrained": round(lik.label_accuracy(), 2) if labels else None,
-                               "val_passes": lik.usage.calls})
+            candidates.append(
+                {
+                    "index": index,
+                    "val_accuracy": gen["accuracy"],
+                    "val_calls": gen["lm_calls"],
+                    "val_likelihood": round(lik.score(), 4),
+                    "val_gold_logprob": round(lik.score("gold_logprob"), 4),
+                    "val_constrained": round(lik.label_accuracy(), 2) if labels else None,
+                    "val_passes": lik.usage.calls,
+                }
+            )
         by_acc = max(candidates, key=lambda c: (c["val_accuracy"], -c["index"]))
         by_lik = max(candidates, key=lambda c: (c["val_likelihood"], -c["index"]))
         chosen = {}
@@ -162,17 +188,26 @@ def run_cell(task_name: str, seed: int, lm: dspy.LM) -> dict[str, Any]:
                 chosen[pick["index"]] = generate_accuracy(program_with(task, sets[pick["index"]]), test)
         cell["selection"] = {
             "candidates": candidates,
-            "by_val_accuracy": {"index": by_acc["index"], "val": by_acc["val_accuracy"],
-                                "test": chosen[by_acc["index"]]["accuracy"],
-                                "search_calls": sum(c["val_calls"] for c in candidates)},
-            "by_val_likelihood": {"index": by_lik["index"], "val_likelihood": by_lik["val_likelihood"],
-                                  "val_accuracy": by_lik["val_accuracy"],
-                                  "test": chosen[by_lik["index"]]["accuracy"],
-                                  "search_passes": sum(c["val_passes"] for c in candidates)},
+            "by_val_accuracy": {
+                "index": by_acc["index"],
+                "val": by_acc["val_accuracy"],
+                "test": chosen[by_acc["index"]]["accuracy"],
+                "search_calls": sum(c["val_calls"] for c in candidates),
+            },
+            "by_val_likelihood": {
+                "index": by_lik["index"],
+                "val_likelihood": by_lik["val_likelihood"],
+                "val_accuracy": by_lik["val_accuracy"],
+                "test": chosen[by_lik["index"]]["accuracy"],
+                "search_passes": sum(c["val_passes"] for c in candidates),
+            },
             "test_lm_calls": sum(r["lm_calls"] for r in chosen.values()),
         }
-        print(f"  {task_name} s{seed} select: acc#{by_acc['index']} test {cell['selection']['by_val_accuracy']['test']}"
-              f" | lik#{by_lik['index']} test {cell['selection']['by_val_likelihood']['test']}", flush=True)
+        print(
+            f"  {task_name} s{seed} select: acc#{by_acc['index']} test {cell['selection']['by_val_accuracy']['test']}"
+            f" | lik#{by_lik['index']} test {cell['selection']['by_val_likelihood']['test']}",
+            flush=True,
+        )
     cell["seconds"] = round(time.perf_counter() - start, 1)
     cell["cpu_seconds"] = round(cpu_seconds() - cpu0, 1)
     return cell
@@ -183,9 +218,14 @@ def mean(values: list[float]) -> float:
 
 
 def summarize(cells: list[dict[str, Any]]) -> str:
-    tasks = sorted({c["task"] for c in cells}, key=lambda t: ["sentiment", "first_word_letter", "larger_animal",
-                                                                "singular_to_plural"].index(t)
-                   if t in ("sentiment", "first_word_letter", "larger_animal", "singular_to_plural") else 9)
+    tasks = sorted(
+        {c["task"] for c in cells},
+        key=lambda t: (
+            ["sentiment", "first_word_letter", "larger_animal", "singular_to_plural"].index(t)
+            if t in ("sentiment", "first_word_letter", "larger_animal", "singular_to_plural")
+            else 9
+        ),
+    )
     lines = []
     total_cpu = sum(c["cpu_seconds"] for c in cells)
     total_wall = sum(c["seconds"] for c in cells)
@@ -197,16 +237,20 @@ def summarize(cells: list[dict[str, Any]]) -> str:
         f"seed)`, test = the full test split (100 rows). Demos come from the 50 train rows only. Each cell: mean "
         f"test accuracy over the seeds, then the per-seed values. Compute: {total_cpu / 60:.1f} CPU minutes, "
         f"{total_wall / 60:.1f} wall minutes on 2 cores shared with other jobs. Per-cell JSON: "
-        f"`bench/results/levers/TASK-sSEED.json`.")
+        f"`bench/results/levers/TASK-sSEED.json`."
+    )
     lines.append("")
-    lines.append("**(a)-(d): demo settings, constrained decoding, calibration (test accuracy %).** "
-                 "*generate*: greedy reply, exact match (1 LM call per row). *constrained*: the allowed label with "
-                 "the highest likelihood (1 forward pass per row, nothing generated). *calibrated*: the same, "
-                 "divided by the prior from 3 content-free inputs (Zhao et al. 2021; 3 more passes). *chosen on "
-                 "val*: calibration on only if it raised val accuracy (50 more passes).")
+    lines.append(
+        "**(a)-(d): demo settings, constrained decoding, calibration (test accuracy %).** "
+        "*generate*: greedy reply, exact match (1 LM call per row). *constrained*: the allowed label with "
+        "the highest likelihood (1 forward pass per row, nothing generated). *calibrated*: the same, "
+        "divided by the prior from 3 content-free inputs (Zhao et al. 2021; 3 more passes). *chosen on "
+        "val*: calibration on only if it raised val accuracy (50 more passes)."
+    )
     lines.append("")
-    lines.append("| task | demos | k | generate | constrained | calibrated | calibration chosen on val | "
-                 "label prior (seeds) |")
+    lines.append(
+        "| task | demos | k | generate | constrained | calibrated | calibration chosen on val | label prior (seeds) |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|")
     for task in tasks:
         rows = [c for c in cells if c["task"] == task]
@@ -222,22 +266,30 @@ def summarize(cells: list[dict[str, Any]]) -> str:
                 lab = [e["labels"] for e in entries]
                 con = fmt([x["constrained_test"] for x in lab])
                 cal = fmt([x["calibrated_test"] for x in lab])
-                cho = fmt([x["chosen_test"] for x in lab]) + " on: " + "".join(
-                    "y" if x["calibration_chosen_on_val"] else "n" for x in lab)
-                prior = "; ".join("/".join(f"{p:.2f}" for p in x["prior"]) for x in lab) if len(
-                    rows[0]["labels"] or []) <= 3 else "(many labels)"
+                cho = (
+                    fmt([x["chosen_test"] for x in lab])
+                    + " on: "
+                    + "".join("y" if x["calibration_chosen_on_val"] else "n" for x in lab)
+                )
+                prior = (
+                    "; ".join("/".join(f"{p:.2f}" for p in x["prior"]) for x in lab)
+                    if len(rows[0]["labels"] or []) <= 3
+                    else "(many labels)"
+                )
             else:
                 con = cal = cho = prior = "n/a (open outputs)"
-            lines.append(f"| {task} | {name} | {'/'.join(map(str, ks))} | {fmt(gen)} | {con} | {cal} | {cho} | "
-                         f"{prior} |")
-    closed = [t for t in tasks if all(
-        "labels" in e for c in cells if c["task"] == t for e in c["configs"].values())]
+            lines.append(
+                f"| {task} | {name} | {'/'.join(map(str, ks))} | {fmt(gen)} | {con} | {cal} | {cho} | {prior} |"
+            )
+    closed = [t for t in tasks if all("labels" in e for c in cells if c["task"] == t for e in c["configs"].values())]
     if closed:
         lines.append("")
-        lines.append("**Joint choice on val (closed label sets).** For each seed, the demo setting (the 4 rows above) "
-                     "and calibration on/off with the best val accuracy of constrained decoding (ties: the earlier "
-                     "row, calibration off), then its test accuracy. It costs the label passes above and no "
-                     "generation.")
+        lines.append(
+            "**Joint choice on val (closed label sets).** For each seed, the demo setting (the 4 rows above) "
+            "and calibration on/off with the best val accuracy of constrained decoding (ties: the earlier "
+            "row, calibration off), then its test accuracy. It costs the label passes above and no "
+            "generation."
+        )
         lines.append("")
         lines.append("| task | joint choice, test (seeds) | chosen (seeds) | baseline (a) generate |")
         lines.append("|---|---|---|---|")
@@ -253,17 +305,23 @@ def summarize(cells: list[dict[str, Any]]) -> str:
                 picks.append(f"{best[3]}, calibration {best[4]}")
                 tests.append(best[5])
                 base.append(c["configs"]["random k=3 (baseline)"]["generate"]["accuracy"])
-            lines.append(f"| {task} | {mean(tests)} ({', '.join(f'{v:.0f}' for v in tests)}) | {'; '.join(picks)} | "
-                         f"{mean(base)} |")
+            lines.append(
+                f"| {task} | {mean(tests)} ({', '.join(f'{v:.0f}' for v in tests)}) | {'; '.join(picks)} | "
+                f"{mean(base)} |"
+            )
     lines.append("")
-    lines.append("**(e): choosing among 8 random 3-demo sets on the 50 val rows.** *by val accuracy*: greedy "
-                 "generation on every val row of every set (8 x 50 = 400 LM calls). *by val likelihood*: the "
-                 "likelihood score of the gold outputs (probability of the gold label among the labels for a "
-                 "closed set, else the mean log-probability per token of the gold reply), 400 forward passes "
-                 "and no generation. Gap = val accuracy of the chosen set minus its test accuracy.")
+    lines.append(
+        "**(e): choosing among 8 random 3-demo sets on the 50 val rows.** *by val accuracy*: greedy "
+        "generation on every val row of every set (8 x 50 = 400 LM calls). *by val likelihood*: the "
+        "likelihood score of the gold outputs (probability of the gold label among the labels for a "
+        "closed set, else the mean log-probability per token of the gold reply), 400 forward passes "
+        "and no generation. Gap = val accuracy of the chosen set minus its test accuracy."
+    )
     lines.append("")
-    lines.append("| task | seed | by val accuracy: val / test (gap) | by val likelihood: val acc / test (gap) | "
-                 "baseline (a) test | val accuracies of the 8 sets |")
+    lines.append(
+        "| task | seed | by val accuracy: val / test (gap) | by val likelihood: val acc / test (gap) | "
+        "baseline (a) test | val accuracies of the 8 sets |"
+    )
     lines.append("|---|---|---|---|---|---|")
     for task in tasks:
         for c in sorted((c for c in cells if c["task"] == task), key=lambda c: c["seed"]):
@@ -273,18 +331,24 @@ def summarize(cells: list[dict[str, Any]]) -> str:
                 f"| {task} | {c['seed']} | {acc['val']:.0f} / {acc['test']:.0f} ({acc['val'] - acc['test']:+.0f}) | "
                 f"{lik['val_accuracy']:.0f} / {lik['test']:.0f} ({lik['val_accuracy'] - lik['test']:+.0f}) | "
                 f"{c['configs']['random k=3 (baseline)']['generate']['accuracy']:.0f} | "
-                + ", ".join(f"{x['val_accuracy']:.0f}" for x in s["candidates"]) + " |")
+                + ", ".join(f"{x['val_accuracy']:.0f}" for x in s["candidates"])
+                + " |"
+            )
         rows = [c for c in cells if c["task"] == task]
         lines.append(
             f"| {task} | mean | {mean([c['selection']['by_val_accuracy']['test'] for c in rows])} test | "
             f"{mean([c['selection']['by_val_likelihood']['test'] for c in rows])} test | "
-            f"{mean([c['configs']['random k=3 (baseline)']['generate']['accuracy'] for c in rows])} | |")
+            f"{mean([c['configs']['random k=3 (baseline)']['generate']['accuracy'] for c in rows])} | |"
+        )
     lines.append("")
-    lines.append("Costs per (task, seed): generation on the test split 100 LM calls per demo setting; constrained "
-                 "decoding and calibration together 153 forward passes per demo setting (3 content-free, 50 val, "
-                 "100 test); selection 400 LM calls by accuracy or 400 forward passes by likelihood, plus 100 test "
-                 "calls per chosen set. Seconds per cell (wall): "
-                 + ", ".join(f"{c['task']} s{c['seed']} {c['seconds']:.0f}" for c in cells) + ".")
+    lines.append(
+        "Costs per (task, seed): generation on the test split 100 LM calls per demo setting; constrained "
+        "decoding and calibration together 153 forward passes per demo setting (3 content-free, 50 val, "
+        "100 test); selection 400 LM calls by accuracy or 400 forward passes by likelihood, plus 100 test "
+        "calls per chosen set. Seconds per cell (wall): "
+        + ", ".join(f"{c['task']} s{c['seed']} {c['seconds']:.0f}" for c in cells)
+        + "."
+    )
     return "\n".join(lines)
 
 
@@ -301,8 +365,9 @@ def main() -> int:
         RESULTS, SMOKE_ROWS, SELECTION_SETS, args.no_write = Path(args.smoke), 5, 2, True
     held_out = sorted(set(args.tasks) & HELD_OUT)
     if held_out:
-        parser.error(f"{', '.join(held_out)}: held-out task(s) of issue 10 (docs/held_out_tasks.md); "
-                     "never tune on them")
+        parser.error(
+            f"{', '.join(held_out)}: held-out task(s) of issue 10 (docs/held_out_tasks.md); never tune on them"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     lm = None if args.report_only else make_lm("local", cache=False)
     for task in [] if args.report_only else args.tasks:
@@ -312,10 +377,13 @@ def main() -> int:
                 print(f"{path.name}: exists, skipped", flush=True)
                 continue
             cell = run_cell(task, seed, lm)
-            cell["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                               "threads": os.environ.get("DSPY_EXT_LLAMA_THREADS"),
-                               "load_avg": [round(x, 2) for x in os.getloadavg()],
-                               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            cell["machine"] = {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "threads": os.environ.get("DSPY_EXT_LLAMA_THREADS"),
+                "load_avg": [round(x, 2) for x in os.getloadavg()],
+                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
             path.write_text(json.dumps(cell, indent=1) + "\n")
             print(f"{path.name}: {cell['seconds']} s wall, {cell['cpu_seconds']} s CPU", flush=True)
     cells = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*-s*.json"))]

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import run_cell  # noqa: E402
-from _docs import write_section  # noqa: E402
+from _cells import run_cell
+from _docs import write_section
 
 TASKS = ["sentiment", "first_word_letter", "larger_animal", "singular_to_plural"]
 
@@ -30,19 +30,31 @@ def evaluate_grid(args: argparse.Namespace) -> None:
             for demos in (args.demos, 0):
                 cells[(adapter, demos)] = run_cell(
                     ["evaluate", "--task", task, "--demos", str(demos), "--split", "test", "--adapter", adapter],
-                    args.out_dir / f"eval-{task}-{adapter}-{demos}.json", args.collect_only)
+                    args.out_dir / f"eval-{task}-{adapter}-{demos}.json",
+                    args.collect_only,
+                )
         rows.append((task, cells))
-    lines = [f"`dspy-ext evaluate --task T --demos K --split test [--adapter chat] --json`, 100 test rows, "
-             "greedy, exact match.", "",
-             f"| task | plain, {args.demos} demos | plain, zero-shot | chat, {args.demos} demos | chat, zero-shot |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "`dspy-ext evaluate --task T --demos K --split test [--adapter chat] --json`, 100 test rows, "
+        "greedy, exact match.",
+        "",
+        f"| task | plain, {args.demos} demos | plain, zero-shot | chat, {args.demos} demos | chat, zero-shot |",
+        "|---|---|---|---|---|",
+    ]
     for task, cells in rows:
+
         def fmt(c):
             return "not run" if c is None else f"{c['score']:.0f}% ({sum(c['errors'].values())} err)"
-        lines.append(f"| {task} | {fmt(cells[('auto', args.demos)])} | {fmt(cells[('auto', 0)])} | "
-                     f"{fmt(cells[('chat', args.demos)])} | {fmt(cells[('chat', 0)])} |")
-    lines += ["", "`err` counts rows with an error class (for the chat adapter these are parse errors: the model "
-              "does not write the `[[ ## output ## ]]` markers)."]
+
+        lines.append(
+            f"| {task} | {fmt(cells[('auto', args.demos)])} | {fmt(cells[('auto', 0)])} | "
+            f"{fmt(cells[('chat', args.demos)])} | {fmt(cells[('chat', 0)])} |"
+        )
+    lines += [
+        "",
+        "`err` counts rows with an error class (for the chat adapter these are parse errors: the model "
+        "does not write the `[[ ## output ## ]]` markers).",
+    ]
     write_section("Embedded model: plain adapter vs DSPy's ChatAdapter", "\n".join(lines))
 
 

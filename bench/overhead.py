@@ -36,14 +36,14 @@ import dspy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _docs import write_section  # noqa: E402
+from _docs import write_section
 
-from dspy_ext.adapters import PlainAdapter, default_adapter  # noqa: E402
-from tests.support.fake_world import BASELINE_INSTRUCTION, dataset, respond  # noqa: E402
-from dspy_ext.evaluation import Evaluator  # noqa: E402
-from dspy_ext.lm import FakeEngine  # noqa: E402
-from dspy_ext.registry import build_optimizer  # noqa: E402
-from programs import build_program  # noqa: E402
+from dspy_ext.adapters import PlainAdapter, default_adapter
+from dspy_ext.evaluation import Evaluator
+from dspy_ext.lm import FakeEngine
+from dspy_ext.registry import build_optimizer
+from programs import build_program
+from tests.support.fake_world import BASELINE_INSTRUCTION, dataset, respond
 
 COMMAND = "PYTHONPATH=. python bench/overhead.py"
 
@@ -86,9 +86,14 @@ def measure(work) -> dict:
         work()
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     calls = lm.engine.calls
-    return {"wall": wall, "cpu": cpu, "inside": lm.engine.inside, "calls": calls,
-            "per_call": (wall - lm.engine.inside) / max(1, calls),
-            "cpu_per_call": (cpu - lm.engine.inside) / max(1, calls)}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "inside": lm.engine.inside,
+        "calls": calls,
+        "per_call": (wall - lm.engine.inside) / max(1, calls),
+        "cpu_per_call": (cpu - lm.engine.inside) / max(1, calls),
+    }
 
 
 def evaluation_run(rows: int) -> dict:
@@ -128,8 +133,15 @@ def embedded_per_call(rows: int) -> dict | None:
         report = Evaluator(metric, num_threads=1).evaluate(program, task.test[:rows])
         cpu = time.process_time() - cpu_start
     calls = max(1, report.usage.calls)
-    return {"wall": report.seconds, "cpu": cpu, "calls": report.usage.calls, "per_call": report.seconds / calls,
-            "cpu_per_call": cpu / calls, "threads": lm.engine.n_threads, "model": lm.model}
+    return {
+        "wall": report.seconds,
+        "cpu": cpu,
+        "calls": report.usage.calls,
+        "per_call": report.seconds / calls,
+        "cpu_per_call": cpu / calls,
+        "threads": lm.engine.n_threads,
+        "model": lm.model,
+    }
 
 
 def main() -> None:
@@ -149,8 +161,11 @@ def main() -> None:
     ev, co = median_run(evals), median_run(compiles)
     for name, runs in (("evaluation", evals), ("compile", compiles)):
         for r in runs:
-            print(f"{name}: {r['calls']} calls, wall {r['wall']:.3f} s, inside LM {r['inside']:.4f} s, "
-                  f"{1000 * r['per_call']:.3f} ms/call outside", file=sys.stderr)
+            print(
+                f"{name}: {r['calls']} calls, wall {r['wall']:.3f} s, inside LM {r['inside']:.4f} s, "
+                f"{1000 * r['per_call']:.3f} ms/call outside",
+                file=sys.stderr,
+            )
     local = embedded_per_call(args.embedded_rows)
     load_after = os.getloadavg()[0]
 
@@ -159,8 +174,12 @@ def main() -> None:
         f"median of {args.runs} runs (by overhead per call). {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}, DSPy {dspy.__version__}, {os.cpu_count()} cores; 1-minute load "
         f"average {load_before:.1f} at the start and {load_after:.1f} at the end"
-        + (" (other jobs were running: all figures, the embedded model's above all, are slower than on an idle "
-           "machine)." if max(load_before, load_after) >= 1.0 else "."),
+        + (
+            " (other jobs were running: all figures, the embedded model's above all, are slower than on an idle "
+            "machine)."
+            if max(load_before, load_after) >= 1.0
+            else "."
+        ),
         "",
         "| workload | LM calls | wall s | in LM s | overhead per call, wall (ms) | overhead per call, CPU (ms) |",
         "|---|---|---|---|---|---|",
@@ -173,7 +192,9 @@ def main() -> None:
         "process's CPU time instead of wall time, which other jobs on the machine disturb less. "
         "All runs (wall ms per call): evaluation "
         + ", ".join(f"{1000 * r['per_call']:.2f}" for r in evals)
-        + "; compile " + ", ".join(f"{1000 * r['per_call']:.2f}" for r in compiles) + ".",
+        + "; compile "
+        + ", ".join(f"{1000 * r['per_call']:.2f}" for r in compiles)
+        + ".",
     ]
     if local is not None:
         shares = {

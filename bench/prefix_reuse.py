@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docs import write_section  # noqa: E402
+import dspy
+from _docs import write_section
 
-import dspy  # noqa: E402
-
-from dspy_ext.adapters import PlainAdapter  # noqa: E402
-from dspy_ext.data import load_task  # noqa: E402
-from dspy_ext.lm import CallMeter, make_lm, metering  # noqa: E402
-from metrics import exact_match  # noqa: E402
+from dspy_ext.adapters import PlainAdapter
+from dspy_ext.data import load_task
+from dspy_ext.lm import CallMeter, make_lm, metering
+from metrics import exact_match
 
 SECTION = "Local engine: prefix KV-cache reuse"
 SETTINGS = {True: "prefix reuse on", False: "prefix reuse off"}
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = load()
     for reuse in (True, False):
-        run_rows(program, lms[reuse], task.test[-args.warmup:], reuse)  # load the model, warm the caches
+        run_rows(program, lms[reuse], task.test[-args.warmup :], reuse)  # load the model, warm the caches
 
     runs: list[Run] = []
     for round_no in range(args.rounds):
@@ -117,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         for reuse in order:
             run = run_rows(program, lms[reuse], rows, reuse)
             runs.append(run)
-            print(f"round {round_no + 1}: {SETTINGS[reuse]:<17} {run.calls_per_second:6.2f} calls/s "
-                  f"({run.seconds:.1f} s, accuracy {100 * run.accuracy:.0f}%)", file=sys.stderr)
+            print(
+                f"round {round_no + 1}: {SETTINGS[reuse]:<17} {run.calls_per_second:6.2f} calls/s "
+                f"({run.seconds:.1f} s, accuracy {100 * run.accuracy:.0f}%)",
+                file=sys.stderr,
+            )
     load_after = load()
 
     def median(reuse: bool, attr: str) -> float:
@@ -134,41 +136,43 @@ def main(argv: list[str] | None = None) -> int:
 
     import llama_cpp
 
-    body = "\n".join([
-        f"Calls per second of the embedded engine (`{lms[True].model}`) on `{args.task}`: PlainAdapter, "
-        f"{args.demos} demos, {args.rows} test rows run one after another, DSPy cache off, greedy. "
-        f"{args.warmup} warm-up calls per setting, then {args.rounds} rounds alternating the two settings "
-        "(the order flips every round); the table gives medians over rounds.",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        f"- Machine: {cpu_count()} CPUs (`nproc`), {cpu_model()}; llama.cpp threads: {engine.n_threads}; "
-        f"load average (1/5/15 min) before {load_before}, after {load_after}.",
-        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
-        f"Python {platform.python_version()}, dspy {dspy.__version__}, llama-cpp-python {llama_cpp.__version__}.",
-        f"- Prompt: {prompt_tokens:.0f} tokens per call on average (chat template, instruction, demos, input).",
-        "",
-        "| setting | calls/s (median) | s/call | calls/s per round | output tokens/call | accuracy |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {SETTINGS[reuse]} | {median(reuse, 'calls_per_second'):.2f} | "
-            f"{1 / median(reuse, 'calls_per_second'):.3f} | {per_round[reuse]} | {output_tokens[reuse]:.1f} | "
-            f"{' / '.join(accuracy[reuse])} |"
-            for reuse in (True, False)
-        ),
-        "",
-        f"**Speed-up from prefix reuse: {on / off:.2f}x** (ratio of the medians).",
-        "",
-        f"Greedy answers with reuse that equal the no-reuse answers: {', '.join(f'{a}/{args.rows}' for a in agree)} "
-        "(per round). Reuse is not bit-exact in general: an identical prompt replayed from the KV cache "
-        "(llama-cpp-python re-evaluates only its last token) can change a near-tied greedy choice; see "
-        "`tests/test_lm.py::test_embedded_greedy_is_deterministic`.",
-        "",
-        "The machine is shared: other jobs running at the same time slow llama.cpp's threads down a lot, which "
-        "is why the settings alternate and the load average is recorded.",
-    ])
+    body = "\n".join(
+        [
+            f"Calls per second of the embedded engine (`{lms[True].model}`) on `{args.task}`: PlainAdapter, "
+            f"{args.demos} demos, {args.rows} test rows run one after another, DSPy cache off, greedy. "
+            f"{args.warmup} warm-up calls per setting, then {args.rounds} rounds alternating the two settings "
+            "(the order flips every round); the table gives medians over rounds.",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            f"- Machine: {cpu_count()} CPUs (`nproc`), {cpu_model()}; llama.cpp threads: {engine.n_threads}; "
+            f"load average (1/5/15 min) before {load_before}, after {load_after}.",
+            f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
+            f"Python {platform.python_version()}, dspy {dspy.__version__}, llama-cpp-python {llama_cpp.__version__}.",
+            f"- Prompt: {prompt_tokens:.0f} tokens per call on average (chat template, instruction, demos, input).",
+            "",
+            "| setting | calls/s (median) | s/call | calls/s per round | output tokens/call | accuracy |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {SETTINGS[reuse]} | {median(reuse, 'calls_per_second'):.2f} | "
+                f"{1 / median(reuse, 'calls_per_second'):.3f} | {per_round[reuse]} | {output_tokens[reuse]:.1f} | "
+                f"{' / '.join(accuracy[reuse])} |"
+                for reuse in (True, False)
+            ),
+            "",
+            f"**Speed-up from prefix reuse: {on / off:.2f}x** (ratio of the medians).",
+            "",
+            f"Greedy answers with reuse that equal the no-reuse answers: {', '.join(f'{a}/{args.rows}' for a in agree)} "
+            "(per round). Reuse is not bit-exact in general: an identical prompt replayed from the KV cache "
+            "(llama-cpp-python re-evaluates only its last token) can change a near-tied greedy choice; see "
+            "`tests/test_lm.py::test_embedded_greedy_is_deterministic`.",
+            "",
+            "The machine is shared: other jobs running at the same time slow llama.cpp's threads down a lot, which "
+            "is why the settings alternate and the load average is recorded.",
+        ]
+    )
     print(body)
     if not args.no_write:
         write_section(SECTION, body)

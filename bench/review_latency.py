@@ -36,8 +36,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._docs import write_section
 from dspy_ext.review import CheckSpec, ReviewApp, ReviewServer, ReviewStore
 
-WORDS = ["positive", "negative", "the", "film", "is", "a", "great", "bad", "movie", "plot", "acting", "I",
-         "think", "sentiment", "review"]
+WORDS = [
+    "positive",
+    "negative",
+    "the",
+    "film",
+    "is",
+    "a",
+    "great",
+    "bad",
+    "movie",
+    "plot",
+    "acting",
+    "I",
+    "think",
+    "sentiment",
+    "review",
+]
 
 
 def build_store(path: Path, n_items: int, seed: int) -> ReviewStore:
@@ -45,10 +60,17 @@ def build_store(path: Path, n_items: int, seed: int) -> ReviewStore:
     store = ReviewStore(path)
     for i in range(n_items):
         output = rng.choice(["positive", "negative"]) if rng.random() < 0.7 else " ".join(rng.choices(WORDS, k=6))
-        store.add_output({"input": f"review text number {i}: " + " ".join(rng.choices(WORDS, k=12))},
-                         {"output": output}, prompt_version="v1", gold={"output": "positive"})
-    for name, check in (("label", "one_of:positive,negative"), ("short", "max_words:2"),
-                        ("no apology", "not_contains:sorry")):
+        store.add_output(
+            {"input": f"review text number {i}: " + " ".join(rng.choices(WORDS, k=12))},
+            {"output": output},
+            prompt_version="v1",
+            gold={"output": "positive"},
+        )
+    for name, check in (
+        ("label", "one_of:positive,negative"),
+        ("short", "max_words:2"),
+        ("no apology", "not_contains:sorry"),
+    ):
         store.add_criterion(name, f"{name} check", CheckSpec.parse(check))
     for item in rng.sample(store.items(), 100):
         store.set_grade(item.key, "good")
@@ -122,9 +144,13 @@ def browser_presses(server: ReviewServer, n: int) -> tuple[list[float], list[flo
             saved = driver.execute_script("return window.reviewTimings[0]")
             before = driver.find_element(By.ID, "item").get_attribute("data-key")
             ActionChains(driver).send_keys("j").perform()
-            wait.until(lambda d, before=before: d.execute_script(
-                "var n = document.getElementById('item'); return !!n && n.dataset.key !== arguments[0] "
-                "&& typeof window.reviewNavMs === 'number'", before))
+            wait.until(
+                lambda d, before=before: d.execute_script(
+                    "var n = document.getElementById('item'); return !!n && n.dataset.key !== arguments[0] "
+                    "&& typeof window.reviewNavMs === 'number'",
+                    before,
+                )
+            )
             if i >= 5:
                 saves.append(saved)
                 navigations.append(driver.execute_script("return window.reviewNavMs"))
@@ -160,11 +186,14 @@ def main() -> int:
     cpu = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
     rows = [("HTTP write (grade, reason or criterion mark) -> JSON answer", http_ms)]
     if browser is not None:
-        rows += [("key press `g` -> saved (headless Chromium)", result["key_press_to_saved"]),
-                 ("key press `j` -> next output shown (headless Chromium)", result["j_to_next_output_shown"])]
+        rows += [
+            ("key press `g` -> saved (headless Chromium)", result["key_press_to_saved"]),
+            ("key press `j` -> next output shown (headless Chromium)", result["j_to_next_output_shown"]),
+        ]
     table = "\n".join(f"| {name} | {s['n']} | {s['median_ms']:.1f} | {s['p95_ms']:.1f} |" for name, s in rows)
-    browser_note = "" if browser is not None else \
-        "\n\nChromium was not installed, so only the HTTP figure was measured.\n"
+    browser_note = (
+        "" if browser is not None else "\n\nChromium was not installed, so only the HTTP figure was measured.\n"
+    )
     body = f"""`bench/review_latency.py`: a SQLite store on disk with {total} outputs (100 graded) and 3 criteria with
 built-in checks; the real server (uvicorn, 127.0.0.1); {cpu}; other agents' jobs shared the cores.
 

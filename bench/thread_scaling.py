@@ -25,13 +25,13 @@ import dspy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _docs import write_section  # noqa: E402
+from _docs import write_section
 
-from dspy_ext.adapters import PlainAdapter  # noqa: E402
-from tests.support.fake_world import dataset, respond  # noqa: E402
-from dspy_ext.evaluation import Evaluator  # noqa: E402
-from dspy_ext.lm import FakeEngine  # noqa: E402
-from programs import build_program  # noqa: E402
+from dspy_ext.adapters import PlainAdapter
+from dspy_ext.evaluation import Evaluator
+from dspy_ext.lm import FakeEngine
+from programs import build_program
+from tests.support.fake_world import dataset, respond
 
 COMMAND = "PYTHONPATH=. python bench/thread_scaling.py"
 
@@ -42,8 +42,9 @@ def metric(example, prediction, trace=None) -> bool:
 
 def one_run(threads: int, rows: int, latency: float) -> float:
     lm = dspy.LM(f"fake/threads-{uuid.uuid4().hex[:8]}", engine=FakeEngine(respond, latency=latency), cache=False)
-    program = build_program("transform", input_keys=("input",), output_keys=("output",),
-                            instructions="Handle the request at level 4.")
+    program = build_program(
+        "transform", input_keys=("input",), output_keys=("output",), instructions="Handle the request at level 4."
+    )
     with dspy.context(lm=lm, adapter=PlainAdapter()):
         report = Evaluator(metric, num_threads=threads).evaluate(program, dataset(rows))
     assert report.usage.calls == rows == lm.engine.calls, (report.usage.calls, lm.engine.calls)
@@ -84,17 +85,30 @@ def main() -> None:
         speedups[threads] = base / median
         # The best any scheduler can do: ceil(rows / threads) rounds of one sleep each.
         bound = math.ceil(args.rows / threads) * args.latency
-        lines.append(f"| {threads} | {median:.2f} | {', '.join(f'{s:.2f}' for s in results[threads])} | "
-                     f"{speedups[threads]:.1f}x | {serial / median:.1f}x | {bound:.2f} | {100 * bound / median:.0f}% |")
-    lines += ["", "Speed-up vs serial sleep = rows x latency / measured wall: the speed-up over a framework that costs "
-              "nothing, so it does not flatter the threads when the 1-thread run is slow. Sleep share = sleep-bound "
-              "wall / measured wall; the rest is framework time (GIL-serialised) and waiting for a CPU."]
+        lines.append(
+            f"| {threads} | {median:.2f} | {', '.join(f'{s:.2f}' for s in results[threads])} | "
+            f"{speedups[threads]:.1f}x | {serial / median:.1f}x | {bound:.2f} | {100 * bound / median:.0f}% |"
+        )
+    lines += [
+        "",
+        "Speed-up vs serial sleep = rows x latency / measured wall: the speed-up over a framework that costs "
+        "nothing, so it does not flatter the threads when the 1-thread run is slow. Sleep share = sleep-bound "
+        "wall / measured wall; the rest is framework time (GIL-serialised) and waiting for a CPU.",
+    ]
     if 16 in counts:
         strict = serial / statistics.median(results[16])
-        verdict = ("met on both bases" if min(speedups[16], strict) >= 12
-                   else "met against 1 thread only" if speedups[16] >= 12 else "not met")
-        lines += ["", f"Goal: at least 12x at 16 threads — {speedups[16]:.1f}x against 1 thread ({strict:.1f}x against "
-                  f"the serial sleep time): {verdict}."]
+        verdict = (
+            "met on both bases"
+            if min(speedups[16], strict) >= 12
+            else "met against 1 thread only"
+            if speedups[16] >= 12
+            else "not met"
+        )
+        lines += [
+            "",
+            f"Goal: at least 12x at 16 threads — {speedups[16]:.1f}x against 1 thread ({strict:.1f}x against "
+            f"the serial sleep time): {verdict}.",
+        ]
     body = "\n".join(lines)
     print(body)
     if not args.no_docs:

@@ -68,16 +68,21 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="a comparison folder, or a folder of them")
     parser.add_argument("--width", type=int, default=70, help="characters of the instruction shown")
     args = parser.parse_args()
-    folders = [args.folder] if (args.folder / "runs").is_dir() else sorted(p for p in args.folder.iterdir()
-                                                                           if (p / "runs").is_dir())
+    folders = (
+        [args.folder]
+        if (args.folder / "runs").is_dir()
+        else sorted(p for p in args.folder.iterdir() if (p / "runs").is_dir())
+    )
     for folder in folders:
         print(f"## {folder.name}")
         for d in digest_task(folder):
             rejected = ",".join(f"{k}:{v}" for k, v in d["rejected"].items()) or "-"
             student = "" if not d["student_val"] else " (student {:.0f}/{})".format(*d["student_val"])
-            print(f"{d['run']:<18} test {d['test']:5.1f}  val {d['val']:5.1f}{student:<14} calls {d['calls']:4d}  "
-                  f"{'human' if d['kept_human'] else 'new  '} demos {d['demos']} set {d['demo_set']}  "
-                  f"cands {d['candidates']}  rej {rejected:<22} {d['origin']:<28} {d['instruction'][:args.width]!r}")
+            print(
+                f"{d['run']:<18} test {d['test']:5.1f}  val {d['val']:5.1f}{student:<14} calls {d['calls']:4d}  "
+                f"{'human' if d['kept_human'] else 'new  '} demos {d['demos']} set {d['demo_set']}  "
+                f"cands {d['candidates']}  rej {rejected:<22} {d['origin']:<28} {d['instruction'][: args.width]!r}"
+            )
 
 
 if __name__ == "__main__":

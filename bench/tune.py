@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import read_json, run_cell  # noqa: E402
-from _docs import write_section  # noqa: E402
+from _cells import read_json, run_cell
+from _docs import write_section
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,9 +34,27 @@ def main() -> None:
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    tune = run_cell(["tune", "--task", args.task, "--space", args.space, "--trials", str(args.trials), "--train", "50",
-                     "--val", "50", "--study", f"bench-{args.task}", "--out", str(args.out_dir / f"tune-{args.task}")],
-                    args.out_dir / f"tune-{args.task}.json", args.collect_only)
+    tune = run_cell(
+        [
+            "tune",
+            "--task",
+            args.task,
+            "--space",
+            args.space,
+            "--trials",
+            str(args.trials),
+            "--train",
+            "50",
+            "--val",
+            "50",
+            "--study",
+            f"bench-{args.task}",
+            "--out",
+            str(args.out_dir / f"tune-{args.task}"),
+        ],
+        args.out_dir / f"tune-{args.task}.json",
+        args.collect_only,
+    )
     given = {}
     for path in filter(None, args.defaults.split(",")):
         cell = read_json(Path(path).read_text())
@@ -44,9 +62,26 @@ def main() -> None:
     defaults = {}
     for opt in args.optimizers.split(","):
         defaults[opt] = given.get(opt) or run_cell(
-            ["compile", "--task", args.task, "--optimizer", opt, "--budget", "400", "--seed", "0", "--train", "50",
-             "--val", "50", "--out", str(args.out_dir / f"{args.task}-{opt}")],
-            args.out_dir / f"compile-{args.task}-{opt}.json", args.collect_only)
+            [
+                "compile",
+                "--task",
+                args.task,
+                "--optimizer",
+                opt,
+                "--budget",
+                "400",
+                "--seed",
+                "0",
+                "--train",
+                "50",
+                "--val",
+                "50",
+                "--out",
+                str(args.out_dir / f"{args.task}-{opt}"),
+            ],
+            args.out_dir / f"compile-{args.task}-{opt}.json",
+            args.collect_only,
+        )
 
     space = Path(args.space).name
     lines = [
@@ -67,18 +102,23 @@ def main() -> None:
         lines.append("| tune | not run | | | | |")
     else:
         best = tune["best_trial"] or {}
-        params = ", ".join(f"{k.split('.', 1)[-1]}={v:.2f}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
-                           for k, v in (best.get("params") or {}).items())
+        params = ", ".join(
+            f"{k.split('.', 1)[-1]}={v:.2f}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
+            for k, v in (best.get("params") or {}).items()
+        )
         lines.append(
             f"| tune, best of {tune['n_trials']} trials (#{best.get('number')}) | {best.get('optimizer')} ({params}) | "
             f"{tune.get('test_score', float('nan')):.0f} | {tune['best_value']:.0f} | {tune['total_lm_calls']} "
-            f"(all trials + baseline) | {tune['seconds_this_run']:.0f} |")
+            f"(all trials + baseline) | {tune['seconds_this_run']:.0f} |"
+        )
     for opt, cell in defaults.items():
         if cell is None:
             lines.append(f"| default | {opt} | not run | | | |")
             continue
-        lines.append(f"| default | {opt} | {cell['test_score']:.0f} | {cell['val_score']:.0f} | {cell['lm_calls']} | "
-                     f"{cell['seconds']:.0f} |")
+        lines.append(
+            f"| default | {opt} | {cell['test_score']:.0f} | {cell['val_score']:.0f} | {cell['lm_calls']} | "
+            f"{cell['seconds']:.0f} |"
+        )
     if tune is not None:
         lines += [
             "",
@@ -94,8 +134,10 @@ def main() -> None:
         ]
         for t in sorted(_all_trials(tune), key=lambda t: t["number"]):
             dev = (t.get("scores") or {}).get("dev")
-            lines.append(f"| {t['number']} | {t['optimizer']} | {t['state']} | "
-                         f"{'' if dev is None else f'{dev:.0f}'} | {t.get('lm_calls')} | {t.get('seconds')} |")
+            lines.append(
+                f"| {t['number']} | {t['optimizer']} | {t['state']} | "
+                f"{'' if dev is None else f'{dev:.0f}'} | {t.get('lm_calls')} | {t.get('seconds')} |"
+            )
     write_section(f"Optuna tune on {args.task}", "\n".join(lines))
 
 

@@ -16,7 +16,7 @@ The package is organised in layers; a module imports only from layers below it
 * :mod:`dspy_ext.export` - versioned prompt artifacts (``dspy_ext.export.export(program, path)``);
 * :mod:`dspy_ext.experiment` - one experiment as a library call: settings, ``run``, run folders;
 * :mod:`dspy_ext.compare` and :mod:`dspy_ext.tuning` - side-by-side comparisons and Optuna studies;
-* :mod:`dspy_ext.cli` - the ``dspy-ext`` command, a thin shell over the above.
+* ``cli/`` - the ``dspy-ext`` command, a thin shell over the above.
 
 The names below are imported on first use, so ``import dspy_ext.runtime`` (or any
 other module) loads only what that module needs.

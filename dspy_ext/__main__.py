@@ -2,6 +2,6 @@
 
 import sys
 
-from dspy_ext.cli import main
+from .cli import main  # this module is the command line's entry point (python -m dspy_ext)
 
 sys.exit(main())

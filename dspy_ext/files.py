@@ -303,8 +303,9 @@ class RunFolderLock:
         if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid) and fcntl is None:
             hint = f"wait for it to finish, or delete {self.path} if it is gone"
             raise self._refuse(holder, hint)  # pragma: no cover
-        logger.warning("taking over the stale lock of %s in %s: that process no longer holds it",
-                       _describe(holder), self.folder)
+        logger.warning(
+            "taking over the stale lock of %s in %s: that process no longer holds it", _describe(holder), self.folder
+        )
 
     def _write_record(self, fd: int) -> None:
         data = json.dumps(self._record).encode("utf-8")

@@ -40,12 +40,14 @@ def signature_state(signature: type[dspy.Signature]) -> dict[str, Any]:
     fields = []
     for name, field in signature.fields.items():
         extra = field.json_schema_extra or {}
-        fields.append({
-            "name": name,
-            "role": extra.get("__dspy_field_type", "input" if name in signature.input_fields else "output"),
-            "prefix": extra.get("prefix"),
-            "desc": extra.get("desc"),
-        })
+        fields.append(
+            {
+                "name": name,
+                "role": extra.get("__dspy_field_type", "input" if name in signature.input_fields else "output"),
+                "prefix": extra.get("prefix"),
+                "desc": extra.get("desc"),
+            }
+        )
     return {"instructions": signature.instructions, "fields": fields}
 
 

@@ -25,6 +25,7 @@ from pydantic import Field
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import feedback_of, measure, metric_value
 from dspy_ext.optimizers.ape import APEConfig
+from dspy_ext.optimizers.demo_search import DemoSearch, DemoSearchConfig
 from dspy_ext.optimizers.evoprompt import EvoPromptConfig
 from dspy_ext.optimizers.opro import OPROConfig
 from dspy_ext.optimizers.protegi import ProTeGiConfig
@@ -355,6 +356,11 @@ REGISTRY: dict[str, OptimizerSpec] = {
         OptimizerSpec("gepa", GEPAConfig, _build_gepa, _with_valset, False, "DSPy GEPA"),
         OptimizerSpec("simba", SIMBAConfig, _build_simba, _train_only, False, "DSPy SIMBA",
                       lambda c, ctx: {"seed": ctx.seed}),
+        OptimizerSpec("demo-search", DemoSearchConfig, lambda c, ctx: DemoSearch(
+            ctx.metric, **c.model_dump(), max_lm_calls=ctx.budget or DEFAULT_BUDGET, seed=ctx.seed,
+            num_threads=ctx.num_threads, prompt_model=ctx.prompt_model, log_dir=ctx.log_dir, progress=ctx.progress,
+            repeats=ctx.repeats, eval_temperature=ctx.temperature), _with_valset, True,
+            "DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing (small models)"),
     ]
 }
 

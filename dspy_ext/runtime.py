@@ -76,8 +76,8 @@ SCHEMA_VERSION = 1
 #: Adapter name -> reply format (``parse.format``).
 REPLY_FORMATS = {"ChatAdapter": "chat", "JSONAdapter": "json", "PlainAdapter": "plain"}
 
-_PLACEHOLDER_OPEN = "\u27e6input:"   # ⟦input:
-_PLACEHOLDER_CLOSE = "\u27e7"        # ⟧
+_PLACEHOLDER_OPEN = "\u27e6input:"  # ⟦input:
+_PLACEHOLDER_CLOSE = "\u27e7"  # ⟧
 _PLACEHOLDER_RE = re.compile("\u27e6input:([^\u27e7]*)\u27e7")
 # DSPy turns user messages holding this marker into content blocks (images, files...).
 _CUSTOM_TYPE_MARKER = "<<CUSTOM-TYPE-START-IDENTIFIER>>"
@@ -94,8 +94,9 @@ class RenderError(ValueError):
     """Inputs given to :meth:`PromptArtifact.render` are missing, unexpected or of an unsupported type."""
 
 
-def context_overflow_message(prompt_tokens: int, context_window: int, *, reply_tokens: int = 0,
-                             model: str | None = None) -> str:
+def context_overflow_message(
+    prompt_tokens: int, context_window: int, *, reply_tokens: int = 0, model: str | None = None
+) -> str:
     """The one-line message of a prompt that does not fit a model's context window.
 
     dspy-ext's engines and evaluator use the same wording (error class
@@ -118,8 +119,10 @@ def context_overflow_message(prompt_tokens: int, context_window: int, *, reply_t
     reserved = f" + {reply_tokens} reserved for the reply" if reply_tokens else ""
     over = prompt_tokens + reply_tokens - context_window
     of_model = f" of {model}" if model else ""
-    return (f"context overflow: the prompt has {prompt_tokens} tokens{reserved}, {over} more than the context "
-            f"window of {context_window} tokens{of_model} allows; shorten the input or use fewer demos")
+    return (
+        f"context overflow: the prompt has {prompt_tokens} tokens{reserved}, {over} more than the context "
+        f"window of {context_window} tokens{of_model} allows; shorten the input or use fewer demos"
+    )
 
 
 class ContextOverflowError(ValueError):
@@ -132,18 +135,26 @@ class ContextOverflowError(ValueError):
         model: The model's name, if known.
     """
 
-    def __init__(self, prompt_tokens: int, context_window: int, *, reply_tokens: int = 0,
-                 model: str | None = None) -> None:
+    def __init__(
+        self, prompt_tokens: int, context_window: int, *, reply_tokens: int = 0, model: str | None = None
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.context_window = context_window
         self.reply_tokens = reply_tokens
         self.model = model
-        super().__init__(context_overflow_message(prompt_tokens, context_window, reply_tokens=reply_tokens,
-                                                  model=model))
+        super().__init__(
+            context_overflow_message(prompt_tokens, context_window, reply_tokens=reply_tokens, model=model)
+        )
 
 
-def check_context(messages: Sequence[Mapping[str, str]], count_tokens: Callable[[list[dict[str, str]]], int],
-                  context_window: int, *, reply_tokens: int = 0, model: str | None = None) -> int:
+def check_context(
+    messages: Sequence[Mapping[str, str]],
+    count_tokens: Callable[[list[dict[str, str]]], int],
+    context_window: int,
+    *,
+    reply_tokens: int = 0,
+    model: str | None = None,
+) -> int:
     """Count the prompt's tokens and refuse a prompt that does not fit the context window.
 
     Tokenizers and chat templates differ per model, so the count comes from
@@ -171,8 +182,10 @@ def check_context(messages: Sequence[Mapping[str, str]], count_tokens: Callable[
     """
     for label, value in (("context_window", context_window), ("reply_tokens", reply_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if label == "context_window" else 0):
-            raise ValueError(f"{label} must be a {'positive' if label == 'context_window' else 'non-negative'} "
-                             f"integer, got {value!r}")
+            raise ValueError(
+                f"{label} must be a {'positive' if label == 'context_window' else 'non-negative'} "
+                f"integer, got {value!r}"
+            )
     count = count_tokens([dict(m) for m in messages])
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"count_tokens must return a non-negative integer, got {count!r}")
@@ -601,7 +614,7 @@ def parse_value(value: Any, type_: str | tuple) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith(("Literal[", "str[")) and text.endswith("]"):
-                text = text[text.find("[") + 1:-1]
+                text = text[text.find("[") + 1 : -1]
             if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
                 text = text[1:-1]
             if text in parsed[1]:
@@ -634,8 +647,11 @@ def _kind(value: Any) -> str:
 def _expect(value: Any, kind: type | tuple, path: str, what: str | None = None) -> None:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     ok = any(
-        (value is None if k is type(None) else
-         isinstance(value, k) and not (k in (int, float) and isinstance(value, bool)))
+        (
+            value is None
+            if k is type(None)
+            else isinstance(value, k) and not (k in (int, float) and isinstance(value, bool))
+        )
         for k in kinds
     )
     if not ok:
@@ -643,12 +659,14 @@ def _expect(value: Any, kind: type | tuple, path: str, what: str | None = None) 
         raise ArtifactError(f"{path}: expected {wanted}, got {_kind(value)}")
 
 
-def _keys(obj: Mapping[str, Any], path: str, required: Sequence[str], optional: Sequence[str] = (),
-          extra_ok: bool = False) -> None:
+def _keys(
+    obj: Mapping[str, Any], path: str, required: Sequence[str], optional: Sequence[str] = (), extra_ok: bool = False
+) -> None:
     missing = [k for k in required if k not in obj]
     if missing:
-        raise ArtifactError(f"{path}: missing key {missing[0]!r}" if len(missing) == 1
-                            else f"{path}: missing keys {missing}")
+        raise ArtifactError(
+            f"{path}: missing key {missing[0]!r}" if len(missing) == 1 else f"{path}: missing keys {missing}"
+        )
     if not extra_ok:
         unknown = [k for k in obj if k not in required and k not in optional]
         if unknown:
@@ -675,8 +693,7 @@ def _check_placeholders(messages: list[dict[str, Any]], inputs: Sequence[str], p
         for match in _PLACEHOLDER_RE.finditer(message["content"]):
             if match.group(1) not in inputs:
                 raise ArtifactError(
-                    f"{path}[{i}].content: placeholder {match.group(0)!r} names no input field "
-                    f"(inputs: {list(inputs)})"
+                    f"{path}[{i}].content: placeholder {match.group(0)!r} names no input field (inputs: {list(inputs)})"
                 )
             seen.add(match.group(1))
     missing = [name for name in inputs if name not in seen]
@@ -713,8 +730,9 @@ def _check_parse(spec: Any, path: str, adapter: str, outputs: Sequence[str]) -> 
     _keys(spec, path, ("format",), ("labels", "single_field_labels"))
     _expect(spec["format"], str, f"{path}.format")
     if spec["format"] != REPLY_FORMATS[adapter]:
-        raise ArtifactError(f"{path}.format: {adapter} replies are read as {REPLY_FORMATS[adapter]!r}, "
-                            f"got {spec['format']!r}")
+        raise ArtifactError(
+            f"{path}.format: {adapter} replies are read as {REPLY_FORMATS[adapter]!r}, got {spec['format']!r}"
+        )
     if spec["format"] == "plain":
         _keys(spec, path, ("format", "labels", "single_field_labels"))
         _expect(spec["labels"], dict, f"{path}.labels")
@@ -733,8 +751,24 @@ def _check_parse(spec: Any, path: str, adapter: str, outputs: Sequence[str]) -> 
 
 def _check_predictor(entry: Any, path: str) -> None:
     _expect(entry, dict, path)
-    _keys(entry, path, ("adapter", "adapter_options", "messages", "input_fields", "output_fields", "instructions",
-                        "demos", "lm_kwargs", "lm", "parse", "fallback"), ("label_rule",))
+    _keys(
+        entry,
+        path,
+        (
+            "adapter",
+            "adapter_options",
+            "messages",
+            "input_fields",
+            "output_fields",
+            "instructions",
+            "demos",
+            "lm_kwargs",
+            "lm",
+            "parse",
+            "fallback",
+        ),
+        ("label_rule",),
+    )
     _expect(entry["adapter"], str, f"{path}.adapter")
     if entry["adapter"] not in REPLY_FORMATS:
         raise ArtifactError(f"{path}.adapter: expected one of {list(REPLY_FORMATS)}, got {entry['adapter']!r}")
@@ -782,14 +816,16 @@ def _check_label_rule(rule: Any, path: str, outputs: Sequence[str]) -> None:
     if rule["prior"] is not None:
         _expect(rule["prior"], list, f"{path}.prior")
         if len(rule["prior"]) != len(rule["labels"]) or not all(
-                isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in rule["prior"]):
+            isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in rule["prior"]
+        ):
             raise ArtifactError(f"{path}.prior: expected one non-negative number per label")
     if rule["method"] != "likelihood":
         raise ArtifactError(f"{path}.method: expected 'likelihood', got {rule['method']!r}")
 
 
-def choose_label(rule: Mapping[str, Any], *, label_scores: Mapping[str, float] | None = None,
-                 reply: str | None = None) -> str:
+def choose_label(
+    rule: Mapping[str, Any], *, label_scores: Mapping[str, float] | None = None, reply: str | None = None
+) -> str:
     """Apply a predictor's ``label_rule``: the answer is one of its labels.
 
     With ``label_scores`` (the log-probability your serving stack gives each
@@ -838,8 +874,11 @@ def choose_label(rule: Mapping[str, Any], *, label_scores: Mapping[str, float] |
     for label in labels:
         if norm(label) == text:
             return label
-    hits = [(text.find(norm(label)), -len(label), i) for i, label in enumerate(labels)
-            if norm(label) and re.search(r"(?<!\w)" + re.escape(norm(label)) + r"(?!\w)", text)]
+    hits = [
+        (text.find(norm(label)), -len(label), i)
+        for i, label in enumerate(labels)
+        if norm(label) and re.search(r"(?<!\w)" + re.escape(norm(label)) + r"(?!\w)", text)
+    ]
     if hits:
         return labels[min(hits)[2]]
     return max(labels, key=lambda label: (_common_chars(norm(label), text), -labels.index(label)))
@@ -858,8 +897,22 @@ def _common_chars(a: str, b: str) -> int:
 
 def _check_metadata(metadata: Any) -> None:
     _expect(metadata, dict, "metadata")
-    _keys(metadata, "metadata", ("dspy_version", "dspy_ext_version", "optimizer", "optimizer_settings", "seed",
-                                 "data_hash", "dev_score", "test_score", "created_at"), extra_ok=True)
+    _keys(
+        metadata,
+        "metadata",
+        (
+            "dspy_version",
+            "dspy_ext_version",
+            "optimizer",
+            "optimizer_settings",
+            "seed",
+            "data_hash",
+            "dev_score",
+            "test_score",
+            "created_at",
+        ),
+        extra_ok=True,
+    )
     _expect(metadata["dspy_version"], str, "metadata.dspy_version")
     _expect(metadata["dspy_ext_version"], str, "metadata.dspy_ext_version")
     _expect(metadata["optimizer"], (str, type(None)), "metadata.optimizer")
@@ -991,11 +1044,10 @@ def _match_label(line: str, labels: Sequence[str]) -> str | None:
     bare = _strip_decoration(line)
     low = bare.lower()
     for label in labels:
-        if low.startswith(label) and low[len(label):].lstrip(" *_").startswith(":"):
-            rest = bare[len(label):].lstrip(" *_")[1:]
+        if low.startswith(label) and low[len(label) :].lstrip(" *_").startswith(":"):
+            rest = bare[len(label) :].lstrip(" *_")[1:]
             return _strip_decoration(rest) if rest.strip() else ""
     return None
-
 
 
 class PlainReplyError(ValueError):
@@ -1012,8 +1064,12 @@ class PlainReplyError(ValueError):
         self.partial = dict(partial or {})
 
 
-def split_plain_reply(reply: str, names: Sequence[str], labels: Mapping[str, Sequence[str]],
-                      single_field_labels: Sequence[str] = ("output", "answer")) -> dict[str, str]:
+def split_plain_reply(
+    reply: str,
+    names: Sequence[str],
+    labels: Mapping[str, Sequence[str]],
+    single_field_labels: Sequence[str] = ("output", "answer"),
+) -> dict[str, str]:
     """Cut a plain-format reply into the text of each output field.
 
     This is the lenient parse of ``PlainAdapter``, shared with the runtime so that
@@ -1069,9 +1125,11 @@ def split_plain_reply(reply: str, names: Sequence[str], labels: Mapping[str, Seq
         found[names[0]] = preamble
         missing = []
     if missing:
-        raise PlainReplyError(f"missing output field(s) {missing}", missing,
-                              {key: " ".join(value) for key, value in found.items()})
+        raise PlainReplyError(
+            f"missing output field(s) {missing}", missing, {key: " ".join(value) for key, value in found.items()}
+        )
     return {key: "\n".join(value).strip() for key, value in found.items()}
+
 
 class PromptArtifact:
     """A loaded, validated prompt artifact.
@@ -1142,9 +1200,14 @@ class PromptArtifact:
         lm = self.data["lm"]
         return lm.get("context_window") if lm is not None else None
 
-    def check_context(self, messages: Sequence[Mapping[str, str]],
-                      count_tokens: Callable[[list[dict[str, str]]], int], *,
-                      context_window: int | None = None, reply_tokens: int = 0) -> int:
+    def check_context(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        count_tokens: Callable[[list[dict[str, str]]], int],
+        *,
+        context_window: int | None = None,
+        reply_tokens: int = 0,
+    ) -> int:
         """Refuse rendered messages that do not fit the context window (see :func:`check_context`).
 
         Args:
@@ -1168,8 +1231,7 @@ class PromptArtifact:
         """
         window = context_window if context_window is not None else self.context_window
         if window is None:
-            raise ValueError("the artifact records no context window (its LM did not report one); "
-                             "pass context_window=")
+            raise ValueError("the artifact records no context window (its LM did not report one); pass context_window=")
         model = self.data["lm"]["model"] if self.data["lm"] is not None else None
         return check_context(messages, count_tokens, window, reply_tokens=reply_tokens, model=model)
 
@@ -1218,8 +1280,9 @@ class PromptArtifact:
             raise ValueError(f"predictor {name!r} ({entry['adapter']}) has no JSON fallback")
         return self._fill(name, entry, entry["fallback"]["messages"], inputs)
 
-    def _fill(self, name: str, entry: Mapping[str, Any], messages: list[dict[str, str]],
-              inputs: Mapping[str, Any]) -> list[dict[str, str]]:
+    def _fill(
+        self, name: str, entry: Mapping[str, Any], messages: list[dict[str, str]], inputs: Mapping[str, Any]
+    ) -> list[dict[str, str]]:
         fields = {f["name"]: f for f in entry["input_fields"]}
         missing = [k for k in fields if k not in inputs]
         extra = [k for k in inputs if k not in fields]
@@ -1243,8 +1306,10 @@ class PromptArtifact:
             except TypeError as exc:
                 raise RenderError(f"predictor {name!r}: input {key!r}: {exc}") from None
             if _CUSTOM_TYPE_MARKER in text:
-                raise RenderError(f"predictor {name!r}: input {key!r} holds a DSPy custom-type marker, "
-                                  "which DSPy would turn into non-text content")
+                raise RenderError(
+                    f"predictor {name!r}: input {key!r} holds a DSPy custom-type marker, "
+                    "which DSPy would turn into non-text content"
+                )
             values[key] = text
         return [{"role": m["role"], "content": _substitute(m["content"], values)} for m in messages]
 
@@ -1304,8 +1369,9 @@ class PromptArtifact:
                 raise
         return self.parse_fallback(name, complete(self.render_fallback(name, **inputs)))
 
-    def _parse(self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any], adapter: str,
-               reply: str) -> dict[str, Any]:
+    def _parse(
+        self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any], adapter: str, reply: str
+    ) -> dict[str, Any]:
         if not isinstance(reply, str):
             raise TypeError(f"reply must be a string, got {type(reply).__name__}")
         if not reply:
@@ -1330,7 +1396,7 @@ class PromptArtifact:
             match = _CHAT_HEADER.match(line.strip())
             if match:
                 # DSPy slices the unstripped line at the stripped line's offset; kept identical.
-                rest = line[match.end():].strip()
+                rest = line[match.end() :].strip()
                 sections.append((match.group(1), [rest] if rest else []))
             else:
                 sections[-1][1].append(line)
@@ -1341,8 +1407,12 @@ class PromptArtifact:
                 try:
                     fields[key] = parse_value(text, types[key])
                 except ValueError as exc:
-                    raise ParseError(name, "ChatAdapter", reply,
-                                     f"field {key!r} ({types[key]}) could not be read from {text!r}: {exc}") from None
+                    raise ParseError(
+                        name,
+                        "ChatAdapter",
+                        reply,
+                        f"field {key!r} ({types[key]}) could not be read from {text!r}: {exc}",
+                    ) from None
         return fields
 
     def _parse_json(self, name: str, entry: Mapping[str, Any], reply: str) -> dict[str, Any]:
@@ -1356,16 +1426,18 @@ class PromptArtifact:
                 try:
                     fields[key] = parse_value(value, types[key])
                 except ValueError as exc:
-                    raise ParseError(name, "JSONAdapter", reply,
-                                     f"field {key!r} ({types[key]}) could not be read from {value!r}: {exc}") from None
+                    raise ParseError(
+                        name,
+                        "JSONAdapter",
+                        reply,
+                        f"field {key!r} ({types[key]}) could not be read from {value!r}: {exc}",
+                    ) from None
         return fields
 
-    def _parse_plain(self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any],
-                     reply: str) -> dict[str, Any]:
+    def _parse_plain(self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any], reply: str) -> dict[str, Any]:
         outputs = entry["output_fields"]
         try:
-            raw = split_plain_reply(reply, [f["name"] for f in outputs], spec["labels"],
-                                    spec["single_field_labels"])
+            raw = split_plain_reply(reply, [f["name"] for f in outputs], spec["labels"], spec["single_field_labels"])
         except PlainReplyError as exc:
             problem = str(exc)
             if exc.missing:
@@ -1377,8 +1449,9 @@ class PromptArtifact:
             try:
                 parsed[key] = _plain_coerce(raw[key], field["type"])
             except ValueError as exc:
-                raise ParseError(name, "PlainAdapter", reply,
-                                 f"field {key!r} could not be read as {field['type']}: {exc}") from None
+                raise ParseError(
+                    name, "PlainAdapter", reply, f"field {key!r} could not be read as {field['type']}: {exc}"
+                ) from None
         return parsed
 
     # ---- views ---------------------------------------------------------------------------
@@ -1421,7 +1494,7 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
     parts = []
     pos = 0
     for match in _PLACEHOLDER_RE.finditer(text):
-        parts.append(text[pos:match.start()])
+        parts.append(text[pos : match.start()])
         parts.append(values[match.group(1)])
         pos = match.end()
     parts.append(text[pos:])

@@ -53,8 +53,9 @@ class Check:
             else every field of the prediction).
     """
 
-    def __init__(self, name: str, description: str, passes: Callable[[str], bool],
-                 field: str | Sequence[str] | None = None) -> None:
+    def __init__(
+        self, name: str, description: str, passes: Callable[[str], bool], field: str | Sequence[str] | None = None
+    ) -> None:
         if isinstance(field, str):
             self.fields: tuple[str, ...] | None = (field,)
         elif field is None:
@@ -130,8 +131,9 @@ def matches(regex: str | re.Pattern[str], field: str | Sequence[str] | None = No
         pattern = re.compile(regex) if isinstance(regex, str) else regex
     except re.error as exc:
         raise ValueError(f"matches: invalid regular expression {regex!r}: {exc}") from None
-    return Check("matches", f"matching /{pattern.pattern}/", lambda text: pattern.fullmatch(text.strip()) is not None,
-                 field)
+    return Check(
+        "matches", f"matching /{pattern.pattern}/", lambda text: pattern.fullmatch(text.strip()) is not None, field
+    )
 
 
 def contains_text(s: str, field: str | Sequence[str] | None = None, *, case_sensitive: bool = False) -> Check:
@@ -139,8 +141,9 @@ def contains_text(s: str, field: str | Sequence[str] | None = None, *, case_sens
     if not s:
         raise ValueError("contains_text needs a non-empty string")
     needle = s if case_sensitive else s.lower()
-    return Check("contains_text", f"containing {s!r}",
-                 lambda text: needle in (text if case_sensitive else text.lower()), field)
+    return Check(
+        "contains_text", f"containing {s!r}", lambda text: needle in (text if case_sensitive else text.lower()), field
+    )
 
 
 def not_contains(s: str, field: str | Sequence[str] | None = None, *, case_sensitive: bool = False) -> Check:
@@ -148,8 +151,12 @@ def not_contains(s: str, field: str | Sequence[str] | None = None, *, case_sensi
     if not s:
         raise ValueError("not_contains needs a non-empty string")
     needle = s if case_sensitive else s.lower()
-    return Check("not_contains", f"not containing {s!r}",
-                 lambda text: needle not in (text if case_sensitive else text.lower()), field)
+    return Check(
+        "not_contains",
+        f"not containing {s!r}",
+        lambda text: needle not in (text if case_sensitive else text.lower()),
+        field,
+    )
 
 
 def _is_json(text: str) -> bool:

@@ -80,13 +80,25 @@ class PostgresServer:
             info = pwd.getpwnam(self.user)
             for path in (self.base, self.sockets):
                 os.chown(path, info.pw_uid, info.pw_gid)
-        subprocess.run(self._cmd(self.bin["initdb"], "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                                 "-E", "UTF8", "--no-sync"),
-                       check=True, capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            self._cmd(
+                self.bin["initdb"], "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(self._cmd(self.bin["pg_ctl"], "-D", str(self.data), "-l", str(self.log), "-o", options,
-                                 "-w", "-t", "60", "start"),
-                       check=True, capture_output=True, text=True, timeout=90)
+        subprocess.run(
+            self._cmd(
+                self.bin["pg_ctl"], "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         self.started = True
         self._wait_ready()
         return self
@@ -117,7 +129,11 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         if self.started:
-            subprocess.run(self._cmd(self.bin["pg_ctl"], "-D", str(self.data), "-m", "immediate", "-w", "stop"),
-                           capture_output=True, text=True, timeout=60)
+            subprocess.run(
+                self._cmd(self.bin["pg_ctl"], "-D", str(self.data), "-m", "immediate", "-w", "stop"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             self.started = False
         shutil.rmtree(self.base, ignore_errors=True)

@@ -16,6 +16,7 @@ from metrics import exact_match
 from programs import DraftThenAnswer
 from programs.two_step import DRAFT_INSTRUCTIONS
 
+
 class Sentiment(dspy.Signature):
     """Classify the sentiment of the review."""
 

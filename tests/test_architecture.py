@@ -20,8 +20,9 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     if exe is None:
         pytest.fail("lint-imports is not installed (it is in the dev extra: pip install -e '.[dev]')")
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([exe, "--config", str(root / "pyproject.toml")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [exe, "--config", str(root / "pyproject.toml")], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_import_linter_contracts_hold() -> None:
@@ -54,9 +55,13 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_no_module_outside_the_cli_imports_the_cli() -> None:
-    offenders = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
-                 if "cli" not in p.relative_to(PACKAGE).parts[:1] and p.name != "__main__.py"
-                 and any(n == "dspy_ext.cli" or n.startswith("dspy_ext.cli.") for n in _imported_modules(p))]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in PACKAGE.rglob("*.py")
+        if "cli" not in p.relative_to(PACKAGE).parts[:1]
+        and p.name != "__main__.py"
+        and any(n == "dspy_ext.cli" or n.startswith("dspy_ext.cli.") for n in _imported_modules(p))
+    ]
     assert offenders == []
 
 
@@ -66,11 +71,14 @@ def test_the_runtime_imports_only_the_standard_library() -> None:
         imported = {name.split(".")[0] for name in _imported_modules(PACKAGE / leaf)}
         assert imported <= stdlib, (leaf, imported - stdlib)
     # And it runs with nothing else importable: no dspy_ext package, no DSPy.
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('runtime', sys.argv[1]); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-            "assert 'dspy' not in sys.modules and 'dspy_ext' not in sys.modules; print('ok')")
-    result = subprocess.run([sys.executable, "-I", "-c", code, str(PACKAGE / "runtime.py")],
-                            capture_output=True, text=True, timeout=60)
+    code = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('runtime', sys.argv[1]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "assert 'dspy' not in sys.modules and 'dspy_ext' not in sys.modules; print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(PACKAGE / "runtime.py")], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "ok", result.stderr
 
 
@@ -111,7 +119,18 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
     """Import order cannot matter: each module is imported first, by itself, in its own process."""
     modules = _modules()
     assert len(modules) > 40
-    result = subprocess.run([sys.executable, "-c", _FORK_IMPORTER, *modules], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_IMPORTER, *modules], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "FAILED:", result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_the_tree_keeps_ruffs_style(command: list[str]) -> None:
+    """Ruff's lint rules and formatter (configured in pyproject.toml) hold for the whole tree."""
+    exe = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
+    if exe is None:
+        pytest.fail("ruff is not installed (it is in the dev extra: pip install -e '.[dev]')")
+    result = subprocess.run([exe, *command, "."], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

@@ -53,8 +53,13 @@ def test_evaluate_json_on_a_data_folder(task_folder: Path, capsys: pytest.Captur
     assert {"score", "n", "lm_calls", "errors"} <= set(result)
     assert 0.0 <= result["score"] <= 100.0
     assert result["n"] == 3 and result["lm_calls"] == 3
-    assert result["errors"] == {"lm_error": 0, "context_overflow": 0, "parse_error": 0, "metric_error": 0,
-                                "program_error": 0}
+    assert result["errors"] == {
+        "lm_error": 0,
+        "context_overflow": 0,
+        "parse_error": 0,
+        "metric_error": 0,
+        "program_error": 0,
+    }
     assert result["task"] == "bakers" and result["split"] == "test" and result["demos"] == 3
     assert result["adapter"] == "PlainAdapter" and result["lm"].startswith("local/SmolLM2-135M-Instruct")
     assert result["complete"] is True and result["budget_exhausted"] is False
@@ -80,9 +85,7 @@ def test_evaluate_text_output(task_folder: Path, capsys: pytest.CaptureFixture[s
     assert "errors: none" in out
 
 
-def test_malformed_jsonl_exits_2_naming_file_and_line(
-    task_folder: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_malformed_jsonl_exits_2_naming_file_and_line(task_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = task_folder / "test.jsonl"
     bad.write_text('{"input": "fine", "output": "positive"}\n{"input": "broken", "output": }\n', encoding="utf-8")
     assert main(["evaluate", "--data", str(task_folder), "--json"]) == 2

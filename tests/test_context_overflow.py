@@ -116,7 +116,8 @@ def test_exported_artifact_carries_the_window_and_checks_rendered_prompts() -> N
     # The same message the evaluator gives a row with this prompt on this model.
     with dspy.context(lm=lm, adapter=PlainAdapter()):
         report = Evaluator(exact, cache=False).evaluate(
-            program, [dspy.Example(input=" ".join(["word"] * 100), output="ok").with_inputs("input")])
+            program, [dspy.Example(input=" ".join(["word"] * 100), output="ok").with_inputs("input")]
+        )
     engine_message = report.rows[0].message
     assert str(info.value) == engine_message  # same counts, same wording
     assert info.value.prompt_tokens == words(long)
@@ -173,11 +174,27 @@ def test_demo_set_fit_counts_with_the_engine_and_flags_a_bloated_set() -> None:
 def test_demo_set_fit_estimates_without_a_tokenizer_and_samples_with_the_rng() -> None:
     student = dspy.Predict("input -> output")
     train = [dspy.Example(input=" ".join(["word"] * n), output="ok").with_inputs("input") for n in range(1, 60)]
-    fit = demo_set_context_fit(student, {"self": ()}, train, lm=None, adapter=PlainAdapter(), context_window=50,
-                               sample_size=10, rng=random.Random(1))
+    fit = demo_set_context_fit(
+        student,
+        {"self": ()},
+        train,
+        lm=None,
+        adapter=PlainAdapter(),
+        context_window=50,
+        sample_size=10,
+        rng=random.Random(1),
+    )
     assert fit.counted_by == "estimate" and fit.checked == 10
-    again = demo_set_context_fit(student, {"self": ()}, train, lm=None, adapter=PlainAdapter(), context_window=50,
-                                 sample_size=10, rng=random.Random(1))
+    again = demo_set_context_fit(
+        student,
+        {"self": ()},
+        train,
+        lm=None,
+        adapter=PlainAdapter(),
+        context_window=50,
+        sample_size=10,
+        rng=random.Random(1),
+    )
     assert again == fit
     with pytest.raises(ValueError, match="sample_size"):
         demo_set_context_fit(student, {"self": ()}, train, adapter=PlainAdapter(), sample_size=0)
@@ -190,11 +207,14 @@ def test_demo_set_fit_estimates_without_a_tokenizer_and_samples_with_the_rng() -
 def test_embedded_model_overflow_is_its_own_error_class_and_other_rows_are_scored(local_lm: dspy.LM) -> None:
     window = local_lm.engine.context_window
     long_text = " ".join(["tree"] * (window + 200))  # "tree" is one token; the chat template adds more
-    examples = [dspy.Example(input=text, output=label).with_inputs("input") for text, label in [
-        ("A gorgeous, witty, seductive movie.", "positive"),
-        (long_text, "negative"),
-        ("The plot is dull and the acting is wooden.", "negative"),
-    ]]
+    examples = [
+        dspy.Example(input=text, output=label).with_inputs("input")
+        for text, label in [
+            ("A gorgeous, witty, seductive movie.", "positive"),
+            (long_text, "negative"),
+            ("The plot is dull and the acting is wooden.", "negative"),
+        ]
+    ]
     program = dspy.Predict(dspy.Signature("input -> output", "Classify the sentiment as positive or negative."))
     meter = CallMeter()
     with dspy.context(lm=local_lm.copy(cache=False), adapter=PlainAdapter()), metering(meter):
@@ -203,7 +223,8 @@ def test_embedded_model_overflow_is_its_own_error_class_and_other_rows_are_score
     overflow = report.rows[1]
     assert overflow.error is ErrorKind.CONTEXT and overflow.score is None
     prompt_tokens = local_lm.engine.count_prompt_tokens(
-        PlainAdapter().format(program.signature, [], {"input": long_text}))
+        PlainAdapter().format(program.signature, [], {"input": long_text})
+    )
     assert f"the prompt has {prompt_tokens} tokens" in overflow.message
     assert f"context window of {window} tokens" in overflow.message
     assert [r.error for r in (report.rows[0], report.rows[2])] == [None, None]
@@ -226,18 +247,30 @@ def test_embedded_demo_set_fit_uses_the_model_tokenizer(local_lm: dspy.LM) -> No
 
 def test_a_search_never_adopts_a_demo_set_that_overflows_typical_inputs() -> None:
     """A 40-token window: the labeled set is trimmed until inputs fit, and every evaluated prompt fits."""
-    from support.fake_world import BASELINE_INSTRUCTION, dataset, respond
-
     from dspy_ext import APE
+
+    from support.fake_world import BASELINE_INSTRUCTION, dataset, respond
 
     engine = FakeEngine(respond, context_window=40)
     lm = dspy.LM(f"fake/overflow-{next(_ids)}", engine=engine, cache=False)
-    ape = APE(lambda ex, pred, trace=None: float(pred.output == ex.output), max_lm_calls=200, seed=0, steps=1,
-              num_candidates=2, top_k=1, minibatch_size=4, max_labeled_demos=6, max_bootstrapped_demos=0,
-              num_threads=1)
+    ape = APE(
+        lambda ex, pred, trace=None: float(pred.output == ex.output),
+        max_lm_calls=200,
+        seed=0,
+        steps=1,
+        num_candidates=2,
+        top_k=1,
+        minibatch_size=4,
+        max_labeled_demos=6,
+        max_bootstrapped_demos=0,
+        num_threads=1,
+    )
     with dspy.context(lm=lm, adapter=PlainAdapter()):
-        program = ape.compile(dspy.Predict(dspy.Signature("input -> output", BASELINE_INSTRUCTION)),
-                              trainset=dataset(20), valset=dataset(6, 100))
+        program = ape.compile(
+            dspy.Predict(dspy.Signature("input -> output", BASELINE_INSTRUCTION)),
+            trainset=dataset(20),
+            valset=dataset(6, 100),
+        )
     result = program.dspy_ext_result
     assert result.rejected.get("demo_set_overflow", 0) >= 1  # the 6-demo set did not fit
     assert 0 < len(program.demos) < 6  # trimmed, not emptied

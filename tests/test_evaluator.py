@@ -50,8 +50,13 @@ def test_score_n_and_errors(fake_lm) -> None:
         report = Evaluator(exact).evaluate(predict(), examples(6))
     assert report.score == 50.0  # 0-100 scale
     assert report.n_examples == 6 and report.repeats == 1 and report.complete
-    assert report.errors == {"lm_error": 0, "context_overflow": 0, "parse_error": 0, "metric_error": 0,
-                             "program_error": 0}
+    assert report.errors == {
+        "lm_error": 0,
+        "context_overflow": 0,
+        "parse_error": 0,
+        "metric_error": 0,
+        "program_error": 0,
+    }
     assert report.usage.calls == lm.engine.calls == 6
     assert [r.index for r in report.rows] == list(range(6))
     assert [r.score for r in report.rows] == [1.0, 0.0] * 3
@@ -307,8 +312,13 @@ def test_program_error_is_reported_apart(fake_lm) -> None:
 
     with plain(fake_lm(lambda messages: "ok")):
         report = Evaluator(exact).evaluate(Buggy(), examples(4))
-    assert report.errors == {"lm_error": 0, "context_overflow": 0, "parse_error": 0, "metric_error": 0,
-                             "program_error": 1}
+    assert report.errors == {
+        "lm_error": 0,
+        "context_overflow": 0,
+        "parse_error": 0,
+        "metric_error": 0,
+        "program_error": 1,
+    }
     assert report.rows[3].error is ErrorKind.PROGRAM and report.rows[3].score is None
     assert report.score == 100.0
 
@@ -325,8 +335,13 @@ def test_budget_exhaustion_returns_a_partial_report(fake_lm) -> None:
     assert report.budget_exhausted and not report.complete
     assert lm.engine.calls == 3 and budget.calls == 3 and report.usage.calls == 3
     assert [(r.index, r.score) for r in report.rows] == [(0, 1.0), (1, 0.0), (2, 1.0)]
-    assert report.errors == {"lm_error": 0, "context_overflow": 0, "parse_error": 0, "metric_error": 0,
-                             "program_error": 0}
+    assert report.errors == {
+        "lm_error": 0,
+        "context_overflow": 0,
+        "parse_error": 0,
+        "metric_error": 0,
+        "program_error": 0,
+    }
     assert report.to_dict()["budget_exhausted"] is True
     # The finished rows were cached: a new budget pays only for the rest.
     with plain(lm):

@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.fake_world import fake_world_lm, write_task
-from support.slices import task_slice
 
 from dspy_ext.cli import main
 from dspy_ext.experiment import (
-    ComponentError,
     CompareSettings,
+    ComponentError,
     RunSettings,
     SettingsError,
     open_run,
     resolve_metric,
     run,
 )
+
+from support.fake_world import fake_world_lm, write_task
+from support.slices import task_slice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,8 +33,27 @@ def task_folder(tmp_path: Path) -> Path:
 
 
 def compile_argv(task_folder: Path, out: Path, *extra: str) -> list[str]:
-    return ["compile", "--data", str(task_folder), "--optimizer", "ape", "--budget", "40", "--train", "12",
-            "--val", "8", "--threads", "1", "--adapter", "plain", "--out", str(out), "--json", *extra]
+    return [
+        "compile",
+        "--data",
+        str(task_folder),
+        "--optimizer",
+        "ape",
+        "--budget",
+        "40",
+        "--train",
+        "12",
+        "--val",
+        "8",
+        "--threads",
+        "1",
+        "--adapter",
+        "plain",
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
 
 
 def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
@@ -55,14 +75,17 @@ def test_settings_defaults_live_in_one_place() -> None:
     assert settings.default_out == Path("runs/sentiment-ape-s0")
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({}, "give exactly one of task"),
-    ({"task": "a", "data": "b"}, "give exactly one of task"),
-    ({"task": "sentiment", "budget": 0}, "budget: Input should be greater than or equal to 1"),
-    ({"task": "sentiment", "bogus": 1}, "bogus: unknown key"),
-    ({"task": "sentiment", "optimizer": "nope"}, "unknown optimizer 'nope'"),
-    ({"task": "sentiment", "optimizer_config": {"top_k": 0}}, "top_k: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "give exactly one of task"),
+        ({"task": "a", "data": "b"}, "give exactly one of task"),
+        ({"task": "sentiment", "budget": 0}, "budget: Input should be greater than or equal to 1"),
+        ({"task": "sentiment", "bogus": 1}, "bogus: unknown key"),
+        ({"task": "sentiment", "optimizer": "nope"}, "unknown optimizer 'nope'"),
+        ({"task": "sentiment", "optimizer_config": {"top_k": 0}}, "top_k: Input should be greater than or equal to 1"),
+    ],
+)
 def test_bad_settings_name_the_key(values: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         RunSettings.build(values)
@@ -79,13 +102,16 @@ def test_run_files_in_yaml_toml_and_json_and_flags_on_top(tmp_path: Path) -> Non
     assert RunSettings.load(tmp_path / "a.yaml", {"data": "x.jsonl"}).task is None
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("r.yaml", "task: [unclosed", "not valid YAML"),
-    ("r.json", "{", "not valid JSON"),
-    ("r.toml", "task = ", "not valid TOML"),
-    ("r.yaml", "- a list", "expected a mapping of settings"),
-    ("r.txt", "task: x", "a run file ends in"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("r.yaml", "task: [unclosed", "not valid YAML"),
+        ("r.json", "{", "not valid JSON"),
+        ("r.toml", "task = ", "not valid TOML"),
+        ("r.yaml", "- a list", "expected a mapping of settings"),
+        ("r.txt", "task: x", "a run file ends in"),
+    ],
+)
 def test_bad_run_files_give_one_line(tmp_path: Path, name: str, text: str, message: str) -> None:
     (tmp_path / name).write_text(text)
     with pytest.raises(SettingsError, match=message) as info:
@@ -94,8 +120,9 @@ def test_bad_run_files_give_one_line(tmp_path: Path, name: str, text: str, messa
 
 
 def test_compare_settings_give_each_cell_its_run_settings() -> None:
-    settings = CompareSettings(task="sentiment", optimizers="ape, mipro,ape", optimizer_configs={"ape": {"top_k": 2}},
-                               seeds=2, budget=100)
+    settings = CompareSettings(
+        task="sentiment", optimizers="ape, mipro,ape", optimizer_configs={"ape": {"top_k": 2}}, seeds=2, budget=100
+    )
     assert settings.optimizers == ["ape", "mipro"]
     cell = settings.cell("ape", 1)
     assert (cell.optimizer, cell.seed, cell.budget, cell.optimizer_config) == ("ape", 1, 100, {"top_k": 2})
@@ -105,12 +132,25 @@ def test_compare_settings_give_each_cell_its_run_settings() -> None:
 
 
 def test_run_writes_the_run_folder_and_open_run_reads_it_back(task_folder: Path, tmp_path: Path) -> None:
-    settings = RunSettings(data=str(task_folder), optimizer="ape", budget=40, train=12, val=8, threads=1,
-                           adapter="plain", out=str(tmp_path / "run"))
+    settings = RunSettings(
+        data=str(task_folder),
+        optimizer="ape",
+        budget=40,
+        train=12,
+        val=8,
+        threads=1,
+        adapter="plain",
+        out=str(tmp_path / "run"),
+    )
     result = run(settings, lm=fake_world_lm())
     folder = tmp_path / "run"
-    assert {p.name for p in folder.iterdir()} >= {"settings.yaml", "program.json", "run.json", "report.md",
-                                                 "trials.jsonl"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "settings.yaml",
+        "program.json",
+        "run.json",
+        "report.md",
+        "trials.jsonl",
+    }
     assert not list(folder.glob("*.tmp*"))  # atomic writes leave no temporary files behind
     summary = json.loads((folder / "run.json").read_text())
     assert summary == json.loads(json.dumps(result.summary, default=str))
@@ -141,8 +181,9 @@ def _readme_block(marker: str) -> str:
 
 
 @pytest.mark.embedded
-def test_the_readme_library_example_runs_on_the_embedded_model(tmp_path: Path, local_lm,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_library_example_runs_on_the_embedded_model(
+    tmp_path: Path, local_lm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(_readme_block("experiment"), "README.md", "exec"), namespace)  # our own README, not LM text
@@ -155,8 +196,9 @@ def test_the_readme_library_example_runs_on_the_embedded_model(tmp_path: Path, l
 # ---- run files on the command line ------------------------------------------------------------
 
 
-def test_compile_config_reproduces_a_run_and_a_flag_overrides_a_key(task_folder: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_compile_config_reproduces_a_run_and_a_flag_overrides_a_key(
+    task_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = run_json(compile_argv(task_folder, tmp_path / "first"), capsys)
     stored = tmp_path / "first" / "settings.yaml"
     assert yaml.safe_load(stored.read_text())["optimizer"] == "ape"
@@ -166,16 +208,16 @@ def test_compile_config_reproduces_a_run_and_a_flag_overrides_a_key(task_folder:
         assert again[key] == first[key], key
     assert (tmp_path / "again" / "program.json").read_text() == (tmp_path / "first" / "program.json").read_text()
 
-    other = run_json(["compile", "--config", str(stored), "--budget", "30", "--out", str(tmp_path / "other"),
-                      "--json"], capsys)
+    other = run_json(
+        ["compile", "--config", str(stored), "--budget", "30", "--out", str(tmp_path / "other"), "--json"], capsys
+    )
     assert other["budget"] == 30 and other["lm_calls"] <= 30
     assert yaml.safe_load((tmp_path / "other" / "settings.yaml").read_text())["budget"] == 30
 
 
 def test_export_needs_only_the_run_folder(task_folder: Path, tmp_path: Path, capsys) -> None:
     run_json(compile_argv(task_folder, tmp_path / "run"), capsys)
-    code = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "prompt.json"), "--json"],
-                lm=fake_world_lm())
+    code = main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "prompt.json"), "--json"], lm=fake_world_lm())
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)
@@ -222,11 +264,32 @@ def user_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return project
 
 
-def test_user_program_and_metric_by_import_path(task_folder: Path, user_project: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_json(["compile", "--data", str(task_folder), "--program", "my_prompts:Shout", "--metric",
-                       "my_prompts:first_token_match", "--optimizer", "labeled", "--train", "12", "--val", "8",
-                       "--adapter", "plain", "--out", str(user_project / "run"), "--json"], capsys)
+def test_user_program_and_metric_by_import_path(
+    task_folder: Path, user_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_json(
+        [
+            "compile",
+            "--data",
+            str(task_folder),
+            "--program",
+            "my_prompts:Shout",
+            "--metric",
+            "my_prompts:first_token_match",
+            "--optimizer",
+            "labeled",
+            "--train",
+            "12",
+            "--val",
+            "8",
+            "--adapter",
+            "plain",
+            "--out",
+            str(user_project / "run"),
+            "--json",
+        ],
+        capsys,
+    )
     # Level 5 plus up to 2 demos: the fake model solves 7 items in 8.
     assert result["test_score"] == pytest.approx(100 * 14 / 16)
     assert result["program"] == "my_prompts:Shout" and result["metric"] == "my_prompts:first_token_match"
@@ -234,19 +297,35 @@ def test_user_program_and_metric_by_import_path(task_folder: Path, user_project:
     assert "answer" in program_state
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--program", "my_prompts:Missing", "program 'my_prompts:Missing': module 'my_prompts' has no attribute"),
-    ("--program", "no_such_pkg.mod:Prog", "program 'no_such_pkg.mod:Prog': cannot import module 'no_such_pkg.mod'"),
-    ("--program", "my_prompts:NOT_A_PROGRAM", "expected a dspy.Module class, instance or factory, got int"),
-    ("--program", "my_prompts:", "expected an import path 'package.module:Name'"),
-    ("--metric", "my_prompts:two_args_only", "a metric takes (example, prediction, trace=None)"),
-    ("--metric", "my_prompts:NOT_A_PROGRAM", "int object is not callable"),
-    ("--program", "nonsense", "unknown program 'nonsense'"),
-])
-def test_a_bad_import_path_is_a_one_line_error(task_folder: Path, user_project: Path, flag: str, value: str,
-                                               message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["compile", "--data", str(task_folder), flag, value, "--optimizer", "labeled", "--out",
-                 str(user_project / "run")], lm=fake_world_lm())
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--program", "my_prompts:Missing", "program 'my_prompts:Missing': module 'my_prompts' has no attribute"),
+        ("--program", "no_such_pkg.mod:Prog", "program 'no_such_pkg.mod:Prog': cannot import module 'no_such_pkg.mod'"),
+        ("--program", "my_prompts:NOT_A_PROGRAM", "expected a dspy.Module class, instance or factory, got int"),
+        ("--program", "my_prompts:", "expected an import path 'package.module:Name'"),
+        ("--metric", "my_prompts:two_args_only", "a metric takes (example, prediction, trace=None)"),
+        ("--metric", "my_prompts:NOT_A_PROGRAM", "int object is not callable"),
+        ("--program", "nonsense", "unknown program 'nonsense'"),
+    ],
+)
+def test_a_bad_import_path_is_a_one_line_error(
+    task_folder: Path, user_project: Path, flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "compile",
+            "--data",
+            str(task_folder),
+            flag,
+            value,
+            "--optimizer",
+            "labeled",
+            "--out",
+            str(user_project / "run"),
+        ],
+        lm=fake_world_lm(),
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("dspy-ext compile: error: ") and len(err.strip().splitlines()) == 1
@@ -264,13 +343,33 @@ def test_resolve_metric_accepts_two_argument_metrics(user_project: Path) -> None
 
 
 @pytest.mark.embedded
-def test_embedded_compile_writes_a_complete_run_folder(tmp_path: Path, local_lm,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_embedded_compile_writes_a_complete_run_folder(
+    tmp_path: Path, local_lm, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``dspy-ext compile`` with APE at a small budget on SmolLM2, on a small slice of the sentiment task."""
     folder = task_slice(tmp_path / "sentiment-slice", n_train=30, n_test=10)
     capsys.readouterr()
-    code = main(["compile", "--data", str(folder), "--optimizer", "ape", "--budget", "30", "--train", "15", "--val",
-                 "10", "--seed", "0", "--out", str(tmp_path / "run"), "--json"], lm=local_lm)
+    code = main(
+        [
+            "compile",
+            "--data",
+            str(folder),
+            "--optimizer",
+            "ape",
+            "--budget",
+            "30",
+            "--train",
+            "15",
+            "--val",
+            "10",
+            "--seed",
+            "0",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+        lm=local_lm,
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads(captured.out)
@@ -285,12 +384,13 @@ def test_embedded_compile_writes_a_complete_run_folder(tmp_path: Path, local_lm,
     assert "## Predictor `predict`" in (run_dir / "report.md").read_text()
 
 
-def test_lm_retries_and_timeout_are_settings(task_folder: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_lm_retries_and_timeout_are_settings(
+    task_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--lm-retries`` reaches every engine call: a connection reset on each first try is retried, or not."""
-    from support.fake_world import respond
-
     from dspy_ext.lm import FakeEngine
+
+    from support.fake_world import respond
 
     seen: set[str] = set()
 
@@ -308,8 +408,22 @@ def test_lm_retries_and_timeout_are_settings(task_folder: Path, tmp_path: Path,
         seen.clear()
         lm = dspy.LM(f"fake/flaky-{len(flags)}", engine=Flaky(respond), cache=False)
         capsys.readouterr()
-        code = main(["evaluate", "--data", str(task_folder), "--adapter", "plain", "--demos", "2", "--threads", "1",
-                     "--json", *flags], lm=lm)
+        code = main(
+            [
+                "evaluate",
+                "--data",
+                str(task_folder),
+                "--adapter",
+                "plain",
+                "--demos",
+                "2",
+                "--threads",
+                "1",
+                "--json",
+                *flags,
+            ],
+            lm=lm,
+        )
         assert code in (0, 1)
         return json.loads(capsys.readouterr().out)
 

@@ -31,8 +31,10 @@ def _compiled_transform() -> Transform:
     predictor = program.predict
     predictor.signature = predictor.signature.with_instructions("Tuned {instruction} with {{braces}}.")
     predictor.signature = predictor.signature.with_updated_fields("output", prefix="Sentiment:", desc="pos/neg")
-    predictor.demos = [dspy.Example(input="Great {fun}", output="positive", augmented=True),
-                       {"input": "Dull", "output": "negative"}]
+    predictor.demos = [
+        dspy.Example(input="Great {fun}", output="positive", augmented=True),
+        {"input": "Dull", "output": "negative"},
+    ]
     return program
 
 
@@ -58,8 +60,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("adapter", [dspy.ChatAdapter(), dspy.JSONAdapter(), PlainAdapter()],
-                         ids=["chat", "json", "plain"])
+@pytest.mark.parametrize(
+    "adapter", [dspy.ChatAdapter(), dspy.JSONAdapter(), PlainAdapter()], ids=["chat", "json", "plain"]
+)
 @pytest.mark.parametrize("case", list(CASES))
 def test_round_trip_restores_program_state(tmp_path: Path, case: str, adapter: dspy.Adapter) -> None:
     compiled_factory, fresh_factory = CASES[case]
@@ -109,8 +112,11 @@ def test_mismatch_in_a_later_predictor_leaves_earlier_ones_untouched(tmp_path: P
     program = DraftThenAnswer(instructions=BASELINE)
     program.answer.signature = program.answer.signature.with_updated_fields("output", type_=list[str])
     before = program_state(program)
-    with pytest.raises(ApplyError, match="predictor 'answer': output field 'output' is str in the artifact but "
-                                         r"list\[str\] in the program"):
+    with pytest.raises(
+        ApplyError,
+        match="predictor 'answer': output field 'output' is str in the artifact but "
+        r"list\[str\] in the program",
+    ):
         apply(tmp_path / "a.json", program)
     _assert_untouched(program, before)  # 'draft' was checked first but not changed
 
@@ -118,8 +124,9 @@ def test_mismatch_in_a_later_predictor_leaves_earlier_ones_untouched(tmp_path: P
 def test_prompt_that_renders_differently_changes_nothing(tmp_path: Path) -> None:
     plain = dspy.Predict(dspy.Signature({"q": (str, dspy.InputField()), "score": (float, dspy.OutputField())}))
     export(plain, tmp_path / "a.json", adapter=dspy.ChatAdapter())
-    constrained = dspy.Predict(dspy.Signature({"q": (str, dspy.InputField()),
-                                               "score": (float, dspy.OutputField(ge=0, le=1))}))
+    constrained = dspy.Predict(
+        dspy.Signature({"q": (str, dspy.InputField()), "score": (float, dspy.OutputField(ge=0, le=1))})
+    )
     before = program_state(constrained)
     with pytest.raises(ApplyError, match="renders a different prompt than the artifact stores"):
         apply(tmp_path / "a.json", constrained)
@@ -158,8 +165,7 @@ def test_runtime_program_answers_like_the_program(tmp_path: Path, fake_lm) -> No
 def test_embedded_round_trip_gives_identical_predictions(tmp_path: Path, local_lm) -> None:
     lm = local_lm.copy(cache=False)
     task = load_task("sentiment")
-    compiled = dspy.LabeledFewShot(k=3).compile(Transform(instructions=task.baseline_instruction),
-                                                trainset=task.train)
+    compiled = dspy.LabeledFewShot(k=3).compile(Transform(instructions=task.baseline_instruction), trainset=task.train)
     adapter = PlainAdapter()
     with dspy.context(lm=lm, adapter=adapter):
         export(compiled, tmp_path / "sentiment.json", metadata={"optimizer": "LabeledFewShot", "seed": 0})

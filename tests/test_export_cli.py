@@ -69,8 +69,23 @@ def _json_out(capsys: pytest.CaptureFixture) -> dict:
 
 def test_export_verify_json_with_a_fake_lm(tmp_path: Path, program_json: Path, fake_local, capsys) -> None:
     out = tmp_path / "out" / "sentiment.json"
-    code = run_cli([str(program_json), "--out", str(out), "--task", "sentiment", "--lm", "fake", "--adapter",
-                    "plain", "--verify", "--limit", "8", "--json"])
+    code = run_cli(
+        [
+            str(program_json),
+            "--out",
+            str(out),
+            "--task",
+            "sentiment",
+            "--lm",
+            "fake",
+            "--adapter",
+            "plain",
+            "--verify",
+            "--limit",
+            "8",
+            "--json",
+        ]
+    )
     assert code == 0
     result = _json_out(capsys)
     assert result["verified"] is True and result["passed"] is True
@@ -91,14 +106,32 @@ def test_run_folder_metadata_is_copied(tmp_path: Path, fake_local, capsys) -> No
     run_dir.mkdir()
     _compiled().save(str(run_dir / "program.json"))
     # The shape `dspy-ext compile` writes.
-    (run_dir / "run.json").write_text(json.dumps({
-        "task": "sentiment", "optimizer": "ape", "seed": 0, "budget": 400, "config": {"pool": 8},
-        "lm": "local/x", "adapter": "PlainAdapter", "val_score": 61.5, "test_score": 58.0,
-        "baseline_test_score": 50.0, "data_hash": "d" * 64, "search": {"long": ["ignored"]},
-    }), encoding="utf-8")
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "task": "sentiment",
+                "optimizer": "ape",
+                "seed": 0,
+                "budget": 400,
+                "config": {"pool": 8},
+                "lm": "local/x",
+                "adapter": "PlainAdapter",
+                "val_score": 61.5,
+                "test_score": 58.0,
+                "baseline_test_score": 50.0,
+                "data_hash": "d" * 64,
+                "search": {"long": ["ignored"]},
+            }
+        ),
+        encoding="utf-8",
+    )
     out = tmp_path / "a.json"
-    assert run_cli([str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake", "--adapter", "plain",
-                    "--json"]) == 0
+    assert (
+        run_cli(
+            [str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake", "--adapter", "plain", "--json"]
+        )
+        == 0
+    )
     result = _json_out(capsys)
     assert result["verified"] is False and result["dspy_score"] is None and result["runtime_score"] is None
     meta = load(out).metadata
@@ -112,26 +145,45 @@ def test_run_folder_generic_metadata_and_task_check(tmp_path: Path, fake_local, 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _compiled().save(str(run_dir / "program.json"))
-    (run_dir / "run.json").write_text(json.dumps({
-        "optimizer": "LabeledFewShot", "optimizer_settings": {"k": 3}, "metadata": {"dev_score": 70.0},
-    }), encoding="utf-8")
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "optimizer": "LabeledFewShot",
+                "optimizer_settings": {"k": 3},
+                "metadata": {"dev_score": 70.0},
+            }
+        ),
+        encoding="utf-8",
+    )
     out = tmp_path / "a.json"
     assert run_cli([str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake"]) == 0
     meta = load(out).metadata
     assert (meta["optimizer"], meta["optimizer_settings"], meta["dev_score"]) == ("LabeledFewShot", {"k": 3}, 70.0)
     assert load(out).predictor("predict")["adapter"] == "ChatAdapter"  # a non-local LM: DSPy's default
     (run_dir / "run.json").write_text(json.dumps({"task": "larger_animal"}), encoding="utf-8")
-    fails([str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake"], capsys, "run.json says the task is 'larger_animal'")
+    fails(
+        [str(run_dir), "--out", str(out), "--task", "sentiment", "--lm", "fake"],
+        capsys,
+        "run.json says the task is 'larger_animal'",
+    )
 
 
 def test_pickles_are_refused(tmp_path: Path, fake_local, capsys) -> None:
     pickle_file = tmp_path / "program.pkl"
     pickle_file.write_bytes(b"\x80\x04\x95 not to be loaded")
-    fails([str(pickle_file), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"], capsys, "refusing to load a pickle")
+    fails(
+        [str(pickle_file), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"],
+        capsys,
+        "refusing to load a pickle",
+    )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "program.pkl").write_bytes(b"\x80\x04")
-    fails([str(run_dir), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"], capsys, r"no program.json \(it has \['program.pkl'\]: pickles are never loaded")
+    fails(
+        [str(run_dir), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"],
+        capsys,
+        r"no program.json \(it has \['program.pkl'\]: pickles are never loaded",
+    )
     assert not (tmp_path / "a.json").exists()
 
 
@@ -142,22 +194,43 @@ def test_bad_sources_and_options(tmp_path: Path, program_json: Path, fake_local,
     broken = tmp_path / "broken.json"
     broken.write_text('{"predict": ', encoding="utf-8")
     fails([str(broken), "--out", str(tmp_path / "a.json"), *base], capsys, "not valid JSON")
-    fails([str(program_json), "--out", str(tmp_path / "a.json"), *base, "--program", "two_step"], capsys, r"holds predictors \['predict'\], but program two_step has "
-                                       r"\['draft', 'answer'\]")
+    fails(
+        [str(program_json), "--out", str(tmp_path / "a.json"), *base, "--program", "two_step"],
+        capsys,
+        r"holds predictors \['predict'\], but program two_step has "
+        r"\['draft', 'answer'\]",
+    )
 
 
 def test_state_from_another_program_is_refused(tmp_path: Path, fake_local, capsys) -> None:
     path = tmp_path / "two_step.json"
     DraftThenAnswer(instructions="x").save(str(path))
-    fails([str(path), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"], capsys, "pass the program and task the state was compiled with")
+    fails(
+        [str(path), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake"],
+        capsys,
+        "pass the program and task the state was compiled with",
+    )
 
 
-def test_verify_fails_loudly_when_the_runtime_disagrees(tmp_path: Path, program_json: Path, fake_local,
-                                                        capsys) -> None:
+def test_verify_fails_loudly_when_the_runtime_disagrees(tmp_path: Path, program_json: Path, fake_local, capsys) -> None:
     flip = itertools.count()
     fake_local["_state"]["responder"] = lambda messages: "positive" if next(flip) < 6 else "negative"
-    argv = [str(program_json), "--out", str(tmp_path / "a.json"), "--task", "sentiment", "--lm", "fake",
-            "--adapter", "plain", "--verify", "--limit", "6", "--threads", "1"]
+    argv = [
+        str(program_json),
+        "--out",
+        str(tmp_path / "a.json"),
+        "--task",
+        "sentiment",
+        "--lm",
+        "fake",
+        "--adapter",
+        "plain",
+        "--verify",
+        "--limit",
+        "6",
+        "--threads",
+        "1",
+    ]
     assert run_cli(argv) == 1
     captured = capsys.readouterr()
     assert "VERIFY FAILED" in captured.err and "does NOT reproduce" in captured.err
@@ -174,8 +247,22 @@ def test_verify_fails_loudly_when_the_runtime_disagrees(tmp_path: Path, program_
 @pytest.mark.embedded
 def test_embedded_export_verify_json(tmp_path: Path, program_json: Path, local_lm, capsys) -> None:
     out = tmp_path / "sentiment.json"
-    code = run_cli([str(program_json), "--out", str(out), "--task", "sentiment", "--lm", "local", "--no-cache",
-                    "--verify", "--limit", "5", "--json"])
+    code = run_cli(
+        [
+            str(program_json),
+            "--out",
+            str(out),
+            "--task",
+            "sentiment",
+            "--lm",
+            "local",
+            "--no-cache",
+            "--verify",
+            "--limit",
+            "5",
+            "--json",
+        ]
+    )
     result = _json_out(capsys)
     assert code == 0, result
     assert result["n"] == 5

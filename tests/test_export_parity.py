@@ -24,7 +24,7 @@ ADAPTERS = {
     "chat_no_fallback": lambda: dspy.ChatAdapter(use_json_adapter_fallback=False),
 }
 
-BRACES = "Use {curly} braces, {{double}} ones, {0} and a JSON-ish {\"k\": 1}."
+BRACES = 'Use {curly} braces, {{double}} ones, {0} and a JSON-ish {"k": 1}.'
 
 
 class Review(dspy.Signature):
@@ -40,12 +40,26 @@ class Review(dspy.Signature):
 
 
 REVIEW_DEMOS = [
-    dspy.Example(review="Loved it {really}", aspects=["plot", "{cast}"], notes=["n1"], stars=5,
-                 label="positive", confidence=0.9, keywords=["loved"]),
+    dspy.Example(
+        review="Loved it {really}",
+        aspects=["plot", "{cast}"],
+        notes=["n1"],
+        stars=5,
+        label="positive",
+        confidence=0.9,
+        keywords=["loved"],
+    ),
     # Incomplete demo: DSPy renders these first, with a special prefix.
     dspy.Example(review="Meh {{}}", aspects=[], stars=2, label="negative"),
-    {"review": "multi\nline", "aspects": ["x\ny"], "notes": None, "stars": 3, "label": "negative",
-     "confidence": 0.5, "keywords": []},
+    {
+        "review": "multi\nline",
+        "aspects": ["x\ny"],
+        "notes": None,
+        "stars": 3,
+        "label": "negative",
+        "confidence": 0.5,
+        "keywords": [],
+    },
 ]
 
 REVIEW_INPUTS = [
@@ -99,19 +113,36 @@ def _cot() -> ChainOfThoughtProgram:
 
 PROGRAMS = {
     "single": (_review_program, {"self": REVIEW_INPUTS}),
-    "multi": (_two_predictors, {
-        "summarize": [{"passage": "text {a} {{b}}", "hints": ["h {1}", "h2"]}, {"passage": "", "hints": []}],
-        "answer": [{"summary": "S {x}", "question": "why {not}?"}],
-        "router.pick": [{"question": "{{route}} me"}],
-    }),
-    "cot": (_cot, {"cot.predict": [{"question": "why {x}?", "context": ["c1", "c {2}"]},
-                                   {"question": "q", "context": "plain {ctx}"}]}),
-    "draft_then_answer": (lambda: DraftThenAnswer(instructions=BRACES), {
-        "draft": [{"input": "cats {x}"}], "answer": [{"input": "cats", "notes": "n {{1}}"}],
-    }),
-    "classify": (lambda: Classify(["positive", "negative"], instructions=BRACES), {
-        "predict": [{"input": "a {good} one"}, {"input": ["list", "input"]}],
-    }),
+    "multi": (
+        _two_predictors,
+        {
+            "summarize": [{"passage": "text {a} {{b}}", "hints": ["h {1}", "h2"]}, {"passage": "", "hints": []}],
+            "answer": [{"summary": "S {x}", "question": "why {not}?"}],
+            "router.pick": [{"question": "{{route}} me"}],
+        },
+    ),
+    "cot": (
+        _cot,
+        {
+            "cot.predict": [
+                {"question": "why {x}?", "context": ["c1", "c {2}"]},
+                {"question": "q", "context": "plain {ctx}"},
+            ]
+        },
+    ),
+    "draft_then_answer": (
+        lambda: DraftThenAnswer(instructions=BRACES),
+        {
+            "draft": [{"input": "cats {x}"}],
+            "answer": [{"input": "cats", "notes": "n {{1}}"}],
+        },
+    ),
+    "classify": (
+        lambda: Classify(["positive", "negative"], instructions=BRACES),
+        {
+            "predict": [{"input": "a {good} one"}, {"input": ["list", "input"]}],
+        },
+    ),
 }
 
 
@@ -134,7 +165,8 @@ def test_rendered_messages_equal_adapter_format(tmp_path: Path, adapter_name: st
             assert art.render(name, **inputs) == expected
             if adapter_name == "chat":
                 assert art.render_fallback(name, **inputs) == dspy.JSONAdapter().format(
-                    predictor.signature, predictor.demos, inputs)
+                    predictor.signature, predictor.demos, inputs
+                )
             else:
                 assert not art.has_fallback(name)
 
@@ -151,9 +183,11 @@ def _reply_for(adapter: dspy.Adapter, messages: list[dict[str, str]]) -> str:
     if isinstance(adapter, dspy.JSONAdapter):
         return '{"label": "positive", "confidence": 0.75, "keywords": ["fun"]}'
     if isinstance(adapter, PlainAdapter):
-        return "Label: positive\nConfidence: 0.75\nKeywords: [\"fun\"]"
-    return ("[[ ## label ## ]]\npositive\n\n[[ ## confidence ## ]]\n0.75\n\n[[ ## keywords ## ]]\n[\"fun\"]\n\n"
-            "[[ ## completed ## ]]")
+        return 'Label: positive\nConfidence: 0.75\nKeywords: ["fun"]'
+    return (
+        '[[ ## label ## ]]\npositive\n\n[[ ## confidence ## ]]\n0.75\n\n[[ ## keywords ## ]]\n["fun"]\n\n'
+        "[[ ## completed ## ]]"
+    )
 
 
 @pytest.mark.parametrize("adapter_name", ["chat", "json", "plain"])
@@ -173,8 +207,10 @@ def test_rendered_messages_equal_what_the_lm_receives(fake_lm, adapter_name: str
 # --- parse parity -----------------------------------------------------------------------------
 
 CHAT_REPLIES = [
-    ("[[ ## label ## ]]\npositive\n\n[[ ## confidence ## ]]\n0.8\n\n[[ ## keywords ## ]]\n[\"a\", \"b\"]\n\n"
-     "[[ ## completed ## ]]"),
+    (
+        '[[ ## label ## ]]\npositive\n\n[[ ## confidence ## ]]\n0.8\n\n[[ ## keywords ## ]]\n["a", "b"]\n\n'
+        "[[ ## completed ## ]]"
+    ),
     "preamble\n[[ ## label ## ]] negative\n[[ ## confidence ## ]] 1\n[[ ## keywords ## ]] []",
     "  [[ ## label ## ]]   positive\n[[ ## confidence ## ]]\n.5\n[[ ## keywords ## ]]\n['x']",
     "[[ ## label ## ]]\n'positive'\n[[ ## label ## ]]\nnegative\n[[ ## confidence ## ]]\n2\n[[ ## keywords ## ]]\n[]",
@@ -196,19 +232,26 @@ JSON_REPLIES = [
     "",
 ]
 PLAIN_REPLIES = [
-    "Label: positive\nConfidence: 0.9\nKeywords: [\"good\"]",
+    'Label: positive\nConfidence: 0.9\nKeywords: ["good"]',
     "**Label:** Negative\n**Confidence:** 0.1\n**Keywords:** []",
-    "```\nlabel: positive\nconfidence: 1\nkeywords: [\"a\", \"b\"]\n```",
+    '```\nlabel: positive\nconfidence: 1\nkeywords: ["a", "b"]\n```',
     "I think so.\nConfidence: 0.4\nKeywords: []",
-    "Label: positive\nConfidence: 0.3\nmore words\n[\"z\"]",
+    'Label: positive\nConfidence: 0.3\nmore words\n["z"]',
     "Label: positive\nKeywords: []",
     "Label: neutral\nConfidence: 0.5\nKeywords: []",
     "",
     "   \n  ",
 ]
 PLAIN_SINGLE_REPLIES = [
-    "positive", "Output: negative", "**Output:** positive.", "Output:\npositive", "Answer: negative",
-    "```\npositive\n```", "positive\nbecause it is good", "", "\n\n",
+    "positive",
+    "Output: negative",
+    "**Output:** positive.",
+    "Output:\npositive",
+    "Answer: negative",
+    "```\npositive\n```",
+    "positive\nbecause it is good",
+    "",
+    "\n\n",
 ]
 
 
@@ -243,9 +286,13 @@ def test_parse_matches_adapter_parse(adapter: dspy.Adapter, replies: list[str]) 
 
 def test_plain_single_field_parse_matches() -> None:
     _parity(PlainAdapter(), dspy.Signature("input -> output"), PLAIN_SINGLE_REPLIES)
-    _parity(PlainAdapter(), dspy.Signature({"input": (str, dspy.InputField()),
-                                            "output": (Literal["positive", "negative"], dspy.OutputField())}),
-            PLAIN_SINGLE_REPLIES)
+    _parity(
+        PlainAdapter(),
+        dspy.Signature(
+            {"input": (str, dspy.InputField()), "output": (Literal["positive", "negative"], dspy.OutputField())}
+        ),
+        PLAIN_SINGLE_REPLIES,
+    )
     _parity(PlainAdapter(), dspy.Signature("input -> count: int"), ["3", "Count: 12", "twelve", "Count:\n4"])
 
 
@@ -263,17 +310,24 @@ def test_chat_run_falls_back_to_json_like_dspy(fake_lm) -> None:
     with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
         prediction = program(passage="p")
     sent = []
-    result = art.run("self", lambda messages: sent.append(messages) or ["I refuse to use markers",
-                                                                        '{"summary": "fine {x}"}'][len(sent) - 1],
-                     passage="p")
+    result = art.run(
+        "self",
+        lambda messages: sent.append(messages) or ["I refuse to use markers", '{"summary": "fine {x}"}'][len(sent) - 1],
+        passage="p",
+    )
     assert result == dict(prediction.items()) == {"summary": "fine {x}"}
     assert sent == lm.engine.requests
 
 
 def test_optional_outputs_default_like_dspy() -> None:
-    signature = dspy.Signature({"q": (str, dspy.InputField()), "a": (str, dspy.OutputField()),
-                                "note": (str | None, dspy.OutputField()),
-                                "n": (int, dspy.OutputField(default=3))})
+    signature = dspy.Signature(
+        {
+            "q": (str, dspy.InputField()),
+            "a": (str, dspy.OutputField()),
+            "note": (str | None, dspy.OutputField()),
+            "n": (int, dspy.OutputField(default=3)),
+        }
+    )
     _parity(dspy.ChatAdapter(), signature, ["[[ ## a ## ]]\nx", "[[ ## a ## ]]\nx\n[[ ## n ## ]]\n5"])
     _parity(dspy.JSONAdapter(), signature, ['{"a": "x"}', '{"a": "x", "note": null, "n": "7"}'])
 
@@ -330,8 +384,13 @@ def test_non_json_demos_decisions_and_placeholder_text_are_refused(tmp_path: Pat
 
 def test_export_writes_metadata_and_lm_settings(tmp_path: Path) -> None:
     lm = dspy.LM("openai/gpt-4o-mini", temperature=0.3, max_tokens=50, api_key="sk-secret", api_base="http://x")
-    art = export(dspy.Predict("q -> a"), tmp_path / "m.json", adapter=dspy.JSONAdapter(), lm=lm,
-                 metadata={"optimizer": "MIPROv2", "seed": 0, "dev_score": 71.5, "custom": {"k": [1]}})
+    art = export(
+        dspy.Predict("q -> a"),
+        tmp_path / "m.json",
+        adapter=dspy.JSONAdapter(),
+        lm=lm,
+        metadata={"optimizer": "MIPROv2", "seed": 0, "dev_score": 71.5, "custom": {"k": [1]}},
+    )
     text = (tmp_path / "m.json").read_text(encoding="utf-8")
     assert "sk-secret" not in text and "http://x" not in text
     assert art.lm == {"model": "openai/gpt-4o-mini", "model_type": "chat", "temperature": 0.3, "max_tokens": 50}

@@ -84,11 +84,13 @@ def test_type_strings_round_trip(annotation: Any, text: str) -> None:
 
 
 def test_literal_null_member() -> None:
-    assert parse_type("Literal[null, \"x\"]") == ("literal", (None, "x"))
+    assert parse_type('Literal[null, "x"]') == ("literal", (None, "x"))
 
 
-@pytest.mark.parametrize("text", ["", "string", "list[", "dict[int, str]", "Literal[]", "Literal[a]",
-                                  "Optional", "str extra", "Literal[[1]]"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "string", "list[", "dict[int, str]", "Literal[]", "Literal[a]", "Optional", "str extra", "Literal[[1]]"],
+)
 def test_bad_type_strings_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="bad type"):
         parse_type(text)
@@ -105,10 +107,32 @@ def test_unsupported_annotations_are_refused() -> None:
 # --- value formatting parity with DSPy's format_field_value ----------------------------------
 
 VALUES = [
-    "plain", "", "with {braces} and {{double}}", "multi\nline", "«quoted»", "é ✓ 日本",
-    ["a", "b"], [], ["only"], ["x\ny", "«z»"], ["{a}", "{{b}}"],
-    ("t", 1), {"k": [1, 2], "n": None}, {"nested": {"z": 1.5, "b": True}}, {1: "int key", "s": 2.5},
-    3, -0, 2.5, 1e20, -0.0, True, False, None, float("inf"), [1.0, float("nan")], 10**30,
+    "plain",
+    "",
+    "with {braces} and {{double}}",
+    "multi\nline",
+    "«quoted»",
+    "é ✓ 日本",
+    ["a", "b"],
+    [],
+    ["only"],
+    ["x\ny", "«z»"],
+    ["{a}", "{{b}}"],
+    ("t", 1),
+    {"k": [1, 2], "n": None},
+    {"nested": {"z": 1.5, "b": True}},
+    {1: "int key", "s": 2.5},
+    3,
+    -0,
+    2.5,
+    1e20,
+    -0.0,
+    True,
+    False,
+    None,
+    float("inf"),
+    [1.0, float("nan")],
+    10**30,
     [1, "mixed", None, True],
 ]
 ANNOTATIONS = [str, int, list[str], list[int], dict[str, Any], Any, str | None, Literal["a", "b"]]
@@ -140,8 +164,10 @@ PARSE_CASES = [
     (int, ["42", " 7 ", "3.0", "-5", "3.5", "abc", "42 apples", "1e3", "True", 42, 3.0, 3.5, True, None]),
     (float, ["2.5", " 1 ", "1e3", "-0.5", "abc", 2, 2.5, "NaN-ish", True]),
     (bool, ["true", "True", "false", "False", "yes", "no", "1", "0", "on", "maybe", 1, 0, 2, True]),
-    (Literal["positive", "negative"], ["positive", "'negative'", '"positive"', "Literal['positive']", " negative ",
-                                       "Positive", "neutral"]),
+    (
+        Literal["positive", "negative"],
+        ["positive", "'negative'", '"positive"', "Literal['positive']", " negative ", "Positive", "neutral"],
+    ),
     (Literal[1, 2, 3], ["2", 2, "4", "'3'", 2.0]),
     (list[str], ['["a", "b"]', "[]", '["a", 1]', "not a list", ["x", "y"], ["x", 1]]),
     (list[int], ["[1, 2]", '["1", 2]', "[1.5]", [1, "2"]]),
@@ -229,22 +255,34 @@ def test_unknown_version_and_schema(artifact_file: Path) -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda d: d["predictors"]["self"]["messages"][1].update(content=3),
-         r"predictors\.self\.messages\[1\]\.content: expected a string, got a number"),
-        (lambda d: d["predictors"]["self"].update(demos={}),
-         r"predictors\.self\.demos: expected a list, got an object"),
-        (lambda d: d["predictors"]["self"]["output_fields"][0].update(type="complex"),
-         r"predictors\.self\.output_fields\[0\]\.type: bad type"),
-        (lambda d: d["predictors"]["self"]["messages"][0].update(role="robot"),
-         r"predictors\.self\.messages\[0\]\.role: expected one of"),
+        (
+            lambda d: d["predictors"]["self"]["messages"][1].update(content=3),
+            r"predictors\.self\.messages\[1\]\.content: expected a string, got a number",
+        ),
+        (
+            lambda d: d["predictors"]["self"].update(demos={}),
+            r"predictors\.self\.demos: expected a list, got an object",
+        ),
+        (
+            lambda d: d["predictors"]["self"]["output_fields"][0].update(type="complex"),
+            r"predictors\.self\.output_fields\[0\]\.type: bad type",
+        ),
+        (
+            lambda d: d["predictors"]["self"]["messages"][0].update(role="robot"),
+            r"predictors\.self\.messages\[0\]\.role: expected one of",
+        ),
         (lambda d: d["metadata"].update(seed="zero"), r"metadata\.seed: expected an integer or null, got a string"),
         (lambda d: d["metadata"].update(dev_score=True), r"metadata\.dev_score: expected a number or null"),
         (lambda d: d.update(predictors=[]), r"predictors: expected an object, got a list"),
         (lambda d: d["predictors"]["self"]["parse"].update(format="json"), r"parse\.format: ChatAdapter replies"),
-        (lambda d: d["predictors"]["self"]["messages"][-1].update(content="no placeholder"),
-         r"no placeholder for input field\(s\) \['input'\]"),
-        (lambda d: d["predictors"]["self"]["messages"][-1].update(content="⟦input:other⟧"),
-         r"placeholder '⟦input:other⟧' names no input field"),
+        (
+            lambda d: d["predictors"]["self"]["messages"][-1].update(content="no placeholder"),
+            r"no placeholder for input field\(s\) \['input'\]",
+        ),
+        (
+            lambda d: d["predictors"]["self"]["messages"][-1].update(content="⟦input:other⟧"),
+            r"placeholder '⟦input:other⟧' names no input field",
+        ),
     ],
 )
 def test_wrong_types_name_the_key_path(artifact_file: Path, change, message: str) -> None:
@@ -259,8 +297,10 @@ def test_wrong_types_name_the_key_path(artifact_file: Path, change, message: str
         (lambda d: d.pop("lm"), r"\(top level\): missing key 'lm'"),
         (lambda d: d["predictors"]["self"].pop("instructions"), r"predictors\.self: missing key 'instructions'"),
         (lambda d: d["metadata"].pop("created_at"), r"metadata: missing key 'created_at'"),
-        (lambda d: d["predictors"]["self"]["input_fields"][0].pop("type"),
-         r"predictors\.self\.input_fields\[0\]: missing key 'type'"),
+        (
+            lambda d: d["predictors"]["self"]["input_fields"][0].pop("type"),
+            r"predictors\.self\.input_fields\[0\]: missing key 'type'",
+        ),
         (lambda d: d.update(extra=1), r"\(top level\): unexpected key 'extra'"),
         (lambda d: d.pop("schema"), r"no 'schema' key"),
     ],
@@ -325,8 +365,9 @@ def test_text_view_shows_placeholders() -> None:
 def test_runtime_runs_with_dspy_blocked(tmp_path: Path) -> None:
     artifact = tmp_path / "a.json"
     export(_sentiment_program(), artifact, adapter=dspy.ChatAdapter())
-    expected_messages = dspy.ChatAdapter().format(_sentiment_program().signature, _sentiment_program().demos,
-                                                  {"input": "so {good}"})
+    expected_messages = dspy.ChatAdapter().format(
+        _sentiment_program().signature, _sentiment_program().demos, {"input": "so {good}"}
+    )
     vendored = tmp_path / "vendor" / "prompt_runtime.py"
     vendored.parent.mkdir()
     shutil.copy(RUNTIME_FILE, vendored)  # a service copies the one file
@@ -360,8 +401,13 @@ def test_runtime_runs_with_dspy_blocked(tmp_path: Path) -> None:
         }))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script, str(vendored), str(artifact)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(vendored), str(artifact)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["loaded"] == []

@@ -33,9 +33,23 @@ def metric(example, prediction, trace=None) -> bool:
 
 def compile_with(engine: FaultInjectingEngine, *, budget: int = BUDGET, threads: int = 2) -> dspy.Module:
     lm = dspy.LM(f"fake/faults-{next(_ids)}", engine=engine, cache=False)
-    handle = build_optimizer("ape", metric, budget=budget, seed=0, num_threads=threads, n_train=24, n_val=12,
-                             config={"num_candidates": 4, "top_k": 2, "minibatch_size": 6, "max_bootstrapped_demos": 0,
-                                     "max_labeled_demos": 2, "num_demo_sets": 1})
+    handle = build_optimizer(
+        "ape",
+        metric,
+        budget=budget,
+        seed=0,
+        num_threads=threads,
+        n_train=24,
+        n_val=12,
+        config={
+            "num_candidates": 4,
+            "top_k": 2,
+            "minibatch_size": 6,
+            "max_bootstrapped_demos": 0,
+            "max_labeled_demos": 2,
+            "num_demo_sets": 1,
+        },
+    )
     student = dspy.Predict(dspy.Signature("input -> output", BASELINE_INSTRUCTION))
     with dspy.context(lm=lm, adapter=PlainAdapter()):
         return handle.compile(student, trainset=dataset(24), valset=dataset(12, 100))
@@ -44,8 +58,11 @@ def compile_with(engine: FaultInjectingEngine, *, budget: int = BUDGET, threads:
 def adopted_rows(program: dspy.Module) -> list[dict]:
     """The trial rows of the returned candidate (same instructions and demos)."""
     best = program.dspy_ext_result.best
-    return [r for r in program.dspy_ext_result.trials
-            if r["instructions"] == best["instructions"] and r.get("demo_set") == best.get("demo_set")]
+    return [
+        r
+        for r in program.dspy_ext_result.trials
+        if r["instructions"] == best["instructions"] and r.get("demo_set") == best.get("demo_set")
+    ]
 
 
 def scored_share(row: dict) -> float:
@@ -87,8 +104,13 @@ def test_persistent_failures_are_counted_apart_from_bad_candidates() -> None:
 
 def test_five_percent_hanging_calls_time_out_and_the_compile_finishes() -> None:
     timeout = 0.2
-    engine = FaultInjectingEngine(FakeEngine(respond), hang=0.05, seed=11, hang_seconds=30.0,
-                                  call_policy=CallPolicy(max_retries=2, backoff=0.001, timeout=timeout))
+    engine = FaultInjectingEngine(
+        FakeEngine(respond),
+        hang=0.05,
+        seed=11,
+        hang_seconds=30.0,
+        call_policy=CallPolicy(max_retries=2, backoff=0.001, timeout=timeout),
+    )
     try:
         program = compile_with(engine)
         # Every hung try was abandoned at its timeout: the 30-s hangs are still blocked right now.

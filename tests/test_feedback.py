@@ -17,7 +17,6 @@ from pathlib import Path
 
 import dspy
 import pytest
-from support.fake_world import dataset, fake_world_lm, item, write_task
 from test_optimizers import (
     FAST,
     World,
@@ -41,24 +40,35 @@ from dspy_ext.review import CheckSpec, Feedback, FeedbackError, ReviewApp, Revie
 from dspy_ext.search import HumanCritique, SearchFeedback
 from metrics import exact_match
 
+from support.fake_world import dataset, fake_world_lm, item, write_task
+
 REASON_LABEL = "answer with the item label such as ITEM-7, not unknown"
 REASON_LEVEL = "the instruction should ask for a higher level"
 CHECK = r"regex:^ITEM-\d+$"
 
 
-def make_store(path: Path, good: range, bad: range, *, corrected: tuple[int, ...] = (), with_check: bool = True,
-               ) -> Path:
+def make_store(
+    path: Path,
+    good: range,
+    bad: range,
+    *,
+    corrected: tuple[int, ...] = (),
+    with_check: bool = True,
+) -> Path:
     """A review store of the fake task: Good ``ITEM-i`` for ``good``, Bad ``unknown`` with reasons for ``bad``."""
     with ReviewStore(path) as store:
-        criterion = store.add_criterion("item label", "answers with the item label",
-                                        CheckSpec.parse(CHECK) if with_check else None)
+        criterion = store.add_criterion(
+            "item label", "answers with the item label", CheckSpec.parse(CHECK) if with_check else None
+        )
         for i in good:
-            key = store.add_output({"input": item(i).input}, {"output": f"ITEM-{i}"}, prompt_version="v0",
-                                   gold={"output": f"ITEM-{i}"})
+            key = store.add_output(
+                {"input": item(i).input}, {"output": f"ITEM-{i}"}, prompt_version="v0", gold={"output": f"ITEM-{i}"}
+            )
             store.set_grade(key, "good")
         for n, i in enumerate(bad):
-            key = store.add_output({"input": item(i).input}, {"output": "unknown"}, prompt_version="v0",
-                                   gold={"output": f"ITEM-{i}"})
+            key = store.add_output(
+                {"input": item(i).input}, {"output": "unknown"}, prompt_version="v0", gold={"output": f"ITEM-{i}"}
+            )
             store.set_grade(key, "bad", REASON_LABEL if n % 2 == 0 else REASON_LEVEL)
             store.set_judgement(key, criterion.id, False)
             if i in corrected:
@@ -73,11 +83,13 @@ def review(tmp_path: Path) -> Path:
 
 
 def critiques() -> SearchFeedback:
-    return SearchFeedback((
-        HumanCritique({"input": item(300).input}, {"output": "unknown"}, REASON_LABEL),
-        HumanCritique({"input": item(301).input}, {"output": "unknown"}, REASON_LEVEL, correction="ITEM-301"),
-        HumanCritique({"input": item(302).input}, {"output": "unknown"}, REASON_LABEL),
-    ))
+    return SearchFeedback(
+        (
+            HumanCritique({"input": item(300).input}, {"output": "unknown"}, REASON_LABEL),
+            HumanCritique({"input": item(301).input}, {"output": "unknown"}, REASON_LEVEL, correction="ITEM-301"),
+            HumanCritique({"input": item(302).input}, {"output": "unknown"}, REASON_LABEL),
+        )
+    )
 
 
 # ---- reading a store ---------------------------------------------------------------------------
@@ -91,8 +103,9 @@ def test_feedback_from_store_gives_examples_critiques_aligned_checks_and_pinned_
     assert set(examples[0].inputs().keys()) == {"input"}
     assert [c.reason for c in fb.critiques] == [REASON_LABEL, REASON_LEVEL, REASON_LABEL, REASON_LEVEL]
     # The alignment chose the regex: it fails every Bad output and no Good one.
-    assert [(c.name, str(c.check), c.coverage, c.false_failure_rate) for c in fb.checks] == \
-        [("item label", CHECK, 1.0, 0.0)]
+    assert [(c.name, str(c.check), c.coverage, c.false_failure_rate) for c in fb.checks] == [
+        ("item label", CHECK, 1.0, 0.0)
+    ]
     assert fb.guards() == {"item label": 0.0}
     part = fb.metric_parts(["output"])["item label"]
     assert part(None, dspy.Prediction(output="ITEM-3")) == 1.0 and part(None, dspy.Prediction(output="no")) == 0.0
@@ -126,12 +139,25 @@ def test_a_criterion_without_an_aligned_check_is_skipped_with_the_reason(tmp_pat
 
 
 def test_protegi_takes_the_reviewers_reasons_as_its_first_gradients() -> None:
-    engine = FakeEngine(World({"edit": leveled([6, 2, 5, 7]), "edit_feedback": leveled([7, 3]),
-                               "paraphrase": keeping_level()}))
-    protegi = ProTeGi(metric, beam_width=2, num_gradients=2, errors_per_gradient=3, paraphrases_per_edit=1,
-                      bandit_pulls=4, bandit_batch=3, steps=2, minibatch_size=8, feedback=critiques(), **FAST)
-    program = compile_in(protegi, student_program("Handle the request at level 4."), engine,
-                         train=dataset(40), val=dataset(16, 100))
+    engine = FakeEngine(
+        World({"edit": leveled([6, 2, 5, 7]), "edit_feedback": leveled([7, 3]), "paraphrase": keeping_level()})
+    )
+    protegi = ProTeGi(
+        metric,
+        beam_width=2,
+        num_gradients=2,
+        errors_per_gradient=3,
+        paraphrases_per_edit=1,
+        bandit_pulls=4,
+        bandit_batch=3,
+        steps=2,
+        minibatch_size=8,
+        feedback=critiques(),
+        **FAST,
+    )
+    program = compile_in(
+        protegi, student_program("Handle the request at level 4."), engine, train=dataset(40), val=dataset(16, 100)
+    )
 
     roles = [role_of(m) for m in engine.requests if role_of(m) in ("diagnose", "edit", "edit_feedback")]
     # The first beam member takes both distinct reasons: no diagnosis is asked before they are used.
@@ -142,21 +168,30 @@ def test_protegi_takes_the_reviewers_reasons_as_its_first_gradients() -> None:
     assert edits[0]["failures"].count("Reviewer's reason: " + REASON_LABEL) == 2  # both critiques of that reason
     assert f"Input: {item(300).input}\nRejected output: unknown" in edits[0]["failures"]
     assert "Corrected output: ITEM-301" in edits[1]["failures"]
-    sources = {r.get("gradient_source") for r in program.dspy_ext_result.trials if r["origin"].startswith("protegi.edit")}
+    trials = program.dspy_ext_result.trials
+    sources = {r.get("gradient_source") for r in trials if r["origin"].startswith("protegi.edit")}
     assert sources == {"reviewer", "lm"}
     reviewer = [r for r in program.dspy_ext_result.trials if r.get("gradient_source") == "reviewer"]
     assert {r["gradient"] for r in reviewer} == {REASON_LABEL, REASON_LEVEL}
 
 
-@pytest.mark.parametrize(("make", "base_role"), [
-    (lambda **kw: OPRO(metric, proposals_per_step=2, steps=2, **kw), "trajectory"),
-    (lambda **kw: EvoPrompt(metric, variant="ga", population_size=4, steps=2, **kw), "crossover"),
-    (lambda **kw: EvoPrompt(metric, variant="de", population_size=4, steps=2, **kw), "differential"),
-])
+@pytest.mark.parametrize(
+    ("make", "base_role"),
+    [
+        (lambda **kw: OPRO(metric, proposals_per_step=2, steps=2, **kw), "trajectory"),
+        (lambda **kw: EvoPrompt(metric, variant="ga", population_size=4, steps=2, **kw), "crossover"),
+        (lambda **kw: EvoPrompt(metric, variant="de", population_size=4, steps=2, **kw), "differential"),
+    ],
+)
 def test_opro_and_evoprompt_show_the_critiques_as_failures_to_fix(make, base_role: str) -> None:
     engine = FakeEngine(World({"paraphrase": keeping_level()}))
-    compile_in(make(feedback=critiques(), minibatch_size=6, **FAST), student_program(), engine,
-               train=dataset(40), val=dataset(16, 100))
+    compile_in(
+        make(feedback=critiques(), minibatch_size=6, **FAST),
+        student_program(),
+        engine,
+        train=dataset(40),
+        val=dataset(16, 100),
+    )
     asked = [meta_fields(m) for m in engine.requests if role_of(m) == f"{base_role}_feedback"]
     assert asked and not [m for m in engine.requests if role_of(m) == base_role]
     for fields in asked:
@@ -169,10 +204,16 @@ def test_opro_and_evoprompt_show_the_critiques_as_failures_to_fix(make, base_rol
 def test_without_critiques_the_prompts_are_exactly_those_of_a_plain_compile(method: str) -> None:
     def requests(**extra) -> list:
         engine = FakeEngine(World({"paraphrase": keeping_level()}))
-        optimizer = build_optimizer(method, metric, config={"steps": 2, "minibatch_size": 6}, budget=400,
-                                    num_threads=1, **extra).optimizer
-        compile_in(optimizer, student_program("Handle the request at level 4."), engine, train=dataset(30),
-                   val=dataset(12, 100))
+        optimizer = build_optimizer(
+            method, metric, config={"steps": 2, "minibatch_size": 6}, budget=400, num_threads=1, **extra
+        ).optimizer
+        compile_in(
+            optimizer,
+            student_program("Handle the request at level 4."),
+            engine,
+            train=dataset(30),
+            val=dataset(12, 100),
+        )
         return engine.requests
 
     assert requests(feedback=SearchFeedback(())) == requests()
@@ -182,7 +223,8 @@ def test_gepa_metric_returns_the_reviewers_words_as_feedback() -> None:
     gepa_metric = GEPAMetric(exact_match, critiques())
     example = item(300)
     # GEPA scores without pred_name: the metric's own value, unchanged.
-    assert gepa_metric(example, dspy.Prediction(output="ITEM-300")) == exact_match(example, dspy.Prediction(output="ITEM-300"))
+    right = dspy.Prediction(output="ITEM-300")
+    assert gepa_metric(example, right) == exact_match(example, right)
     on_input = gepa_metric(example, dspy.Prediction(output="unknown"), None, "predict", None)
     assert on_input.score == 0.0 and REASON_LABEL in on_input.feedback and "'unknown'" in on_input.feedback
     other = gepa_metric(item(5), dspy.Prediction(output="unknown"), None, "predict", None)
@@ -207,8 +249,15 @@ def test_merge_joins_labeled_examples_and_guards_every_review_criterion(tmp_path
     with ReviewStore(store) as s:
         for i, output in ((0, "ITEM-0b"), (12, "ITEM-12"), (1000, "ITEM-1000")):
             s.set_grade(s.add_output({"input": item(i).input}, {"output": output}, prompt_version="v0"), "good")
-    merged = merge_feedback(Feedback.from_store(store), metric=exact_match, metric_name="exact_match", task=task,
-                            train=train, val=val, guards={"exact_match": 2.0})
+    merged = merge_feedback(
+        Feedback.from_store(store),
+        metric=exact_match,
+        metric_name="exact_match",
+        task=task,
+        train=train,
+        val=val,
+        guards={"exact_match": 2.0},
+    )
     assert (merged.added, merged.relabeled, merged.held_out) == (3, 1, 2)
     assert len(merged.train) == 15 and merged.train[0].output == "ITEM-0b"
     assert not {ex.input for ex in merged.train} & {ex.input for ex in [*val, *task.test]}
@@ -224,17 +273,30 @@ def test_review_criteria_guard_the_search_a_candidate_breaking_one_is_never_retu
     from dspy_ext.data import TaskData
 
     fb = Feedback.from_store(review)
-    task = TaskData(name="items", train=dataset(40), test=dataset(16, 1000), input_keys=("input",),
-                    output_keys=("output",))
-    merged = merge_feedback(fb, metric=exact_match, metric_name="exact_match", task=task, train=dataset(24),
-                            val=dataset(16, 100))
+    task = TaskData(
+        name="items", train=dataset(40), test=dataset(16, 1000), input_keys=("input",), output_keys=("output",)
+    )
+    merged = merge_feedback(
+        fb, metric=exact_match, metric_name="exact_match", task=task, train=dataset(24), val=dataset(16, 100)
+    )
     # Edits propose lower levels than the student's 6: fewer item labels, a drop of the guarded criterion.
-    engine = FakeEngine(World({"edit": leveled([2, 3, 1]), "edit_feedback": leveled([2, 3]),
-                               "paraphrase": keeping_level()}))
-    protegi = ProTeGi(merged.metric, guards=merged.guards, feedback=merged.critiques, beam_width=2, steps=2,
-                      bandit_pulls=4, bandit_batch=3, minibatch_size=8, **FAST)
-    program = compile_in(protegi, student_program("Handle the request at level 6."), engine,
-                         train=merged.train, val=dataset(16, 100))
+    engine = FakeEngine(
+        World({"edit": leveled([2, 3, 1]), "edit_feedback": leveled([2, 3]), "paraphrase": keeping_level()})
+    )
+    protegi = ProTeGi(
+        merged.metric,
+        guards=merged.guards,
+        feedback=merged.critiques,
+        beam_width=2,
+        steps=2,
+        bandit_pulls=4,
+        bandit_batch=3,
+        minibatch_size=8,
+        **FAST,
+    )
+    program = compile_in(
+        protegi, student_program("Handle the request at level 6."), engine, train=merged.train, val=dataset(16, 100)
+    )
     broken = [t for t in program.dspy_ext_result.trials if t.get("guard") and not t["guard"]["ok"]]
     assert broken and all("item label" in t["guard"]["broken"] for t in broken)
     assert "level 6" in next(iter(program.dspy_ext_result.best["instructions"].values()))
@@ -242,9 +304,18 @@ def test_review_criteria_guard_the_search_a_candidate_breaking_one_is_never_retu
 
 def test_compile_from_review_reports_criteria_and_pinned_cases(tmp_path: Path, review: Path) -> None:
     folder = write_task(tmp_path / "items", n_train=40, n_test=16)
-    settings = RunSettings(data=str(folder), optimizer="protegi", budget=150, train=12, val=8, threads=1,
-                           adapter="plain", out=str(tmp_path / "run"), feedback=str(review),
-                           optimizer_config={"steps": 1, "minibatch_size": 6})
+    settings = RunSettings(
+        data=str(folder),
+        optimizer="protegi",
+        budget=150,
+        train=12,
+        val=8,
+        threads=1,
+        adapter="plain",
+        out=str(tmp_path / "run"),
+        feedback=str(review),
+        optimizer_config={"steps": 1, "minibatch_size": 6},
+    )
     result = run(settings, lm=fake_world_lm())
     summary = result.summary
     assert summary["feedback"]["added_to_train"] == 7 and summary["feedback"]["critiques_to_optimizer"] == 4
@@ -265,10 +336,12 @@ def test_compile_from_review_reports_criteria_and_pinned_cases(tmp_path: Path, r
 def test_pinned_cases_a_program_now_fails_are_named(review: Path) -> None:
     fb = Feedback.from_store(review)
     with dspy.context(lm=fake_world_lm(), adapter=PlainAdapter()):
-        kept = fb.check_pinned(student_program("Handle the request at level 8."), input_keys=["input"],
-                               output_keys=["output"])
-        broken = fb.check_pinned(student_program("Handle the request at level 2."), input_keys=["input"],
-                                 output_keys=["output"])
+        kept = fb.check_pinned(
+            student_program("Handle the request at level 8."), input_keys=["input"], output_keys=["output"]
+        )
+        broken = fb.check_pinned(
+            student_program("Handle the request at level 2."), input_keys=["input"], output_keys=["output"]
+        )
     assert (kept.kept, kept.broken) == (6, 0)
     solved = [i for i in range(200, 206) if i % 8 < 2]  # 200, 201: the fake model still answers ITEM-i
     assert (broken.kept, broken.broken) == (len(solved), 6 - len(solved))
@@ -276,28 +349,71 @@ def test_pinned_cases_a_program_now_fails_are_named(review: Path) -> None:
     assert case["output"] == "unknown" and case["failed"] == ["item label"] and case["approved"].startswith("ITEM-")
 
 
-def test_cli_compile_feedback_json_has_the_criteria_table_and_pinned_counts(tmp_path: Path, review: Path,
-                                                                            capsys: pytest.CaptureFixture) -> None:
+def test_cli_compile_feedback_json_has_the_criteria_table_and_pinned_counts(
+    tmp_path: Path, review: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = write_task(tmp_path / "items", n_train=40, n_test=16)
-    argv = ["compile", "--data", str(folder), "--optimizer", "protegi", "--feedback", str(review), "--budget", "120",
-            "--train", "12", "--val", "8", "--threads", "1", "--adapter", "plain", "--out", str(tmp_path / "run"),
-            "--optimizer-config", '{"steps": 1}', "--json"]
+    argv = [
+        "compile",
+        "--data",
+        str(folder),
+        "--optimizer",
+        "protegi",
+        "--feedback",
+        str(review),
+        "--budget",
+        "120",
+        "--train",
+        "12",
+        "--val",
+        "8",
+        "--threads",
+        "1",
+        "--adapter",
+        "plain",
+        "--out",
+        str(tmp_path / "run"),
+        "--optimizer-config",
+        '{"steps": 1}',
+        "--json",
+    ]
     assert main(argv, lm=fake_world_lm()) == 0
     out = json.loads(capsys.readouterr().out)
     for name in ("exact_match", "item label"):
         assert isinstance(out["criteria"][name]["student"], float)
         assert isinstance(out["criteria"][name]["compiled"], float)
     assert {"kept", "broken", "broken_items"} <= set(out["pinned"])
-    bad = ["compile", "--data", str(folder), "--feedback", str(tmp_path / "nope.sqlite"), "--out",
-           str(tmp_path / "run2"), "--adapter", "plain", "--train", "12", "--val", "8"]
+    bad = [
+        "compile",
+        "--data",
+        str(folder),
+        "--feedback",
+        str(tmp_path / "nope.sqlite"),
+        "--out",
+        str(tmp_path / "run2"),
+        "--adapter",
+        "plain",
+        "--train",
+        "12",
+        "--val",
+        "8",
+    ]
     assert main(bad, lm=fake_world_lm()) == 2
     assert "no such review store" in capsys.readouterr().err
 
 
 def test_a_changed_review_is_another_run_and_no_feedback_keeps_old_run_folders(tmp_path: Path, review: Path) -> None:
     folder = write_task(tmp_path / "items", n_train=40, n_test=16)
-    base = dict(data=str(folder), optimizer="ape", budget=40, train=12, val=8, threads=1, adapter="plain",
-                optimizer_config={"num_candidates": 2})
+    base = dict(
+        data=str(folder),
+        optimizer="ape",
+        budget=40,
+        train=12,
+        val=8,
+        threads=1,
+        adapter="plain",
+        optimizer_config={"num_candidates": 2},
+    )
     run(RunSettings(**base, out=str(tmp_path / "a")), lm=fake_world_lm(name="fake/same"))
     identity = json.loads((tmp_path / "a" / "resume.json").read_text())
     assert "feedback" not in identity["settings"] and "feedback" not in identity
@@ -315,8 +431,15 @@ def test_compare_cells_and_tune_trials_compile_from_the_review(tmp_path: Path, r
     folder = write_task(tmp_path / "items", n_train=40, n_test=16)
     compare = CompareSettings(data=str(folder), optimizers=["protegi", "ape"], feedback=str(review))
     assert compare.cell("ape", 1).feedback == str(review)
-    settings = TuneSettings(data=str(folder), optimizers=["protegi", "ape"], storage="memory", train=12, val=8,
-                            adapter="plain", feedback=str(review))
+    settings = TuneSettings(
+        data=str(folder),
+        optimizers=["protegi", "ape"],
+        storage="memory",
+        train=12,
+        val=8,
+        adapter="plain",
+        feedback=str(review),
+    )
     job = TuneJob.from_settings(settings, lm=fake_world_lm())
     assert len(job.trainset) == 12 + 7  # the review's 6 Good and 1 corrected outputs joined the training rows
     assert job.tuner.metric.criteria == ["exact_match", "item label"]
@@ -332,14 +455,29 @@ def test_after_a_compile_the_review_shows_only_changed_outputs_side_by_side(tmp_
     rows = dataset(8)
     lm = fake_world_lm()
     with dspy.context(lm=lm, adapter=PlainAdapter()):
-        before = collect(student_program("Handle the request at level 4."), rows, store=store,
-                         input_keys=["input"], output_keys=["output"], lm=lm)
+        before = collect(
+            student_program("Handle the request at level 4."),
+            rows,
+            store=store,
+            input_keys=["input"],
+            output_keys=["output"],
+            lm=lm,
+        )
     for it in store.items():
-        store.set_grade(it.key, "good" if it.outputs["output"].startswith("ITEM") else "bad", "should be a label"
-                        if not it.outputs["output"].startswith("ITEM") else None)
+        store.set_grade(
+            it.key,
+            "good" if it.outputs["output"].startswith("ITEM") else "bad",
+            "should be a label" if not it.outputs["output"].startswith("ITEM") else None,
+        )
     with dspy.context(lm=lm, adapter=PlainAdapter()):
-        after = collect(student_program("Handle the request at level 6."), rows, store=store,
-                        input_keys=["input"], output_keys=["output"], lm=lm)
+        after = collect(
+            student_program("Handle the request at level 6."),
+            rows,
+            store=store,
+            input_keys=["input"],
+            output_keys=["output"],
+            lm=lm,
+        )
     changed = store.changed_outputs(after.prompt_version)
     # Items 4 and 5 now get ITEM-i instead of unknown; the other six outputs are unchanged and keep their grades.
     assert sorted(store.item(k).outputs["output"] for k in changed) == ["ITEM-4", "ITEM-5"]
@@ -367,12 +505,22 @@ def test_after_a_compile_the_review_shows_only_changed_outputs_side_by_side(tmp_
 
 
 def test_cli_review_of_a_run_compiled_from_review_collects_on_the_reviewed_inputs(
-        tmp_path: Path, review: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, review: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = write_task(tmp_path / "items", n_train=40, n_test=16)
     lm = fake_world_lm(name="fake/review-loop")
-    settings = RunSettings(data=str(folder), optimizer="protegi", budget=120, train=12, val=8, threads=1,
-                           adapter="plain", out=str(tmp_path / "run"), feedback=str(review),
-                           optimizer_config={"steps": 1})
+    settings = RunSettings(
+        data=str(folder),
+        optimizer="protegi",
+        budget=120,
+        train=12,
+        val=8,
+        threads=1,
+        adapter="plain",
+        out=str(tmp_path / "run"),
+        feedback=str(review),
+        optimizer_config={"steps": 1},
+    )
     run(settings, lm=lm)
     capsys.readouterr()
     assert main(["review", str(tmp_path / "run"), "--no-serve", "--json"], lm=lm) == 0
@@ -401,20 +549,37 @@ def test_compile_from_review_on_the_embedded_model(tmp_path: Path, local_lm, mon
     folder = tmp_path / "sentiment-slice"
     folder.mkdir()
     for name, rows in (("train", task.train[:16]), ("test", task.test[:6])):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"input": ex.input, "output": ex.output}) + "\n"
-                                                      for ex in rows))
+        (folder / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"input": ex.input, "output": ex.output}) + "\n" for ex in rows)
+        )
     (folder / "instructions.json").write_text(json.dumps([task.baseline_instruction]))
     store = ReviewStore(tmp_path / "review.sqlite")
-    settings = RunSettings(data=str(folder), optimizer="protegi", budget=24, train=6, val=4, threads=1,
-                           out=str(tmp_path / "run"), feedback=str(tmp_path / "review.sqlite"),
-                           optimizer_config={"steps": 1, "beam_width": 1, "num_gradients": 1, "minibatch_size": 3,
-                                             "bandit_pulls": 1, "bandit_batch": 2, "paraphrases_per_edit": 0,
-                                             "max_bootstrapped_demos": 0})
+    settings = RunSettings(
+        data=str(folder),
+        optimizer="protegi",
+        budget=24,
+        train=6,
+        val=4,
+        threads=1,
+        out=str(tmp_path / "run"),
+        feedback=str(tmp_path / "review.sqlite"),
+        optimizer_config={
+            "steps": 1,
+            "beam_width": 1,
+            "num_gradients": 1,
+            "minibatch_size": 3,
+            "bandit_pulls": 1,
+            "bandit_batch": 2,
+            "paraphrases_per_edit": 0,
+            "max_bootstrapped_demos": 0,
+        },
+    )
     student = build_student(settings, load_task(data=str(folder)))
     student.predict.demos = task.train[:3]  # the labeled-demo program a user reviews first
     with dspy.context(lm=local_lm, adapter=PlainAdapter()):
-        collect_outputs(student, task.train[10:16], store=store, input_keys=["input"], output_keys=["output"],
-                        lm=local_lm)
+        collect_outputs(
+            student, task.train[10:16], store=store, input_keys=["input"], output_keys=["output"], lm=local_lm
+        )
     store.add_criterion("label only", "answers positive or negative", CheckSpec.parse("one_of:positive,negative"))
     for it in store.items():
         right = it.gold and it.outputs["output"].strip().lower() == it.gold["output"]

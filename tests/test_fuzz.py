@@ -84,23 +84,35 @@ def private_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield
 
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 # Text that JSON lines and CSV readers handle differently from Python: separators, BOMs, controls.
-tricky_text = st.text(alphabet=st.sampled_from(list("ab ,\"'\n\r\t\\{}[]:") + ["\u2028", "\u2029", "\x0b", "\x0c",
-                                                                                 "\x1c", "\x85", "\ufeff", "\x00",
-                                                                                 "é", "😀"]),
-                      max_size=12)
+tricky_text = st.text(
+    alphabet=st.sampled_from(
+        list("ab ,\"'\n\r\t\\{}[]:") + ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x85", "\ufeff", "\x00", "é", "😀"]
+    ),
+    max_size=12,
+)
 cell_text = st.text(max_size=10) | tricky_text
 column_names = st.sampled_from(["input", "output", "accepted", "extra", "", "Input", " input"]) | st.text(max_size=5)
 
 
 def rows_strategy(values: st.SearchStrategy = cell_text) -> st.SearchStrategy[list[dict[str, Any]]]:
     """Mostly well-formed rows (both required columns) with some missing, null or odd columns."""
-    row = st.fixed_dictionaries({"input": values, "output": values},
-                                optional={"accepted": st.lists(st.text(max_size=5), max_size=2), "extra": json_values})
+    row = st.fixed_dictionaries(
+        {"input": values, "output": values},
+        optional={"accepted": st.lists(st.text(max_size=5), max_size=2), "extra": json_values},
+    )
     odd = st.dictionaries(column_names, values | json_values, max_size=4)
     return st.lists(row | odd, min_size=0, max_size=6)
 
@@ -169,8 +181,12 @@ def jsonl_files() -> st.SearchStrategy[bytes]:
 
     well_formed = st.builds(encode, rows_strategy(), st.booleans(), st.sampled_from(["\n", "\r\n"]), st.booleans())
     truncated = st.builds(lambda data, cut: data[: max(0, len(data) - cut)], well_formed, st.integers(0, 40))
-    return st.one_of(well_formed, truncated, st.binary(max_size=200),
-                     st.builds(lambda a, b: a + b, well_formed, st.binary(max_size=20)))
+    return st.one_of(
+        well_formed,
+        truncated,
+        st.binary(max_size=200),
+        st.builds(lambda a, b: a + b, well_formed, st.binary(max_size=20)),
+    )
 
 
 @FUZZ
@@ -206,8 +222,11 @@ def csv_files() -> st.SearchStrategy[bytes]:
     header = st.lists(column_names, min_size=0, max_size=4) | st.just(["input", "output"])
     rows = st.lists(st.lists(cell_text, max_size=4), max_size=5)
     written = st.builds(encode, header, rows, st.sampled_from(["\n", "\r\n"]))
-    return st.one_of(written, st.binary(max_size=200),
-                     st.builds(lambda data, cut: data[: max(0, len(data) - cut)], written, st.integers(0, 20)))
+    return st.one_of(
+        written,
+        st.binary(max_size=200),
+        st.builds(lambda data, cut: data[: max(0, len(data) - cut)], written, st.integers(0, 20)),
+    )
 
 
 @FUZZ
@@ -239,14 +258,22 @@ def check_parquet(data: bytes) -> None:
 
 
 def parquet_files() -> st.SearchStrategy[bytes]:
-    column = st.one_of(st.lists(st.text(max_size=6) | st.none(), min_size=1, max_size=4),
-                       st.lists(st.integers(-5, 5), min_size=1, max_size=4),
-                       st.lists(st.lists(st.integers(0, 3), max_size=2), min_size=1, max_size=4))
+    column = st.one_of(
+        st.lists(st.text(max_size=6) | st.none(), min_size=1, max_size=4),
+        st.lists(st.integers(-5, 5), min_size=1, max_size=4),
+        st.lists(st.lists(st.integers(0, 3), max_size=2), min_size=1, max_size=4),
+    )
 
     @st.composite
     def tables(draw: st.DrawFn) -> bytes:
-        names = draw(st.lists(st.sampled_from(["input", "output", "accepted", "extra"]) | st.text(max_size=4),
-                              min_size=1, max_size=3, unique=True))
+        names = draw(
+            st.lists(
+                st.sampled_from(["input", "output", "accepted", "extra"]) | st.text(max_size=4),
+                min_size=1,
+                max_size=3,
+                unique=True,
+            )
+        )
         length = draw(st.integers(0, 4))
         columns = {}
         for name in names:
@@ -255,8 +282,12 @@ def parquet_files() -> st.SearchStrategy[bytes]:
         return parquet_bytes(columns)
 
     valid = tables()
-    return st.one_of(valid, st.binary(max_size=200), st.builds(lambda b: b"PAR1" + b + b"PAR1", st.binary(max_size=60)),
-                     st.builds(lambda data, cut: data[: max(0, len(data) - cut)], valid, st.integers(1, 60)))
+    return st.one_of(
+        valid,
+        st.binary(max_size=200),
+        st.builds(lambda b: b"PAR1" + b + b"PAR1", st.binary(max_size=60)),
+        st.builds(lambda data, cut: data[: max(0, len(data) - cut)], valid, st.integers(1, 60)),
+    )
 
 
 @FUZZ
@@ -289,11 +320,12 @@ def check_folder(layout: dict[str, bytes | None]) -> None:
 def folder_layouts() -> st.SearchStrategy[dict[str, bytes | None]]:
     instructions = st.one_of(
         st.builds(lambda v: json.dumps(v).encode(), st.lists(st.text(max_size=8), max_size=3) | json_values),
-        st.binary(max_size=40))
+        st.binary(max_size=40),
+    )
     content = {"train.jsonl": jsonl_files(), "test.jsonl": jsonl_files(), "instructions.json": instructions}
     return st.dictionaries(st.sampled_from(FOLDER_FILES), st.none(), max_size=3).flatmap(
-        lambda names: st.fixed_dictionaries(
-            {name: (st.none() | content[name]) for name in names}))
+        lambda names: st.fixed_dictionaries({name: (st.none() | content[name]) for name in names})
+    )
 
 
 @FUZZ
@@ -321,14 +353,23 @@ def config_fields() -> list[str]:
     return sorted({field for spec in REGISTRY.values() for field in spec.config_model.model_fields})
 
 
-config_values = (st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True, allow_infinity=True)
-                 | st.text(max_size=6) | st.sampled_from(["light", "medium", "heavy", "10", "0.5"]) | json_values)
+config_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 10**6)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+    | st.sampled_from(["light", "medium", "heavy", "10", "0.5"])
+    | json_values
+)
 optimizer_names = st.sampled_from(sorted(REGISTRY)) | st.text(max_size=8)
 
 
 @FUZZ
-@given(optimizer_names, st.dictionaries(st.sampled_from(config_fields()) | st.text(max_size=6), config_values,
-                                        max_size=4) | json_values)
+@given(
+    optimizer_names,
+    st.dictionaries(st.sampled_from(config_fields()) | st.text(max_size=6), config_values, max_size=4) | json_values,
+)
 def test_fuzz_optimizer_config(name: str, config: Any) -> None:
     check_config(name, config)
 
@@ -344,12 +385,18 @@ def check_config_json(name: str, text: str) -> None:
 
 
 @FUZZ
-@given(optimizer_names, st.one_of(
-    st.text(max_size=40),
-    st.builds(json.dumps, st.dictionaries(st.sampled_from(config_fields()), config_values, max_size=3)),
-    st.builds(lambda v: json.dumps(v)[:-1], st.dictionaries(st.sampled_from(config_fields()), config_values,
-                                                            min_size=1, max_size=3)),
-    st.builds(json.dumps, json_values)))
+@given(
+    optimizer_names,
+    st.one_of(
+        st.text(max_size=40),
+        st.builds(json.dumps, st.dictionaries(st.sampled_from(config_fields()), config_values, max_size=3)),
+        st.builds(
+            lambda v: json.dumps(v)[:-1],
+            st.dictionaries(st.sampled_from(config_fields()), config_values, min_size=1, max_size=3),
+        ),
+        st.builds(json.dumps, json_values),
+    ),
+)
 def test_fuzz_optimizer_config_json(name: str, text: str) -> None:
     check_config_json(name, text)
 
@@ -362,8 +409,10 @@ def _artifacts() -> list[dict[str, Any]]:
     plain = dspy.Predict(dspy.Signature("input -> output", "Answer {the} request."))
     plain.demos = [dspy.Example(input="a ⟦x⟧", output="b")]
     chat = dspy.Predict(dspy.Signature("question, context: list[str] -> answer: int", "Count."))
-    return [build_artifact(plain, adapter=PlainAdapter(), lm=lm).data,
-            build_artifact(chat, adapter=dspy.ChatAdapter(), lm=lm).data]
+    return [
+        build_artifact(plain, adapter=PlainAdapter(), lm=lm).data,
+        build_artifact(chat, adapter=dspy.ChatAdapter(), lm=lm).data,
+    ]
 
 
 ARTIFACTS = _artifacts()
@@ -431,8 +480,10 @@ def check_artifact(data: bytes, as_file: bool) -> None:
 
 
 @FUZZ
-@given(st.one_of(mutated_artifacts(), st.binary(max_size=200),
-                 st.builds(lambda v: json.dumps(v).encode(), json_values)), st.booleans())
+@given(
+    st.one_of(mutated_artifacts(), st.binary(max_size=200), st.builds(lambda v: json.dumps(v).encode(), json_values)),
+    st.booleans(),
+)
 def test_fuzz_runtime_artifact_loader(data: bytes, as_file: bool) -> None:
     check_artifact(data, as_file)
 
@@ -462,12 +513,18 @@ def check_run_file(suffix: str, data: bytes) -> None:
 
 
 def run_files() -> st.SearchStrategy[tuple[str, bytes]]:
-    mapping = st.dictionaries(st.sampled_from(["task", "data", "optimizer", "budget", "seed", "optimizer_config",
-                                               "out", "lm"]) | st.text(max_size=5), config_values, max_size=4)
+    mapping = st.dictionaries(
+        st.sampled_from(["task", "data", "optimizer", "budget", "seed", "optimizer_config", "out", "lm"])
+        | st.text(max_size=5),
+        config_values,
+        max_size=4,
+    )
     as_json = st.builds(lambda v: json.dumps(v).encode(), mapping | json_values)
     as_yaml = st.builds(lambda v: "\n".join(f"{k}: {json.dumps(x)}" for k, x in v.items()).encode(), mapping)
-    return st.tuples(st.sampled_from([".json", ".yaml", ".yml", ".toml", ".txt"]),
-                     st.one_of(as_json, as_yaml, st.binary(max_size=120), st.text(max_size=60).map(str.encode)))
+    return st.tuples(
+        st.sampled_from([".json", ".yaml", ".yml", ".toml", ".txt"]),
+        st.one_of(as_json, as_yaml, st.binary(max_size=120), st.text(max_size=60).map(str.encode)),
+    )
 
 
 @FUZZ
@@ -505,11 +562,19 @@ def check_review_import(data: bytes) -> None:
 
 
 def label_files() -> st.SearchStrategy[bytes]:
-    row = st.fixed_dictionaries({"input": st.fixed_dictionaries({"input": cell_text}) | json_values,
-                                 "output": st.fixed_dictionaries({"output": cell_text}) | json_values},
-                                optional={"grade": st.sampled_from(["good", "bad", None, "meh", 1]),
-                                          "reason": st.none() | cell_text, "criteria": json_values,
-                                          "prompt_versions": json_values, "gold": json_values})
+    row = st.fixed_dictionaries(
+        {
+            "input": st.fixed_dictionaries({"input": cell_text}) | json_values,
+            "output": st.fixed_dictionaries({"output": cell_text}) | json_values,
+        },
+        optional={
+            "grade": st.sampled_from(["good", "bad", None, "meh", 1]),
+            "reason": st.none() | cell_text,
+            "criteria": json_values,
+            "prompt_versions": json_values,
+            "gold": json_values,
+        },
+    )
     lines = st.lists(row | json_values, max_size=4).map(lambda rows: "\n".join(json.dumps(r) for r in rows).encode())
     return st.one_of(lines, st.binary(max_size=120))
 

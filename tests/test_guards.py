@@ -67,8 +67,12 @@ def test_form_checks() -> None:
 
 
 def test_criteria_metric_is_a_float_for_dspy_and_every_criterion_for_the_evaluator() -> None:
-    metric = criteria(correct=exact_match, format=one_of(["positive", "negative"]), short=max_words(1),
-                      weights={"correct": 2, "format": 1, "short": 1})
+    metric = criteria(
+        correct=exact_match,
+        format=one_of(["positive", "negative"]),
+        short=max_words(1),
+        weights={"correct": 2, "format": 1, "short": 1},
+    )
     assert metric.criteria == ["correct", "format", "short"]
     m = metric.measure(ex(), dspy.Prediction(output="negative"))
     assert m.criteria == {"correct": 0.0, "format": 1.0, "short": 1.0} and m.score == pytest.approx(0.5)
@@ -78,8 +82,9 @@ def test_criteria_metric_is_a_float_for_dspy_and_every_criterion_for_the_evaluat
     assert metric(ex(), dspy.Prediction(output="positive"), trace=[]) is True
     assert metric(ex(), dspy.Prediction(output="positive!!! yes"), trace=[]) is False
     bad = metric.measure(ex(), dspy.Prediction(output="It is positive"))
-    assert bad.feedback == ("correct: scored 0.00; format: expected one of: positive, negative; "
-                            "short: expected at most 1 word")
+    assert bad.feedback == (
+        "correct: scored 0.00; format: expected one of: positive, negative; short: expected at most 1 word"
+    )
     with pytest.raises(ValueError, match="weights name \\['tone'\\]"):
         criteria(correct=exact_match, weights={"tone": 1})
     with pytest.raises(ValueError, match="at least one named part"):
@@ -141,8 +146,12 @@ def test_a_metric_that_raises_is_still_a_metric_error() -> None:
 def test_deterministic_guard_is_paired_and_exact() -> None:
     guard = RegressionGuard({"format": 0.0, "correct": 10.0})
     ref = {k: {"format": 1.0, "correct": 0.0} for k in "abcd"}
-    cand = {"a": {"format": 1.0, "correct": 1.0}, "b": {"format": 0.0, "correct": 1.0},
-            "c": {"format": 1.0, "correct": 1.0}, "x": {"format": 0.0, "correct": 0.0}}
+    cand = {
+        "a": {"format": 1.0, "correct": 1.0},
+        "b": {"format": 0.0, "correct": 1.0},
+        "c": {"format": 1.0, "correct": 1.0},
+        "x": {"format": 0.0, "correct": 0.0},
+    }
     verdict = guard.check(ref, cand)  # paired on a, b, c only: row x has no reference
     assert verdict.n == 3 and set(verdict.broken) == {"format"}
     assert verdict.broken["format"].drop == pytest.approx(100 / 3)
@@ -168,12 +177,17 @@ def test_stochastic_guard_does_not_take_noise_for_a_regression() -> None:
 
 def test_guard_names_and_tolerances_are_checked() -> None:
     assert parse_guards(["format=0", "short=2"]) == {"format": 0.0, "short": 2.0}
-    for bad, message in ((["format"], "expected CRITERION=POINTS"), (["a=1", "a=2"], "given twice"),
-                         ({"a": 101}, "outside 0-100"), ({"a": "x"}, "not a number of points")):
+    for bad, message in (
+        (["format"], "expected CRITERION=POINTS"),
+        (["a=1", "a=2"], "given twice"),
+        ({"a": 101}, "outside 0-100"),
+        ({"a": "x"}, "not a number of points"),
+    ):
         with pytest.raises(ValueError, match=message):
             parse_guards(bad)
-    with pytest.raises(ValueError, match="guards name tone, which the metric does not return "
-                                         "\\(criteria: correct, format, score\\)"):
+    with pytest.raises(
+        ValueError, match="guards name tone, which the metric does not return \\(criteria: correct, format, score\\)"
+    ):
         build_optimizer("ape", guard_metric, guards={"tone": 0})
 
 
@@ -222,10 +236,15 @@ def test_at_tolerance_zero_no_guarded_criterion_falls_below_the_student_on_val(n
 
 
 def test_a_choice_that_cannot_be_checked_returns_the_reference() -> None:
-    # A budget too small to score the final choice on the whole valset: the student's prompts come back.
+    # A budget too small to check another choice on the whole valset: the reference comes back, which is the
+    # student with its labeled demos (what a user has for free), never a choice that was not checked.
     program, val = compile_world("ape", guards={"format": 0.0}, budget=40)
-    assert program.dspy_ext_result.guard_report["fallback"] is not None
-    assert program.predict.signature.instructions == BASELINE_INSTRUCTION and not program.predict.demos
+    result = program.dspy_ext_result
+    assert program.predict.signature.instructions == BASELINE_INSTRUCTION
+    assert result.best["origin"] in ("student", "final:student") or result.guard_report["fallback"] is not None
+    assert program.predict.demos  # the labeled demo set of the search's reference, not the zero-shot student
+    student = means_on(Transform(instructions=BASELINE_INSTRUCTION), val)
+    assert means_on(program, val)["format"] >= student["format"]
 
 
 # ---- DSPy's optimizers, through the registry ---------------------------------------------------------------
@@ -266,9 +285,15 @@ def test_bfsrs_and_mipro_behind_the_gate_keep_the_format() -> None:
     train, val = dataset(24), dataset(12, start=500)
     for name, config in (("bfsrs", {"num_candidate_programs": 3}), ("mipro", {"num_candidates": 3, "num_trials": 4})):
         with dspy.context(lm=guard_world_lm(), adapter=PlainAdapter()):
-            program = build_optimizer(name, guard_metric, config=config, guards={"format": 0.0}, num_threads=1,
-                                      n_train=len(train), n_val=len(val)).compile(
-                Transform(instructions=BASELINE_INSTRUCTION), trainset=train, valset=val)
+            program = build_optimizer(
+                name,
+                guard_metric,
+                config=config,
+                guards={"format": 0.0},
+                num_threads=1,
+                n_train=len(train),
+                n_val=len(val),
+            ).compile(Transform(instructions=BASELINE_INSTRUCTION), trainset=train, valset=val)
         assert means_on(program, val)["format"] == 100.0, name
         assert program.dspy_ext_gate["criteria"]["format"]["broken"] is False
 
@@ -311,9 +336,18 @@ def test_compile_run_with_guards_and_repeats_writes_the_tables(tmp_path: Path) -
     from dspy_ext.experiment import RunSettings, run
     from dspy_ext.export import export
 
-    settings = RunSettings(data=str(write_task(tmp_path / "task", n_train=40, n_test=16)),
-                           metric="support.guard_world:guard_metric", optimizer="opro", budget=240, train=24, val=12,
-                           adapter="plain", threads=1, guards={"format": 0}, out=str(tmp_path / "run"))
+    settings = RunSettings(
+        data=str(write_task(tmp_path / "task", n_train=40, n_test=16)),
+        metric="support.guard_world:guard_metric",
+        optimizer="opro",
+        budget=240,
+        train=24,
+        val=12,
+        adapter="plain",
+        threads=1,
+        guards={"format": 0},
+        out=str(tmp_path / "run"),
+    )
     result = run(settings, lm=guard_world_lm())
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert set(summary["criteria"]) == {"correct", "format"}
@@ -334,9 +368,28 @@ def test_cli_compile_with_guards_and_evaluate_with_repeats(tmp_path: Path, capsy
     from dspy_ext.cli import main
 
     task = str(write_task(tmp_path / "task", n_train=40, n_test=12))
-    argv = ["compile", "--data", task, "--metric", "support.guard_world:guard_metric", "--optimizer", "labeled",
-            "--train", "16", "--val", "8", "--adapter", "plain", "--guard", "format=0", "--guard", "correct=5",
-            "--out", str(tmp_path / "run"), "--json"]
+    argv = [
+        "compile",
+        "--data",
+        task,
+        "--metric",
+        "support.guard_world:guard_metric",
+        "--optimizer",
+        "labeled",
+        "--train",
+        "16",
+        "--val",
+        "8",
+        "--adapter",
+        "plain",
+        "--guard",
+        "format=0",
+        "--guard",
+        "correct=5",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    ]
     capsys.readouterr()
     assert main(argv, lm=guard_world_lm()) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -346,11 +399,30 @@ def test_cli_compile_with_guards_and_evaluate_with_repeats(tmp_path: Path, capsy
     assert main([*argv[:-1], "--restart"], lm=guard_world_lm()) == 0  # the same run again, as text
     out = capsys.readouterr().out
     assert "criterion" in out and "guards {'format': 0.0, 'correct': 5.0}: test kept" in out
-    assert main(["compile", "--data", task, "--guard", "format", "--out", str(tmp_path / "x")],
-                lm=guard_world_lm()) == 2
+    assert (
+        main(["compile", "--data", task, "--guard", "format", "--out", str(tmp_path / "x")], lm=guard_world_lm()) == 2
+    )
     assert "expected CRITERION=POINTS" in capsys.readouterr().err
-    assert main(["evaluate", "--data", task, "--metric", "support.guard_world:guard_metric", "--adapter", "plain",
-                 "--repeats", "2", "--limit", "4", "--json"], lm=guard_world_lm()) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                task,
+                "--metric",
+                "support.guard_world:guard_metric",
+                "--adapter",
+                "plain",
+                "--repeats",
+                "2",
+                "--limit",
+                "4",
+                "--json",
+            ],
+            lm=guard_world_lm(),
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["criteria"] == {"correct": 0.0, "format": 100.0} and result["flaky_rows"] == []
 
@@ -368,9 +440,15 @@ def test_guarded_compile_on_the_embedded_model(local_lm: dspy.LM) -> None:
     student = Transform(instructions="Classify the sentiment of the review as positive or negative.")
     with dspy.context(lm=local_lm, adapter=PlainAdapter()):
         before = Evaluator(metric).evaluate(student, val).criteria_means()
-        program = build_optimizer("ape", metric, budget=60, seed=0, num_threads=1, guards={"format": 0.0},
-                                  config={"num_candidates": 2, "steps": 0, "minibatch_size": 4}).compile(
-            student, trainset=train, valset=val)
+        program = build_optimizer(
+            "ape",
+            metric,
+            budget=60,
+            seed=0,
+            num_threads=1,
+            guards={"format": 0.0},
+            config={"num_candidates": 2, "steps": 0, "minibatch_size": 4},
+        ).compile(student, trainset=train, valset=val)
         after = Evaluator(metric).evaluate(program, val).criteria_means()
     assert after["format"] >= before["format"]
     assert set(program.dspy_ext_result.guard_report["criteria"]) >= {"correct", "format"}

@@ -47,8 +47,10 @@ def user_input(messages: list[dict[str, str]]) -> str:
 
 def sentiment_examples() -> list[dspy.Example]:
     words = ["good", "bad", "good", "bad", "good", "bad"]
-    return [dspy.Example(input=f"{w} film {i}", output="positive" if w == "good" else "negative").with_inputs("input")
-            for i, w in enumerate(words)]
+    return [
+        dspy.Example(input=f"{w} film {i}", output="positive" if w == "good" else "negative").with_inputs("input")
+        for i, w in enumerate(words)
+    ]
 
 
 def biased_scorer(messages: list[dict[str, str]], text: str) -> float:
@@ -65,6 +67,7 @@ def student(demos: list[dspy.Example] | None = None) -> dspy.Predict:
 
 
 # ---- engine-level scoring -------------------------------------------------------------------------
+
 
 def test_fake_scores_the_responders_reply_highest(fake_lm):
     lm = fake_lm(lambda messages: "positive")
@@ -114,6 +117,7 @@ def test_log_softmax_and_token_estimate():
 
 # ---- evaluation: likelihood mode ------------------------------------------------------------------
 
+
 def test_likelihood_evaluator_gold_and_labels(fake_lm):
     lm = fake_lm(lambda messages: "positive", scorer=biased_scorer)
     rows = sentiment_examples()
@@ -162,8 +166,10 @@ def test_likelihood_evaluator_refuses_programs_it_cannot_score(fake_lm):
             super().__init__()
             self.a, self.b = student(), student()
 
-    with dspy.context(lm=fake_lm(lambda m: "x"), adapter=PlainAdapter()), \
-            pytest.raises(ValueError, match="exactly one predictor, this one has 2"):
+    with (
+        dspy.context(lm=fake_lm(lambda m: "x"), adapter=PlainAdapter()),
+        pytest.raises(ValueError, match="exactly one predictor, this one has 2"),
+    ):
         LikelihoodEvaluator().evaluate(Two(), sentiment_examples())
     with pytest.raises(ValueError, match="at least 2 distinct"):
         LikelihoodEvaluator(("positive", "positive"))
@@ -188,6 +194,7 @@ def test_prompt_is_the_adapters(fake_lm):
 
 # ---- calibration ----------------------------------------------------------------------------------
 
+
 def test_contextual_calibration_removes_a_label_bias(fake_lm):
     lm = fake_lm(lambda messages: "positive", scorer=biased_scorer)
     with dspy.context(lm=lm, adapter=PlainAdapter()):
@@ -210,6 +217,7 @@ def test_label_prior_checks_its_input():
 
 
 # ---- constrained output ---------------------------------------------------------------------------
+
 
 def test_infer_label_set_closed_and_open():
     assert infer_label_set([{"output": "pos"}] * 6 + [{"output": "neg"}] * 4) == ("pos", "neg")
@@ -268,9 +276,11 @@ def test_label_rule_is_exported_and_applied_by_the_runtime():
 
 # ---- demo sets -------------------------------------------------------------------------------------
 
+
 def test_balanced_demos_alternate_labels():
-    pool = [dspy.Example(input=str(i), output="positive" if i % 4 else "negative").with_inputs("input")
-            for i in range(40)]  # 3:1 imbalance
+    pool = [
+        dspy.Example(input=str(i), output="positive" if i % 4 else "negative").with_inputs("input") for i in range(40)
+    ]  # 3:1 imbalance
     demos = balanced_demos(pool, 8, seed=0, labels=LABELS)
     outputs = [d.output for d in demos]
     assert outputs.count("negative") == 4 and len({d.input for d in demos}) == 8
@@ -286,23 +296,26 @@ def test_fit_demos_to_context_drops_the_last_demos(fake_lm):
     lm = fake_lm(lambda messages: "x")  # counts one token per word
     demos = [dspy.Example(input="w " * 30, output="positive").with_inputs("input") for _ in range(10)]
     with dspy.context(adapter=PlainAdapter()):
-        kept = fit_demos_to_context(student(), demos, lm=lm, probe_inputs={"input": "w " * 30},
-                                    max_prompt_tokens=200, reserve_tokens=10)
-    assert 0 < len(kept) < 10 and kept == demos[:len(kept)]
+        kept = fit_demos_to_context(
+            student(), demos, lm=lm, probe_inputs={"input": "w " * 30}, max_prompt_tokens=200, reserve_tokens=10
+        )
+    assert 0 < len(kept) < 10 and kept == demos[: len(kept)]
 
 
 # ---- the real embedded model -----------------------------------------------------------------------
+
 
 @pytest.mark.embedded
 def test_embedded_likelihood_matches_generation_and_reuse(local_lm):
     from dspy_ext.lm.llama import LlamaCppEngine
 
     engine = local_lm.engine
-    messages = [{"role": "system", "content": "Output whether the sentiment of the input sentence is positive or "
-                                              "negative."},
-                {"role": "user", "content": "Input: A gorgeous, witty film."}, {"role": "assistant",
-                                                                                 "content": "positive"},
-                {"role": "user", "content": "Input: Dull, lifeless and far too long."}]
+    messages = [
+        {"role": "system", "content": "Output whether the sentiment of the input sentence is positive or negative."},
+        {"role": "user", "content": "Input: A gorgeous, witty film."},
+        {"role": "assistant", "content": "positive"},
+        {"role": "user", "content": "Input: Dull, lifeless and far too long."},
+    ]
     scores = continuation_scores(local_lm, messages, ["positive", "negative", "The sentiment is negative."])
     assert all(s.logprob < 0 for s in scores) and scores[2].n_tokens > scores[0].n_tokens
     again = continuation_scores(local_lm, messages, ["positive", "negative"])
@@ -312,18 +325,22 @@ def test_embedded_likelihood_matches_generation_and_reuse(local_lm):
     # The prompt tokens are exactly those a generation evaluates.
     reply = local_lm(messages=messages)[0]
     prompt = engine.prompt_tokens(messages)
-    assert list(engine._llama.input_ids[:len(prompt)]) == prompt
+    assert list(engine._llama.input_ids[: len(prompt)]) == prompt
     best = max(zip([s.logprob for s in again], ["positive", "negative"], strict=True))[1]
     assert reply.strip().lower().startswith(best)
 
 
 @pytest.mark.embedded
 def test_embedded_constrained_and_calibrated_sentiment(local_lm):
-    demos = [dspy.Example(input="A gorgeous, witty film.", output="positive").with_inputs("input"),
-             dspy.Example(input="Dull and lifeless.", output="negative").with_inputs("input")]
+    demos = [
+        dspy.Example(input="A gorgeous, witty film.", output="positive").with_inputs("input"),
+        dspy.Example(input="Dull and lifeless.", output="negative").with_inputs("input"),
+    ]
     program = student(demos)
-    rows = [dspy.Example(input="A warm, funny and moving story.", output="positive").with_inputs("input"),
-            dspy.Example(input="A tedious, badly acted mess.", output="negative").with_inputs("input")]
+    rows = [
+        dspy.Example(input="A warm, funny and moving story.", output="positive").with_inputs("input"),
+        dspy.Example(input="A tedious, badly acted mess.", output="negative").with_inputs("input"),
+    ]
     with dspy.context(lm=local_lm, adapter=PlainAdapter()):
         prior = estimate_label_prior(program, LABELS)
         report = LikelihoodEvaluator(LABELS).evaluate(program, rows)
@@ -347,7 +364,8 @@ def test_embedded_demo_fit_counts_real_tokens(local_lm):
     with dspy.context(adapter=PlainAdapter()):
         messages = predictor_messages(student(demos), probe)
         tokens = count_prompt_tokens(local_lm, messages)
-        kept = fit_demos_to_context(student(), demos, lm=local_lm, probe_inputs=probe,
-                                    max_prompt_tokens=tokens - 1, reserve_tokens=0)
+        kept = fit_demos_to_context(
+            student(), demos, lm=local_lm, probe_inputs=probe, max_prompt_tokens=tokens - 1, reserve_tokens=0
+        )
     assert 100 < tokens < 2048
     assert len(kept) == 15  # one demo less fits a window one token short

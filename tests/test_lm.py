@@ -128,11 +128,10 @@ def test_inner_cap_releases_outer_reservation(fake_lm) -> None:
 def test_outer_cap_applies_inside_inner_meter(fake_lm) -> None:
     lm = fake_lm(_echo_words)
     outer, inner = CallMeter(max_calls=1), CallMeter()
-    with metering(outer):
-        with metering(inner):
-            lm("a")
-            with pytest.raises(Exception) as info:
-                lm("b")
+    with metering(outer), metering(inner):
+        lm("a")
+        with pytest.raises(Exception) as info:
+            lm("b")
     assert find_budget_exhausted(info.value).max_calls == 1
     assert (outer.calls, inner.calls, lm.engine.calls) == (1, 1, 1)
 
@@ -145,7 +144,7 @@ def test_find_budget_exhausted_through_wrapped_chain() -> None:
             except BudgetExhausted as exc:
                 raise RuntimeError("LM call failed") from exc  # explicit __cause__
         except RuntimeError:
-            raise ValueError("program failed")  # implicit __context__
+            raise ValueError("program failed")  # noqa: B904 - an implicit __context__ is what is tested
 
     with pytest.raises(ValueError) as info:
         wrapped()

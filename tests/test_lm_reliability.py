@@ -58,19 +58,22 @@ class APIConnectionError(Exception):
     """Named like the openai/litellm class; matched by name, never imported."""
 
 
-@pytest.mark.parametrize("error", [
-    lm15.RateLimitError("slow down", status=429),
-    lm15.ServerError("unavailable", status=503),
-    lm15.TimeoutError("timed out"),
-    lm15.TransportError("reset"),
-    TimeoutError("read timed out"),
-    ConnectionResetError("connection reset by peer"),
-    BrokenPipeError(),
-    LMCallTimeout(2.0),
-    _HTTPStatusError(429),
-    _HTTPStatusError(502),
-    APIConnectionError("boom"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        lm15.RateLimitError("slow down", status=429),
+        lm15.ServerError("unavailable", status=503),
+        lm15.TimeoutError("timed out"),
+        lm15.TransportError("reset"),
+        TimeoutError("read timed out"),
+        ConnectionResetError("connection reset by peer"),
+        BrokenPipeError(),
+        LMCallTimeout(2.0),
+        _HTTPStatusError(429),
+        _HTTPStatusError(502),
+        APIConnectionError("boom"),
+    ],
+)
 def test_transient_errors_are_recognised(error: BaseException) -> None:
     assert is_transient_error(error)
     wrapped = RuntimeError("wrapper")
@@ -78,16 +81,19 @@ def test_transient_errors_are_recognised(error: BaseException) -> None:
     assert is_transient_error(wrapped)  # found along the cause chain
 
 
-@pytest.mark.parametrize("error", [
-    ValueError("bad prompt"),
-    lm15.AuthError("bad key"),
-    lm15.InvalidRequestError("bad request", status=400),
-    _HTTPStatusError(400),
-    _HTTPStatusError(501),
-    ContextOverflowError(5000, 4096),
-    LMRetriesExhausted(4, TimeoutError()),
-    InjectedFault("permanent"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("bad prompt"),
+        lm15.AuthError("bad key"),
+        lm15.InvalidRequestError("bad request", status=400),
+        _HTTPStatusError(400),
+        _HTTPStatusError(501),
+        ContextOverflowError(5000, 4096),
+        LMRetriesExhausted(4, TimeoutError()),
+        InjectedFault("permanent"),
+    ],
+)
 def test_permanent_errors_are_not_retried(error: BaseException) -> None:
     assert not is_transient_error(error)
 
@@ -106,10 +112,18 @@ def test_backoff_doubles_is_capped_and_jittered() -> None:
     assert fixed.delay(0, lm15.RateLimitError("x", retry_after=600.0)) == 3.0  # but not past max_backoff
 
 
-@pytest.mark.parametrize("bad", [
-    {"max_retries": -1}, {"max_retries": 1.5}, {"backoff": -1.0}, {"max_backoff": float("inf")},
-    {"jitter": 1.5}, {"timeout": 0}, {"timeout": float("nan")},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_retries": -1},
+        {"max_retries": 1.5},
+        {"backoff": -1.0},
+        {"max_backoff": float("inf")},
+        {"jitter": 1.5},
+        {"timeout": 0},
+        {"timeout": float("nan")},
+    ],
+)
 def test_bad_policies_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         CallPolicy(**bad)
@@ -178,8 +192,12 @@ def test_a_call_policy_block_overrides_the_engine_policy_in_worker_threads() -> 
 
 
 def test_a_hanging_call_times_out_is_retried_and_charged() -> None:
-    engine = FaultInjectingEngine(FakeEngine(lambda m: "ok"), hang=1.0, hang_seconds=30.0,
-                                  call_policy=CallPolicy(max_retries=1, backoff=0.001, timeout=0.05))
+    engine = FaultInjectingEngine(
+        FakeEngine(lambda m: "ok"),
+        hang=1.0,
+        hang_seconds=30.0,
+        call_policy=CallPolicy(max_retries=1, backoff=0.001, timeout=0.05),
+    )
     meter = CallMeter()
     try:
         with metering(meter), pytest.raises(LMError) as info:
@@ -251,8 +269,9 @@ def test_a_retried_request_gets_a_fresh_draw_unless_sticky() -> None:
 
 def test_every_error_kind_is_raised_as_documented() -> None:
     for kind in ERROR_KINDS:
-        engine = FaultInjectingEngine(FakeEngine(lambda m: "ok"), fail=1.0, errors=(kind,),
-                                      call_policy=CallPolicy(max_retries=0))
+        engine = FaultInjectingEngine(
+            FakeEngine(lambda m: "ok"), fail=1.0, errors=(kind,), call_policy=CallPolicy(max_retries=0)
+        )
         with pytest.raises(LMError) as info:
             lm_on(engine)("hello")
         causes = list(chain(info.value))
@@ -294,8 +313,13 @@ class _PlainEngine:
 
     def complete(self, request: Request) -> Response:
         self.calls += 1
-        return Response(id=None, model=request.model, message=Message.assistant([TextPart("plain")]),
-                        finish_reason="stop", usage=Usage(input_tokens=3, output_tokens=1))
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart("plain")]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=3, output_tokens=1),
+        )
 
 
 def test_any_dspy_engine_can_be_wrapped_and_gets_metering_and_retries() -> None:

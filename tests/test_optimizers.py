@@ -204,9 +204,7 @@ def parse_trajectory(text: str) -> list[tuple[str, int]]:
 def test_render_trajectory_sorts_ascending_and_rounds() -> None:
     text = render_trajectory([("best", 90.4), ("worst", 10.0), ("middle", 55.6)])
     assert text == (
-        "Instruction: worst\nAccuracy: 10\n"
-        "Instruction: middle\nAccuracy: 56\n"
-        "Instruction: best\nAccuracy: 90"
+        "Instruction: worst\nAccuracy: 10\nInstruction: middle\nAccuracy: 56\nInstruction: best\nAccuracy: 90"
     )
     assert parse_trajectory(text) == [("worst", 10), ("middle", 56), ("best", 90)]
     assert render_trajectory([]) == ""
@@ -248,7 +246,9 @@ def test_roulette_pick_frequencies_follow_the_weights() -> None:
     assert all(i != j for i, j in pairs)
     expected_pairs = {
         (i, j): draws * (weights[i] / total) * (weights[j] / (total - weights[i]))
-        for i in range(4) for j in range(4) if i != j
+        for i in range(4)
+        for j in range(4)
+        if i != j
     }
     assert set(pairs) <= set(expected_pairs)
     assert _chi_square(pairs, expected_pairs) < 31.26  # 11 dof, p = 0.001
@@ -293,7 +293,7 @@ def test_opro_meta_prompt_holds_past_instructions_sorted_by_score() -> None:
                 scored_before.setdefault(row["instructions"]["self"], row["score"])
         expected = sorted(scored_before.items(), key=lambda e: -e[1])[:4]  # scores are all distinct here
         expected.sort(key=lambda e: e[1])
-        for fields in prompts[3 * (step - 1): 3 * step]:
+        for fields in prompts[3 * (step - 1) : 3 * step]:
             entries = parse_trajectory(fields["scored_instructions"])
             accuracies = [a for _, a in entries]
             assert accuracies == sorted(accuracies), accuracies  # ascending: the best come last
@@ -302,7 +302,9 @@ def test_opro_meta_prompt_holds_past_instructions_sorted_by_score() -> None:
             assert fields["step"] == "input -> output"
             exemplars = fields["task_examples"].splitlines()
             assert len(exemplars) == 2
-            assert all(re.fullmatch(r"Input: please handle item number (\d+) now -> Output: ITEM-\1", e) for e in exemplars)
+            assert all(
+                re.fullmatch(r"Input: please handle item number (\d+) now -> Output: ITEM-\1", e) for e in exemplars
+            )
 
     step2 = parse_trajectory(prompts[3]["scored_instructions"])
     # Proposed in the order levels 3, 7, 1; shown ascending, the student (0%) first.
@@ -347,10 +349,12 @@ class RecordingEvoPrompt(EvoPrompt):
     def propose(self, run, state, population, step):
         before = len(self.engine.requests)
         children = super().propose(run, state, population, step)
-        self.generations.append({
-            "members": [(c.instruction("self"), run.store.get(c.key).mean) for c in population],
-            "requests": self.engine.requests[before:],
-        })
+        self.generations.append(
+            {
+                "members": [(c.instruction("self"), run.store.get(c.key).mean) for c in population],
+                "requests": self.engine.requests[before:],
+            }
+        )
         return children
 
     def select(self, run, state, population, children):
@@ -360,18 +364,23 @@ class RecordingEvoPrompt(EvoPrompt):
             by_key = {c.key: c.instruction("self") for c in population}
             self.generations[-1]["trials"] = {
                 by_key[c.meta["replaces"]]: (c.instruction("self"), run.store.get(c.key).mean)
-                for c in children if c.meta.get("replaces") in by_key
+                for c in children
+                if c.meta.get("replaces") in by_key
             }
             self.generations[-1]["next"] = [c.instruction("self") for c in survivors]
         return survivors
 
 
 def test_ga_crossover_parents_are_population_members_picked_by_roulette() -> None:
-    engine = FakeEngine(World({
-        "induce": leveled([5, 7]),
-        "paraphrase": leveled([2]),
-        "crossover": leveled([4, 6, 1, 3, 8, 2]),
-    }))
+    engine = FakeEngine(
+        World(
+            {
+                "induce": leveled([5, 7]),
+                "paraphrase": leveled([2]),
+                "crossover": leveled([4, 6, 1, 3, 8, 2]),
+            }
+        )
+    )
     ga = RecordingEvoPrompt(metric, engine=engine, variant="ga", population_size=4, steps=2, minibatch_size=16, **FAST)
     program = compile_in(ga, student_program(), engine, train=dataset(16), val=dataset(16, 100))
 
@@ -399,11 +408,15 @@ def test_ga_crossover_parents_are_population_members_picked_by_roulette() -> Non
 
 
 def test_de_prompt_carries_the_difference_of_two_donors() -> None:
-    engine = FakeEngine(World({
-        "induce": leveled([5, 7], "Handle the {k} request carefully at level {level}."),
-        "paraphrase": leveled([2], "Please process this request at level {level} now ({k})."),
-        "differential": leveled([1, 8, 3, 6, 2, 4, 7, 5]),
-    }))
+    engine = FakeEngine(
+        World(
+            {
+                "induce": leveled([5, 7], "Handle the {k} request carefully at level {level}."),
+                "paraphrase": leveled([2], "Please process this request at level {level} now ({k})."),
+                "differential": leveled([1, 8, 3, 6, 2, 4, 7, 5]),
+            }
+        )
+    )
     de = RecordingEvoPrompt(metric, engine=engine, variant="de", population_size=4, steps=2, minibatch_size=16, **FAST)
     compile_in(de, student_program(), engine, train=dataset(16), val=dataset(16, 100))
 
@@ -417,8 +430,12 @@ def test_de_prompt_carries_the_difference_of_two_donors() -> None:
         for fields in prompts:
             current = fields["current_instruction"]
             assert fields["best_instruction"] == best
-            donors = [(x, y) for x in members for y in members
-                      if len({x, y, current}) == 3 and differing_parts(x, y) == fields["differing_parts"]]
+            donors = [
+                (x, y)
+                for x in members
+                for y in members
+                if len({x, y, current}) == 3 and differing_parts(x, y) == fields["differing_parts"]
+            ]
             assert donors, f"no pair of donors gives {fields['differing_parts']!r}"
             x, y = donors[0]
             for line in fields["differing_parts"].splitlines():  # each line: a part of x vs a part of y
@@ -453,21 +470,32 @@ class RecordingProTeGi(ProTeGi):
         arms = population + children
         before = len(self.engine.requests)
         beam = super().select(run, state, population, children)
-        self.selections.append({
-            "arms": len(arms),
-            "pool": len(run.search_pool),
-            "n_scored": [run.store.get(c.key).n_scored if c.key in run.store else 0 for c in arms],
-            "task_calls": len([m for m in self.engine.requests[before:] if role_of(m) is None]),
-            "beam": len(beam),
-        })
+        self.selections.append(
+            {
+                "arms": len(arms),
+                "pool": len(run.search_pool),
+                "n_scored": [run.store.get(c.key).n_scored if c.key in run.store else 0 for c in arms],
+                "task_calls": len([m for m in self.engine.requests[before:] if role_of(m) is None]),
+                "beam": len(beam),
+            }
+        )
         return beam
 
 
 def test_protegi_gradient_prompt_holds_the_failing_examples_only() -> None:
     engine = FakeEngine(World({"edit": leveled([6, 2, 5, 7]), "paraphrase": keeping_level()}))
     protegi = RecordingProTeGi(
-        metric, engine=engine, beam_width=2, num_gradients=2, errors_per_gradient=3, paraphrases_per_edit=1,
-        bandit_pulls=4, bandit_batch=3, steps=2, minibatch_size=8, **FAST,
+        metric,
+        engine=engine,
+        beam_width=2,
+        num_gradients=2,
+        errors_per_gradient=3,
+        paraphrases_per_edit=1,
+        bandit_pulls=4,
+        bandit_batch=3,
+        steps=2,
+        minibatch_size=8,
+        **FAST,
     )
     student_instruction = "Handle the request at level 4."  # solves i % 8 < 4: half of any balanced batch
     compile_in(protegi, student_program(student_instruction), engine, train=dataset(40), val=dataset(16, 100))
@@ -497,11 +525,21 @@ def test_protegi_gradient_prompt_holds_the_failing_examples_only() -> None:
 def test_protegi_bandit_scores_fewer_pairs_than_exhaustive_scoring() -> None:
     engine = FakeEngine(World({"edit": leveled([6, 2, 5, 7]), "paraphrase": keeping_level()}))
     protegi = RecordingProTeGi(
-        metric, engine=engine, beam_width=2, num_gradients=2, errors_per_gradient=3, paraphrases_per_edit=1,
-        bandit_pulls=4, bandit_batch=3, steps=2, minibatch_size=8, **FAST,
+        metric,
+        engine=engine,
+        beam_width=2,
+        num_gradients=2,
+        errors_per_gradient=3,
+        paraphrases_per_edit=1,
+        bandit_pulls=4,
+        bandit_batch=3,
+        steps=2,
+        minibatch_size=8,
+        **FAST,
     )
-    compile_in(protegi, student_program("Handle the request at level 4."), engine,
-               train=dataset(40), val=dataset(16, 100))
+    compile_in(
+        protegi, student_program("Handle the request at level 4."), engine, train=dataset(40), val=dataset(16, 100)
+    )
 
     bandits = [s for s in protegi.selections if s["arms"] > s["beam"]]
     assert len(bandits) == 2
@@ -521,8 +559,15 @@ def test_protegi_bandit_scores_fewer_pairs_than_exhaustive_scoring() -> None:
 def test_budget_cap_is_never_exceeded(method: str, cap: int, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="dspy_ext")
     engine = FakeEngine(World({"paraphrase": keeping_level()}))
-    optimizer = METHODS[method](max_lm_calls=cap, seed=0, steps=3, minibatch_size=6, num_threads=4,
-                                max_bootstrapped_demos=2, max_labeled_demos=2)
+    optimizer = METHODS[method](
+        max_lm_calls=cap,
+        seed=0,
+        steps=3,
+        minibatch_size=6,
+        num_threads=4,
+        max_bootstrapped_demos=2,
+        max_labeled_demos=2,
+    )
     program = compile_in(optimizer, student_program(), engine, train=dataset(24), val=dataset(12, 100))
 
     result = program.dspy_ext_result
@@ -544,8 +589,15 @@ def test_budget_counts_prompt_and_task_model_together(method: str) -> None:
     world = World({"paraphrase": keeping_level()})
     task_engine, prompt_engine = FakeEngine(world), FakeEngine(world)
     optimizer = METHODS[method](
-        max_lm_calls=60, seed=0, steps=3, minibatch_size=6, task_model=fake_lm(task_engine),
-        prompt_model=fake_lm(prompt_engine), max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1,
+        max_lm_calls=60,
+        seed=0,
+        steps=3,
+        minibatch_size=6,
+        task_model=fake_lm(task_engine),
+        prompt_model=fake_lm(prompt_engine),
+        max_bootstrapped_demos=0,
+        max_labeled_demos=0,
+        num_threads=1,
     )
     with dspy.context(adapter=PlainAdapter()):
         program = optimizer.compile(student_program(), trainset=dataset(24), valset=dataset(12, 100))
@@ -600,8 +652,15 @@ def test_student_is_untouched_and_result_is_a_new_program(method: str) -> None:
     signature, fields = student.signature, list(Ticket.fields)
     demos_before = [d.toDict() for d in student.demos]
     engine = FakeEngine(World({"paraphrase": keeping_level()}))
-    optimizer = METHODS[method](seed=0, steps=2, minibatch_size=6, max_bootstrapped_demos=1, max_labeled_demos=2,
-                                num_threads=2, max_lm_calls=3000)
+    optimizer = METHODS[method](
+        seed=0,
+        steps=2,
+        minibatch_size=6,
+        max_bootstrapped_demos=1,
+        max_labeled_demos=2,
+        num_threads=2,
+        max_lm_calls=3000,
+    )
     program = compile_in(optimizer, student, engine, train=dataset(24), val=dataset(12, 100))
 
     assert student.signature is signature is Ticket
@@ -617,15 +676,24 @@ def test_student_is_untouched_and_result_is_a_new_program(method: str) -> None:
 def _fingerprint(program) -> tuple:
     result = program.dspy_ext_result
     return (
-        result.best["instructions"], result.best["demo_sets"], result.val_score,
+        result.best["instructions"],
+        result.best["demo_sets"],
+        result.val_score,
         [(r["key"], r["split"], r["step"], r["n"], r["score"], r["origin"]) for r in result.trials],
     )
 
 
 def _seeded_run(method: str, seed: int) -> tuple[tuple, list[int]]:
     engine = FakeEngine(World({"paraphrase": keeping_level()}))
-    optimizer = METHODS[method](seed=seed, steps=2, minibatch_size=4, max_bootstrapped_demos=1,
-                                max_labeled_demos=1, num_threads=1, max_lm_calls=3000)
+    optimizer = METHODS[method](
+        seed=seed,
+        steps=2,
+        minibatch_size=4,
+        max_bootstrapped_demos=1,
+        max_labeled_demos=1,
+        num_threads=1,
+        max_lm_calls=3000,
+    )
     program = compile_in(optimizer, student_program(), engine, train=dataset(20), val=dataset(8, 100))
     return _fingerprint(program), [item_number(m[-1]["content"]) for m in task_requests(engine)]
 
@@ -650,8 +718,9 @@ def optimizer_seed(method: str, seed: int) -> int:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_zero_demos_mean_zero_demos(method: str) -> None:
     engine = FakeEngine(World({"paraphrase": keeping_level()}))
-    optimizer = METHODS[method](seed=0, steps=2, minibatch_size=6, max_bootstrapped_demos=0, max_labeled_demos=0,
-                                num_demo_sets=3, num_threads=1)
+    optimizer = METHODS[method](
+        seed=0, steps=2, minibatch_size=6, max_bootstrapped_demos=0, max_labeled_demos=0, num_demo_sets=3, num_threads=1
+    )
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
 
     result = program.dspy_ext_result
@@ -665,8 +734,18 @@ def test_zero_demos_mean_zero_demos(method: str) -> None:
 def test_demos_are_built_when_asked_for() -> None:
     """Control for the zero-demo test: with demos allowed, demo sets exist and reach the prompts."""
     engine = FakeEngine(World({"paraphrase": keeping_level()}))
-    ape = APE(metric, seed=0, steps=1, num_candidates=3, top_k=2, minibatch_size=6, max_bootstrapped_demos=1,
-              max_labeled_demos=2, num_demo_sets=3, num_threads=1)
+    ape = APE(
+        metric,
+        seed=0,
+        steps=1,
+        num_candidates=3,
+        top_k=2,
+        minibatch_size=6,
+        max_bootstrapped_demos=1,
+        max_labeled_demos=2,
+        num_demo_sets=3,
+        num_threads=1,
+    )
     program = compile_in(ape, student_program(), engine, train=dataset(16), val=dataset(8, 100))
     assert program.dspy_ext_result.demo_sets > 1
     assert any(r["n_demos"]["self"] > 0 for r in program.dspy_ext_result.trials)
@@ -674,11 +753,13 @@ def test_demos_are_built_when_asked_for() -> None:
 
 
 def _replying(method: str, reply: Callable[[dict[str, str]], str]) -> World:
-    return World({
-        "induce": leveled([5, 7], "Handle the {k} request carefully at level {level}."),
-        "paraphrase": leveled([2], "Please process this request at level {level} now ({k})."),
-        **{role: reply for role in PROPOSAL_ROLES[method]},
-    })
+    return World(
+        {
+            "induce": leveled([5, 7], "Handle the {k} request carefully at level {level}."),
+            "paraphrase": leveled([2], "Please process this request at level {level} now ({k})."),
+            **{role: reply for role in PROPOSAL_ROLES[method]},
+        }
+    )
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -693,7 +774,9 @@ def test_duplicate_proposals_are_not_re_evaluated(method: str) -> None:
     rows = [r for r in result.trials if r["instructions"]["self"] == same]
     assert len({r["key"] for r in rows}) == 1  # one candidate, however often it was proposed
     # No (instruction, example) pair ever reaches the task model twice.
-    repeated = [k for k, n in Counter((m[0]["content"], m[-1]["content"]) for m in task_requests(engine)).items() if n > 1]
+    repeated = [
+        k for k, n in Counter((m[0]["content"], m[-1]["content"]) for m in task_requests(engine)).items() if n > 1
+    ]
     assert repeated == []
     assert sum(1 for m in task_requests(engine) if m[0]["content"] == same) <= 16 + 8
 
@@ -758,8 +841,12 @@ class EchoWorld(World):
     """A prompt model that answers a meta-prompt with its own instructions, or with a training input."""
 
     def __init__(self, method: str, mode: str) -> None:
-        super().__init__({"induce": leveled([5, 7], "Handle the {k} request carefully at level {level}."),
-                          "paraphrase": leveled([2], "Please process this request at level {level} now ({k}).")})
+        super().__init__(
+            {
+                "induce": leveled([5, 7], "Handle the {k} request carefully at level {level}."),
+                "paraphrase": leveled([2], "Please process this request at level {level} now ({k})."),
+            }
+        )
         self.roles = PROPOSAL_ROLES[method]
         self.mode = mode
 
@@ -789,10 +876,16 @@ def test_leaking_proposals_are_rejected(method: str, mode: str, reason: str) -> 
 
 def test_training_labels_do_not_leak_into_the_instruction() -> None:
     labels = {i: f"ticket {i} was resolved and closed for the customer" for i in range(16)}
-    train = [dspy.Example(input=f"please handle item number {i} now", output=labels[i]).with_inputs("input")
-             for i in range(16)]
-    val = [dspy.Example(input=f"please handle item number {i} now", output=f"ticket {i} was resolved and closed "
-                        "for the customer").with_inputs("input") for i in range(100, 108)]
+    train = [
+        dspy.Example(input=f"please handle item number {i} now", output=labels[i]).with_inputs("input")
+        for i in range(16)
+    ]
+    val = [
+        dspy.Example(
+            input=f"please handle item number {i} now", output=f"ticket {i} was resolved and closed for the customer"
+        ).with_inputs("input")
+        for i in range(100, 108)
+    ]
 
     def task(messages):
         i = item_number(messages[-1]["content"])
@@ -820,7 +913,9 @@ def test_evoprompt_survives_an_initial_population_of_rejected_proposals(method: 
 def test_candidate_whose_every_evaluation_fails_does_not_break_the_search(method: str) -> None:
     """Errors are reported, not scored: a candidate with only failed rows has no score, and the run goes on."""
     poison = leveled([8], "POISON: handle the request at level {level}, variant {k}.")
-    engine = FakeEngine(_replying(method, poison), fail_when=lambda m: role_of(m) is None and "POISON" in m[0]["content"])
+    engine = FakeEngine(
+        _replying(method, poison), fail_when=lambda m: role_of(m) is None and "POISON" in m[0]["content"]
+    )
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
     poisoned = [r for r in program.dspy_ext_result.trials if "POISON" in r["instructions"]["self"]]
@@ -831,11 +926,14 @@ def test_candidate_whose_every_evaluation_fails_does_not_break_the_search(method
 @pytest.mark.parametrize("method", list(METHODS))
 def test_task_model_errors_in_a_run_are_logged_on_trial_rows(method: str) -> None:
     """Every failed task call shows up as an ``lm_error`` on a trial row; failed rows are not scored as 0."""
-    engine = FakeEngine(World({"paraphrase": keeping_level()}),
-                        fail_when=lambda m: role_of(m) is None and item_number(m[-1]["content"]) % 8 == 0)
+    engine = FakeEngine(
+        World({"paraphrase": keeping_level()}),
+        fail_when=lambda m: role_of(m) is None and item_number(m[-1]["content"]) % 8 == 0,
+    )
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
-    program = compile_in(optimizer, student_program("Handle the request at level 8."), engine,
-                         train=dataset(16), val=dataset(8, 100))
+    program = compile_in(
+        optimizer, student_program("Handle the request at level 8."), engine, train=dataset(16), val=dataset(8, 100)
+    )
 
     failed = [m for m in task_requests(engine) if item_number(m[-1]["content"]) % 8 == 0]
     rows = program.dspy_ext_result.trials
@@ -852,8 +950,11 @@ def test_a_candidate_whose_rows_mostly_failed_is_never_adopted(method: str) -> N
     flaky = "Handle the request at level 8, the flaky one."
 
     def fails(messages: list[dict[str, str]]) -> bool:
-        return role_of(messages) is None and messages[0]["content"] == flaky and item_number(
-            messages[-1]["content"]) % 4 != 0
+        return (
+            role_of(messages) is None
+            and messages[0]["content"] == flaky
+            and item_number(messages[-1]["content"]) % 4 != 0
+        )
 
     engine = FakeEngine(_replying(method, lambda fields: flaky), fail_when=fails)
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)

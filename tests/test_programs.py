@@ -216,12 +216,12 @@ def test_match_label_rules() -> None:
 
 
 def test_registry_keys() -> None:
-    assert PROGRAMS == {
+    assert {
         "transform": Transform,
         "classify": Classify,
         "two_step": DraftThenAnswer,
         "cot": ChainOfThoughtProgram,
-    }
+    } == PROGRAMS
 
 
 @pytest.mark.parametrize("name", ["transform", "two_step", "cot"])

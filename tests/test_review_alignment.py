@@ -8,14 +8,14 @@ from dspy_ext.review import CheckSpec, ReviewStore, align
 
 # (input, output, grade); the hand counts below refer to these rows by number 1..8.
 ROWS = [
-    ("a", "positive", "good"),                    # 1
-    ("b", "negative", "good"),                    # 2
-    ("c", "Positive.", "good"),                   # 3
-    ("d", "The sentiment is positive", "bad"),    # 4
-    ("e", "neg", "bad"),                          # 5
-    ("f", "I think it is negative", "bad"),       # 6
-    ("g", "positive", "good"),                    # 7
-    ("h", "unsure", "bad"),                       # 8
+    ("a", "positive", "good"),  # 1
+    ("b", "negative", "good"),  # 2
+    ("c", "Positive.", "good"),  # 3
+    ("d", "The sentiment is positive", "bad"),  # 4
+    ("e", "neg", "bad"),  # 5
+    ("f", "I think it is negative", "bad"),  # 6
+    ("g", "positive", "good"),  # 7
+    ("h", "unsure", "bad"),  # 8
 ]
 
 
@@ -35,8 +35,10 @@ def labelled() -> tuple[ReviewStore, list[str], int]:
 
 
 def by_check(report) -> dict[str, tuple]:
-    return {c.check: (c.failed_bad, c.n_bad, c.coverage, c.failed_good, c.n_good, c.false_failure_rate, c.chosen)
-            for c in report.criteria[0].candidates}
+    return {
+        c.check: (c.failed_bad, c.n_bad, c.coverage, c.failed_good, c.n_good, c.false_failure_rate, c.chosen)
+        for c in report.criteria[0].candidates
+    }
 
 
 def test_coverage_and_false_failure_rate_match_a_hand_count(labelled) -> None:

@@ -24,9 +24,11 @@ from programs import Transform
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-                                       "chromium-driver; .ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+    "chromium-driver; .ci/run installs them)",
+)
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "review.png"
 WAIT = 20
 
@@ -39,8 +41,14 @@ def browser() -> Iterator:
 
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000", "--force-device-scale-factor=1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT)
@@ -59,8 +67,9 @@ class Page:
 
         self.driver, self.By, self.ActionChains = driver, By, ActionChains
         # An element read while the next page loads goes stale: the wait then simply tries again.
-        self.wait = WebDriverWait(driver, WAIT,
-                                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+        self.wait = WebDriverWait(
+            driver, WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        )
 
     def press(self, *keys: str) -> None:
         """Real key events to whatever has the focus (the page, or a field the page focused)."""
@@ -108,8 +117,9 @@ def test_keyboard_review_of_the_embedded_model_survives_a_restart(browser, local
     path = tmp_path / "review.sqlite"
     store = ReviewStore(path)
     with dspy.context(adapter=PlainAdapter()):
-        summary = collect(program, task.test[:12], store=store, input_keys=task.input_keys,
-                          output_keys=task.output_keys, lm=local_lm)
+        summary = collect(
+            program, task.test[:12], store=store, input_keys=task.input_keys, output_keys=task.output_keys, lm=local_lm
+        )
     assert summary.new_outputs == 12 and len(store.items()) == 12
     server = start(store, lm=local_lm, adapter=PlainAdapter(), title="sentiment · embedded SmolLM2")
     page = Page(browser)
@@ -124,8 +134,11 @@ def test_keyboard_review_of_the_embedded_model_survives_a_restart(browser, local
         key, output, gold = page.key(), page.text("output"), page.text("gold")
         missing = 3 - len(reasons)
         if missing and (output.strip().lower() != gold.strip().lower() or 10 - i == missing):
-            reason = (f"wrong: the review is {gold}, not <{output[:30]}>" if output.strip() != gold
-                      else "right label, but I asked for a <b>bad</b> one here")
+            reason = (
+                f"wrong: the review is {gold}, not <{output[:30]}>"
+                if output.strip() != gold
+                else "right label, but I asked for a <b>bad</b> one here"
+            )
             page.press("b")  # focuses the reason field: a Bad grade needs one
             assert browser.switch_to.active_element.get_attribute("id") == "reason"
             page.press_and_wait_saved(reason, Keys.ENTER)
@@ -141,8 +154,9 @@ def test_keyboard_review_of_the_embedded_model_survives_a_restart(browser, local
 
     # A criterion with a regex check, typed into the form that n opens.
     page.press("n")
-    page.press("bare label", Keys.TAB, "answers with one lower-case label", Keys.TAB,
-               "regex:^(positive|negative)$", Keys.ENTER)
+    page.press(
+        "bare label", Keys.TAB, "answers with one lower-case label", Keys.TAB, "regex:^(positive|negative)$", Keys.ENTER
+    )
     page.wait.until(lambda d: d.find_elements(page.By.CSS_SELECTOR, "#criteria li"))
     assert browser.find_element(page.By.CSS_SELECTOR, "#criteria .crit-name").text == "bare label"
     # Toggle it on 2 outputs: back (k) to the latest Bad one (fail), then the one before it (fail, then pass).
@@ -164,8 +178,9 @@ def test_keyboard_review_of_the_embedded_model_survives_a_restart(browser, local
 
     # A criterion proposed from the reason by the embedded model: accept/edit/discard is the person's.
     page.press("p")
-    page.wait.until(lambda d: d.find_element(page.By.ID, "new-criterion").is_displayed()
-                    or "error" in page.status_class())
+    page.wait.until(
+        lambda d: d.find_element(page.By.ID, "new-criterion").is_displayed() or "error" in page.status_class()
+    )
     if browser.find_element(page.By.ID, "new-criterion").is_displayed():
         assert browser.find_element(page.By.ID, "crit-name").get_attribute("value").strip()
         page.press(Keys.ESCAPE)  # discard
@@ -203,8 +218,10 @@ def test_keyboard_review_of_the_embedded_model_survives_a_restart(browser, local
         assert {k: i.reason for k, i in items.items() if i.grade == "bad"} == reasons
         [criterion] = store.criteria()
         assert str(criterion.checks[0].spec) == "regex:^(positive|negative)$"
-        assert {k: i.judgements for k, i in items.items() if i.judgements} == \
-            {failed_key: {criterion.id: False}, passed_key: {criterion.id: True}}
+        assert {k: i.judgements for k, i in items.items() if i.judgements} == {
+            failed_key: {criterion.id: False},
+            passed_key: {criterion.id: True},
+        }
     finally:
         server.stop()
         store.close()
@@ -240,8 +257,10 @@ def test_hostile_outputs_show_as_text_in_the_browser(browser, fake_lm, tmp_path:
                 page.press_and_wait_saved("<img src=x onerror=alert(3)> is not an answer", Keys.ENTER)
                 browser.refresh()
                 page.wait.until(lambda d: d.find_elements(page.By.ID, "item"))
-                assert browser.find_element(page.By.ID, "reason").get_attribute("value") == \
-                    "<img src=x onerror=alert(3)> is not an answer"
+                assert (
+                    browser.find_element(page.By.ID, "reason").get_attribute("value")
+                    == "<img src=x onerror=alert(3)> is not an answer"
+                )
                 assert browser.execute_script("return window.__xss === undefined")
                 page.press_and_wait_new_item("j")
         # The page shows exactly what the program returned (the plain adapter's parse trims a trailing '>').

@@ -22,8 +22,7 @@ def test_k_samples_per_input_are_recorded_and_a_rerun_reuses_them(fake_lm) -> No
     rows = [dspy.Example(input=f"review {i}", output="positive").with_inputs("input") for i in range(3)]
     store = ReviewStore(":memory:")
     with dspy.context(adapter=PlainAdapter()):
-        summary = collect(program, rows, store=store, input_keys=("input",), output_keys=("output",), samples=2,
-                          lm=lm)
+        summary = collect(program, rows, store=store, input_keys=("input",), output_keys=("output",), samples=2, lm=lm)
     assert (summary.new_outputs, summary.reused, summary.errors) == (6, 0, [])
     assert summary.prompt_version == prompt_version(program)
     items = store.items()
@@ -73,8 +72,16 @@ def test_collect_on_the_embedded_model(local_lm) -> None:
     program = Transform(instructions=task.baseline_instruction)
     program.predict.demos = task.train[:3]
     with dspy.context(adapter=PlainAdapter()):
-        summary = collect(program, task.test[:3], store=store, input_keys=task.input_keys,
-                          output_keys=task.output_keys, samples=2, temperature=0.8, lm=local_lm)
+        summary = collect(
+            program,
+            task.test[:3],
+            store=store,
+            input_keys=task.input_keys,
+            output_keys=task.output_keys,
+            samples=2,
+            temperature=0.8,
+            lm=local_lm,
+        )
     assert summary.new_outputs == 6 and not summary.errors
     samples = [s for i in {it.input_id for it in store.items()} for s in store.samples_of_input(i)]
     assert len(samples) == 6 and all(item.gold for item in store.items())
@@ -90,8 +97,12 @@ def test_cli_collects_from_a_run_folder_and_from_a_state_file(tmp_path: Path, ca
 
     monkeypatch.setenv("DSPY_EXT_LLAMA_THREADS", "1")
     task = load_task("sentiment")
-    program = build_program("transform", input_keys=task.input_keys, output_keys=task.output_keys,
-                            instructions="Answer positive or negative.")
+    program = build_program(
+        "transform",
+        input_keys=task.input_keys,
+        output_keys=task.output_keys,
+        instructions="Answer positive or negative.",
+    )
     program.predict.demos = task.train[:3]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -105,8 +116,19 @@ def test_cli_collects_from_a_run_folder_and_from_a_state_file(tmp_path: Path, ca
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text('{"input": "I loved every minute."}\n{"input": "Dull and far too long."}\n')
     store = tmp_path / "s.sqlite"
-    argv = ["review", "--task", "sentiment", "--state", str(run_dir / "program.json"), "--inputs", str(inputs),
-            "--store", str(store), "--no-serve", "--json"]
+    argv = [
+        "review",
+        "--task",
+        "sentiment",
+        "--state",
+        str(run_dir / "program.json"),
+        "--inputs",
+        str(inputs),
+        "--store",
+        str(store),
+        "--no-serve",
+        "--json",
+    ]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["collect"]["new_outputs"] == 2
     assert main(argv) == 0  # run again: resumed, nothing made twice

@@ -14,7 +14,7 @@ import pytest
 
 from dspy_ext.review import CheckSpec, ReviewApp, ReviewServer, ReviewStore
 
-XSS = "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">"
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
 
 class Client:
@@ -25,8 +25,11 @@ class Client:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
-        all_headers = {"X-Review-Client": self.name, **({"Cookie": self.cookie} if self.cookie else {}),
-                       **(headers or {})}
+        all_headers = {
+            "X-Review-Client": self.name,
+            **({"Cookie": self.cookie} if self.cookie else {}),
+            **(headers or {}),
+        }
         conn.request(method, path, body=body, headers=all_headers)
         response = conn.getresponse()
         data = response.read()
@@ -55,8 +58,12 @@ class Client:
 def server(tmp_path: Path):
     store = ReviewStore(tmp_path / "review.sqlite")
     for i in range(20):
-        store.add_output({"input": f"input {i}"}, {"output": XSS if i == 0 else f"output {i}"}, prompt_version="v1",
-                         gold={"output": "gold"})
+        store.add_output(
+            {"input": f"input {i}"},
+            {"output": XSS if i == 0 else f"output {i}"},
+            prompt_version="v1",
+            gold={"output": "gold"},
+        )
     with ReviewServer(ReviewApp(store, max_body=4096), port=0) as running:
         yield running
     store.close()
@@ -74,15 +81,20 @@ def test_binds_loopback_and_prints_a_url_with_the_token(server: ReviewServer) ->
 def test_writes_without_the_token_are_refused(server: ReviewServer) -> None:
     client = Client(server)
     key = keys(server)[1]
-    assert client.post(f"/api/items/{key}/grade", {"grade": "good"}, token=None) == \
-        (403, {"error": "write refused: missing or wrong X-Review-Token"})
+    assert client.post(f"/api/items/{key}/grade", {"grade": "good"}, token=None) == (
+        403,
+        {"error": "write refused: missing or wrong X-Review-Token"},
+    )
     assert client.post(f"/api/items/{key}/grade", {"grade": "good"}, token="guess")[0] == 403
     assert server.app.store.item(key).grade is None
     # Reads need the token (cookie) too; a form post (no JSON) is refused even with the token.
     assert client.request("GET", f"/item/{key}")[0].status == 403
-    response, _ = client.request("POST", f"/api/items/{key}/grade", b"grade=good",
-                                 {"Content-Type": "application/x-www-form-urlencoded",
-                                  "X-Review-Token": server.app.token})
+    response, _ = client.request(
+        "POST",
+        f"/api/items/{key}/grade",
+        b"grade=good",
+        {"Content-Type": "application/x-www-form-urlencoded", "X-Review-Token": server.app.token},
+    )
     assert response.status == 415
     assert client.post(f"/api/items/{key}/grade", {"grade": "good"})[0] == 200
     assert server.app.store.item(key).grade == "good"
@@ -101,8 +113,11 @@ def test_request_bodies_are_size_limited(server: ReviewServer) -> None:
     # A chunked body that declares no length is cut off as it streams.
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.putrequest("POST", f"/api/items/{key}/reason")
-    for name, value in (("Content-Type", "application/json"), ("X-Review-Token", server.app.token),
-                        ("Transfer-Encoding", "chunked")):
+    for name, value in (
+        ("Content-Type", "application/json"),
+        ("X-Review-Token", server.app.token),
+        ("Transfer-Encoding", "chunked"),
+    ):
         conn.putheader(name, value)
     conn.endheaders()
     chunk = b'{"reason": "' + b"y" * 3000
@@ -138,11 +153,15 @@ def test_two_tabs_writing_at_once_lose_nothing(server: ReviewServer) -> None:
         client = Client(server, name)
         for key in all_keys:  # both tabs write every item: grades from one, reasons/corrections from the other
             if name == "a":
-                results = [client.post(f"/api/items/{key}/grade", {"grade": "good"}),
-                           client.post(f"/api/items/{key}/criteria/{crit.id}", {"passed": True})]
+                results = [
+                    client.post(f"/api/items/{key}/grade", {"grade": "good"}),
+                    client.post(f"/api/items/{key}/criteria/{crit.id}", {"passed": True}),
+                ]
             else:
-                results = [client.post(f"/api/items/{key}/reason", {"reason": f"reason {key}"}),
-                           client.post(f"/api/items/{key}/correction", {"correction": f"fix {key}"})]
+                results = [
+                    client.post(f"/api/items/{key}/reason", {"reason": f"reason {key}"}),
+                    client.post(f"/api/items/{key}/correction", {"correction": f"fix {key}"}),
+                ]
             errors.extend(r for r in results if r[0] != 200)
 
     threads = [threading.Thread(target=tab, args=(name, all_keys)) for name in ("a", "b")]
@@ -152,8 +171,12 @@ def test_two_tabs_writing_at_once_lose_nothing(server: ReviewServer) -> None:
         t.join()
     assert errors == []
     for item in server.app.store.items():
-        assert (item.grade, item.reason, item.correction, item.judgements) == \
-            ("good", f"reason {item.key}", f"fix {item.key}", {crit.id: True})
+        assert (item.grade, item.reason, item.correction, item.judgements) == (
+            "good",
+            f"reason {item.key}",
+            f"fix {item.key}",
+            {crit.id: True},
+        )
 
 
 def test_navigation_undo_criteria_and_report_over_http(server: ReviewServer) -> None:
@@ -171,8 +194,9 @@ def test_navigation_undo_criteria_and_report_over_http(server: ReviewServer) -> 
     assert client.post("/api/undo", {}) == (200, {"key": first["key"]})
     assert server.app.store.item(first["key"]).grade is None
     assert client.post("/api/undo", {}) == (200, {"key": None})
-    status, crit = client.post("/api/criteria", {"name": "terse", "description": "two words at most",
-                                                 "check": "max_words:2"})
+    status, crit = client.post(
+        "/api/criteria", {"name": "terse", "description": "two words at most", "check": "max_words:2"}
+    )
     assert status == 200 and crit["version"] == 1
     assert client.post("/api/criteria", {"name": "x", "check": "regex:("})[0] == 400
     status, edited = client.post(f"/api/criteria/{crit['id']}", {"description": "at most two words"})
@@ -201,16 +225,18 @@ def test_navigation_undo_criteria_and_report_over_http(server: ReviewServer) -> 
 
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dspy_ext", "review", *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dspy_ext", "review", *argv], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_export_import_round_trip_and_report(tmp_path: Path) -> None:
     source = tmp_path / "source.sqlite"
     with ReviewStore(source) as store:
         for i in range(5):
-            key = store.add_output({"input": f"q{i}"}, {"output": f"a{i}" if i % 2 else f"a {i} b c"},
-                                   prompt_version="v1")
+            key = store.add_output(
+                {"input": f"q{i}"}, {"output": f"a{i}" if i % 2 else f"a {i} b c"}, prompt_version="v1"
+            )
             store.set_grade(key, "good" if i % 2 else "bad", None if i % 2 else "too long")
         store.add_criterion("short", "one word", CheckSpec.parse("max_words:1"))
     labels = tmp_path / "labels.jsonl"
@@ -239,8 +265,12 @@ def test_cli_serves_an_existing_store_and_prints_the_url(tmp_path: Path) -> None
     path = tmp_path / "r.sqlite"
     with ReviewStore(path) as store:
         store.add_output({"input": "q"}, {"output": "a"}, prompt_version="v1")
-    process = subprocess.Popen([sys.executable, "-m", "dspy_ext", "review", "--store", str(path), "--port", "0",
-                                "--serve-seconds", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dspy_ext", "review", "--store", str(path), "--port", "0", "--serve-seconds", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         for line in process.stdout:

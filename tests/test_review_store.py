@@ -17,8 +17,13 @@ def store(tmp_path: Path) -> ReviewStore:
 
 
 def add(store: ReviewStore, text: str, output: str, version: str = "v1", sample: int = 0, gold: str | None = None):
-    return store.add_output({"input": text}, {"output": output}, prompt_version=version, sample_index=sample,
-                            gold={"output": gold} if gold else None)
+    return store.add_output(
+        {"input": text},
+        {"output": output},
+        prompt_version=version,
+        sample_index=sample,
+        gold={"output": gold} if gold else None,
+    )
 
 
 def test_unchanged_output_under_new_prompt_keeps_its_grade(store: ReviewStore) -> None:
@@ -148,8 +153,10 @@ def test_jsonl_round_trip_into_a_fresh_store(tmp_path: Path, store: ReviewStore)
 
 def test_import_accepts_other_tools_rows_and_rejects_bad_lines_whole(tmp_path: Path, store: ReviewStore) -> None:
     path = tmp_path / "other.jsonl"
-    path.write_text('{"input": "hello", "output": "hi", "grade": "pass"}\n'
-                    '{"input": "bye", "output": "ciao", "grade": 0, "reason": "Italian"}\n')
+    path.write_text(
+        '{"input": "hello", "output": "hi", "grade": "pass"}\n'
+        '{"input": "bye", "output": "ciao", "grade": 0, "reason": "Italian"}\n'
+    )
     summary = store.import_jsonl(path)
     assert summary.graded == 2
     assert sorted((i.inputs["input"], i.grade) for i in store.items()) == [("bye", "bad"), ("hello", "good")]
@@ -166,29 +173,35 @@ def test_import_accepts_other_tools_rows_and_rejects_bad_lines_whole(tmp_path: P
         store.import_jsonl(broken)
 
 
-@pytest.mark.parametrize(("text", "output", "passes"), [
-    ("one_of:positive, negative", " Positive ", True),
-    ("one_of:positive,negative", "neutral", False),
-    ("regex:^[a-z]+$", "positive", True),
-    ("regex:^[a-z]+$", "The answer", False),
-    ("max_words:2", "two words", True),
-    ("max_words:2", "three words here", False),
-    ("contains:sorry", "I am SORRY", True),
-    ("not_contains:sorry", "I am SORRY", False),
-    ("valid_json", '{"a": 1}', True),
-    ("valid_json", "{a: 1}", False),
-])
+@pytest.mark.parametrize(
+    ("text", "output", "passes"),
+    [
+        ("one_of:positive, negative", " Positive ", True),
+        ("one_of:positive,negative", "neutral", False),
+        ("regex:^[a-z]+$", "positive", True),
+        ("regex:^[a-z]+$", "The answer", False),
+        ("max_words:2", "two words", True),
+        ("max_words:2", "three words here", False),
+        ("contains:sorry", "I am SORRY", True),
+        ("not_contains:sorry", "I am SORRY", False),
+        ("valid_json", '{"a": 1}', True),
+        ("valid_json", "{a: 1}", False),
+    ],
+)
 def test_built_in_checks(text: str, output: str, passes: bool) -> None:
     assert CheckSpec.parse(text).passes(output) is passes
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("length:3", "unknown check 'length'"),
-    ("regex:(", "does not compile"),
-    ("max_words:many", "whole number"),
-    ("contains:", "needs an argument"),
-    ("one_of: , ", "needs an argument|at least one label"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("length:3", "unknown check 'length'"),
+        ("regex:(", "does not compile"),
+        ("max_words:many", "whole number"),
+        ("contains:", "needs an argument"),
+        ("one_of: , ", "needs an argument|at least one label"),
+    ],
+)
 def test_bad_checks_are_refused_with_a_clear_message(text: str, message: str) -> None:
     with pytest.raises(CheckError, match=message):
         CheckSpec.parse(text)

@@ -86,8 +86,12 @@ def candidate(first: str = "Take notes.", second: str = "Answer from the notes."
 
 def test_candidate_key_depends_on_content_only() -> None:
     a = candidate()
-    same = Candidate({"second": PredictorPrompt("Answer from the notes."), "first": PredictorPrompt("Take notes.")},
-                     parents=("abc",), origin="opro.step3", meta={"x": 1})
+    same = Candidate(
+        {"second": PredictorPrompt("Answer from the notes."), "first": PredictorPrompt("Take notes.")},
+        parents=("abc",),
+        origin="opro.step3",
+        meta={"x": 1},
+    )
     assert re.fullmatch(r"[0-9a-f]{16}", a.key)
     assert a.key == same.key == candidate().key  # order of predictors, provenance and meta do not matter
     assert candidate(first="Take short notes.").key != a.key
@@ -99,9 +103,11 @@ def test_candidate_key_depends_on_content_only() -> None:
 
 
 def test_candidate_key_is_stable_across_processes() -> None:
-    code = ("from dspy_ext.search import Candidate, PredictorPrompt\n"
-            "print(Candidate({'first': PredictorPrompt('Take notes.', 0, ({'question': 'q', 'notes': 'n'},)),"
-            " 'second': PredictorPrompt('Answer from the notes.')}).key)")
+    code = (
+        "from dspy_ext.search import Candidate, PredictorPrompt\n"
+        "print(Candidate({'first': PredictorPrompt('Take notes.', 0, ({'question': 'q', 'notes': 'n'},)),"
+        " 'second': PredictorPrompt('Answer from the notes.')}).key)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == candidate(demos=[{"question": "q", "notes": "n"}]).key
@@ -117,8 +123,14 @@ def test_with_instruction_makes_a_child_and_leaves_the_parent() -> None:
     crossed = parent.with_instruction("first", "Take notes fast.", origin="ga", parents=("a", "b"))
     assert crossed.parents == ("a", "b")
     row = child.to_dict()
-    assert row == {"key": child.key, "instructions": child.instructions, "demo_sets": {"first": 0, "second": 0},
-                   "n_demos": {"first": 1, "second": 0}, "parents": [parent.key], "origin": "ape.resample1"}
+    assert row == {
+        "key": child.key,
+        "instructions": child.instructions,
+        "demo_sets": {"first": 0, "second": 0},
+        "n_demos": {"first": 1, "second": 0},
+        "parents": [parent.key],
+        "origin": "ape.resample1",
+    }
 
 
 def test_apply_uses_with_instructions_and_does_not_mutate_the_student(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,8 +199,9 @@ def test_store_ranks_by_mean_then_coverage_then_age() -> None:
 
 def _report(scores: list[float | None], errors: list[ErrorKind | None], calls: int, tokens: tuple[int, int]):
     rows = [RowResult(i, 0, s, {"output": "x"}, e) for i, (s, e) in enumerate(zip(scores, errors))]
-    return EvaluationReport(rows=rows, n_examples=len(rows), repeats=1,
-                            usage=UsageSnapshot(calls, 0, *tokens), seconds=0.5, cache_hits=1)
+    return EvaluationReport(
+        rows=rows, n_examples=len(rows), repeats=1, usage=UsageSnapshot(calls, 0, *tokens), seconds=0.5, cache_hits=1
+    )
 
 
 def test_trial_log_writes_one_json_line_per_evaluation(tmp_path: Path) -> None:
@@ -196,10 +209,16 @@ def test_trial_log_writes_one_json_line_per_evaluation(tmp_path: Path) -> None:
     log = TrialLog(path)
     parent = candidate(origin="student")
     child = parent.with_instruction("first", "Take short notes.", origin="opro.step1")
-    log.record(parent, _report([1.0, 0.0], [None, None], 2, (30, 4)), method="opro", step=0, split="train",
-               running_mean=50.0)
-    log.record(child, _report([1.0, None, 0.0], [None, ErrorKind.LM, ErrorKind.PARSE], 3, (40, 6)),
-               method="opro", step=1, split="val")
+    log.record(
+        parent, _report([1.0, 0.0], [None, None], 2, (30, 4)), method="opro", step=0, split="train", running_mean=50.0
+    )
+    log.record(
+        child,
+        _report([1.0, None, 0.0], [None, ErrorKind.LM, ErrorKind.PARSE], 3, (40, 6)),
+        method="opro",
+        step=1,
+        split="val",
+    )
 
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 == len(log.rows)
@@ -259,8 +278,10 @@ def test_guard_rejects_over_long(guard: ProposalGuard) -> None:
 def test_guard_rejects_meta_prompt_leaks(guard: ProposalGuard) -> None:
     assert guard.check(META, truncated=False) == "meta_prompt_leak"
     # Eight consecutive words of the meta-prompt, in other case and punctuation, inside an instruction.
-    assert guard.check("Answer briefly; ONE HIDDEN INSTRUCTION to turn each input below, then stop.",
-                       truncated=False) == "meta_prompt_leak"
+    assert (
+        guard.check("Answer briefly; ONE HIDDEN INSTRUCTION to turn each input below, then stop.", truncated=False)
+        == "meta_prompt_leak"
+    )
     assert guard.check("Follow one hidden instruction to turn each input.", truncated=False) is None  # 7 words
 
 
@@ -302,13 +323,23 @@ def make_run(responder, *, trainset=None, engine_cls=FakeEngine) -> tuple[Search
     lm = fake_lm(engine)
     trainset = trainset or [item(i) for i in range(8)]
     run = SearchRun(
-        method="unit", student=dspy.Predict(dspy.Signature("input -> output", "Reply to the request.")),
-        trainset=trainset, valset=[item(i) for i in range(100, 104)], metric=metric,
-        models=Models(lm, PlainAdapter(), lm, PlainAdapter()), seed=0, base_seed=0, total_meter=CallMeter(50),
-        search_meter=CallMeter(40), minibatch_size=4, num_threads=1,
-        guard=ProposalGuard(meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS),
-                            train_inputs=[ex.input for ex in trainset]),
-        meta_prompts=DEFAULT_META_PROMPTS, trial_log=TrialLog(None),
+        method="unit",
+        student=dspy.Predict(dspy.Signature("input -> output", "Reply to the request.")),
+        trainset=trainset,
+        valset=[item(i) for i in range(100, 104)],
+        metric=metric,
+        models=Models(lm, PlainAdapter(), lm, PlainAdapter()),
+        seed=0,
+        base_seed=0,
+        total_meter=CallMeter(50),
+        search_meter=CallMeter(40),
+        minibatch_size=4,
+        num_threads=1,
+        guard=ProposalGuard(
+            meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS), train_inputs=[ex.input for ex in trainset]
+        ),
+        meta_prompts=DEFAULT_META_PROMPTS,
+        trial_log=TrialLog(None),
     )
     return run, engine
 
@@ -317,16 +348,27 @@ def test_admit_rejects_duplicates_cut_offs_and_leaks() -> None:
     run, _ = make_run(lambda messages: "x")
     seed = Candidate.from_program(run.student)
     run.store.add(seed)
-    child = run.admit(Proposal("Instruction: Reply in capitals.", False, "paraphrase"), seed, "self", origin="unit.step1")
+    child = run.admit(
+        Proposal("Instruction: Reply in capitals.", False, "paraphrase"), seed, "self", origin="unit.step1"
+    )
     assert child is not None and child.instruction("self") == "Reply in capitals."
     assert child.origin == "unit.step1" and child.parents == (seed.key,)
     run.store.add(child)
 
-    assert run.admit(Proposal("Reply to the request.", False, "paraphrase"), seed, "self", origin="o") is None  # the parent's own text
-    assert run.admit(Proposal("reply  IN capitals.", False, "paraphrase"), seed, "self", origin="o") is None  # seen before (normalised)
+    assert (
+        run.admit(Proposal("Reply to the request.", False, "paraphrase"), seed, "self", origin="o") is None
+    )  # the parent's own text
+    assert (
+        run.admit(Proposal("reply  IN capitals.", False, "paraphrase"), seed, "self", origin="o") is None
+    )  # seen before (normalised)
     assert run.admit(Proposal("Reply in lower case.", True, "paraphrase"), seed, "self", origin="o") is None
     assert run.admit(Proposal('""', False, "paraphrase"), seed, "self", origin="o") is None
-    assert run.admit(Proposal("Reply like: please handle item number 2 now.", False, "paraphrase"), seed, "self", origin="o") is None
+    assert (
+        run.admit(
+            Proposal("Reply like: please handle item number 2 now.", False, "paraphrase"), seed, "self", origin="o"
+        )
+        is None
+    )
     assert run.rejected == {"duplicate": 2, "truncated": 1, "empty": 1, "training_data_leak": 1}
 
 
@@ -344,7 +386,8 @@ def test_ask_marks_proposals_stopped_at_max_tokens_as_truncated() -> None:
 
     complete, _ = make_run(lambda messages: "Reply in capitals.")
     assert complete.ask("paraphrase", 1, instruction="Reply to the request.") == [
-        Proposal("Reply in capitals.", False, "paraphrase")]
+        Proposal("Reply in capitals.", False, "paraphrase")
+    ]
 
 
 def test_a_real_cut_off_proposal_is_rejected_as_truncated() -> None:
@@ -404,8 +447,17 @@ def opro_world(messages: list[dict[str, str]]) -> str:
 def test_compile_writes_the_trial_log(tmp_path: Path) -> None:
     opro_world.k = 0
     engine = FakeEngine(opro_world)
-    opro = OPRO(metric, seed=0, steps=2, proposals_per_step=2, minibatch_size=6, max_bootstrapped_demos=0,
-                max_labeled_demos=0, num_threads=1, log_dir=tmp_path)
+    opro = OPRO(
+        metric,
+        seed=0,
+        steps=2,
+        proposals_per_step=2,
+        minibatch_size=6,
+        max_bootstrapped_demos=0,
+        max_labeled_demos=0,
+        num_threads=1,
+        log_dir=tmp_path,
+    )
     train, val = [item(i) for i in range(16)], [item(i) for i in range(100, 108)]
     for _ in range(2):  # a second compile into the same folder starts a fresh log
         engine.requests.clear()
@@ -417,7 +469,9 @@ def test_compile_writes_the_trial_log(tmp_path: Path) -> None:
     assert rows == result.trials and len(rows) >= 5
     keys_before: set[str] = set()
     for row in rows:
-        assert {"instructions", "parents", "origin", "score", "lm_calls", "tokens", "errors", "step", "split"} <= set(row)
+        assert {"instructions", "parents", "origin", "score", "lm_calls", "tokens", "errors", "step", "split"} <= set(
+            row
+        )
         assert set(row["parents"]) <= keys_before | {r["key"] for r in rows}
         keys_before.add(row["key"])
     origins = {row["origin"] for row in rows}
@@ -447,6 +501,7 @@ def test_guard_rejects_a_proposal_that_echoes_a_meta_prompt_field() -> None:
 def test_clean_proposal_strips_a_chatty_preamble() -> None:
     """SmolLM2 often answers 'Here's the new instruction: "..."' (seen in the first_word_letter runs)."""
     assert clean_proposal('Here\'s the new instruction: "write the first letter of the word"') == (
-        "write the first letter of the word")
+        "write the first letter of the word"
+    )
     assert clean_proposal("Here is the improved prompt: Name the larger animal.") == "Name the larger animal."
-    assert clean_proposal('Here\'s the new instruction: "write the first letter') == "write the first letter"
+    assert clean_proposal("Here's the new instruction: \"write the first letter") == "write the first letter"

@@ -9,17 +9,20 @@ import pytest
 from dspy_ext.evaluation.significance import mcnemar_exact, paired_bootstrap, paired_test
 
 
-@pytest.mark.parametrize(("b", "c", "expected"), [
-    (10, 0, 0.001953125),          # 2 * 0.5**10
-    (0, 10, 0.001953125),          # symmetric
-    (5, 5, 1.0),                   # capped at 1
-    (0, 0, 1.0),                   # no discordant pairs
-    (1, 0, 1.0),
-    (6, 0, 0.03125),               # the smallest n that reaches 0.05 with no opposite pair
-    (5, 0, 0.0625),
-    (8, 2, 0.109375),              # 2 * (1 + 10 + 45) / 1024
-    (25, 10, 0.0166738478),        # 2 * sum_{k<=10} C(35, k) / 2**35 (R: binom.test(10, 35))
-])
+@pytest.mark.parametrize(
+    ("b", "c", "expected"),
+    [
+        (10, 0, 0.001953125),  # 2 * 0.5**10
+        (0, 10, 0.001953125),  # symmetric
+        (5, 5, 1.0),  # capped at 1
+        (0, 0, 1.0),  # no discordant pairs
+        (1, 0, 1.0),
+        (6, 0, 0.03125),  # the smallest n that reaches 0.05 with no opposite pair
+        (5, 0, 0.0625),
+        (8, 2, 0.109375),  # 2 * (1 + 10 + 45) / 1024
+        (25, 10, 0.0166738478),  # 2 * sum_{k<=10} C(35, k) / 2**35 (R: binom.test(10, 35))
+    ],
+)
 def test_mcnemar_exact_known_values(b: int, c: int, expected: float) -> None:
     assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-6)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import dspy
 import optuna
 import pytest
-import tune_fake as F
 
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.search.final_selection import CandidateTPE
@@ -28,6 +27,8 @@ from dspy_ext.tuning import (
     criteria_of,
     load_space,
 )
+
+import tune_fake as F
 
 
 @pytest.fixture
@@ -47,31 +48,47 @@ def params(k: int) -> dict:
 # ---- the tuning space ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"optimizers": {"ape": {"num_candidates": {"int": [0, 5]}}}},
-     "optimizers.ape.num_candidates: 0 (low end of [0, 5]) is not allowed: Input should be greater than or equal to 1"),
-    ({"optimizers": {"ape": {"num_candidates": 0}}}, "optimizers.ape.num_candidates: 0 (fixed value) is not allowed"),
-    ({"optimizers": {"evoprompt-ga": {"population_size": [2, 4]}}},
-     "optimizers.evoprompt-ga.population_size: 2 (option of [2, 4]) is not allowed"),
-    ({"optimizers": {"ape": {"top_k": {"int": [4, 2]}}}}, "optimizers.ape.top_k: empty range [4, 2] (low > high)"),
-    ({"optimizers": {"ape": {"num_candidates": {"float": [1, 4]}}}}, "is not allowed: Input should be a valid integer"),
-    ({"optimizers": {"opro": {"temperature": {"float": [0.0, 1.0], "log": True}}}}, "a log range needs low > 0"),
-    ({"optimizers": {"ape": {"nonsense": 3}}}, "optimizers.ape.nonsense: unknown parameter for ape (valid: "),
-    ({"optimizers": {"bfsrs": {"final_selection": "tpe"}}}, "bfsrs does not"),
-    ({"optimizers": {"ape": {"final_selection": ["halving", "best"]}}}, "'best' (option of"),
-    ({"optimizers": {"ape": {"budget": 0}}}, "optimizers.ape.budget: 0 (fixed value) must be a whole number >= 1"),
-    ({"optimizers": ["ape", "mystery"]}, "optimizers.mystery: unknown optimizer"),
-    ({"optimizers": []}, "optimizers: empty"),
-    ({"budget": 0}, "budget: must be a whole number >= 1"),
-    ({"eval_minibatch": 0}, "eval_minibatch: must be a whole number >= 1"),
-    ({"pruner": "hyperband"}, "pruner.type: must be one of median, wilcoxon, none"),
-    ({"pruner": {"type": "median", "p_threshold": 0.1}}, "pruner.p_threshold: unknown option for the median pruner"),
-    ({"sampler": "grid"}, "sampler.type: must be one of tpe, random"),
-    ({"common": {"adapter": ["plain", "xml"]}}, "common.adapter: 'xml' (option of"),
-    ({"common": {"temperature": 0.5}}, "common.temperature: unknown common knob"),
-    ({"objective": "lexicographic"}, "objective: must be one of"),
-    ({"optimisers": ["ape"]}, "optimisers: unknown top-level key"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"optimizers": {"ape": {"num_candidates": {"int": [0, 5]}}}},
+            "optimizers.ape.num_candidates: 0 (low end of [0, 5]) is not allowed: Input should be greater than or equal to 1",
+        ),
+        (
+            {"optimizers": {"ape": {"num_candidates": 0}}},
+            "optimizers.ape.num_candidates: 0 (fixed value) is not allowed",
+        ),
+        (
+            {"optimizers": {"evoprompt-ga": {"population_size": [2, 4]}}},
+            "optimizers.evoprompt-ga.population_size: 2 (option of [2, 4]) is not allowed",
+        ),
+        ({"optimizers": {"ape": {"top_k": {"int": [4, 2]}}}}, "optimizers.ape.top_k: empty range [4, 2] (low > high)"),
+        (
+            {"optimizers": {"ape": {"num_candidates": {"float": [1, 4]}}}},
+            "is not allowed: Input should be a valid integer",
+        ),
+        ({"optimizers": {"opro": {"temperature": {"float": [0.0, 1.0], "log": True}}}}, "a log range needs low > 0"),
+        ({"optimizers": {"ape": {"nonsense": 3}}}, "optimizers.ape.nonsense: unknown parameter for ape (valid: "),
+        ({"optimizers": {"bfsrs": {"final_selection": "tpe"}}}, "bfsrs does not"),
+        ({"optimizers": {"ape": {"final_selection": ["halving", "best"]}}}, "'best' (option of"),
+        ({"optimizers": {"ape": {"budget": 0}}}, "optimizers.ape.budget: 0 (fixed value) must be a whole number >= 1"),
+        ({"optimizers": ["ape", "mystery"]}, "optimizers.mystery: unknown optimizer"),
+        ({"optimizers": []}, "optimizers: empty"),
+        ({"budget": 0}, "budget: must be a whole number >= 1"),
+        ({"eval_minibatch": 0}, "eval_minibatch: must be a whole number >= 1"),
+        ({"pruner": "hyperband"}, "pruner.type: must be one of median, wilcoxon, none"),
+        (
+            {"pruner": {"type": "median", "p_threshold": 0.1}},
+            "pruner.p_threshold: unknown option for the median pruner",
+        ),
+        ({"sampler": "grid"}, "sampler.type: must be one of tpe, random"),
+        ({"common": {"adapter": ["plain", "xml"]}}, "common.adapter: 'xml' (option of"),
+        ({"common": {"temperature": 0.5}}, "common.temperature: unknown common knob"),
+        ({"objective": "lexicographic"}, "objective: must be one of"),
+        ({"optimisers": ["ape"]}, "optimisers: unknown top-level key"),
+    ],
+)
 def test_invalid_spaces_are_rejected_with_the_reason(raw: dict, message: str) -> None:
     with pytest.raises(TuningSpaceError) as info:
         TuningSpace.from_dict(raw)
@@ -90,17 +107,23 @@ def test_defaults_per_method_and_overrides_merge(tmp_path: Path) -> None:
     assert list(space.methods) == ["ape", "opro", "bfsrs"]
     assert space.methods["ape"]["num_candidates"] == Int(3, 8)
     path = tmp_path / "space.yaml"
-    path.write_text("optimizers:\n  ape:\n    num_candidates: {int: [2, 4]}\n    top_k: 2\n  labeled:\n"
-                    "budget: 30\npruner: none\n")
+    path.write_text(
+        "optimizers:\n  ape:\n    num_candidates: {int: [2, 4]}\n    top_k: 2\n  labeled:\nbudget: 30\npruner: none\n"
+    )
     loaded = load_space(path)
-    assert loaded.methods["ape"]["num_candidates"] == Int(2, 4)        # overridden
-    assert loaded.methods["ape"]["top_k"].kind == "fixed"              # fixed
+    assert loaded.methods["ape"]["num_candidates"] == Int(2, 4)  # overridden
+    assert loaded.methods["ape"]["top_k"].kind == "fixed"  # fixed
     assert loaded.methods["ape"]["induce_temperature"].kind == "float"  # default kept
-    assert loaded.methods["labeled"]["k"] == Int(1, 6)                  # null -> the method's defaults
+    assert loaded.methods["labeled"]["k"] == Int(1, 6)  # null -> the method's defaults
     assert loaded.budget == 30 and loaded.pruner == {"type": "none"}
     # Python and YAML declare the same space.
-    python = TuningSpace.from_dict({"optimizers": {"ape": {"num_candidates": Int(2, 4), "top_k": 2}, "labeled": None},
-                                    "budget": 30, "pruner": "none"})
+    python = TuningSpace.from_dict(
+        {
+            "optimizers": {"ape": {"num_candidates": Int(2, 4), "top_k": 2}, "labeled": None},
+            "budget": 30,
+            "pruner": "none",
+        }
+    )
     assert python.fingerprint() == loaded.fingerprint()
     json_path = tmp_path / "space.json"
     json_path.write_text(json.dumps(loaded.to_dict()))
@@ -129,8 +152,9 @@ def test_default_ranges_are_read_from_each_optimizers_config_model() -> None:
 def test_a_sampled_plan_is_a_valid_config() -> None:
     import optuna
 
-    space = TuningSpace.from_dict({"optimizers": {"ape": {"final_selection": Choice(["tpe"]), "budget": 50}},
-                                   "common": {"adapter": "plain"}})
+    space = TuningSpace.from_dict(
+        {"optimizers": {"ape": {"final_selection": Choice(["tpe"]), "budget": 50}}, "common": {"adapter": "plain"}}
+    )
     study = optuna.create_study(direction="maximize")
     plan = space.suggest(study.ask())
     assert plan.optimizer == "ape" and plan.budget == 50 and plan.final_selection == "tpe" and plan.adapter == "plain"
@@ -139,8 +163,9 @@ def test_a_sampled_plan_is_a_valid_config() -> None:
 
 def test_invalid_space_is_rejected_before_any_trial(tmp_path: Path, world) -> None:
     with pytest.raises(TuningSpaceError, match="labeled.k: -1"):
-        OptunaTuner(F.accuracy, space={"optimizers": {"labeled": {"k": {"int": [-1, 3]}}}},
-                     storage=str(tmp_path / "s.db"))
+        OptunaTuner(
+            F.accuracy, space={"optimizers": {"labeled": {"k": {"int": [-1, 3]}}}}, storage=str(tmp_path / "s.db")
+        )
     assert not (tmp_path / "s.db").exists()
 
 
@@ -156,8 +181,15 @@ def test_criteria_of() -> None:
 
 
 def test_trials_store_program_scores_and_costs(tmp_path: Path, world) -> None:
-    tuner = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=3, storage=str(tmp_path / "s.db"),
-                          study_name="attrs", num_threads=1, enqueue=[params(3), params(1)])
+    tuner = OptunaTuner(
+        F.accuracy,
+        space=labeled_space(),
+        n_trials=3,
+        storage=str(tmp_path / "s.db"),
+        study_name="attrs",
+        num_threads=1,
+        enqueue=[params(3), params(1)],
+    )
     program = tuner.compile(F.student(), trainset=F.trainset(), valset=F.devset())
     summary = program.dspy_ext_tune
     assert summary["n_trials"] == 3 and summary["study"] == "attrs"
@@ -177,8 +209,14 @@ def test_trials_store_program_scores_and_costs(tmp_path: Path, world) -> None:
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
     space = labeled_space(pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0}, eval_minibatch=4)
-    tuner = OptunaTuner(F.accuracy, space=space, n_trials=5, storage="memory", num_threads=1,
-                          enqueue=[params(5), params(4), params(0), params(1), params(5)])
+    tuner = OptunaTuner(
+        F.accuracy,
+        space=space,
+        n_trials=5,
+        storage="memory",
+        num_threads=1,
+        enqueue=[params(5), params(4), params(0), params(1), params(5)],
+    )
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     trials = {t.number: t for t in session.study.trials}
@@ -198,8 +236,9 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
 @pytest.mark.skipif(__import__("importlib").util.find_spec("scipy") is None, reason="WilcoxonPruner needs scipy")
 def test_wilcoxon_pruner_gets_per_example_values(world) -> None:
     space = labeled_space(pruner={"type": "wilcoxon", "p_threshold": 0.2}, eval_minibatch=5)
-    tuner = OptunaTuner(F.accuracy, space=space, n_trials=2, storage="memory", num_threads=1,
-                          enqueue=[params(5), params(0)])
+    tuner = OptunaTuner(
+        F.accuracy, space=space, n_trials=2, storage="memory", num_threads=1, enqueue=[params(5), params(0)]
+    )
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     first, second = session.study.trials
@@ -209,20 +248,23 @@ def test_wilcoxon_pruner_gets_per_example_values(world) -> None:
 
 def test_rerun_continues_the_study_and_rejects_another_space(tmp_path: Path, world) -> None:
     storage = str(tmp_path / "s.db")
-    first = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=2, storage=storage, study_name="again",
-                         num_threads=1)
+    first = OptunaTuner(
+        F.accuracy, space=labeled_space(), n_trials=2, storage=storage, study_name="again", num_threads=1
+    )
     s1 = first.open(F.student(), trainset=F.trainset(), valset=F.devset())
     s1.optimize()
     values = {t.number: t.value for t in s1.study.trials}
-    second = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=4, storage=storage, study_name="again",
-                          num_threads=1)
+    second = OptunaTuner(
+        F.accuracy, space=labeled_space(), n_trials=4, storage=storage, study_name="again", num_threads=1
+    )
     s2 = second.open(F.student(), trainset=F.trainset(), valset=F.devset())
     assert s2.optimize() == 2
     assert {t.number: t.value for t in s2.study.trials if t.number in values} == values
     assert s2.results.summary()["n_trials"] == 4
     assert s2.optimize() == 0  # the target is reached
-    other = OptunaTuner(F.accuracy, space=labeled_space(eval_minibatch=7), n_trials=4, storage=storage,
-                         study_name="again")
+    other = OptunaTuner(
+        F.accuracy, space=labeled_space(eval_minibatch=7), n_trials=4, storage=storage, study_name="again"
+    )
     with pytest.raises(ValueError, match="another search space.*another study name"):
         other.open(F.student(), trainset=F.trainset(), valset=F.devset())
     with pytest.raises(ValueError, match="other train/dev data"):
@@ -235,8 +277,15 @@ def test_rerun_continues_the_study_and_rejects_another_space(tmp_path: Path, wor
 def test_constraints_reject_a_candidate_that_breaks_another_criterion(world) -> None:
     # k=4 is the most accurate (80) but chatty: brevity drops from the student's 100 to 20
     # (only its "unknown" answers are one word).
-    tuner = OptunaTuner(F.two_criteria, space=labeled_space(), n_trials=3, storage="memory", num_threads=1,
-                          objective="constraints", enqueue=[params(4), params(3), params(2)])
+    tuner = OptunaTuner(
+        F.two_criteria,
+        space=labeled_space(),
+        n_trials=3,
+        storage="memory",
+        num_threads=1,
+        objective="constraints",
+        enqueue=[params(4), params(3), params(2)],
+    )
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     summary = session.results.summary()
@@ -254,16 +303,26 @@ def test_constraints_reject_a_candidate_that_breaks_another_criterion(world) -> 
 
 
 def test_pareto_reports_the_front(world) -> None:
-    tuner = OptunaTuner(F.two_criteria, space=labeled_space(), n_trials=4, storage="memory", num_threads=1,
-                          objective="pareto", enqueue=[params(4), params(3), params(2), params(5)])
+    tuner = OptunaTuner(
+        F.two_criteria,
+        space=labeled_space(),
+        n_trials=4,
+        storage="memory",
+        num_threads=1,
+        objective="pareto",
+        enqueue=[params(4), params(3), params(2), params(5)],
+    )
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     summary = session.results.summary()
     assert summary["objective"] == "pareto" and len(session.study.directions) == 2
     front = {p["number"]: p["values"] for p in summary["pareto_front"]}
     # (accuracy, brevity): k=4 (80, 20), k=3 (60, 100), k=5 (100, 0) trade off; k=2 (40, 100) is dominated by k=3.
-    assert front == {0: {"accuracy": 80.0, "brevity": 20.0}, 1: {"accuracy": 60.0, "brevity": 100.0},
-                     3: {"accuracy": 100.0, "brevity": 0.0}}
+    assert front == {
+        0: {"accuracy": 80.0, "brevity": 20.0},
+        1: {"accuracy": 60.0, "brevity": 100.0},
+        3: {"accuracy": 100.0, "brevity": 0.0},
+    }
     assert summary["best_trial"]["number"] == 3 and summary["best_value"] == 100.0
     assert summary["best_values"] == {"accuracy": 100.0, "brevity": 0.0}
     assert summary["n_pruned"] == 0  # Optuna does not prune multi-objective trials
@@ -288,8 +347,15 @@ def test_tpe_final_selector_in_our_optimizers(method: str, world) -> None:
 
     storage = optuna.storages.InMemoryStorage()
     selector = CandidateTPE(n_trials=8, minibatch_size=5, full_eval_steps=3, storage=storage, study_name="final")
-    handle = build_optimizer(method, F.accuracy, budget=90, seed=0, num_threads=1, final_selector=selector,
-                             config={"minibatch_size": 5, "steps": 1, "max_bootstrapped_demos": 1})
+    handle = build_optimizer(
+        method,
+        F.accuracy,
+        budget=90,
+        seed=0,
+        num_threads=1,
+        final_selector=selector,
+        config={"minibatch_size": 5, "steps": 1, "max_bootstrapped_demos": 1},
+    )
     program = handle.compile(F.student(), trainset=F.trainset(), valset=F.devset(10))
     result = program.dspy_ext_result
     assert result.lm_calls <= 90 and result.val_score is not None
@@ -307,23 +373,50 @@ def test_tpe_selector_picks_the_best_combination_when_affordable(world) -> None:
 
     storage = optuna.storages.InMemoryStorage()
     selector = CandidateTPE(n_trials=40, minibatch_size=10, storage=storage, study_name="final")
-    ape = APE(F.accuracy, max_lm_calls=400, seed=0, steps=0, num_candidates=4, minibatch_size=5, num_threads=1,
-              max_bootstrapped_demos=1, final_selector=selector)
+    ape = APE(
+        F.accuracy,
+        max_lm_calls=400,
+        seed=0,
+        steps=0,
+        num_candidates=4,
+        minibatch_size=5,
+        num_threads=1,
+        max_bootstrapped_demos=1,
+        final_selector=selector,
+    )
     program = ape.compile(F.student(), trainset=F.trainset(), valset=F.devset(10))
     # every combination is scored on the whole valset (minibatch = valset): the winner is the true best
     study = optuna.load_study(study_name="final", storage=storage)
-    combos = {t.params["0_predictor_instruction"] * 10 + t.params["0_predictor_demos"]: t.value
-              for t in study.trials if t.value is not None}
+    combos = {
+        t.params["0_predictor_instruction"] * 10 + t.params["0_predictor_demos"]: t.value
+        for t in study.trials
+        if t.value is not None
+    }
     assert program.dspy_ext_result.val_score == max(combos.values())
     assert len(combos) == len(study.trials[0].distributions["0_predictor_instruction"].choices) * len(
-        study.trials[0].distributions["0_predictor_demos"].choices)
+        study.trials[0].distributions["0_predictor_demos"].choices
+    )
 
 
 def test_a_trial_with_tpe_final_selection_runs_candidate_level_tpe(world) -> None:
-    space = {"optimizers": {"ape": {"final_selection": "tpe", "final_trials": 6, "num_candidates": 2, "top_k": 2,
-                                    "steps": 0, "minibatch_size": 5, "max_bootstrapped_demos": 0,
-                                    "max_labeled_demos": 1, "induce_temperature": 0.7}},
-             "budget": 120, "pruner": "none", "eval_minibatch": 5}
+    space = {
+        "optimizers": {
+            "ape": {
+                "final_selection": "tpe",
+                "final_trials": 6,
+                "num_candidates": 2,
+                "top_k": 2,
+                "steps": 0,
+                "minibatch_size": 5,
+                "max_bootstrapped_demos": 0,
+                "max_labeled_demos": 1,
+                "induce_temperature": 0.7,
+            }
+        },
+        "budget": 120,
+        "pruner": "none",
+        "eval_minibatch": 5,
+    }
     tuner = OptunaTuner(F.accuracy, space=space, n_trials=1, storage="memory", num_threads=1)
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset(10))
     assert session.optimize() == 1
@@ -362,8 +455,24 @@ def test_cli_tune_json_resume_and_files(tmp_path: Path, monkeypatch, capsys) -> 
     task = F.write_task(tmp_path / "items")
     space = tmp_path / "space.yaml"
     space.write_text("optimizers:\n  labeled:\n    k: {int: [0, 3]}\npruner: none\neval_minibatch: 5\n")
-    argv = ["tune", "--data", str(task), "--adapter", "plain", "--space", str(space), "--storage",
-            str(tmp_path / "optuna.db"), "--train", "20", "--val", "10", "--threads", "1", "--json"]
+    argv = [
+        "tune",
+        "--data",
+        str(task),
+        "--adapter",
+        "plain",
+        "--space",
+        str(space),
+        "--storage",
+        str(tmp_path / "optuna.db"),
+        "--train",
+        "20",
+        "--val",
+        "10",
+        "--threads",
+        "1",
+        "--json",
+    ]
     assert main([*argv, "--trials", "3"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert {"best_value", "n_trials", "n_pruned", "study", "storage"} <= set(first)
@@ -391,8 +500,17 @@ def test_cli_rejects_an_invalid_space(tmp_path: Path, monkeypatch, capsys) -> No
     monkeypatch.setattr(dspy_ext.lm, "make_lm", lambda name="local", **kw: F.make_lm())
     space = tmp_path / "space.yaml"
     space.write_text("optimizers:\n  ape:\n    num_candidates: {int: [0, 4]}\n")
-    code = main(["tune", "--data", str(F.write_task(tmp_path / "t")), "--space", str(space), "--storage",
-                 str(tmp_path / "o.db")])
+    code = main(
+        [
+            "tune",
+            "--data",
+            str(F.write_task(tmp_path / "t")),
+            "--space",
+            str(space),
+            "--storage",
+            str(tmp_path / "o.db"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "dspy-ext tune: error: invalid search space: optimizers.ape.num_candidates: 0 (low end of [0, 4])" in err
@@ -408,8 +526,10 @@ def test_cli_tune_run_file_flags_override_and_stored_settings_resume(tmp_path: P
     space = tmp_path / "space.yaml"
     space.write_text("optimizers:\n  labeled:\n    k: {int: [0, 3]}\npruner: none\neval_minibatch: 5\n")
     run_file = tmp_path / "run.yaml"
-    run_file.write_text(f"data: {task}\nadapter: plain\nspace: {space}\nstorage: {tmp_path / 'optuna.db'}\n"
-                        "study: from-file\ntrials: 2\ntrain: 20\nval: 10\nthreads: 1\ntest: false\n")
+    run_file.write_text(
+        f"data: {task}\nadapter: plain\nspace: {space}\nstorage: {tmp_path / 'optuna.db'}\n"
+        "study: from-file\ntrials: 2\ntrain: 20\nval: 10\nthreads: 1\ntest: false\n"
+    )
     assert main(["tune", "--config", str(run_file), "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["study"] == "from-file" and first["n_trials"] == 2 == first["n_trials_this_run"]
@@ -428,7 +548,11 @@ def test_cli_tune_run_file_flags_override_and_stored_settings_resume(tmp_path: P
     assert main(["tune", "--config", str(stored), "--trials", "4", "--json"]) == 0
     third = json.loads(capsys.readouterr().out)
     assert (third["study"], third["storage"], third["n_trials"], third["n_trials_this_run"]) == (
-        "from-file", first["storage"], 4, 1)
+        "from-file",
+        first["storage"],
+        4,
+        1,
+    )
     # A misspelt key in the run file is one line naming it, before anything runs.
     run_file.write_text(f"data: {task}\ntrails: 3\n")
     assert main(["tune", "--config", str(run_file)]) == 2
@@ -442,11 +566,23 @@ def test_cli_tune_several_workers_need_a_shared_storage(tmp_path: Path, monkeypa
 
     calls = []
     monkeypatch.setattr(dspy_ext.lm, "make_lm", lambda name="local", **kw: calls.append(name) or F.make_lm())
-    code = main(["tune", "--data", str(F.write_task(tmp_path / "t")), "--storage", "memory", "--workers", "2",
-                 "--optimizers", "labeled"])
+    code = main(
+        [
+            "tune",
+            "--data",
+            str(F.write_task(tmp_path / "t")),
+            "--storage",
+            "memory",
+            "--workers",
+            "2",
+            "--optimizers",
+            "labeled",
+        ]
+    )
     assert code == 2 and not calls  # refused before any LM is made
     assert capsys.readouterr().err.strip() == (
-        "dspy-ext tune: error: workers > 1 needs a shared storage (a SQLite file or a database URL), not memory")
+        "dspy-ext tune: error: workers > 1 needs a shared storage (a SQLite file or a database URL), not memory"
+    )
 
 
 @pytest.mark.embedded
@@ -456,8 +592,17 @@ def test_tune_on_the_embedded_model(tmp_path: Path, local_lm) -> None:
     from dspy_ext.experiment import TuneSettings
     from dspy_ext.tuning import tune
 
-    settings = TuneSettings(task="sentiment", optimizers=["labeled"], trials=2, train=10, val=8,
-                            threads=1, storage=str(tmp_path / "optuna.db"), study="embedded", test=False)
+    settings = TuneSettings(
+        task="sentiment",
+        optimizers=["labeled"],
+        trials=2,
+        train=10,
+        val=8,
+        threads=1,
+        storage=str(tmp_path / "optuna.db"),
+        study="embedded",
+        test=False,
+    )
     result = tune(settings, lm=local_lm)  # 8 baseline rows + 2 trials x 8 dev rows, at most 24 model calls
     summary = result.summary
     assert summary["lm"].startswith("local/SmolLM2-135M-Instruct") and summary["adapter"] == "PlainAdapter"

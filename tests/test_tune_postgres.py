@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pg_server import PostgresServer, find_binaries
 
 import tune_fake as F
-from pg_server import PostgresServer, find_binaries
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,14 +39,45 @@ def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
     task = F.write_task(tmp_path / "items")
     space = tmp_path / "space.yaml"
     space.write_text("optimizers:\n  labeled:\n    k: {int: [0, 3]}\npruner: none\neval_minibatch: 5\n")
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "DSPY_EXT_TUNE_FAKE": "1", "DSPY_EXT_TUNE_FAKE_LATENCY": "0.02"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "DSPY_EXT_TUNE_FAKE": "1",
+        "DSPY_EXT_TUNE_FAKE_LATENCY": "0.02",
+    }
     with PostgresServer() as pg:
         url = pg.create_database("optuna")
-        cmd = [sys.executable, str(HERE / "tune_fake.py"), "cli", "tune", "--data", str(task), "--adapter", "plain",
-               "--space", str(space), "--storage", url, "--study", "shared", "--trials", "8", "--workers", "2",
-               "--train", "20", "--val", "10", "--threads", "1", "--heartbeat", "2", "--out", str(tmp_path / "out"),
-               "--json"]
+        cmd = [
+            sys.executable,
+            str(HERE / "tune_fake.py"),
+            "cli",
+            "tune",
+            "--data",
+            str(task),
+            "--adapter",
+            "plain",
+            "--space",
+            str(space),
+            "--storage",
+            url,
+            "--study",
+            "shared",
+            "--trials",
+            "8",
+            "--workers",
+            "2",
+            "--train",
+            "20",
+            "--val",
+            "10",
+            "--threads",
+            "1",
+            "--heartbeat",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads(proc.stdout)

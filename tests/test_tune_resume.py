@@ -17,9 +17,10 @@ from pathlib import Path
 import dspy
 import pytest
 
-import tune_fake as F
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.tuning import OptunaTuner
+
+import tune_fake as F
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,8 +43,13 @@ def _trials(url: str, study: str) -> list | None:
 def test_kill_9_loses_at_most_the_running_trial(tmp_path: Path) -> None:
     url = "sqlite:///" + str(tmp_path / "study.db")
     env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    victim = subprocess.Popen([sys.executable, str(HERE / "tune_fake.py"), "study", url, "killed", "40", "0.03", "1"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(
+        [sys.executable, str(HERE / "tune_fake.py"), "study", url, "killed", "40", "0.03", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     try:
         while True:
@@ -75,8 +81,15 @@ def test_kill_9_loses_at_most_the_running_trial(tmp_path: Path) -> None:
     time.sleep(4.0)
 
     target = len(done_before) + 3
-    tuner = OptunaTuner(F.accuracy, space=F.LABELED_SPACE, n_trials=target, storage=url, study_name="killed",
-                          num_threads=1, heartbeat_interval=1)
+    tuner = OptunaTuner(
+        F.accuracy,
+        space=F.LABELED_SPACE,
+        n_trials=target,
+        storage=url,
+        study_name="killed",
+        num_threads=1,
+        heartbeat_interval=1,
+    )
     with dspy.context(lm=F.make_lm(), adapter=PlainAdapter()):
         session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
         session.optimize()

@@ -36,9 +36,9 @@ import dspy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dspy_ext.adapters import PlainAdapter  # noqa: E402
-from dspy_ext.lm import FakeEngine  # noqa: E402
-from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS  # noqa: E402
+from dspy_ext.adapters import PlainAdapter
+from dspy_ext.lm import FakeEngine
+from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS
 
 LEVELS = (1, 3, 0, 2, 4)
 META_TEXTS = [sig.instructions for sig in DEFAULT_META_PROMPTS.values()]
@@ -101,12 +101,15 @@ def accuracy(example, prediction, trace=None) -> float:
 
 def two_criteria(example, prediction, trace=None) -> dict[str, float]:
     """``accuracy`` (first word right) and ``brevity`` (a one-word answer)."""
-    return {"accuracy": accuracy(example, prediction),
-            "brevity": float(len(str(prediction.output or "").split()) <= 1)}
+    return {"accuracy": accuracy(example, prediction), "brevity": float(len(str(prediction.output or "").split()) <= 1)}
 
 
-LABELED_SPACE = {"optimizers": {"labeled": {"k": {"int": [0, 5]}}}, "pruner": "none", "eval_minibatch": 5,
-                 "sampler": {"type": "tpe", "n_startup_trials": 3}}
+LABELED_SPACE = {
+    "optimizers": {"labeled": {"k": {"int": [0, 5]}}},
+    "pruner": "none",
+    "eval_minibatch": 5,
+    "sampler": {"type": "tpe", "n_startup_trials": 3},
+}
 
 
 def write_task(folder: Path, n_train: int = 30, n_test: int = 10) -> Path:
@@ -135,8 +138,15 @@ def run_study(storage: str, study: str, trials: int, latency: float = 0.0, heart
     """Run :class:`OptunaTuner` on the labeled space in this process (the kill -9 test's victim)."""
     from dspy_ext.tuning import OptunaTuner
 
-    tuner = OptunaTuner(accuracy, space=LABELED_SPACE, n_trials=trials, storage=storage, study_name=study,
-                          num_threads=1, heartbeat_interval=heartbeat)
+    tuner = OptunaTuner(
+        accuracy,
+        space=LABELED_SPACE,
+        n_trials=trials,
+        storage=storage,
+        study_name=study,
+        num_threads=1,
+        heartbeat_interval=heartbeat,
+    )
     with dspy.context(lm=make_lm(latency), adapter=PlainAdapter()):
         tuner.open(student(), trainset=trainset(), valset=devset()).optimize()
 

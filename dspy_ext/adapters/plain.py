@@ -29,6 +29,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from dspy_ext.runtime import PlainReplyError, split_plain_reply
 
+
 def field_prefix(signature: type[Signature], name: str) -> str:
     """The ``Prefix:`` label of a field (DSPy's prefix, e.g. ``"Input:"``)."""
     field = signature.fields[name]
@@ -62,8 +63,7 @@ class PlainAdapter(Adapter):
         >>> dspy.Predict("input -> output")(input="cats")                 # doctest: +SKIP
     """
 
-    def __init__(self, format_hint: bool = False, fill_missing: Mapping[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, format_hint: bool = False, fill_missing: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.format_hint = format_hint
         self.fill_missing = dict(fill_missing or {})
@@ -139,15 +139,22 @@ class PlainAdapter(Adapter):
             problem = str(exc)
             if exc.missing:
                 problem += "; expected lines starting with " + ", ".join(field_prefix(signature, n) for n in names)
-            raise AdapterParseError(type(self).__name__, signature, completion, problem[0].upper() + problem[1:] + ".",
-                                    parsed_result=exc.partial or None) from None
+            raise AdapterParseError(
+                type(self).__name__,
+                signature,
+                completion,
+                problem[0].upper() + problem[1:] + ".",
+                parsed_result=exc.partial or None,
+            ) from None
         parsed: dict[str, Any] = {}
         for name in names:
             try:
                 parsed[name] = self._coerce(raw[name], signature.output_fields[name].annotation)
             except Exception as exc:  # pydantic / json errors: name the field
                 raise AdapterParseError(
-                    type(self).__name__, signature, completion,
+                    type(self).__name__,
+                    signature,
+                    completion,
                     f"Field '{name}' could not be read as {signature.output_fields[name].annotation}: {exc}",
                     parsed_result=dict(parsed),
                 ) from exc

@@ -21,12 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dspy_ext.cli import compare
+    from dspy_ext.cli import compare, evaluate, review, tune
     from dspy_ext.cli import compile as compile_cmd
-    from dspy_ext.cli import evaluate
     from dspy_ext.cli import export as export_cmd
-    from dspy_ext.cli import review
-    from dspy_ext.cli import tune
 
     parser = argparse.ArgumentParser(prog="dspy-ext", description="Prompt optimization for DSPy programs.")
     subparsers = parser.add_subparsers(dest="command", required=True)

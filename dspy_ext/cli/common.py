@@ -29,60 +29,124 @@ def _default(settings_cls: type[ExperimentSettings], key: str) -> str:
     return f" (default: {value})" if value not in (None, [], {}) else ""
 
 
+def add_experiment_args(
+    parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings] = ExperimentSettings
+) -> None:
+    """The flags every command that builds an experiment takes: ``--config``, the data and the model/program."""
+    add_config_arg(parser)
+    add_task_args(parser)
+    add_model_args(parser, settings_cls)
+
+
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="RUN_FILE", default=None,
-                        help="run file (YAML, TOML or JSON) with the same keys as the flags; flags given on the "
-                             "command line override it. A run folder's settings.yaml reproduces that run.")
+    parser.add_argument(
+        "--config",
+        metavar="RUN_FILE",
+        default=None,
+        help="run file (YAML, TOML or JSON) with the same keys as the flags; flags given on the "
+        "command line override it. A run folder's settings.yaml reproduces that run.",
+    )
 
 
 def add_task_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (one of --task/--data, here or in the run file)")
     source = group.add_mutually_exclusive_group()
     source.add_argument("--task", default=argparse.SUPPRESS, help="built-in task name (e.g. sentiment)")
-    source.add_argument("--data", default=argparse.SUPPRESS,
-                        help="task folder (train.jsonl, test.jsonl, instructions.json) or one data file")
-    group.add_argument("--input-keys", dest="input_keys", default=argparse.SUPPRESS,
-                       help="comma-separated input columns (default: input)")
-    group.add_argument("--output-keys", dest="output_keys", default=argparse.SUPPRESS,
-                       help="comma-separated output columns (default: output)")
+    source.add_argument(
+        "--data",
+        default=argparse.SUPPRESS,
+        help="task folder (train.jsonl, test.jsonl, instructions.json) or one data file",
+    )
+    group.add_argument(
+        "--input-keys",
+        dest="input_keys",
+        default=argparse.SUPPRESS,
+        help="comma-separated input columns (default: input)",
+    )
+    group.add_argument(
+        "--output-keys",
+        dest="output_keys",
+        default=argparse.SUPPRESS,
+        help="comma-separated output columns (default: output)",
+    )
 
 
-def add_model_args(parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings] = ExperimentSettings,
-                   ) -> None:
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    settings_cls: type[ExperimentSettings] = ExperimentSettings,
+) -> None:
     d = lambda key: _default(settings_cls, key)
     group = parser.add_argument_group("model and program")
-    group.add_argument("--lm", default=argparse.SUPPRESS,
-                       help="'local' (embedded SmolLM2-135M) or any dspy.LM model string" + d("lm"))
-    group.add_argument("--lm-timeout", dest="lm_timeout", type=float, default=argparse.SUPPRESS,
-                       help="seconds one LM call may take before it is abandoned and retried (default: no limit)")
-    group.add_argument("--lm-retries", dest="lm_retries", type=int, default=argparse.SUPPRESS,
-                       help="retries of a transient LM error, with backoff; each try counts" + d("lm_retries"))
-    group.add_argument("--adapter", default=argparse.SUPPRESS, choices=["auto", "plain", "chat", "json"],
-                       help="prompt format: auto = plain for local models, DSPy's chat adapter otherwise" + d("adapter"))
-    group.add_argument("--program", default=argparse.SUPPRESS,
-                       help="built-in program (transform, classify, two_step, cot) or an import path "
-                            "package.module:Class of your own dspy.Module" + d("program"))
-    group.add_argument("--metric", default=argparse.SUPPRESS,
-                       help="built-in metric (exact_match, contains, token_f1, numeric_match) or an import path "
-                            "package.module:function" + d("metric"))
+    group.add_argument(
+        "--lm", default=argparse.SUPPRESS, help="'local' (embedded SmolLM2-135M) or any dspy.LM model string" + d("lm")
+    )
+    group.add_argument(
+        "--lm-timeout",
+        dest="lm_timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds one LM call may take before it is abandoned and retried (default: no limit)",
+    )
+    group.add_argument(
+        "--lm-retries",
+        dest="lm_retries",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="retries of a transient LM error, with backoff; each try counts" + d("lm_retries"),
+    )
+    group.add_argument(
+        "--adapter",
+        default=argparse.SUPPRESS,
+        choices=["auto", "plain", "chat", "json"],
+        help="prompt format: auto = plain for local models, DSPy's chat adapter otherwise" + d("adapter"),
+    )
+    group.add_argument(
+        "--program",
+        default=argparse.SUPPRESS,
+        help="built-in program (transform, classify, two_step, cot) or an import path "
+        "package.module:Class of your own dspy.Module" + d("program"),
+    )
+    group.add_argument(
+        "--metric",
+        default=argparse.SUPPRESS,
+        help="built-in metric (exact_match, contains, token_f1, numeric_match) or an import path "
+        "package.module:function" + d("metric"),
+    )
     group.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="evaluation threads" + d("threads"))
     group.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed for every random choice" + d("seed"))
-    group.add_argument("--no-cache", dest="no_cache", action="store_true", default=argparse.SUPPRESS,
-                       help="bypass DSPy's response cache")
+    group.add_argument(
+        "--no-cache",
+        dest="no_cache",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="bypass DSPy's response cache",
+    )
 
 
 def add_split_args(parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings], what: str) -> None:
-    parser.add_argument("--train", type=int, default=argparse.SUPPRESS,
-                        help=f"training rows drawn {what} from the training file" + _default(settings_cls, "train"))
-    parser.add_argument("--val", type=int, default=argparse.SUPPRESS,
-                        help=f"validation rows drawn {what} from the training file" + _default(settings_cls, "val"))
+    parser.add_argument(
+        "--train",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"training rows drawn {what} from the training file" + _default(settings_cls, "train"),
+    )
+    parser.add_argument(
+        "--val",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"validation rows drawn {what} from the training file" + _default(settings_cls, "val"),
+    )
 
 
 def add_feedback_arg(parser: argparse.ArgumentParser, what: str = "the compile") -> None:
-    parser.add_argument("--feedback", metavar="STORE", default=argparse.SUPPRESS,
-                        help=f"a review store (dspy-ext review) {what} learns from: Good and corrected outputs join "
-                             "the training rows, the criteria's aligned checks become guarded criteria, critiques "
-                             "go to the optimizer, Good outputs are pinned cases")
+    parser.add_argument(
+        "--feedback",
+        metavar="STORE",
+        default=argparse.SUPPRESS,
+        help=f"a review store (dspy-ext review) {what} learns from: Good and corrected outputs join "
+        "the training rows, the criteria's aligned checks become guarded criteria, critiques "
+        "go to the optimizer, Good outputs are pinned cases",
+    )
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
@@ -102,8 +166,9 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("dspy_ext").setLevel(level)
 
 
-def given_flags(args: argparse.Namespace, settings_cls: type[ExperimentSettings],
-                rename: dict[str, str] | None = None) -> dict[str, Any]:
+def given_flags(
+    args: argparse.Namespace, settings_cls: type[ExperimentSettings], rename: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The settings keys the command line gave (flags not given are absent)."""
     rename = rename or {}
     values: dict[str, Any] = {}
@@ -118,8 +183,13 @@ def given_flags(args: argparse.Namespace, settings_cls: type[ExperimentSettings]
     return values
 
 
-def load_settings(args: argparse.Namespace, settings_cls: type[Any], *,
-                  rename: dict[str, str] | None = None, json_flags: dict[str, str] | None = None) -> Any:
+def load_settings(
+    args: argparse.Namespace,
+    settings_cls: type[Any],
+    *,
+    rename: dict[str, str] | None = None,
+    json_flags: dict[str, str] | None = None,
+) -> Any:
     """Settings of ``settings_cls`` from ``--config`` with the given flags on top.
 
     Args:
@@ -165,16 +235,32 @@ def format_errors(errors: dict[str, int]) -> str:
 
 def add_guard_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, repeats: bool = True) -> None:
     """``--guard CRITERION=POINTS`` (repeatable), and with ``repeats`` ``--repeats K`` and ``--temperature T``."""
-    group = parser.add_argument_group("regression guards" + (" and repeats" if repeats else "")) \
-        if isinstance(parser, argparse.ArgumentParser) else parser
-    group.add_argument("--guard", dest="guards", action="append", metavar="CRITERION=POINTS",
-                       default=argparse.SUPPRESS,
-                       help="the most points a criterion of the metric may drop against the student, e.g. "
-                            "--guard format=0 --guard short=2 ('score' is the objective); repeatable")
+    group = (
+        parser.add_argument_group("regression guards" + (" and repeats" if repeats else ""))
+        if isinstance(parser, argparse.ArgumentParser)
+        else parser
+    )
+    group.add_argument(
+        "--guard",
+        dest="guards",
+        action="append",
+        metavar="CRITERION=POINTS",
+        default=argparse.SUPPRESS,
+        help="the most points a criterion of the metric may drop against the student, e.g. "
+        "--guard format=0 --guard short=2 ('score' is the objective); repeatable",
+    )
     if not repeats:
         return
-    group.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
-                       help="rollouts per row of every evaluation; selection uses their mean and the report names "
-                            "the rows that pass only sometimes (default: 1)")
-    group.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
-                       help="task-LM temperature of those rollouts (default: 0.7 with --repeats > 1)")
+    group.add_argument(
+        "--repeats",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="rollouts per row of every evaluation; selection uses their mean and the report names "
+        "the rows that pass only sometimes (default: 1)",
+    )
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="task-LM temperature of those rollouts (default: 0.7 with --repeats > 1)",
+    )

@@ -20,13 +20,11 @@ import argparse
 import sys
 
 from dspy_ext.cli.common import (
-    add_config_arg,
+    add_experiment_args,
     add_feedback_arg,
     add_guard_args,
-    add_model_args,
     add_output_args,
     add_split_args,
-    add_task_args,
     emit_json,
     load_settings,
 )
@@ -36,20 +34,33 @@ from dspy_ext.experiment import CompareSettings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="compare optimizers over seeds on held-out data",
+        "compare",
+        help="compare optimizers over seeds on held-out data",
         description="Compile a task with several optimizers and seeds, score each run on the held-out test "
-                    "split and tabulate mean ± 95% CI, LM calls, tokens, time and paired significance tests.")
-    add_config_arg(parser)
-    add_task_args(parser)
-    add_model_args(parser, CompareSettings)
-    parser.add_argument("--optimizers", default=argparse.SUPPRESS,
-                        help="comma-separated registry names, e.g. ape,opro,mipro,copro,bfsrs")
-    parser.add_argument("--optimizer-config", dest="optimizer_config", default=argparse.SUPPRESS, metavar="JSON",
-                        help="per-optimizer settings as JSON, e.g. '{\"ape\": {\"top_k\": 2}}' (validated)")
-    parser.add_argument("--budget", type=int, default=argparse.SUPPRESS,
-                        help="LM calls per compile (hard cap for ours; closest setting for DSPy's; default: 400)")
-    parser.add_argument("--seeds", type=int, default=argparse.SUPPRESS,
-                        help="seeds per optimizer: --seed, --seed+1, ... (default: 3)")
+        "split and tabulate mean ± 95% CI, LM calls, tokens, time and paired significance tests.",
+    )
+    add_experiment_args(parser, CompareSettings)
+    parser.add_argument(
+        "--optimizers",
+        default=argparse.SUPPRESS,
+        help="comma-separated registry names, e.g. ape,opro,mipro,copro,bfsrs",
+    )
+    parser.add_argument(
+        "--optimizer-config",
+        dest="optimizer_config",
+        default=argparse.SUPPRESS,
+        metavar="JSON",
+        help='per-optimizer settings as JSON, e.g. \'{"ape": {"top_k": 2}}\' (validated)',
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="LM calls per compile (hard cap for ours; closest setting for DSPy's; default: 400)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=argparse.SUPPRESS, help="seeds per optimizer: --seed, --seed+1, ... (default: 3)"
+    )
     add_split_args(parser, CompareSettings, "per seed")
     add_feedback_arg(parser, "every compile")
     add_guard_args(parser)
@@ -60,10 +71,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the comparison; exit 1 if a cell failed."""
-    settings = load_settings(args, CompareSettings, rename={"optimizer_config": "optimizer_configs"},
-                             json_flags={"optimizer_configs": "--optimizer-config"})
-    result = run_compare(settings, lm=args.injected_lm, progress=sys.stderr.isatty() and not args.json,
-                         log=lambda message: print(message, file=sys.stderr, flush=True))
+    settings = load_settings(
+        args,
+        CompareSettings,
+        rename={"optimizer_config": "optimizer_configs"},
+        json_flags={"optimizer_configs": "--optimizer-config"},
+    )
+    result = run_compare(
+        settings,
+        lm=args.injected_lm,
+        progress=sys.stderr.isatty() and not args.json,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     if args.json:
         emit_json(result, args.console)
     else:
@@ -73,18 +92,29 @@ def main(args: argparse.Namespace) -> int:
 
 def render_text(result: dict) -> str:
     """A short plain-text summary for the terminal."""
-    lines = [f"{result['task']}: {len(result['rows'])} runs ({result['skipped_cells']} resumed), "
-             f"{result['new_lm_calls']} new LM calls -> {result['out']}"]
+    lines = [
+        f"{result['task']}: {len(result['rows'])} runs ({result['skipped_cells']} resumed), "
+        f"{result['new_lm_calls']} new LM calls -> {result['out']}"
+    ]
     for row in result["summary"]:
         if not row["runs"]:
             lines.append(f"  {row['optimizer']:<14} no finished run")
             continue
         vs = row.get("vs_best")
-        mark = "best" if row.get("best") else (
-            f"{-vs['diff_points'] + 0.0:+.1f} pts, p={vs['p_value']:.3g}{' *' if vs['significant'] else ''}" if vs else "")
+        mark = (
+            "best"
+            if row.get("best")
+            else (
+                f"{-vs['diff_points'] + 0.0:+.1f} pts, p={vs['p_value']:.3g}{' *' if vs['significant'] else ''}"
+                if vs
+                else ""
+            )
+        )
         ci = f"{row['test_mean']:.1f} ± {row['test_ci95']:.1f}"
-        lines.append(f"  {row['optimizer']:<14} {ci:>13}  {row['lm_calls_mean']:>6.0f} calls  "
-                     f"{row['seconds_mean']:>6.0f} s  {mark}")
+        lines.append(
+            f"  {row['optimizer']:<14} {ci:>13}  {row['lm_calls_mean']:>6.0f} calls  "
+            f"{row['seconds_mean']:>6.0f} s  {mark}"
+        )
     for fail in result["failed"]:
         lines.append(f"  FAILED {fail['optimizer']} seed {fail['seed']}: {fail['error'][:200]}")
     return "\n".join(lines)

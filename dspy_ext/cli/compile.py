@@ -11,13 +11,11 @@ import argparse
 import sys
 
 from dspy_ext.cli.common import (
-    add_config_arg,
+    add_experiment_args,
     add_feedback_arg,
     add_guard_args,
-    add_model_args,
     add_output_args,
     add_split_args,
-    add_task_args,
     emit_json,
     load_settings,
 )
@@ -26,26 +24,38 @@ from dspy_ext.registry import REGISTRY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("compile", help="optimize a program's prompts for a task",
-                                   description="Optimize a program's instructions and demos for a task.")
-    add_config_arg(parser)
-    add_task_args(parser)
-    add_model_args(parser, RunSettings)
-    parser.add_argument("--optimizer", default=argparse.SUPPRESS, choices=list(REGISTRY),
-                        help="optimizer (default: ape)")
-    parser.add_argument("--optimizer-config", dest="optimizer_config", default=argparse.SUPPRESS,
-                        metavar="JSON",
-                        help="the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys "
-                             "are errors)")
-    parser.add_argument("--budget", type=int, default=argparse.SUPPRESS,
-                        help="max LM calls (hard cap for dspy-ext's optimizers; default: 400)")
+    parser = subparsers.add_parser(
+        "compile",
+        help="optimize a program's prompts for a task",
+        description="Optimize a program's instructions and demos for a task.",
+    )
+    add_experiment_args(parser, RunSettings)
+    parser.add_argument(
+        "--optimizer", default=argparse.SUPPRESS, choices=list(REGISTRY), help="optimizer (default: ape)"
+    )
+    parser.add_argument(
+        "--optimizer-config",
+        dest="optimizer_config",
+        default=argparse.SUPPRESS,
+        metavar="JSON",
+        help="the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="max LM calls (hard cap for dspy-ext's optimizers; default: 400)",
+    )
     add_split_args(parser, RunSettings, "")
     add_feedback_arg(parser)
     add_guard_args(parser)
     parser.add_argument("--out", default=argparse.SUPPRESS, help="run folder (default runs/TASK-OPTIMIZER-sSEED)")
-    parser.add_argument("--restart", action="store_true",
-                        help="start over in a run folder that holds a run with other settings (default: re-running "
-                             "the same settings resumes an interrupted compile; other settings are an error)")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over in a run folder that holds a run with other settings (default: re-running "
+        "the same settings resumes an interrupted compile; other settings are an error)",
+    )
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -58,18 +68,27 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(summary, args.console)
     else:
-        print(f"{summary['task']} · {settings.optimizer} · seed {settings.seed}: test {summary['test_score']:.1f}% "
-              f"(labeled-demo baseline {summary['baseline_test_score']:.1f}%, zero-shot {summary['zero_shot_test_score']:.1f}%), "
-              f"val {summary['val_score']:.1f}%, "
-              f"{summary['lm_calls']} LM calls, {summary['seconds']:.0f} s -> {result.out}", file=args.console)
+        print(
+            f"{summary['task']} · {settings.optimizer} · seed {settings.seed}: test {summary['test_score']:.1f}% "
+            f"(labeled-demo baseline {summary['baseline_test_score']:.1f}%, zero-shot {summary['zero_shot_test_score']:.1f}%), "
+            f"val {summary['val_score']:.1f}%, "
+            f"{summary['lm_calls']} LM calls, {summary['seconds']:.0f} s -> {result.out}",
+            file=args.console,
+        )
         if "pinned" in summary:
             pinned = summary["pinned"]
-            print(f"human review: {summary['feedback']['labeled']} labeled examples, "
-                  f"{summary['feedback']['critiques']} critiques; pinned cases {pinned['kept']} kept, "
-                  f"{pinned['broken']} broken", file=args.console)
+            print(
+                f"human review: {summary['feedback']['labeled']} labeled examples, "
+                f"{summary['feedback']['critiques']} critiques; pinned cases {pinned['kept']} kept, "
+                f"{pinned['broken']} broken",
+                file=args.console,
+            )
             for case in pinned["broken_items"][:10]:
-                print(f"  broken: {case['input'][:60]!r}: {case['approved'][:30]!r} -> {case['output'][:30]!r} "
-                      f"(fails {', '.join(case['failed'])})", file=args.console)
+                print(
+                    f"  broken: {case['input'][:60]!r}: {case['approved'][:30]!r} -> {case['output'][:30]!r} "
+                    f"(fails {', '.join(case['failed'])})",
+                    file=args.console,
+                )
         print_criteria(summary, args.console)
     return 0
 
@@ -78,25 +97,39 @@ def print_criteria(summary: dict, stream) -> None:
     """The per-criterion table, the guards' verdict and the rows that pass only sometimes, as text."""
     table, val = summary.get("criteria") or {}, summary.get("val_criteria") or {}
     if table:
-        print(f"{'criterion':<16} {'student test':>12} {'compiled test':>13} {'student val':>11} {'compiled val':>12}",
-              file=stream)
+        print(
+            f"{'criterion':<16} {'student test':>12} {'compiled test':>13} {'student val':>11} {'compiled val':>12}",
+            file=stream,
+        )
         for name, cell in table.items():
             v = val.get(name, {})
             fmt = lambda x: "-" if x is None else f"{x:.1f}"
-            print(f"{name:<16} {cell['student']:>12.1f} {cell['compiled']:>13.1f} {fmt(v.get('student')):>11} "
-                  f"{fmt(v.get('compiled')):>12}", file=stream)
+            print(
+                f"{name:<16} {cell['student']:>12.1f} {cell['compiled']:>13.1f} {fmt(v.get('student')):>11} "
+                f"{fmt(v.get('compiled')):>12}",
+                file=stream,
+            )
     report = summary.get("guard_report")
     if report:
         val_report = report.get("val") or {}
         rejected = ", ".join(f"{k} {n}" for k, n in (val_report.get("rejected") or {}).items()) or "none"
-        note = val_report.get("fallback") or (f"gate returned the {val_report['returned']}"
-                                              if val_report.get("returned") not in (None, "compiled") else "")
+        note = val_report.get("fallback") or (
+            f"gate returned the {val_report['returned']}"
+            if val_report.get("returned") not in (None, "compiled")
+            else ""
+        )
         test = report["test"]
-        print(f"guards {report['tolerances']}: test {'kept' if test['kept'] else 'BROKEN ' + str(test['broken'])}; "
-              f"candidates set aside: {rejected}" + (f"; {note}" if note else ""), file=stream)
+        print(
+            f"guards {report['tolerances']}: test {'kept' if test['kept'] else 'BROKEN ' + str(test['broken'])}; "
+            f"candidates set aside: {rejected}" + (f"; {note}" if note else ""),
+            file=stream,
+        )
     repeats = summary.get("repeats")
     if repeats:
-        print(f"{repeats['k']} rollouts per row: test {repeats['test_mean']:.1f} ± {repeats['test_ci95']:.1f}; "
-              f"{len(repeats['flaky_test_rows'])} rows pass only sometimes", file=stream)
+        print(
+            f"{repeats['k']} rollouts per row: test {repeats['test_mean']:.1f} ± {repeats['test_ci95']:.1f}; "
+            f"{len(repeats['flaky_test_rows'])} rows pass only sometimes",
+            file=stream,
+        )
         for row in repeats["flaky_test_rows"][:10]:
             print(f"  row {row['index']} passes {100 * row['pass_rate']:.0f}%: {row['input'][:70]}", file=stream)

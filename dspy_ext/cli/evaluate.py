@@ -7,10 +7,8 @@ import sys
 
 from dspy_ext.cli.common import (
     CLIError,
-    add_config_arg,
-    add_model_args,
+    add_experiment_args,
     add_output_args,
-    add_task_args,
     emit_json,
     format_errors,
     load_settings,
@@ -21,17 +19,22 @@ from dspy_ext.prompt_state import predictors
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="score a program on a task split",
-                                   description="Score a program on a task split with the shared evaluator.")
-    add_config_arg(parser)
-    add_task_args(parser)
-    add_model_args(parser)
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a program on a task split",
+        description="Score a program on a task split with the shared evaluator.",
+    )
+    add_experiment_args(parser)
     parser.add_argument("--demos", type=int, default=0, help="labeled demos from the training split (default 0)")
     parser.add_argument("--split", default="test", choices=["train", "test"], help="split to score")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     parser.add_argument("--repeats", type=int, default=1, help="rollouts per row (sampled when > 1)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default: 0.7 when --repeats > 1, else the LM's)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: 0.7 when --repeats > 1, else the LM's)",
+    )
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -54,30 +57,48 @@ def main(args: argparse.Namespace) -> int:
     if not rows:
         raise CLIError(f"split '{args.split}' of task '{task.name}' has no rows")
     temperature = args.temperature if args.temperature is not None else (0.7 if args.repeats > 1 else None)
-    evaluator = Evaluator(components.metric, num_threads=settings.threads,
-                          progress=sys.stderr.isatty() or not args.json)
+    evaluator = Evaluator(
+        components.metric, num_threads=settings.threads, progress=sys.stderr.isatty() or not args.json
+    )
     with components.context():
-        report = evaluator.evaluate(student, rows, repeats=args.repeats, temperature=temperature,
-                                    desc=f"{task.name}/{args.split}")
+        report = evaluator.evaluate(
+            student, rows, repeats=args.repeats, temperature=temperature, desc=f"{task.name}/{args.split}"
+        )
     result = {
-        "task": task.name, "split": args.split, "program": settings.program, "lm": components.lm.model,
-        "adapter": components.adapter_name, "demos": len(demos), **report.to_dict(),
+        "task": task.name,
+        "split": args.split,
+        "program": settings.program,
+        "lm": components.lm.model,
+        "adapter": components.adapter_name,
+        "demos": len(demos),
+        **report.to_dict(),
     }
     if args.repeats > 1:
         rates = report.pass_rates
-        result["flaky_rows"] = [{"index": i, "pass_rate": round(rates[i], 3),
-                                 "input": "; ".join(str(v) for v in rows[i].inputs().values())[:120]}
-                                for i in report.flaky]
+        result["flaky_rows"] = [
+            {
+                "index": i,
+                "pass_rate": round(rates[i], 3),
+                "input": "; ".join(str(v) for v in rows[i].inputs().values())[:120],
+            }
+            for i in report.flaky
+        ]
     if args.json:
         emit_json(result, args.console)
     else:
         ci = f" ± {result['ci95']:.1f}" if result["ci95"] else ""
         say = args.console
-        print(f"{task.name} [{args.split}] {settings.program} · {components.lm.model} · {components.adapter_name} · "
-              f"{len(demos)} demos", file=say)
-        print(f"score {result['score']:.1f}%{ci} (n={result['n']}, repeats={args.repeats})  "
-              f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
-              f"{result['seconds']:.1f} s", file=say)
+        print(
+            f"{task.name} [{args.split}] {settings.program} · {components.lm.model} · {components.adapter_name} · "
+            f"{len(demos)} demos",
+            file=say,
+        )
+        print(
+            f"score {result['score']:.1f}%{ci} (n={result['n']}, repeats={args.repeats})  "
+            f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
+            f"{result['seconds']:.1f} s",
+            file=say,
+        )
         print(f"errors: {format_errors(result['errors'])}", file=say)
         cis = report.criteria_cis()
         if cis:

@@ -18,20 +18,15 @@ than ``--tolerance`` points.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-import dspy
-
 from dspy_ext.cli.common import (
     CLIError,
-    add_config_arg,
-    add_model_args,
+    add_experiment_args,
     add_output_args,
-    add_task_args,
     emit_json,
     format_errors,
     given_flags,
@@ -81,23 +76,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a compiled program's prompts as a JSON artifact that runs without DSPy",
         description="Export every predictor's exact prompt (as templates), demos, output parsing, LM settings and "
-                    "metadata to a hashed JSON artifact, plus a Markdown view; --verify re-scores the artifact "
-                    "through the DSPy-free runtime next to the in-DSPy score.",
+        "metadata to a hashed JSON artifact, plus a Markdown view; --verify re-scores the artifact "
+        "through the DSPy-free runtime next to the in-DSPy score.",
     )
-    parser.add_argument("source", metavar="RUN_OR_PROGRAM",
-                        help="a run folder written by 'dspy-ext compile' (its settings.yaml names the task, "
-                             "program and metric), or a program state saved with program.save('x.json')")
-    parser.add_argument("--out", required=True, help="artifact file to write (.json); the Markdown view is "
-                                                     "written next to it with .md")
-    add_config_arg(parser)
-    add_task_args(parser)
-    add_model_args(parser)
-    parser.add_argument("--verify", action="store_true",
-                        help="re-score through the runtime and compare with the DSPy score (exit 1 on a mismatch)")
+    parser.add_argument(
+        "source",
+        metavar="RUN_OR_PROGRAM",
+        help="a run folder written by 'dspy-ext compile' (its settings.yaml names the task, "
+        "program and metric), or a program state saved with program.save('x.json')",
+    )
+    parser.add_argument(
+        "--out", required=True, help="artifact file to write (.json); the Markdown view is written next to it with .md"
+    )
+    add_experiment_args(parser)
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-score through the runtime and compare with the DSPy score (exit 1 on a mismatch)",
+    )
     parser.add_argument("--split", default="test", choices=["train", "test"], help="split to verify on")
     parser.add_argument("--limit", type=int, default=None, help="verify on the first N rows only")
-    parser.add_argument("--tolerance", type=float, default=0.0,
-                        help="allowed score difference in points (default 0: a greedy local model must agree)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="allowed score difference in points (default 0: a greedy local model must agree)",
+    )
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -127,15 +131,18 @@ def read_source(source: Path, args: argparse.Namespace) -> tuple[Path, dict[str,
             raise CLIError(str(exc)) from None
         return opened.program_file, opened.summary, settings
     if source.suffix.lower() == ".pkl":
-        raise CLIError(f"{source}: refusing to load a pickle (loading one can run arbitrary code); "
-                       "save the program state with program.save('program.json') and export that")
+        raise CLIError(
+            f"{source}: refusing to load a pickle (loading one can run arbitrary code); "
+            "save the program state with program.save('program.json') and export that"
+        )
     if source.suffix.lower() != ".json":
         raise CLIError(f"{source}: expected a program state .json file or a run folder")
     return source, {}, load_settings(args, RunSettings)
 
 
-def run_metadata(run_info: dict[str, Any], program_name: str, task: Any, adapter_name: str,
-                 lm_model: str, program_path: Path) -> dict[str, Any]:
+def run_metadata(
+    run_info: dict[str, Any], program_name: str, task: Any, adapter_name: str, lm_model: str, program_path: Path
+) -> dict[str, Any]:
     """The artifact metadata for an export: ``run.json`` figures plus the task, program and source.
 
     Args:
@@ -175,8 +182,13 @@ def run_metadata(run_info: dict[str, Any], program_name: str, task: Any, adapter
     for key, actual in (("adapter", adapter_name), ("lm", lm_model)):
         recorded = run_info.get(key)
         if isinstance(recorded, str) and recorded != actual:
-            logger.warning("the run was compiled with %s %s but is exported with %s; the artifact holds the "
-                           "prompt %s would send", key, recorded, actual, actual)
+            logger.warning(
+                "the run was compiled with %s %s but is exported with %s; the artifact holds the prompt %s would send",
+                key,
+                recorded,
+                actual,
+                actual,
+            )
     if metadata.get("data_hash") is None:
         metadata["data_hash"] = dataset_fingerprint(task.train)
     metadata.update({"task": task.name, "program": program_name, "source": str(program_path)})
@@ -208,10 +220,17 @@ def main(args: argparse.Namespace) -> int:
     markdown = out.with_suffix(".md")
     export_markdown(artifact, markdown)
     result: dict[str, Any] = {
-        "artifact": str(out), "markdown": str(markdown), "content_hash": artifact.content_hash,
+        "artifact": str(out),
+        "markdown": str(markdown),
+        "content_hash": artifact.content_hash,
         "predictors": {n: artifact.data["predictors"][n]["adapter"] for n in artifact.names},
-        "task": setup.task.name, "program": settings.program, "lm": setup.lm.model,
-        "verified": False, "dspy_score": None, "runtime_score": None, "n": None,
+        "task": setup.task.name,
+        "program": settings.program,
+        "lm": setup.lm.model,
+        "verified": False,
+        "dspy_score": None,
+        "runtime_score": None,
+        "n": None,
     }
     report = None
     if args.verify:
@@ -220,8 +239,15 @@ def main(args: argparse.Namespace) -> int:
         if not rows:
             raise CLIError(f"split '{args.split}' of task '{setup.task.name}' has no rows")
         with setup.context():
-            report = verify(program, artifact, rows, setup.metric, tolerance=args.tolerance,
-                            num_threads=settings.threads, progress=sys.stderr.isatty())
+            report = verify(
+                program,
+                artifact,
+                rows,
+                setup.metric,
+                tolerance=args.tolerance,
+                num_threads=settings.threads,
+                progress=sys.stderr.isatty(),
+            )
         result.update({"verified": True, "split": args.split, **report.to_dict()})
     if args.json:
         emit_json(result, args.console)
@@ -229,12 +255,17 @@ def main(args: argparse.Namespace) -> int:
         names = ", ".join(f"{n} [{a}]" for n, a in result["predictors"].items())
         print(f"wrote {out} (sha256 {artifact.content_hash[:16]}; {names}) and {markdown}", file=args.console)
         if report is not None:
-            print(f"verify {setup.task.name}/{args.split} n={report.dspy.n_examples}: "
-                  f"DSPy {report.dspy_score:.2f}%  runtime {report.runtime_score:.2f}%  "
-                  f"(difference {report.difference:+.2f}, tolerance {args.tolerance:g}; "
-                  f"{len(report.differing_rows)} row(s) differ)", file=args.console)
-            print(f"errors: DSPy {format_errors(report.dspy.errors)}; runtime {format_errors(report.runtime.errors)}",
-                  file=args.console)
+            print(
+                f"verify {setup.task.name}/{args.split} n={report.dspy.n_examples}: "
+                f"DSPy {report.dspy_score:.2f}%  runtime {report.runtime_score:.2f}%  "
+                f"(difference {report.difference:+.2f}, tolerance {args.tolerance:g}; "
+                f"{len(report.differing_rows)} row(s) differ)",
+                file=args.console,
+            )
+            print(
+                f"errors: DSPy {format_errors(report.dspy.errors)}; runtime {format_errors(report.runtime.errors)}",
+                file=args.console,
+            )
     if report is not None and not report.passed:
         rows_text = ", ".join(map(str, report.differing_rows[:10]))
         print(

@@ -33,10 +33,8 @@ from typing import Any
 
 from dspy_ext.cli.common import (
     CLIError,
-    add_config_arg,
-    add_model_args,
+    add_experiment_args,
     add_output_args,
-    add_task_args,
     emit_json,
     load_settings,
 )
@@ -69,42 +67,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         >>> parser = argparse.ArgumentParser(); register(parser.add_subparsers())
     """
     parser = subparsers.add_parser(
-        "review", help="grade outputs on a local keyboard-first page; grow criteria; align checks",
+        "review",
+        help="grade outputs on a local keyboard-first page; grow criteria; align checks",
         description="Run a program on N inputs (K samples each), then serve a local review page where a person "
-                    "grades outputs Good/Bad with reasons, corrects them, and grows criteria whose automatic "
-                    "checks are aligned to the grades (EvalGen coverage / false failure rate).")
-    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", default=None,
-                        help="a run folder (program.json + settings.yaml or run.json) from dspy-ext compile")
-    add_config_arg(parser)
-    add_task_args(parser)
-    add_model_args(parser)
+        "grades outputs Good/Bad with reasons, corrects them, and grows criteria whose automatic "
+        "checks are aligned to the grades (EvalGen coverage / false failure rate).",
+    )
+    parser.add_argument(
+        "run_dir",
+        nargs="?",
+        metavar="RUN_DIR",
+        default=None,
+        help="a run folder (program.json + settings.yaml or run.json) from dspy-ext compile",
+    )
+    add_experiment_args(parser)
     group = parser.add_argument_group("review")
-    group.add_argument("--state", metavar="PATH", default=None,
-                       help="a DSPy program state saved with program.save('x.json'), loaded into --program")
-    group.add_argument("--inputs", metavar="FILE", default=None,
-                       help="unlabelled JSONL, one object per line with the input fields (instead of the split)")
+    group.add_argument(
+        "--state",
+        metavar="PATH",
+        default=None,
+        help="a DSPy program state saved with program.save('x.json'), loaded into --program",
+    )
+    group.add_argument(
+        "--inputs",
+        metavar="FILE",
+        default=None,
+        help="unlabelled JSONL, one object per line with the input fields (instead of the split)",
+    )
     group.add_argument("--split", default="test", choices=["train", "test"], help="split to take inputs from")
     group.add_argument("--n", type=int, default=20, help="inputs to run (default 20)")
     group.add_argument("--samples", type=int, default=1, help="outputs per input, K (default 1)")
-    group.add_argument("--temperature", type=float, default=None,
-                       help="sampling temperature (default: 0.7 when --samples > 1, else the LM's)")
-    group.add_argument("--store", metavar="PATH", default=None,
-                       help=f"SQLite review store (default: RUN_DIR/{STORE_FILE}, or runs/review-TASK.sqlite)")
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: 0.7 when --samples > 1, else the LM's)",
+    )
+    group.add_argument(
+        "--store",
+        metavar="PATH",
+        default=None,
+        help=f"SQLite review store (default: RUN_DIR/{STORE_FILE}, or runs/review-TASK.sqlite)",
+    )
     group.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port)")
     group.add_argument("--open", action="store_true", help="open the page in the default browser")
-    group.add_argument("--serve-seconds", type=float, default=None,
-                       help="stop serving after this many seconds (default: until Ctrl-C)")
+    group.add_argument(
+        "--serve-seconds", type=float, default=None, help="stop serving after this many seconds (default: until Ctrl-C)"
+    )
     group.add_argument("--no-serve", action="store_true", help="collect outputs into the store, do not serve")
-    group.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                       help=f"highest false failure rate of a chosen check (default {DEFAULT_THRESHOLD})")
+    group.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"highest false failure rate of a chosen check (default {DEFAULT_THRESHOLD})",
+    )
     group.add_argument("--report", action="store_true", help="print the alignment report and exit")
     group.add_argument("--export", metavar="FILE", default=None, help="write all labels as JSONL and exit")
-    group.add_argument("--import", dest="import_file", metavar="FILE", default=None,
-                       help="read labels from JSONL (e.g. from another tool) and exit")
+    group.add_argument(
+        "--import",
+        dest="import_file",
+        metavar="FILE",
+        default=None,
+        help="read labels from JSONL (e.g. from another tool) and exit",
+    )
     group.add_argument("--overwrite", action="store_true", help="with --import: replace grades already stored")
-    group.add_argument("--changed", action="store_true",
-                       help="open on the outputs the newest prompt version changed (automatic for a RUN_DIR "
-                            "compiled with --feedback)")
+    group.add_argument(
+        "--changed",
+        action="store_true",
+        help="open on the outputs the newest prompt version changed (automatic for a RUN_DIR compiled with --feedback)",
+    )
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -171,8 +202,9 @@ def _load_program(args: argparse.Namespace, store: ReviewStore | None = None) ->
             load_program_state(program, state, settings.program)
         title = f"{components.task.name} · {settings.program}"
     task = components.task
-    from_review = bool(args.run_dir and not args.inputs and not args.store and store is not None
-                       and _review_store_of_run(args.run_dir))
+    from_review = bool(
+        args.run_dir and not args.inputs and not args.store and store is not None and _review_store_of_run(args.run_dir)
+    )
     if args.inputs:
         rows = load_inputs_jsonl(args.inputs, task.input_keys)[: args.n]
     elif from_review:
@@ -224,8 +256,11 @@ def _store_actions(args: argparse.Namespace, store: ReviewStore) -> int:
             summary = store.import_jsonl(args.import_file, overwrite=args.overwrite)
             result["import"] = asdict(summary)
             if not args.json:
-                print(f"imported {summary.rows} rows from {args.import_file}: {summary.added_items} new outputs, "
-                      f"{summary.graded} grades, {summary.skipped_graded} already graded (kept)", file=say)
+                print(
+                    f"imported {summary.rows} rows from {args.import_file}: {summary.added_items} new outputs, "
+                    f"{summary.graded} grades, {summary.skipped_graded} already graded (kept)",
+                    file=say,
+                )
         if args.export:
             count = store.export_jsonl(args.export)
             result["export"] = {"path": args.export, "rows": count}
@@ -244,8 +279,11 @@ def _store_actions(args: argparse.Namespace, store: ReviewStore) -> int:
 
 
 def _print_report(report: Any, say: Any) -> None:
-    print(f"{report.reviewed}/{report.total} outputs reviewed; chosen check: best coverage with false failure "
-          f"rate <= {report.threshold:.0%}", file=say)
+    print(
+        f"{report.reviewed}/{report.total} outputs reviewed; chosen check: best coverage with false failure "
+        f"rate <= {report.threshold:.0%}",
+        file=say,
+    )
     if not report.criteria:
         print("no criteria yet", file=say)
     for entry in report.criteria:
@@ -254,8 +292,11 @@ def _print_report(report: Any, say: Any) -> None:
             coverage = f"{c.coverage:.0%}" if c.coverage is not None else "n/a"
             ffr = f"{c.false_failure_rate:.0%}" if c.false_failure_rate is not None else "n/a"
             mark = "  <- chosen" if c.chosen else ""
-            print(f"  {c.check:40s} coverage {coverage:>4} ({c.failed_bad}/{c.n_bad})  false failures {ffr:>4} "
-                  f"({c.failed_good}/{c.n_good}){mark}", file=say)
+            print(
+                f"  {c.check:40s} coverage {coverage:>4} ({c.failed_bad}/{c.n_bad})  false failures {ffr:>4} "
+                f"({c.failed_good}/{c.n_good}){mark}",
+                file=say,
+            )
 
 
 def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
@@ -278,18 +319,28 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
                 print(f"\rcollecting outputs {done}/{total}", end="", file=sys.stderr, flush=True)
 
         with components.context():
-            summary = collect(loaded.program, loaded.rows, store=store, input_keys=components.task.input_keys,
-                              output_keys=components.task.output_keys, samples=args.samples,
-                              temperature=args.temperature, on_progress=report_progress)
+            summary = collect(
+                loaded.program,
+                loaded.rows,
+                store=store,
+                input_keys=components.task.input_keys,
+                output_keys=components.task.output_keys,
+                samples=args.samples,
+                temperature=args.temperature,
+                on_progress=report_progress,
+            )
         if progress:
             print(file=sys.stderr)
         collected = asdict(summary)
         for error in summary.errors[:5]:
             print(f"dspy-ext review: warning: {error}", file=sys.stderr)
         if not args.json:
-            print(f"{summary.inputs} inputs x {summary.samples} samples: {summary.new_outputs} new outputs, "
-                  f"{summary.reused} already in the store, {len(summary.errors)} failed "
-                  f"(prompt version {summary.prompt_version})", file=say)
+            print(
+                f"{summary.inputs} inputs x {summary.samples} samples: {summary.new_outputs} new outputs, "
+                f"{summary.reused} already in the store, {len(summary.errors)} failed "
+                f"(prompt version {summary.prompt_version})",
+                file=say,
+            )
         changed_since = summary.prompt_version
     elif not args.store:
         raise CLIError("give a RUN_DIR, --task/--data with a program, or --store FILE")
@@ -301,18 +352,35 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
     if collected is not None:
         collected["changed"] = len(changed)
     if changed_since and not args.json:
-        print(f"{len(changed)} outputs changed since the reviewed prompt version; unchanged outputs keep their "
-              "grades", file=say)
+        print(
+            f"{len(changed)} outputs changed since the reviewed prompt version; unchanged outputs keep their grades",
+            file=say,
+        )
     reviewed, total = store.progress()
     if args.no_serve:
         if args.json:
-            emit_json({"store": store.path, "reviewed": reviewed, "total": total, "collect": collected,
-                       "changed": len(changed)}, say)
+            emit_json(
+                {
+                    "store": store.path,
+                    "reviewed": reviewed,
+                    "total": total,
+                    "collect": collected,
+                    "changed": len(changed),
+                },
+                say,
+            )
         return 0
     if total == 0:
         raise CLIError(f"{store.path}: the store has no outputs to review (give a program to collect some)")
-    app = ReviewApp(store, lm=lm, adapter=adapter, seed=getattr(args, "seed", 0), threshold=args.threshold,
-                    title=title, changed_since=changed_since)
+    app = ReviewApp(
+        store,
+        lm=lm,
+        adapter=adapter,
+        seed=getattr(args, "seed", 0),
+        threshold=args.threshold,
+        title=title,
+        changed_since=changed_since,
+    )
     try:
         server = ReviewServer(app, port=args.port)
     except OSError as exc:
@@ -320,8 +388,17 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
     server.start()
     try:
         if args.json:
-            emit_json({"url": server.url, "store": store.path, "reviewed": reviewed, "total": total,
-                       "collect": collected, "changed": len(changed)}, say)
+            emit_json(
+                {
+                    "url": server.url,
+                    "store": store.path,
+                    "reviewed": reviewed,
+                    "total": total,
+                    "collect": collected,
+                    "changed": len(changed),
+                },
+                say,
+            )
         else:
             print(f"review {reviewed}/{total} done · store {store.path}", file=say)
             print(f"open {server.url}", file=say, flush=True)

@@ -26,13 +26,11 @@ import warnings
 from typing import Any
 
 from dspy_ext.cli.common import (
-    add_config_arg,
+    add_experiment_args,
     add_feedback_arg,
     add_guard_args,
-    add_model_args,
     add_output_args,
     add_split_args,
-    add_task_args,
     emit_json,
     load_settings,
     setup_logging,
@@ -42,11 +40,11 @@ from dspy_ext.experiment import TuneSettings
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "tune", help="search optimizers and hyperparameters with Optuna (persistent, resumable, multi-worker)",
-        description="Tune which optimizer to run and its hyperparameters in a persistent Optuna study.")
-    add_config_arg(parser)
-    add_task_args(parser)
-    add_model_args(parser, TuneSettings)
+        "tune",
+        help="search optimizers and hyperparameters with Optuna (persistent, resumable, multi-worker)",
+        description="Tune which optimizer to run and its hyperparameters in a persistent Optuna study.",
+    )
+    add_experiment_args(parser, TuneSettings)
     _add_study_args(parser.add_argument_group("study"))
     add_output_args(parser)
     parser.set_defaults(func=main)
@@ -62,17 +60,29 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
     flag = functools.partial(group.add_argument, default=argparse.SUPPRESS)
     flag("--space", help="tuning space file (YAML or JSON); default: ape, opro, bfsrs with their default ranges")
     flag("--optimizers", help="comma-separated optimizers with their default ranges (instead of --space)")
-    flag("--trials", type=int, help="target number of finished trials in the study (resumed ones count)" + _default("trials"))
+    flag(
+        "--trials",
+        type=int,
+        help="target number of finished trials in the study (resumed ones count)" + _default("trials"),
+    )
     flag("--budget", type=int, help="LM calls per trial (default: the space's, else 80)")
-    flag("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a .db path; "
-                           "default runs/tune/optuna.db")
+    flag(
+        "--storage",
+        help="Optuna storage URL (sqlite:///..., postgresql://...) or a .db path; default runs/tune/optuna.db",
+    )
     flag("--study", help="study name (default tune-TASK); the same name resumes")
     flag("--workers", type=int, help="worker processes on this study" + _default("workers"))
-    flag("--objective", choices=["auto", "single", "pareto", "constraints"],
-         help="for several criteria: jointly (pareto) or no criterion below the student (constraints)")
+    flag(
+        "--objective",
+        choices=["auto", "single", "pareto", "constraints"],
+        help="for several criteria: jointly (pareto) or no criterion below the student (constraints)",
+    )
     flag("--criteria", help="comma-separated metric names scored as separate criteria (first = primary)")
-    flag("--heartbeat", type=int,
-         help="seconds between trial heartbeats; a trial silent for 2x this is re-queued" + _default("heartbeat"))
+    flag(
+        "--heartbeat",
+        type=int,
+        help="seconds between trial heartbeats; a trial silent for 2x this is re-queued" + _default("heartbeat"),
+    )
     flag("--timeout", type=float, help="stop starting trials after this many seconds")
     add_split_args(group, TuneSettings, "")
     add_feedback_arg(group, "every trial")
@@ -90,8 +100,9 @@ def main(args: argparse.Namespace) -> int:
     show = not args.json or sys.stderr.isatty()
     bar = ProgressBar() if show else None
     try:
-        result = tune(settings, progress=show, on_progress=bar, worker_init=functools.partial(prepare_worker,
-                                                                                              args.verbose))
+        result = tune(
+            settings, progress=show, on_progress=bar, worker_init=functools.partial(prepare_worker, args.verbose)
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -135,11 +146,15 @@ class ProgressBar:
                 return
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=progress.target, initial=progress.finished, desc="tune", unit="trial",
-                            file=sys.stderr)
+            self.bar = tqdm(
+                total=progress.target, initial=progress.finished, desc="tune", unit="trial", file=sys.stderr
+            )
         self.bar.n = min(progress.finished, progress.target)
-        best = "best -" if progress.best_value is None else (
-            f"best {progress.best_value:.1f} (#{progress.best_number} {progress.best_optimizer})")
+        best = (
+            "best -"
+            if progress.best_value is None
+            else (f"best {progress.best_value:.1f} (#{progress.best_number} {progress.best_optimizer})")
+        )
         self.bar.set_postfix_str(best, refresh=False)
         self.bar.refresh()
         if progress.finished >= progress.target:
@@ -156,9 +171,11 @@ def render_text(result: Any, top: int) -> str:
     from dspy_ext.tuning.report import top_trials_table
 
     s = result.summary
-    counts = (f"study {s['study']} in {s['storage']}: {s['n_trials']} trials ({s['n_complete']} complete, "
-              f"{s['n_pruned']} pruned, {s['n_failed']} failed), {s['n_trials_this_run']} this run, "
-              f"{s['total_lm_calls']} LM calls in all")
+    counts = (
+        f"study {s['study']} in {s['storage']}: {s['n_trials']} trials ({s['n_complete']} complete, "
+        f"{s['n_pruned']} pruned, {s['n_failed']} failed), {s['n_trials_this_run']} this run, "
+        f"{s['total_lm_calls']} LM calls in all"
+    )
     lines = [counts, "", top_trials_table(result.results, top), ""]
     if s["best_trial"] is None:
         lines.append("no complete" + (" feasible" if s["objective"] == "constraints" else "") + " trial yet")
@@ -173,14 +190,22 @@ def render_text(result: Any, top: int) -> str:
 def _best_lines(s: dict[str, Any]) -> list[str]:
     best = s["best_trial"]
     student_dev = s["baseline"]["criteria"].get(s["primary"], 0)
-    test = (f", test {s['test_score']:.1f} (student {s['baseline_test_score']:.1f})" if "test_score" in s else "")
-    lines = [(f"best: trial {best['number']} ({best['optimizer']}), dev {s['best_value']:.1f} "
-              f"(student {student_dev:.1f}){test}")]
+    test = f", test {s['test_score']:.1f} (student {s['baseline_test_score']:.1f})" if "test_score" in s else ""
+    lines = [
+        (
+            f"best: trial {best['number']} ({best['optimizer']}), dev {s['best_value']:.1f} "
+            f"(student {student_dev:.1f}){test}"
+        )
+    ]
     for name, text in (best.get("instructions") or {}).items():
         lines.append(f"  {name}: {text!r} with {(best.get('n_demos') or {}).get(name, 0)} demos")
     if s.get("pareto_front"):
-        lines.append("pareto front: " + "; ".join(
-            f"#{p['number']} " + ", ".join(f"{k} {v:.1f}" for k, v in p["values"].items())
-            for p in s["pareto_front"]))
+        lines.append(
+            "pareto front: "
+            + "; ".join(
+                f"#{p['number']} " + ", ".join(f"{k} {v:.1f}" for k, v in p["values"].items())
+                for p in s["pareto_front"]
+            )
+        )
     lines.append(f"best program: {s['best_program']}")
     return lines

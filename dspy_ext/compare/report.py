@@ -57,20 +57,22 @@ def summarise(cells: Sequence[Cell], optimizers: Sequence[str], *, alpha: float 
             rows.append({"optimizer": name, "runs": 0, "seeds": []})
             continue
         ci = mean_ci([c.row["test_score"] for c in runs])
-        rows.append({
-            "optimizer": name,
-            "runs": len(runs),
-            "seeds": [c.seed for c in runs],
-            "test_mean": round(ci.mean, 2),
-            "test_ci95": round(ci.half_width, 2),
-            "lm_calls_mean": round(_mean([c.row["lm_calls"] for c in runs]), 1),
-            "tokens_mean": round(_mean([c.row["tokens"] for c in runs]), 1),
-            "seconds_mean": round(_mean([c.row["seconds"] for c in runs]), 2),
-            "budget_enforced": bool(runs[0].row.get("budget_enforced")),
-            "budget_exhausted_runs": sum(bool(c.row.get("budget_exhausted")) for c in runs),
-            "baseline_test_score": _mean_of(runs, "baseline_test_score"),
-            "zero_shot_test_score": _mean_of(runs, "zero_shot_test_score"),
-        })
+        rows.append(
+            {
+                "optimizer": name,
+                "runs": len(runs),
+                "seeds": [c.seed for c in runs],
+                "test_mean": round(ci.mean, 2),
+                "test_ci95": round(ci.half_width, 2),
+                "lm_calls_mean": round(_mean([c.row["lm_calls"] for c in runs]), 1),
+                "tokens_mean": round(_mean([c.row["tokens"] for c in runs]), 1),
+                "seconds_mean": round(_mean([c.row["seconds"] for c in runs]), 2),
+                "budget_enforced": bool(runs[0].row.get("budget_enforced")),
+                "budget_exhausted_runs": sum(bool(c.row.get("budget_exhausted")) for c in runs),
+                "baseline_test_score": _mean_of(runs, "baseline_test_score"),
+                "zero_shot_test_score": _mean_of(runs, "zero_shot_test_score"),
+            }
+        )
     finished = [r for r in rows if r["runs"]]
     if not finished:
         return rows
@@ -115,8 +117,13 @@ def _ci(row: dict[str, Any]) -> str:
     return f"{row['test_mean']:.1f} ± {row['test_ci95']:.1f}" if row["runs"] > 1 else f"{row['test_mean']:.1f}"
 
 
-def render_markdown(meta: dict[str, Any], summary: Sequence[dict[str, Any]], cells: Sequence[Cell],
-                    plot_name: str | None = "score_vs_calls.png", heading: int = 1) -> str:
+def render_markdown(
+    meta: dict[str, Any],
+    summary: Sequence[dict[str, Any]],
+    cells: Sequence[Cell],
+    plot_name: str | None = "score_vs_calls.png",
+    heading: int = 1,
+) -> str:
     """The comparison as Markdown: settings, the per-optimizer table, notes and the per-run table."""
     h = "#" * heading
     seeds = ", ".join(str(s) for s in meta["seeds"])
@@ -131,9 +138,12 @@ def render_markdown(meta: dict[str, Any], summary: Sequence[dict[str, Any]], cel
     baseline = next((r.get("baseline_test_score") for r in summary if r.get("runs")), None)
     zero_shot = next((r.get("zero_shot_test_score") for r in summary if r.get("runs")), None)
     if baseline is not None:
-        lines += ["", f"Baseline, what a user has for free: the student with 3 labeled demos (0 LM calls to build), "
-                      f"mean over the seeds' demo draws: {baseline:.1f}% on the test split"
-                      + (f"; zero-shot: {zero_shot:.1f}%." if zero_shot is not None else ".")]
+        lines += [
+            "",
+            f"Baseline, what a user has for free: the student with 3 labeled demos (0 LM calls to build), "
+            f"mean over the seeds' demo draws: {baseline:.1f}% on the test split"
+            + (f"; zero-shot: {zero_shot:.1f}%." if zero_shot is not None else "."),
+        ]
     lines += [
         "",
         "| optimizer | test % (mean ± 95% CI) | runs | Δ vs best (pts) | p | significant | LM calls | tokens "
@@ -175,19 +185,44 @@ def render_markdown(meta: dict[str, Any], summary: Sequence[dict[str, Any]], cel
     ]
     if plot_name:
         lines += ["", f"![test score vs LM calls]({plot_name})"]
-    lines += ["", f"{h}# Runs", "", "| optimizer | seed | test % | val % | LM calls | tokens | wall s |",
-              "|---|---|---|---|---|---|---|"]
-    for cell in sorted(cells, key=lambda c: (meta["optimizers"].index(c.optimizer)
-                                              if c.optimizer in meta["optimizers"] else 99, c.seed)):
+    lines += [
+        "",
+        f"{h}# Runs",
+        "",
+        "| optimizer | seed | test % | val % | LM calls | tokens | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell in sorted(
+        cells,
+        key=lambda c: (meta["optimizers"].index(c.optimizer) if c.optimizer in meta["optimizers"] else 99, c.seed),
+    ):
         r = cell.row
-        lines.append(f"| {cell.optimizer} | {cell.seed} | {r['test_score']:.1f} | {r.get('val_score', 0):.1f} | "
-                     f"{r['lm_calls']} | {r['tokens']} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {cell.optimizer} | {cell.seed} | {r['test_score']:.1f} | {r.get('val_score', 0):.1f} | "
+            f"{r['lm_calls']} | {r['tokens']} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ["optimizer", "runs", "seeds", "test_mean", "test_ci95", "test_low", "test_high", "lm_calls_mean",
-              "tokens_mean", "seconds_mean", "budget_enforced", "budget_exhausted_runs", "best", "test",
-              "diff_vs_best_points", "p_value", "significant"]
+CSV_FIELDS = [
+    "optimizer",
+    "runs",
+    "seeds",
+    "test_mean",
+    "test_ci95",
+    "test_low",
+    "test_high",
+    "lm_calls_mean",
+    "tokens_mean",
+    "seconds_mean",
+    "budget_enforced",
+    "budget_exhausted_runs",
+    "best",
+    "test",
+    "diff_vs_best_points",
+    "p_value",
+    "significant",
+]
 
 
 def render_csv(summary: Sequence[dict[str, Any]]) -> str:
@@ -198,31 +233,40 @@ def render_csv(summary: Sequence[dict[str, Any]]) -> str:
     for row in summary:
         vs = row.get("vs_best") or {}
         runs = row["runs"]
-        writer.writerow({
-            "optimizer": row["optimizer"],
-            "runs": runs,
-            "seeds": " ".join(str(s) for s in row["seeds"]),
-            "test_mean": row.get("test_mean", ""),
-            "test_ci95": row.get("test_ci95", ""),
-            "test_low": round(row["test_mean"] - row["test_ci95"], 2) if runs else "",
-            "test_high": round(row["test_mean"] + row["test_ci95"], 2) if runs else "",
-            "lm_calls_mean": row.get("lm_calls_mean", ""),
-            "tokens_mean": row.get("tokens_mean", ""),
-            "seconds_mean": row.get("seconds_mean", ""),
-            "budget_enforced": row.get("budget_enforced", ""),
-            "budget_exhausted_runs": row.get("budget_exhausted_runs", ""),
-            "best": row.get("best", ""),
-            "test": vs.get("method", ""),
-            # Negative: this optimizer is that many points below the best (pooled over matched seeds).
-            "diff_vs_best_points": -vs["diff_points"] if vs else "",
-            "p_value": vs.get("p_value", ""),
-            "significant": vs.get("significant", ""),
-        })
+        writer.writerow(
+            {
+                "optimizer": row["optimizer"],
+                "runs": runs,
+                "seeds": " ".join(str(s) for s in row["seeds"]),
+                "test_mean": row.get("test_mean", ""),
+                "test_ci95": row.get("test_ci95", ""),
+                "test_low": round(row["test_mean"] - row["test_ci95"], 2) if runs else "",
+                "test_high": round(row["test_mean"] + row["test_ci95"], 2) if runs else "",
+                "lm_calls_mean": row.get("lm_calls_mean", ""),
+                "tokens_mean": row.get("tokens_mean", ""),
+                "seconds_mean": row.get("seconds_mean", ""),
+                "budget_enforced": row.get("budget_enforced", ""),
+                "budget_exhausted_runs": row.get("budget_exhausted_runs", ""),
+                "best": row.get("best", ""),
+                "test": vs.get("method", ""),
+                # Negative: this optimizer is that many points below the best (pooled over matched seeds).
+                "diff_vs_best_points": -vs["diff_points"] if vs else "",
+                "p_value": vs.get("p_value", ""),
+                "significant": vs.get("significant", ""),
+            }
+        )
     return buffer.getvalue()
 
 
-def draw_score_vs_calls(ax: Any, cells: Sequence[Cell], optimizers: Sequence[str], *, title: str = "",
-                        budget: int | None = None, legend: bool = True) -> None:
+def draw_score_vs_calls(
+    ax: Any,
+    cells: Sequence[Cell],
+    optimizers: Sequence[str],
+    *,
+    title: str = "",
+    budget: int | None = None,
+    legend: bool = True,
+) -> None:
     """Draw test score (%) against compile LM calls on a matplotlib ``ax``: one point per run.
 
     Each optimizer keeps its colour and marker by its position in ``optimizers``, so
@@ -234,13 +278,27 @@ def draw_score_vs_calls(ax: Any, cells: Sequence[Cell], optimizers: Sequence[str
         if not runs:
             continue
         enforced = bool(runs[0].row.get("budget_enforced"))
-        ax.scatter([c.row["lm_calls"] for c in runs], [c.row["test_score"] for c in runs],
-                   label=name + ("" if enforced else " (DSPy)"), marker=markers[k % len(markers)], s=40, alpha=0.8,
-                   color=f"C{k % 10}")
+        ax.scatter(
+            [c.row["lm_calls"] for c in runs],
+            [c.row["test_score"] for c in runs],
+            label=name + ("" if enforced else " (DSPy)"),
+            marker=markers[k % len(markers)],
+            s=40,
+            alpha=0.8,
+            color=f"C{k % 10}",
+        )
     if budget:
         ax.axvline(budget, color="grey", linestyle="--", linewidth=1)
-        ax.annotate("budget", (budget, 0.02), xycoords=("data", "axes fraction"), rotation=90, ha="right",
-                    va="bottom", color="grey", fontsize=8)
+        ax.annotate(
+            "budget",
+            (budget, 0.02),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            ha="right",
+            va="bottom",
+            color="grey",
+            fontsize=8,
+        )
     ax.set_xlabel("LM calls of the compile")
     ax.set_ylabel("test score (%)")
     ax.set_ylim(-2, 102)
@@ -251,8 +309,9 @@ def draw_score_vs_calls(ax: Any, cells: Sequence[Cell], optimizers: Sequence[str
         ax.legend(fontsize=8, loc="best")
 
 
-def plot_score_vs_calls(cells: Sequence[Cell], optimizers: Sequence[str], path: Path, *, title: str = "",
-                        budget: int | None = None) -> Path:
+def plot_score_vs_calls(
+    cells: Sequence[Cell], optimizers: Sequence[str], path: Path, *, title: str = "", budget: int | None = None
+) -> Path:
     """Scatter test score (%) against compile LM calls into a PNG, one point per run, one colour per optimizer."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

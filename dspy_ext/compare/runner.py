@@ -37,10 +37,25 @@ from dspy_ext.registry import resolve_config
 logger = logging.getLogger(__name__)
 
 #: Fields of a cell's row (and of ``--json`` rows), copied from the run's summary.
-ROW_FIELDS = ("optimizer", "seed", "test_score", "val_score", "baseline_test_score", "zero_shot_test_score",
-              "lm_calls", "tokens",
-              "seconds", "budget", "budget_enforced", "budget_exhausted", "test_errors", "train", "val", "test",
-              "out")
+ROW_FIELDS = (
+    "optimizer",
+    "seed",
+    "test_score",
+    "val_score",
+    "baseline_test_score",
+    "zero_shot_test_score",
+    "lm_calls",
+    "tokens",
+    "seconds",
+    "budget",
+    "budget_enforced",
+    "budget_exhausted",
+    "test_errors",
+    "train",
+    "val",
+    "test",
+    "out",
+)
 CELL_VERSION = 1
 
 
@@ -54,24 +69,26 @@ def cell_fingerprint(components: Components, cell: RunSettings, review: str | No
     ``review`` is the fingerprint of the review store a cell compiles from (``--feedback``), if any.
     """
     task = components.task
-    return content_hash({
-        "version": CELL_VERSION,
-        "task": task.name,
-        "train_file": dataset_fingerprint(task.train),
-        "test_file": dataset_fingerprint(task.test),
-        "instruction": task.baseline_instruction,
-        "lm": getattr(components.lm, "model", str(components.lm)),
-        "adapter": components.adapter_name,
-        "program": cell.program,
-        "metric": cell.metric,
-        "budget": cell.budget,
-        "train": cell.train,
-        "val": cell.val,
-        "optimizer": cell.optimizer,
-        "config": resolve_config(cell.optimizer, cell.optimizer_config).model_dump(),
-        "seed": cell.seed,
-        **({"review": review} if review else {}),  # without --feedback, cells stored earlier still match
-    })
+    return content_hash(
+        {
+            "version": CELL_VERSION,
+            "task": task.name,
+            "train_file": dataset_fingerprint(task.train),
+            "test_file": dataset_fingerprint(task.test),
+            "instruction": task.baseline_instruction,
+            "lm": getattr(components.lm, "model", str(components.lm)),
+            "adapter": components.adapter_name,
+            "program": cell.program,
+            "metric": cell.metric,
+            "budget": cell.budget,
+            "train": cell.train,
+            "val": cell.val,
+            "optimizer": cell.optimizer,
+            "config": resolve_config(cell.optimizer, cell.optimizer_config).model_dump(),
+            "seed": cell.seed,
+            **({"review": review} if review else {}),  # without --feedback, cells stored earlier still match
+        }
+    )
 
 
 def load_cell(path: Path, fingerprint: str) -> Cell | None:
@@ -93,13 +110,21 @@ def cell_from_json(data: dict[str, Any]) -> Cell:
     return Cell(row["optimizer"], row["seed"], row, data["test_example_scores"])
 
 
-def write_reports(out: Path, meta: dict[str, Any], summary: list[dict[str, Any]],
-                  cells: list[Cell]) -> dict[str, str]:
+def write_reports(out: Path, meta: dict[str, Any], summary: list[dict[str, Any]], cells: list[Cell]) -> dict[str, str]:
     """Write ``results.md``, ``results.csv`` and ``score_vs_calls.png`` into ``out``; return their paths."""
-    files = {"markdown": str(out / "results.md"), "csv": str(out / "results.csv"),
-             "plot": str(out / "score_vs_calls.png"), "json": str(out / "results.json")}
-    plot_score_vs_calls(cells, meta["optimizers"], Path(files["plot"]),
-                        title=f"{meta['task']}: test score vs LM calls", budget=meta["budget"])
+    files = {
+        "markdown": str(out / "results.md"),
+        "csv": str(out / "results.csv"),
+        "plot": str(out / "score_vs_calls.png"),
+        "json": str(out / "results.json"),
+    }
+    plot_score_vs_calls(
+        cells,
+        meta["optimizers"],
+        Path(files["plot"]),
+        title=f"{meta['task']}: test score vs LM calls",
+        budget=meta["budget"],
+    )
     atomic_write_text(Path(files["markdown"]), render_markdown(meta, summary, cells))
     atomic_write_text(Path(files["csv"]), render_csv(summary))
     return files
@@ -182,8 +207,9 @@ def run_compare(
                 # Each cell's compile has its own call journal: its count is the optimizer's own and cold, an
                 # interrupted cell resumes from its journal (replayed calls are charged), and a cell whose
                 # settings changed starts over.
-                outcome = run(cell_settings, components=components, evaluator=evaluator, restart=True,
-                              progress=progress)
+                outcome = run(
+                    cell_settings, components=components, evaluator=evaluator, restart=True, progress=progress
+                )
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # one broken optimizer must not lose the other cells
@@ -195,8 +221,10 @@ def run_compare(
             cell = Cell(name, seed, row, list(outcome.test.example_scores))
             store_cell(path, cell, fingerprint)
             cells.append(cell)
-            log(f"{tag}: test {row['test_score']:.1f}% (val {row['val_score']:.1f}%), {row['lm_calls']} compile "
-                f"calls, {row['seconds']:.1f} s; {meter.calls - before} calls with scoring")
+            log(
+                f"{tag}: test {row['test_score']:.1f}% (val {row['val_score']:.1f}%), {row['lm_calls']} compile "
+                f"calls, {row['seconds']:.1f} s; {meter.calls - before} calls with scoring"
+            )
 
     cells.sort(key=lambda c: (optimizers.index(c.optimizer), c.seed))  # report by optimizer, not run order
     summary = summarise(cells, optimizers)

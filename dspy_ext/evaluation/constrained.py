@@ -109,8 +109,12 @@ class LabelRule:
 
     def to_dict(self) -> dict[str, Any]:
         """The artifact form: ``{"field", "labels", "prior", "method": "likelihood"}``."""
-        return {"field": self.field, "labels": list(self.labels),
-                "prior": None if self.prior is None else [float(p) for p in self.prior], "method": "likelihood"}
+        return {
+            "field": self.field,
+            "labels": list(self.labels),
+            "prior": None if self.prior is None else [float(p) for p in self.prior],
+            "method": "likelihood",
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabelRule:
@@ -126,8 +130,7 @@ class LabelChoice:
     probs: tuple[float, ...]
 
 
-def choose_label(predictor: dspy.Predict, inputs: dict[str, Any], rule: LabelRule,
-                 *, lm: Any = None) -> LabelChoice:
+def choose_label(predictor: dspy.Predict, inputs: dict[str, Any], rule: LabelRule, *, lm: Any = None) -> LabelChoice:
     """Score every label as the reply of ``predictor`` on ``inputs`` and pick the most probable.
 
     One forward pass (each label costs its own few tokens after the shared prompt).

@@ -145,8 +145,10 @@ def _read(value: Any, *, need_score: bool) -> Measurement:
         return Measurement(statistics.fmean(crits.values()), crits, feedback)
     if hasattr(value, "score"):
         return Measurement(_number("score", value.score), None, feedback)
-    raise TypeError(f"metric returned {type(value).__name__}; expected bool, a number, a mapping of criteria "
-                    "or Prediction(score=..., criteria=...)")
+    raise TypeError(
+        f"metric returned {type(value).__name__}; expected bool, a number, a mapping of criteria "
+        "or Prediction(score=..., criteria=...)"
+    )
 
 
 def _row_key(example: dspy.Example) -> str:
@@ -183,8 +185,13 @@ class CriteriaMetric:
         (['accuracy', 'brevity'], 'accuracy')
     """
 
-    def __init__(self, metric: Metric, primary: str | None = None, *, weights: Mapping[str, float] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        metric: Metric,
+        primary: str | None = None,
+        *,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
         if primary is not None and weights is not None:
             raise ValueError("give primary or weights, not both")
         if weights is not None:
@@ -264,8 +271,12 @@ class CriteriaMetric:
         """Each criterion's mean on a 0-100 scale over the recorded rows of ``examples``."""
         rows = self.rows(examples)
         names = self.criteria or sorted({k for r in rows for k in r})
-        return {name: round(100.0 * statistics.fmean(r[name] for r in rows if name in r), 4)
-                if any(name in r for r in rows) else 0.0 for name in names}
+        return {
+            name: round(100.0 * statistics.fmean(r[name] for r in rows if name in r), 4)
+            if any(name in r for r in rows)
+            else 0.0
+            for name in names
+        }
 
     def __repr__(self) -> str:
         inside = ", ".join(self.parts) if self.parts else getattr(self.metric, "__name__", repr(self.metric))

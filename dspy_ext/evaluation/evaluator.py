@@ -52,10 +52,10 @@ Metric = Callable[..., Any]
 class ErrorKind(str, enum.Enum):
     """Why a row has no ordinary score."""
 
-    LM = "lm_error"            # the LM or its transport failed (not the prompt's fault)
+    LM = "lm_error"  # the LM or its transport failed (not the prompt's fault)
     CONTEXT = "context_overflow"  # the prompt does not fit the model's context window
-    PARSE = "parse_error"      # the reply could not be parsed into the output fields: scores 0
-    METRIC = "metric_error"    # the metric raised
+    PARSE = "parse_error"  # the reply could not be parsed into the output fields: scores 0
+    METRIC = "metric_error"  # the metric raised
     PROGRAM = "program_error"  # any other exception inside the program
 
 
@@ -146,9 +146,7 @@ class EvaluationReport:
         by_index: dict[int, list[float]] = {}
         for r in self.scored:
             by_index.setdefault(r.index, []).append(r.score)
-        return [
-            (sum(by_index[i]) / len(by_index[i])) if i in by_index else None for i in range(self.n_examples)
-        ]
+        return [(sum(by_index[i]) / len(by_index[i])) if i in by_index else None for i in range(self.n_examples)]
 
     @property
     def repeat_scores(self) -> list[float]:
@@ -207,8 +205,10 @@ class EvaluationReport:
             slot = sums.setdefault(r.index, {})
             for name, v in values.items():
                 slot.setdefault(name, []).append(v)
-        return [{name: sum(v) / len(v) for name, v in sums[i].items()} if i in sums else None
-                for i in range(self.n_examples)]
+        return [
+            {name: sum(v) / len(v) for name, v in sums[i].items()} if i in sums else None
+            for i in range(self.n_examples)
+        ]
 
     def row(self, index: int, repeat: int = 0) -> RowResult | None:
         """The result of example ``index`` at rollout ``repeat`` (``None`` if it was never run)."""
@@ -221,8 +221,10 @@ class EvaluationReport:
         by_index: dict[int, list[float]] = {}
         for r in self.scored:
             by_index.setdefault(r.index, []).append(r.score)
-        return [sum(1 for s in by_index[i] if s >= 1.0) / len(by_index[i]) if i in by_index else None
-                for i in range(self.n_examples)]
+        return [
+            sum(1 for s in by_index[i] if s >= 1.0) / len(by_index[i]) if i in by_index else None
+            for i in range(self.n_examples)
+        ]
 
     @property
     def flaky(self) -> list[int]:
@@ -336,8 +338,18 @@ class Evaluator:
             key = (*base_key, example_key(examples[i]), k)
             cached = self._cache.get(key) if self.use_cache else None
             if cached is not None:
-                rows.append(RowResult(i, k, cached.score, cached.prediction, cached.error, cached.message,
-                                      cached.criteria, cached.feedback))
+                rows.append(
+                    RowResult(
+                        i,
+                        k,
+                        cached.score,
+                        cached.prediction,
+                        cached.error,
+                        cached.message,
+                        cached.criteria,
+                        cached.feedback,
+                    )
+                )
                 hits += 1
             else:
                 pending.append((i, k, key))
@@ -370,26 +382,25 @@ class Evaluator:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(pending), desc=desc, leave=False)
-        with metering(own):
-            with metering(meter) if meter is not None else contextlib.nullcontext():
-                if self.num_threads == 1 or len(pending) <= 1:
-                    for i, k, key in pending:
-                        row = run(i, k, key)
+        with metering(own), metering(meter) if meter is not None else contextlib.nullcontext():
+            if self.num_threads == 1 or len(pending) <= 1:
+                for i, k, key in pending:
+                    row = run(i, k, key)
+                    if row is not None:
+                        rows.append(row)
+                    if bar is not None:
+                        bar.update(1)
+                    if stop.is_set():
+                        break
+            else:
+                with ThreadPoolExecutor(self.num_threads) as pool:
+                    futures = [pool.submit(contextvars.copy_context().run, run, i, k, key) for i, k, key in pending]
+                    for future in futures:
+                        row = future.result()
                         if row is not None:
                             rows.append(row)
                         if bar is not None:
                             bar.update(1)
-                        if stop.is_set():
-                            break
-                else:
-                    with ThreadPoolExecutor(self.num_threads) as pool:
-                        futures = [pool.submit(contextvars.copy_context().run, run, i, k, key) for i, k, key in pending]
-                        for future in futures:
-                            row = future.result()
-                            if row is not None:
-                                rows.append(row)
-                            if bar is not None:
-                                bar.update(1)
         if bar is not None:
             bar.close()
         rows.sort(key=lambda r: (r.repeat, r.index))
@@ -426,9 +437,12 @@ class Evaluator:
             measured = measure(self.metric, example, prediction)
         except Exception as exc:
             return RowResult(i, k, None, _jsonable(outputs), ErrorKind.METRIC, f"{type(exc).__name__}: {exc}")
-        return RowResult(i, k, measured.score, _jsonable(outputs), criteria=measured.criteria,
-                         feedback=measured.feedback)
+        return RowResult(
+            i, k, measured.score, _jsonable(outputs), criteria=measured.criteria, feedback=measured.feedback
+        )
 
 
 def _jsonable(outputs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v) for k, v in outputs.items()}
+    return {
+        k: v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v) for k, v in outputs.items()
+    }

@@ -318,14 +318,15 @@ class LikelihoodEvaluator:
         rows: list[LikelihoodRow] = []
         exhausted = False
         start = time.perf_counter()
-        with metering(own), (metering(meter) if meter is not None else contextlib.nullcontext()):
+        with metering(own), metering(meter) if meter is not None else contextlib.nullcontext():
             for index, example in enumerate(examples):
                 gold = {key: example[key] for key in outputs}
                 reply = gold_reply(predictor, gold, adapter)
                 gold_label = None
                 if self.labels is not None:
-                    gold_label = next((i for i, label in enumerate(self.labels)
-                                       if _same(label, gold[outputs[0]])), None)
+                    gold_label = next(
+                        (i for i, label in enumerate(self.labels) if _same(label, gold[outputs[0]])), None
+                    )
                 candidates = label_replies + ([] if gold_label is not None else [reply])
                 messages = predictor_messages(predictor, example.inputs().toDict(), adapter)
                 try:
@@ -336,28 +337,42 @@ class LikelihoodEvaluator:
                         break
                     raise
                 gold_score = scores[gold_label] if gold_label is not None else scores[-1]
-                rows.append(LikelihoodRow(
-                    index=index,
-                    gold_logprob=gold_score.logprob,
-                    gold_tokens=gold_score.n_tokens,
-                    label_logprobs=tuple(s.logprob for s in scores[:len(label_replies)]) if self.labels else None,
-                    gold_label=gold_label,
-                ))
-        return LikelihoodReport(rows=rows, labels=self.labels, usage=own.snapshot(),
-                                seconds=time.perf_counter() - start, budget_exhausted=exhausted)
+                rows.append(
+                    LikelihoodRow(
+                        index=index,
+                        gold_logprob=gold_score.logprob,
+                        gold_tokens=gold_score.n_tokens,
+                        label_logprobs=tuple(s.logprob for s in scores[: len(label_replies)]) if self.labels else None,
+                        gold_label=gold_label,
+                    )
+                )
+        return LikelihoodReport(
+            rows=rows,
+            labels=self.labels,
+            usage=own.snapshot(),
+            seconds=time.perf_counter() - start,
+            budget_exhausted=exhausted,
+        )
 
-    def _metric_fallback(self, program: dspy.Module, examples: Sequence[dspy.Example],
-                         meter: CallMeter | None, reason: str) -> LikelihoodReport:
+    def _metric_fallback(
+        self, program: dspy.Module, examples: Sequence[dspy.Example], meter: CallMeter | None, reason: str
+    ) -> LikelihoodReport:
         from dspy_ext.evaluation.evaluator import Evaluator
 
         note = f"likelihood scoring unavailable ({reason}); scored with the metric instead"
         logger.info(note)
         report = Evaluator(self.metric).evaluate(program, examples, meter=meter, desc="likelihood-fallback")
-        return LikelihoodReport(rows=[], labels=self.labels, mode="metric", note=note,
-                                metric_scores=report.example_scores, usage=report.usage,
-                                seconds=report.seconds, budget_exhausted=report.budget_exhausted)
+        return LikelihoodReport(
+            rows=[],
+            labels=self.labels,
+            mode="metric",
+            note=note,
+            metric_scores=report.example_scores,
+            usage=report.usage,
+            seconds=report.seconds,
+            budget_exhausted=report.budget_exhausted,
+        )
 
 
 def _same(label: str, value: Any) -> bool:
     return label.strip().lower() == str(value).strip().lower()
-

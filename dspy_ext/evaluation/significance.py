@@ -50,9 +50,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000, seed: int = 0
-) -> float:
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 2000, seed: int = 0) -> float:
     """Two-sided paired-bootstrap p-value for ``mean(a) != mean(b)``.
 
     The per-row differences are resampled with replacement; the p-value is

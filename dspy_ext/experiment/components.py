@@ -90,8 +90,13 @@ def build_components(settings: ExperimentSettings, *, lm: dspy.BaseLM | None = N
     metric = resolve_metric(settings.metric)
     if ":" in settings.program:
         _user_program(settings.program)  # a bad import path fails here, before any data or model loads
-    task = load_task(name=settings.task, data=settings.data, seed=settings.seed,
-                     input_keys=settings.input_keys, output_keys=settings.output_keys)
+    task = load_task(
+        name=settings.task,
+        data=settings.data,
+        seed=settings.seed,
+        input_keys=settings.input_keys,
+        output_keys=settings.output_keys,
+    )
     if lm is None:
         from dspy_ext.lm import make_lm
 
@@ -133,8 +138,10 @@ def resolve_metric(name: str) -> Callable[..., Any]:
     """
     if ":" not in name:
         if name not in METRICS:
-            raise ComponentError(f"unknown metric {name!r}; built-in metrics: {', '.join(METRICS)}, "
-                                 "or give an import path 'package.module:function'")
+            raise ComponentError(
+                f"unknown metric {name!r}; built-in metrics: {', '.join(METRICS)}, "
+                "or give an import path 'package.module:function'"
+            )
         return METRICS[name]
     metric = import_object(name, "metric")
     if not callable(metric):
@@ -149,8 +156,10 @@ def resolve_metric(name: str) -> Callable[..., Any]:
         try:
             signature.bind(None, None)
         except TypeError:
-            raise ComponentError(f"metric {name!r}: a metric takes (example, prediction, trace=None); "
-                                 f"{getattr(metric, '__name__', name)}{signature} does not") from None
+            raise ComponentError(
+                f"metric {name!r}: a metric takes (example, prediction, trace=None); "
+                f"{getattr(metric, '__name__', name)}{signature} does not"
+            ) from None
     return metric
 
 
@@ -167,16 +176,24 @@ def build_student(settings: ExperimentSettings, task: TaskData) -> dspy.Module:
     if ":" in name:
         return _user_program(name)
     if name.strip().lower() not in PROGRAMS:
-        raise ComponentError(f"unknown program {name!r}; built-in programs: {', '.join(PROGRAMS)}, "
-                             "or give an import path 'package.module:Class'")
+        raise ComponentError(
+            f"unknown program {name!r}; built-in programs: {', '.join(PROGRAMS)}, "
+            "or give an import path 'package.module:Class'"
+        )
     labels = None
     if name == "classify":
         labels = sorted({str(ex[task.output_keys[0]]) for ex in task.train})
         if len(labels) > MAX_CLASSIFY_LABELS:
-            raise ComponentError(f"program classify: task has {len(labels)} distinct outputs "
-                                 f"(at most {MAX_CLASSIFY_LABELS})")
-    return build_program(name, input_keys=task.input_keys, output_keys=task.output_keys,
-                         instructions=task.baseline_instruction, labels=labels)
+            raise ComponentError(
+                f"program classify: task has {len(labels)} distinct outputs (at most {MAX_CLASSIFY_LABELS})"
+            )
+    return build_program(
+        name,
+        input_keys=task.input_keys,
+        output_keys=task.output_keys,
+        instructions=task.baseline_instruction,
+        labels=labels,
+    )
 
 
 def _user_program(path: str) -> dspy.Module:
@@ -184,13 +201,15 @@ def _user_program(path: str) -> dspy.Module:
     if isinstance(obj, dspy.Module):
         return copy.deepcopy(obj)  # the module-level instance stays untouched
     if not callable(obj):
-        raise ComponentError(f"program {path!r}: expected a dspy.Module class, instance or factory, "
-                             f"got {type(obj).__name__}")
+        raise ComponentError(
+            f"program {path!r}: expected a dspy.Module class, instance or factory, got {type(obj).__name__}"
+        )
     try:
         program = obj()
     except Exception as exc:
-        raise ComponentError(f"program {path!r}: calling it with no arguments failed: "
-                             f"{type(exc).__name__}: {exc}") from None
+        raise ComponentError(
+            f"program {path!r}: calling it with no arguments failed: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(program, dspy.Module):
         raise ComponentError(f"program {path!r}: expected a dspy.Module, got {type(program).__name__}")
     if not program.named_predictors():
@@ -225,8 +244,9 @@ def read_json_file(path: Path, what: str) -> Any:
     except UnicodeDecodeError:
         raise ComponentError(f"{path}: {what} is not UTF-8 text (a pickle? pickles are never loaded)") from None
     except json.JSONDecodeError as exc:
-        raise ComponentError(f"{path}: {what} is not valid JSON: {exc.msg} at line {exc.lineno}, "
-                             f"column {exc.colno}") from None
+        raise ComponentError(
+            f"{path}: {what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
 
 
 def load_program_state(program: dspy.Module, path: Path, program_name: str) -> None:
@@ -246,15 +266,19 @@ def load_program_state(program: dspy.Module, path: Path, program_name: str) -> N
     saved = sorted(k for k in state if k != "metadata")
     expected = [name for name, _ in program.named_parameters()]
     if saved != sorted(expected):
-        raise ComponentError(f"{path} holds predictors {saved}, but program {program_name} has {expected}; "
-                             "pass the program and task the state was compiled with")
+        raise ComponentError(
+            f"{path} holds predictors {saved}, but program {program_name} has {expected}; "
+            "pass the program and task the state was compiled with"
+        )
     for name, predictor in program.named_parameters():
         entry = state[name]
         fields = entry.get("signature", {}).get("fields") if isinstance(entry, dict) else None
         if not isinstance(fields, list) or len(fields) != len(predictor.signature.fields):
             count = len(fields) if isinstance(fields, list) else "no"
-            raise ComponentError(f"{path}: predictor {name!r} has {count} saved fields, the program's has "
-                                 f"{len(predictor.signature.fields)} ({list(predictor.signature.fields)})")
+            raise ComponentError(
+                f"{path}: predictor {name!r} has {count} saved fields, the program's has "
+                f"{len(predictor.signature.fields)} ({list(predictor.signature.fields)})"
+            )
     versions = (state.get("metadata") or {}).get("dependency_versions") or {}
     if versions.get("dspy") and versions["dspy"] != dspy.__version__:
         logger.warning("%s was saved with dspy %s; this is dspy %s", path, versions["dspy"], dspy.__version__)

@@ -66,17 +66,26 @@ class FeedbackMerge:
 
     def summary(self) -> dict[str, Any]:
         """The ``feedback`` entry of a run report."""
-        return {**self.feedback.summary(), "added_to_train": self.added, "relabeled": self.relabeled,
-                "held_out": self.held_out, "guards": dict(self.guards),
-                "critiques_to_optimizer": len(self.critiques) if self.critiques else 0, "notes": list(self.notes)}
+        return {
+            **self.feedback.summary(),
+            "added_to_train": self.added,
+            "relabeled": self.relabeled,
+            "held_out": self.held_out,
+            "guards": dict(self.guards),
+            "critiques_to_optimizer": len(self.critiques) if self.critiques else 0,
+            "notes": list(self.notes),
+        }
 
 
 def _inputs_key(example: dspy.Example, input_keys: list[str]) -> tuple[str, ...]:
     return tuple(str(example.get(k)) for k in input_keys)
 
 
-def combined_metric(metric: Callable[..., Any], metric_name: str, review_parts: Mapping[str, Callable[..., Any]],
-                    ) -> Callable[..., Any]:
+def combined_metric(
+    metric: Callable[..., Any],
+    metric_name: str,
+    review_parts: Mapping[str, Callable[..., Any]],
+) -> Callable[..., Any]:
     """The run's metric with the review checks as further criteria; the objective stays the run's metric.
 
     A run metric that already has criteria (a :func:`~dspy_ext.evaluation.criteria` metric) keeps
@@ -95,14 +104,23 @@ def combined_metric(metric: Callable[..., Any], metric_name: str, review_parts: 
         weights = {metric_name: 1.0}
     clash = sorted(set(own) & set(review_parts))
     if clash:
-        raise ValueError(f"review criteria {clash} have the names of the run metric's criteria; rename them in "
-                         "dspy-ext review")
+        raise ValueError(
+            f"review criteria {clash} have the names of the run metric's criteria; rename them in dspy-ext review"
+        )
     return criteria(**own, **review_parts, weights=weights)
 
 
-def merge_feedback(feedback: Feedback, *, metric: Callable[..., Any], metric_name: str, task: TaskData,
-                   train: list[dspy.Example], val: list[dspy.Example],
-                   guards: Mapping[str, float] | None = None, optimizer_uses_critiques: bool = True) -> FeedbackMerge:
+def merge_feedback(
+    feedback: Feedback,
+    *,
+    metric: Callable[..., Any],
+    metric_name: str,
+    task: TaskData,
+    train: list[dspy.Example],
+    val: list[dspy.Example],
+    guards: Mapping[str, float] | None = None,
+    optimizer_uses_critiques: bool = True,
+) -> FeedbackMerge:
     """Merge a review into a compile's train rows, metric, guards and optimizer input.
 
     Args:
@@ -141,8 +159,10 @@ def merge_feedback(feedback: Feedback, *, metric: Callable[..., Any], metric_nam
             added += 1
     notes = []
     if held_out:
-        notes.append(f"{held_out} labeled example(s) left out of training: their inputs are validation or test "
-                     "rows (review outputs of training inputs to use them)")
+        notes.append(
+            f"{held_out} labeled example(s) left out of training: their inputs are validation or test "
+            "rows (review outputs of training inputs to use them)"
+        )
     parts = feedback.metric_parts(output_keys)
     review_guards = feedback.guards(0.0)
     review_guards.update(guards or {})
@@ -154,6 +174,14 @@ def merge_feedback(feedback: Feedback, *, metric: Callable[..., Any], metric_nam
         notes.append(f"criterion {name!r} not used: {why}")
     for note in notes:
         logger.info("feedback: %s", note)
-    return FeedbackMerge(feedback=feedback, metric=combined_metric(metric, metric_name, parts), train=merged_train,
-                         guards=review_guards, critiques=critiques, added=added, relabeled=relabeled,
-                         held_out=held_out, notes=notes)
+    return FeedbackMerge(
+        feedback=feedback,
+        metric=combined_metric(metric, metric_name, parts),
+        train=merged_train,
+        guards=review_guards,
+        critiques=critiques,
+        added=added,
+        relabeled=relabeled,
+        held_out=held_out,
+        notes=notes,
+    )

@@ -51,8 +51,7 @@ from dspy_ext.experiment.settings import RunSettings, SettingsError
 from dspy_ext.files import RunFolderLock, atomic_write_text
 from dspy_ext.lm.journal import journaled
 from dspy_ext.lm.metering import CallMeter, metering
-from dspy_ext.prompt_state import content_hash
-from dspy_ext.prompt_state import predictors
+from dspy_ext.prompt_state import content_hash, predictors
 from dspy_ext.registry import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -134,9 +133,14 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     with RunFolderLock(out):
         # The folder is the run's by definition, and the compile reads its journal whatever the cache flag says.
-        identity = {"settings": settings.model_dump(mode="json", exclude={"out", "cache"}), "lm": getattr(components.lm, "model", None),
-                    "adapter": components.adapter_name, "train_val": dataset_fingerprint(train + val),
-                    "test": dataset_fingerprint(task.test), "student": content_hash(program_state_json(student))}
+        identity = {
+            "settings": settings.model_dump(mode="json", exclude={"out", "cache"}),
+            "lm": getattr(components.lm, "model", None),
+            "adapter": components.adapter_name,
+            "train_val": dataset_fingerprint(train + val),
+            "test": dataset_fingerprint(task.test),
+            "student": content_hash(program_state_json(student)),
+        }
         if merged is None:
             identity["settings"].pop("feedback", None)  # run folders from before --feedback existed still resume
         else:
@@ -148,11 +152,21 @@ def run(
         with components.context(lm=lm):
             review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
             guards = review_kwargs.get("guards", settings.guards) or {}
-            optimizer = build_optimizer(settings.optimizer, metric, config=settings.optimizer_config,
-                                        budget=settings.budget, seed=settings.seed, num_threads=settings.threads,
-                                        n_train=len(train), n_val=len(val), log_dir=str(out), progress=progress,
-                                        repeats=settings.repeats, temperature=settings.eval_temperature,
-                                        **{**review_kwargs, "guards": guards})
+            optimizer = build_optimizer(
+                settings.optimizer,
+                metric,
+                config=settings.optimizer_config,
+                budget=settings.budget,
+                seed=settings.seed,
+                num_threads=settings.threads,
+                n_train=len(train),
+                n_val=len(val),
+                log_dir=str(out),
+                progress=progress,
+                repeats=settings.repeats,
+                temperature=settings.eval_temperature,
+                **{**review_kwargs, "guards": guards},
+            )
         meter = CallMeter()
         started = time.perf_counter()
         with components.context(lm=lm), journaled(out / JOURNAL_FILE) as journal, metering(meter):
@@ -160,8 +174,9 @@ def run(
         compile_seconds = time.perf_counter() - started
         usage = meter.snapshot()
         if journal.earlier_calls:
-            logger.info("%s: resumed; %d of %d calls replayed from %s", out, journal.replayed_calls, usage.calls,
-                        JOURNAL_FILE)
+            logger.info(
+                "%s: resumed; %d of %d calls replayed from %s", out, journal.replayed_calls, usage.calls, JOURNAL_FILE
+            )
 
         if evaluator is None or evaluator.metric is not metric:
             # With review criteria the metric is this run's own: a shared evaluator's cache holds other scores.
@@ -175,8 +190,11 @@ def run(
             zero_shot = evaluator.evaluate(student, task.test, desc="zero-shot test", **rollouts)
             val_report = evaluator.evaluate(compiled, val, desc="val", **rollouts)
             # The per-criterion table on val compares against the student, as the guards do.
-            student_val = evaluator.evaluate(student, val, desc="student val", **rollouts) \
-                if guards or test.criteria_names else None
+            student_val = (
+                evaluator.evaluate(student, val, desc="student val", **rollouts)
+                if guards or test.criteria_names
+                else None
+            )
         result = getattr(compiled, "dspy_ext_result", None)
         summary = {
             "task": task.name,
@@ -208,19 +226,27 @@ def run(
         }
         if result is not None:
             summary["search"] = result.to_dict()
-        summary.update(criteria_summary(test=(zero_shot, test, task.test), val=(student_val, val_report, val),
-                                        guards=guards, compiled=compiled))
+        summary.update(
+            criteria_summary(
+                test=(zero_shot, test, task.test), val=(student_val, val_report, val), guards=guards, compiled=compiled
+            )
+        )
         if merged is not None:
             with components.context():
-                pinned = merged.feedback.check_pinned(compiled, input_keys=task.input_keys,
-                                                      output_keys=task.output_keys, evaluator_threads=settings.threads)
+                pinned = merged.feedback.check_pinned(
+                    compiled,
+                    input_keys=task.input_keys,
+                    output_keys=task.output_keys,
+                    evaluator_threads=settings.threads,
+                )
             review = _review_summary(merged, pinned, test, zero_shot, settings.metric.rpartition(":")[2])
             table = review.pop("criteria")
             if not summary.get("criteria"):  # the run's own table is kept; a one-number metric gets the review's
                 summary["criteria"] = table
             summary.update(review)
-        atomic_write_text(out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2,
-                                                         ensure_ascii=False) + "\n")
+        atomic_write_text(
+            out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2, ensure_ascii=False) + "\n"
+        )
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
         atomic_write_text(out / REPORT_FILE, render_report(summary, compiled))
     return RunResult(settings, summary, compiled, test, baseline, val_report, out)
@@ -231,13 +257,19 @@ def criteria_table(student: EvaluationReport | None, compiled: EvaluationReport)
     if student is None:
         return {}
     before = student.criteria_means()
-    return {name: {"student": round(before.get(name, 0.0), 2), "compiled": round(value, 2)}
-            for name, value in compiled.criteria_means().items()}
+    return {
+        name: {"student": round(before.get(name, 0.0), 2), "compiled": round(value, 2)}
+        for name, value in compiled.criteria_means().items()
+    }
 
 
-def criteria_summary(*, test: tuple[EvaluationReport, EvaluationReport, list[dspy.Example]],
-                     val: tuple[EvaluationReport | None, EvaluationReport, list[dspy.Example]],
-                     guards: dict[str, float], compiled: dspy.Module) -> dict[str, Any]:
+def criteria_summary(
+    *,
+    test: tuple[EvaluationReport, EvaluationReport, list[dspy.Example]],
+    val: tuple[EvaluationReport | None, EvaluationReport, list[dspy.Example]],
+    guards: dict[str, float],
+    compiled: dspy.Module,
+) -> dict[str, Any]:
     """The run summary's per-criterion tables, guard report and stochastic-failure figures.
 
     Args:
@@ -270,26 +302,37 @@ def criteria_summary(*, test: tuple[EvaluationReport, EvaluationReport, list[dsp
         out["guard_report"] = {
             "tolerances": dict(guards),
             "val": val_report,
-            "test": {"n": verdict.n, "kept": verdict.ok, "broken": verdict.to_log()["broken"],
-                     "criteria": guard.report(reference, candidate, labels=("student", "compiled"))},
+            "test": {
+                "n": verdict.n,
+                "kept": verdict.ok,
+                "broken": verdict.to_log()["broken"],
+                "criteria": guard.report(reference, candidate, labels=("student", "compiled")),
+            },
         }
     if compiled_test.repeats > 1:
         ci = compiled_test.ci
         rates = compiled_test.pass_rates
         out["repeats"] = {
             "k": compiled_test.repeats,
-            "test_mean": round(ci.mean, 2), "test_ci95": round(ci.half_width, 2),
+            "test_mean": round(ci.mean, 2),
+            "test_ci95": round(ci.half_width, 2),
             "student_test_mean": round(student_test.ci.mean, 2),
             "student_test_ci95": round(student_test.ci.half_width, 2),
-            "flaky_test_rows": [{"index": i, "pass_rate": round(rates[i], 3),
-                                 "input": "; ".join(str(v) for v in test_rows[i].inputs().values())[:120]}
-                                for i in compiled_test.flaky],
+            "flaky_test_rows": [
+                {
+                    "index": i,
+                    "pass_rate": round(rates[i], 3),
+                    "input": "; ".join(str(v) for v in test_rows[i].inputs().values())[:120],
+                }
+                for i in compiled_test.flaky
+            ],
         }
     return out
 
 
-def _merge_review(settings: RunSettings, components: Components, train: list[dspy.Example],
-                  val: list[dspy.Example]) -> Any:
+def _merge_review(
+    settings: RunSettings, components: Components, train: list[dspy.Example], val: list[dspy.Example]
+) -> Any:
     """The run's train rows, metric, guards and critiques with the review store ``settings.feedback`` merged in.
 
     Raises:
@@ -301,15 +344,23 @@ def _merge_review(settings: RunSettings, components: Components, train: list[dsp
 
     try:
         review = Feedback.from_store(str(settings.feedback))
-        return merge_feedback(review, metric=components.metric, metric_name=settings.metric.rpartition(":")[2],
-                              task=components.task, train=train, val=val, guards=settings.guards,
-                              optimizer_uses_critiques=get_spec(settings.optimizer).uses_feedback)
+        return merge_feedback(
+            review,
+            metric=components.metric,
+            metric_name=settings.metric.rpartition(":")[2],
+            task=components.task,
+            train=train,
+            val=val,
+            guards=settings.guards,
+            optimizer_uses_critiques=get_spec(settings.optimizer).uses_feedback,
+        )
     except (FeedbackError, ValueError) as exc:
         raise SettingsError(f"invalid settings: feedback: {exc}") from None
 
 
-def _review_summary(merged: Any, pinned: Any, test: EvaluationReport, student: EvaluationReport,
-                    metric_name: str) -> dict[str, Any]:
+def _review_summary(
+    merged: Any, pinned: Any, test: EvaluationReport, student: EvaluationReport, metric_name: str
+) -> dict[str, Any]:
     """The run report's ``feedback`` and ``pinned`` entries, and ``criteria`` (test, student vs compiled).
 
     Without any review criterion (none has an aligned check) the table has the run's metric alone.
@@ -320,8 +371,10 @@ def _review_summary(merged: Any, pinned: Any, test: EvaluationReport, student: E
     return {
         "feedback": merged.summary(),
         "pinned": pinned.to_dict(),
-        "criteria": {name: {"student": round(student_means.get(name, 0.0), 2), "compiled": round(value, 2)}
-                     for name, value in compiled_means.items()},
+        "criteria": {
+            name: {"student": round(student_means.get(name, 0.0), 2), "compiled": round(value, 2)}
+            for name, value in compiled_means.items()
+        },
     }
 
 
@@ -342,8 +395,10 @@ def _claim_folder(out: Path, identity: dict[str, Any], *, restart: bool) -> None
         stored = {}  # run files of unknown origin: never mixed with this run's
     if stored is not None and stored != identity:
         if not restart:
-            raise SettingsError(f"{out} holds another run ({_difference(stored, identity)}); pass --restart "
-                                "(restart=True) to start over there, or choose another output folder")
+            raise SettingsError(
+                f"{out} holds another run ({_difference(stored, identity)}); pass --restart "
+                "(restart=True) to start over there, or choose another output folder"
+            )
         logger.warning("%s: starting over (%s)", out, _difference(stored, identity))
         for name in (JOURNAL_FILE, TRIALS_FILE, PROGRAM_FILE, SUMMARY_FILE, REPORT_FILE):
             (out / name).unlink(missing_ok=True)
@@ -353,10 +408,16 @@ def _claim_folder(out: Path, identity: dict[str, Any], *, restart: bool) -> None
 def _difference(stored: dict[str, Any], identity: dict[str, Any]) -> str:
     if not stored:
         return "files of a run that did not record its settings"
-    changed = [f"{key}: {stored['settings'].get(key)!r} -> {value!r}" for key, value in identity["settings"].items()
-               if stored.get("settings", {}).get(key) != value]
-    changed += [f"{key} changed" for key in ("lm", "adapter", "train_val", "test", "student")
-                if stored.get(key) != identity[key]]
+    changed = [
+        f"{key}: {stored['settings'].get(key)!r} -> {value!r}"
+        for key, value in identity["settings"].items()
+        if stored.get("settings", {}).get(key) != value
+    ]
+    changed += [
+        f"{key} changed"
+        for key in ("lm", "adapter", "train_val", "test", "student")
+        if stored.get(key) != identity[key]
+    ]
     return "; ".join(changed[:4]) or "other settings"
 
 
@@ -390,15 +451,38 @@ def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
         "| figure | value |",
         "|---|---|",
     ]
-    for key in ("val_score", "test_score", "baseline_test_score", "zero_shot_test_score", "lm_calls", "tokens", "seconds", "budget",
-                "budget_exhausted", "lm", "adapter", "train", "val", "test"):
+    for key in (
+        "val_score",
+        "test_score",
+        "baseline_test_score",
+        "zero_shot_test_score",
+        "lm_calls",
+        "tokens",
+        "seconds",
+        "budget",
+        "budget_exhausted",
+        "lm",
+        "adapter",
+        "train",
+        "val",
+        "test",
+    ):
         lines.append(f"| {key} | {summary[key]} |")
     lines += render_criteria_section(summary)
     if "pinned" in summary:
         lines += render_review_section(summary)
     for name, predictor in predictors(program):
-        lines += ["", f"## Predictor `{name}`", "", "Instruction:", "", "> " + predictor.signature.instructions.replace(
-            "\n", "\n> "), "", f"Demos ({len(predictor.demos)}):", ""]
+        lines += [
+            "",
+            f"## Predictor `{name}`",
+            "",
+            "Instruction:",
+            "",
+            "> " + predictor.signature.instructions.replace("\n", "\n> "),
+            "",
+            f"Demos ({len(predictor.demos)}):",
+            "",
+        ]
         for demo in predictor.demos:
             data = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
             lines.append("- " + "; ".join(f"{k}: {str(v)[:120]}" for k, v in data.items() if k != "augmented"))
@@ -409,40 +493,61 @@ def render_criteria_section(summary: dict[str, Any]) -> list[str]:
     """The report lines of the per-criterion tables, the guard report and the rows that pass only sometimes."""
     lines: list[str] = []
     if summary.get("criteria"):
-        lines += ["", "## Criteria", "", "| criterion | student test | compiled test | student val | compiled val |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Criteria",
+            "",
+            "| criterion | student test | compiled test | student val | compiled val |",
+            "|---|---|---|---|---|",
+        ]
         val = summary.get("val_criteria") or {}
         for name, cell in summary["criteria"].items():
             v = val.get(name, {})
-            lines.append(f"| {name} | {cell['student']:.1f} | {cell['compiled']:.1f} | "
-                         f"{_cell(v.get('student'))} | {_cell(v.get('compiled'))} |")
+            lines.append(
+                f"| {name} | {cell['student']:.1f} | {cell['compiled']:.1f} | "
+                f"{_cell(v.get('student'))} | {_cell(v.get('compiled'))} |"
+            )
     report = summary.get("guard_report")
     if report:
-        lines += ["", "## Regression guards", "",
-                  "Tolerances (points): " + ", ".join(f"{k} {v:g}" for k, v in report["tolerances"].items()) + "."]
+        lines += [
+            "",
+            "## Regression guards",
+            "",
+            "Tolerances (points): " + ", ".join(f"{k} {v:g}" for k, v in report["tolerances"].items()) + ".",
+        ]
         val = report.get("val") or {}
         if val.get("fallback"):
             lines.append(f"The search returned the reference program's prompts: {val['fallback']}.")
         if val.get("returned") and val.get("returned") != "compiled":
             lines.append(f"The acceptance gate returned the {val['returned']}: the compiled program broke a guard.")
         if val.get("rejected"):
-            lines.append("Candidates set aside by a guard: "
-                         + ", ".join(f"{k} {n}" for k, n in val["rejected"].items()) + ".")
-        lines += ["", "| split | criterion | before | after | drop | p | tolerance | broken |",
-                  "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                "Candidates set aside by a guard: " + ", ".join(f"{k} {n}" for k, n in val["rejected"].items()) + "."
+            )
+        lines += [
+            "",
+            "| split | criterion | before | after | drop | p | tolerance | broken |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for split, block in (("val", val.get("criteria") or {}), ("test", report["test"]["criteria"])):
             for name, row in block.items():
                 before, after = [v for k, v in row.items() if isinstance(v, dict)][:2]
-                lines.append(f"| {split} | {name} | {before['mean']:.1f} ± {before['ci95']:.1f} | "
-                             f"{after['mean']:.1f} ± {after['ci95']:.1f} | {row['drop']:.1f} | {row['p_value']:.3f} | "
-                             f"{'-' if row['tolerance'] is None else format(row['tolerance'], 'g')} | "
-                             f"{'yes' if row['broken'] else 'no'} |")
+                lines.append(
+                    f"| {split} | {name} | {before['mean']:.1f} ± {before['ci95']:.1f} | "
+                    f"{after['mean']:.1f} ± {after['ci95']:.1f} | {row['drop']:.1f} | {row['p_value']:.3f} | "
+                    f"{'-' if row['tolerance'] is None else format(row['tolerance'], 'g')} | "
+                    f"{'yes' if row['broken'] else 'no'} |"
+                )
     repeats = summary.get("repeats")
     if repeats:
-        lines += ["", "## Repeats", "",
-                  f"{repeats['k']} rollouts per row: test {repeats['test_mean']:.1f} ± {repeats['test_ci95']:.1f} "
-                  f"(student {repeats['student_test_mean']:.1f} ± {repeats['student_test_ci95']:.1f}); "
-                  f"{len(repeats['flaky_test_rows'])} rows pass only sometimes."]
+        lines += [
+            "",
+            "## Repeats",
+            "",
+            f"{repeats['k']} rollouts per row: test {repeats['test_mean']:.1f} ± {repeats['test_ci95']:.1f} "
+            f"(student {repeats['student_test_mean']:.1f} ± {repeats['student_test_ci95']:.1f}); "
+            f"{len(repeats['flaky_test_rows'])} rows pass only sometimes.",
+        ]
         for row in repeats["flaky_test_rows"][:20]:
             lines.append(f"- row {row['index']} (passes {100 * row['pass_rate']:.0f}%): {row['input']}")
     return lines
@@ -455,13 +560,21 @@ def _cell(value: float | None) -> str:
 def render_review_section(summary: dict[str, Any]) -> list[str]:
     """The report lines of a compile from human review: what the review gave, and the pinned cases."""
     review, pinned = summary["feedback"], summary["pinned"]
-    lines = ["", "## Human review", "",
-             f"From `{review['store']}`: {review['labeled']} labeled examples ({review['added_to_train']} added to "
-             f"training, {review['held_out']} held out), {review['critiques']} critiques "
-             f"({review['critiques_to_optimizer']} to the optimizer), guards {review['guards'] or 'none'}.", ""]
+    lines = [
+        "",
+        "## Human review",
+        "",
+        f"From `{review['store']}`: {review['labeled']} labeled examples ({review['added_to_train']} added to "
+        f"training, {review['held_out']} held out), {review['critiques']} critiques "
+        f"({review['critiques_to_optimizer']} to the optimizer), guards {review['guards'] or 'none'}.",
+        "",
+    ]
     lines += [f"- {note}" for note in review["notes"]]
-    lines += ["", f"Pinned cases (outputs graded Good, checked by {pinned['by']}): {pinned['kept']} kept, "
-              f"{pinned['broken']} broken, {pinned['unscored']} not scored."]
+    lines += [
+        "",
+        f"Pinned cases (outputs graded Good, checked by {pinned['by']}): {pinned['kept']} kept, "
+        f"{pinned['broken']} broken, {pinned['unscored']} not scored.",
+    ]
     if pinned["broken_items"]:
         lines += ["", "| input | approved | now | fails |", "|---|---|---|---|"]
         for case in pinned["broken_items"]:
@@ -500,8 +613,10 @@ class OpenedRun:
             ComponentError: The folder does not say which task it was compiled on.
         """
         if self.settings is None:
-            raise ComponentError(f"{self.folder}: the run folder has neither {SETTINGS_FILE} nor a {SUMMARY_FILE} "
-                                 "naming its task; give the task and program")
+            raise ComponentError(
+                f"{self.folder}: the run folder has neither {SETTINGS_FILE} nor a {SUMMARY_FILE} "
+                "naming its task; give the task and program"
+            )
         return self.settings
 
     def components(self, *, lm: dspy.BaseLM | None = None) -> Components:
@@ -531,8 +646,9 @@ def open_run(folder: str | Path) -> OpenedRun:
         raise ComponentError(f"{folder}: no such run folder")
     if not (folder / PROGRAM_FILE).is_file():
         pickles = sorted(p.name for p in folder.glob("*.pkl"))
-        hint = f" (it has {pickles}: pickles are never loaded; save with program.save('program.json'))" \
-            if pickles else ""
+        hint = (
+            f" (it has {pickles}: pickles are never loaded; save with program.save('program.json'))" if pickles else ""
+        )
         raise ComponentError(f"{folder}: the run folder has no {PROGRAM_FILE}{hint}")
     summary: dict[str, Any] = {}
     if (folder / SUMMARY_FILE).is_file():
@@ -544,7 +660,10 @@ def open_run(folder: str | Path) -> OpenedRun:
         settings = RunSettings.load(folder / SETTINGS_FILE)
     elif summary.get("task"):
         logger.info("%s has no %s; settings rebuilt from %s", folder, SETTINGS_FILE, SUMMARY_FILE)
-        known = {k: summary[k] for k in ("task", "program", "metric", "optimizer", "seed", "budget", "train", "val")
-                 if k in summary}
+        known = {
+            k: summary[k]
+            for k in ("task", "program", "metric", "optimizer", "seed", "budget", "train", "val")
+            if k in summary
+        }
         settings = RunSettings.build({**known, "out": str(folder)}, source=f"settings from {folder / SUMMARY_FILE}")
     return OpenedRun(folder=folder, settings=settings, summary=summary)

@@ -258,8 +258,14 @@ class CompareSettings(ExperimentSettings):
     def cell(self, optimizer: str, seed: int) -> RunSettings:
         """The :class:`RunSettings` of one (optimizer, seed) cell."""
         shared = self.model_dump(exclude={"optimizers", "optimizer_configs", "seeds", "out"})
-        return RunSettings.build({**shared, "optimizer": optimizer, "seed": seed,
-                                  "optimizer_config": self.optimizer_configs.get(optimizer, {})})
+        return RunSettings.build(
+            {
+                **shared,
+                "optimizer": optimizer,
+                "seed": seed,
+                "optimizer_config": self.optimizer_configs.get(optimizer, {}),
+            }
+        )
 
     @property
     def default_out(self) -> Path:

@@ -31,6 +31,8 @@ from dspy_ext.export.exporter import (
     export,
     lm_settings,
 )
+from dspy_ext.export.verify import VerifyReport, runtime_program, verify
+from dspy_ext.export.views import export_markdown, predictor_text, to_markdown
 from dspy_ext.runtime import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -41,8 +43,6 @@ from dspy_ext.runtime import (
     load,
     loads,
 )
-from dspy_ext.export.verify import VerifyReport, runtime_program, verify
-from dspy_ext.export.views import export_markdown, predictor_text, to_markdown
 
 #: What :func:`export` returns: the artifact as the runtime loads it.
 Artifact = PromptArtifact
@@ -73,4 +73,3 @@ __all__ = [
     "to_markdown",
     "verify",
 ]
-

@@ -15,8 +15,8 @@ from typing import Any
 import dspy
 
 from dspy_ext.export.exporter import adapter_from_options, annotation_type
-from dspy_ext.runtime import PromptArtifact, format_type, load, placeholder
 from dspy_ext.prompt_state import predictors
+from dspy_ext.runtime import PromptArtifact, format_type, load, placeholder
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def _new_state(name: str, predictor: dspy.Predict, entry: dict[str, Any]) -> tup
     return new_signature, demos
 
 
-def _rendered(entry: dict[str, Any], signature: type[dspy.Signature], demos: list,
-              key: str) -> list[dict[str, Any]]:
+def _rendered(entry: dict[str, Any], signature: type[dspy.Signature], demos: list, key: str) -> list[dict[str, Any]]:
     """What DSPy renders for the new state: the main template (``messages``) or the JSON ``fallback``."""
     if key == "messages":
         adapter = adapter_from_options(entry["adapter"], entry["adapter_options"])
@@ -114,8 +113,9 @@ def check_program(artifact: PromptArtifact, program: dspy.Module) -> dict[str, t
                 continue
             rendered = _rendered(entry, signature, demos, key)
             if rendered != stored:
-                index = next((i for i, (a, b) in enumerate(zip(rendered, stored)) if a != b), min(len(rendered),
-                                                                                                  len(stored)))
+                index = next(
+                    (i for i, (a, b) in enumerate(zip(rendered, stored)) if a != b), min(len(rendered), len(stored))
+                )
                 raise ApplyError(
                     f"predictor {name!r}: with the artifact's instructions and demos the program renders a "
                     f"different prompt than the artifact stores (first difference in {key} message {index}); "

@@ -31,6 +31,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import dspy
 
 from dspy_ext.adapters.plain import PlainAdapter, field_labels
+from dspy_ext.prompt_state import demo_to_dict, predictors
 from dspy_ext.runtime import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -41,7 +42,6 @@ from dspy_ext.runtime import (
     placeholder,
     validate,
 )
-from dspy_ext.prompt_state import demo_to_dict, predictors
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,32 @@ ADAPTER_CLASSES: dict[str, type[dspy.Adapter]] = {
 
 #: LM request settings copied into the artifact (credentials and endpoints never are).
 LM_SETTING_KEYS = (
-    "temperature", "max_tokens", "max_completion_tokens", "top_p", "top_k", "n", "stop", "seed",
-    "presence_penalty", "frequency_penalty", "repeat_penalty", "response_format",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "top_p",
+    "top_k",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "response_format",
 )
 
 #: Metadata keys every artifact carries (``None`` when unknown).
 METADATA_KEYS = (
-    "dspy_version", "dspy_ext_version", "optimizer", "optimizer_settings", "seed", "data_hash",
-    "dev_score", "test_score", "created_at", "guard_report",
+    "dspy_version",
+    "dspy_ext_version",
+    "optimizer",
+    "optimizer_settings",
+    "seed",
+    "data_hash",
+    "dev_score",
+    "test_score",
+    "created_at",
+    "guard_report",
 )
 
 _SUPPORTED_TYPES = "str, int, float, bool, Any, Literal[...], list[...], dict[str, ...] and Optional[...]"
@@ -83,6 +101,7 @@ class ExportError(ValueError):
 
 
 # ---- types -------------------------------------------------------------------------------------
+
 
 def annotation_type(annotation: Any) -> tuple:
     """The runtime's parsed type for a field annotation.
@@ -161,6 +180,7 @@ def _field_entry(predictor: str, signature: type[dspy.Signature], name: str, out
 
 # ---- adapters ----------------------------------------------------------------------------------
 
+
 def _adapter_name(adapter: Any) -> str:
     for name, cls in ADAPTER_CLASSES.items():
         if type(adapter) is cls:
@@ -213,6 +233,7 @@ def adapter_from_options(name: str, options: Mapping[str, Any]) -> dspy.Adapter:
 
 
 # ---- JSON hygiene ------------------------------------------------------------------------------
+
 
 def _require_json(value: Any, what: str) -> None:
     try:
@@ -279,6 +300,7 @@ def _metadata(extra: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # ---- predictors --------------------------------------------------------------------------------
+
 
 def _format(adapter: dspy.Adapter, name: str, predictor: dspy.Predict, inputs: Mapping[str, Any]) -> list[dict]:
     messages = adapter.format(predictor.signature, predictor.demos, dict(inputs))

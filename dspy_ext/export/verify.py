@@ -22,8 +22,8 @@ from dspy.utils.exceptions import AdapterParseError
 
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.export.apply import check_program
-from dspy_ext.runtime import ParseError, PromptArtifact
 from dspy_ext.prompt_state import predictors
+from dspy_ext.runtime import ParseError, PromptArtifact
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ try:
     # outside dspy-ext's supported range). No warnings filter is touched.
     from dspy.clients._deprecation import adapter_message_call
 except ImportError:  # another DSPy: the call shape may warn, nothing breaks
+
     def adapter_message_call(lm: Any, messages: Any) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
@@ -55,8 +56,15 @@ class RuntimePredictorCall:
         >>> predictor.forward = RuntimePredictorCall(art, "predict", predictor)  # doctest: +SKIP
     """
 
-    def __init__(self, artifact: PromptArtifact, name: str, predictor: dspy.Predict, *,
-                 lm: dspy.BaseLM | None = None, fresh: bool = True) -> None:
+    def __init__(
+        self,
+        artifact: PromptArtifact,
+        name: str,
+        predictor: dspy.Predict,
+        *,
+        lm: dspy.BaseLM | None = None,
+        fresh: bool = True,
+    ) -> None:
         self.artifact = artifact
         self.name = name
         self.predictor = predictor
@@ -100,8 +108,9 @@ class RuntimePredictorCall:
         return dspy.Prediction(**fields)
 
 
-def runtime_program(program: dspy.Module, artifact: PromptArtifact, *, lm: dspy.BaseLM | None = None,
-                    fresh: bool = True) -> dspy.Module:
+def runtime_program(
+    program: dspy.Module, artifact: PromptArtifact, *, lm: dspy.BaseLM | None = None, fresh: bool = True
+) -> dspy.Module:
     """A copy of ``program`` whose predictors call the LM through ``artifact``'s runtime.
 
     Args:
@@ -237,11 +246,15 @@ def verify(
     configured = type(dspy.settings.adapter or dspy.ChatAdapter()).__name__
     used = sorted({artifact.data["predictors"][n]["adapter"] for n in artifact.names})
     if used != [configured]:
-        raise ValueError(f"the artifact was exported with {used} but the configured adapter is {configured}; "
-                         "verify with the adapter the artifact was exported with")
+        raise ValueError(
+            f"the artifact was exported with {used} but the configured adapter is {configured}; "
+            "verify with the adapter the artifact was exported with"
+        )
     rt = runtime_program(program, artifact, fresh=fresh)
     dspy_report = Evaluator(metric, num_threads=num_threads, progress=progress).evaluate(
-        program, examples, desc="verify: DSPy")
+        program, examples, desc="verify: DSPy"
+    )
     runtime_report = Evaluator(metric, num_threads=num_threads, progress=progress, cache=False).evaluate(
-        rt, examples, desc="verify: runtime")
+        rt, examples, desc="verify: runtime"
+    )
     return VerifyReport(dspy=dspy_report, runtime=runtime_report, tolerance=tolerance)

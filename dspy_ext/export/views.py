@@ -69,21 +69,30 @@ def to_markdown(artifact: PromptArtifact) -> str:
     for name in artifact.names:
         entry = artifact.data["predictors"][name]
         lines += ["", f"## Predictor `{name}`", ""]
-        lines += [f"- adapter: {entry['adapter']} {json.dumps(entry['adapter_options'])}",
-                  f"- demos: {len(entry['demos'])}",
-                  f"- reply format: {entry['parse']['format']}"
-                  + (" (JSON fallback on a failed parse)" if entry["fallback"] else "")]
+        lines += [
+            f"- adapter: {entry['adapter']} {json.dumps(entry['adapter_options'])}",
+            f"- demos: {len(entry['demos'])}",
+            f"- reply format: {entry['parse']['format']}"
+            + (" (JSON fallback on a failed parse)" if entry["fallback"] else ""),
+        ]
         if entry["lm_kwargs"]:
             lines.append(f"- LM settings of this predictor: `{json.dumps(entry['lm_kwargs'])}`")
         lines += ["", "### Instructions", ""]
         lines += _block(entry["instructions"])
-        lines += ["", "### Fields", "", "| role | name | type | prefix | description |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "### Fields",
+            "",
+            "| role | name | type | prefix | description |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for role, key in (("input", "input_fields"), ("output", "output_fields")):
             for field in entry[key]:
-                lines.append(f"| {role} | `{field['name']}` | `{_cell(field['type'])}` | {_cell(field['prefix'])} | "
-                             f"{_cell(field['desc'])} |")
-        lines += ["", "### Messages", "",
-                  "Input values go where the placeholders `⟦input:NAME⟧` stand.", ""]
+                lines.append(
+                    f"| {role} | `{field['name']}` | `{_cell(field['type'])}` | {_cell(field['prefix'])} | "
+                    f"{_cell(field['desc'])} |"
+                )
+        lines += ["", "### Messages", "", "Input values go where the placeholders `⟦input:NAME⟧` stand.", ""]
         for i, message in enumerate(entry["messages"]):
             lines += [f"**{i + 1}. {message['role']}**", ""]
             lines += _block(message["content"])

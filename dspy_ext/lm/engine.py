@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
 from dspy_ext.lm.errors import ContextOverflowError, LMCallTimeout, LMRetriesExhausted
-from dspy_ext.lm.metering import CallMeter, active_meters, reserve_all
+from dspy_ext.lm.metering import active_meters, reserve_all
 from dspy_ext.lm.retry import CallPolicy, active_call_policy
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,10 @@ def request_messages(request: Request) -> list[dict[str, str]]:
     """Flatten a DSPy request into OpenAI-style ``{"role", "content"}`` dicts."""
     messages: list[dict[str, str]] = []
     if request.system is not None:
-        system = request.system if isinstance(request.system, str) else "".join(
-            getattr(part, "text", "") or "" for part in request.system
+        system = (
+            request.system
+            if isinstance(request.system, str)
+            else "".join(getattr(part, "text", "") or "" for part in request.system)
         )
         messages.append({"role": "system", "content": system})
     messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
@@ -140,8 +142,14 @@ class MeteredEngine(abc.ABC):
                 if retry >= policy.max_retries:
                     raise LMRetriesExhausted(retry + 1, exc) from exc
                 wait = policy.delay(retry, exc)
-                logger.info("transient LM error (%s: %s); retry %d of %d in %.2f s", type(exc).__name__,
-                            str(exc).split("\n", 1)[0][:200], retry + 1, policy.max_retries, wait)
+                logger.info(
+                    "transient LM error (%s: %s); retry %d of %d in %.2f s",
+                    type(exc).__name__,
+                    str(exc).split("\n", 1)[0][:200],
+                    retry + 1,
+                    policy.max_retries,
+                    wait,
+                )
                 time.sleep(wait)
                 retry += 1
                 continue

@@ -42,16 +42,28 @@ __all__ = [
 #: (501 Not Implemented and 505 are permanent).
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 
-_TRANSIENT_LM15 = (lm15.RateLimitError, lm15.TimeoutError, lm15.ServerError, lm15.TransportError,
-                   lm15.LockTimeoutError)
+_TRANSIENT_LM15 = (lm15.RateLimitError, lm15.TimeoutError, lm15.ServerError, lm15.TransportError, lm15.LockTimeoutError)
 
 # Well-known transient errors of HTTP/LLM client libraries, matched by class name so that none of
 # them has to be imported (httpx, requests, openai, anthropic, litellm).
-_TRANSIENT_CLASS_NAMES = frozenset({
-    "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError", "ServiceUnavailableError",
-    "TimeoutException", "NetworkError", "ConnectError", "ReadError", "RemoteProtocolError", "ReadTimeout",
-    "ConnectTimeout", "PoolTimeout", "ChunkedEncodingError",
-})
+_TRANSIENT_CLASS_NAMES = frozenset(
+    {
+        "APIConnectionError",
+        "APITimeoutError",
+        "RateLimitError",
+        "InternalServerError",
+        "ServiceUnavailableError",
+        "TimeoutException",
+        "NetworkError",
+        "ConnectError",
+        "ReadError",
+        "RemoteProtocolError",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "PoolTimeout",
+        "ChunkedEncodingError",
+    }
+)
 
 
 class LMCallTimeout(builtins.TimeoutError):
@@ -99,8 +111,9 @@ class ContextOverflowError(lm15.ContextLengthError):
         'context overflow: the prompt has 2301 tokens + 1 reserved for the reply, 254 m'
     """
 
-    def __init__(self, prompt_tokens: int, context_window: int, *, reply_tokens: int = 0,
-                 model: str | None = None) -> None:
+    def __init__(
+        self, prompt_tokens: int, context_window: int, *, reply_tokens: int = 0, model: str | None = None
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.context_window = context_window
         self.reply_tokens = reply_tokens

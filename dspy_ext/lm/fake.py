@@ -60,8 +60,9 @@ class FakeEngine(MeteredEngine):
         context_window: int | None = None,
         call_policy: CallPolicy | None = None,
     ) -> None:
-        if context_window is not None and (isinstance(context_window, bool) or not isinstance(context_window, int)
-                                           or context_window < 1):
+        if context_window is not None and (
+            isinstance(context_window, bool) or not isinstance(context_window, int) or context_window < 1
+        ):
             raise ValueError(f"context_window must be a positive integer or None, got {context_window!r}")
         self.responder = responder
         self.context_window = context_window
@@ -96,8 +97,9 @@ class FakeEngine(MeteredEngine):
         cap = request.config.max_tokens if request.config is not None else None
         if cap and len(words) > cap:
             # Cut off at max_tokens (one token per word), as a real model is: finish reason "length".
-            return Generation(text=" ".join(words[:cap]), input_tokens=prompt_words, output_tokens=cap,
-                              finish_reason="length")
+            return Generation(
+                text=" ".join(words[:cap]), input_tokens=prompt_words, output_tokens=cap, finish_reason="length"
+            )
         return Generation(text=text, input_tokens=prompt_words, output_tokens=len(words))
 
     def score_continuations(

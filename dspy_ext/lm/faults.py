@@ -222,9 +222,18 @@ class FaultInjectingEngine(MeteredEngine):
         self._released.set()
 
 
-def with_faults(lm: dspy.LM, *, fail: float = 0.0, hang: float = 0.0, garbage: float = 0.0, seed: int = 0,
-                errors: Sequence[str] = _TRANSIENT_KINDS, hang_seconds: float = 60.0, sticky: bool = False,
-                call_policy: CallPolicy | None = None) -> dspy.LM:
+def with_faults(
+    lm: dspy.LM,
+    *,
+    fail: float = 0.0,
+    hang: float = 0.0,
+    garbage: float = 0.0,
+    seed: int = 0,
+    errors: Sequence[str] = _TRANSIENT_KINDS,
+    hang_seconds: float = 60.0,
+    sticky: bool = False,
+    call_policy: CallPolicy | None = None,
+) -> dspy.LM:
     """A copy of ``lm`` whose engine injects faults (see :class:`FaultInjectingEngine`).
 
     The copy's model string names the fault settings, so DSPy's response
@@ -249,7 +258,16 @@ def with_faults(lm: dspy.LM, *, fail: float = 0.0, hang: float = 0.0, garbage: f
     inner = getattr(lm, "engine", None)
     if inner is None or isinstance(inner, str) or not callable(getattr(inner, "complete", None)):
         raise TypeError(f"{getattr(lm, 'model', lm)!r} has no engine object to wrap; build the LM with engine=")
-    engine = FaultInjectingEngine(inner, fail=fail, hang=hang, garbage=garbage, seed=seed, errors=errors,
-                                  hang_seconds=hang_seconds, sticky=sticky, call_policy=call_policy)
+    engine = FaultInjectingEngine(
+        inner,
+        fail=fail,
+        hang=hang,
+        garbage=garbage,
+        seed=seed,
+        errors=errors,
+        hang_seconds=hang_seconds,
+        sticky=sticky,
+        call_policy=call_policy,
+    )
     tag = f"faults-f{fail:g}-h{hang:g}-g{garbage:g}-s{seed}-{'-'.join(engine.errors)}{'-sticky' if sticky else ''}"
     return dspy.LM(f"{lm.model}+{tag}", engine=engine, cache=lm.cache, **dict(lm.kwargs))

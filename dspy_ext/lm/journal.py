@@ -111,12 +111,18 @@ class CallJournal(Cache):
             self.replayed_calls += 1
         return record
 
-    def put(self, request: dict[str, Any], value: Any, ignored_args_for_cache_key: list[str] | None = None,
-            enable_memory_cache: bool = True) -> None:
+    def put(
+        self,
+        request: dict[str, Any],
+        value: Any,
+        ignored_args_for_cache_key: list[str] | None = None,
+        enable_memory_cache: bool = True,
+    ) -> None:
         try:
             key = self.cache_key(request, ignored_args_for_cache_key)
-            line = json.dumps({"key": key, "record": value, "usage": _usage(value)}, ensure_ascii=False,
-                              allow_nan=False)
+            line = json.dumps(
+                {"key": key, "record": value, "usage": _usage(value)}, ensure_ascii=False, allow_nan=False
+            )
         except (TypeError, ValueError):
             logger.debug("not journaled (not plain JSON): %r", type(value))
             return
@@ -144,9 +150,11 @@ def _usage(record: Any) -> dict[str, int | None]:
     usage = record.get("usage") if isinstance(record, dict) else None
     if not isinstance(usage, dict):
         return {}
-    get = lambda *names: next((usage[n] for n in names if isinstance(usage.get(n), int)), None)  # noqa: E731
-    return {"input_tokens": get("input_tokens", "prompt_tokens"), "output_tokens": get("output_tokens",
-                                                                                        "completion_tokens")}
+    get = lambda *names: next((usage[n] for n in names if isinstance(usage.get(n), int)), None)
+    return {
+        "input_tokens": get("input_tokens", "prompt_tokens"),
+        "output_tokens": get("output_tokens", "completion_tokens"),
+    }
 
 
 def _charge(usage: dict[str, int | None]) -> None:

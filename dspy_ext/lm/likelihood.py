@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class LikelihoodUnavailable(RuntimeError):  # noqa: N818 (the name says what the caller can do)
+class LikelihoodUnavailable(RuntimeError):
     """The LM cannot score a given continuation (e.g. a remote chat API)."""
 
 
@@ -139,8 +139,10 @@ def score_continuations(
         >>> score_continuations(lm, [{"role": "user", "content": "Input: cat"}], ["cats", "dogs"])  # doctest: +SKIP
         [-0.2, -6.1]
     """
-    return [s.mean_logprob if per_token else s.logprob
-            for s in continuation_scores(lm, messages, continuations, end_of_turn=end_of_turn)]
+    return [
+        s.mean_logprob if per_token else s.logprob
+        for s in continuation_scores(lm, messages, continuations, end_of_turn=end_of_turn)
+    ]
 
 
 def continuation_scores(

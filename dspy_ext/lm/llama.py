@@ -232,8 +232,9 @@ class LlamaCppEngine(MeteredEngine):
                 match = _LLAMA_OVERFLOW.search(str(exc))
                 if match is None:
                     raise
-                raise ContextOverflowError(int(match.group(1)), int(match.group(2)), reply_tokens=1,
-                                           model=self.model_id) from None
+                raise ContextOverflowError(
+                    int(match.group(1)), int(match.group(2)), reply_tokens=1, model=self.model_id
+                ) from None
         finally:
             self._lock.release()
         if deadline is not None and time.monotonic() > deadline:
@@ -315,8 +316,9 @@ class LlamaCppEngine(MeteredEngine):
                     total += sum(float(rows[p][tokens[p + 1]]) for p in range(len(prompt), len(tokens) - 1))
                 results.append(ContinuationScore(total, len(reply), spent))
             if results:  # the prompt's own evaluation is charged to the first continuation
-                results[0] = ContinuationScore(results[0].logprob, results[0].n_tokens,
-                                               results[0].evaluated_tokens + evaluated)
+                results[0] = ContinuationScore(
+                    results[0].logprob, results[0].n_tokens, results[0].evaluated_tokens + evaluated
+                )
             # The KV cache may now end in a reply: a later generation of these same messages would find its
             # whole prompt cached and re-decode only the last token, which generate() avoids by resetting.
             self._last_messages = messages
@@ -359,7 +361,7 @@ class LlamaCppEngine(MeteredEngine):
         try:
             pos = start
             while pos < len(tokens):
-                chunk = tokens[pos:pos + n_batch]
+                chunk = tokens[pos : pos + n_batch]
                 raw = batch.batch
                 raw.n_tokens = len(chunk)
                 for i, token in enumerate(chunk):
@@ -375,7 +377,7 @@ class LlamaCppEngine(MeteredEngine):
                         logits = logits.astype(np.float64)
                         top = logits.max()
                         rows[pos + i] = logits - (top + np.log(np.exp(logits - top).sum()))
-                llama.input_ids[pos:pos + len(chunk)] = chunk
+                llama.input_ids[pos : pos + len(chunk)] = chunk
                 llama.n_tokens = pos + len(chunk)
                 pos += len(chunk)
         finally:

@@ -8,8 +8,9 @@ evaluator, candidate store, trial log, budget and final selection are shared
 from __future__ import annotations
 
 from dspy_ext.optimizers.ape import APE
+from dspy_ext.optimizers.demo_search import DemoSearch
 from dspy_ext.optimizers.evoprompt import EvoPrompt
 from dspy_ext.optimizers.opro import OPRO
 from dspy_ext.optimizers.protegi import ProTeGi
 
-__all__ = ["APE", "OPRO", "EvoPrompt", "ProTeGi"]
+__all__ = ["APE", "OPRO", "DemoSearch", "EvoPrompt", "ProTeGi"]

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
@@ -70,8 +68,13 @@ class APE(InstructionSearch[None]):
         for name in run.predictor_names():
             for _ in range(c.num_candidates):
                 pairs = run.rng.sample(run.trainset, min(c.pairs_per_induction, len(run.trainset)))
-                for proposal in run.ask("induce", 1, temperature=c.induce_temperature,
-                                        step=run.step_description(name), examples=format_pairs(pairs)):
+                for proposal in run.ask(
+                    "induce",
+                    1,
+                    temperature=c.induce_temperature,
+                    step=run.step_description(name),
+                    examples=format_pairs(pairs),
+                ):
                     children.append(run.admit(proposal, seed_candidate, name, origin="ape.induce"))
         return [child for child in children if child is not None]
 
@@ -79,13 +82,18 @@ class APE(InstructionSearch[None]):
         name = run.target(step)
         children = []
         for survivor in population:
-            for proposal in run.ask("paraphrase", self.config.variants_per_survivor,
-                                    temperature=self.config.induce_temperature, instruction=survivor.instruction(name)):
+            for proposal in run.ask(
+                "paraphrase",
+                self.config.variants_per_survivor,
+                temperature=self.config.induce_temperature,
+                instruction=survivor.instruction(name),
+            ):
                 children.append(run.admit(proposal, survivor, name, origin=f"ape.resample{step + 1}"))
         return [child for child in children if child is not None]
 
-    def select(self, run: SearchRun, state: None, population: list[Candidate],
-               children: list[Candidate]) -> list[Candidate]:
+    def select(
+        self, run: SearchRun, state: None, population: list[Candidate], children: list[Candidate]
+    ) -> list[Candidate]:
         pool = population + children
         run.score(pool)
         return self.top(run, pool, self.config.top_k)

@@ -145,12 +145,14 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
             attempts += 1
             if attempts % 2:
                 pairs = run.rng.sample(run.trainset, min(5, len(run.trainset)))
-                proposals = run.ask("induce", 1, temperature=temperature, step=run.step_description(name),
-                                    examples=format_pairs(pairs))
+                proposals = run.ask(
+                    "induce", 1, temperature=temperature, step=run.step_description(name), examples=format_pairs(pairs)
+                )
                 origin = "evoprompt.init.induce"
             else:
-                proposals = run.ask("paraphrase", 1, temperature=temperature,
-                                    instruction=seed_candidate.instruction(name))
+                proposals = run.ask(
+                    "paraphrase", 1, temperature=temperature, instruction=seed_candidate.instruction(name)
+                )
                 origin = "evoprompt.init.paraphrase"
             for proposal in proposals:
                 child = run.admit(proposal, seed_candidate, name, origin=origin)
@@ -158,8 +160,7 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
                     members.append(child)
         return members
 
-    def propose(self, run: SearchRun, state: EvoPromptState, population: list[Candidate],
-                step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: EvoPromptState, population: list[Candidate], step: int) -> list[Candidate]:
         name = run.target(step)
         if len(population) < (2 if self.variant == "ga" else 3):
             # Too few members were admitted to breed (rejected or duplicate proposals): grow by paraphrase.
@@ -169,8 +170,9 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
     def _grow(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
         children = []
         for member in population:
-            for proposal in run.ask("paraphrase", 2, temperature=self.config.temperature,
-                                    instruction=member.instruction(name)):
+            for proposal in run.ask(
+                "paraphrase", 2, temperature=self.config.temperature, instruction=member.instruction(name)
+            ):
                 children.append(run.admit(proposal, member, name, origin=f"{self.method}.grow{step + 1}"))
         return children
 
@@ -180,11 +182,17 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
         for _ in range(len(population)):
             i, j = roulette_pick(run.rng, weights, 2)
             a, b = population[i], population[j]
-            for proposal in run.ask(self.feedback_role("crossover"), 1, temperature=self.config.temperature,
-                                    parent_1=a.instruction(name), parent_2=b.instruction(name),
-                                    **self._feedback_fields(run)):
-                children.append(run.admit(proposal, a, name, origin=f"evoprompt-ga.gen{step + 1}",
-                                          parents=(a.key, b.key)))
+            for proposal in run.ask(
+                self.feedback_role("crossover"),
+                1,
+                temperature=self.config.temperature,
+                parent_1=a.instruction(name),
+                parent_2=b.instruction(name),
+                **self._feedback_fields(run),
+            ):
+                children.append(
+                    run.admit(proposal, a, name, origin=f"evoprompt-ga.gen{step + 1}", parents=(a.key, b.key))
+                )
         return children
 
     def _de(self, run: SearchRun, population: list[Candidate], name: str, step: int) -> list[Candidate]:
@@ -195,14 +203,23 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
             r1, r2 = run.rng.sample(others, 2)
             d1, d2 = population[r1], population[r2]
             proposals = run.ask(
-                self.feedback_role("differential"), 1, temperature=self.config.temperature,
+                self.feedback_role("differential"),
+                1,
+                temperature=self.config.temperature,
                 differing_parts=differing_parts(d1.instruction(name), d2.instruction(name)),
-                best_instruction=best.instruction(name), current_instruction=member.instruction(name),
+                best_instruction=best.instruction(name),
+                current_instruction=member.instruction(name),
                 **self._feedback_fields(run),
             )
             for proposal in proposals:
-                trial = run.admit(proposal, member, name, origin=f"evoprompt-de.gen{step + 1}",
-                                  parents=(member.key, d1.key, d2.key, best.key), replaces=member.key)
+                trial = run.admit(
+                    proposal,
+                    member,
+                    name,
+                    origin=f"evoprompt-de.gen{step + 1}",
+                    parents=(member.key, d1.key, d2.key, best.key),
+                    replaces=member.key,
+                )
                 trials.append(trial)
         return trials
 
@@ -212,8 +229,9 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
             return {}
         return {"reviewer_feedback": self.feedback.render(self.feedback.sample(run.rng))}
 
-    def select(self, run: SearchRun, state: EvoPromptState, population: list[Candidate],
-               children: list[Candidate]) -> list[Candidate]:
+    def select(
+        self, run: SearchRun, state: EvoPromptState, population: list[Candidate], children: list[Candidate]
+    ) -> list[Candidate]:
         run.score(population + children, state.batch)
         if self.variant == "ga" or len(population) < 3:
             return self.top(run, population + children, self.config.population_size)
@@ -222,8 +240,11 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
         for member in population:
             trial = by_member.get(member.key)
             # A trial that breaks a regression guard never replaces its member.
-            if trial is not None and run.store.get(trial.key).guarded and \
-                    (run.store.get(trial.key).mean or 0) > (run.store.get(member.key).mean or 0):
+            if (
+                trial is not None
+                and run.store.get(trial.key).guarded
+                and (run.store.get(trial.key).mean or 0) > (run.store.get(member.key).mean or 0)
+            ):
                 survivors.append(trial)
             else:
                 survivors.append(member)

@@ -15,7 +15,6 @@ instruction must fix; a different draw each step, distinct reasons first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import dspy
 from pydantic import Field
@@ -98,16 +97,23 @@ class OPRO(InstructionSearch[OPROState]):
         name = run.target(step)
         parent = self.top(run, population, 1)[0]  # unscored candidates rank last, so this is defined
         exemplars = run.rng.sample(run.trainset, min(self.config.num_exemplars, len(run.trainset)))
-        fields = {"step": run.step_description(name),
-                  "scored_instructions": render_trajectory(self.trajectory(run, population, name)),
-                  "task_examples": format_pairs(exemplars)}
+        fields = {
+            "step": run.step_description(name),
+            "scored_instructions": render_trajectory(self.trajectory(run, population, name)),
+            "task_examples": format_pairs(exemplars),
+        }
         if self.feedback:
             fields["reviewer_feedback"] = self.feedback.render(self.feedback.sample(run.rng))
-        proposals = run.ask(self.feedback_role("trajectory"), self.config.proposals_per_step,
-                            temperature=self.config.temperature, **fields)
+        proposals = run.ask(
+            self.feedback_role("trajectory"),
+            self.config.proposals_per_step,
+            temperature=self.config.temperature,
+            **fields,
+        )
         return [run.admit(proposal, parent, name, origin=f"opro.step{step + 1}") for proposal in proposals]
 
-    def select(self, run: SearchRun, state: OPROState, population: list[Candidate],
-               children: list[Candidate]) -> list[Candidate]:
+    def select(
+        self, run: SearchRun, state: OPROState, population: list[Candidate], children: list[Candidate]
+    ) -> list[Candidate]:
         run.score(children, state.batch)
         return population + children

@@ -117,8 +117,7 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
     def initial(self, run: SearchRun, state: ProTeGiState, seed_candidate: Candidate) -> list[Candidate]:
         return []
 
-    def propose(self, run: SearchRun, state: ProTeGiState, population: list[Candidate],
-                step: int) -> list[Candidate]:
+    def propose(self, run: SearchRun, state: ProTeGiState, population: list[Candidate], step: int) -> list[Candidate]:
         c = self.config
         name = run.target(step)
         children: list[Candidate | None] = []
@@ -129,29 +128,44 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
             if report.budget_exhausted:
                 raise SearchStopped("search budget used up")
             # The reviewer's reasons come first; the LM is asked only for the gradient slots left over.
-            gradients = [(reason, self._reviewer_failures(reason), "reviewer")
-                         for reason in state.take(c.num_gradients)]
+            gradients = [
+                (reason, self._reviewer_failures(reason), "reviewer") for reason in state.take(c.num_gradients)
+            ]
             if errors and len(gradients) < c.num_gradients:
                 shown = run.rng.sample(errors, min(c.errors_per_gradient, len(errors)))
                 failures = format_failures(shown)
                 reasons = []
-                for proposal in run.ask("diagnose", 1, temperature=c.temperature,
-                                        instruction=member.instruction(name), failures=failures):
-                    reasons += [line.strip(" -*0123456789.") for line in proposal.text.splitlines()
-                                if line.strip(" -*0123456789.")]
+                for proposal in run.ask(
+                    "diagnose", 1, temperature=c.temperature, instruction=member.instruction(name), failures=failures
+                ):
+                    reasons += [
+                        line.strip(" -*0123456789.")
+                        for line in proposal.text.splitlines()
+                        if line.strip(" -*0123456789.")
+                    ]
                 gradients += [(reason, failures, "lm") for reason in reasons[: c.num_gradients - len(gradients)]]
             for reason, failures, source in gradients:
                 # Without feedback the trial log stays as it always was: no gradient_source key.
                 meta = {"gradient": reason, **({"gradient_source": source} if self.feedback else {})}
                 role = "edit_feedback" if source == "reviewer" else "edit"
-                for proposal in run.ask(role, 1, temperature=c.temperature, instruction=member.instruction(name),
-                                        failures=failures, problem=reason):
+                for proposal in run.ask(
+                    role,
+                    1,
+                    temperature=c.temperature,
+                    instruction=member.instruction(name),
+                    failures=failures,
+                    problem=reason,
+                ):
                     edit = run.admit(proposal, member, name, origin=f"protegi.edit{step + 1}", **meta)
                     children.append(edit)
                     if edit is None:
                         continue
-                    for para in run.ask("paraphrase", c.paraphrases_per_edit, temperature=c.temperature,
-                                        instruction=edit.instruction(name)):
+                    for para in run.ask(
+                        "paraphrase",
+                        c.paraphrases_per_edit,
+                        temperature=c.temperature,
+                        instruction=edit.instruction(name),
+                    ):
                         children.append(run.admit(para, edit, name, origin=f"protegi.paraphrase{step + 1}"))
         return [child for child in children if child is not None]
 
@@ -160,8 +174,9 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
         rejected = self.feedback.with_reason(reason) if self.feedback else []
         return SearchFeedback.render(rejected[: self.config.errors_per_gradient])
 
-    def select(self, run: SearchRun, state: ProTeGiState, population: list[Candidate],
-               children: list[Candidate]) -> list[Candidate]:
+    def select(
+        self, run: SearchRun, state: ProTeGiState, population: list[Candidate], children: list[Candidate]
+    ) -> list[Candidate]:
         arms = population + children
         if len(arms) <= self.config.beam_width:
             return arms
@@ -169,7 +184,8 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
         for c in arms:  # one pull each to start, then UCB
             self._pull(run, c, pulls)
         for t in range(len(arms), self.config.bandit_pulls + len(arms)):
-            def ucb(c: Candidate) -> float:
+
+            def ucb(c: Candidate, t: int = t) -> float:
                 mean = (run.store.get(c.key).mean or 0.0) / 100.0
                 return mean + self.config.ucb_c * math.sqrt(math.log(t + 1) / max(1, pulls[c.key]))
 

@@ -103,8 +103,9 @@ def human_labels(items: Sequence[ReviewItem], criterion_id: int) -> dict[str, bo
     return labels
 
 
-def check_outcomes(check: CandidateCheck, items: Sequence[ReviewItem],
-                   stored: Mapping[str, bool | None] | None = None) -> dict[str, bool | None]:
+def check_outcomes(
+    check: CandidateCheck, items: Sequence[ReviewItem], stored: Mapping[str, bool | None] | None = None
+) -> dict[str, bool | None]:
     """Item key -> the check's pass/fail (``None`` = no result).
 
     Built-in checks run here; LM checks are read from ``stored`` (their results in the store).
@@ -115,8 +116,9 @@ def check_outcomes(check: CandidateCheck, items: Sequence[ReviewItem],
     return {item.key: check.spec.passes(item.output_text) for item in items}
 
 
-def measure(check_id: int, check: str, labels: Mapping[str, bool],
-            outcomes: Mapping[str, bool | None]) -> CheckAlignment:
+def measure(
+    check_id: int, check: str, labels: Mapping[str, bool], outcomes: Mapping[str, bool | None]
+) -> CheckAlignment:
     """Coverage and false failure rate of one check against human labels.
 
     Args:
@@ -145,8 +147,13 @@ def measure(check_id: int, check: str, labels: Mapping[str, bool],
             n_bad += 1
             failed_bad += not result
     return CheckAlignment(
-        check_id=check_id, check=check, n_bad=n_bad, n_good=n_good, failed_bad=failed_bad,
-        failed_good=failed_good, unknown=unknown,
+        check_id=check_id,
+        check=check,
+        n_bad=n_bad,
+        n_good=n_good,
+        failed_bad=failed_bad,
+        failed_good=failed_good,
+        unknown=unknown,
         coverage=failed_bad / n_bad if n_bad else None,
         false_failure_rate=failed_good / n_good if n_good else None,
     )
@@ -154,16 +161,22 @@ def measure(check_id: int, check: str, labels: Mapping[str, bool],
 
 def choose(candidates: Sequence[CheckAlignment], threshold: float) -> CheckAlignment | None:
     """The candidate with the best coverage whose false failure rate is at most ``threshold``."""
-    eligible = [c for c in candidates
-                if c.coverage is not None and c.coverage > 0
-                and c.false_failure_rate is not None and c.false_failure_rate <= threshold]
+    eligible = [
+        c
+        for c in candidates
+        if c.coverage is not None
+        and c.coverage > 0
+        and c.false_failure_rate is not None
+        and c.false_failure_rate <= threshold
+    ]
     if not eligible:
         return None
     return min(eligible, key=lambda c: (-c.coverage, c.false_failure_rate, c.check_id))
 
 
-def align_criterion(criterion: Criterion, items: Sequence[ReviewItem], store: ReviewStore | None,
-                    threshold: float) -> CriterionAlignment:
+def align_criterion(
+    criterion: Criterion, items: Sequence[ReviewItem], store: ReviewStore | None, threshold: float
+) -> CriterionAlignment:
     """Measure and choose among one criterion's candidates."""
     labels = human_labels(items, criterion.id)
     measured = []
@@ -173,8 +186,11 @@ def align_criterion(criterion: Criterion, items: Sequence[ReviewItem], store: Re
     best = choose(measured, threshold)
     chosen_id = best.check_id if best else None
     return CriterionAlignment(
-        criterion_id=criterion.id, name=criterion.name, description=criterion.description,
-        version=criterion.version, labelled=len(labels),
+        criterion_id=criterion.id,
+        name=criterion.name,
+        description=criterion.description,
+        version=criterion.version,
+        labelled=len(labels),
         candidates=[CheckAlignment(**{**asdict(m), "chosen": m.check_id == chosen_id}) for m in measured],
         chosen_check_id=chosen_id,
     )

@@ -91,8 +91,9 @@ def load_inputs_jsonl(path: str | Path, input_keys: Sequence[str]) -> list[dict[
                 raise InputsFileError(f"{path}, line {number}: expected a JSON object with {list(input_keys)}")
             missing = [k for k in input_keys if k not in row or row[k] in (None, "")]
             if missing:
-                raise InputsFileError(f"{path}, line {number}: missing input field(s) {missing} "
-                                      f"(row has {sorted(row)})")
+                raise InputsFileError(
+                    f"{path}, line {number}: missing input field(s) {missing} (row has {sorted(row)})"
+                )
             rows.append(row)
     if not rows:
         raise InputsFileError(f"{path}: no rows")

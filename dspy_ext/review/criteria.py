@@ -173,7 +173,7 @@ class JudgeCriterion(dspy.Signature):
 
 
 class ProposeCriterion(dspy.Signature):
-    """A reviewer rejected an output and wrote why. Turn the reason into one general, checkable quality that every good output must have. Give it a short name of one to three words and a one-line description."""  # noqa: E501 (the instruction is one line)
+    """A reviewer rejected an output and wrote why. Turn the reason into one general, checkable quality that every good output must have. Give it a short name of one to three words and a one-line description."""
 
     task_input: str = dspy.InputField(desc="the input the output answers")
     output: str = dspy.InputField(desc="the rejected output")
@@ -216,8 +216,13 @@ class LMJudge:
         True
     """
 
-    def __init__(self, description: str, lm: dspy.LM, adapter: dspy.Adapter | None = None,
-                 signature: type[dspy.Signature] = JudgeCriterion) -> None:
+    def __init__(
+        self,
+        description: str,
+        lm: dspy.LM,
+        adapter: dspy.Adapter | None = None,
+        signature: type[dspy.Signature] = JudgeCriterion,
+    ) -> None:
         self.description = description
         self.lm = lm
         self.adapter = adapter
@@ -265,8 +270,9 @@ class CriterionProposer:
         ProposedCriterion(name='One word', description='Answer with a single word.')
     """
 
-    def __init__(self, lm: dspy.LM, adapter: dspy.Adapter | None = None,
-                 signature: type[dspy.Signature] = ProposeCriterion) -> None:
+    def __init__(
+        self, lm: dspy.LM, adapter: dspy.Adapter | None = None, signature: type[dspy.Signature] = ProposeCriterion
+    ) -> None:
         self.lm = lm
         self.adapter = adapter
         self.predict = dspy.Predict(signature)
@@ -290,8 +296,12 @@ class CriterionProposer:
             raise ProposalError("write a reason first: the proposal is made from it")
         try:
             with dspy.context(lm=self.lm, **({"adapter": self.adapter} if self.adapter else {})):
-                reply = self.predict(task_input=task_input, output=output, critique=critique,
-                                     existing_criteria="; ".join(existing) or "(none)")
+                reply = self.predict(
+                    task_input=task_input,
+                    output=output,
+                    critique=critique,
+                    existing_criteria="; ".join(existing) or "(none)",
+                )
         except Exception as exc:
             raise ProposalError(f"the LM gave no proposal: {type(exc).__name__}: {str(exc)[:200]}") from None
         name = _clean_line(reply.name, MAX_NAME)

@@ -168,8 +168,14 @@ class PinnedReport:
         return self.kept + self.broken + self.unscored
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "kept": self.kept, "broken": self.broken, "unscored": self.unscored,
-                "by": self.by, "broken_items": self.broken_items}
+        return {
+            "total": self.total,
+            "kept": self.kept,
+            "broken": self.broken,
+            "unscored": self.unscored,
+            "by": self.by,
+            "broken_items": self.broken_items,
+        }
 
 
 @dataclass
@@ -235,23 +241,27 @@ class Feedback:
             chosen = next((c for c in entry.candidates if c.chosen), None)
             criterion = by_id[entry.criterion_id]
             if chosen is None:
-                skipped[entry.name] = (f"no aligned check (none fails a Bad output with at most "
-                                       f"{threshold:.0%} false failures)")
+                skipped[entry.name] = (
+                    f"no aligned check (none fails a Bad output with at most {threshold:.0%} false failures)"
+                )
                 continue
             spec = next(c.spec for c in criterion.checks if c.id == chosen.check_id)
             if spec.needs_lm:
                 skipped[entry.name] = "its aligned check is an LM judge, which a compile does not run"
                 continue
-            checks.append(CriterionCheck(entry.name, entry.description, spec, chosen.coverage,
-                                         chosen.false_failure_rate))
-        pinned = [PinnedCase(item.key, dict(item.inputs), dict(item.outputs)) for item in items
-                  if item.grade == "good"]
+            checks.append(
+                CriterionCheck(entry.name, entry.description, spec, chosen.coverage, chosen.false_failure_rate)
+            )
+        pinned = [PinnedCase(item.key, dict(item.inputs), dict(item.outputs)) for item in items if item.grade == "good"]
         output_keys = list(dict.fromkeys(k for item in items for k in item.outputs))
-        fingerprint = content_hash({
-            "labeled": [(e.item_key, e.outputs) for e in labeled],
-            "critiques": [(c.item_key, c.reason, c.correction) for c in critiques],
-            "checks": [(c.name, str(c.check)) for c in checks],
-        }, 16)
+        fingerprint = content_hash(
+            {
+                "labeled": [(e.item_key, e.outputs) for e in labeled],
+                "critiques": [(c.item_key, c.reason, c.correction) for c in critiques],
+                "checks": [(c.name, str(c.check)) for c in checks],
+            },
+            16,
+        )
         return cls(str(path), fingerprint, labeled, critiques, checks, skipped, pinned, output_keys)
 
     # ---- what a compile uses -------------------------------------------------------------------
@@ -267,15 +277,20 @@ class Feedback:
                 raise FeedbackError(
                     f"--feedback {self.path}: a reviewed output has fields {sorted(example.inputs)} -> "
                     f"{sorted(example.outputs)}, the task has {sorted(input_keys)} -> {sorted(output_keys)}; "
-                    "give the review store of this task")
+                    "give the review store of this task"
+                )
             rows.append(dspy.Example(**example.inputs, **example.outputs).with_inputs(*input_keys))
         return rows
 
     def search_feedback(self) -> SearchFeedback:
         """The critiques as plain data for the optimizers."""
-        return SearchFeedback(tuple(
-            HumanCritique(dict(c.inputs), dict(c.output), c.reason, c.correction, tuple(c.failed_criteria))
-            for c in self.critiques if c.reason.strip()))
+        return SearchFeedback(
+            tuple(
+                HumanCritique(dict(c.inputs), dict(c.output), c.reason, c.correction, tuple(c.failed_criteria))
+                for c in self.critiques
+                if c.reason.strip()
+            )
+        )
 
     def metric_parts(self, output_keys: Sequence[str]) -> dict[str, ReviewCheck]:
         """Each criterion with an aligned check, as a metric part for :func:`~dspy_ext.evaluation.criteria`."""
@@ -289,9 +304,16 @@ class Feedback:
         """The pinned cases as ``dspy.Example`` rows (the approved output as the label)."""
         return [dspy.Example(**case.inputs, **case.outputs).with_inputs(*input_keys) for case in self.pinned]
 
-    def check_pinned(self, program: dspy.Module, *, input_keys: Sequence[str], output_keys: Sequence[str],
-                     metric: Callable[..., Any] | None = None, evaluator_threads: int = 1,
-                     desc: str = "pinned") -> PinnedReport:
+    def check_pinned(
+        self,
+        program: dspy.Module,
+        *,
+        input_keys: Sequence[str],
+        output_keys: Sequence[str],
+        metric: Callable[..., Any] | None = None,
+        evaluator_threads: int = 1,
+        desc: str = "pinned",
+    ) -> PinnedReport:
         """Run ``program`` on the pinned cases and say which it keeps passing.
 
         A case is kept when the new output passes every aligned check that the approved output passed
@@ -337,22 +359,37 @@ class Feedback:
             else:
                 report.broken += 1
                 prediction = row.prediction or {}
-                failed = [check.name for check in required(case.outputs) if not check(None, prediction)] \
-                    if parts else ["metric"]
-                report.broken_items.append({
-                    "key": case.item_key, "input": fields_text(case.inputs), "approved": fields_text(case.outputs),
-                    "output": prediction_text(prediction, output_keys), "failed": failed})
+                failed = (
+                    [check.name for check in required(case.outputs) if not check(None, prediction)]
+                    if parts
+                    else ["metric"]
+                )
+                report.broken_items.append(
+                    {
+                        "key": case.item_key,
+                        "input": fields_text(case.inputs),
+                        "approved": fields_text(case.outputs),
+                        "output": prediction_text(prediction, output_keys),
+                        "failed": failed,
+                    }
+                )
         report.unscored += len(examples) - len(result.rows)  # rows never run (budget)
         return report
 
     def summary(self) -> dict[str, Any]:
         """Counts for a run report: what the store held and what the compile used."""
         return {
-            "store": self.path, "fingerprint": self.fingerprint, "labeled": len(self.labeled),
-            "corrected": sum(e.corrected for e in self.labeled), "critiques": len(self.critiques),
-            "criteria": {c.name: {"check": str(c.check), "coverage": c.coverage,
-                                  "false_failure_rate": c.false_failure_rate} for c in self.checks},
-            "criteria_skipped": dict(self.skipped), "pinned": len(self.pinned),
+            "store": self.path,
+            "fingerprint": self.fingerprint,
+            "labeled": len(self.labeled),
+            "corrected": sum(e.corrected for e in self.labeled),
+            "critiques": len(self.critiques),
+            "criteria": {
+                c.name: {"check": str(c.check), "coverage": c.coverage, "false_failure_rate": c.false_failure_rate}
+                for c in self.checks
+            },
+            "criteria_skipped": dict(self.skipped),
+            "pinned": len(self.pinned),
         }
 
 
@@ -361,7 +398,8 @@ def _same_output(output_keys: Sequence[str]) -> Callable[..., float]:
 
     def same(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
         approved = fields_text({k: example[k] for k in output_keys})
-        return float(" ".join(approved.split()).lower()
-                     == " ".join(prediction_text(prediction, output_keys).split()).lower())
+        return float(
+            " ".join(approved.split()).lower() == " ".join(prediction_text(prediction, output_keys).split()).lower()
+        )
 
     return same

@@ -150,8 +150,9 @@ class NextItemSampler:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def pick(self, candidates: Sequence[ItemSummary | ReviewItem], pick_index: int,
-             signals: Mapping[str, Signal]) -> tuple[ItemSummary | ReviewItem | None, str]:
+    def pick(
+        self, candidates: Sequence[ItemSummary | ReviewItem], pick_index: int, signals: Mapping[str, Signal]
+    ) -> tuple[ItemSummary | ReviewItem | None, str]:
         """Choose the next item.
 
         Args:

@@ -58,9 +58,11 @@ HERE = Path(__file__).parent
 DEFAULT_MAX_BODY = 64 * 1024
 MAX_SKIPPED = 10_000
 SECURITY_HEADERS = [
-    (b"content-security-policy",
-     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-     b"form-action 'none'; base-uri 'none'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        b"form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
@@ -129,9 +131,18 @@ class SecurityHeaders:
 
 async def _plain_error(send: Any, status: int, text: str) -> None:
     body = json.dumps({"error": text}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *SECURITY_HEADERS, NO_STORE]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+                NO_STORE,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -169,10 +180,19 @@ class ReviewApp:
             items as before and keep their grades.
     """
 
-    def __init__(self, store: ReviewStore, *, token: str | None = None, lm: dspy.LM | None = None,
-                 adapter: dspy.Adapter | None = None, seed: int = 0,
-                 threshold: float = DEFAULT_THRESHOLD, max_body: int = DEFAULT_MAX_BODY, title: str = "",
-                 changed_since: str | None = None) -> None:
+    def __init__(
+        self,
+        store: ReviewStore,
+        *,
+        token: str | None = None,
+        lm: dspy.LM | None = None,
+        adapter: dspy.Adapter | None = None,
+        seed: int = 0,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_body: int = DEFAULT_MAX_BODY,
+        title: str = "",
+        changed_since: str | None = None,
+    ) -> None:
         self.store = store
         self.changed_since = changed_since
         self.default_filter = "changed" if changed_since else "unreviewed"
@@ -190,8 +210,10 @@ class ReviewApp:
         # Grades change which check aligns best: re-run the alignment before the next read after a write.
         self._alignment_stale = True
         self._alignment_lock = threading.Lock()
-        self.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")),
-                                     autoescape=select_autoescape(default=True, default_for_string=True))
+        self.templates = Environment(
+            loader=FileSystemLoader(str(HERE / "templates")),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
         routes = [
             Route("/", self.home),
             Route("/item/{key}", self.item_page),
@@ -244,9 +266,11 @@ class ReviewApp:
                 if headers.get("content-type", "").split(";")[0].strip() != "application/json":
                     await _plain_error(send, 415, "writes must be application/json")
                     return
-            elif not (self._token_ok(_cookie(headers.get("cookie", ""), self.cookie_name))
-                      or self._token_ok(headers.get("x-review-token"))
-                      or self._token_ok(_query_token(scope))):
+            elif not (
+                self._token_ok(_cookie(headers.get("cookie", ""), self.cookie_name))
+                or self._token_ok(headers.get("x-review-token"))
+                or self._token_ok(_query_token(scope))
+            ):
                 await _plain_error(send, 403, "open the URL with ?token=… that dspy-ext review printed")
                 return
             await app(scope, receive, send)
@@ -288,14 +312,18 @@ class ReviewApp:
         try:
             context = await run_in_threadpool(self._item_context, key, filter_name)
         except ReviewError as exc:
-            return HTMLResponse(self._render("empty.html", {**self._page_context(filter_name), "error": str(exc)}),
-                                status_code=404)
+            return HTMLResponse(
+                self._render("empty.html", {**self._page_context(filter_name), "error": str(exc)}), status_code=404
+            )
         return self._with_cookie(request, HTMLResponse(self._render("item.html", context)))
 
     async def criteria_page(self, request: Request) -> Response:
         report = await run_in_threadpool(align, self.store, self.threshold)
-        context = {**self._page_context(request.query_params.get("filter", self.default_filter)),
-                   "report": report, "criteria_by_id": {c.id: c for c in self.store.criteria()}}
+        context = {
+            **self._page_context(request.query_params.get("filter", self.default_filter)),
+            "report": report,
+            "criteria_by_id": {c.id: c for c in self.store.criteria()},
+        }
         return HTMLResponse(self._render("criteria.html", context))
 
     def _render(self, name: str, context: dict[str, Any]) -> str:
@@ -308,9 +336,17 @@ class ReviewApp:
         if self.changed_since:
             filters.insert(0, ("changed", "changed outputs"))
         filters += [(f"crit:{c.id}", f"fails: {c.name}") for c in criteria]
-        return {"title": self.title, "token": self.token, "reviewed": reviewed, "total": total,
-                "filter": filter_name, "filters": filters, "criteria": criteria, "can_use_lm": self.lm is not None,
-                "threshold": self.threshold}
+        return {
+            "title": self.title,
+            "token": self.token,
+            "reviewed": reviewed,
+            "total": total,
+            "filter": filter_name,
+            "filters": filters,
+            "criteria": criteria,
+            "can_use_lm": self.lm is not None,
+            "threshold": self.threshold,
+        }
 
     def refresh_alignment(self) -> None:
         """Re-choose each criterion's check if labels changed since the last time."""
@@ -331,9 +367,16 @@ class ReviewApp:
         for version, rows in by_version.items():
             graded = [r for r in rows if r["grade"]]
             good = sum(r["grade"] == "good" for r in graded)
-            sample_views.append({"version": version, "samples": rows, "k": len(rows), "graded": len(graded),
-                                 "good": good,
-                                 "pass_rate": f"{good / len(graded):.0%}" if graded else "n/a"})
+            sample_views.append(
+                {
+                    "version": version,
+                    "samples": rows,
+                    "k": len(rows),
+                    "graded": len(graded),
+                    "good": good,
+                    "pass_rate": f"{good / len(graded):.0%}" if graded else "n/a",
+                }
+            )
         prompts = []
         for version in item.prompt_versions:
             raw = self.store.get_meta(f"prompt:{version}")
@@ -345,22 +388,39 @@ class ReviewApp:
         auto: dict[int, list[dict[str, Any]]] = {}
         for criterion in context["criteria"]:
             for check in criterion.checks:
-                result = (self.store.check_results(check.id).get(item.key) if check.spec.needs_lm
-                          else check.spec.passes(item.output_text))
+                result = (
+                    self.store.check_results(check.id).get(item.key)
+                    if check.spec.needs_lm
+                    else check.spec.passes(item.output_text)
+                )
                 auto.setdefault(criterion.id, []).append(
-                    {"check": str(check.spec), "result": result, "chosen": check.id == criterion.chosen_check_id})
+                    {"check": str(check.spec), "result": result, "chosen": check.id == criterion.chosen_check_id}
+                )
         before = []
         if self.changed_since:
             for key_before in self.store.changed_outputs(self.changed_since).get(item.key, []):
                 earlier = self.store.item(key_before)
                 before.append({"item": earlier, "versions": [v[:12] for v in earlier.prompt_versions]})
         signals = self.index.signals()
-        state = {"key": item.key, "grade": item.grade, "reason": item.reason or "",
-                 "correction": item.correction or "", "filter": filter_name,
-                 "criteria": [{"id": c.id, "name": c.name, "mark": item.judgements.get(c.id)}
-                              for c in context["criteria"]]}
-        context.update({"item": item, "samples": sample_views, "prompts": prompts, "auto": auto, "before": before,
-                        "signal": signals.get(item.key, NO_SIGNAL), "state": state})
+        state = {
+            "key": item.key,
+            "grade": item.grade,
+            "reason": item.reason or "",
+            "correction": item.correction or "",
+            "filter": filter_name,
+            "criteria": [{"id": c.id, "name": c.name, "mark": item.judgements.get(c.id)} for c in context["criteria"]],
+        }
+        context.update(
+            {
+                "item": item,
+                "samples": sample_views,
+                "prompts": prompts,
+                "auto": auto,
+                "before": before,
+                "signal": signals.get(item.key, NO_SIGNAL),
+                "state": state,
+            }
+        )
         return context
 
     # ---- navigation -----------------------------------------------------------------------
@@ -421,8 +481,12 @@ class ReviewApp:
     async def api_next(self, request: Request) -> Response:
         _, state = self._client(request)
         try:
-            key, how = await run_in_threadpool(self.next_key, request.query_params.get("filter", self.default_filter),
-                                               request.query_params.get("current") or None, state)
+            key, how = await run_in_threadpool(
+                self.next_key,
+                request.query_params.get("filter", self.default_filter),
+                request.query_params.get("current") or None,
+                state,
+            )
         except HttpError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return JSONResponse({"key": key, "how": how})
@@ -449,10 +513,20 @@ class ReviewApp:
 
     def _item_json(self, item: ReviewItem) -> dict[str, Any]:
         reviewed, total = self.store.progress()
-        return {"key": item.key, "grade": item.grade, "reason": item.reason, "correction": item.correction,
-                "judgements": {str(k): v for k, v in item.judgements.items()}, "inputs": item.inputs,
-                "outputs": item.outputs, "gold": item.gold, "prompt_versions": item.prompt_versions,
-                "reviewed": reviewed, "total": total, "saved_at": time.time()}
+        return {
+            "key": item.key,
+            "grade": item.grade,
+            "reason": item.reason,
+            "correction": item.correction,
+            "judgements": {str(k): v for k, v in item.judgements.items()},
+            "inputs": item.inputs,
+            "outputs": item.outputs,
+            "gold": item.gold,
+            "prompt_versions": item.prompt_versions,
+            "reviewed": reviewed,
+            "total": total,
+            "saved_at": time.time(),
+        }
 
     async def api_item(self, request: Request) -> Response:
         try:
@@ -477,13 +551,21 @@ class ReviewApp:
 
     async def api_reason(self, request: Request) -> Response:
         key = request.path_params["key"]
-        return await self._write(request, lambda body, client: self._item_json(
-            self.store.set_reason(key, _required_text(body, "reason"), client=client)))
+        return await self._write(
+            request,
+            lambda body, client: self._item_json(
+                self.store.set_reason(key, _required_text(body, "reason"), client=client)
+            ),
+        )
 
     async def api_correction(self, request: Request) -> Response:
         key = request.path_params["key"]
-        return await self._write(request, lambda body, client: self._item_json(
-            self.store.set_correction(key, _optional_text(body, "correction") or "", client=client)))
+        return await self._write(
+            request,
+            lambda body, client: self._item_json(
+                self.store.set_correction(key, _optional_text(body, "correction") or "", client=client)
+            ),
+        )
 
     async def api_judgement(self, request: Request) -> Response:
         key, cid = request.path_params["key"], request.path_params["cid"]
@@ -503,8 +585,9 @@ class ReviewApp:
         def action(body: dict, client: str) -> dict:
             check_text = (_optional_text(body, "check") or "").strip()
             check = CheckSpec.parse(check_text) if check_text else None
-            criterion = self.store.add_criterion(_required_text(body, "name"),
-                                                 _optional_text(body, "description") or "", check)
+            criterion = self.store.add_criterion(
+                _required_text(body, "name"), _optional_text(body, "description") or "", check
+            )
             align(self.store, self.threshold)
             return {"id": criterion.id, "name": criterion.name, "version": criterion.version}
 
@@ -517,9 +600,12 @@ class ReviewApp:
             archived = body.get("archived")
             if archived is not None and not isinstance(archived, bool):
                 raise HttpError(400, "archived must be true or false")
-            criterion = self.store.update_criterion(cid, name=_optional_text(body, "name"),
-                                                    description=_optional_text(body, "description"),
-                                                    archived=archived)
+            criterion = self.store.update_criterion(
+                cid,
+                name=_optional_text(body, "name"),
+                description=_optional_text(body, "description"),
+                archived=archived,
+            )
             return {"id": criterion.id, "name": criterion.name, "version": criterion.version}
 
         return await self._write(request, action)
@@ -547,8 +633,7 @@ class ReviewApp:
                 for check in (c for c in criterion.checks if c.spec.needs_lm):
                     judge = LMJudge(criterion.description or criterion.name, self.lm, self.adapter)
                     done = self.store.check_results(check.id)
-                    results = {i.key: judge.passes(i.input_text, i.output_text)
-                               for i in labelled if i.key not in done}
+                    results = {i.key: judge.passes(i.input_text, i.output_text) for i in labelled if i.key not in done}
                     self.store.record_check_results(check.id, results)
                     judged += len(results)
             report = align(self.store, self.threshold)
@@ -629,8 +714,9 @@ class ReviewServer:
         self.port = self.socket.getsockname()[1]
         app.port = self.port
         # log_config=None: uvicorn must not reconfigure the process's logging.
-        config = uvicorn.Config(app.asgi, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            app.asgi, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -645,8 +731,9 @@ class ReviewServer:
 
     def start(self) -> ReviewServer:
         """Serve in a background thread; return once the server accepts connections."""
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
-                                        name="dspy-ext-review", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="dspy-ext-review", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:

@@ -297,8 +297,10 @@ class ReviewStore:
         return row["value"] if row else None
 
     def _set_meta(self, key: str, value: str) -> None:
-        self._conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
 
     def get_meta(self, key: str) -> str | None:
         """A free-form store setting (e.g. ``"task"``)."""
@@ -310,8 +312,15 @@ class ReviewStore:
             self._set_meta(key, value)
 
     # ---- items --------------------------------------------------------------------------
-    def add_output(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any], *, prompt_version: str,
-                   sample_index: int = 0, gold: Mapping[str, Any] | None = None) -> str:
+    def add_output(
+        self,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        *,
+        prompt_version: str,
+        sample_index: int = 0,
+        gold: Mapping[str, Any] | None = None,
+    ) -> str:
         """Record one output of a program run; an existing item (same input and output) is reused.
 
         Args:
@@ -333,14 +342,17 @@ class ReviewStore:
                 seq = self._conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM items").fetchone()[0]
                 self._conn.execute(
                     "INSERT INTO items(key, input_id, inputs, outputs, gold, seq, created_at) VALUES(?,?,?,?,?,?,?)",
-                    (key, iid, _dump(inputs), _dump(outputs), _dump(gold) if gold else None, seq, now))
+                    (key, iid, _dump(inputs), _dump(outputs), _dump(gold) if gold else None, seq, now),
+                )
             elif gold and row["gold"] is None:
                 self._conn.execute("UPDATE items SET gold=? WHERE key=?", (_dump(gold), key))
             # The first output recorded for a sample slot stays: re-running a collection resumes, it does not
             # replace what the reviewer already saw.
             self._conn.execute(
                 "INSERT OR IGNORE INTO samples(input_id, prompt_version, sample_index, item_key, created_at) "
-                "VALUES(?,?,?,?,?)", (iid, prompt_version, sample_index, key, now))
+                "VALUES(?,?,?,?,?)",
+                (iid, prompt_version, sample_index, key, now),
+            )
         return key
 
     def has_sample(self, inputs: Mapping[str, Any], prompt_version: str, sample_index: int) -> bool:
@@ -348,7 +360,8 @@ class ReviewStore:
         with self._lock:
             row = self._conn.execute(
                 "SELECT 1 FROM samples WHERE input_id=? AND prompt_version=? AND sample_index=?",
-                (input_id(inputs), prompt_version, sample_index)).fetchone()
+                (input_id(inputs), prompt_version, sample_index),
+            ).fetchone()
         return row is not None
 
     def item(self, key: str) -> ReviewItem:
@@ -366,7 +379,9 @@ class ReviewStore:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT i.*, l.grade, l.reason, l.correction FROM items i LEFT JOIN labels l ON l.item_key=i.key "
-                f"{where} ORDER BY i.seq", params).fetchall()
+                f"{where} ORDER BY i.seq",
+                params,
+            ).fetchall()
             keys = [r["key"] for r in rows]
             judgements: dict[str, dict[int, bool]] = {k: {} for k in keys}
             versions: dict[str, list[str]] = {k: [] for k in keys}
@@ -375,23 +390,36 @@ class ReviewStore:
                 if j["item_key"] in judgements:
                     judgements[j["item_key"]][j["criterion_id"]] = bool(j["passed"])
             for s in self._conn.execute(
-                    f"SELECT item_key, prompt_version, MIN(created_at) AS first FROM samples {key_filter} "
-                    "GROUP BY item_key, prompt_version ORDER BY first", kparams):
+                f"SELECT item_key, prompt_version, MIN(created_at) AS first FROM samples {key_filter} "
+                "GROUP BY item_key, prompt_version ORDER BY first",
+                kparams,
+            ):
                 if s["item_key"] in versions:
                     versions[s["item_key"]].append(s["prompt_version"])
         return [
-            ReviewItem(key=r["key"], input_id=r["input_id"], inputs=json.loads(r["inputs"]),
-                       outputs=json.loads(r["outputs"]), gold=json.loads(r["gold"]) if r["gold"] else None,
-                       seq=r["seq"], grade=r["grade"], reason=r["reason"], correction=r["correction"],
-                       judgements=judgements[r["key"]], prompt_versions=versions[r["key"]])
+            ReviewItem(
+                key=r["key"],
+                input_id=r["input_id"],
+                inputs=json.loads(r["inputs"]),
+                outputs=json.loads(r["outputs"]),
+                gold=json.loads(r["gold"]) if r["gold"] else None,
+                seq=r["seq"],
+                grade=r["grade"],
+                reason=r["reason"],
+                correction=r["correction"],
+                judgements=judgements[r["key"]],
+                prompt_versions=versions[r["key"]],
+            )
             for r in rows
         ]
 
     def summaries(self) -> list[ItemSummary]:
         """Every item's key, input, order and grade, without decoding any JSON (fast navigation)."""
         with self._lock:
-            rows = self._conn.execute("SELECT i.key, i.input_id, i.seq, l.grade FROM items i "
-                                      "LEFT JOIN labels l ON l.item_key=i.key ORDER BY i.seq").fetchall()
+            rows = self._conn.execute(
+                "SELECT i.key, i.input_id, i.seq, l.grade FROM items i "
+                "LEFT JOIN labels l ON l.item_key=i.key ORDER BY i.seq"
+            ).fetchall()
         return [ItemSummary(r["key"], r["input_id"], r["seq"], r["grade"]) for r in rows]
 
     def output_texts(self, keys: Iterable[str] | None = None) -> dict[str, str]:
@@ -403,9 +431,10 @@ class ReviewStore:
                 wanted = list(keys)
                 rows = []
                 for start in range(0, len(wanted), 500):
-                    chunk = wanted[start:start + 500]
-                    rows += self._conn.execute(f"SELECT key, outputs FROM items WHERE key IN "
-                                               f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+                    chunk = wanted[start : start + 500]
+                    rows += self._conn.execute(
+                        f"SELECT key, outputs FROM items WHERE key IN ({', '.join('?' * len(chunk))})", chunk
+                    ).fetchall()
         return {r["key"]: fields_text(json.loads(r["outputs"])) for r in rows}
 
     def judgements_of(self, criterion_id: int) -> dict[str, bool]:
@@ -427,14 +456,17 @@ class ReviewStore:
             rows = self._conn.execute(
                 "SELECT s.prompt_version, s.sample_index, s.item_key, l.grade FROM samples s "
                 "LEFT JOIN labels l ON l.item_key=s.item_key WHERE s.input_id=? "
-                "ORDER BY s.created_at, s.sample_index", (input_id_,)).fetchall()
+                "ORDER BY s.created_at, s.sample_index",
+                (input_id_,),
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def latest_prompt_version(self) -> str | None:
         """The prompt version of the most recently recorded sample (``None`` for an empty store)."""
         with self._lock:
-            row = self._conn.execute("SELECT prompt_version FROM samples ORDER BY created_at DESC, rowid DESC "
-                                     "LIMIT 1").fetchone()
+            row = self._conn.execute(
+                "SELECT prompt_version FROM samples ORDER BY created_at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
         return row["prompt_version"] if row else None
 
     def changed_outputs(self, version: str) -> dict[str, list[str]]:
@@ -455,7 +487,8 @@ class ReviewStore:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT s.input_id, s.prompt_version, s.item_key, i.seq, l.grade FROM samples s "
-                "JOIN items i ON i.key = s.item_key LEFT JOIN labels l ON l.item_key = s.item_key").fetchall()
+                "JOIN items i ON i.key = s.item_key LEFT JOIN labels l ON l.item_key = s.item_key"
+            ).fetchall()
         after: dict[str, set[str]] = {}
         before: dict[str, dict[str, tuple[int, int]]] = {}
         for r in rows:
@@ -475,7 +508,8 @@ class ReviewStore:
         """Input id -> ``(samples, distinct outputs)`` over all prompt versions (for the sampler)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT input_id, COUNT(*) AS n, COUNT(DISTINCT item_key) AS d FROM samples GROUP BY input_id")
+                "SELECT input_id, COUNT(*) AS n, COUNT(DISTINCT item_key) AS d FROM samples GROUP BY input_id"
+            )
             return {r["input_id"]: (r["n"], r["d"]) for r in rows}
 
     # ---- labels -------------------------------------------------------------------------
@@ -495,7 +529,8 @@ class ReviewStore:
         self._conn.execute(
             f"INSERT INTO labels({', '.join(columns)}) VALUES({', '.join('?' * len(columns))}) "
             f"ON CONFLICT(item_key) DO UPDATE SET {sets}, updated_at=excluded.updated_at",
-            (key, *changed.values(), time.time()))
+            (key, *changed.values(), time.time()),
+        )
         self._log(client, kind, key, None, {k: old.get(k) for k in changed}, changed)
 
     def set_grade(self, key: str, grade: str | None, reason: str | None = None, *, client: str = "api") -> ReviewItem:
@@ -535,8 +570,7 @@ class ReviewStore:
     def set_correction(self, key: str, correction: str | None, *, client: str = "api") -> ReviewItem:
         """Set (or clear with ``""``/``None``) the corrected output text."""
         with self._tx():
-            self._write_label(key, {"correction": _text(correction or "", "correction") or None}, client,
-                              "correction")
+            self._write_label(key, {"correction": _text(correction or "", "correction") or None}, client, "correction")
         return self.item(key)
 
     def set_judgement(self, key: str, criterion_id: int, passed: bool | None, *, client: str = "api") -> ReviewItem:
@@ -546,8 +580,9 @@ class ReviewStore:
             crit = self._conn.execute("SELECT version FROM criteria WHERE id=?", (criterion_id,)).fetchone()
             if crit is None:
                 raise ReviewError(f"no criterion {criterion_id}")
-            row = self._conn.execute("SELECT passed FROM judgements WHERE item_key=? AND criterion_id=?",
-                                     (key, criterion_id)).fetchone()
+            row = self._conn.execute(
+                "SELECT passed FROM judgements WHERE item_key=? AND criterion_id=?", (key, criterion_id)
+            ).fetchone()
             old = None if row is None else bool(row["passed"])
             if old == passed:
                 return self.item(key)
@@ -558,16 +593,25 @@ class ReviewStore:
                     "INSERT INTO judgements(item_key, criterion_id, passed, criterion_version, updated_at) "
                     "VALUES(?,?,?,?,?) ON CONFLICT(item_key, criterion_id) DO UPDATE SET passed=excluded.passed, "
                     "criterion_version=excluded.criterion_version, updated_at=excluded.updated_at",
-                    (key, criterion_id, int(passed), crit["version"], time.time()))
+                    (key, criterion_id, int(passed), crit["version"], time.time()),
+                )
             self._log(client, "judgement", key, criterion_id, {"passed": old}, {"passed": passed})
         return self.item(key)
 
     # ---- undo ---------------------------------------------------------------------------
-    def _log(self, client: str, kind: str, key: str | None, criterion_id: int | None,
-             before: dict[str, Any], after: dict[str, Any]) -> None:
+    def _log(
+        self,
+        client: str,
+        kind: str,
+        key: str | None,
+        criterion_id: int | None,
+        before: dict[str, Any],
+        after: dict[str, Any],
+    ) -> None:
         self._conn.execute(
             "INSERT INTO events(at, client, kind, item_key, criterion_id, before, after) VALUES(?,?,?,?,?,?,?)",
-            (time.time(), client, kind, key, criterion_id, _dump(before), _dump(after)))
+            (time.time(), client, kind, key, criterion_id, _dump(before), _dump(after)),
+        )
 
     def undo(self, client: str) -> str | None:
         """Revert ``client``'s last not yet undone change to an item.
@@ -581,13 +625,15 @@ class ReviewStore:
         with self._tx():
             event = self._conn.execute(
                 "SELECT * FROM events WHERE client=? AND undone=0 AND kind != 'undo' ORDER BY id DESC LIMIT 1",
-                (client,)).fetchone()
+                (client,),
+            ).fetchone()
             if event is None:
                 return None
             before, after, key = json.loads(event["before"]), json.loads(event["after"]), event["item_key"]
             if event["kind"] == "judgement":
-                row = self._conn.execute("SELECT passed FROM judgements WHERE item_key=? AND criterion_id=?",
-                                         (key, event["criterion_id"])).fetchone()
+                row = self._conn.execute(
+                    "SELECT passed FROM judgements WHERE item_key=? AND criterion_id=?", (key, event["criterion_id"])
+                ).fetchone()
                 current = {"passed": None if row is None else bool(row["passed"])}
             else:
                 label = self._label_row(key)
@@ -612,34 +658,46 @@ class ReviewStore:
         if not name:
             raise ReviewError("a criterion needs a name")
         with self._tx():
-            if self._conn.execute("SELECT 1 FROM criteria WHERE lower(name)=lower(?) AND archived=0",
-                                  (name,)).fetchone():
+            if self._conn.execute(
+                "SELECT 1 FROM criteria WHERE lower(name)=lower(?) AND archived=0", (name,)
+            ).fetchone():
                 raise ReviewError(f"a criterion named {name!r} already exists")
             now = time.time()
             cid = self._conn.execute(
-                "INSERT INTO criteria(name, description, version, created_at) VALUES(?,?,1,?)",
-                (name, description, now)).lastrowid
+                "INSERT INTO criteria(name, description, version, created_at) VALUES(?,?,1,?)", (name, description, now)
+            ).lastrowid
             self._conn.execute("INSERT INTO criterion_versions VALUES(?,?,?,?,?)", (cid, 1, name, description, now))
             if check is not None:
                 self._insert_check(cid, check)
         return self.criterion(cid)
 
-    def update_criterion(self, criterion_id: int, *, name: str | None = None, description: str | None = None,
-                         archived: bool | None = None) -> Criterion:
+    def update_criterion(
+        self,
+        criterion_id: int,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        archived: bool | None = None,
+    ) -> Criterion:
         """Edit a criterion; a new name or description makes a new version. Judgements are kept."""
         with self._tx():
             current = self.criterion(criterion_id)
             new_name = _text(name, "name", 60).strip() if name is not None else current.name
-            new_description = (_text(description, "description", 300).strip() if description is not None
-                               else current.description)
+            new_description = (
+                _text(description, "description", 300).strip() if description is not None else current.description
+            )
             if not new_name:
                 raise ReviewError("a criterion needs a name")
             if (new_name, new_description) != (current.name, current.description):
                 version = current.version + 1
-                self._conn.execute("UPDATE criteria SET name=?, description=?, version=? WHERE id=?",
-                                   (new_name, new_description, version, criterion_id))
-                self._conn.execute("INSERT INTO criterion_versions VALUES(?,?,?,?,?)",
-                                   (criterion_id, version, new_name, new_description, time.time()))
+                self._conn.execute(
+                    "UPDATE criteria SET name=?, description=?, version=? WHERE id=?",
+                    (new_name, new_description, version, criterion_id),
+                )
+                self._conn.execute(
+                    "INSERT INTO criterion_versions VALUES(?,?,?,?,?)",
+                    (criterion_id, version, new_name, new_description, time.time()),
+                )
             if archived is not None:
                 self._conn.execute("UPDATE criteria SET archived=? WHERE id=?", (int(archived), criterion_id))
         return self.criterion(criterion_id)
@@ -647,16 +705,23 @@ class ReviewStore:
     def criterion_history(self, criterion_id: int) -> list[dict[str, Any]]:
         """Every version of a criterion: ``{version, name, description, created_at}``."""
         with self._lock:
-            rows = self._conn.execute("SELECT version, name, description, created_at FROM criterion_versions "
-                                      "WHERE criterion_id=? ORDER BY version", (criterion_id,)).fetchall()
+            rows = self._conn.execute(
+                "SELECT version, name, description, created_at FROM criterion_versions "
+                "WHERE criterion_id=? ORDER BY version",
+                (criterion_id,),
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def _insert_check(self, criterion_id: int, spec: CheckSpec) -> int:
         spec.validate()
-        self._conn.execute("INSERT OR IGNORE INTO checks(criterion_id, kind, argument, created_at) VALUES(?,?,?,?)",
-                           (criterion_id, spec.kind, spec.argument, time.time()))
-        return self._conn.execute("SELECT id FROM checks WHERE criterion_id=? AND kind=? AND argument=?",
-                                  (criterion_id, spec.kind, spec.argument)).fetchone()[0]
+        self._conn.execute(
+            "INSERT OR IGNORE INTO checks(criterion_id, kind, argument, created_at) VALUES(?,?,?,?)",
+            (criterion_id, spec.kind, spec.argument, time.time()),
+        )
+        return self._conn.execute(
+            "SELECT id FROM checks WHERE criterion_id=? AND kind=? AND argument=?",
+            (criterion_id, spec.kind, spec.argument),
+        ).fetchone()[0]
 
     def add_check(self, criterion_id: int, spec: CheckSpec) -> int:
         """Add a candidate check to a criterion (an identical one is reused); returns its id."""
@@ -682,10 +747,21 @@ class ReviewStore:
             checks: dict[int, list[CandidateCheck]] = {}
             for c in self._conn.execute("SELECT * FROM checks ORDER BY id"):
                 checks.setdefault(c["criterion_id"], []).append(
-                    CandidateCheck(c["id"], c["criterion_id"], CheckSpec(c["kind"], c["argument"])))
-        return [Criterion(r["id"], r["name"], r["description"], r["version"], bool(r["archived"]),
-                          checks.get(r["id"], []), r["chosen_check"])
-                for r in rows if include_archived or not r["archived"]]
+                    CandidateCheck(c["id"], c["criterion_id"], CheckSpec(c["kind"], c["argument"]))
+                )
+        return [
+            Criterion(
+                r["id"],
+                r["name"],
+                r["description"],
+                r["version"],
+                bool(r["archived"]),
+                checks.get(r["id"], []),
+                r["chosen_check"],
+            )
+            for r in rows
+            if include_archived or not r["archived"]
+        ]
 
     def record_check_results(self, check_id: int, results: Mapping[str, bool | None]) -> None:
         """Store results of a check that needs an LM (item key -> passed, ``None`` = no verdict)."""
@@ -693,7 +769,8 @@ class ReviewStore:
             self._conn.executemany(
                 "INSERT INTO check_results(check_id, item_key, passed) VALUES(?,?,?) "
                 "ON CONFLICT(check_id, item_key) DO UPDATE SET passed=excluded.passed",
-                [(check_id, k, None if v is None else int(v)) for k, v in results.items()])
+                [(check_id, k, None if v is None else int(v)) for k, v in results.items()],
+            )
 
     def check_results(self, check_id: int) -> dict[str, bool | None]:
         """Stored results of an LM check: item key -> passed."""
@@ -722,10 +799,17 @@ class ReviewStore:
         """Bad outputs with their reasons, the criteria marked failed, and the prompt versions."""
         names = {c.id: c.name for c in self.criteria(include_archived=True)}
         return [
-            Critique(item.inputs, item.outputs, item.reason or "", item.correction,
-                     tuple(names[cid] for cid, ok in item.judgements.items() if not ok and cid in names),
-                     tuple(item.prompt_versions), item.key)
-            for item in self.items() if item.grade == "bad"
+            Critique(
+                item.inputs,
+                item.outputs,
+                item.reason or "",
+                item.correction,
+                tuple(names[cid] for cid, ok in item.judgements.items() if not ok and cid in names),
+                tuple(item.prompt_versions),
+                item.key,
+            )
+            for item in self.items()
+            if item.grade == "bad"
         ]
 
     # ---- JSONL export / import -------------------------------------------------------------
@@ -734,8 +818,12 @@ class ReviewStore:
         names = {c.id: c.name for c in self.criteria(include_archived=True)}
         for item in self.items():
             yield {
-                "input": item.inputs, "output": item.outputs, "gold": item.gold, "grade": item.grade,
-                "reason": item.reason, "correction": item.correction,
+                "input": item.inputs,
+                "output": item.outputs,
+                "gold": item.gold,
+                "grade": item.grade,
+                "reason": item.reason,
+                "correction": item.correction,
                 "criteria": {names[cid]: ok for cid, ok in item.judgements.items() if cid in names},
                 "prompt_versions": item.prompt_versions,
             }
@@ -780,8 +868,9 @@ class ReviewStore:
             known = self._exists(item_key(row["input"], row["output"]))
             versions = row["prompt_versions"] or ["imported"]
             for version in versions:
-                key = self.add_output(row["input"], row["output"], prompt_version=version,
-                                      sample_index=0, gold=row["gold"])
+                key = self.add_output(
+                    row["input"], row["output"], prompt_version=version, sample_index=0, gold=row["gold"]
+                )
             added += not known
             existing = self.item(key)
             if existing.grade is not None and not overwrite:
@@ -838,8 +927,18 @@ def _text(value: Any, what: str, limit: int = MAX_TEXT) -> str:
 
 
 _GRADE_WORDS = {
-    "good": "good", "pass": "good", "passed": "good", "up": "good", "thumbs_up": "good", "yes": "good",
-    "bad": "bad", "fail": "bad", "failed": "bad", "down": "bad", "thumbs_down": "bad", "no": "bad",
+    "good": "good",
+    "pass": "good",
+    "passed": "good",
+    "up": "good",
+    "thumbs_up": "good",
+    "yes": "good",
+    "bad": "bad",
+    "fail": "bad",
+    "failed": "bad",
+    "down": "bad",
+    "thumbs_down": "bad",
+    "no": "bad",
 }
 
 
@@ -896,7 +995,10 @@ def _parse_label_row(line: str, where: str) -> dict[str, Any]:
         "input": _fields(row["input"], "input", where, "input"),
         "output": _fields(row["output"], "output", where, "output"),
         "gold": _fields(gold, "output", where, "gold") if gold is not None else None,
-        "grade": grade, "reason": reason, "correction": correction, "criteria": criteria,
+        "grade": grade,
+        "reason": reason,
+        "correction": correction,
+        "criteria": criteria,
         "prompt_versions": versions,
     }
 

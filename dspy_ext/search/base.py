@@ -152,8 +152,10 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         if unknown:
             raise ValueError(f"unknown meta-prompt roles {sorted(unknown)}; known: {sorted(DEFAULT_META_PROMPTS)}")
         if final_selector is not None and not isinstance(final_selector, FinalSelector):
-            raise ValueError(f"final_selector must have a select(run, seed_candidate, contenders) method, "
-                             f"got {type(final_selector).__name__}")
+            raise ValueError(
+                f"final_selector must have a select(run, seed_candidate, contenders) method, "
+                f"got {type(final_selector).__name__}"
+            )
         self.config = self.config_model.resolve(settings, name=self.method)
         self.metric = metric
         self.max_lm_calls = max_lm_calls
@@ -200,8 +202,9 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         """New candidates for step ``step`` (admitted through ``run.admit``)."""
 
     @abc.abstractmethod
-    def select(self, run: SearchRun, state: StateT, population: list[Candidate],
-               children: list[Candidate]) -> list[Candidate]:
+    def select(
+        self, run: SearchRun, state: StateT, population: list[Candidate], children: list[Candidate]
+    ) -> list[Candidate]:
         """Score as needed and return the next population."""
 
     def projected_calls(self, n_predictors: int, n_val: int) -> int:
@@ -219,8 +222,14 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         return FEEDBACK_ROLES.get(role, role) if self.feedback else role
 
     # ---- the loop ---------------------------------------------------------------------
-    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
-                **kwargs: Any) -> dspy.Module:
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example] | None = None,
+        **kwargs: Any,
+    ) -> dspy.Module:
         """Search instructions (and demo sets) for every predictor of ``student``.
 
         Args:
@@ -256,12 +265,18 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         )
         from dspy_ext.lm.engine import MeteredEngine
 
-        unmetered = sorted({lm.model for lm in (task_lm, prompt_lm)
-                            if not isinstance(getattr(lm, "engine", None), MeteredEngine)})
+        unmetered = sorted(
+            {lm.model for lm in (task_lm, prompt_lm) if not isinstance(getattr(lm, "engine", None), MeteredEngine)}
+        )
         if unmetered:
             # Calls are counted in the engine; DSPy's built-in engines do not report to dspy-ext's meters.
-            logger.warning("%s: %s do(es) not run on a dspy-ext engine: max_lm_calls=%d is not enforced and "
-                           "calls are not counted for it", self.method, ", ".join(unmetered), self.max_lm_calls)
+            logger.warning(
+                "%s: %s do(es) not run on a dspy-ext engine: max_lm_calls=%d is not enforced and "
+                "calls are not counted for it",
+                self.method,
+                ", ".join(unmetered),
+                self.max_lm_calls,
+            )
         total = CallMeter(self.max_lm_calls)
         search_cap = max(1, int(self.max_lm_calls * (1.0 - self.config.final_share)))
         search_meter = CallMeter(search_cap)
@@ -291,11 +306,25 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             sampled = (self.eval_temperature if self.eval_temperature is not None else lm_temperature) > 0
             regression = RegressionGuard(self.guards, stochastic=sampled or repeats > 1, seed=self.seed)
         run = SearchRun(
-            method=self.method, student=student, trainset=trainset, valset=valset, metric=self.metric,
-            models=models, seed=rng.randrange(2**31), base_seed=self.seed, total_meter=total, search_meter=search_meter,
-            minibatch_size=self.config.minibatch_size, num_threads=self.num_threads, guard=guard,
-            meta_prompts=self.meta_prompts, trial_log=TrialLog(log_path), progress=bar,
-            regression=regression, reference=self.guard_reference, repeats=repeats,
+            method=self.method,
+            student=student,
+            trainset=trainset,
+            valset=valset,
+            metric=self.metric,
+            models=models,
+            seed=rng.randrange(2**31),
+            base_seed=self.seed,
+            total_meter=total,
+            search_meter=search_meter,
+            minibatch_size=self.config.minibatch_size,
+            num_threads=self.num_threads,
+            guard=guard,
+            meta_prompts=self.meta_prompts,
+            trial_log=TrialLog(log_path),
+            progress=bar,
+            regression=regression,
+            reference=self.guard_reference,
+            repeats=repeats,
             temperature=self.eval_temperature,
         )
         n_pred = len(run.predictor_names())
@@ -304,7 +333,11 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         projected = self.projected_calls(n_pred, len(valset))
         logger.info(
             "%s: projected about %d LM calls without a cap; cap %d (search %d, final %d)",
-            self.method, projected, self.max_lm_calls, search_cap, self.max_lm_calls - search_cap,
+            self.method,
+            projected,
+            self.max_lm_calls,
+            search_cap,
+            self.max_lm_calls - search_cap,
         )
         if projected > self.max_lm_calls:
             logger.info("%s: the cap will cut the run short; the best candidate so far is returned", self.method)
@@ -324,6 +357,10 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             try:
                 self._build_demo_sets(run, student)
                 seed_candidate = with_demo_set(seed_candidate, run, 0, origin="student")
+                if self.guard_reference is None:
+                    # Guards compare with what a user has for free: the student with its labeled demos.
+                    run.reference = seed_candidate.apply(student)
+                    run.reference_candidate = seed_candidate
                 state = self.new_state(run)
                 initial = [seed_candidate] + [c for c in self.initial(run, state, seed_candidate) if c is not None]
                 population = self.select(run, state, [], _unique(initial))
@@ -333,8 +370,12 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
                     population = self.select(run, state, population, _unique(children))
             except SearchStopped:
                 exhausted = True
-                logger.warning("%s: search budget (%d calls) used up at step %d; continuing with the best so far",
-                               self.method, run.search_meter.max_calls, run.step)
+                logger.warning(
+                    "%s: search budget (%d calls) used up at step %d; continuing with the best so far",
+                    self.method,
+                    run.search_meter.max_calls,
+                    run.step,
+                )
         try:
             best = self._final_selection(run, seed_candidate)
         except SearchStopped:
@@ -344,8 +385,9 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             validated = run.store.best_validated()
             ranked = run.store.ranked()
             best = validated.candidate if validated else ranked[0].candidate if ranked else seed_candidate
-            logger.warning("%s: LM-call budget of %d used up; returning the best candidate so far",
-                           self.method, self.max_lm_calls)
+            logger.warning(
+                "%s: LM-call budget of %d used up; returning the best candidate so far", self.method, self.max_lm_calls
+            )
         if run.regression is not None:
             best, out_of_budget = self._guarded_choice(run, student, best)
             exhausted = exhausted or out_of_budget
@@ -355,7 +397,7 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         """The guards' reference as prompts of the student (the student's own when the shapes differ)."""
         own = Candidate.from_program(student, origin="reference")
         if self.guard_reference is None:
-            return own
+            return run.reference_candidate or own
         reference = Candidate.from_program(self.guard_reference, origin="reference")
         return reference if set(reference.prompts) == set(own.prompts) else own
 
@@ -375,13 +417,30 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         record = run.store.get(best.key)
         if not report.budget_exhausted and record.val_guarded and record.val_reliable:
             return best, False
+        checked = [
+            r
+            for r in run.store.records()
+            if r.val_n >= len(run.valset) and r.val_score is not None and r.val_reliable and r.val_guarded and r.guarded
+        ]
+        if checked:
+            # The best choice that was checked against every guard on the whole valset.
+            runner_up = min(checked, key=lambda r: (-r.val_score, r.order)).candidate
+            if runner_up.key != best.key:
+                logger.warning(
+                    "%s: the final choice could not be kept (%s); returning the best fully checked one",
+                    self.method,
+                    "budget" if report.budget_exhausted else "guard or failed rows",
+                )
+                run.guard_fallback = "the final choice failed its check; the best fully checked candidate was returned"
+                return runner_up, report.budget_exhausted
         if report.budget_exhausted:
             run.guard_fallback = "the budget ran out before the choice could be checked on the whole valset"
         elif not record.val_reliable:
             run.guard_fallback = "most of the choice's valset rows failed"
         else:
             run.guard_fallback = "the choice breaks a guard on the valset: " + ", ".join(
-                f"{name} -{drop:.1f}" for name, drop in record.val_guard_breaks.items())
+                f"{name} -{drop:.1f}" for name, drop in record.val_guard_breaks.items()
+            )
         logger.warning("%s: returning the reference program's prompts: %s", self.method, run.guard_fallback)
         return fallback, report.budget_exhausted
 
@@ -411,9 +470,12 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
 
     def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> None:
         names = run.predictor_names()
-        labeled_only = Candidate({n: PredictorPrompt(i) for n, i in Candidate.from_program(student).instructions.items()})
-        first = self._fitting_labeled_set(run, student, labeled_demo_set(names, run.trainset,
-                                                                         self.config.max_labeled_demos, run.rng))
+        labeled_only = Candidate(
+            {n: PredictorPrompt(i) for n, i in Candidate.from_program(student).instructions.items()}
+        )
+        first = self._fitting_labeled_set(
+            run, student, labeled_demo_set(names, run.trainset, self.config.max_labeled_demos, run.rng)
+        )
         run.demo_sets = [first]
         teacher = Candidate(
             {n: PredictorPrompt(p.instruction, 0, first[n]) for n, p in labeled_only.prompts.items()}
@@ -424,13 +486,17 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * self.config.max_bootstrapped_demos + 4))
             with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
                 more = build_demo_sets(
-                    student, pool, self.metric, num_sets=self.config.num_demo_sets,
-                    max_bootstrapped_demos=self.config.max_bootstrapped_demos, max_labeled_demos=self.config.max_labeled_demos,
-                    rng=run.rng, teacher=teacher,
+                    student,
+                    pool,
+                    self.metric,
+                    num_sets=self.config.num_demo_sets,
+                    max_bootstrapped_demos=self.config.max_bootstrapped_demos,
+                    max_labeled_demos=self.config.max_labeled_demos,
+                    rng=run.rng,
+                    teacher=teacher,
                 )
             run.demo_sets += [s for s in more[1:] if s not in run.demo_sets and self._fits(run, student, s)]
-        used = {id(ex) for ex in run.trainset if any(
-            ex.toDict() == d for demos in first.values() for d in demos)}
+        used = {id(ex) for ex in run.trainset if any(ex.toDict() == d for demos in first.values() for d in demos)}
         pool = [ex for ex in run.trainset if id(ex) not in used]
         run.search_pool = pool or list(run.trainset)
 
@@ -439,13 +505,19 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
 
     def _fits(self, run: SearchRun, student: dspy.Module, demo_set: DemoSet) -> bool:
         """Whether ``demo_set`` leaves room in the context for typical training inputs (see :mod:`.context`)."""
-        fit = demo_set_context_fit(student, demo_set, run.trainset, lm=run.models.task_lm,
-                                   adapter=run.models.task_adapter)
+        fit = demo_set_context_fit(
+            student, demo_set, run.trainset, lm=run.models.task_lm, adapter=run.models.task_adapter
+        )
         if fit.overflowing <= self.OVERFLOW_TOLERANCE * fit.checked:
             return True
         run.rejected["demo_set_overflow"] = run.rejected.get("demo_set_overflow", 0) + 1
-        logger.warning("%s: a demo set was set aside: %d of %d sampled prompts overflow (%s)", self.method,
-                       fit.overflowing, fit.checked, fit.message())
+        logger.warning(
+            "%s: a demo set was set aside: %d of %d sampled prompts overflow (%s)",
+            self.method,
+            fit.overflowing,
+            fit.checked,
+            fit.message(),
+        )
         return False
 
     def _fitting_labeled_set(self, run: SearchRun, student: dspy.Module, demo_set: DemoSet) -> DemoSet:
@@ -462,9 +534,13 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
     def _finish(self, run: SearchRun, student: dspy.Module, best: Candidate, exhausted: bool) -> dspy.Module:
         program = best.apply(student)
         record = run.store.get(best.key) if best.key in run.store else None
-        baseline = [r for r in run.store.records()
-                    if r.val_score is not None and r.candidate.instructions == Candidate.from_program(student).instructions
-                    and r.candidate.demo_sets == dict.fromkeys(best.prompts, 0)]
+        baseline = [
+            r
+            for r in run.store.records()
+            if r.val_score is not None
+            and r.candidate.instructions == Candidate.from_program(student).instructions
+            and r.candidate.demo_sets == dict.fromkeys(best.prompts, 0)
+        ]
         usage = run.total_meter.snapshot()
         program.dspy_ext_result = SearchResult(
             method=self.method,
@@ -480,17 +556,23 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
             demo_sets=len(run.demo_sets),
             trials=run.trial_log.rows,
             guard_report=self._guard_report(run, best, self._reference_candidate(run, student))
-            if run.regression is not None else None,
+            if run.regression is not None
+            else None,
         )
-        logger.info("%s: best val %.1f (baseline %s) with %d calls", self.method,
-                    program.dspy_ext_result.val_score or float("nan"),
-                    program.dspy_ext_result.baseline_val_score, usage.calls)
+        logger.info(
+            "%s: best val %.1f (baseline %s) with %d calls",
+            self.method,
+            program.dspy_ext_result.val_score or float("nan"),
+            program.dspy_ext_result.baseline_val_score,
+            usage.calls,
+        )
         return program
 
     # ---- helpers for methods ------------------------------------------------------------
     @staticmethod
     def top(run: SearchRun, candidates: list[Candidate], k: int) -> list[Candidate]:
         """The ``k`` best of ``candidates`` by accumulated search score; any that breaks a guard ranks last."""
+
         def key(c: Candidate):
             record = run.store.get(c.key) if c.key in run.store else None
             mean = record.mean if record and record.mean is not None else -math.inf

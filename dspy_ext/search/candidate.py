@@ -56,8 +56,9 @@ class Candidate:
     def demo_sets(self) -> dict[str, int]:
         return {name: p.demo_set for name, p in self.prompts.items()}
 
-    def with_instruction(self, name: str, instruction: str, *, origin: str, parents: tuple[str, ...] | None = None,
-                         **meta: Any) -> Candidate:
+    def with_instruction(
+        self, name: str, instruction: str, *, origin: str, parents: tuple[str, ...] | None = None, **meta: Any
+    ) -> Candidate:
         """A child that differs from this candidate in one predictor's instruction."""
         prompts = dict(self.prompts)
         prompts[name] = PredictorPrompt(instruction, prompts[name].demo_set, prompts[name].demos)

@@ -52,8 +52,10 @@ class OptimizerConfig(BaseModel):
                 valid keys.
         """
         if values is not None and not isinstance(values, Mapping):
-            raise ValueError(f"config for optimizer '{name or cls.__name__}' must be a mapping of settings, "
-                             f"got {type(values).__name__}")
+            raise ValueError(
+                f"config for optimizer '{name or cls.__name__}' must be a mapping of settings, "
+                f"got {type(values).__name__}"
+            )
         try:
             return cls(**dict(values or {}))
         except ValidationError as exc:
@@ -64,8 +66,9 @@ class OptimizerConfig(BaseModel):
                 for err in exc.errors()
             )
             valid = ", ".join(cls.model_fields)
-            raise ValueError(f"invalid config for optimizer '{name or cls.__name__}': {problems} "
-                             f"(valid keys: {valid})") from None
+            raise ValueError(
+                f"invalid config for optimizer '{name or cls.__name__}': {problems} (valid keys: {valid})"
+            ) from None
 
     @classmethod
     def tuning_ranges(cls) -> dict[str, Any]:

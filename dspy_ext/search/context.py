@@ -140,8 +140,9 @@ def demo_set_context_fit(
         raise ValueError(f"reply_tokens must be >= 0, got {reply_tokens}")
     lm = lm if lm is not None else dspy.settings.lm
     adapter = adapter or dspy.settings.adapter or default_adapter(lm) or dspy.ChatAdapter()
-    window = context_window if context_window is not None else getattr(getattr(lm, "engine", None),
-                                                                       "context_window", None)
+    window = (
+        context_window if context_window is not None else getattr(getattr(lm, "engine", None), "context_window", None)
+    )
     count, counted_by = token_counter(lm)
     pool = list(range(len(examples)))
     chosen = pool if len(pool) <= sample_size else sorted((rng or random.Random(0)).sample(pool, sample_size))
@@ -154,8 +155,10 @@ def demo_set_context_fit(
         for index in chosen:
             example = examples[index]
             inputs = {field: example.get(field, "") for field in signature.input_fields}
-            messages = [{"role": m["role"], "content": _text(m.get("content"))}
-                        for m in adapter.format(signature, demos, inputs)]
+            messages = [
+                {"role": m["role"], "content": _text(m.get("content"))}
+                for m in adapter.format(signature, demos, inputs)
+            ]
             tokens = int(count(messages))
             checked += 1
             if window is not None and tokens + reply_tokens > window:

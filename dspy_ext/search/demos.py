@@ -68,7 +68,10 @@ def build_demo_sets(
         rng.shuffle(shuffled)
         size = rng.randint(1, max_bootstrapped_demos)
         optimizer = BootstrapFewShot(
-            metric=metric, max_bootstrapped_demos=size, max_labeled_demos=max_labeled_demos, max_rounds=1,
+            metric=metric,
+            max_bootstrapped_demos=size,
+            max_labeled_demos=max_labeled_demos,
+            max_rounds=1,
             max_errors=len(shuffled) + 1,
         )
         try:

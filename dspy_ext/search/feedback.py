@@ -60,8 +60,11 @@ class HumanCritique:
 
     def render(self) -> str:
         """The critique as meta-prompt text: input, rejected output, reason (and correction)."""
-        lines = [f"Input: {_fields_text(self.inputs)}", f"Rejected output: {_fields_text(self.output)}",
-                 f"Reviewer's reason: {self.reason.strip()}"]
+        lines = [
+            f"Input: {_fields_text(self.inputs)}",
+            f"Rejected output: {_fields_text(self.output)}",
+            f"Reviewer's reason: {self.reason.strip()}",
+        ]
         if self.correction:
             lines.append(f"Corrected output: {self.correction.strip()[:TEXT_LIMIT]}")
         return "\n".join(lines)

@@ -75,7 +75,8 @@ def with_demo_set(candidate: Candidate, run: SearchRun, index: int, *, origin: s
     demo_set = run.demo_sets[index]
     return Candidate(
         {n: PredictorPrompt(p.instruction, index, demo_set.get(n, ())) for n, p in candidate.prompts.items()},
-        candidate.parents, origin,
+        candidate.parents,
+        origin,
     )
 
 
@@ -163,9 +164,17 @@ class CandidateTPE:
         >>> optuna.load_study(study_name="final", storage=storage).best_params                # doctest: +SKIP
     """
 
-    def __init__(self, n_trials: int | None = None, *, minibatch_size: int | None = None, full_eval_steps: int = 5,
-                 seed: int | None = None, n_startup_trials: int = 4, storage: Any = None,
-                 study_name: str | None = None) -> None:
+    def __init__(
+        self,
+        n_trials: int | None = None,
+        *,
+        minibatch_size: int | None = None,
+        full_eval_steps: int = 5,
+        seed: int | None = None,
+        n_startup_trials: int = 4,
+        storage: Any = None,
+        study_name: str | None = None,
+    ) -> None:
         if n_trials is not None and n_trials < 1:
             raise ValueError("n_trials must be >= 1")
         if minibatch_size is not None and minibatch_size < 1:
@@ -208,10 +217,12 @@ class CandidateTPE:
         mb = self.minibatch_size or run.minibatch_size
         valset = run.valset
         full_every_trial = mb >= len(valset)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                             n_startup_trials=min(self.n_startup_trials, n_trials))
-        study = optuna.create_study(direction="maximize", sampler=sampler, storage=self.storage,
-                                    study_name=self.study_name)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=min(self.n_startup_trials, n_trials)
+        )
+        study = optuna.create_study(
+            direction="maximize", sampler=sampler, storage=self.storage, study_name=self.study_name
+        )
 
         def params_of(candidate: Candidate) -> dict[str, int]:
             params = {}
@@ -227,8 +238,8 @@ class CandidateTPE:
         study.enqueue_trial(params_of(seed_candidate), skip_if_exists=True)
 
         row_scores: dict[str, dict[str, float]] = {}  # candidate key -> example key -> score (0-1)
-        full: dict[str, float] = {}                   # candidate key -> full-valset score (0-100)
-        order: list[str] = []                          # keys in order of full evaluation
+        full: dict[str, float] = {}  # candidate key -> full-valset score (0-100)
+        order: list[str] = []  # keys in order of full evaluation
         combos: dict[str, Candidate] = {}
 
         def mean(key: str) -> float:
@@ -295,6 +306,11 @@ class CandidateTPE:
         if not full or max(full.values()) == -math.inf:
             return None
         best = max(order, key=lambda k: (full[k], -order.index(k)))
-        logger.info("tpe final selection: %d trials, %d combinations, %d fully scored; best %.1f", len(study.trials),
-                    len(combos), len(full), full[best])
+        logger.info(
+            "tpe final selection: %d trials, %d combinations, %d fully scored; best %.1f",
+            len(study.trials),
+            len(combos),
+            len(full),
+            full[best],
+        )
         return combos[best]

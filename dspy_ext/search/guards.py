@@ -28,7 +28,7 @@ def clean_proposal(text: str) -> str:
     text = _ANSWER_LABEL.sub("", text).strip()
     if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
-    elif len(text) > 1 and text[0] in "\"`" and text.count(text[0]) == 1:
+    elif len(text) > 1 and text[0] in '"`' and text.count(text[0]) == 1:
         text = text[1:].strip()  # an opening quote whose closing one was cut off with the label's line
     return " ".join(text.split())
 
@@ -38,7 +38,7 @@ def _words(text: str) -> list[str]:
 
 
 def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 @dataclass

@@ -102,12 +102,16 @@ def one_sided_sign_flip(diffs: Sequence[float], *, n_resamples: int = 2000, seed
     if observed <= 0:
         return 1.0
     if n <= EXACT_LIMIT:
-        hits = sum(1 for signs in itertools.product((1, -1), repeat=n)
-                   if sum(s * d for s, d in zip(signs, diffs, strict=True)) / n >= observed - _EPS)
+        hits = sum(
+            1
+            for signs in itertools.product((1, -1), repeat=n)
+            if sum(s * d for s, d in zip(signs, diffs, strict=True)) / n >= observed - _EPS
+        )
         return hits / 2**n
     rng = random.Random(seed)
-    hits = sum(1 for _ in range(n_resamples)
-               if sum(d if rng.random() < 0.5 else -d for d in diffs) / n >= observed - _EPS)
+    hits = sum(
+        1 for _ in range(n_resamples) if sum(d if rng.random() < 0.5 else -d for d in diffs) / n >= observed - _EPS
+    )
     return (hits + 1) / (n_resamples + 1)
 
 
@@ -139,9 +143,15 @@ class CriterionCheck:
         return self.reference - self.candidate
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": round(self.reference, 2), "candidate": round(self.candidate, 2),
-                "drop": round(self.drop, 2), "tolerance": self.tolerance, "n": self.n,
-                "p_value": None if self.p_value is None else round(self.p_value, 4), "broken": self.broken}
+        return {
+            "reference": round(self.reference, 2),
+            "candidate": round(self.candidate, 2),
+            "drop": round(self.drop, 2),
+            "tolerance": self.tolerance,
+            "n": self.n,
+            "p_value": None if self.p_value is None else round(self.p_value, 4),
+            "broken": self.broken,
+        }
 
 
 @dataclass(frozen=True)
@@ -166,17 +176,31 @@ class GuardVerdict:
         """One line: each broken criterion with its drop and tolerance (``"ok"`` when none)."""
         if self.ok:
             return "ok"
-        return "; ".join(f"{c.criterion} dropped {c.drop:.1f} points (tolerance {c.tolerance:.1f})"
-                         + (f", p={c.p_value:.3f}" if c.p_value is not None else "")
-                         for c in self.broken.values()) + f" on {self.n} rows"
+        return (
+            "; ".join(
+                f"{c.criterion} dropped {c.drop:.1f} points (tolerance {c.tolerance:.1f})"
+                + (f", p={c.p_value:.3f}" if c.p_value is not None else "")
+                for c in self.broken.values()
+            )
+            + f" on {self.n} rows"
+        )
 
     def to_log(self) -> dict[str, Any]:
         """The trial log's ``guard`` entry: ``ok``, rows, and every broken criterion with its drop."""
-        return {"ok": self.ok, "n": self.n,
-                "broken": {name: {"drop": round(c.drop, 2), "tolerance": c.tolerance,
-                                  "reference": round(c.reference, 2), "candidate": round(c.candidate, 2),
-                                  **({"p_value": round(c.p_value, 4)} if c.p_value is not None else {})}
-                           for name, c in self.broken.items()}}
+        return {
+            "ok": self.ok,
+            "n": self.n,
+            "broken": {
+                name: {
+                    "drop": round(c.drop, 2),
+                    "tolerance": c.tolerance,
+                    "reference": round(c.reference, 2),
+                    "candidate": round(c.candidate, 2),
+                    **({"p_value": round(c.p_value, 4)} if c.p_value is not None else {}),
+                }
+                for name, c in self.broken.items()
+            },
+        }
 
 
 class RegressionGuard:
@@ -202,8 +226,15 @@ class RegressionGuard:
         ValueError: guards name format, short, which the metric does not return (criteria: correct, score)
     """
 
-    def __init__(self, tolerances: Mapping[str, float], *, stochastic: bool = False, alpha: float = 0.05,
-                 n_resamples: int = 2000, seed: int = 0) -> None:
+    def __init__(
+        self,
+        tolerances: Mapping[str, float],
+        *,
+        stochastic: bool = False,
+        alpha: float = 0.05,
+        n_resamples: int = 2000,
+        seed: int = 0,
+    ) -> None:
         self.tolerances = parse_guards(tolerances)
         if not self.tolerances:
             raise ValueError("a regression guard needs at least one criterion, e.g. {'format': 0}")
@@ -225,12 +256,16 @@ class RegressionGuard:
             known.append(SCORE)
         unknown = [name for name in self.tolerances if name not in known]
         if unknown:
-            raise ValueError(f"guards name {', '.join(unknown)}, which the metric does not return "
-                             f"(criteria: {', '.join(known)})")
+            raise ValueError(
+                f"guards name {', '.join(unknown)}, which the metric does not return (criteria: {', '.join(known)})"
+            )
 
     def _paired(self, reference: RowCriteria, candidate: RowCriteria, name: str) -> list[tuple[float, float]]:
-        return [(reference[k][name], candidate[k][name]) for k in reference
-                if k in candidate and name in reference[k] and name in candidate[k]]
+        return [
+            (reference[k][name], candidate[k][name])
+            for k in reference
+            if k in candidate and name in reference[k] and name in candidate[k]
+        ]
 
     def check_one(self, name: str, pairs: Sequence[tuple[float, float]], tolerance: float | None) -> CriterionCheck:
         """Check one criterion on paired (reference, candidate) values in [0, 1]."""
@@ -248,16 +283,22 @@ class RegressionGuard:
 
     def check(self, reference: RowCriteria, candidate: RowCriteria) -> GuardVerdict:
         """Every guarded criterion of ``candidate`` against ``reference`` on their shared rows."""
-        return GuardVerdict({name: self.check_one(name, self._paired(reference, candidate, name), tol)
-                             for name, tol in self.tolerances.items()})
+        return GuardVerdict(
+            {
+                name: self.check_one(name, self._paired(reference, candidate, name), tol)
+                for name, tol in self.tolerances.items()
+            }
+        )
 
-    def check_reports(self, reference: EvaluationReport, candidate: EvaluationReport,
-                      examples: Sequence[dspy.Example]) -> GuardVerdict:
+    def check_reports(
+        self, reference: EvaluationReport, candidate: EvaluationReport, examples: Sequence[dspy.Example]
+    ) -> GuardVerdict:
         """:meth:`check` on two evaluations of the same ``examples``."""
         return self.check(row_criteria(reference, examples), row_criteria(candidate, examples))
 
-    def report(self, reference: RowCriteria, candidate: RowCriteria, *,
-               labels: tuple[str, str] = ("reference", "compiled")) -> dict[str, Any]:
+    def report(
+        self, reference: RowCriteria, candidate: RowCriteria, *, labels: tuple[str, str] = ("reference", "compiled")
+    ) -> dict[str, Any]:
         """Every criterion, guarded or not: both means with a 95% CI, the paired drop and test.
 
         Returns:
@@ -278,8 +319,11 @@ class RegressionGuard:
             out[name] = {
                 labels[0]: {"mean": round(a.mean, 2), "ci95": round(a.half_width, 2)},
                 labels[1]: {"mean": round(b.mean, 2), "ci95": round(b.half_width, 2)},
-                "drop": round(check.drop, 2), "n": check.n, "p_value": round(test.p_value, 4),
-                "tolerance": check.tolerance, "broken": check.broken,
+                "drop": round(check.drop, 2),
+                "n": check.n,
+                "p_value": round(test.p_value, 4),
+                "tolerance": check.tolerance,
+                "broken": check.broken,
                 **({"p_one_sided": round(check.p_value, 4)} if check.p_value is not None else {}),
             }
         return out
@@ -351,8 +395,17 @@ class AcceptanceGate:
         'student'
     """
 
-    def __init__(self, metric: Any, guards: Mapping[str, float], *, num_threads: int = 4, repeats: int = 1,
-                 temperature: float | None = None, max_candidates: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        metric: Any,
+        guards: Mapping[str, float],
+        *,
+        num_threads: int = 4,
+        repeats: int = 1,
+        temperature: float | None = None,
+        max_candidates: int = 8,
+        seed: int = 0,
+    ) -> None:
         self.metric = metric
         self.guards = parse_guards(guards)
         if not self.guards:
@@ -386,8 +439,9 @@ class AcceptanceGate:
 
         def criteria_on(program: dspy.Module, label: str) -> dict[str, dict[str, float]]:
             with metering(meter):
-                report = evaluator.evaluate(program, rows, repeats=self.repeats, temperature=self.temperature,
-                                            desc=f"gate:{label}")
+                report = evaluator.evaluate(
+                    program, rows, repeats=self.repeats, temperature=self.temperature, desc=f"gate:{label}"
+                )
             return row_criteria(report, rows)
 
         reference = criteria_on(student, "student")
@@ -412,8 +466,11 @@ class AcceptanceGate:
                 if other.ok:
                     chosen, chosen_rows, returned = program, rows_of, f"candidate {len(tried)} of the optimizer"
                     break
-            logger.warning("acceptance gate: the compiled program breaks a guard (%s); returning the %s",
-                        verdict.describe(), returned)
+            logger.warning(
+                "acceptance gate: the compiled program breaks a guard (%s); returning the %s",
+                verdict.describe(),
+                returned,
+            )
         if chosen is student:
             chosen = copy.deepcopy(student)  # the caller's student is never annotated
         chosen.dspy_ext_gate = {

@@ -141,6 +141,8 @@ class SearchRun:
         self.demo_sets: list[dict[str, tuple[dict[str, Any], ...]]] = []
         self.regression = regression
         self.reference = reference if reference is not None else student
+        #: The reference as a candidate of the search (set once the labeled demo set exists), or ``None``.
+        self.reference_candidate: Candidate | None = None
         self.repeats = repeats
         self.temperature = temperature
         #: The reference's per-row criteria (example key -> criterion -> 0-1), filled as rows are needed.
@@ -174,13 +176,20 @@ class SearchRun:
         return f"{', '.join(signature.input_fields)} -> {', '.join(signature.output_fields)}"
 
     # ---- scoring --------------------------------------------------------------------
-    def evaluate(self, candidate: Candidate, examples: Sequence[dspy.Example], *, split: str,
-                 meter: CallMeter | None = None) -> EvaluationReport:
+    def evaluate(
+        self, candidate: Candidate, examples: Sequence[dspy.Example], *, split: str, meter: CallMeter | None = None
+    ) -> EvaluationReport:
         """Evaluate one candidate on ``examples`` with the task model and log the trial."""
         program = candidate.apply(self.student)
         with dspy.context(lm=self.models.task_lm, adapter=self.models.task_adapter):
-            report = self.evaluator.evaluate(program, examples, repeats=self.repeats, temperature=self.temperature,
-                                             meter=meter, desc=f"{self.method}:{split}")
+            report = self.evaluator.evaluate(
+                program,
+                examples,
+                repeats=self.repeats,
+                temperature=self.temperature,
+                meter=meter,
+                desc=f"{self.method}:{split}",
+            )
         record, _ = self.store.add(candidate)
         if split != "val":
             ran = {row.index for row in report.rows}
@@ -196,8 +205,13 @@ class SearchRun:
                     record.train_scores[key] = score
                     record.failed_rows.discard(key)
             if not record.reliable:
-                logger.info("%s: candidate %s set aside: %d of its %d rows failed", self.method, candidate.key,
-                            len(record.failed_rows), len(record.failed_rows) + record.n_scored)
+                logger.info(
+                    "%s: candidate %s set aside: %d of its %d rows failed",
+                    self.method,
+                    candidate.key,
+                    len(record.failed_rows),
+                    len(record.failed_rows) + record.n_scored,
+                )
         else:
             record.val_reliable = 2 * len(report.scored) >= len(report.rows)
         extra: dict[str, Any] = {}
@@ -208,8 +222,15 @@ class SearchRun:
         if "gradient_source" in candidate.meta:
             # A candidate made from a reviewer's critique says so in the trial log (only with feedback).
             extra.update({k: candidate.meta[k] for k in ("gradient", "gradient_source") if k in candidate.meta})
-        self.trial_log.record(candidate, report, method=self.method, step=self.step, split=split,
-                              running_mean=record.mean if split != "val" else report.score, **extra)
+        self.trial_log.record(
+            candidate,
+            report,
+            method=self.method,
+            step=self.step,
+            split=split,
+            running_mean=record.mean if split != "val" else report.score,
+            **extra,
+        )
         self._tick()
         return report
 
@@ -224,8 +245,13 @@ class SearchRun:
         exhausted = False
         if missing:
             with dspy.context(lm=self.models.task_lm, adapter=self.models.task_adapter):
-                report = self.evaluator.evaluate(self.reference, missing, repeats=self.repeats,
-                                                 temperature=self.temperature, desc=f"{self.method}:reference")
+                report = self.evaluator.evaluate(
+                    self.reference,
+                    missing,
+                    repeats=self.repeats,
+                    temperature=self.temperature,
+                    desc=f"{self.method}:reference",
+                )
             rows = row_criteria(report, missing)
             if rows and not self.reference_rows and self.regression is not None:
                 self.regression.validate(next(iter(rows.values())))
@@ -236,8 +262,9 @@ class SearchRun:
         keys = [example_key(ex) for ex in examples]
         return {k: self.reference_rows[k] for k in keys if k in self.reference_rows}, exhausted
 
-    def _check_guards(self, record: CandidateRecord, examples: Sequence[dspy.Example], report: EvaluationReport,
-                      split: str) -> GuardVerdict | None:
+    def _check_guards(
+        self, record: CandidateRecord, examples: Sequence[dspy.Example], report: EvaluationReport, split: str
+    ) -> GuardVerdict | None:
         """Check ``record`` against the reference on every row of ``split`` it has been scored on."""
         assert self.regression is not None
         rows = record.val_criteria if split == "val" else record.train_criteria
@@ -255,12 +282,18 @@ class SearchRun:
         if breaks and was_ok:
             for name in breaks:
                 self.guard_rejections[name] = self.guard_rejections.get(name, 0) + 1
-            logger.info("%s: candidate %s set aside by a guard (%s): %s", self.method, record.candidate.key,
-                        split, verdict.describe())
+            logger.info(
+                "%s: candidate %s set aside by a guard (%s): %s",
+                self.method,
+                record.candidate.key,
+                split,
+                verdict.describe(),
+            )
         return verdict
 
-    def score(self, candidates: Sequence[Candidate], examples: Sequence[dspy.Example] | None = None,
-              *, split: str = "train") -> list[CandidateRecord]:
+    def score(
+        self, candidates: Sequence[Candidate], examples: Sequence[dspy.Example] | None = None, *, split: str = "train"
+    ) -> list[CandidateRecord]:
         """Score candidates on a minibatch (the same one for all); stop the search when the budget is gone.
 
         Returns:
@@ -297,8 +330,9 @@ class SearchRun:
                 seed = self.rng.randrange(2**31)
                 pop_finish_reason()
                 try:
-                    prediction = predict(**inputs, config={"temperature": temperature, "seed": seed,
-                                                           "max_tokens": PROPOSAL_MAX_TOKENS})
+                    prediction = predict(
+                        **inputs, config={"temperature": temperature, "seed": seed, "max_tokens": PROPOSAL_MAX_TOKENS}
+                    )
                 except Exception as exc:
                     if find_budget_exhausted(exc) is not None:
                         raise SearchStopped("search budget used up") from exc
@@ -312,8 +346,16 @@ class SearchRun:
                 proposals.append(Proposal(str(prediction.get(output) or ""), truncated, role))
         return proposals
 
-    def admit(self, proposal: Proposal, parent: Candidate, name: str, *, origin: str,
-              parents: tuple[str, ...] | None = None, **meta: Any) -> Candidate | None:
+    def admit(
+        self,
+        proposal: Proposal,
+        parent: Candidate,
+        name: str,
+        *,
+        origin: str,
+        parents: tuple[str, ...] | None = None,
+        **meta: Any,
+    ) -> Candidate | None:
         """Turn a proposal into a new candidate, or ``None`` if it is rejected or a duplicate."""
         text = clean_proposal(proposal.text)
         reason = self.guard.check(text, truncated=proposal.truncated)
@@ -341,4 +383,3 @@ class SearchRun:
             f"best {best[0].mean:.0f}% (n={best[0].n_scored})" if best else "best -", refresh=False
         )
         self.progress.refresh()
-

@@ -107,8 +107,11 @@ class CandidateStore:
 
     def best_validated(self) -> CandidateRecord | None:
         """The record validated on the most rows, best score first (ties: earlier); never one breaking a guard."""
-        done = [r for r in self._records.values()
-                if r.val_score is not None and r.val_reliable and r.val_guarded and r.guarded]
+        done = [
+            r
+            for r in self._records.values()
+            if r.val_score is not None and r.val_reliable and r.val_guarded and r.guarded
+        ]
         return min(done, key=lambda r: (-r.val_n, -r.val_score, r.order)) if done else None
 
 

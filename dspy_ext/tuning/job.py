@@ -67,8 +67,13 @@ def study_metric(settings: TuneSettings, metric: Callable[..., Any]) -> Callable
     return criteria_metric
 
 
-def review_merge(settings: TuneSettings, components: Components, metric: Callable[..., Any],
-                 trainset: list[dspy.Example], devset: list[dspy.Example]) -> Any:
+def review_merge(
+    settings: TuneSettings,
+    components: Components,
+    metric: Callable[..., Any],
+    trainset: list[dspy.Example],
+    devset: list[dspy.Example],
+) -> Any:
     """The review store ``settings.feedback`` merged into a tune (see :mod:`dspy_ext.experiment.feedback`).
 
     Raises:
@@ -80,8 +85,15 @@ def review_merge(settings: TuneSettings, components: Components, metric: Callabl
 
     try:
         review = Feedback.from_store(str(settings.feedback))
-        return merge_feedback(review, metric=metric, metric_name=settings.metric.rpartition(":")[2],
-                              task=components.task, train=trainset, val=devset)
+        return merge_feedback(
+            review,
+            metric=metric,
+            metric_name=settings.metric.rpartition(":")[2],
+            task=components.task,
+            train=trainset,
+            val=devset,
+            guards=settings.guards,
+        )
     except (FeedbackError, ValueError) as exc:
         raise SettingsError(f"invalid settings: feedback: {exc}") from None
 
@@ -107,8 +119,13 @@ class TuneJob:
     tuner: OptunaTuner
 
     @classmethod
-    def from_settings(cls, settings: TuneSettings, *, worker_index: int = 0, lm: dspy.BaseLM | None = None,
-                      ) -> TuneJob:
+    def from_settings(
+        cls,
+        settings: TuneSettings,
+        *,
+        worker_index: int = 0,
+        lm: dspy.BaseLM | None = None,
+    ) -> TuneJob:
         """Build the job; the space and storage are checked first, so they fail before any data or LM is loaded.
 
         Args:
@@ -137,10 +154,18 @@ class TuneJob:
             metric, trainset = merged.metric, merged.train
             review = {"feedback": merged.critiques, "guards": merged.guards}
         tuner = OptunaTuner(
-            metric, space=space, n_trials=settings.trials,
-            storage=settings.storage, study_name=settings.study or f"tune-{task.name}", seed=settings.seed,
-            num_threads=settings.threads, objective=settings.objective, out_dir=settings.out,
-            heartbeat_interval=settings.heartbeat, timeout=settings.timeout, worker_index=worker_index,
+            metric,
+            space=space,
+            n_trials=settings.trials,
+            storage=settings.storage,
+            study_name=settings.study or f"tune-{task.name}",
+            seed=settings.seed,
+            num_threads=settings.threads,
+            objective=settings.objective,
+            out_dir=settings.out,
+            heartbeat_interval=settings.heartbeat,
+            timeout=settings.timeout,
+            worker_index=worker_index,
             **review,
         )
         return cls(settings, components, trainset, devset, student, tuner)
@@ -150,8 +175,9 @@ class TuneJob:
         with self.components.context():
             return self.tuner.open(self.student, trainset=self.trainset, valset=self.devset)
 
-    def optimize(self, session: TuneSession, *, max_trials: int | None = None,
-                 callbacks: Sequence[Callable[..., None]] = ()) -> int:
+    def optimize(
+        self, session: TuneSession, *, max_trials: int | None = None, callbacks: Sequence[Callable[..., None]] = ()
+    ) -> int:
         """Run trials of ``session`` with this job's LM and adapter; the number of trials run."""
         with self.components.context():
             return session.optimize(max_trials=max_trials, callbacks=callbacks)

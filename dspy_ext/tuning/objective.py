@@ -61,9 +61,17 @@ class TrialRunner:
         lm_calls: LM calls of this runner's trials.
     """
 
-    def __init__(self, tuner: OptunaTuner, identity: StudyIdentity, student: dspy.Module,
-                 trainset: list[dspy.Example], devset: list[dspy.Example], *, dev_order: Sequence[int],
-                 worker: str) -> None:
+    def __init__(
+        self,
+        tuner: OptunaTuner,
+        identity: StudyIdentity,
+        student: dspy.Module,
+        trainset: list[dspy.Example],
+        devset: list[dspy.Example],
+        *,
+        dev_order: Sequence[int],
+        worker: str,
+    ) -> None:
         self.tuner = tuner
         self.identity = identity
         self.student = student
@@ -129,10 +137,18 @@ class TrialRunner:
             from dspy_ext.search.final_selection import CandidateTPE
 
             extra["final_selector"] = CandidateTPE(plan.final_trials, seed=tuner.seed)
-        handle = build_optimizer(plan.optimizer, CriteriaMetric(tuner.metric, self.identity.primary),
-                                 config=plan.config, budget=plan.budget, seed=tuner.seed,
-                                 num_threads=tuner.num_threads, n_train=len(self.trainset),
-                                 n_val=len(self.devset), prompt_model=tuner.prompt_model, **extra)
+        handle = build_optimizer(
+            plan.optimizer,
+            CriteriaMetric(tuner.metric, self.identity.primary),
+            config=plan.config,
+            budget=plan.budget,
+            seed=tuner.seed,
+            num_threads=tuner.num_threads,
+            n_train=len(self.trainset),
+            n_val=len(self.devset),
+            prompt_model=tuner.prompt_model,
+            **extra,
+        )
         return handle.compile(self.student, trainset=self.trainset, valset=self.devset)
 
     def _record_program(self, trial: Any, compiled: dspy.Module) -> None:
@@ -186,8 +202,9 @@ class DevsetScorer:
         dev_order: The row order.
     """
 
-    def __init__(self, tuner: OptunaTuner, identity: StudyIdentity, devset: list[dspy.Example],
-                 dev_order: Sequence[int]) -> None:
+    def __init__(
+        self, tuner: OptunaTuner, identity: StudyIdentity, devset: list[dspy.Example], dev_order: Sequence[int]
+    ) -> None:
         self.tuner = tuner
         self.identity = identity
         self.devset = devset
@@ -204,13 +221,26 @@ class DevsetScorer:
         scores, errors = self._minibatches(trial, program, cm)
         means = cm.means(self.devset)
         primary_value = means.get(identity.primary, mean100(scores.values()))
-        trial.set_user_attr("scores", {"dev": primary_value, "dev_rows": len(self.devset), "dev_n": len(self.devset),
-                                       "criteria": means, "errors": errors})
+        trial.set_user_attr(
+            "scores",
+            {
+                "dev": primary_value,
+                "dev_rows": len(self.devset),
+                "dev_n": len(self.devset),
+                "criteria": means,
+                "errors": errors,
+            },
+        )
         if identity.objective == "pareto":
             return [means.get(c, 0.0) for c in identity.criteria]
         if identity.objective == "constraints":
-            violations = constraint_violations(means, identity.baseline["criteria"], identity.criteria,
-                                               identity.primary, self.tuner.constraint_tolerance)
+            violations = constraint_violations(
+                means,
+                identity.baseline["criteria"],
+                identity.criteria,
+                identity.primary,
+                self.tuner.constraint_tolerance,
+            )
             if has_set_constraint():
                 for criterion, violation in violations.items():
                     trial.set_constraint(f"{criterion}>=baseline", violation)
@@ -231,7 +261,7 @@ class DevsetScorer:
         errors = 0
         scored: list[dspy.Example] = []
         for step, start in enumerate(range(0, len(self.dev_order), size)):
-            chunk = self.dev_order[start:start + size]
+            chunk = self.dev_order[start : start + size]
             examples = [self.devset[i] for i in chunk]
             report = evaluator.evaluate(program, examples, desc=f"trial {trial.number} dev")
             errors += sum(report.errors.values())
@@ -248,14 +278,23 @@ class DevsetScorer:
                 trial.report(mean100(scores.values()), step=step)
             if trial.should_prune():
                 partial = mean100(scores.values())
-                trial.set_user_attr("scores", {"dev": partial, "dev_rows": len(scored), "dev_n": len(self.devset),
-                                               "criteria": cm.means(scored), "pruned_at_step": step})
+                trial.set_user_attr(
+                    "scores",
+                    {
+                        "dev": partial,
+                        "dev_rows": len(scored),
+                        "dev_n": len(self.devset),
+                        "criteria": cm.means(scored),
+                        "pruned_at_step": step,
+                    },
+                )
                 raise optuna.TrialPruned(f"dev score {partial:.1f} after {len(scored)} rows")
         return scores, errors
 
 
-def constraint_violations(means: dict[str, float], baseline: dict[str, float], criteria: Sequence[str],
-                          primary: str, tolerance: float) -> dict[str, float]:
+def constraint_violations(
+    means: dict[str, float], baseline: dict[str, float], criteria: Sequence[str], primary: str, tolerance: float
+) -> dict[str, float]:
     """How far each secondary criterion is below the baseline minus ``tolerance`` (``<= 0``: satisfied).
 
     Example:
@@ -282,4 +321,3 @@ def has_set_constraint() -> bool:
 def constraints_from_attrs(trial: Any) -> list[float]:
     """TPE's ``constraints_func`` for Optuna < 5: the violations stored on the trial."""
     return list((trial.user_attrs.get("constraints") or {}).values()) or [0.0]
-

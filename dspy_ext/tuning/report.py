@@ -34,8 +34,17 @@ def top_trials_table(results: StudyResults, k: int = 5) -> str:
         else:
             values = [_fmt(t.value if t.values is not None else scores.get("dev"))]
         params = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(v)}" for k, v in t.params.items() if k != "optimizer")
-        rows.append([str(t.number), state, t.user_attrs.get("optimizer") or t.params.get("optimizer", "?"), *values,
-                     str(t.user_attrs.get("lm_calls", "")), _fmt(t.user_attrs.get("seconds")), params])
+        rows.append(
+            [
+                str(t.number),
+                state,
+                t.user_attrs.get("optimizer") or t.params.get("optimizer", "?"),
+                *values,
+                str(t.user_attrs.get("lm_calls", "")),
+                _fmt(t.user_attrs.get("seconds")),
+                params,
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-1])]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths)) + "  " + header[-1]]
     for r in rows:
@@ -121,8 +130,7 @@ def save_plot(results: StudyResults, path: str | Path) -> Path | None:
         right.set_xlabel("importance")
         right.set_title("Hyperparameter importances")
     else:
-        right.text(0.5, 0.5, "importances need >= 2 complete trials\nwith varied parameters", ha="center",
-                   va="center")
+        right.text(0.5, 0.5, "importances need >= 2 complete trials\nwith varied parameters", ha="center", va="center")
         right.set_axis_off()
     fig.tight_layout()
     path = Path(path)

@@ -44,8 +44,17 @@ class StudyResults:
         programs: Programs of trials finished in this process, by trial number.
     """
 
-    def __init__(self, study: Any, identity: StudyIdentity, *, student: dspy.Module, storage_url: str,
-                 target_trials: int, out_dir: Path | None, programs: Mapping[int, dspy.Module] | None = None) -> None:
+    def __init__(
+        self,
+        study: Any,
+        identity: StudyIdentity,
+        *,
+        student: dspy.Module,
+        storage_url: str,
+        target_trials: int,
+        out_dir: Path | None,
+        programs: Mapping[int, dspy.Module] | None = None,
+    ) -> None:
         self.study = study
         self.identity = identity
         self.student = student
@@ -140,8 +149,10 @@ class StudyResults:
         """
         best = self.best_trial()
         if best is None:
-            raise RuntimeError(f"study {self.study_name!r} has no complete"
-                               f"{' feasible' if self.objective == 'constraints' else ''} trial yet")
+            raise RuntimeError(
+                f"study {self.study_name!r} has no complete"
+                f"{' feasible' if self.objective == 'constraints' else ''} trial yet"
+            )
         return self.program_of(best)
 
     def program_of(self, trial: Any) -> dspy.Module:
@@ -206,11 +217,18 @@ class StudyResults:
             "top_trials": [trial_record(t, brief=True) for t in self.top_trials(top)],
         }
         if self.objective == "pareto":
-            out["pareto_front"] = [{"number": t.number, "values": dict(zip(self.criteria, t.values)),
-                                    "optimizer": t.user_attrs.get("optimizer")} for t in self.pareto_front()]
+            out["pareto_front"] = [
+                {
+                    "number": t.number,
+                    "values": dict(zip(self.criteria, t.values)),
+                    "optimizer": t.user_attrs.get("optimizer"),
+                }
+                for t in self.pareto_front()
+            ]
         if self.objective == "constraints":
-            out["n_infeasible"] = sum(1 for t in self.study.get_trials(deepcopy=False)
-                                      if t.state.name == "COMPLETE" and not is_feasible(t))
+            out["n_infeasible"] = sum(
+                1 for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and not is_feasible(t)
+            )
         return out
 
     def _best_values(self, best: Any | None) -> dict[str, float] | None:
@@ -248,9 +266,17 @@ def trial_record(trial: Any, *, brief: bool = False) -> dict[str, Any]:
         "retry_of": trial.system_attrs.get("failed_trial"),
     }
     if not brief:
-        record.update({"config": attrs.get("config"), "plan": attrs.get("plan"),
-                       "instructions": attrs.get("instructions"), "n_demos": attrs.get("n_demos"),
-                       "compile_lm_calls": attrs.get("compile_lm_calls"), "eval_lm_calls": attrs.get("eval_lm_calls"),
-                       "worker": attrs.get("worker"), "program_file": attrs.get("program_file"),
-                       "constraints": attrs.get("constraints")})
+        record.update(
+            {
+                "config": attrs.get("config"),
+                "plan": attrs.get("plan"),
+                "instructions": attrs.get("instructions"),
+                "n_demos": attrs.get("n_demos"),
+                "compile_lm_calls": attrs.get("compile_lm_calls"),
+                "eval_lm_calls": attrs.get("eval_lm_calls"),
+                "worker": attrs.get("worker"),
+                "program_file": attrs.get("program_file"),
+                "constraints": attrs.get("constraints"),
+            }
+        )
     return record

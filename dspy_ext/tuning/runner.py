@@ -74,9 +74,14 @@ class TuneResult:
         return self.results.best_program() if self.results.best_trial() is not None else None
 
 
-def tune(settings: TuneSettings, *, lm: dspy.BaseLM | None = None, progress: bool = False,
-         on_progress: Callable[[TuneProgress], None] | None = None,
-         worker_init: Callable[[], None] | None = None) -> TuneResult:
+def tune(
+    settings: TuneSettings,
+    *,
+    lm: dspy.BaseLM | None = None,
+    progress: bool = False,
+    on_progress: Callable[[TuneProgress], None] | None = None,
+    worker_init: Callable[[], None] | None = None,
+) -> TuneResult:
     """Run (or resume) the tune of ``settings`` and write its files (see the module docstring).
 
     Args:
@@ -104,12 +109,18 @@ def tune(settings: TuneSettings, *, lm: dspy.BaseLM | None = None, progress: boo
     _write_settings(job, results.out_dir)
     failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
     summary = results.summary(top=settings.top)
-    summary.update({
-        "n_trials_this_run": summary["n_trials"] - trials_before, "workers": settings.workers,
-        "task": job.components.task.name, "lm": job.components.lm.model, "adapter": job.components.adapter_name,
-        "train": len(job.trainset), "val": len(job.devset),
-        "seconds_this_run": round(time.perf_counter() - started, 2),
-    })
+    summary.update(
+        {
+            "n_trials_this_run": summary["n_trials"] - trials_before,
+            "workers": settings.workers,
+            "task": job.components.task.name,
+            "lm": job.components.lm.model,
+            "adapter": job.components.adapter_name,
+            "train": len(job.trainset),
+            "val": len(job.devset),
+            "seconds_this_run": round(time.perf_counter() - started, 2),
+        }
+    )
     best_path = results.save_best()
     summary["best_program"] = str(best_path) if best_path else None
     if results.best_trial() is not None and settings.test and job.components.task.test:
@@ -133,8 +144,12 @@ def score_on_test(job: TuneJob, program: dspy.Module, *, progress: bool = False)
     with job.components.context(), metering(meter):
         test = evaluator.evaluate(program, test_rows, desc="best on test")
         baseline = evaluator.evaluate(job.student, test_rows, desc="student on test")
-    return {"test_score": round(test.score, 2), "baseline_test_score": round(baseline.score, 2),
-            "test_n": len(test_rows), "test_lm_calls": meter.calls}
+    return {
+        "test_score": round(test.score, 2),
+        "baseline_test_score": round(baseline.score, 2),
+        "test_n": len(test_rows),
+        "test_lm_calls": meter.calls,
+    }
 
 
 def _plot(results: StudyResults) -> str | None:

@@ -106,9 +106,12 @@ class Param:
             kinds = [k for k in ("int", "float", "choice") if k in raw]
             extra = set(raw) - {"int", "float", "choice", "step", "log"}
             if len(kinds) != 1 or extra:
-                raise TuningSpaceError([
-                    f"{where}: expected one of {{int: [low, high]}}, {{float: [low, high]}}, {{choice: [...]}} "
-                    f"(optional step, log), a list or a scalar; got {raw!r}"])
+                raise TuningSpaceError(
+                    [
+                        f"{where}: expected one of {{int: [low, high]}}, {{float: [low, high]}}, {{choice: [...]}} "
+                        f"(optional step, log), a list or a scalar; got {raw!r}"
+                    ]
+                )
             kind = kinds[0]
             if kind == "choice":
                 if "step" in raw or "log" in raw:
@@ -169,8 +172,11 @@ class Param:
 
     @property
     def searched(self) -> bool:
-        return self.kind != "fixed" and not (self.kind == "choice" and len(self.choices) == 1) and not (
-            self.kind in ("int", "float") and self.low == self.high)
+        return (
+            self.kind != "fixed"
+            and not (self.kind == "choice" and len(self.choices) == 1)
+            and not (self.kind in ("int", "float") and self.low == self.high)
+        )
 
     # ---- use ----
     def suggest(self, trial: Any, name: str) -> Any:
@@ -331,11 +337,15 @@ class TuningSpace:
         sampler = raw.get("sampler", {"type": "tpe"})
         if isinstance(sampler, str):
             sampler = {"type": sampler}
-        space = cls(methods=methods, common=common, budget=raw.get("budget", DEFAULT_BUDGET),
-                    pruner=dict(pruner) if isinstance(pruner, Mapping) else pruner,
-                    eval_minibatch=raw.get("eval_minibatch", 10),
-                    sampler=dict(sampler) if isinstance(sampler, Mapping) else sampler,
-                    objective=raw.get("objective"))
+        space = cls(
+            methods=methods,
+            common=common,
+            budget=raw.get("budget", DEFAULT_BUDGET),
+            pruner=dict(pruner) if isinstance(pruner, Mapping) else pruner,
+            eval_minibatch=raw.get("eval_minibatch", 10),
+            sampler=dict(sampler) if isinstance(sampler, Mapping) else sampler,
+            objective=raw.get("objective"),
+        )
         problems += space.problems()
         if problems:
             raise TuningSpaceError(problems)
@@ -412,16 +422,21 @@ class TuningSpace:
         knobs = {key: values.pop(key) for key in TRIAL_KNOBS if key in values}
         config = resolve_config(name, values).model_dump()
         return TrialPlan(
-            optimizer=name, config=config, budget=int(knobs.get("budget", self.budget)),
-            final_selection=knobs.get("final_selection", "halving"), final_trials=knobs.get("final_trials"),
-            adapter=common.get("adapter"), task_temperature=common.get("task_temperature"),
+            optimizer=name,
+            config=config,
+            budget=int(knobs.get("budget", self.budget)),
+            final_selection=knobs.get("final_selection", "halving"),
+            final_trials=knobs.get("final_trials"),
+            adapter=common.get("adapter"),
+            task_temperature=common.get("task_temperature"),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized YAML/JSON form (defaults merged in); stored with the study."""
         return {
-            "optimizers": {name: {k: p.to_raw() for k, p in sorted(params.items())}
-                           for name, params in self.methods.items()},
+            "optimizers": {
+                name: {k: p.to_raw() for k, p in sorted(params.items())} for name, params in self.methods.items()
+            },
             "common": {k: p.to_raw() for k, p in sorted(self.common.items())},
             "budget": self.budget,
             "pruner": dict(self.pruner),
@@ -464,8 +479,7 @@ def _knob_problems(method: str, key: str, param: Param, where: str) -> list[str]
     problems = []
     if key in ("final_selection", "final_trials") and not REGISTRY[method].instruction_search:
         ours = ", ".join(name for name, spec in REGISTRY.items() if spec.instruction_search)
-        return [f"{where}: only dspy-ext's own optimizers ({ours}) have a pluggable final "
-                f"selection; {method} does not"]
+        return [f"{where}: only dspy-ext's own optimizers ({ours}) have a pluggable final selection; {method} does not"]
     for value, what in param.probe_values():
         if key in ("budget", "final_trials") and not _positive_int(value):
             problems.append(f"{where}: {value!r} ({what}) must be a whole number >= 1")
@@ -480,10 +494,15 @@ def _pruner_problems(pruner: Any) -> list[str]:
     kind = pruner.get("type", "median")
     if kind not in PRUNERS:
         return [f"pruner.type: must be one of {', '.join(PRUNERS)}, got {kind!r}"]
-    allowed = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"},
-               "wilcoxon": {"p_threshold", "n_startup_steps"}, "none": set()}[kind]
-    problems = [f"pruner.{k}: unknown option for the {kind} pruner (valid: {', '.join(sorted(allowed)) or 'none'})"
-                for k in sorted(set(pruner) - allowed - {"type"})]
+    allowed = {
+        "median": {"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"},
+        "wilcoxon": {"p_threshold", "n_startup_steps"},
+        "none": set(),
+    }[kind]
+    problems = [
+        f"pruner.{k}: unknown option for the {kind} pruner (valid: {', '.join(sorted(allowed)) or 'none'})"
+        for k in sorted(set(pruner) - allowed - {"type"})
+    ]
     if kind == "wilcoxon" and importlib.util.find_spec("scipy") is None:
         problems.append("pruner.type: the wilcoxon pruner needs scipy (pip install scipy); use 'median' without it")
     p = pruner.get("p_threshold")
@@ -491,9 +510,13 @@ def _pruner_problems(pruner: Any) -> list[str]:
         problems.append(f"pruner.p_threshold: must be in [0, 1], got {p!r}")
     for key in ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "n_startup_steps"):
         value = pruner.get(key)
-        if value is not None and not (isinstance(value, int) and value >= (1 if key in ("interval_steps", "n_min_trials") else 0)):
-            problems.append(f"pruner.{key}: must be a whole number >= "
-                            f"{1 if key in ('interval_steps', 'n_min_trials') else 0}, got {value!r}")
+        if value is not None and not (
+            isinstance(value, int) and value >= (1 if key in ("interval_steps", "n_min_trials") else 0)
+        ):
+            problems.append(
+                f"pruner.{key}: must be a whole number >= "
+                f"{1 if key in ('interval_steps', 'n_min_trials') else 0}, got {value!r}"
+            )
     return problems
 
 
@@ -503,10 +526,14 @@ def _sampler_problems(sampler: Any) -> list[str]:
     kind = sampler.get("type", "tpe")
     if kind not in SAMPLERS:
         return [f"sampler.type: must be one of {', '.join(SAMPLERS)}, got {kind!r}"]
-    allowed = {"tpe": {"n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar"},
-               "random": set()}[kind]
-    problems = [f"sampler.{k}: unknown option for the {kind} sampler (valid: {', '.join(sorted(allowed)) or 'none'})"
-                for k in sorted(set(sampler) - allowed - {"type"})]
+    allowed = {
+        "tpe": {"n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar"},
+        "random": set(),
+    }[kind]
+    problems = [
+        f"sampler.{k}: unknown option for the {kind} sampler (valid: {', '.join(sorted(allowed)) or 'none'})"
+        for k in sorted(set(sampler) - allowed - {"type"})
+    ]
     n = sampler.get("n_startup_trials")
     if n is not None and not (isinstance(n, int) and n >= 0):
         problems.append(f"sampler.n_startup_trials: must be a whole number >= 0, got {n!r}")
@@ -538,8 +565,9 @@ def load_space(source: str | Path | Mapping[str, Any] | TuningSpace | None) -> T
 
             raw = yaml.safe_load(text)
     except Exception as exc:  # a YAML/JSON syntax error: one clear line
-        raise TuningSpaceError([f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"]) \
-            from None
+        raise TuningSpaceError(
+            [f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"]
+        ) from None
     if raw is not None and not isinstance(raw, Mapping):
         raise TuningSpaceError([f"{path}: expected a mapping at the top level, got {type(raw).__name__}"])
     return TuningSpace.from_dict(raw)

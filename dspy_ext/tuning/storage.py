@@ -42,17 +42,18 @@ def normalize_url(storage: str | None) -> str:
     if "://" not in storage:
         if Path(storage).suffix.lower() in (".db", ".sqlite", ".sqlite3"):
             return sqlite_url(storage)
-        raise ValueError(f"storage {storage!r} is neither a database URL (sqlite:///..., postgresql://...) "
-                         "nor a .db file path")
+        raise ValueError(
+            f"storage {storage!r} is neither a database URL (sqlite:///..., postgresql://...) nor a .db file path"
+        )
     if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////") and ":memory:" not in storage:
-        return sqlite_url(storage[len("sqlite:///"):])  # relative path -> absolute
+        return sqlite_url(storage[len("sqlite:///") :])  # relative path -> absolute
     return storage
 
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL, else ``None``."""
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(url[len("sqlite:///"):])
+        return Path(url[len("sqlite:///") :])
     return None
 
 
@@ -68,8 +69,9 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
 
 
-def make_storage(url: str, *, heartbeat_interval: int | None = 10, grace_period: int | None = None,
-                 max_retry: int | None = 2) -> Any:
+def make_storage(
+    url: str, *, heartbeat_interval: int | None = 10, grace_period: int | None = None, max_retry: int | None = 2
+) -> Any:
     """An Optuna storage for ``url`` (see the module docstring).
 
     Args:
@@ -90,8 +92,10 @@ def make_storage(url: str, *, heartbeat_interval: int | None = 10, grace_period:
     kwargs: dict[str, Any] = {}
     if heartbeat_interval:
         retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-        kwargs = {"heartbeat_interval": int(heartbeat_interval),
-                  "grace_period": int(grace_period or 2 * heartbeat_interval)}
+        kwargs = {
+            "heartbeat_interval": int(heartbeat_interval),
+            "grace_period": int(grace_period or 2 * heartbeat_interval),
+        }
         if retry_cls is not None:  # Optuna >= 4.9
             kwargs["heartbeat_stale_trial_callback"] = retry_cls(max_retry=max_retry)
         else:

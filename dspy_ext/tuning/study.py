@@ -168,8 +168,14 @@ class OptunaTuner(Teleprompter):
         self.feedback = feedback or None
         self.guards = dict(guards or {})
 
-    def compile(self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None,
-                **kwargs: Any) -> dspy.Module:
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example] | None = None,
+        **kwargs: Any,
+    ) -> dspy.Module:
         """Run (or continue) the study and return the best trial's program.
 
         Args:
@@ -187,8 +193,9 @@ class OptunaTuner(Teleprompter):
         program.dspy_ext_tune = session.results.summary()
         return program
 
-    def open(self, student: dspy.Module, *, trainset: list[dspy.Example],
-             valset: list[dspy.Example] | None = None) -> TuneSession:
+    def open(
+        self, student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example] | None = None
+    ) -> TuneSession:
         """Create or load the study (scoring the student on the devset once, for a new study).
 
         Raises:
@@ -258,14 +265,16 @@ class StudyIdentity:
         if json.dumps(self.space, sort_keys=True, default=str) != tuner.space.fingerprint():
             raise ValueError(f"study {name!r} was created with another search space{hint}")
         if self.data_hash != data_hash:
-            raise ValueError(f"study {name!r} was created on other train/dev data (a different task, split, "
-                             f"sizes or seed){hint}")
+            raise ValueError(
+                f"study {name!r} was created on other train/dev data (a different task, split, sizes or seed){hint}"
+            )
         if tuner.objective != "auto" and tuner.objective != self.objective:
             raise ValueError(f"study {name!r} uses objective {self.objective!r}, not {tuner.objective!r}{hint}")
 
 
-def measure_identity(tuner: OptunaTuner, student: dspy.Module, trainset: list[dspy.Example],
-                     devset: list[dspy.Example], data_hash: str) -> StudyIdentity:
+def measure_identity(
+    tuner: OptunaTuner, student: dspy.Module, trainset: list[dspy.Example], devset: list[dspy.Example], data_hash: str
+) -> StudyIdentity:
     """Score the student on the devset (the baseline) and fix the criteria and objective of a new study.
 
     Raises:
@@ -281,14 +290,28 @@ def measure_identity(tuner: OptunaTuner, student: dspy.Module, trainset: list[ds
     if objective == "auto":
         objective = "single" if len(criteria) == 1 else "constraints"
     if objective in ("pareto", "constraints") and len(criteria) < 2:
-        raise ValueError(f"objective {objective!r} needs a metric returning several criteria; "
-                         f"this one returns only {criteria}")
-    baseline = {"criteria": cm.means(devset), "score": round(report.score, 4), "lm_calls": meter.calls,
-                "errors": {k: v for k, v in report.errors.items() if v}}
-    return StudyIdentity(space=tuner.space.to_dict(), data_hash=data_hash, n_train=len(trainset), n_dev=len(devset),
-                         objective=objective, criteria=criteria, primary=primary,
-                         constraint_tolerance=tuner.constraint_tolerance, seed=tuner.seed, baseline=baseline,
-                         out_dir=str(tuner.out_dir) if tuner.out_dir else None)
+        raise ValueError(
+            f"objective {objective!r} needs a metric returning several criteria; this one returns only {criteria}"
+        )
+    baseline = {
+        "criteria": cm.means(devset),
+        "score": round(report.score, 4),
+        "lm_calls": meter.calls,
+        "errors": {k: v for k, v in report.errors.items() if v},
+    }
+    return StudyIdentity(
+        space=tuner.space.to_dict(),
+        data_hash=data_hash,
+        n_train=len(trainset),
+        n_dev=len(devset),
+        objective=objective,
+        criteria=criteria,
+        primary=primary,
+        constraint_tolerance=tuner.constraint_tolerance,
+        seed=tuner.seed,
+        baseline=baseline,
+        out_dir=str(tuner.out_dir) if tuner.out_dir else None,
+    )
 
 
 class TuneSession:
@@ -310,13 +333,18 @@ class TuneSession:
         2
     """
 
-    def __init__(self, tuner: OptunaTuner, student: dspy.Module, trainset: list[dspy.Example],
-                 devset: list[dspy.Example]) -> None:
+    def __init__(
+        self, tuner: OptunaTuner, student: dspy.Module, trainset: list[dspy.Example], devset: list[dspy.Example]
+    ) -> None:
         import optuna
 
         self.tuner = tuner
-        storage = make_storage(tuner.storage_url, heartbeat_interval=tuner.heartbeat_interval,
-                               grace_period=tuner.grace_period, max_retry=tuner.max_retry)
+        storage = make_storage(
+            tuner.storage_url,
+            heartbeat_interval=tuner.heartbeat_interval,
+            grace_period=tuner.grace_period,
+            max_retry=tuner.max_retry,
+        )
         data_hash = dataset_fingerprint(trainset + devset)
         identity = self._stored_identity(storage)
         if identity is None:
@@ -327,10 +355,17 @@ class TuneSession:
         directions = ["maximize"] * (len(identity.criteria) if identity.objective == "pareto" else 1)
         # Optuna < 5 has no Trial.set_constraint: constraints reach TPE through constraints_func.
         legacy = identity.objective == "constraints" and not has_set_constraint()
-        sampler = tuner.space.make_sampler(tuner.seed + 1000 * tuner.worker_index,
-                                           constraints_func=constraints_from_attrs if legacy else None)
-        self.study = optuna.create_study(study_name=tuner.study_name, storage=storage, directions=directions,
-                                         sampler=sampler, pruner=tuner.space.make_pruner(), load_if_exists=True)
+        sampler = tuner.space.make_sampler(
+            tuner.seed + 1000 * tuner.worker_index, constraints_func=constraints_from_attrs if legacy else None
+        )
+        self.study = optuna.create_study(
+            study_name=tuner.study_name,
+            storage=storage,
+            directions=directions,
+            sampler=sampler,
+            pruner=tuner.space.make_pruner(),
+            load_if_exists=True,
+        )
         if STUDY_ATTR not in self.study.user_attrs:
             self.study.set_user_attr(STUDY_ATTR, identity.to_attr())
             for params in tuner.enqueue:
@@ -339,9 +374,15 @@ class TuneSession:
         random.Random(tuner.seed).shuffle(order)
         self.dev_order = order
         self.runner = TrialRunner(tuner, identity, student, trainset, devset, dev_order=order, worker=worker_id())
-        self.results = StudyResults(self.study, identity, student=student, storage_url=tuner.storage_url,
-                                    target_trials=tuner.n_trials, out_dir=tuner.out_dir,
-                                    programs=self.runner.programs)
+        self.results = StudyResults(
+            self.study,
+            identity,
+            student=student,
+            storage_url=tuner.storage_url,
+            target_trials=tuner.n_trials,
+            out_dir=tuner.out_dir,
+            programs=self.runner.programs,
+        )
 
     def _stored_identity(self, storage: Any) -> StudyIdentity | None:
         import optuna
@@ -352,8 +393,13 @@ class TuneSession:
         raw = optuna.load_study(study_name=tuner.study_name, storage=storage).user_attrs.get(STUDY_ATTR)
         return StudyIdentity.from_attr(raw) if raw is not None else None
 
-    def optimize(self, n_trials: int | None = None, *, callbacks: Sequence[Callable[..., None]] = (),
-                 max_trials: int | None = None) -> int:
+    def optimize(
+        self,
+        n_trials: int | None = None,
+        *,
+        callbacks: Sequence[Callable[..., None]] = (),
+        max_trials: int | None = None,
+    ) -> int:
         """Run trials in this process until the study has ``n_trials`` finished trials (default: the tuner's).
 
         Args:
@@ -375,6 +421,12 @@ class TuneSession:
             return 0
         before = len(self.study.get_trials(deepcopy=False))
         stop = MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        self.study.optimize(self.runner, n_trials=remaining, timeout=self.tuner.timeout, catch=(Exception,),
-                            callbacks=[stop, *callbacks], gc_after_trial=False)
+        self.study.optimize(
+            self.runner,
+            n_trials=remaining,
+            timeout=self.tuner.timeout,
+            catch=(Exception,),
+            callbacks=[stop, *callbacks],
+            gc_after_trial=False,
+        )
         return len(self.study.get_trials(deepcopy=False)) - before

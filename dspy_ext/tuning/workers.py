@@ -59,12 +59,22 @@ class TuneProgress:
         best = results.best_trial()
         if best is None:
             return cls(results.counts()["finished"], target)
-        return cls(results.counts()["finished"], target, best.values[results.primary_index], best.number,
-                   best.user_attrs.get("optimizer"))
+        return cls(
+            results.counts()["finished"],
+            target,
+            best.values[results.primary_index],
+            best.number,
+            best.user_attrs.get("optimizer"),
+        )
 
 
-def run_workers(job: TuneJob, session: TuneSession, *, on_progress: Callable[[TuneProgress], None] | None = None,
-                worker_init: Callable[[], None] | None = None) -> list[str]:
+def run_workers(
+    job: TuneJob,
+    session: TuneSession,
+    *,
+    on_progress: Callable[[TuneProgress], None] | None = None,
+    worker_init: Callable[[], None] | None = None,
+) -> list[str]:
     """Run the study's remaining trials (up to ``settings.trials``) on ``settings.workers`` processes.
 
     Args:
@@ -117,15 +127,17 @@ def _spawn(settings: TuneSettings, max_trials: int, worker_init: Callable[[], No
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for index in range(1, settings.workers):
-        proc = ctx.Process(target=_worker_main, args=(settings, index, max_trials, worker_init),
-                           name=f"tune-worker-{index}")
+        proc = ctx.Process(
+            target=_worker_main, args=(settings, index, max_trials, worker_init), name=f"tune-worker-{index}"
+        )
         proc.start()
         procs.append(proc)
     return procs
 
 
-def _worker_main(settings: TuneSettings, worker_index: int, max_trials: int,
-                 worker_init: Callable[[], None] | None) -> None:
+def _worker_main(
+    settings: TuneSettings, worker_index: int, max_trials: int, worker_init: Callable[[], None] | None
+) -> None:
     """A worker process: join the study and run up to ``max_trials`` trials."""
     if worker_init is not None:
         worker_init()

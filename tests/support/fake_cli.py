@@ -13,8 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dspy_ext.cli import main  # noqa: E402
-from support.fake_world import fake_world_lm  # noqa: E402
+from dspy_ext.cli import main
+
+from support.fake_world import fake_world_lm
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

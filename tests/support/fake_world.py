@@ -90,8 +90,7 @@ def respond(messages: list[dict[str, str]]) -> str:
     if chat_ask:
         fields = [f for f in re.findall(r"\[\[ ## (\w+) ## \]\]", chat_ask.group(1)) if f != "completed"]
         return "".join(f"[[ ## {f} ## ]]\n{value(f)}\n\n" for f in fields) + "[[ ## completed ## ]]"
-    fields_line = next((line for line in system.splitlines() if line.startswith("Reply with one line per field")),
-                       None)
+    fields_line = next((line for line in system.splitlines() if line.startswith("Reply with one line per field")), None)
     if fields_line:
         prefixes = _FIELDS.findall(fields_line)
         return "\n".join(f"{p}: {value(p)}" for p in prefixes)
@@ -112,6 +111,7 @@ def write_task(folder: Path, *, n_train: int = 40, n_test: int = 24) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", dataset(n_train)), ("test", dataset(n_test, start=1000))):
         (folder / f"{name}.jsonl").write_text(
-            "".join(json.dumps({"input": ex.input, "output": ex.output}) + "\n" for ex in rows))
+            "".join(json.dumps({"input": ex.input, "output": ex.output}) + "\n" for ex in rows)
+        )
     (folder / "instructions.json").write_text(json.dumps([BASELINE_INSTRUCTION]))
     return folder
