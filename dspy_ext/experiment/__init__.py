@@ -27,7 +27,9 @@ from dspy_ext.experiment.components import (
     load_program_state,
     resolve_metric,
 )
-from dspy_ext.experiment.run import OpenedRun, RunResult, open_run, render_report, run
+from dspy_ext.experiment.folder import OpenedRun, open_run
+from dspy_ext.experiment.report import render_report
+from dspy_ext.experiment.run import RunResult, run
 from dspy_ext.experiment.settings import (
     DEFAULT_BUDGET,
     CompareSettings,
