@@ -124,8 +124,9 @@ class OptimizerHandle:
     gate: AcceptanceGate | None = None
 
     def compile(self, student: dspy.Module, *, trainset: list, valset: list | None = None) -> dspy.Module:
-        program = self.compile_fn(self.optimizer, student, list(trainset), list(valset) if valset else None,
-                                  **self.compile_kwargs)
+        program = self.compile_fn(
+            self.optimizer, student, list(trainset), list(valset) if valset else None, **self.compile_kwargs
+        )
         if self.gate is not None:
             program = self.gate.check(student, program, list(valset) if valset else list(trainset))
         return program
@@ -151,8 +152,11 @@ class ScalarMetric:
     def __call__(self, example: Any, prediction: Any, trace: Any = None) -> Any:
         if trace is None and self.with_feedback and callable(getattr(self.metric, "measure", None)):
             measured = measure(self.metric, example, prediction)  # a criteria metric's feedback text
-            return dspy.Prediction(score=measured.score, feedback=measured.feedback) if measured.feedback \
+            return (
+                dspy.Prediction(score=measured.score, feedback=measured.feedback)
+                if measured.feedback
                 else measured.score
+            )
         value = self.metric(example, prediction, trace)
         if isinstance(value, (bool, int, float)):
             return value  # an ordinary metric's value passes through untouched
@@ -182,12 +186,20 @@ class OptimizerSpec:
 
 
 def _search_kwargs(config: OptimizerConfig, ctx: BuildContext) -> dict[str, Any]:
-    return {**config.model_dump(), "max_lm_calls": ctx.budget or DEFAULT_BUDGET, "seed": ctx.seed,
-            "num_threads": ctx.num_threads, "prompt_model": ctx.prompt_model, "log_dir": ctx.log_dir,
-            "progress": ctx.progress, "final_selector": ctx.final_selector,
-            **({"feedback": ctx.feedback} if ctx.feedback else {}),
-            **({"guards": ctx.guards} if ctx.guards else {}),
-            "repeats": ctx.repeats, "eval_temperature": ctx.temperature}
+    return {
+        **config.model_dump(),
+        "max_lm_calls": ctx.budget or DEFAULT_BUDGET,
+        "seed": ctx.seed,
+        "num_threads": ctx.num_threads,
+        "prompt_model": ctx.prompt_model,
+        "log_dir": ctx.log_dir,
+        "progress": ctx.progress,
+        "final_selector": ctx.final_selector,
+        **({"feedback": ctx.feedback} if ctx.feedback else {}),
+        **({"guards": ctx.guards} if ctx.guards else {}),
+        "repeats": ctx.repeats,
+        "eval_temperature": ctx.temperature,
+    }
 
 
 def _ours(kind: str) -> Callable[[OptimizerConfig, BuildContext], Any]:
@@ -229,16 +241,25 @@ def _copro_compile(opt: Any, student: dspy.Module, train: list, val: list | None
 def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
     auto = None if config.num_candidates else config.auto
     return dspy.MIPROv2(
-        ctx.metric, prompt_model=ctx.prompt_model, auto=auto, num_candidates=config.num_candidates,
-        max_bootstrapped_demos=config.max_bootstrapped_demos, max_labeled_demos=config.max_labeled_demos,
-        num_threads=ctx.num_threads, seed=ctx.seed, verbose=False,
+        ctx.metric,
+        prompt_model=ctx.prompt_model,
+        auto=auto,
+        num_candidates=config.num_candidates,
+        max_bootstrapped_demos=config.max_bootstrapped_demos,
+        max_labeled_demos=config.max_labeled_demos,
+        num_threads=ctx.num_threads,
+        seed=ctx.seed,
+        verbose=False,
     )
 
 
 def _mipro_compile_kwargs(config: MIPROConfig, ctx: BuildContext) -> dict[str, Any]:
     # seed passed explicitly: MIPROv2's `seed or self.seed` would turn 0 into 9.
-    kwargs: dict[str, Any] = {"seed": ctx.seed, "minibatch": ctx.n_val > config.minibatch_size,
-                              "minibatch_size": config.minibatch_size}
+    kwargs: dict[str, Any] = {
+        "seed": ctx.seed,
+        "minibatch": ctx.n_val > config.minibatch_size,
+        "minibatch_size": config.minibatch_size,
+    }
     if config.num_candidates:
         kwargs["num_trials"] = config.num_trials or 2 * config.num_candidates
     return kwargs
@@ -248,9 +269,18 @@ def _build_copro(config: COPROConfig, ctx: BuildContext) -> Any:
     # Calls ~= depth * breadth * n_train (task) + depth * breadth (prompt): fit breadth to the budget.
     breadth = config.breadth
     if breadth is None:
-        breadth = max(2, min(10, (ctx.budget or DEFAULT_BUDGET) // max(1, config.depth * (ctx.n_train + 1)))) if ctx.budget else 4
-    return dspy.COPRO(metric=ctx.metric, prompt_model=ctx.prompt_model, breadth=breadth, depth=config.depth,
-                      init_temperature=config.init_temperature)
+        breadth = (
+            max(2, min(10, (ctx.budget or DEFAULT_BUDGET) // max(1, config.depth * (ctx.n_train + 1))))
+            if ctx.budget
+            else 4
+        )
+    return dspy.COPRO(
+        metric=ctx.metric,
+        prompt_model=ctx.prompt_model,
+        breadth=breadth,
+        depth=config.depth,
+        init_temperature=config.init_temperature,
+    )
 
 
 def _build_bfsrs(config: RandomSearchConfig, ctx: BuildContext) -> Any:
@@ -259,8 +289,11 @@ def _build_bfsrs(config: RandomSearchConfig, ctx: BuildContext) -> Any:
         per_program = max(1, ctx.n_val or ctx.n_train)
         n = max(1, min(16, (ctx.budget or DEFAULT_BUDGET) // per_program - 3)) if ctx.budget else 4
     return dspy.BootstrapFewShotWithRandomSearch(
-        ctx.metric, num_candidate_programs=n, num_threads=ctx.num_threads,
-        max_bootstrapped_demos=config.max_bootstrapped_demos, max_labeled_demos=config.max_labeled_demos,
+        ctx.metric,
+        num_candidate_programs=n,
+        num_threads=ctx.num_threads,
+        max_bootstrapped_demos=config.max_bootstrapped_demos,
+        max_labeled_demos=config.max_labeled_demos,
         max_rounds=config.max_rounds,
     )
 
@@ -291,8 +324,9 @@ class GEPAMetric:
         self.metric = metric
         self.feedback = feedback or None
 
-    def __call__(self, gold: Any, pred: Any, trace: Any = None, pred_name: str | None = None,
-                 pred_trace: Any = None) -> Any:
+    def __call__(
+        self, gold: Any, pred: Any, trace: Any = None, pred_name: str | None = None, pred_trace: Any = None
+    ) -> Any:
         value = self.metric(gold, pred, trace)
         if self.feedback is None or pred_name is None:
             return value  # GEPA asks for feedback text only when it reflects on one predictor
@@ -314,53 +348,129 @@ class GEPAMetric:
 def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
     five_arg_metric = GEPAMetric(ctx.metric, ctx.feedback)
     reflection_lm = ctx.prompt_model or dspy.settings.lm
-    return dspy.GEPA(metric=five_arg_metric, max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
-                     reflection_lm=reflection_lm, reflection_minibatch_size=config.reflection_minibatch_size,
-                     num_threads=ctx.num_threads, seed=ctx.seed)
+    return dspy.GEPA(
+        metric=five_arg_metric,
+        max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
+        reflection_lm=reflection_lm,
+        reflection_minibatch_size=config.reflection_minibatch_size,
+        num_threads=ctx.num_threads,
+        seed=ctx.seed,
+    )
 
 
 def _build_simba(config: SIMBAConfig, ctx: BuildContext) -> Any:
     steps = config.max_steps
     if steps is None:
         # Each step runs num_candidates programs on a batch of bsize examples.
-        steps = max(1, (ctx.budget or DEFAULT_BUDGET) // (config.bsize * (config.num_candidates + 1))) if ctx.budget else 4
-    return dspy.SIMBA(metric=ctx.metric, bsize=min(config.bsize, max(1, ctx.n_train)),
-                      num_candidates=config.num_candidates, max_steps=steps, max_demos=config.max_demos,
-                      prompt_model=ctx.prompt_model, num_threads=ctx.num_threads)
+        steps = (
+            max(1, (ctx.budget or DEFAULT_BUDGET) // (config.bsize * (config.num_candidates + 1))) if ctx.budget else 4
+        )
+    return dspy.SIMBA(
+        metric=ctx.metric,
+        bsize=min(config.bsize, max(1, ctx.n_train)),
+        num_candidates=config.num_candidates,
+        max_steps=steps,
+        max_demos=config.max_demos,
+        prompt_model=ctx.prompt_model,
+        num_threads=ctx.num_threads,
+    )
 
 
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
-        OptimizerSpec("ape", APEConfig, _ours("ape"), _with_valset, True, "APE: induce, score, resample",
-                      instruction_search=True),
-        OptimizerSpec("opro", OPROConfig, _ours("opro"), _with_valset, True, "OPRO: scored trajectory meta-prompt",
-                      instruction_search=True),
-        OptimizerSpec("evoprompt-ga", EvoPromptConfig, _ours("ga"), _with_valset, True, "EvoPrompt, genetic",
-                      instruction_search=True),
-        OptimizerSpec("evoprompt-de", EvoPromptConfig, _ours("de"), _with_valset, True, "EvoPrompt, differential",
-                      instruction_search=True),
-        OptimizerSpec("protegi", ProTeGiConfig, _ours("protegi"), _with_valset, True, "ProTeGi: textual gradients",
-                      instruction_search=True),
-        OptimizerSpec("mipro", MIPROConfig, _build_mipro, _with_valset, False, "DSPy MIPROv2",
-                      _mipro_compile_kwargs),
+        OptimizerSpec(
+            "ape", APEConfig, _ours("ape"), _with_valset, True, "APE: induce, score, resample", instruction_search=True
+        ),
+        OptimizerSpec(
+            "opro",
+            OPROConfig,
+            _ours("opro"),
+            _with_valset,
+            True,
+            "OPRO: scored trajectory meta-prompt",
+            instruction_search=True,
+        ),
+        OptimizerSpec(
+            "evoprompt-ga",
+            EvoPromptConfig,
+            _ours("ga"),
+            _with_valset,
+            True,
+            "EvoPrompt, genetic",
+            instruction_search=True,
+        ),
+        OptimizerSpec(
+            "evoprompt-de",
+            EvoPromptConfig,
+            _ours("de"),
+            _with_valset,
+            True,
+            "EvoPrompt, differential",
+            instruction_search=True,
+        ),
+        OptimizerSpec(
+            "protegi",
+            ProTeGiConfig,
+            _ours("protegi"),
+            _with_valset,
+            True,
+            "ProTeGi: textual gradients",
+            instruction_search=True,
+        ),
+        OptimizerSpec("mipro", MIPROConfig, _build_mipro, _with_valset, False, "DSPy MIPROv2", _mipro_compile_kwargs),
         # COPRO takes prompt_model as its first positional argument: metric is passed by name.
-        OptimizerSpec("copro", COPROConfig, _build_copro, _copro_compile, False, "DSPy COPRO",
-                      lambda c, ctx: {"eval_kwargs": {"num_threads": ctx.num_threads, "display_progress": False}}),
-        OptimizerSpec("bfs", BootstrapConfig, lambda c, ctx: dspy.BootstrapFewShot(ctx.metric, **c.model_dump()),
-                      _train_only, False, "DSPy BootstrapFewShot"),
-        OptimizerSpec("bfsrs", RandomSearchConfig, _build_bfsrs, _with_valset, False,
-                      "DSPy BootstrapFewShotWithRandomSearch"),
-        OptimizerSpec("labeled", LabeledConfig, lambda c, ctx: dspy.LabeledFewShot(k=c.k), _train_only, False,
-                      "DSPy LabeledFewShot"),
+        OptimizerSpec(
+            "copro",
+            COPROConfig,
+            _build_copro,
+            _copro_compile,
+            False,
+            "DSPy COPRO",
+            lambda c, ctx: {"eval_kwargs": {"num_threads": ctx.num_threads, "display_progress": False}},
+        ),
+        OptimizerSpec(
+            "bfs",
+            BootstrapConfig,
+            lambda c, ctx: dspy.BootstrapFewShot(ctx.metric, **c.model_dump()),
+            _train_only,
+            False,
+            "DSPy BootstrapFewShot",
+        ),
+        OptimizerSpec(
+            "bfsrs", RandomSearchConfig, _build_bfsrs, _with_valset, False, "DSPy BootstrapFewShotWithRandomSearch"
+        ),
+        OptimizerSpec(
+            "labeled",
+            LabeledConfig,
+            lambda c, ctx: dspy.LabeledFewShot(k=c.k),
+            _train_only,
+            False,
+            "DSPy LabeledFewShot",
+        ),
         OptimizerSpec("gepa", GEPAConfig, _build_gepa, _with_valset, False, "DSPy GEPA"),
-        OptimizerSpec("simba", SIMBAConfig, _build_simba, _train_only, False, "DSPy SIMBA",
-                      lambda c, ctx: {"seed": ctx.seed}),
-        OptimizerSpec("demo-search", DemoSearchConfig, lambda c, ctx: DemoSearch(
-            ctx.metric, **c.model_dump(), max_lm_calls=ctx.budget or DEFAULT_BUDGET, seed=ctx.seed,
-            num_threads=ctx.num_threads, prompt_model=ctx.prompt_model, log_dir=ctx.log_dir, progress=ctx.progress,
-            repeats=ctx.repeats, eval_temperature=ctx.temperature), _with_valset, True,
-            "DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing (small models)"),
+        OptimizerSpec(
+            "simba", SIMBAConfig, _build_simba, _train_only, False, "DSPy SIMBA", lambda c, ctx: {"seed": ctx.seed}
+        ),
+        OptimizerSpec(
+            "demo-search",
+            DemoSearchConfig,
+            lambda c, ctx: DemoSearch(
+                ctx.metric,
+                **c.model_dump(),
+                max_lm_calls=ctx.budget or DEFAULT_BUDGET,
+                seed=ctx.seed,
+                num_threads=ctx.num_threads,
+                prompt_model=ctx.prompt_model,
+                log_dir=ctx.log_dir,
+                progress=ctx.progress,
+                repeats=ctx.repeats,
+                eval_temperature=ctx.temperature,
+            ),
+            _with_valset,
+            True,
+            "DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing (small models)",
+        ),
     ]
 }
 
@@ -430,24 +540,48 @@ def build_optimizer(
     spec = get_spec(name)
     validated = resolve_config(name, config)
     if final_selector is not None and not spec.instruction_search:
-        raise ValueError(f"optimizer {name!r} has no pluggable final selection; only dspy-ext's instruction "
-                         f"searches do ({', '.join(n for n, s in REGISTRY.items() if s.instruction_search)})")
+        raise ValueError(
+            f"optimizer {name!r} has no pluggable final selection; only dspy-ext's instruction "
+            f"searches do ({', '.join(n for n, s in REGISTRY.items() if s.instruction_search)})"
+        )
     if feedback and not spec.uses_feedback:
-        raise ValueError(f"optimizer {name!r} cannot use a reviewer's critiques; these can: "
-                         f"{', '.join(n for n, s in REGISTRY.items() if s.uses_feedback)} (labeled examples and "
-                         "review criteria still reach every optimizer through the train set and the metric)")
+        raise ValueError(
+            f"optimizer {name!r} cannot use a reviewer's critiques; these can: "
+            f"{', '.join(n for n, s in REGISTRY.items() if s.uses_feedback)} (labeled examples and "
+            "review criteria still reach every optimizer through the train set and the metric)"
+        )
     guards = parse_guards(guards)
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     # DSPy's optimizers add and compare scores: a metric returning criteria reaches them as one float.
     task_metric = metric if spec.instruction_search else ScalarMetric(metric, with_feedback=name == "gepa")
-    ctx = BuildContext(metric=task_metric, budget=budget, seed=seed, num_threads=num_threads, n_train=n_train,
-                       n_val=n_val, prompt_model=prompt_model, log_dir=log_dir, progress=progress,
-                       final_selector=final_selector, feedback=feedback or None, guards=guards or None,
-                       repeats=repeats, temperature=temperature)
+    ctx = BuildContext(
+        metric=task_metric,
+        budget=budget,
+        seed=seed,
+        num_threads=num_threads,
+        n_train=n_train,
+        n_val=n_val,
+        prompt_model=prompt_model,
+        log_dir=log_dir,
+        progress=progress,
+        final_selector=final_selector,
+        feedback=feedback or None,
+        guards=guards or None,
+        repeats=repeats,
+        temperature=temperature,
+    )
     gate = None
     if guards and not spec.instruction_search:
-        gate = AcceptanceGate(metric, guards, num_threads=num_threads, repeats=repeats, temperature=temperature,
-                              seed=seed)
-    return OptimizerHandle(name, spec.build(validated, ctx), validated, spec.enforces_budget, spec.compile,
-                           spec.compile_kwargs(validated, ctx), gate)
+        gate = AcceptanceGate(
+            metric, guards, num_threads=num_threads, repeats=repeats, temperature=temperature, seed=seed
+        )
+    return OptimizerHandle(
+        name,
+        spec.build(validated, ctx),
+        validated,
+        spec.enforces_budget,
+        spec.compile,
+        spec.compile_kwargs(validated, ctx),
+        gate,
+    )

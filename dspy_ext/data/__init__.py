@@ -16,6 +16,7 @@ from dspy_ext.data.loading import (
     SUPPORTED_EXTENSIONS,
     DataError,
     dataset_fingerprint,
+    default_valset,
     load_examples,
     split_train_val,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "TaskData",
     "available_tasks",
     "dataset_fingerprint",
+    "default_valset",
     "load_examples",
     "load_task",
     "split_train_val",

@@ -438,6 +438,33 @@ def _canonical(example: Any) -> dict[str, Any]:
     raise TypeError(f"expected dspy.Example or a mapping, got {type(example).__name__}")
 
 
+def default_valset(
+    trainset: Sequence[Any], valset: Sequence[Any] | None, rng: random.Random, fraction: float = 0.4
+) -> tuple[list[Any], list[Any]]:
+    """``(trainset, valset)`` as given, or, without a valset, a seeded ``fraction`` of the trainset carved off.
+
+    What an optimizer's ``compile(student, trainset=..., valset=None)`` does when it is given no valset.
+
+    Args:
+        trainset: The training examples.
+        valset: The validation examples, or ``None``/empty to carve them from ``trainset``.
+        rng: Shuffles a copy of ``trainset`` (only when a valset is carved).
+        fraction: Share of ``trainset`` that becomes the valset (at least one example).
+
+    Example:
+        >>> train, val = default_valset(list(range(10)), None, random.Random(0))
+        >>> len(train), len(val)
+        (6, 4)
+    """
+    trainset = list(trainset)
+    if valset:
+        return trainset, list(valset)
+    shuffled = list(trainset)
+    rng.shuffle(shuffled)
+    cut = max(1, int(len(shuffled) * fraction))
+    return shuffled[cut:] or shuffled[:cut], shuffled[:cut]
+
+
 def dataset_fingerprint(examples: Sequence[dspy.Example | Mapping[str, Any]]) -> str:
     """A stable sha256 of the examples (fields, input keys and order).
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from dspy_ext.adapters import default_adapter
+from dspy_ext.data import default_valset
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
@@ -246,37 +246,8 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         if not trainset:
             raise ValueError("trainset is empty")
         rng = random.Random(self.seed)
-        trainset = list(trainset)
-        if not valset:
-            shuffled = list(trainset)
-            rng.shuffle(shuffled)
-            cut = max(1, int(len(shuffled) * 0.4))
-            valset, trainset = shuffled[:cut], shuffled[cut:] or shuffled[:cut]
-        valset = list(valset)
-        task_lm = self.task_model or dspy.settings.lm
-        if task_lm is None:
-            raise ValueError("no task LM: pass task_model= or dspy.configure(lm=...)")
-        prompt_lm = self.prompt_model or task_lm
-        models = Models(
-            task_lm=task_lm,
-            task_adapter=dspy.settings.adapter or default_adapter(task_lm),
-            prompt_lm=prompt_lm,
-            prompt_adapter=dspy.settings.adapter or default_adapter(prompt_lm),
-        )
-        from dspy_ext.lm.engine import MeteredEngine
-
-        unmetered = sorted(
-            {lm.model for lm in (task_lm, prompt_lm) if not isinstance(getattr(lm, "engine", None), MeteredEngine)}
-        )
-        if unmetered:
-            # Calls are counted in the engine; DSPy's built-in engines do not report to dspy-ext's meters.
-            logger.warning(
-                "%s: %s do(es) not run on a dspy-ext engine: max_lm_calls=%d is not enforced and "
-                "calls are not counted for it",
-                self.method,
-                ", ".join(unmetered),
-                self.max_lm_calls,
-            )
+        trainset, valset = default_valset(trainset, valset, rng)
+        models = Models.resolve(self.task_model, self.prompt_model, method=self.method, max_lm_calls=self.max_lm_calls)
         total = CallMeter(self.max_lm_calls)
         search_cap = max(1, int(self.max_lm_calls * (1.0 - self.config.final_share)))
         search_meter = CallMeter(search_cap)
@@ -302,7 +273,7 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         repeats = max(self.repeats, self.guard_repeats) if self.guards else self.repeats
         regression = None
         if self.guards:
-            lm_temperature = (getattr(task_lm, "kwargs", None) or {}).get("temperature") or 0.0
+            lm_temperature = (getattr(models.task_lm, "kwargs", None) or {}).get("temperature") or 0.0
             sampled = (self.eval_temperature if self.eval_temperature is not None else lm_temperature) > 0
             regression = RegressionGuard(self.guards, stochastic=sampled or repeats > 1, seed=self.seed)
         run = SearchRun(

@@ -63,6 +63,41 @@ class Models:
     prompt_lm: dspy.BaseLM
     prompt_adapter: dspy.Adapter | None
 
+    @classmethod
+    def resolve(
+        cls, task_model: dspy.BaseLM | None, prompt_model: dspy.BaseLM | None, *, method: str, max_lm_calls: int
+    ) -> Models:
+        """The compile's LMs (defaults: ``dspy.settings.lm``) with their adapters; warns when a cap cannot hold.
+
+        Raises:
+            ValueError: No task LM is given or configured.
+        """
+        from dspy_ext.adapters import default_adapter
+        from dspy_ext.lm.engine import MeteredEngine
+
+        task_lm = task_model or dspy.settings.lm
+        if task_lm is None:
+            raise ValueError("no task LM: pass task_model= or dspy.configure(lm=...)")
+        prompt_lm = prompt_model or task_lm
+        unmetered = sorted(
+            {lm.model for lm in (task_lm, prompt_lm) if not isinstance(getattr(lm, "engine", None), MeteredEngine)}
+        )
+        if unmetered:
+            # Calls are counted in the engine; DSPy's built-in engines do not report to dspy-ext's meters.
+            logger.warning(
+                "%s: %s do(es) not run on a dspy-ext engine: max_lm_calls=%d is not enforced and "
+                "calls are not counted for it",
+                method,
+                ", ".join(unmetered),
+                max_lm_calls,
+            )
+        return cls(
+            task_lm=task_lm,
+            task_adapter=dspy.settings.adapter or default_adapter(task_lm),
+            prompt_lm=prompt_lm,
+            prompt_adapter=dspy.settings.adapter or default_adapter(prompt_lm),
+        )
+
 
 class SearchRun:
     """Everything one compile of an instruction search needs.

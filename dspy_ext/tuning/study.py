@@ -55,7 +55,7 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from dspy_ext.data import dataset_fingerprint
+from dspy_ext.data import dataset_fingerprint, default_valset
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.evaluation.criteria import CriteriaMetric
 from dspy_ext.lm.metering import CallMeter, metering
@@ -203,12 +203,7 @@ class OptunaTuner(Teleprompter):
         """
         if not trainset:
             raise ValueError("trainset is empty")
-        trainset = list(trainset)
-        if not valset:
-            shuffled = list(trainset)
-            random.Random(self.seed).shuffle(shuffled)
-            cut = max(1, int(len(shuffled) * DEFAULT_DEV_FRACTION))
-            valset, trainset = shuffled[:cut], shuffled[cut:] or shuffled[:cut]
+        trainset, valset = default_valset(trainset, valset, random.Random(self.seed), DEFAULT_DEV_FRACTION)
         if dspy.settings.lm is None:
             raise ValueError("no LM: dspy.configure(lm=...) or use dspy.context(lm=...)")
         return TuneSession(self, student, trainset, list(valset))

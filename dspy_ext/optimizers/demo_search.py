@@ -1,0 +1,678 @@
+"""DemoSearch: the demo dimension searched properly, for small task models (issue 10).
+
+On a 135M model the labeled demos decide most of the score, and a 135M
+proposer writes noise. DemoSearch therefore keeps the human instruction and
+searches what the model can use:
+
+1. **Candidates.** The human instruction x labeled demo sets: for each
+   ``k`` in ``demo_counts`` (3, 8, 16 by default), ``draws_per_count`` draws,
+   class-balanced and interleaved when the output takes a closed label set
+   (:func:`~dspy_ext.data.demos.balanced_demos`), each cut to fit the context
+   window. Labeled demos cost no LM call to build. With a ``prompt_model``,
+   ``instructions`` generated instructions join as an extra option.
+2. **Screening** without generation: each candidate's likelihood score on the
+   first ``screen_rows`` validation rows (the probability of the gold label
+   among the labels for a closed set, else the mean log-probability per token
+   of the gold reply; one forward pass per row, see
+   :class:`~dspy_ext.evaluation.LikelihoodEvaluator`). An LM that cannot score,
+   or a program with several predictors, is screened by generated accuracy
+   instead; the result says so (``screening``, ``screening_note``).
+3. **Confirmation** by generated accuracy on the whole valset: the incumbent
+   (the human instruction with ``incumbent_demos`` random labeled demos, the
+   same draw as the honest baseline of ``dspy-ext compile``), the
+   ``confirm_top`` best-screened candidates and the best-screened candidate
+   with ``preferred_k`` demos race in rounds of ``race_rows`` rows. A
+   contender is dropped when it can no longer reach the incumbent's score or
+   a paired test (McNemar) says it is worse than the leader. The incumbent is
+   never dropped.
+4. **Choice.** Among the contenders scored on the whole valset and at least
+   as good as the incumbent there (so the result is never worse than the
+   incumbent on val), those not significantly worse than the best; of these
+   the one with ``preferred_k`` demos, else the best. ``preferred_k`` encodes
+   the measured prior that 16 demos win on small models when val cannot tell.
+
+Constrained decoding and calibration are not in the candidate space: a
+compiled program must keep its behaviour through ``program.json`` and
+``dspy-ext export``, and a label rule does not survive DSPy's predictor state
+(``Predict.dump_state`` keeps demos and the signature only). The result says
+``decoding="generate"`` and ``calibration="off"``.
+
+``max_lm_calls`` is a hard cap on every call, forward passes included.
+
+Example:
+    >>> optimizer = DemoSearch(exact_match, max_lm_calls=400, seed=0)        # doctest: +SKIP
+    >>> compiled = optimizer.compile(student, trainset=train, valset=val)   # doctest: +SKIP
+    >>> compiled.dspy_ext_result.k, compiled.dspy_ext_result.val_score      # doctest: +SKIP
+    (16, 72.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+from pydantic import Field, field_validator
+
+from dspy_ext.data import default_valset
+from dspy_ext.data.demos import balanced_demos
+from dspy_ext.evaluation.constrained import infer_label_set, literal_labels
+from dspy_ext.evaluation.likelihood import LikelihoodEvaluator
+from dspy_ext.evaluation.significance import paired_test
+from dspy_ext.lm.likelihood import supports_likelihood
+from dspy_ext.lm.metering import CallMeter, UsageSnapshot, metering
+from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels, meta_prompt_texts
+from dspy_ext.prompt_state import demo_to_dict, predictors
+from dspy_ext.search.base import SearchResult, format_pairs
+from dspy_ext.search.candidate import Candidate, PredictorPrompt
+from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
+from dspy_ext.search.context import demo_set_context_fit
+from dspy_ext.search.guards import ProposalGuard
+from dspy_ext.search.run import Models, SearchRun, SearchStopped
+from dspy_ext.search.trial_log import TrialLog
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DemoSearch", "DemoSearchConfig", "DemoSearchResult"]
+
+
+class DemoSearchConfig(OptimizerConfig):
+    """DemoSearch's settings.
+
+    Attributes:
+        demo_counts: The numbers of demos ``k`` to try (each cut to fit the context).
+        draws_per_count: Demo sets drawn per ``k``.
+        preferred_k: Among contenders that val cannot tell apart, the one with this many demos wins
+            (0: no preference, the best val score wins).
+        incumbent_demos: Random labeled demos of the incumbent (the honest baseline draws 3).
+        screen_rows: Validation rows of the likelihood screen.
+        confirm_top: Best-screened candidates confirmed by generated accuracy (besides the incumbent
+            and the best-screened candidate with ``preferred_k`` demos).
+        confirm_share: Largest share of the budget kept for the confirmation.
+        race_rows: Validation rows per racing round.
+        alpha: Significance level of the racing and final paired tests.
+        max_prompt_tokens: Context window the demos must fit, with room for the reply (SmolLM2 was
+            trained on 2048 tokens); the engine's own window applies if smaller.
+        reply_tokens: Tokens kept free for the reply when fitting demos.
+        instructions: Instructions generated by the ``prompt_model`` (only when one is given).
+    """
+
+    demo_counts: tuple[int, ...] = Field(default=(3, 8, 16), min_length=1)
+    draws_per_count: int = tunable(3, ge=1, tune={"int": [1, 4]})
+    preferred_k: int = tunable(16, ge=0, tune=[0, 8, 16])
+    incumbent_demos: int = Field(default=3, ge=0)
+    screen_rows: int = tunable(20, ge=1, tune=[10, 20, 30])
+    confirm_top: int = tunable(2, ge=1, tune={"int": [1, 4]})
+    confirm_share: float = Field(default=0.5, gt=0.0, lt=1.0)
+    race_rows: int = Field(default=10, ge=1)
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    max_prompt_tokens: int = Field(default=2048, ge=64)
+    reply_tokens: int = Field(default=64, ge=1)
+    instructions: int = Field(default=0, ge=0)
+
+    @field_validator("demo_counts")
+    @classmethod
+    def _positive_counts(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in counts):
+            raise ValueError(f"every demo count must be >= 1, got {list(counts)}")
+        return tuple(dict.fromkeys(counts))
+
+
+@dataclass
+class DemoSearchResult(SearchResult):
+    """:class:`~dspy_ext.search.SearchResult` with what DemoSearch chose.
+
+    Attributes:
+        k: Demos per predictor of the returned program.
+        balanced: Its demos were drawn class-balanced (closed label set).
+        decoding: ``"generate"`` (constrained decoding is not in the candidate space, see the module).
+        calibration: ``"off"`` (likewise).
+        screening: ``"likelihood"`` or ``"accuracy"`` (the fallback).
+        screening_note: Why the fallback was used (empty otherwise).
+        label_set: The closed label set read off the training outputs, if any.
+        chose_incumbent: The incumbent (human instruction, random labeled demos) was kept.
+        racing: Per contender: screen score, val rows scored, val score, and why it was dropped.
+    """
+
+    k: int = 0
+    balanced: bool = False
+    decoding: str = "generate"
+    calibration: str = "off"
+    screening: str = "likelihood"
+    screening_note: str = ""
+    label_set: list[str] | None = None
+    chose_incumbent: bool = True
+    racing: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Arm:
+    """One candidate in the screen and the race."""
+
+    candidate: Candidate
+    k: int
+    draw: int
+    balanced: bool
+    origin: str
+    requested_k: int = 0
+    screen: float | None = None
+    val: list[float | None] = field(default_factory=list)
+    dropped: str = ""
+
+    @property
+    def complete_rows(self) -> int:
+        return len(self.val)
+
+    @property
+    def val_mean(self) -> float | None:
+        scored = [s for s in self.val if s is not None]
+        return 100.0 * sum(scored) / len(scored) if scored else None
+
+    def describe(self) -> dict[str, Any]:
+        mean = self.val_mean
+        return {
+            "key": self.candidate.key,
+            "origin": self.origin,
+            "k": self.k,
+            "requested_k": self.requested_k,
+            "draw": self.draw,
+            "balanced": self.balanced,
+            "screen": None if self.screen is None else round(self.screen, 4),
+            "val_rows": self.complete_rows,
+            "val": None if mean is None else round(mean, 2),
+            "dropped": self.dropped,
+        }
+
+
+@dataclass(frozen=True)
+class _ScreenReport:
+    """The fields of an evaluation report the trial log reads, for a likelihood screen."""
+
+    n_examples: int
+    score: float
+    usage: UsageSnapshot
+    seconds: float
+    errors: dict[str, int] = field(default_factory=dict)
+    cache_hits: int = 0
+
+
+class DemoSearch(Teleprompter):
+    """Search labeled demo sets (and their size) for a small task model; see the module docstring.
+
+    Args:
+        metric: ``metric(example, prediction, trace=None)``.
+        max_lm_calls: Hard cap on LM calls of the compile (forward passes of the screen included).
+        seed: Seeds every draw; ``0`` is a seed like any other.
+        num_threads: Evaluation threads.
+        prompt_model: LM that writes the extra instructions (``instructions`` > 0); without one the
+            human instruction is the only instruction.
+        task_model: LM that runs the program (default: ``dspy.settings.lm``).
+        log_dir: Folder for ``trials.jsonl`` (``None``: in memory only).
+        progress: Accepted for the registry's uniform interface; DemoSearch logs instead of a bar.
+        repeats: Rollouts per row of the accuracy evaluations.
+        eval_temperature: Task-LM temperature of those rollouts (``None``: the LM's own).
+        **settings: :class:`DemoSearchConfig` settings.
+
+    Raises:
+        ValueError: A bad or unknown setting (the message names it and lists the valid ones).
+
+    Example:
+        >>> compiled = DemoSearch(exact_match, max_lm_calls=200, demo_counts=(3, 8)).compile(
+        ...     student, trainset=train, valset=val)                                  # doctest: +SKIP
+    """
+
+    method = "demo-search"
+    config_model = DemoSearchConfig
+
+    def __init__(
+        self,
+        metric: Any,
+        *,
+        max_lm_calls: int = DEFAULT_BUDGET,
+        seed: int = 0,
+        num_threads: int = 4,
+        prompt_model: dspy.BaseLM | None = None,
+        task_model: dspy.BaseLM | None = None,
+        log_dir: str | Path | None = None,
+        progress: bool = False,
+        repeats: int = 1,
+        eval_temperature: float | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__()
+        if max_lm_calls < 1:
+            raise ValueError("max_lm_calls must be >= 1")
+        if num_threads < 1:
+            raise ValueError("num_threads must be >= 1")
+        if repeats < 1:
+            raise ValueError("repeats must be >= 1")
+        self.config: DemoSearchConfig = DemoSearchConfig.resolve(settings, name=self.method)  # type: ignore[assignment]
+        self.metric = metric
+        self.max_lm_calls = max_lm_calls
+        self.seed = seed
+        self.num_threads = num_threads
+        self.prompt_model = prompt_model
+        self.task_model = task_model
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.progress = progress
+        self.repeats = repeats
+        self.eval_temperature = eval_temperature
+
+    # ---- compile ------------------------------------------------------------------------
+    def compile(
+        self,
+        student: dspy.Module,
+        *,
+        trainset: list[dspy.Example],
+        valset: list[dspy.Example] | None = None,
+        **kwargs: Any,
+    ) -> dspy.Module:
+        """Choose the demo set (and its size) for every predictor of ``student``.
+
+        Args:
+            student: Any DSPy program; it is not modified (its own demos are replaced in the result).
+            trainset: The demo pool.
+            valset: Screening and confirmation rows; default: 40% of ``trainset``, seeded.
+
+        Returns:
+            A new program; ``program.dspy_ext_result`` holds a :class:`DemoSearchResult`.
+
+        Raises:
+            ValueError: An empty trainset, no task LM, a teacher, or a program without predictors.
+        """
+        if kwargs.get("teacher") is not None:
+            raise ValueError("DemoSearch does not use a teacher program")
+        if not trainset:
+            raise ValueError("trainset is empty")
+        if not predictors(student):
+            raise ValueError("the student has no dspy.Predict modules to optimize")
+        rng = random.Random(self.seed)
+        trainset, valset = default_valset(trainset, valset, rng)
+        models = Models.resolve(self.task_model, self.prompt_model, method=self.method, max_lm_calls=self.max_lm_calls)
+        log_path = self.log_dir / "trials.jsonl" if self.log_dir else None
+        if log_path is not None and log_path.exists():
+            log_path.unlink()
+        roles = {"induce": DEFAULT_META_PROMPTS["induce"]}
+        total = CallMeter(self.max_lm_calls)
+        run = SearchRun(
+            method=self.method,
+            student=student,
+            trainset=trainset,
+            valset=valset,
+            metric=self.metric,
+            models=models,
+            seed=rng.randrange(2**31),
+            base_seed=self.seed,
+            total_meter=total,
+            search_meter=total,
+            minibatch_size=max(1, self.config.screen_rows),
+            num_threads=self.num_threads,
+            guard=ProposalGuard(
+                meta_texts=meta_prompt_texts(roles),
+                meta_labels=meta_prompt_labels(roles),
+                train_inputs=[str(v) for ex in trainset for v in ex.values()],
+            ),
+            meta_prompts=roles,
+            trial_log=TrialLog(log_path),
+            repeats=self.repeats,
+            temperature=self.eval_temperature,
+        )
+        with metering(total):
+            return self._search(run, student)
+
+    def _search(self, run: SearchRun, student: dspy.Module) -> dspy.Module:
+        c = self.config
+        labels, label_field = self._label_set(student, run.trainset)
+        screening, note = self._screening_mode(student, run, labels, label_field)
+        n_val = len(run.valset)
+        screen_rows = run.valset[: min(c.screen_rows, n_val)]
+        incumbent = self._incumbent(student, run.trainset)
+        arms = [incumbent] + self._arms(run, student, labels, label_field, exclude=incumbent.candidate.key)
+        exhausted = False
+        # The confirmation races at most confirm_top + 2 arms over the valset; the screen gets the rest.
+        confirm_calls = min(int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * self.repeats)
+        screen_meter = CallMeter(max(1, self.max_lm_calls - confirm_calls))
+        with metering(screen_meter):
+            try:
+                arms += self._instruction_arms(run, student, arms, labels)
+            except SearchStopped:
+                exhausted = True
+            for arm in arms:
+                if exhausted or screen_meter.exhausted:
+                    break
+                exhausted = not self._screen(run, student, arm, screen_rows, labels, screening)
+        screened = [a for a in arms if a.screen is not None and a is not incumbent]
+        screened.sort(key=lambda a: (-a.screen, arms.index(a)))
+        contenders = screened[: c.confirm_top]
+        preferred = [a for a in screened if a.requested_k == c.preferred_k]
+        if preferred and preferred[0] not in contenders:
+            contenders.append(preferred[0])
+        race = [incumbent] + contenders
+        exhausted = self._race(run, student, race, incumbent) or exhausted
+        chosen = self._choose(race, incumbent, n_val)
+        return self._finish(run, student, chosen, incumbent, arms, exhausted, screening, note, labels)
+
+    # ---- candidates -----------------------------------------------------------------------
+    def _label_set(
+        self, student: dspy.Module, trainset: list[dspy.Example]
+    ) -> tuple[tuple[str, ...] | None, str | None]:
+        """The closed label set of the examples' single label field (``None`` when open or several)."""
+        keys = sorted({k for ex in trainset for k in ex.labels() if k != "accepted"})
+        if len(keys) != 1:
+            return None, None
+        found = predictors(student)
+        if len(found) == 1 and keys[0] in found[0][1].signature.output_fields:
+            declared = literal_labels(found[0][1].signature, keys[0])
+            if declared:
+                return declared, keys[0]
+        return infer_label_set(trainset, keys[0]), keys[0]
+
+    def _screening_mode(
+        self, student: dspy.Module, run: SearchRun, labels: tuple[str, ...] | None, label_field: str | None
+    ) -> tuple[str, str]:
+        found = predictors(student)
+        if len(found) != 1:
+            return "accuracy", f"likelihood screening needs one predictor, the program has {len(found)}"
+        outputs = list(found[0][1].signature.output_fields)
+        missing = [k for k in outputs if any(k not in ex for ex in run.valset)]
+        if missing:
+            return "accuracy", f"the validation examples lack the output field(s) {missing}"
+        if not supports_likelihood(run.models.task_lm):
+            return "accuracy", (
+                f"LM {getattr(run.models.task_lm, 'model', '?')!r} cannot score a given reply "
+                "(only dspy-ext's engines can)"
+            )
+        return "likelihood", ""
+
+    def _incumbent(self, student: dspy.Module, trainset: list[dspy.Example]) -> _Arm:
+        # The same draw as the honest baseline of `dspy-ext compile` (random.Random(seed).sample(train, 3)).
+        k = min(self.config.incumbent_demos, len(trainset))
+        demos = random.Random(self.seed).sample(trainset, k) if k else []
+        candidate = self._candidate(student, demos, 0, origin="incumbent")
+        return _Arm(candidate, len(demos), 0, False, "incumbent", len(demos))
+
+    def _candidate(
+        self,
+        student: dspy.Module,
+        demos: list[dspy.Example],
+        index: int,
+        *,
+        origin: str,
+        instruction: str | None = None,
+    ) -> Candidate:
+        dicts = tuple(demo_to_dict(d) for d in demos)
+        return Candidate(
+            {
+                name: PredictorPrompt(instruction or p.signature.instructions, index, dicts)
+                for name, p in predictors(student)
+            },
+            (),
+            origin,
+        )
+
+    def _arms(
+        self,
+        run: SearchRun,
+        student: dspy.Module,
+        labels: tuple[str, ...] | None,
+        label_field: str | None,
+        *,
+        exclude: str,
+    ) -> list[_Arm]:
+        """Demo sets per (k, draw), interleaved by draw so that a short budget screens every k first."""
+        c = self.config
+        arms: list[_Arm] = []
+        seen: set[str] = {exclude}
+        for draw in range(c.draws_per_count):
+            for k in c.demo_counts:
+                # Draw 0 uses the compile seed itself: the settings measured in docs/benchmarks.md.
+                demos = balanced_demos(
+                    run.trainset,
+                    min(k, len(run.trainset)),
+                    seed=self.seed + 7919 * draw,
+                    field=label_field or "output",
+                    labels=labels,
+                )
+                demos = self._fit(run, student, demos)
+                candidate = self._candidate(student, demos, 1 + len(arms), origin=f"demo-search.k{k}")
+                if not demos or candidate.key in seen:
+                    continue
+                seen.add(candidate.key)
+                arms.append(_Arm(candidate, len(demos), draw, labels is not None, f"demo-search.k{k}", k))
+        return arms
+
+    def _fit(self, run: SearchRun, student: dspy.Module, demos: list[dspy.Example]) -> list[dspy.Example]:
+        """The longest prefix of ``demos`` whose prompts fit the context (every predictor, sampled inputs)."""
+        engine_window = getattr(getattr(run.models.task_lm, "engine", None), "context_window", None)
+        window = min(self.config.max_prompt_tokens, engine_window or self.config.max_prompt_tokens)
+        names = [name for name, _ in predictors(student)]
+        kept = list(demos)
+        while kept:
+            fit = demo_set_context_fit(
+                student,
+                {n: tuple(demo_to_dict(d) for d in kept) for n in names},
+                run.trainset,
+                lm=run.models.task_lm,
+                adapter=run.models.task_adapter,
+                reply_tokens=self.config.reply_tokens,
+                context_window=window,
+                rng=random.Random(self.seed),
+            )
+            if fit.fits:
+                break
+            kept.pop()
+        if len(kept) < len(demos):
+            logger.info("%s: %d of %d demos fit the %d-token window", self.method, len(kept), len(demos), window)
+        return kept
+
+    def _instruction_arms(
+        self, run: SearchRun, student: dspy.Module, arms: list[_Arm], labels: tuple[str, ...] | None
+    ) -> list[_Arm]:
+        """Generated instructions (only with a ``prompt_model``), each with the first demo set of every k."""
+        if self.config.instructions <= 0:
+            return []
+        if self.prompt_model is None:
+            logger.info(
+                "%s: instructions=%d ignored: generated instructions need a prompt_model",
+                self.method,
+                self.config.instructions,
+            )
+            return []
+        names = run.predictor_names()
+        if len(names) != 1:
+            logger.info("%s: generated instructions are only tried for single-predictor programs", self.method)
+            return []
+        name = names[0]
+        first_per_k = {a.requested_k: a for a in arms if a.origin != "incumbent" and a.draw == 0}
+        out = []
+        for _ in range(self.config.instructions):
+            pairs = run.rng.sample(run.trainset, min(5, len(run.trainset)))
+            for proposal in run.ask(
+                "induce", 1, temperature=0.9, step=run.step_description(name), examples=format_pairs(pairs)
+            ):
+                base = arms[0].candidate
+                child = run.admit(proposal, base, name, origin="demo-search.induce")
+                if child is None:
+                    continue
+                run.store.add(child)
+                for k, arm in first_per_k.items():
+                    candidate = arm.candidate.with_instruction(
+                        name, child.instruction(name), origin="demo-search.induce"
+                    )
+                    out.append(_Arm(candidate, k, 0, arm.balanced, "demo-search.induce", arm.requested_k))
+        return out
+
+    # ---- screening ------------------------------------------------------------------------
+    def _screen(
+        self,
+        run: SearchRun,
+        student: dspy.Module,
+        arm: _Arm,
+        rows: list[dspy.Example],
+        labels: tuple[str, ...] | None,
+        screening: str,
+    ) -> bool:
+        """Score ``arm`` on the screen rows; ``False`` when the budget ran out before it was done."""
+        if screening == "accuracy":
+            report = run.evaluate(arm.candidate, rows, split="screen")
+            if report.budget_exhausted:
+                return False
+            arm.screen = report.score / 100.0
+            return True
+        program = arm.candidate.apply(student)
+        scorer = LikelihoodEvaluator(labels=labels, metric=self.metric)
+        with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
+            report = scorer.evaluate(program, rows)
+        if report.budget_exhausted or not report.rows:
+            return False
+        objective = "label_prob" if labels else "gold_logprob"
+        arm.screen = report.score(objective)
+        run.store.add(arm.candidate)
+        extra: dict[str, Any] = {"objective": objective, "k": arm.k, "draw": arm.draw, "balanced": arm.balanced}
+        if labels:
+            extra["label_accuracy"] = round(report.label_accuracy(), 2)
+        shown = 100.0 * arm.screen if labels else arm.screen
+        run.trial_log.record(
+            arm.candidate,
+            _ScreenReport(len(report.rows), shown, report.usage, report.seconds),
+            method=self.method,
+            step=0,
+            split="screen",
+            running_mean=shown,
+            **extra,
+        )
+        return True
+
+    # ---- confirmation -----------------------------------------------------------------------
+    def _race(self, run: SearchRun, student: dspy.Module, race: list[_Arm], incumbent: _Arm) -> bool:
+        """Score the arms on the valset in rounds, dropping losers; ``True`` when the budget ran out."""
+        c = self.config
+        n_val = len(run.valset)
+        programs = {id(arm): arm.candidate.apply(student) for arm in race}
+        for start in range(0, n_val, c.race_rows):
+            rows = run.valset[start : start + c.race_rows]
+            for arm in race:
+                if arm.dropped:
+                    continue
+                with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
+                    report = run.evaluator.evaluate(
+                        programs[id(arm)],
+                        rows,
+                        repeats=self.repeats,
+                        temperature=self.eval_temperature,
+                        desc=f"{self.method}:val",
+                    )
+                if report.budget_exhausted:
+                    logger.warning(
+                        "%s: LM-call budget of %d used up while confirming on val", self.method, self.max_lm_calls
+                    )
+                    return True
+                arm.val.extend(report.example_scores)
+                record, _ = run.store.add(arm.candidate)
+                record.val_score, record.val_n = arm.val_mean, arm.complete_rows
+                run.trial_log.record(
+                    arm.candidate,
+                    report,
+                    method=self.method,
+                    step=1 + start // c.race_rows,
+                    split="val",
+                    running_mean=arm.val_mean,
+                    k=arm.k,
+                    draw=arm.draw,
+                    rows_so_far=arm.complete_rows,
+                )
+            self._drop_losers(race, incumbent, remaining=n_val - start - len(rows))
+        return False
+
+    def _drop_losers(self, race: list[_Arm], incumbent: _Arm, *, remaining: int) -> None:
+        alive = [a for a in race if not a.dropped]
+        leader = max(alive, key=lambda a: (a.val_mean or 0.0, -race.index(a)))
+        for arm in alive:
+            if arm is incumbent:
+                continue
+            if None not in arm.val and None not in incumbent.val and sum(arm.val) + remaining < sum(incumbent.val):  # type: ignore[arg-type]
+                arm.dropped = "cannot reach the incumbent's val score"
+            elif arm is not leader:
+                test = paired_test(arm.val, leader.val, alpha=self.config.alpha)
+                if test.significant and test.diff < 0:
+                    arm.dropped = f"worse than the leader (p={test.p_value:.3g} on {test.n} rows)"
+
+    def _choose(self, race: list[_Arm], incumbent: _Arm, n: int) -> _Arm:
+        """The choice rule of the module docstring; the incumbent when nothing else qualifies."""
+        if incumbent.val_mean is None or incumbent.complete_rows < n:
+            return incumbent  # nothing can be shown to be at least as good on the whole valset
+        done = [a for a in race if not a.dropped and a.complete_rows == n and a.val_mean is not None]
+        eligible = [a for a in done if a.val_mean >= incumbent.val_mean]  # type: ignore[operator]
+        best = max(eligible, key=lambda a: (a.val_mean, a.screen if a.screen is not None else float("-inf")))
+        tied = [
+            a
+            for a in eligible
+            if a is best
+            or not ((test := paired_test(a.val, best.val, alpha=self.config.alpha)).significant and test.diff < 0)
+        ]
+        preferred_k = self.config.preferred_k
+
+        def rank(arm: _Arm) -> tuple:
+            return (
+                preferred_k > 0 and arm.requested_k == preferred_k,
+                arm.val_mean,
+                arm.screen if arm.screen is not None else float("-inf"),
+                -race.index(arm),
+            )
+
+        return max(tied, key=rank)
+
+    # ---- result -------------------------------------------------------------------------------
+    def _finish(
+        self,
+        run: SearchRun,
+        student: dspy.Module,
+        chosen: _Arm,
+        incumbent: _Arm,
+        arms: list[_Arm],
+        exhausted: bool,
+        screening: str,
+        note: str,
+        labels: tuple[str, ...] | None,
+    ) -> dspy.Module:
+        program = chosen.candidate.apply(student)
+        usage = run.total_meter.snapshot()
+        if note:
+            logger.info("%s: screening by accuracy: %s", self.method, note)
+        racing = [a.describe() for a in arms if a.screen is not None or a.val]
+        program.dspy_ext_result = DemoSearchResult(
+            method=self.method,
+            best=chosen.candidate.to_dict(),
+            val_score=chosen.val_mean,
+            baseline_val_score=incumbent.val_mean if incumbent.complete_rows == len(run.valset) else None,
+            lm_calls=usage.calls,
+            tokens=usage.total_tokens,
+            seconds=round(time.perf_counter() - run.started, 2),
+            budget_exhausted=exhausted or run.total_meter.exhausted,
+            n_candidates=len(arms),
+            rejected=dict(run.rejected),
+            demo_sets=len(arms),
+            trials=run.trial_log.rows,
+            k=chosen.k,
+            balanced=chosen.balanced,
+            screening=screening,
+            screening_note=note,
+            label_set=list(labels) if labels else None,
+            chose_incumbent=chosen is incumbent,
+            racing=racing,
+        )
+        logger.info(
+            "%s: chose k=%d (%s), val %s (incumbent %s), %d calls",
+            self.method,
+            chosen.k,
+            chosen.origin,
+            chosen.val_mean,
+            incumbent.val_mean,
+            usage.calls,
+        )
+        return program

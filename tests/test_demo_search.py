@@ -1,0 +1,240 @@
+"""DemoSearch (issue 10): labeled demo sets x k, screened by likelihood, confirmed by racing.
+
+The fake world: reviews ``"good film i"`` / ``"bad film i"`` with labels positive/negative. The fake
+model answers row ``i`` correctly iff ``i % 16`` is below a *skill* set by the number of demos in the
+prompt (``skill(n_demos)``), else it says the wrong label. The fake engine's default scorer gives the
+reply it would generate the highest log-probability, so likelihood and accuracy agree, as they do on
+sentiment with the embedded model (docs/benchmarks.md). Each test picks the skill curve it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import dspy
+import pytest
+
+from dspy_ext.adapters import PlainAdapter
+from dspy_ext.lm import CallMeter, metering
+from dspy_ext.optimizers.demo_search import DemoSearch
+from dspy_ext.registry import build_optimizer, resolve_config
+
+
+def review(i: int) -> dspy.Example:
+    good = i % 2 == 0
+    return dspy.Example(
+        input=f"{'good' if good else 'bad'} film {i}", output="positive" if good else "negative"
+    ).with_inputs("input")
+
+
+TRAIN = [review(i) for i in range(40)]
+VAL = [review(i) for i in range(100, 130)]
+
+
+def responder(skill: Callable[[int], int]) -> Callable[[list[dict[str, str]]], str]:
+    def respond(messages: list[dict[str, str]]) -> str:
+        text = messages[-1]["content"].removeprefix("Input: ")
+        word, _, number = text.split(" ", 2)
+        gold = "positive" if word == "good" else "negative"
+        n_demos = sum(1 for m in messages[:-1] if m["role"] == "assistant")
+        if int(number) % 16 < skill(n_demos):
+            return gold
+        return "negative" if gold == "positive" else "positive"
+
+    return respond
+
+
+def more_is_better(n_demos: int) -> int:
+    return min(16, n_demos)
+
+
+def student() -> dspy.Predict:
+    return dspy.Predict(dspy.Signature("input -> output", "Say positive or negative."))
+
+
+def exact(example, prediction, trace=None) -> bool:
+    return prediction.output == example.output
+
+
+def compile_with(lm: dspy.LM, **kwargs) -> dspy.Module:
+    settings = {"max_lm_calls": 400, "seed": 0, "num_threads": 1, **kwargs}
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        return DemoSearch(exact, **settings).compile(student(), trainset=TRAIN, valset=VAL)
+
+
+def calls_of(lm: dspy.LM) -> int:
+    return lm.engine.calls + len(lm.engine.score_requests)
+
+
+def test_finds_the_larger_demo_set_and_logs_every_trial(fake_lm, tmp_path):
+    lm = fake_lm(responder(more_is_better))
+    program = compile_with(lm, log_dir=tmp_path)
+    result = program.dspy_ext_result
+    assert result.screening == "likelihood" and result.screening_note == ""
+    assert result.label_set == ["negative", "positive"] and result.balanced
+    assert result.k == 16 and len(program.demos) == 16 and not result.chose_incumbent
+    assert result.decoding == "generate" and result.calibration == "off"
+    # Balanced: 8 of each label.
+    assert sorted(d["output"] for d in program.demos).count("positive") == 8
+    assert result.val_score > result.baseline_val_score
+    assert result.lm_calls == calls_of(lm) <= 400
+    rows = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert rows == result.trials
+    screens = [r for r in rows if r["split"] == "screen"]
+    assert screens and all(r["objective"] == "label_prob" and r["n"] == 20 for r in screens)
+    assert {r["k"] for r in screens} == {3, 8, 16}
+    # Same shape as every search's trial log.
+    shape = {"trial", "method", "step", "key", "instructions", "n_demos", "split", "n", "score", "lm_calls"}
+    assert shape <= set(rows[0])
+    # The instruction is the student's own.
+    assert program.signature.instructions == "Say positive or negative."
+
+
+def test_budget_is_a_hard_cap_forward_passes_included(fake_lm):
+    for cap in (7, 45, 120):
+        lm = fake_lm(responder(more_is_better))
+        result = compile_with(lm, max_lm_calls=cap).dspy_ext_result
+        assert calls_of(lm) <= cap and result.lm_calls == calls_of(lm)
+    assert result.budget_exhausted or result.lm_calls < cap
+    # An outer meter (e.g. the run's) sees the same calls.
+    lm = fake_lm(responder(more_is_better))
+    outer = CallMeter()
+    with metering(outer):
+        result = compile_with(lm, max_lm_calls=90).dspy_ext_result
+    assert outer.calls == result.lm_calls == calls_of(lm) <= 90
+
+
+def test_same_seed_same_search_other_seed_other_draws(fake_lm):
+    def trace(seed: int) -> tuple:
+        program = compile_with(fake_lm(responder(lambda n: (3 * n) % 11)), seed=seed)
+        rows = [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in program.dspy_ext_result.trials]
+        return program.dspy_ext_result.best["key"], rows
+
+    assert trace(0) == trace(0)
+    assert trace(0)[1] != trace(1)[1]
+
+
+@pytest.mark.parametrize("skill", [lambda n: 8 if n <= 3 else 2, lambda n: (5 * n + 3) % 13, lambda n: 6])
+def test_never_worse_than_the_incumbent_on_val(fake_lm, skill):
+    lm = fake_lm(responder(skill))
+    program = compile_with(lm)
+    result = program.dspy_ext_result
+    assert result.baseline_val_score is not None
+    assert result.val_score >= result.baseline_val_score  # tolerance 0: a deterministic engine
+    # The same holds when the returned program is scored afresh.
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        fresh = sum(exact(ex, program(**ex.inputs())) for ex in VAL) / len(VAL) * 100
+    assert fresh == pytest.approx(result.val_score)
+
+
+def test_more_demos_hurting_keeps_the_incumbent(fake_lm):
+    result = compile_with(fake_lm(responder(lambda n: 12 if n <= 3 else 1))).dspy_ext_result
+    assert result.chose_incumbent and result.k == 3
+    dropped = [r for r in result.racing if r["dropped"]]
+    assert dropped, "the race should drop the hopeless contenders early"
+
+
+def test_an_lm_without_likelihood_screens_by_accuracy_with_a_note(fake_lm):
+    class NoScoring:  # generation only, like a remote API
+        def __init__(self, inner):
+            self.inner = inner
+
+        def complete(self, request):
+            return self.inner.complete(request)
+
+    base = fake_lm(responder(more_is_better))
+    lm = dspy.LM("fake/demo-search-no-scoring", engine=NoScoring(base.engine), cache=False)
+    result = compile_with(lm).dspy_ext_result
+    assert result.screening == "accuracy" and "cannot score" in result.screening_note
+    assert not base.engine.score_requests and result.lm_calls == base.engine.calls <= 400
+    assert result.val_score >= result.baseline_val_score
+    assert any(r["split"] == "screen" for r in result.trials)
+
+
+def test_multi_predictor_programs_are_searched_by_accuracy(fake_lm):
+    class TwoSteps(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.draft = dspy.Predict(dspy.Signature("input -> output", "Say positive or negative."))
+            self.final = dspy.Predict(dspy.Signature("input -> output", "Say positive or negative."))
+
+        def forward(self, input):
+            self.draft(input=input)
+            return self.final(input=input)
+
+    lm = fake_lm(responder(more_is_better))
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        program = DemoSearch(exact, max_lm_calls=300, seed=0, num_threads=1).compile(
+            TwoSteps(), trainset=TRAIN, valset=VAL
+        )
+    result = program.dspy_ext_result
+    assert result.screening == "accuracy" and "one predictor" in result.screening_note
+    assert len(program.draft.demos) == len(program.final.demos) == result.k
+    assert result.val_score >= result.baseline_val_score and result.lm_calls <= 300
+
+
+def test_demos_are_cut_to_the_context_window(fake_lm):
+    lm = fake_lm(responder(more_is_better))
+    program = compile_with(lm, max_prompt_tokens=90, reply_tokens=4, demo_counts=(16,))
+    assert 0 < len(program.demos) < 16
+    assert (
+        lm.engine.count_prompt_tokens(PlainAdapter().format(program.signature, program.demos, {"input": "good film 1"}))
+        <= 90
+    )
+
+
+def test_registry_builds_it_and_bad_settings_fail_clearly(fake_lm, tmp_path):
+    handle = build_optimizer(
+        "demo-search",
+        exact,
+        config={"demo_counts": [4, 8], "draws_per_count": 1},
+        budget=200,
+        seed=0,
+        num_threads=1,
+        log_dir=str(tmp_path),
+    )
+    assert handle.enforces_budget and handle.config.demo_counts == (4, 8)
+    lm = fake_lm(responder(more_is_better))
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        program = handle.compile(student(), trainset=TRAIN, valset=VAL)
+    assert program.dspy_ext_result.k == 8 and calls_of(lm) <= 200
+    # The result is plain program state: it round-trips through program.json.
+    path = tmp_path / "program.json"
+    program.save(str(path))
+    loaded = student()
+    loaded.load(str(path))
+    assert [d["input"] for d in loaded.demos] == [d["input"] for d in program.demos]
+    with pytest.raises(ValueError, match="demo_counts"):
+        resolve_config("demo-search", {"demo_counts": [0, 3]})
+    with pytest.raises(ValueError, match="unknown key"):
+        resolve_config("demo-search", {"ks": [3]})
+
+
+# ---- the real embedded model -----------------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_embedded_demo_search_on_a_sentiment_slice(local_lm):
+    from dspy_ext.data import load_task, split_train_val
+
+    task = load_task("sentiment")
+    train, val = split_train_val(task.train, 24, 10, seed=0)
+    predict = dspy.Predict(dspy.Signature("input -> output", task.instructions[0]))
+    with dspy.context(lm=local_lm, adapter=PlainAdapter()):
+        program = DemoSearch(
+            exact,
+            max_lm_calls=80,
+            seed=0,
+            num_threads=1,
+            demo_counts=(3, 8),
+            draws_per_count=1,
+            screen_rows=5,
+            race_rows=5,
+        ).compile(predict, trainset=train, valset=val)
+    result = program.dspy_ext_result
+    assert result.screening == "likelihood" and result.label_set is not None
+    assert result.lm_calls <= 80 and result.k in (3, 8)
+    assert result.val_score is not None and result.val_score >= result.baseline_val_score
+    screens = [r for r in result.trials if r["split"] == "screen"]
+    assert screens and all(r["objective"] == "label_prob" and 0 < r["score"] <= 100 for r in screens)
