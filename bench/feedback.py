@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._docs import write_section
 
 RESULTS = Path(__file__).resolve().parent / "results" / "feedback"
-SECTION = "Compiling from human review (scripted reviewer, embedded model, reduced run)"
+SECTION = "Compiling from human review (issue 12): scripted reviewer, embedded model"
 N_REVIEWED = 30
 
 
@@ -272,9 +272,8 @@ def render(tasks: list[str], seeds: list[int], optimizer: str, meta: dict[str, A
         f"`DSPY_EXT_LLAMA_THREADS=1 PYTHONPATH=. python bench/feedback.py --seeds {' '.join(map(str, seeds))} "
         f"--budget {meta['budget']} --train {meta['train']} --val {meta['val']}`",
         "",
-        f"**Reduced run** (compute is scarce: 2 shared cores, several agents): seeds {seeds} instead of the 3 "
-        f"seeds of full acceptance, budget {meta['budget']} instead of 400, train {meta['train']} / val "
-        f"{meta['val']}, optimizer `{optimizer}`, one llama.cpp thread. The scripted reviewer "
+        f"Settings sized for 2 shared cores: seeds {seeds}, budget {meta['budget']} LM calls per compile (the "
+        f"optimizer comparison above uses 400), train {meta['train']} / val {meta['val']}, optimizer `{optimizer}`, one llama.cpp thread. The scripted reviewer "
         f"(`bench/feedback.py`) grades {N_REVIEWED} outputs per task of the labeled-demo baseline (the student "
         "with 3 labeled demos) through the review page's "
         "HTTP API (real server on 127.0.0.1, its token): Good when the output equals the gold label, otherwise "

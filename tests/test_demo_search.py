@@ -214,27 +214,61 @@ def test_registry_builds_it_and_bad_settings_fail_clearly(fake_lm, tmp_path):
 # ---- the real embedded model -----------------------------------------------------------------------
 
 
-@pytest.mark.embedded
-def test_embedded_demo_search_on_a_sentiment_slice(local_lm):
+def compile_sentiment_slice(lm: dspy.LM, **settings) -> dspy.Module:
+    """DemoSearch on 24 train / 10 val sentiment rows with the task's instruction, small screen and race."""
     from dspy_ext.data import load_task, split_train_val
 
     task = load_task("sentiment")
     train, val = split_train_val(task.train, 24, 10, seed=0)
     predict = dspy.Predict(dspy.Signature("input -> output", task.instructions[0]))
-    with dspy.context(lm=local_lm, adapter=PlainAdapter()):
-        program = DemoSearch(
-            exact,
-            max_lm_calls=80,
-            seed=0,
-            num_threads=1,
-            demo_counts=(3, 8),
-            draws_per_count=1,
-            screen_rows=5,
-            race_rows=5,
-        ).compile(predict, trainset=train, valset=val)
+    settings = {"seed": 0, "num_threads": 1, "draws_per_count": 1, "screen_rows": 5, "race_rows": 5, **settings}
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        return DemoSearch(exact, **settings).compile(predict, trainset=train, valset=val)
+
+
+@pytest.mark.embedded
+def test_embedded_demo_search_on_a_sentiment_slice(local_lm):
+    program = compile_sentiment_slice(local_lm, max_lm_calls=80, demo_counts=(3, 8))
     result = program.dspy_ext_result
     assert result.screening == "likelihood" and result.label_set is not None
     assert result.lm_calls <= 80 and result.k in (3, 8)
     assert result.val_score is not None and result.val_score >= result.baseline_val_score
     screens = [r for r in result.trials if r["split"] == "screen"]
     assert screens and all(r["objective"] == "label_prob" and 0 < r["score"] <= 100 for r in screens)
+
+
+def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
+    lm = fake_lm(responder(more_is_better))
+    result = compile_with(lm, screen_by="accuracy").dspy_ext_result
+    assert result.screening == "accuracy" and "screen_by" in result.screening_note
+    assert not lm.engine.score_requests  # nothing scored by likelihood
+    assert result.k == 16 and result.val_score >= result.baseline_val_score
+    with pytest.raises(ValueError, match="screen_by"):
+        resolve_config("demo-search", {"screen_by": "vibes"})
+
+
+def test_grounded_arms_carry_the_constraints_read_off_the_outputs(fake_lm):
+    lm = fake_lm(responder(more_is_better))
+    result = compile_with(lm, grounded=True).dspy_ext_result
+    grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
+    # The incumbent's demos and the first draw of each k (3, 8, 16).
+    assert len(grounded) == 4
+    screens = [r for r in result.trials if r["split"] == "screen"]
+    texts = {r["instructions"]["self"] if isinstance(r["instructions"], dict) else r["instructions"] for r in screens}
+    expected = (
+        "Say positive or negative. Answer with exactly one of: negative, positive. Write the answer in lowercase."
+    )
+    assert any(expected in str(t) for t in texts)
+    assert result.val_score >= result.baseline_val_score
+    # Off by default: no grounded arm.
+    plain = compile_with(fake_lm(responder(more_is_better))).dspy_ext_result
+    assert not [r for r in plain.racing if r["origin"] == "demo-search.grounded"]
+
+
+@pytest.mark.embedded
+def test_embedded_grounded_instruction_is_screened_on_the_real_model(local_lm):
+    program = compile_sentiment_slice(local_lm, max_lm_calls=60, demo_counts=(3,), grounded=True)
+    result = program.dspy_ext_result
+    grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
+    assert grounded and all(r["screen"] is not None for r in grounded)
+    assert result.lm_calls <= 60 and result.val_score >= result.baseline_val_score

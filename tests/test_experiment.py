@@ -71,8 +71,14 @@ def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
 
 def test_settings_defaults_live_in_one_place() -> None:
     settings = RunSettings(task="sentiment")
-    assert (settings.optimizer, settings.budget, settings.seed, settings.train, settings.val) == ("ape", 400, 0, 50, 50)
-    assert settings.default_out == Path("runs/sentiment-ape-s0")
+    assert (settings.optimizer, settings.budget, settings.seed, settings.train, settings.val) == (
+        "demo-search",
+        400,
+        0,
+        50,
+        50,
+    )
+    assert settings.default_out == Path("runs/sentiment-demo-search-s0")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +89,10 @@ def test_settings_defaults_live_in_one_place() -> None:
         ({"task": "sentiment", "budget": 0}, "budget: Input should be greater than or equal to 1"),
         ({"task": "sentiment", "bogus": 1}, "bogus: unknown key"),
         ({"task": "sentiment", "optimizer": "nope"}, "unknown optimizer 'nope'"),
-        ({"task": "sentiment", "optimizer_config": {"top_k": 0}}, "top_k: Input should be greater than or equal to 1"),
+        (
+            {"task": "sentiment", "optimizer": "ape", "optimizer_config": {"top_k": 0}},
+            "top_k: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(values: dict, message: str) -> None:
@@ -381,7 +390,10 @@ def test_embedded_compile_writes_a_complete_run_folder(
     assert trials and all(t["method"] == "ape" for t in trials)
     opened = open_run(run_dir)
     assert opened.settings.optimizer == "ape" and opened.settings.budget == 30
-    assert "## Predictor `predict`" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "## Predictor `predict`" in report
+    gain = summary["test_score"] - summary["baseline_test_score"]
+    assert f"Test {summary['test_score']:.1f}%: {gain:+.1f} points over the labeled-demo baseline" in report
 
 
 def test_lm_retries_and_timeout_are_settings(

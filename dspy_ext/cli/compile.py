@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_experiment_args(parser, RunSettings)
     parser.add_argument(
-        "--optimizer", default=argparse.SUPPRESS, choices=list(REGISTRY), help="optimizer (default: ape)"
+        "--optimizer",
+        default=argparse.SUPPRESS,
+        choices=list(REGISTRY),
+        help=f"optimizer (default: {RunSettings.model_fields['optimizer'].default})",
     )
     parser.add_argument(
         "--optimizer-config",
@@ -69,8 +72,9 @@ def main(args: argparse.Namespace) -> int:
         emit_json(summary, args.console)
     else:
         print(
-            f"{summary['task']} · {settings.optimizer} · seed {settings.seed}: test {summary['test_score']:.1f}% "
-            f"(labeled-demo baseline {summary['baseline_test_score']:.1f}%, zero-shot {summary['zero_shot_test_score']:.1f}%), "
+            f"{summary['task']} · {settings.optimizer} · seed {settings.seed}: test {summary['test_score']:.1f}%, "
+            f"{summary['test_score'] - summary['baseline_test_score']:+.1f} over the labeled-demo baseline "
+            f"({summary['baseline_test_score']:.1f}%, 0 calls; zero-shot {summary['zero_shot_test_score']:.1f}%), "
             f"val {summary['val_score']:.1f}%, "
             f"{summary['lm_calls']} LM calls, {summary['seconds']:.0f} s -> {result.out}",
             file=args.console,

@@ -113,6 +113,14 @@ def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
     lines = [
         f"# {summary['task']}: {summary['optimizer']} (seed {summary['seed']})",
         "",
+    ]
+    gain = summary["test_score"] - summary["baseline_test_score"]
+    lines += [
+        f"Test {summary['test_score']:.1f}%: {gain:+.1f} points over the labeled-demo baseline "
+        f"({summary['baseline_test_score']:.1f}%: {summary.get('baseline', 'the student with labeled demos')}), "
+        f"{summary['test_score'] - summary['zero_shot_test_score']:+.1f} over the zero-shot "
+        f"student ({summary['zero_shot_test_score']:.1f}%), for {summary['lm_calls']} LM calls.",
+        "",
         "| figure | value |",
         "|---|---|",
     ]

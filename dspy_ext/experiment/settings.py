@@ -166,7 +166,7 @@ class RunSettings(ExperimentSettings):
     """The settings of one compile (``dspy-ext compile``; :func:`dspy_ext.experiment.run`).
 
     Attributes:
-        optimizer: A registry name (``ape``, ``opro``, ``mipro``, ...).
+        optimizer: A registry name (``demo-search``, the default; ``ape``, ``opro``, ``mipro``, ...).
         optimizer_config: The optimizer's own settings (validated against its config model).
         budget: LM calls: a hard cap for dspy-ext's optimizers, the closest setting for DSPy's.
         feedback: A review store (``dspy-ext review``) to compile from: its Good and corrected outputs join
@@ -180,7 +180,7 @@ class RunSettings(ExperimentSettings):
         temperature: Task-LM temperature of those rollouts (``None``: 0.7 when ``repeats > 1``, else the LM's).
     """
 
-    optimizer: str = "ape"
+    optimizer: str = "demo-search"
     optimizer_config: dict[str, Any] = Field(default_factory=dict)
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
     feedback: str | None = None
