@@ -247,6 +247,20 @@ def test_a_choice_that_cannot_be_checked_returns_the_reference() -> None:
     assert means_on(program, val)["format"] >= student["format"]
 
 
+def test_a_student_with_its_own_demos_is_the_reference_as_given() -> None:
+    # The same cut-short budget: the student comes back with its own demos, not with the search's demo set 0.
+    own = dataset(3, start=500)
+    student = Transform(instructions=BASELINE_INSTRUCTION)
+    student.predict.demos = list(own)
+    train, val = dataset(30), dataset(16, start=200)
+    with dspy.context(lm=guard_world_lm(), adapter=PlainAdapter()):
+        handle = build_optimizer("ape", guard_metric, budget=40, seed=0, num_threads=1, guards={"format": 0.0})
+        program = handle.compile(student, trainset=train, valset=val)
+    assert program.dspy_ext_result.guard_report["fallback"] is not None
+    assert [d["input"] for d in program.predict.demos] == [d.input for d in own]
+    assert program.predict.signature.instructions == BASELINE_INSTRUCTION
+
+
 # ---- DSPy's optimizers, through the registry ---------------------------------------------------------------
 
 

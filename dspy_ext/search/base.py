@@ -36,6 +36,7 @@ from dspy.teleprompt import Teleprompter
 from dspy_ext.data import default_valset
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_prompt_labels, meta_prompt_texts
+from dspy_ext.prompt_state import predictors
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig
 from dspy_ext.search.context import demo_set_context_fit
@@ -329,9 +330,12 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
                 self._build_demo_sets(run, student)
                 seed_candidate = with_demo_set(seed_candidate, run, 0, origin="student")
                 if self.guard_reference is None:
-                    # Guards compare with what a user has for free: the student with its labeled demos.
-                    run.reference = seed_candidate.apply(student)
-                    run.reference_candidate = seed_candidate
+                    # Guards compare with what a user has for free: the student with its labeled demos. A
+                    # student that brings its own demos is that program already; it is the reference as given.
+                    own_demos = all(p.demos for _, p in predictors(student))
+                    reference = Candidate.from_program(student, origin="student") if own_demos else seed_candidate
+                    run.reference = reference.apply(student)
+                    run.reference_candidate = reference
                 state = self.new_state(run)
                 initial = [seed_candidate] + [c for c in self.initial(run, state, seed_candidate) if c is not None]
                 population = self.select(run, state, [], _unique(initial))
