@@ -237,6 +237,17 @@ def test_embedded_demo_search_on_a_sentiment_slice(local_lm):
     assert screens and all(r["objective"] == "label_prob" and 0 < r["score"] <= 100 for r in screens)
 
 
+def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
+    # 30 val rows; at 150 calls the confirmation fits two arms: the incumbent and the best-screened set.
+    # Racing four would cut every arm off mid-valset and force the incumbent.
+    lm = fake_lm(responder(more_is_better))
+    result = compile_with(lm, max_lm_calls=150).dspy_ext_result
+    raced = [r for r in result.racing if r["val_rows"]]
+    assert len(raced) == 2 and all(r["val_rows"] == len(VAL) for r in raced)
+    assert not result.chose_incumbent and result.val_score > result.baseline_val_score
+    assert result.lm_calls <= 150
+
+
 def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
     lm = fake_lm(responder(more_is_better))
     result = compile_with(lm, screen_by="accuracy").dspy_ext_result

@@ -366,6 +366,20 @@ class DemoSearch(Teleprompter):
         preferred = [a for a in screened if a.requested_k == c.preferred_k]
         if preferred and preferred[0] not in contenders:
             contenders.append(preferred[0])
+        # Race only as many arms as the confirmation budget can score on the whole valset: an arm cut off
+        # mid-race can never be chosen, and an unfinished incumbent forces the incumbent.
+        available = self.max_lm_calls - run.total_meter.calls
+        fits = max(1, available // max(1, n_val * self.repeats))
+        if len(contenders) + 1 > fits:
+            logger.info(
+                "%s: the %d calls left fit %d arm(s) on %d val rows; racing the incumbent and the %d best-screened",
+                self.method,
+                available,
+                fits,
+                n_val,
+                fits - 1,
+            )
+            contenders = contenders[: fits - 1]
         race = [incumbent] + contenders
         exhausted = self._race(run, student, race, incumbent) or exhausted
         chosen = self._choose(race, incumbent, n_val)
