@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "REQUIRED_METADATA_KEYS",
     "REPLY_FORMATS",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -73,6 +74,18 @@ __all__ = [
 SCHEMA = "dspy-ext.prompt-artifact"
 #: The newest schema version this runtime reads.
 SCHEMA_VERSION = 1
+#: Metadata keys every artifact must carry (their values may be ``None``); others are allowed.
+REQUIRED_METADATA_KEYS = (
+    "dspy_version",
+    "dspy_ext_version",
+    "optimizer",
+    "optimizer_settings",
+    "seed",
+    "data_hash",
+    "dev_score",
+    "test_score",
+    "created_at",
+)
 #: Adapter name -> reply format (``parse.format``).
 REPLY_FORMATS = {"ChatAdapter": "chat", "JSONAdapter": "json", "PlainAdapter": "plain"}
 
@@ -900,17 +913,7 @@ def _check_metadata(metadata: Any) -> None:
     _keys(
         metadata,
         "metadata",
-        (
-            "dspy_version",
-            "dspy_ext_version",
-            "optimizer",
-            "optimizer_settings",
-            "seed",
-            "data_hash",
-            "dev_score",
-            "test_score",
-            "created_at",
-        ),
+        REQUIRED_METADATA_KEYS,
         extra_ok=True,
     )
     _expect(metadata["dspy_version"], str, "metadata.dspy_version")

@@ -33,6 +33,7 @@ import dspy
 from dspy_ext.adapters.plain import PlainAdapter, field_labels
 from dspy_ext.prompt_state import demo_to_dict, predictors
 from dspy_ext.runtime import (
+    REQUIRED_METADATA_KEYS,
     SCHEMA,
     SCHEMA_VERSION,
     ArtifactError,
@@ -79,19 +80,9 @@ LM_SETTING_KEYS = (
     "response_format",
 )
 
-#: Metadata keys every artifact carries (``None`` when unknown).
-METADATA_KEYS = (
-    "dspy_version",
-    "dspy_ext_version",
-    "optimizer",
-    "optimizer_settings",
-    "seed",
-    "data_hash",
-    "dev_score",
-    "test_score",
-    "created_at",
-    "guard_report",
-)
+#: Metadata keys every artifact this exporter writes carries (``None`` when unknown): the runtime's
+#: required keys and the guard report.
+METADATA_KEYS = (*REQUIRED_METADATA_KEYS, "guard_report")
 
 _SUPPORTED_TYPES = "str, int, float, bool, Any, Literal[...], list[...], dict[str, ...] and Optional[...]"
 
