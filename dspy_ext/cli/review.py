@@ -357,18 +357,10 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
             file=say,
         )
     reviewed, total = store.progress()
+    status = {"store": store.path, "reviewed": reviewed, "total": total, "collect": collected, "changed": len(changed)}
     if args.no_serve:
         if args.json:
-            emit_json(
-                {
-                    "store": store.path,
-                    "reviewed": reviewed,
-                    "total": total,
-                    "collect": collected,
-                    "changed": len(changed),
-                },
-                say,
-            )
+            emit_json(status, say)
         return 0
     if total == 0:
         raise CLIError(f"{store.path}: the store has no outputs to review (give a program to collect some)")
@@ -388,17 +380,7 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
     server.start()
     try:
         if args.json:
-            emit_json(
-                {
-                    "url": server.url,
-                    "store": store.path,
-                    "reviewed": reviewed,
-                    "total": total,
-                    "collect": collected,
-                    "changed": len(changed),
-                },
-                say,
-            )
+            emit_json({"url": server.url, **status}, say)
         else:
             print(f"review {reviewed}/{total} done · store {store.path}", file=say)
             print(f"open {server.url}", file=say, flush=True)
