@@ -22,6 +22,7 @@ Cells that have not finished are shown as missing, never estimated.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -114,8 +115,9 @@ def run_all(jobs: int) -> None:
 
 
 # ---- reading -------------------------------------------------------------------------------------------
+@functools.cache  # the tables, tests and plot read the same folders many times; run_all() comes first
 def cells(folder: Path) -> dict[tuple[str, int], dict]:
-    """``{(optimizer, seed): {"row": ..., "scores": [...]}}`` of the stored cells in ``folder``."""
+    """``{(optimizer, seed): {"row": ..., "scores": [...]}}`` of the stored cells in ``folder`` (read once)."""
     found = {}
     for path in sorted((folder / "cells").glob("*.json")):
         data = json.loads(path.read_text())
