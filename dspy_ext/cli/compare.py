@@ -56,10 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--budget",
         type=int,
         default=argparse.SUPPRESS,
-        help="LM calls per compile (hard cap for ours; closest setting for DSPy's; default: 400)",
+        help="LM calls per compile (hard cap for ours; closest setting for DSPy's; "
+        f"default: {CompareSettings.model_fields['budget'].default})",
     )
     parser.add_argument(
-        "--seeds", type=int, default=argparse.SUPPRESS, help="seeds per optimizer: --seed, --seed+1, ... (default: 3)"
+        "--seeds",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"seeds per optimizer: --seed, --seed+1, ... (default: {CompareSettings.model_fields['seeds'].default})",
     )
     add_split_args(parser, CompareSettings, "per seed")
     add_feedback_arg(parser, "every compile")

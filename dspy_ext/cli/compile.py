@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--budget",
         type=int,
         default=argparse.SUPPRESS,
-        help="max LM calls (hard cap for dspy-ext's optimizers; default: 400)",
+        help=f"max LM calls (hard cap for dspy-ext's optimizers; default: {RunSettings.model_fields['budget'].default})",
     )
     add_split_args(parser, RunSettings, "")
     add_feedback_arg(parser)
