@@ -41,6 +41,7 @@ from dspy_ext.search import HumanCritique, SearchFeedback
 from metrics import exact_match
 
 from support.fake_world import dataset, fake_world_lm, item, write_task
+from support.slices import task_slice
 
 REASON_LABEL = "answer with the item label such as ITEM-7, not unknown"
 REASON_LEVEL = "the instruction should ask for a higher level"
@@ -546,13 +547,7 @@ def test_compile_from_review_on_the_embedded_model(tmp_path: Path, local_lm, mon
 
     monkeypatch.setenv("DSPY_EXT_LLAMA_THREADS", "1")
     task = load_task("sentiment")
-    folder = tmp_path / "sentiment-slice"
-    folder.mkdir()
-    for name, rows in (("train", task.train[:16]), ("test", task.test[:6])):
-        (folder / f"{name}.jsonl").write_text(
-            "".join(json.dumps({"input": ex.input, "output": ex.output}) + "\n" for ex in rows)
-        )
-    (folder / "instructions.json").write_text(json.dumps([task.baseline_instruction]))
+    folder = task_slice(tmp_path / "sentiment-slice", n_train=16, n_test=6)
     store = ReviewStore(tmp_path / "review.sqlite")
     settings = RunSettings(
         data=str(folder),
