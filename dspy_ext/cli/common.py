@@ -81,6 +81,18 @@ def add_model_args(
         "--lm", default=argparse.SUPPRESS, help="'local' (embedded SmolLM2-135M) or any dspy.LM model string" + d("lm")
     )
     group.add_argument(
+        "--api-base",
+        dest="api_base",
+        default=argparse.SUPPRESS,
+        help="a served model's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama)",
+    )
+    group.add_argument(
+        "--api-key-env",
+        dest="api_key_env",
+        default=argparse.SUPPRESS,
+        help="name of the environment variable that holds the API key (the key is never written to a run file)",
+    )
+    group.add_argument(
         "--lm-timeout",
         dest="lm_timeout",
         type=float,

@@ -24,6 +24,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import dspy
 
 from dspy_ext.adapters import default_adapter, make_adapter
 from dspy_ext.data import TaskData, load_task
-from dspy_ext.experiment.settings import ExperimentSettings
+from dspy_ext.experiment.settings import ExperimentSettings, SettingsError
 from dspy_ext.lm.retry import CallPolicy, call_policy
 from metrics import METRICS
 from programs import PROGRAMS, build_program
@@ -98,12 +99,38 @@ def build_components(settings: ExperimentSettings, *, lm: dspy.BaseLM | None = N
         output_keys=settings.output_keys,
     )
     if lm is None:
-        from dspy_ext.lm import make_lm
-
-        lm = make_lm(settings.lm, cache=settings.cache)
+        lm = _make_lm(settings)
     adapter = default_adapter(lm) if settings.adapter == "auto" else make_adapter(settings.adapter)
     policy = CallPolicy(max_retries=settings.lm_retries, timeout=settings.lm_timeout)
     return Components(task=task, lm=lm, adapter=adapter, metric=metric, call_policy=policy)
+
+
+def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
+    """The settings' LM on a metered engine; a served model's endpoint is checked before anything is spent.
+
+    Raises:
+        SettingsError: ``api_key_env`` names a variable that is not set.
+        EndpointError: The endpoint cannot serve the model (one line naming it and why).
+    """
+    from dspy_ext.lm import check_endpoint, make_lm
+
+    client: dict[str, Any] = {}
+    if settings.lm.split(":")[0] == "local" and (settings.api_base or settings.api_key_env):
+        raise SettingsError("invalid settings: api_base and api_key_env are for served models, not lm=local")
+    if settings.api_base:
+        client["api_base"] = settings.api_base
+    if settings.api_key_env:
+        key = os.environ.get(settings.api_key_env)
+        if not key:
+            raise SettingsError(
+                f"invalid settings: api_key_env: the environment variable {settings.api_key_env} is not set"
+            )
+        client["api_key"] = key
+    elif settings.api_base:
+        client["api_key"] = os.environ.get("OPENAI_API_KEY") or "none"  # a local server needs no key
+    lm = make_lm(settings.lm, cache=settings.cache, **client)
+    check_endpoint(lm)
+    return lm
 
 
 # ---- import paths -------------------------------------------------------------------------------

@@ -51,8 +51,10 @@ from dspy_ext.experiment.folder import (
 from dspy_ext.experiment.report import criteria_summary, render_report, review_summary
 from dspy_ext.experiment.settings import RunSettings, SettingsError
 from dspy_ext.files import RunFolderLock, atomic_write_text
+from dspy_ext.lm.engine import MeteredEngine
 from dspy_ext.lm.journal import journaled
 from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.served import metered_lm
 from dspy_ext.prompt_state import content_hash, predictors
 from dspy_ext.registry import build_optimizer
 
@@ -143,6 +145,7 @@ def run(
         atomic_write_text(out / SETTINGS_FILE, settings.to_yaml())
         # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
         lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
+        lm = metered_lm(lm) if isinstance(lm, dspy.LM) else lm  # the budget and the journal hold on any dspy.LM
         with components.context(lm=lm):
             review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
             guards = review_kwargs.get("guards", settings.guards) or {}
@@ -197,7 +200,7 @@ def run(
             "optimizer": settings.optimizer,
             "seed": settings.seed,
             "budget": settings.budget,
-            "budget_enforced": optimizer.enforces_budget,
+            "budget_enforced": optimizer.enforces_budget and isinstance(getattr(lm, "engine", None), MeteredEngine),
             "config": optimizer.config.model_dump(),
             "lm": getattr(components.lm, "model", str(components.lm)),
             "adapter": components.adapter_name,

@@ -72,6 +72,9 @@ class ExperimentSettings(BaseModel):
             import path ``package.module:Name`` of a ``dspy.Module`` class, instance or factory.
         metric: A built-in metric name (``exact_match``, ...) or an import path ``package.module:function``.
         lm: ``local`` (the embedded model) or any ``dspy.LM`` model string.
+        api_base: The served model's OpenAI-compatible base URL (``http://127.0.0.1:8000/v1``; ``None``:
+            the provider's default, or ``OPENAI_API_BASE``).
+        api_key_env: The environment variable that holds the API key (the key itself is never stored).
         lm_timeout: Seconds one LM call may take before it is abandoned and retried (``None``: no limit).
         lm_retries: Retries of an LM call that failed transiently (timeout, rate limit, 5xx, reset),
             with exponential backoff and jitter; every try counts against the budget.
@@ -93,6 +96,8 @@ class ExperimentSettings(BaseModel):
     program: str = "transform"
     metric: str = "exact_match"
     lm: str = "local"
+    api_base: str | None = None
+    api_key_env: str | None = None
     lm_timeout: float | None = Field(default=None, gt=0)
     lm_retries: int = Field(default=3, ge=0)
     adapter: Literal["auto", "plain", "chat", "json"] = "auto"

@@ -32,6 +32,7 @@ from dspy_ext.lm.metering import (
     metering,
 )
 from dspy_ext.lm.retry import DEFAULT_POLICY, CallPolicy, active_call_policy, call_policy
+from dspy_ext.lm.served import EndpointError, ServedEngine, check_endpoint, endpoint_of, metered_lm
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -40,6 +41,7 @@ __all__ = [
     "CallPolicy",
     "ContextOverflowError",
     "EmbeddedModelMissing",
+    "EndpointError",
     "FakeEngine",
     "FakeLMError",
     "FaultInjectingEngine",
@@ -49,17 +51,21 @@ __all__ = [
     "LMRetriesExhausted",
     "LlamaCppEngine",
     "MeteredEngine",
+    "ServedEngine",
     "UsageSnapshot",
     "active_call_policy",
     "active_meters",
     "call_deadline",
     "call_policy",
+    "check_endpoint",
     "context_overflow_in",
     "embedded_model_path",
+    "endpoint_of",
     "find_budget_exhausted",
     "is_transient_error",
     "is_local_lm",
     "make_lm",
+    "metered_lm",
     "metering",
     "pop_finish_reason",
     "request_messages",
@@ -103,11 +109,13 @@ def make_lm(
             local models, the provider's otherwise).
         cache: Use DSPy's response cache.
         prefix_reuse: Local models only: reuse the KV cache of a shared prefix.
-        **kwargs: Passed on to ``dspy.LM``.
+        **kwargs: Passed on to ``dspy.LM`` (``api_base``, ``api_key``, ... for a served model).
 
     Returns:
-        A ``dspy.LM``. Local models are identified in the model string by file
-        name and digest, because DSPy's cache key ignores the engine.
+        A ``dspy.LM`` on a metered engine: budgets, token counts, retries and
+        the call journal hold for it. Local models are identified in the model
+        string by file name and digest, because DSPy's cache key ignores the
+        engine; any other model runs through :func:`metered_lm`.
 
     Example:
         >>> lm = make_lm("local")                   # doctest: +SKIP
@@ -118,7 +126,7 @@ def make_lm(
         engine = _local_engine(model_path, prefix_reuse)
         model = engine.model_id if prefix_reuse else engine.model_id + "-noreuse"
         return dspy.LM(model, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
-    return dspy.LM(name, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+    return metered_lm(dspy.LM(name, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs))
 
 
 def is_local_lm(lm: dspy.BaseLM | None) -> bool:

@@ -38,6 +38,17 @@ class Generation:
     finish_reason: str = "stop"
 
 
+def generation_of(response: Response) -> Generation:
+    """What a DSPy engine's ``Response`` says of one try: text, token usage and finish reason."""
+    usage = response.usage
+    return Generation(
+        text=response.text or "",
+        input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+        finish_reason="length" if response.finish_reason == "length" else "stop",
+    )
+
+
 def request_messages(request: Request) -> list[dict[str, str]]:
     """Flatten a DSPy request into OpenAI-style ``{"role", "content"}`` dicts."""
     messages: list[dict[str, str]] = []

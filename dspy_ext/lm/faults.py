@@ -47,7 +47,7 @@ import dspy
 from dspy import lm15
 from dspy.lm15 import Request
 
-from dspy_ext.lm.engine import Generation, MeteredEngine, request_messages
+from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of, request_messages
 from dspy_ext.lm.retry import CallPolicy
 
 __all__ = ["ERROR_KINDS", "FaultInjectingEngine", "InjectedFault", "with_faults"]
@@ -208,14 +208,7 @@ class FaultInjectingEngine(MeteredEngine):
     def _inner_generate(self, request: Request) -> Generation:
         if isinstance(self.inner, MeteredEngine):
             return self.inner.generate(request)
-        response = self.inner.complete(request)
-        usage = response.usage
-        return Generation(
-            text=response.text or "",
-            input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
-            finish_reason="length" if response.finish_reason == "length" else "stop",
-        )
+        return generation_of(self.inner.complete(request))
 
     def close(self) -> None:
         """Wake every hung try. The inner engine is left open: it is shared, not owned (close it yourself)."""
