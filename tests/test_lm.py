@@ -251,7 +251,10 @@ def test_metered_engine_subclass_reports_usage_to_every_meter() -> None:
         assert lm("x") == ["fixed"]
         assert lm("y") == ["fixed"]
     for meter in (outer, inner):
-        assert meter.snapshot() == UsageSnapshot(calls=2, failed_calls=0, input_tokens=14, output_tokens=4)
+        # An engine without a price: its calls are counted as of unknown price, never as free.
+        assert meter.snapshot() == UsageSnapshot(
+            calls=2, failed_calls=0, input_tokens=14, output_tokens=4, unpriced_calls=2
+        )
     assert lm.history[-1]["usage"]["prompt_tokens"] == 7
 
 

@@ -151,3 +151,35 @@ def test_check_endpoint_accepts_the_served_model(server: str) -> None:
     check_endpoint(make_lm(f"openai/{MODEL_ALIAS}", api_base=server, api_key="sk-local"))
     with pytest.raises(EndpointError, match="not served"):
         check_endpoint(make_lm("openai/other", api_base=server, api_key="sk-local"))
+
+
+def test_max_cost_stops_the_compile_at_the_cap_and_usd_matches_the_usage(
+    proxy: CountingProxy, tmp_path: Path, capsys
+) -> None:
+    folder = task_slice(tmp_path / "slice", n_train=30, n_test=4)
+    price = {"input_per_1m": 1000.0, "output_per_1m": 4000.0}  # dear, so that a few calls reach the cap
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"price": price}))
+    argv = _compile_argv(folder, tmp_path / "run", proxy.base, "--optimizer", "ape", "--budget", "60")
+    argv += ["--config", str(config), "--max-cost", "1.0", "--threads", "1"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    expected = (
+        summary["input_tokens"] * price["input_per_1m"] + summary["output_tokens"] * price["output_per_1m"]
+    ) / 1e6
+    assert summary["usd"] == pytest.approx(expected, abs=1e-6)
+    assert summary["cost_cap_reached"] is True
+    assert summary["lm_calls"] < 60  # stopped by dollars, not by calls
+    one_call_at_most = (4096 * price["input_per_1m"] + 512 * price["output_per_1m"]) / 1e6
+    assert 1.0 <= summary["usd"] <= 1.0 + one_call_at_most
+    assert summary["input_tokens"] + summary["output_tokens"] <= proxy.input_tokens + proxy.output_tokens
+    assert (tmp_path / "run" / "program.json").exists()  # the best program so far was kept
+
+
+def test_an_unknown_price_is_reported_as_unknown(proxy: CountingProxy) -> None:
+    lm = make_lm(f"openai/{MODEL_ALIAS}", api_base=proxy.base, api_key="sk-local", cache=False, max_tokens=4)
+    meter = CallMeter()
+    with metering(meter):
+        lm("Say hi")
+    assert meter.snapshot().usd is None  # smollm2 is in no price list

@@ -44,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)",
     )
     parser.add_argument(
+        "--max-cost",
+        dest="max_cost",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="USD cap of the compile, task and prompt model together (prices: 0 for the embedded model, "
+        "the run file's price for a served one); at the cap the best program so far is returned",
+    )
+    parser.add_argument(
         "--budget",
         type=int,
         default=argparse.SUPPRESS,
@@ -76,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
             f"{summary['test_score'] - summary['baseline_test_score']:+.1f} over the labeled-demo baseline "
             f"({summary['baseline_test_score']:.1f}%, 0 calls; zero-shot {summary['zero_shot_test_score']:.1f}%), "
             f"val {summary['val_score']:.1f}%, "
-            f"{summary['lm_calls']} LM calls, {summary['seconds']:.0f} s -> {result.out}",
+            f"{summary['lm_calls']} LM calls, {summary['tokens']} tokens, {_usd(summary['usd'])}, "
+            f"{summary['seconds']:.0f} s -> {result.out}",
             file=args.console,
         )
         if "pinned" in summary:
@@ -95,6 +104,10 @@ def main(args: argparse.Namespace) -> int:
                 )
         print_criteria(summary, args.console)
     return 0
+
+
+def _usd(usd: float | None) -> str:
+    return "USD unknown" if usd is None else f"${usd:.4f}"
 
 
 def print_criteria(summary: dict, stream) -> None:

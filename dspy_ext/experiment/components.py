@@ -112,11 +112,11 @@ def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
         SettingsError: ``api_key_env`` names a variable that is not set.
         EndpointError: The endpoint cannot serve the model (one line naming it and why).
     """
-    from dspy_ext.lm import check_endpoint, make_lm
+    from dspy_ext.lm import Price, check_endpoint, make_lm
 
     client: dict[str, Any] = {}
-    if settings.lm.split(":")[0] == "local" and (settings.api_base or settings.api_key_env):
-        raise SettingsError("invalid settings: api_base and api_key_env are for served models, not lm=local")
+    if settings.lm.split(":")[0] == "local" and (settings.api_base or settings.api_key_env or settings.price):
+        raise SettingsError("invalid settings: api_base, api_key_env and price are for served models, not lm=local")
     if settings.api_base:
         client["api_base"] = settings.api_base
     if settings.api_key_env:
@@ -128,6 +128,8 @@ def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
         client["api_key"] = key
     elif settings.api_base:
         client["api_key"] = os.environ.get("OPENAI_API_KEY") or "none"  # a local server needs no key
+    if settings.price is not None:
+        client["price"] = Price(settings.price.input_per_1m, settings.price.output_per_1m)
     lm = make_lm(settings.lm, cache=settings.cache, **client)
     check_endpoint(lm)
     return lm

@@ -141,6 +141,8 @@ def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
         "test",
     ):
         lines.append(f"| {key} | {summary[key]} |")
+    usd = summary.get("usd")
+    lines.append(f"| usd | {'unknown (a model without a price)' if usd is None else f'{usd:.6f}'} |")
     lines += render_criteria_section(summary)
     if "pinned" in summary:
         lines += render_review_section(summary)

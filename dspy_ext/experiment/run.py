@@ -164,7 +164,7 @@ def run(
                 temperature=settings.eval_temperature,
                 **{**review_kwargs, "guards": guards},
             )
-        meter = CallMeter()
+        meter = CallMeter(max_cost=settings.max_cost)  # the optimizer's own meter caps the calls
         started = time.perf_counter()
         with components.context(lm=lm), journaled(out / JOURNAL_FILE) as journal, metering(meter):
             compiled = optimizer.compile(student, trainset=train, valset=val)
@@ -214,6 +214,11 @@ def run(
             "zero_shot_test_score": round(zero_shot.score, 2),
             "lm_calls": usage.calls,
             "tokens": usage.total_tokens,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "usd": usage.usd,
+            "max_cost": settings.max_cost,
+            "cost_cap_reached": settings.max_cost is not None and usage.cost >= settings.max_cost,
             "seconds": round(compile_seconds, 2),
             "budget_exhausted": bool(result and result.budget_exhausted),
             "replayed_calls": journal.replayed_calls,

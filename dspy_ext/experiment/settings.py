@@ -60,6 +60,15 @@ def _keys(value: Any) -> Any:
     return value
 
 
+class PriceSettings(BaseModel):
+    """A model's price in USD per million tokens (run-file key ``price``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
 class ExperimentSettings(BaseModel):
     """What every experiment needs: data, program, metric, model, seed and sizes.
 
@@ -75,6 +84,8 @@ class ExperimentSettings(BaseModel):
         api_base: The served model's OpenAI-compatible base URL (``http://127.0.0.1:8000/v1``; ``None``:
             the provider's default, or ``OPENAI_API_BASE``).
         api_key_env: The environment variable that holds the API key (the key itself is never stored).
+        price: What the model charges, ``{input_per_1m: USD, output_per_1m: USD}`` (``None``: DSPy's
+            estimate from its bundled price list; a model it does not know is reported as unknown).
         lm_timeout: Seconds one LM call may take before it is abandoned and retried (``None``: no limit).
         lm_retries: Retries of an LM call that failed transiently (timeout, rate limit, 5xx, reset),
             with exponential backoff and jitter; every try counts against the budget.
@@ -98,6 +109,7 @@ class ExperimentSettings(BaseModel):
     lm: str = "local"
     api_base: str | None = None
     api_key_env: str | None = None
+    price: PriceSettings | None = None
     lm_timeout: float | None = Field(default=None, gt=0)
     lm_retries: int = Field(default=3, ge=0)
     adapter: Literal["auto", "plain", "chat", "json"] = "auto"
@@ -174,6 +186,9 @@ class RunSettings(ExperimentSettings):
         optimizer: A registry name (``demo-search``, the default; ``ape``, ``opro``, ``mipro``, ...).
         optimizer_config: The optimizer's own settings (validated against its config model).
         budget: LM calls: a hard cap for dspy-ext's optimizers, the closest setting for DSPy's.
+        max_cost: USD: no LM call of the compile starts once this much is spent (task and prompt model
+            together; needs known prices: the embedded model's is 0, a served model's is ``price``).
+            At the cap the best program so far is returned, as at the call budget.
         feedback: A review store (``dspy-ext review``) to compile from: its Good and corrected outputs join
             the training rows, its criteria's aligned checks become guarded criteria of the metric, its
             critiques go to the optimizer, and its Good outputs are pinned cases (``None``: no review).
@@ -188,6 +203,7 @@ class RunSettings(ExperimentSettings):
     optimizer: str = "demo-search"
     optimizer_config: dict[str, Any] = Field(default_factory=dict)
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    max_cost: float | None = Field(default=None, ge=0)
     feedback: str | None = None
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)

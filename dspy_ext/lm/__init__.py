@@ -26,6 +26,8 @@ from dspy_ext.lm.llama import EmbeddedModelMissing, LlamaCppEngine, embedded_mod
 from dspy_ext.lm.metering import (
     BudgetExhausted,
     CallMeter,
+    CostCapReached,
+    Price,
     UsageSnapshot,
     active_meters,
     find_budget_exhausted,
@@ -39,6 +41,7 @@ __all__ = [
     "BudgetExhausted",
     "CallMeter",
     "CallPolicy",
+    "CostCapReached",
     "ContextOverflowError",
     "EmbeddedModelMissing",
     "EndpointError",
@@ -51,6 +54,7 @@ __all__ = [
     "LMRetriesExhausted",
     "LlamaCppEngine",
     "MeteredEngine",
+    "Price",
     "ServedEngine",
     "UsageSnapshot",
     "active_call_policy",
@@ -109,7 +113,8 @@ def make_lm(
             local models, the provider's otherwise).
         cache: Use DSPy's response cache.
         prefix_reuse: Local models only: reuse the KV cache of a shared prefix.
-        **kwargs: Passed on to ``dspy.LM`` (``api_base``, ``api_key``, ... for a served model).
+        **kwargs: Passed on to ``dspy.LM`` (``api_base``, ``api_key``, ... for a served model); ``price``
+            (a :class:`Price`) is the served model's, for dollar accounting and ``max_cost``.
 
     Returns:
         A ``dspy.LM`` on a metered engine: budgets, token counts, retries and
@@ -126,7 +131,8 @@ def make_lm(
         engine = _local_engine(model_path, prefix_reuse)
         model = engine.model_id if prefix_reuse else engine.model_id + "-noreuse"
         return dspy.LM(model, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
-    return metered_lm(dspy.LM(name, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs))
+    price = kwargs.pop("price", None)
+    return metered_lm(dspy.LM(name, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs), price=price)
 
 
 def is_local_lm(lm: dspy.BaseLM | None) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
 
 from dspy_ext.lm.errors import ContextOverflowError, LMCallTimeout, LMRetriesExhausted
-from dspy_ext.lm.metering import active_meters, reserve_all
+from dspy_ext.lm.metering import Price, active_meters, reserve_all
 from dspy_ext.lm.retry import CallPolicy, active_call_policy
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Generation:
     input_tokens: int
     output_tokens: int
     finish_reason: str = "stop"
+    cost: float | None = None  # USD, when the backend knows it (the engine's ``price`` takes precedence)
 
 
 def generation_of(response: Response) -> Generation:
@@ -89,6 +90,16 @@ def pop_finish_reason() -> str | None:
     return reason
 
 
+def pop_cost() -> float | None:
+    """The USD of the last engine call made in this thread (``None``: unknown or none), then forget it.
+
+    The call journal stores it with the reply, so a replayed call is charged what it cost.
+    """
+    cost = getattr(_last, "cost", None)
+    _last.cost = None
+    return cost
+
+
 def note_finish_reason(reason: str | None) -> None:
     """Set what :func:`pop_finish_reason` returns next in this thread, for a reply served without the
     engine (a replay from a run's call journal), so a replayed reply reads exactly like the original."""
@@ -116,6 +127,14 @@ class MeteredEngine(abc.ABC):
 
     call_policy: CallPolicy | None = None
     cooperative_timeout: bool = False
+    #: What a call costs (``None``: the backend's own estimate, else unknown).
+    price: Price | None = None
+
+    def cost_of(self, generation: Generation) -> float | None:
+        """USD of one try: from :attr:`price`, else the backend's estimate, else ``None`` (unknown)."""
+        if self.price is not None:
+            return self.price.cost(generation.input_tokens, generation.output_tokens)
+        return generation.cost
 
     @abc.abstractmethod
     def generate(self, request: Request) -> Generation:
@@ -164,10 +183,12 @@ class MeteredEngine(abc.ABC):
                 time.sleep(wait)
                 retry += 1
                 continue
+            cost = self.cost_of(generation)
             for meter in meters:
-                meter.record(generation.input_tokens, generation.output_tokens)
+                meter.record(generation.input_tokens, generation.output_tokens, cost=cost)
             break
         _last.finish_reason = generation.finish_reason
+        _last.cost = cost
         return Response(
             id=None,
             model=request.model,

@@ -48,6 +48,7 @@ from dspy import lm15
 from dspy.lm15 import Request
 
 from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of, request_messages
+from dspy_ext.lm.metering import Price
 from dspy_ext.lm.retry import CallPolicy
 
 __all__ = ["ERROR_KINDS", "FaultInjectingEngine", "InjectedFault", "with_faults"]
@@ -159,6 +160,11 @@ class FaultInjectingEngine(MeteredEngine):
         self._released = threading.Event()
 
     # -- what the wrapped model knows -------------------------------------------------------
+    @property
+    def price(self) -> Price | None:  # type: ignore[override]
+        """The inner engine's price (a dspy-ext engine's), else ``None``."""
+        return getattr(self.inner, "price", None)
+
     @property
     def context_window(self) -> int | None:
         """The inner engine's context window, if it reports one."""

@@ -35,7 +35,7 @@ from typing import Any
 import dspy
 from dspy.clients.cache import Cache
 
-from dspy_ext.lm.engine import note_finish_reason
+from dspy_ext.lm.engine import note_finish_reason, pop_cost
 from dspy_ext.lm.metering import active_meters, reserve_all
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,9 @@ class CallJournal(Cache):
         try:
             key = self.cache_key(request, ignored_args_for_cache_key)
             line = json.dumps(
-                {"key": key, "record": value, "usage": _usage(value)}, ensure_ascii=False, allow_nan=False
+                {"key": key, "record": value, "usage": {**_usage(value), "cost": pop_cost()}},
+                ensure_ascii=False,
+                allow_nan=False,
             )
         except (TypeError, ValueError):
             logger.debug("not journaled (not plain JSON): %r", type(value))
@@ -160,7 +162,7 @@ def _usage(record: Any) -> dict[str, int | None]:
 def _charge(usage: dict[str, int | None]) -> None:
     """Count one replayed call on every active meter, all or none (a full meter raises ``BudgetExhausted``)."""
     for meter in reserve_all(active_meters()):
-        meter.record(usage.get("input_tokens"), usage.get("output_tokens"))
+        meter.record(usage.get("input_tokens"), usage.get("output_tokens"), cost=usage.get("cost"))
 
 
 @contextlib.contextmanager

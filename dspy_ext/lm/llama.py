@@ -31,6 +31,7 @@ from dspy_ext.lm.engine import (
 )
 from dspy_ext.lm.errors import ContextOverflowError, LMCallTimeout
 from dspy_ext.lm.likelihood import ContinuationScore
+from dspy_ext.lm.metering import Price
 from dspy_ext.lm.retry import CallPolicy, active_call_policy
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class LlamaCppEngine(MeteredEngine):
         >>> engine = LlamaCppEngine()                                   # doctest: +SKIP
         >>> lm = dspy.LM(engine.model_id, engine=engine, temperature=0)  # doctest: +SKIP
     """
+
+    price = Price(0.0, 0.0)  # runs here: no bill
 
     def __init__(
         self,

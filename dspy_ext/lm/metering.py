@@ -34,6 +34,37 @@ class BudgetExhausted(RuntimeError):
         self.max_calls = max_calls
 
 
+class CostCapReached(BudgetExhausted):
+    """Raised by an engine when a meter's ``max_cost`` (USD) is spent: the dollar side of the budget."""
+
+    def __init__(self, max_cost: float) -> None:
+        RuntimeError.__init__(self, f"LM cost cap of ${max_cost:g} is reached")
+        self.max_calls = None
+        self.max_cost = max_cost
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a model charges, in USD per million tokens (a served model's price is yours to declare).
+
+    Example:
+        >>> Price(input_per_1m=0.15, output_per_1m=0.6).cost(1_000, 500)
+        0.00045
+    """
+
+    input_per_1m: float
+    output_per_1m: float
+
+    def __post_init__(self) -> None:
+        for name in ("input_per_1m", "output_per_1m"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"price {name} must be a number >= 0, got {value!r}")
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+
 @dataclass(frozen=True)
 class UsageSnapshot:
     """An immutable copy of a meter's counters."""
@@ -42,10 +73,17 @@ class UsageSnapshot:
     failed_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cost: float = 0.0
+    unpriced_calls: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    @property
+    def usd(self) -> float | None:
+        """Dollars spent, or ``None`` when a call's price is unknown (never reported as 0)."""
+        return None if self.unpriced_calls else round(self.cost, 6)
 
     def __sub__(self, other: UsageSnapshot) -> UsageSnapshot:
         return UsageSnapshot(
@@ -53,6 +91,8 @@ class UsageSnapshot:
             self.failed_calls - other.failed_calls,
             self.input_tokens - other.input_tokens,
             self.output_tokens - other.output_tokens,
+            self.cost - other.cost,
+            self.unpriced_calls - other.unpriced_calls,
         )
 
 
@@ -66,23 +106,33 @@ class CallMeter:
     Args:
         max_calls: Hard cap on calls made while this meter is active. ``None``
             means unlimited.
+        max_cost: Hard cap in USD: no call starts once this much is spent (calls
+            already in flight finish, so a run can pass the cap by at most their
+            cost). A call of unknown price counts as 0 toward it.
     """
 
-    def __init__(self, max_calls: int | None = None) -> None:
+    def __init__(self, max_calls: int | None = None, *, max_cost: float | None = None) -> None:
         if max_calls is not None and max_calls < 0:
             raise ValueError(f"max_calls must be >= 0, got {max_calls}")
+        if max_cost is not None and not max_cost >= 0:
+            raise ValueError(f"max_cost must be >= 0, got {max_cost}")
         self.max_calls = max_calls
+        self.max_cost = max_cost
         self._lock = threading.Lock()
         self._calls = 0
         self._failed = 0
         self._input_tokens = 0
         self._output_tokens = 0
+        self._cost = 0.0
+        self._unpriced = 0
 
     def reserve(self) -> None:
-        """Claim one call; raise :class:`BudgetExhausted` if none is left."""
+        """Claim one call; raise :class:`BudgetExhausted` (or :class:`CostCapReached`) if none is left."""
         with self._lock:
             if self.max_calls is not None and self._calls >= self.max_calls:
                 raise BudgetExhausted(self.max_calls)
+            if self.max_cost is not None and self._cost >= self.max_cost:
+                raise CostCapReached(self.max_cost)
             self._calls += 1
 
     def release(self) -> None:
@@ -90,12 +140,18 @@ class CallMeter:
         with self._lock:
             self._calls -= 1
 
-    def record(self, input_tokens: int | None, output_tokens: int | None, *, failed: bool = False) -> None:
-        """Add the usage of a finished (reserved) call."""
+    def record(
+        self, input_tokens: int | None, output_tokens: int | None, *, failed: bool = False, cost: float | None = 0.0
+    ) -> None:
+        """Add the usage of a finished (reserved) call; ``cost=None`` marks a call of unknown price."""
         with self._lock:
             self._input_tokens += input_tokens or 0
             self._output_tokens += output_tokens or 0
             self._failed += int(failed)
+            if cost is None:
+                self._unpriced += int(not failed)
+            else:
+                self._cost += cost
 
     @property
     def calls(self) -> int:
@@ -116,7 +172,9 @@ class CallMeter:
 
     def snapshot(self) -> UsageSnapshot:
         with self._lock:
-            return UsageSnapshot(self._calls, self._failed, self._input_tokens, self._output_tokens)
+            return UsageSnapshot(
+                self._calls, self._failed, self._input_tokens, self._output_tokens, self._cost, self._unpriced
+            )
 
     def __deepcopy__(self, memo: dict) -> CallMeter:
         # DSPy deep-copies settings for worker threads; a meter must stay shared.

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -38,6 +39,7 @@ import dspy
 from dspy.lm15 import Request
 
 from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of
+from dspy_ext.lm.metering import Price
 
 __all__ = ["EndpointError", "ServedEngine", "check_endpoint", "endpoint_of", "metered_lm"]
 
@@ -63,34 +65,57 @@ class ServedEngine(MeteredEngine):
     Args:
         inner: The user's LM (provider, endpoint, key). A copy with DSPy's response cache and
             retries off is kept, so that each try is exactly one request to the provider.
+        price: What the model charges (a served model's, declared by you). ``None``: DSPy's
+            estimate from the provider's usage and its bundled price list; unknown where that has
+            no price (reported as unknown, never as 0).
 
     Attributes:
         inner: That copy.
     """
 
-    def __init__(self, inner: dspy.LM) -> None:
+    def __init__(self, inner: dspy.LM, *, price: Price | None = None) -> None:
         if isinstance(getattr(inner, "engine", None), MeteredEngine):
             raise TypeError(f"{inner.model!r} already runs on a metered engine")
         self.inner = inner.copy(cache=False, num_retries=0)
+        self.price = price
 
     def generate(self, request: Request) -> Generation:
         with dspy.context(disable_history=True, usage_tracker=None):
-            return generation_of(self.inner(request))
+            response = self.inner(request)
+        generation = generation_of(response)
+        if self.price is not None:
+            return generation
+        return dataclasses.replace(generation, cost=self._estimate(response))
+
+    def _estimate(self, response: Any) -> float | None:
+        from dspy.clients.costs import estimate_cost
+
+        provider, _, model = self.inner.model.rpartition("/")
+        try:
+            cost, _details = estimate_cost(response, provider=provider or "openai", requested_model=model)
+        except Exception:  # advisory, as in DSPy: an unreadable price is unknown, never a failed call
+            return None
+        return cost
 
     def close(self) -> None:
         self.inner.close()
 
 
-def metered_lm(lm: dspy.LM) -> dspy.LM:
+def metered_lm(lm: dspy.LM, *, price: Price | None = None) -> dspy.LM:
     """``lm`` on a :class:`ServedEngine` (an LM already on a dspy-ext engine is returned as it is).
 
     The result has the same model string and generation settings, so DSPy's cache key and the run's
     call journal are those of the original LM.
+
+    Args:
+        lm: Any ``dspy.LM``.
+        price: See :class:`ServedEngine`.
     """
     if isinstance(getattr(lm, "engine", None), MeteredEngine):
         return lm
     kwargs = {k: v for k, v in lm.kwargs.items() if k not in _CLIENT_KEYS}
-    return dspy.LM(lm.model, model_type=lm.model_type, engine=ServedEngine(lm), cache=lm.cache, num_retries=0, **kwargs)
+    engine = ServedEngine(lm, price=price)
+    return dspy.LM(lm.model, model_type=lm.model_type, engine=engine, cache=lm.cache, num_retries=0, **kwargs)
 
 
 def endpoint_of(lm: dspy.LM) -> tuple[str | None, str | None]:
