@@ -102,7 +102,8 @@ class ServedEngine(MeteredEngine):
 
 
 def metered_lm(lm: dspy.LM, *, price: Price | None = None) -> dspy.LM:
-    """``lm`` on a :class:`ServedEngine` (an LM already on a dspy-ext engine is returned as it is).
+    """``lm`` on a :class:`ServedEngine`, if it runs on one of DSPy's own engines (``auto``, ``lm15``,
+    ``litellm``); an LM on an engine object (dspy-ext's, or your own) is returned as it is.
 
     The result has the same model string and generation settings, so DSPy's cache key and the run's
     call journal are those of the original LM.
@@ -111,7 +112,7 @@ def metered_lm(lm: dspy.LM, *, price: Price | None = None) -> dspy.LM:
         lm: Any ``dspy.LM``.
         price: See :class:`ServedEngine`.
     """
-    if isinstance(getattr(lm, "engine", None), MeteredEngine):
+    if not isinstance(getattr(lm, "engine", None), str):
         return lm
     kwargs = {k: v for k, v in lm.kwargs.items() if k not in _CLIENT_KEYS}
     engine = ServedEngine(lm, price=price)
