@@ -183,3 +183,22 @@ def test_an_unknown_price_is_reported_as_unknown(proxy: CountingProxy) -> None:
     with metering(meter):
         lm("Say hi")
     assert meter.snapshot().usd is None  # smollm2 is in no price list
+
+
+def test_faults_on_the_wire_are_retried_within_the_budget_and_counted_apart(
+    server: str, tmp_path: Path, capsys
+) -> None:
+    folder = task_slice(tmp_path / "slice", n_train=30, n_test=4)
+    faulty = CountingProxy(server, faults=0.2, seed=3)
+    argv = _compile_argv(folder, tmp_path / "run", faulty.base, "--optimizer", "ape", "--budget", "30")
+    argv += ["--threads", "2", "--lm-timeout", "4"]
+    capsys.readouterr()
+    try:
+        assert main(argv) == 0
+    finally:
+        faulty.close()
+    summary = json.loads(capsys.readouterr().out)
+    assert sum(faulty.injected.values()) > 0
+    assert summary["lm_calls"] <= 30  # every try counted, retries included
+    assert summary["failed_calls"] > 0  # the faulted tries, apart from the answered ones
+    assert summary["failed_calls"] <= summary["lm_calls"]

@@ -213,6 +213,7 @@ def run(
             "baseline": f"the student with {LABELED_BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
             "zero_shot_test_score": round(zero_shot.score, 2),
             "lm_calls": usage.calls,
+            "failed_calls": usage.failed_calls,
             "tokens": usage.total_tokens,
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,

@@ -4,7 +4,8 @@
 loopback port (the ``server`` extra of llama-cpp-python) and waits until ``GET /v1/models`` answers.
 :class:`CountingProxy` forwards every request to it and counts, on the server side of the client, the
 completion requests and the token usage the server reported; with ``status=401`` it answers every
-request with that status instead (a refused key).
+request with that status instead (a refused key); with ``faults=0.2`` it answers a seeded fifth of the
+completion requests with 429 + ``Retry-After``, a 500, a dropped connection, or a hang of ``HANG_SECONDS``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import http.client
 import importlib.util
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 MODEL_ALIAS = "smollm2"
+HANG_SECONDS = 8.0
 
 
 def free_port() -> int:
@@ -77,9 +80,12 @@ class CountingProxy:
         input_tokens, output_tokens: The usage the server reported in its replies.
     """
 
-    def __init__(self, upstream: str, *, status: int | None = None) -> None:
+    def __init__(self, upstream: str, *, status: int | None = None, faults: float = 0.0, seed: int = 0) -> None:
         self.upstream = urlsplit(upstream)
         self.status = status
+        self.faults = faults
+        self.injected: dict[str, int] = {"429": 0, "500": 0, "drop": 0, "hang": 0}
+        self._rng = random.Random(seed)
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -92,6 +98,15 @@ class CountingProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def _draw(self) -> str | None:
+        """A fault for the next completion request (``None``: forward it), drawn with the seed."""
+        with self._lock:
+            if self._rng.random() >= self.faults:
+                return None
+            fault = self._rng.choice(sorted(self.injected))
+            self.injected[fault] += 1
+            return fault
 
     def _count(self, path: str, body: bytes) -> None:
         if not path.endswith("completions"):
@@ -117,6 +132,19 @@ class CountingProxy:
                 if method == "POST" and self.path.endswith("completions"):
                     with proxy._lock:
                         proxy.requests += 1
+                fault = proxy._draw() if method == "POST" else None
+                if fault == "429":
+                    self._reply(429, b'{"error": {"message": "rate limited"}}', retry_after="1")
+                    return
+                if fault == "500":
+                    self._reply(500, b'{"error": {"message": "internal error"}}')
+                    return
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault == "hang":
+                    time.sleep(HANG_SECONDS)  # past the client's --lm-timeout
                 if proxy.status is not None:
                     payload = json.dumps({"error": {"message": "Incorrect API key provided", "code": proxy.status}})
                     self._reply(proxy.status, payload.encode())
@@ -131,9 +159,11 @@ class CountingProxy:
                     proxy._count(self.path, data)
                 self._reply(answer.status, data)
 
-            def _reply(self, status: int, data: bytes) -> None:
+            def _reply(self, status: int, data: bytes, retry_after: str | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
