@@ -112,10 +112,10 @@ def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
         SettingsError: ``api_key_env`` names a variable that is not set.
         EndpointError: The endpoint cannot serve the model (one line naming it and why).
     """
-    from dspy_ext.lm import Price, check_endpoint, make_lm
+    from dspy_ext.lm import Price, check_endpoint, is_local_name, make_lm
 
     client: dict[str, Any] = {}
-    if settings.lm.split(":")[0] == "local" and (settings.api_base or settings.api_key_env or settings.price):
+    if is_local_name(settings.lm) and (settings.api_base or settings.api_key_env or settings.price):
         raise SettingsError("invalid settings: api_base, api_key_env and price are for served models, not lm=local")
     if settings.api_base:
         client["api_base"] = settings.api_base

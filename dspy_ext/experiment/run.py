@@ -145,7 +145,7 @@ def run(
         atomic_write_text(out / SETTINGS_FILE, settings.to_yaml())
         # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
         lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
-        lm = metered_lm(lm) if isinstance(lm, dspy.LM) else lm  # the budget and the journal hold on any dspy.LM
+        lm = metered_lm(lm)  # the budget and the journal hold on any dspy.LM
         with components.context(lm=lm):
             review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
             guards = review_kwargs.get("guards", settings.guards) or {}

@@ -68,6 +68,7 @@ __all__ = [
     "find_budget_exhausted",
     "is_transient_error",
     "is_local_lm",
+    "is_local_name",
     "make_lm",
     "metered_lm",
     "metering",
@@ -126,13 +127,18 @@ def make_lm(
         >>> lm = make_lm("local")                   # doctest: +SKIP
         >>> dspy.configure(lm=lm, adapter=default_adapter(lm))  # doctest: +SKIP
     """
-    if name == LOCAL_PREFIX or name.startswith(LOCAL_PREFIX + ":"):
+    if is_local_name(name):
         model_path = name.partition(":")[2] or None
         engine = _local_engine(model_path, prefix_reuse)
         model = engine.model_id if prefix_reuse else engine.model_id + "-noreuse"
         return dspy.LM(model, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
     price = kwargs.pop("price", None)
     return metered_lm(dspy.LM(name, temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs), price=price)
+
+
+def is_local_name(name: str) -> bool:
+    """Whether the model string ``name`` names an in-process GGUF model (``local`` or ``local:/path``)."""
+    return name == LOCAL_PREFIX or name.startswith(LOCAL_PREFIX + ":")
 
 
 def is_local_lm(lm: dspy.BaseLM | None) -> bool:

@@ -101,27 +101,34 @@ class ServedEngine(MeteredEngine):
         self.inner.close()
 
 
-def metered_lm(lm: dspy.LM, *, price: Price | None = None) -> dspy.LM:
-    """``lm`` on a :class:`ServedEngine`, if it runs on one of DSPy's own engines (``auto``, ``lm15``,
-    ``litellm``); an LM on an engine object (dspy-ext's, or your own) is returned as it is.
+def metered_lm(lm: dspy.BaseLM, *, price: Price | None = None) -> dspy.BaseLM:
+    """``lm`` on a :class:`ServedEngine`, if it is a ``dspy.LM`` on one of DSPy's own engines (``auto``,
+    ``lm15``, ``litellm``); any other LM (on an engine object, dspy-ext's or your own, or a custom
+    ``BaseLM``) is returned as it is.
 
     The result has the same model string and generation settings, so DSPy's cache key and the run's
     call journal are those of the original LM.
 
     Args:
-        lm: Any ``dspy.LM``.
+        lm: Any LM.
         price: See :class:`ServedEngine`.
     """
-    if not isinstance(getattr(lm, "engine", None), str):
+    if not isinstance(lm, dspy.LM) or not isinstance(lm.engine, str):
         return lm
     kwargs = {k: v for k, v in lm.kwargs.items() if k not in _CLIENT_KEYS}
     engine = ServedEngine(lm, price=price)
     return dspy.LM(lm.model, model_type=lm.model_type, engine=engine, cache=lm.cache, num_retries=0, **kwargs)
 
 
+def _user_lm(lm: dspy.LM) -> dspy.LM:
+    """The LM that really sends the requests: a :class:`ServedEngine`'s inner LM, else ``lm`` itself."""
+    engine = getattr(lm, "engine", None)
+    return engine.inner if isinstance(engine, ServedEngine) else lm
+
+
 def endpoint_of(lm: dspy.LM) -> tuple[str | None, str | None]:
     """The OpenAI-compatible base URL and API key ``lm`` sends to (``None`` where it does not say)."""
-    inner = getattr(getattr(lm, "engine", None), "inner", lm)
+    inner = _user_lm(lm)
     kwargs = getattr(inner, "kwargs", {}) or {}
     base = kwargs.get("api_base") or kwargs.get("base_url")
     key = kwargs.get("api_key")
@@ -157,7 +164,7 @@ def check_endpoint(lm: dspy.LM, *, timeout: float = 10.0) -> None:
         raise EndpointError(f"{base}: cannot reach the model endpoint ({_reason(exc, timeout)})") from None
     except ValueError:
         return  # not JSON: not an OpenAI-compatible listing
-    _check_model_listed(lm, base, listing)
+    _check_model_listed(_user_lm(lm).model, base, listing)
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -171,11 +178,10 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return f"{type(reason).__name__}: {reason}"
 
 
-def _check_model_listed(lm: dspy.LM, base: str, listing: Any) -> None:
+def _check_model_listed(model: str, base: str, listing: Any) -> None:
     data = listing.get("data") if isinstance(listing, dict) else None
     served = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
-    inner = getattr(getattr(lm, "engine", None), "inner", lm)
-    wanted = inner.model.partition("/")[2] or inner.model
+    wanted = model.partition("/")[2] or model
     if served and wanted not in served:
         shown = ", ".join(str(s) for s in served[:10])
         raise EndpointError(f"{base}: model {wanted!r} is not served there (it serves: {shown})")

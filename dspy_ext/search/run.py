@@ -76,14 +76,12 @@ class Models:
         from dspy_ext.lm.engine import MeteredEngine
         from dspy_ext.lm.served import metered_lm
 
-        task_lm = task_model or dspy.settings.lm
-        if task_lm is None:
+        given = task_model or dspy.settings.lm
+        if given is None:
             raise ValueError("no task LM: pass task_model= or dspy.configure(lm=...)")
-        prompt_lm = prompt_model or task_lm
         # A dspy.LM on DSPy's own engines (an API or served model) is metered through a ServedEngine copy.
-        same = prompt_lm is task_lm
-        task_lm = metered_lm(task_lm) if isinstance(task_lm, dspy.LM) else task_lm
-        prompt_lm = task_lm if same else metered_lm(prompt_lm) if isinstance(prompt_lm, dspy.LM) else prompt_lm
+        task_lm = metered_lm(given)
+        prompt_lm = task_lm if prompt_model is None or prompt_model is given else metered_lm(prompt_model)
         unmetered = sorted(
             {lm.model for lm in (task_lm, prompt_lm) if not isinstance(getattr(lm, "engine", None), MeteredEngine)}
         )
