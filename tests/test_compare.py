@@ -11,9 +11,13 @@ import csv
 import json
 from pathlib import Path
 
+import dspy
 import pytest
 
 from dspy_ext.cli import main
+from dspy_ext.compare import Cell, render_csv, render_markdown, summarise
+from dspy_ext.compare.runner import cell_from_json
+from dspy_ext.lm import Price
 from dspy_ext.registry import REGISTRY, LabeledConfig, OptimizerSpec
 
 from support.fake_world import fake_world_lm, write_task
@@ -246,3 +250,136 @@ def test_an_interrupted_cell_resumes_from_its_journal_and_is_counted_in_full(
     assert lm.engine.calls == engine_calls
     result = json.loads((out / "runs" / "ape-s0" / "run.json").read_text())
     assert result["replayed_calls"] > 0
+
+
+# ---- dollars: --max-cost per cell, USD and the task/prompt split in the tables -------------------------------
+
+
+def _priced_world_lm(price: Price | None, name: str | None = None) -> dspy.LM:
+    lm = fake_world_lm(name=name)
+    lm.engine.price = price
+    return lm
+
+
+def test_max_cost_caps_every_cell_and_the_tables_show_usd_and_the_split(
+    task_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # $1000 per million tokens: a fake-world call (some 50-300 words) costs a few tenths of a dollar.
+    price = Price(input_per_1m=1000.0, output_per_1m=1000.0)
+    out = tmp_path / "cmp"
+    cap = 2.0
+    args = argv(task_folder, out, "--max-cost", str(cap), optimizers="ape,labeled", seeds=1, budget=200)
+    result, err = run_json(args, _priced_world_lm(price, "fake/priced"), capsys)
+    rows = {r["optimizer"]: r for r in result["rows"]}
+    ape = rows["ape"]
+    # The cap stopped ape's compile long before its 200 calls: its spend is within one call of the cap.
+    largest_call = 0.001 * 400  # no fake-world prompt + reply reaches 400 words
+    assert ape["cost_cap_reached"] and ape["max_cost"] == cap
+    assert cap <= ape["usd"] <= cap + largest_call and ape["lm_calls"] < 200
+    assert ape["usd"] == pytest.approx(price.cost(ape["input_tokens"], ape["output_tokens"]), abs=1e-6)
+    split = ape["by_role"]
+    assert split["task"]["calls"] + split["prompt"]["calls"] == ape["lm_calls"] and split["prompt"]["calls"] > 0
+    # Labeled demos cost nothing to build: 0 calls, $0, far from the cap.
+    assert rows["labeled"]["usd"] == 0.0 and not rows["labeled"]["cost_cap_reached"]
+    assert "(cost cap reached)" in err
+
+    summary = {r["optimizer"]: r for r in result["summary"]}
+    assert summary["ape"]["usd_mean"] == pytest.approx(ape["usd"], abs=1e-6)
+    assert summary["ape"]["task_calls_mean"] == split["task"]["calls"]
+    assert summary["ape"]["prompt_calls_mean"] == split["prompt"]["calls"]
+    assert summary["ape"]["cost_cap_reached_runs"] == 1
+    md = (out / "results.md").read_text()
+    assert "| LM calls (task/prompt) | tokens | USD |" in md and f"and ${cap:g} per compile" in md
+    ape_line = next(line for line in md.splitlines() if line.startswith("| ape | "))
+    calls = f"{ape['lm_calls']} ({split['task']['calls']}/{split['prompt']['calls']})"
+    assert calls in ape_line and "(1/1 at the cap)" in ape_line
+    with open(out / "results.csv") as fh:
+        table = {r["optimizer"]: r for r in csv.DictReader(fh)}
+    assert float(table["ape"]["usd_mean"]) == pytest.approx(ape["usd"], abs=1e-6)
+    assert float(table["labeled"]["usd_mean"]) == 0.0
+    assert int(float(table["ape"]["prompt_calls_mean"])) == split["prompt"]["calls"]
+    assert json.loads((out / "results.json").read_text())["summary"] == result["summary"]
+
+    # The same cap resumes every cell for free; the cap is part of a cell's settings, so a higher one runs again.
+    resumed, _ = run_json(args, _priced_world_lm(price, "fake/priced"), capsys)
+    assert resumed["skipped_cells"] == 2 and resumed["new_lm_calls"] == 0 and resumed["rows"] == result["rows"]
+    higher = argv(task_folder, out, "--max-cost", str(2 * cap), optimizers="ape", seeds=1, budget=200)
+    again, _ = run_json(higher, _priced_world_lm(price, "fake/priced"), capsys)
+    assert again["skipped_cells"] == 0 and again["rows"][0]["usd"] > cap
+
+
+def test_an_unknown_price_is_shown_as_unknown_never_as_zero(
+    task_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    code, stdout, _ = run(argv(task_folder, out, optimizers="ape", seeds=1, budget=30), _priced_world_lm(None), capsys)
+    assert code == 0
+    row = json.loads((out / "results.json").read_text())["summary"][0]
+    assert row["usd_mean"] is None and row["lm_calls_mean"] > 0
+    assert "USD   unknown" in stdout
+    md_lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ape | ")]
+    assert len(md_lines) == 2 and all("| unknown |" in line for line in md_lines)  # the summary and the run
+    with open(out / "results.csv") as fh:
+        assert next(csv.DictReader(fh))["usd_mean"] == "unknown"
+
+
+OLD_ROW = {  # a cell stored before dollars were counted: no usd, token split or by_role
+    "optimizer": "ape",
+    "seed": 0,
+    "test_score": 50.0,
+    "val_score": 40.0,
+    "lm_calls": 30,
+    "tokens": 9000,
+    "seconds": 12.0,
+    "budget": 30,
+    "budget_enforced": True,
+    "budget_exhausted": True,
+}
+
+
+def test_cells_stored_before_costs_were_counted_still_render() -> None:
+    new_row = {
+        **OLD_ROW,
+        "seed": 1,
+        "usd": 0.25,
+        "input_tokens": 8000,
+        "output_tokens": 1000,
+        "by_role": {"task": {"calls": 24}, "prompt": {"calls": 6}},
+    }
+    cells = [Cell("ape", 0, OLD_ROW, [1.0, 0.0]), Cell("ape", 1, new_row, [1.0, 1.0])]
+    meta = {
+        "task": "t",
+        "lm": "m",
+        "adapter": "plain",
+        "program": "transform",
+        "metric": "exact_match",
+        "budget": 30,
+        "seeds": [0, 1],
+        "train": 10,
+        "val": 10,
+        "test": 2,
+        "optimizers": ["ape"],
+    }
+    summary = summarise(cells, ["ape"])
+    # One cell without a record makes the mean unknown (not the other cell's $0.25, and not $0).
+    assert summary[0]["usd_mean"] is None and summary[0]["task_calls_mean"] is None
+    md = render_markdown(meta, summary, cells)
+    assert "| ape | 50.0 ± 0.0 | 2 | best |" in md and "| 30 | 9000 | unknown |" in md
+    assert "| ape | 0 | 50.0 | 40.0 | 30 | 9000 | unknown | 12.0 |" in md
+    assert "| ape | 1 | 50.0 | 40.0 | 30 (24/6) | 9000 | 0.2500 | 12.0 |" in md
+    assert "unknown" in render_csv(summary)
+
+
+def test_the_stored_benchmark_comparisons_still_render() -> None:
+    """The comparisons under ``bench/results/compare`` were stored before costs were counted."""
+    folders = sorted(Path(__file__).resolve().parents[1].glob("bench/results/compare/*/cells"))
+    if not folders:
+        pytest.skip("no stored comparison in this checkout")
+    for folder in folders:
+        cells = [cell_from_json(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+        names = list(dict.fromkeys(c.optimizer for c in cells))
+        summary = summarise(cells, names)
+        meta = {"task": folder.parent.name, "lm": "m", "adapter": "plain", "program": "p", "metric": "m"}
+        meta |= {"budget": 1, "seeds": [0], "train": 1, "val": 1, "test": 1, "optimizers": names}
+        md = render_markdown(meta, summary, cells)
+        assert md.count("\n| ") >= len(names) + len(cells) and render_csv(summary).count("\n") == len(names) + 1

@@ -18,26 +18,13 @@ from dspy_ext.cli import main
 from dspy_ext.lm import EndpointError, ServedEngine, check_endpoint, make_lm
 from dspy_ext.lm.metering import CallMeter, metering
 
-from support.served import MODEL_ALIAS, CountingProxy, free_port, served_model, server_available
+from support.served import MODEL_ALIAS, CountingProxy, free_port, server_available
 from support.slices import task_slice
 
 pytestmark = [
     pytest.mark.embedded,
     pytest.mark.skipif(not server_available(), reason="needs llama-cpp-python[server]"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with served_model(tmp_path_factory.mktemp("server") / "server.log") as base:
-        yield base
-
-
-@pytest.fixture
-def proxy(server: str):
-    counting = CountingProxy(server)
-    yield counting
-    counting.close()
 
 
 def _compile_argv(folder: Path, out: Path, base: str, *extra: str) -> list[str]:

@@ -617,3 +617,78 @@ def test_tune_on_the_embedded_model(tmp_path: Path, local_lm) -> None:
         rescored = Evaluator(result.job.components.metric, num_threads=1).evaluate(program, result.job.devset)
     assert round(rescored.score, 4) == summary["best_value"]  # greedy decoding: the same score again
     assert json.loads((tmp_path / "embedded" / "summary.json").read_text())["best_value"] == summary["best_value"]
+
+
+# ---- the study's cost cap (--max-cost) -------------------------------------------------------------------
+
+
+def _priced_lm(input_per_1m: float) -> dspy.LM:
+    from dspy_ext.lm import Price
+
+    lm = F.make_lm()
+    lm.engine.price = Price(input_per_1m=input_per_1m, output_per_1m=0.0)
+    return lm
+
+
+def test_max_cost_caps_the_whole_study_and_is_kept_across_runs(tmp_path: Path) -> None:
+    lm = _priced_lm(1000.0)  # $0.001 per prompt word: a devset row with k demos costs a few cents
+    cap = 1.0  # a labeled trial scoring 20 devset rows costs $0.3-0.6
+    kwargs = dict(space=labeled_space(), n_trials=8, storage=str(tmp_path / "s.db"), study_name="cap")
+    tuner = OptunaTuner(F.accuracy, **kwargs, num_threads=1, enqueue=[params(1), params(2), params(0)], max_cost=cap)
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
+        baseline_calls = lm.engine.calls
+        session.optimize()
+    trials = [t for t in session.study.get_trials(deepcopy=False) if t.state.name != "WAITING"]
+    assert 2 <= len(trials) < 8  # the cap stopped the study long before its 8 trials
+    # Every trial's spend is recorded; the last one was stopped while scoring, so it is failed, never scored.
+    stopped = trials[-1]
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["stopped"].startswith("cost cap")
+    assert all(t.state.name == "COMPLETE" and t.user_attrs["usd"] > 0 for t in trials[:-1])
+    largest_call = 0.001 * max(sum(len(m["content"].split()) for m in r) for r in lm.engine.requests)
+    summary = session.results.summary()
+    assert cap <= summary["spent_usd"] <= cap + largest_call
+    assert summary["total_usd"] == pytest.approx(sum(t.user_attrs["usd"] for t in trials), abs=1e-6)
+    assert summary["total_usd"] == pytest.approx(
+        0.001 * sum(sum(len(m["content"].split()) for m in r) for r in lm.engine.requests[baseline_calls:]), abs=1e-6
+    )
+    assert summary["best_trial"]["usd"] > 0 and summary["best_value"] is not None  # the best trial so far
+    # The cap is the study's: a later run of the same study with the same cap starts no trial.
+    again = OptunaTuner(F.accuracy, **kwargs, num_threads=1, max_cost=cap)
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        calls = lm.engine.calls
+        assert again.open(F.student(), trainset=F.trainset(), valset=F.devset()).optimize() == 0
+    assert lm.engine.calls == calls
+
+
+def test_trials_of_an_unknown_price_show_unknown_usd(world) -> None:
+    from dspy_ext.tuning.report import top_trials_table
+
+    dspy.settings.lm.engine.price = None
+    tuner = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=2, storage="memory", num_threads=1)
+    session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
+    session.optimize()
+    assert session.results.summary()["total_usd"] is None
+    table = top_trials_table(session.results)
+    assert table.splitlines()[0].split()[:7] == ["#", "state", "optimizer", "dev", "%", "LM", "calls"]
+    assert all(" unknown " in line for line in table.splitlines()[1:])
+
+
+def test_cli_tune_max_cost_shows_the_usd_spent(tmp_path: Path, monkeypatch, capsys) -> None:
+    import dspy_ext.lm
+    from dspy_ext.cli import main
+
+    monkeypatch.setattr(dspy_ext.lm, "make_lm", lambda name="local", **kw: _priced_lm(1000.0))
+    task = F.write_task(tmp_path / "items")
+    space = tmp_path / "space.yaml"
+    space.write_text("optimizers:\n  labeled:\n    k: {int: [0, 3]}\npruner: none\neval_minibatch: 5\n")
+    argv = ["tune", "--data", str(task), "--adapter", "plain", "--space", str(space), "--threads", "1"]
+    argv += ["--storage", str(tmp_path / "optuna.db"), "--train", "20", "--val", "10", "--trials", "6"]
+    assert main([*argv, "--max-cost", "0.5", "--no-test", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["max_cost"] == 0.5 and summary["cost_cap_reached"] and summary["n_trials"] < 6
+    assert 0.5 <= summary["spent_usd"] < 0.6 and summary["total_usd"] == pytest.approx(summary["spent_usd"])
+    assert main([*argv, "--max-cost", "0.5", "--no-test"]) == 0
+    text = capsys.readouterr().out
+    assert f"trials' USD {summary['total_usd']:.4f} (cost cap $0.5: reached)" in text
+    assert "USD" in text.splitlines()[2]  # the table of top trials has a USD column

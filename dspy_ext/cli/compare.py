@@ -4,8 +4,8 @@ For each optimizer and seed it compiles on a seeded train/val draw and scores
 on the full held-out test split, then writes to ``--out``:
 
 * ``results.md`` / ``results.csv``: one row per optimizer: test accuracy mean ±
-  95% CI over seeds, LM calls, tokens, wall time, whether the budget is
-  enforced, and a paired test (exact McNemar on per-example correctness) against
+  95% CI over seeds, LM calls (task/prompt model), tokens, USD ("unknown" when
+  a price is not known), wall time, whether the budget is enforced, and a paired test (exact McNemar on per-example correctness) against
   the best optimizer;
 * ``score_vs_calls.png``: test score against LM calls, one point per run;
 * ``cells/*.json`` and ``runs/*/``: one finished (optimizer, seed) each; a
@@ -29,6 +29,7 @@ from dspy_ext.cli.common import (
     load_settings,
 )
 from dspy_ext.compare import run_compare
+from dspy_ext.compare.report import fmt_calls, fmt_usd
 from dspy_ext.experiment import CompareSettings
 
 
@@ -37,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="compare optimizers over seeds on held-out data",
         description="Compile a task with several optimizers and seeds, score each run on the held-out test "
-        "split and tabulate mean ± 95% CI, LM calls, tokens, time and paired significance tests.",
+        "split and tabulate mean ± 95% CI, LM calls (task/prompt model), tokens, USD, time and paired "
+        "significance tests.",
     )
     add_experiment_args(parser, CompareSettings)
     parser.add_argument(
@@ -58,6 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,
         help="LM calls per compile (hard cap for ours; closest setting for DSPy's; "
         f"default: {CompareSettings.model_fields['budget'].default})",
+    )
+    parser.add_argument(
+        "--max-cost",
+        dest="max_cost",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="USD",
+        help="USD per compile, like --budget: a hard cap over the task and prompt models together; at the cap a "
+        "cell returns its best program so far (test scoring is not capped). Needs known prices: the embedded "
+        "model's is 0, a served model's is the run file's price: {input_per_1m, output_per_1m}",
     )
     parser.add_argument(
         "--seeds",
@@ -98,7 +110,7 @@ def render_text(result: dict) -> str:
     """A short plain-text summary for the terminal."""
     lines = [
         f"{result['task']}: {len(result['rows'])} runs ({result['skipped_cells']} resumed), "
-        f"{result['new_lm_calls']} new LM calls -> {result['out']}"
+        f"{result['new_lm_calls']} new LM calls, USD {fmt_usd(result.get('new_usd'))} -> {result['out']}"
     ]
     for row in result["summary"]:
         if not row["runs"]:
@@ -115,9 +127,10 @@ def render_text(result: dict) -> str:
             )
         )
         ci = f"{row['test_mean']:.1f} ± {row['test_ci95']:.1f}"
+        calls = fmt_calls(row["lm_calls_mean"], row.get("task_calls_mean"), row.get("prompt_calls_mean"))
         lines.append(
-            f"  {row['optimizer']:<14} {ci:>13}  {row['lm_calls_mean']:>6.0f} calls  "
-            f"{row['seconds_mean']:>6.0f} s  {mark}"
+            f"  {row['optimizer']:<14} {ci:>13}  {calls:>15} calls (task/prompt)  "
+            f"USD {fmt_usd(row.get('usd_mean')):>9}  {row['seconds_mean']:>6.0f} s  {mark}"
         )
     for fail in result["failed"]:
         lines.append(f"  FAILED {fail['optimizer']} seed {fail['seed']}: {fail['error'][:200]}")

@@ -20,6 +20,9 @@ from dspy_ext.cli.common import (
     load_settings,
 )
 from dspy_ext.experiment import RunSettings, run
+from dspy_ext.experiment.projection import Projection
+from dspy_ext.experiment.run import dry_run
+from dspy_ext.lm.metering import ModelUnavailable
 from dspy_ext.registry import REGISTRY
 
 
@@ -57,6 +60,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,
         help=f"max LM calls (hard cap for dspy-ext's optimizers; default: {RunSettings.model_fields['budget'].default})",
     )
+    parser.add_argument(
+        "--allow-unmetered",
+        dest="allow_unmetered",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="compile on an LM dspy-ext cannot meter (a custom BaseLM): its calls are neither capped nor counted",
+    )
+    parser.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="print the calls, tokens and USD the compile is expected to spend, by task and prompt model, "
+        "from the optimizer's plan and the measured prompt sizes; no call is made to the model",
+    )
     add_split_args(parser, RunSettings, "")
     add_feedback_arg(parser)
     add_guard_args(parser)
@@ -73,8 +90,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args, RunSettings, json_flags={"optimizer_config": "--optimizer-config"})
+    if args.dry_run:
+        return _print_projection(dry_run(settings, lm=args.injected_lm), settings, args)
     show = not args.json or sys.stderr.isatty()
-    result = run(settings, lm=args.injected_lm, restart=args.restart, progress=show)
+    try:
+        result = run(settings, lm=args.injected_lm, restart=args.restart, progress=show)
+    except ModelUnavailable as exc:
+        print(f"dspy-ext compile: stopped: {exc}", file=sys.stderr)
+        return 1
     summary = result.summary
     if args.json:
         emit_json(summary, args.console)
@@ -84,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
             f"{summary['test_score'] - summary['baseline_test_score']:+.1f} over the labeled-demo baseline "
             f"({summary['baseline_test_score']:.1f}%, 0 calls; zero-shot {summary['zero_shot_test_score']:.1f}%), "
             f"val {summary['val_score']:.1f}%, "
-            f"{summary['lm_calls']} LM calls, {summary['tokens']} tokens, {_usd(summary['usd'])}, "
+            f"{summary['lm_calls']} LM calls ({_split(summary)}), {summary['tokens']} tokens, {_usd(summary['usd'])}, "
             f"{summary['seconds']:.0f} s -> {result.out}",
             file=args.console,
         )
@@ -108,6 +131,30 @@ def main(args: argparse.Namespace) -> int:
 
 def _usd(usd: float | None) -> str:
     return "USD unknown" if usd is None else f"${usd:.4f}"
+
+
+def _split(summary: dict) -> str:
+    roles = summary.get("by_role") or {}
+    return f"task {roles.get('task', {}).get('calls', 0)}, prompt {roles.get('prompt', {}).get('calls', 0)}"
+
+
+def _print_projection(projection: Projection, settings: RunSettings, args: argparse.Namespace) -> int:
+    if args.json:
+        emit_json({"dry_run": True, "optimizer": settings.optimizer, **projection.to_dict()}, args.console)
+        return 0
+    basis = "the optimizer's plan" if projection.known else f"no plan known for {settings.optimizer}: the budget"
+    print(
+        f"{settings.task} · {settings.optimizer} · budget {settings.budget}: expected {projection.calls} LM calls, "
+        f"{projection.tokens} tokens, {_usd(projection.usd)} ({basis}; no call was made)",
+        file=args.console,
+    )
+    for role, part in (("task", projection.task), ("prompt", projection.prompt)):
+        print(
+            f"  {role:<6} model: {part.calls} calls, {part.input_tokens} tokens in, {part.output_tokens} out, "
+            f"{_usd(part.usd)}",
+            file=args.console,
+        )
+    return 0
 
 
 def print_criteria(summary: dict, stream) -> None:

@@ -3,7 +3,8 @@
 Each trial picks an optimizer and its knobs from the tuning space (``--space``,
 YAML or JSON; default: ape, opro and bfsrs with their default ranges),
 compiles, and is scored on the validation rows in minibatches (the pruner may
-stop it early). The study lives in ``--storage`` (default
+stop it early). ``--budget`` caps each trial's LM calls; ``--max-cost`` caps the
+whole study's USD. The study lives in ``--storage`` (default
 ``runs/tune/optuna.db``): the same ``--study`` name continues it, ``--trials``
 is the study's target of finished trials, and ``--workers N`` runs N processes
 on it (more machines can join through a PostgreSQL URL).
@@ -66,6 +67,18 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
         help="target number of finished trials in the study (resumed ones count)" + _default("trials"),
     )
     flag("--budget", type=int, help="LM calls per trial (default: the space's, else 80)")
+    flag(
+        "--max-cost",
+        dest="max_cost",
+        type=float,
+        metavar="USD",
+        help="USD for the whole study (not per trial, unlike --budget): a hard cap on what its trials spend, "
+        "compile and devset scoring, task and prompt model together, trials of earlier runs of the study "
+        "included (like --trials). No trial starts once it is spent; the trial running then stops (a devset "
+        "scoring cut short fails that trial) and the best trial so far is returned. The student's devset "
+        "baseline and the final test scoring are not capped. With --workers N each worker gets 1/N of what "
+        "is left. Needs known prices: the embedded model's is 0, a served model's is the run file's price",
+    )
     flag(
         "--storage",
         help="Optuna storage URL (sqlite:///..., postgresql://...) or a .db path; default runs/tune/optuna.db",
@@ -174,7 +187,12 @@ def render_text(result: Any, top: int) -> str:
     counts = (
         f"study {s['study']} in {s['storage']}: {s['n_trials']} trials ({s['n_complete']} complete, "
         f"{s['n_pruned']} pruned, {s['n_failed']} failed), {s['n_trials_this_run']} this run, "
-        f"{s['total_lm_calls']} LM calls in all"
+        f"{s['total_lm_calls']} LM calls in all, trials' USD {_usd(s.get('total_usd'))}"
+        + (
+            f" (cost cap ${s['max_cost']:g}{': reached' if s.get('cost_cap_reached') else ''})"
+            if s.get("max_cost") is not None
+            else ""
+        )
     )
     lines = [counts, "", top_trials_table(result.results, top), ""]
     if s["best_trial"] is None:
@@ -185,6 +203,10 @@ def render_text(result: Any, top: int) -> str:
         lines.append(f"plot: {s['plot']}")
     lines.append(f"dashboard: {s['dashboard']}")
     return "\n".join(lines)
+
+
+def _usd(usd: float | None) -> str:
+    return "unknown" if usd is None else f"{usd:.4f}"
 
 
 def _best_lines(s: dict[str, Any]) -> list[str]:

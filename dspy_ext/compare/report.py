@@ -40,6 +40,39 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def _usd_mean(cells: list[Cell]) -> float | None:
+    """The mean USD of ``cells``; ``None`` (unknown, never 0) when any cell's spend is unknown or unrecorded."""
+    values = [c.row.get("usd") for c in cells]
+    if not values or any(v is None for v in values):
+        return None
+    return round(_mean(values), 6)
+
+
+def role_calls(row: dict[str, Any], role: str) -> int | None:
+    """The calls of ``role`` (``"task"`` or ``"prompt"``) in a cell's row; ``None`` in cells stored before the split."""
+    part = (row.get("by_role") or {}).get(role)
+    return None if part is None else int(part.get("calls") or 0)
+
+
+def _role_mean(cells: list[Cell], role: str) -> float | None:
+    values = [role_calls(c.row, role) for c in cells]
+    if not values or any(v is None for v in values):
+        return None
+    return round(_mean(values), 1)
+
+
+def _cost_fields(runs: list[Cell]) -> dict[str, Any]:
+    """The summary row's money and split fields (``None`` where older cells did not record them)."""
+    return {
+        "usd_mean": _usd_mean(runs),
+        "input_tokens_mean": _mean_of(runs, "input_tokens"),
+        "output_tokens_mean": _mean_of(runs, "output_tokens"),
+        "task_calls_mean": _role_mean(runs, "task"),
+        "prompt_calls_mean": _role_mean(runs, "prompt"),
+        "cost_cap_reached_runs": sum(bool(c.row.get("cost_cap_reached")) for c in runs),
+    }
+
+
 def summarise(cells: Sequence[Cell], optimizers: Sequence[str], *, alpha: float = ALPHA) -> list[dict[str, Any]]:
     """One summary row per optimizer (in the given order), with a paired test against the best.
 
@@ -71,6 +104,7 @@ def summarise(cells: Sequence[Cell], optimizers: Sequence[str], *, alpha: float 
                 "budget_exhausted_runs": sum(bool(c.row.get("budget_exhausted")) for c in runs),
                 "baseline_test_score": _mean_of(runs, "baseline_test_score"),
                 "zero_shot_test_score": _mean_of(runs, "zero_shot_test_score"),
+                **_cost_fields(runs),
             }
         )
     finished = [r for r in rows if r["runs"]]
@@ -113,8 +147,27 @@ def _secs(value: float) -> str:
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
+def fmt_usd(value: float | None) -> str:
+    """USD for a table: ``unknown`` when the price (or an older cell's record) is missing, never 0."""
+    if value is None:
+        return "unknown"
+    return f"{value:.2f}" if value >= 1 or value == 0 else f"{value:.4f}" if value >= 0.01 else f"{value:.6f}"
+
+
+def fmt_calls(calls: float, task: float | None, prompt: float | None) -> str:
+    """``120 (100/20)``: the calls and their task/prompt split (just ``120`` for cells stored before the split)."""
+    if task is None or prompt is None:
+        return f"{calls:.0f}"
+    return f"{calls:.0f} ({task:.0f}/{prompt:.0f})"
+
+
 def _ci(row: dict[str, Any]) -> str:
     return f"{row['test_mean']:.1f} ± {row['test_ci95']:.1f}" if row["runs"] > 1 else f"{row['test_mean']:.1f}"
+
+
+def _cap_text(meta: dict[str, Any]) -> str:
+    cap = meta.get("max_cost")
+    return "" if cap is None else f" and ${cap:g}"
 
 
 def render_markdown(
@@ -131,7 +184,7 @@ def render_markdown(
         f"{h} Optimizer comparison: {meta['task']}",
         "",
         f"LM `{meta['lm']}`, adapter {meta['adapter']}, program `{meta['program']}`, metric `{meta['metric']}`; "
-        f"budget {meta['budget']} LM calls per compile; seeds {seeds}; train {meta['train']} / val {meta['val']} "
+        f"budget {meta['budget']} LM calls{_cap_text(meta)} per compile; seeds {seeds}; train {meta['train']} / val {meta['val']} "
         f"drawn from the training file with each seed; test = the full held-out test split ({meta['test']} rows), "
         "the same for every run.",
     ]
@@ -146,13 +199,13 @@ def render_markdown(
         ]
     lines += [
         "",
-        "| optimizer | test % (mean ± 95% CI) | runs | Δ vs best (pts) | p | significant | LM calls | tokens "
-        "| wall s | budget enforced |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| optimizer | test % (mean ± 95% CI) | runs | Δ vs best (pts) | p | significant "
+        "| LM calls (task/prompt) | tokens | USD | wall s | budget enforced |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         if not row["runs"]:
-            lines.append(f"| {row['optimizer']} | no finished run | 0 | | | | | | | |")
+            lines.append(f"| {row['optimizer']} | no finished run | 0 | | | | | | | | |")
             continue
         vs = row.get("vs_best")
         if row.get("best"):
@@ -164,9 +217,13 @@ def render_markdown(
             p = _fmt_p(vs["p_value"])
             sig = "**yes**" if vs["significant"] else "no"
         exhausted = f" ({row['budget_exhausted_runs']}/{row['runs']} hit it)" if row["budget_exhausted_runs"] else ""
+        capped = row.get("cost_cap_reached_runs") or 0
+        usd = fmt_usd(row.get("usd_mean")) + (f" ({capped}/{row['runs']} at the cap)" if capped else "")
+        calls = fmt_calls(row["lm_calls_mean"], row.get("task_calls_mean"), row.get("prompt_calls_mean"))
         lines.append(
-            f"| {row['optimizer']} | {_ci(row)} | {row['runs']} | {delta} | {p} | {sig} | {row['lm_calls_mean']:.0f} "
-            f"| {row['tokens_mean']:.0f} | {_secs(row['seconds_mean'])} | {_yes(row['budget_enforced'])}{exhausted} |"
+            f"| {row['optimizer']} | {_ci(row)} | {row['runs']} | {delta} | {p} | {sig} | {calls} "
+            f"| {row['tokens_mean']:.0f} | {usd} | {_secs(row['seconds_mean'])} "
+            f"| {_yes(row['budget_enforced'])}{exhausted} |"
         )
     methods = sorted({r["vs_best"]["method"] for r in summary if r.get("vs_best")})
     test_text = {
@@ -179,7 +236,9 @@ def render_markdown(
         f"({' / '.join(test_text[m] for m in methods) or 'paired test'}, two-sided) on the per-example test "
         "scores pooled over the seeds both finished, i.e. (seed, example) pairs; *significant* means "
         f"p < {ALPHA} (no correction for multiple comparisons; pooling treats the seeds' test rows as "
-        "independent pairs). LM calls, tokens and wall time are means per compile (test scoring excluded). "
+        "independent pairs). LM calls, tokens, USD and wall time are means per compile (test scoring excluded); "
+        "the calls are split between the task model and the prompt model (task/prompt); USD is *unknown* when "
+        "a run's model has no known price (declare one with `price`). "
         "Budget enforced: *yes* = a hard cap on LM calls (dspy-ext's optimizers); *no* = DSPy's optimizer "
         "configured to the setting closest to the budget, with the calls it really used.",
     ]
@@ -189,8 +248,8 @@ def render_markdown(
         "",
         f"{h}# Runs",
         "",
-        "| optimizer | seed | test % | val % | LM calls | tokens | wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| optimizer | seed | test % | val % | LM calls (task/prompt) | tokens | USD | wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for cell in sorted(
         cells,
@@ -199,7 +258,8 @@ def render_markdown(
         r = cell.row
         lines.append(
             f"| {cell.optimizer} | {cell.seed} | {r['test_score']:.1f} | {r.get('val_score', 0):.1f} | "
-            f"{r['lm_calls']} | {r['tokens']} | {r['seconds']:.1f} |"
+            f"{fmt_calls(r['lm_calls'], role_calls(r, 'task'), role_calls(r, 'prompt'))} | {r['tokens']} | "
+            f"{fmt_usd(r.get('usd'))} | {r['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -213,7 +273,13 @@ CSV_FIELDS = [
     "test_low",
     "test_high",
     "lm_calls_mean",
+    "task_calls_mean",
+    "prompt_calls_mean",
     "tokens_mean",
+    "input_tokens_mean",
+    "output_tokens_mean",
+    "usd_mean",
+    "cost_cap_reached_runs",
     "seconds_mean",
     "budget_enforced",
     "budget_exhausted_runs",
@@ -226,7 +292,7 @@ CSV_FIELDS = [
 
 
 def render_csv(summary: Sequence[dict[str, Any]]) -> str:
-    """One CSV row per optimizer."""
+    """One CSV row per optimizer; ``usd_mean`` is ``unknown`` when a run's price is not known (never 0)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -243,7 +309,13 @@ def render_csv(summary: Sequence[dict[str, Any]]) -> str:
                 "test_low": round(row["test_mean"] - row["test_ci95"], 2) if runs else "",
                 "test_high": round(row["test_mean"] + row["test_ci95"], 2) if runs else "",
                 "lm_calls_mean": row.get("lm_calls_mean", ""),
+                "task_calls_mean": _blank(row.get("task_calls_mean")),
+                "prompt_calls_mean": _blank(row.get("prompt_calls_mean")),
                 "tokens_mean": row.get("tokens_mean", ""),
+                "input_tokens_mean": _blank(row.get("input_tokens_mean")),
+                "output_tokens_mean": _blank(row.get("output_tokens_mean")),
+                "usd_mean": (row["usd_mean"] if row.get("usd_mean") is not None else "unknown") if runs else "",
+                "cost_cap_reached_runs": row.get("cost_cap_reached_runs", ""),
                 "seconds_mean": row.get("seconds_mean", ""),
                 "budget_enforced": row.get("budget_enforced", ""),
                 "budget_exhausted_runs": row.get("budget_exhausted_runs", ""),
@@ -256,6 +328,10 @@ def render_csv(summary: Sequence[dict[str, Any]]) -> str:
             }
         )
     return buffer.getvalue()
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def draw_score_vs_calls(

@@ -25,7 +25,7 @@ from typing import Any
 
 import dspy
 
-from dspy_ext.compare.report import Cell, plot_score_vs_calls, render_csv, render_markdown, summarise
+from dspy_ext.compare.report import Cell, fmt_usd, plot_score_vs_calls, render_csv, render_markdown, summarise
 from dspy_ext.data import dataset_fingerprint, split_train_val
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.experiment import CompareSettings, Components, RunSettings, SettingsError, build_components, run
@@ -45,11 +45,18 @@ ROW_FIELDS = (
     "baseline_test_score",
     "zero_shot_test_score",
     "lm_calls",
+    "failed_calls",
     "tokens",
+    "input_tokens",
+    "output_tokens",
+    "usd",
+    "by_role",
     "seconds",
     "budget",
     "budget_enforced",
     "budget_exhausted",
+    "max_cost",
+    "cost_cap_reached",
     "test_errors",
     "train",
     "val",
@@ -57,6 +64,29 @@ ROW_FIELDS = (
     "out",
 )
 CELL_VERSION = 1
+
+
+def cell_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """A cell's row: the :data:`ROW_FIELDS` of its run's ``run.json`` summary.
+
+    Keys a run folder did not record (older runs: no ``usd``, ``by_role``, ...) are ``None``, which the
+    tables show as unknown; ``by_role`` keeps only the per-role counters the tables read.
+    """
+    row = {key: summary.get(key) for key in ROW_FIELDS}
+    roles = summary.get("by_role")
+    if isinstance(roles, dict):
+        row["by_role"] = {role: _role_usage(part) for role, part in roles.items() if isinstance(part, dict)}
+    return row
+
+
+def _role_usage(part: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "calls": int(part.get("calls") or 0),
+        "failed_calls": int(part.get("failed_calls") or 0),
+        "input_tokens": int(part.get("input_tokens") or 0),
+        "output_tokens": int(part.get("output_tokens") or 0),
+        "usd": part.get("usd"),
+    }
 
 
 def cell_name(optimizer: str, seed: int) -> str:
@@ -87,8 +117,14 @@ def cell_fingerprint(components: Components, cell: RunSettings, review: str | No
             "config": resolve_config(cell.optimizer, cell.optimizer_config).model_dump(),
             "seed": cell.seed,
             **({"review": review} if review else {}),  # without --feedback, cells stored earlier still match
+            # Without a cost cap, cells stored earlier still match; with one, the price decides where it stops.
+            **({"max_cost": cell.max_cost, "price": _price(cell)} if cell.max_cost is not None else {}),
         }
     )
+
+
+def _price(cell: RunSettings) -> dict[str, float] | None:
+    return cell.price.model_dump() if cell.price is not None else None
 
 
 def load_cell(path: Path, fingerprint: str) -> Cell | None:
@@ -148,7 +184,7 @@ def run_compare(
 
     Args:
         settings: The comparison: data, program, model, ``optimizers``, ``optimizer_configs``,
-            ``budget``, ``seeds``, ``seed``, ``train``, ``val``, ``threads``, ``out``.
+            ``budget`` and ``max_cost`` (each per cell), ``seeds``, ``seed``, ``train``, ``val``, ``threads``, ``out``.
         lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own).
         log: Where the one-line-per-cell progress goes (default: the module's logger, at INFO).
         progress: Show each cell's progress bars on stderr.
@@ -156,7 +192,8 @@ def run_compare(
     Returns:
         The result object ``--json`` prints: ``rows`` (one per finished (optimizer, seed)),
         ``summary`` (one per optimizer, with the paired test against the best), ``best``,
-        ``failed`` cells, ``new_lm_calls``/``new_tokens`` (this invocation's LM usage), ``files``.
+        ``failed`` cells, ``new_lm_calls``/``new_tokens``/``new_usd`` (this invocation's LM usage, test
+        scoring included; ``new_usd`` is ``None`` when a price is unknown), ``files``.
     """
     log = log or logger.info
     seeds = [settings.seed + k for k in range(settings.seeds)]
@@ -217,13 +254,14 @@ def run_compare(
                 failed.append({"optimizer": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
                 log(f"{tag}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
-            row = {key: outcome.summary.get(key) for key in ROW_FIELDS}
+            row = cell_row(outcome.summary)
             cell = Cell(name, seed, row, list(outcome.test.example_scores))
             store_cell(path, cell, fingerprint)
             cells.append(cell)
             log(
                 f"{tag}: test {row['test_score']:.1f}% (val {row['val_score']:.1f}%), {row['lm_calls']} compile "
-                f"calls, {row['seconds']:.1f} s; {meter.calls - before} calls with scoring"
+                f"calls, USD {fmt_usd(row['usd'])}{' (cost cap reached)' if row['cost_cap_reached'] else ''}, "
+                f"{row['seconds']:.1f} s; {meter.calls - before} calls with scoring"
             )
 
     cells.sort(key=lambda c: (optimizers.index(c.optimizer), c.seed))  # report by optimizer, not run order
@@ -236,6 +274,7 @@ def run_compare(
         "program": settings.program,
         "metric": settings.metric,
         "budget": settings.budget,
+        "max_cost": settings.max_cost,
         "seeds": seeds,
         "train": settings.train,
         "val": settings.val,
@@ -253,6 +292,7 @@ def run_compare(
         "skipped_cells": skipped,
         "new_lm_calls": usage.calls,
         "new_tokens": usage.total_tokens,
+        "new_usd": usage.usd,
         "seconds": round(time.perf_counter() - started, 2),
         "out": str(out),
         "files": files,

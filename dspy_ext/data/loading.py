@@ -1,14 +1,13 @@
 """Load labeled examples from local files (or the Hugging Face Hub) as ``dspy.Example``.
 
-Local ``.jsonl``, ``.json``, ``.csv`` and ``.parquet`` files are read through
-Hugging Face ``datasets`` with its packaged loaders, which need no network.
-JSON and JSON-lines files are checked line by line first, because the errors
-``datasets`` raises for bad JSON do not say where the problem is.
+Local ``.jsonl``, ``.json``, ``.csv`` and ``.parquet`` files become a Hugging Face
+``datasets.Dataset`` built in memory (Arrow columns, nothing downloaded, no progress bar,
+no global ``datasets`` setting touched). JSON and JSON-lines files are parsed here line by
+line, so that an error names the line; CSV cells are read as text ("007" stays "007").
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -16,7 +15,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ __all__ = [
 DEFAULT_INPUT_KEYS: tuple[str, ...] = ("input",)
 DEFAULT_OUTPUT_KEYS: tuple[str, ...] = ("output",)
 
-#: File extension -> the ``datasets`` packaged loader that reads it.
+#: File extension -> the format it is read as.
 SUPPORTED_EXTENSIONS: dict[str, str] = {
     ".jsonl": "json",
     ".json": "json",
@@ -141,51 +140,48 @@ def _read_text(path: Path) -> str:
         raise DataError(path, f"is not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
-def _validate_json_lines(path: Path, text: str, required: Sequence[str]) -> int:
-    """Check every non-blank line is a JSON object with the required columns.
-
-    Returns:
-        The number of rows.
-    """
-    rows = 0
-    for line_no, line in enumerate(text.splitlines(), start=1):
+def _json_lines_rows(path: Path, text: str, required: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines text; every non-blank line must be a JSON object with the required columns."""
+    rows: list[dict[str, Any]] = []
+    # JSON lines are separated by \n only (\r is whitespace to JSON; str.splitlines would also break at \x0b ...).
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=line_no) from exc
-        rows += 1
         if not isinstance(value, dict):
             raise DataError(
                 path,
                 f"expected a JSON object per line, got {type(value).__name__}",
                 line=line_no,
-                row=rows,
+                row=len(rows) + 1,
             )
-        _check_required(path, value, required, row_no=rows, line_no=line_no)
+        _check_required(path, value, required, row_no=len(rows) + 1, line_no=line_no)
+        rows.append(value)
     return rows
 
 
-def _validate_json(path: Path, text: str, required: Sequence[str]) -> int:
-    """Check a ``.json`` file: a list of objects, or JSON lines under a .json name."""
+def _json_rows(path: Path, text: str, required: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of a ``.json`` file: a list of objects, or JSON lines under a .json name."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":
             # Several top-level values: the file is JSON lines named .json.
-            return _validate_json_lines(path, text, required)
+            return _json_lines_rows(path, text, required)
         raise DataError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from exc
     if isinstance(value, dict):
         # A single object is one JSON-lines row.
-        return _validate_json_lines(path, text, required)
+        return _json_lines_rows(path, text, required)
     if not isinstance(value, list):
         raise DataError(path, f"expected a JSON list of objects, got {type(value).__name__}")
     for row_no, item in enumerate(value, start=1):
         if not isinstance(item, dict):
             raise DataError(path, f"expected a JSON object, got {type(item).__name__}", row=row_no)
         _check_required(path, item, required, row_no=row_no)
-    return len(value)
+    return value
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -210,42 +206,28 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Hide ``datasets`` progress bars for one load, restoring the global setting."""
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV file, every cell as text; an empty cell is a missing value."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _local_dataset(path: Path, builder: str, json_rows: list[dict[str, Any]]) -> Any:
+    """``path`` as an in-memory ``datasets.Dataset`` (JSON rows parsed already, CSV here, Parquet by Arrow)."""
     import datasets
 
-    was_disabled = datasets.are_progress_bars_disabled()
-    if not was_disabled:
-        datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()
+    if builder == "parquet":
+        import pyarrow.parquet
 
-
-@contextlib.contextmanager
-def _no_download_count() -> Iterator[None]:
-    """Stop ``datasets`` from reporting a local load to the Hub for one load, restoring the setting.
-
-    ``load_dataset("json", data_files=...)`` sends a HEAD request to the Hub's download counter
-    even for a local file; offline it waits for a DNS lookup or a 3-second timeout on every load.
-    """
-    from datasets import config
-
-    previous = config.HF_UPDATE_DOWNLOAD_COUNTS
-    config.HF_UPDATE_DOWNLOAD_COUNTS = False
-    try:
-        yield
-    finally:
-        config.HF_UPDATE_DOWNLOAD_COUNTS = previous
+        return datasets.Dataset(pyarrow.parquet.read_table(path))
+    if builder == "csv":
+        features = datasets.Features({name: datasets.Value("string") for name in _csv_header(path)})
+        return datasets.Dataset.from_list(_csv_rows(path), features=features)
+    return datasets.Dataset.from_list(json_rows)
 
 
 def _load_local(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
     """Validate and load one local file; returns plain row dicts."""
-    import datasets
-
     suffix = path.suffix.lower()
     builder = SUPPORTED_EXTENSIONS.get(suffix)
     if builder is None:
@@ -253,25 +235,20 @@ def _load_local(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
         raise DataError(path, f"unsupported file type {suffix or '(no extension)'!r}; supported: {valid}")
     if path.stat().st_size == 0:
         raise DataError(path, "is empty")
-
-    kwargs: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
     if builder == "json":
         text = _read_text(path)
         if not text.strip():
             raise DataError(path, "is empty")
-        validate = _validate_json_lines if suffix == ".jsonl" else _validate_json
-        if validate(path, text, required) == 0:
+        rows = (_json_lines_rows if suffix == ".jsonl" else _json_rows)(path, text, required)
+        if not rows:
             raise DataError(path, "has no rows")
-    elif builder == "csv":
-        header = _csv_header(path)
-        # Read every column as text: pandas would turn "007" into 7 and "1.10" into 1.1.
-        kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in header})
-
     try:
-        with _quiet_datasets(), _no_download_count():
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        dataset = _local_dataset(path, builder, rows)
+    except DataError:
+        raise
     except Exception as exc:  # datasets/pyarrow raise many unrelated types
-        raise DataError(path, f"could not be read by datasets ({type(exc).__name__}: {exc})") from exc
+        raise DataError(path, f"could not be read ({type(exc).__name__}: {exc})") from exc
     return _rows_from_dataset(path, dataset, required)
 
 
@@ -301,8 +278,7 @@ def _load_hub(name: str, required: Sequence[str]) -> list[dict[str, Any]]:
     import datasets
 
     try:
-        with _quiet_datasets():
-            dataset = datasets.load_dataset(name, split="train")
+        dataset = datasets.load_dataset(name, split="train")
     except Exception as exc:  # connection, auth, missing split ... all end here
         raise DataError(
             name,

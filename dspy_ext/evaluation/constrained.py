@@ -4,7 +4,10 @@ A 135M model asked for a sentiment often answers "The sentiment is positive."
 or an unrelated word. When the output can only be one of a few labels (a
 ``Literal`` output field, or a task whose training outputs take a few values),
 scoring each label as the reply and taking the most probable one removes those
-failures, with no generation. A :class:`LabelRule` records the choice (labels,
+failures, with no generation. On a served model whose endpoint cannot score a
+given reply, the answer is generated under a JSON-schema enum of the labels
+(``response_format``) instead, so it is still one of them (``method="constrained"``;
+no label probabilities then, and no calibration). A :class:`LabelRule` records the choice (labels,
 and a calibration prior if one was chosen) so that an exported artifact can
 apply the same rule (``dspy_ext.runtime.choose_label``).
 
@@ -31,7 +34,13 @@ from dspy_ext.evaluation.likelihood import (
     predictor_messages,
     single_predictor,
 )
-from dspy_ext.lm.likelihood import log_softmax, score_continuations
+from dspy_ext.lm.likelihood import (
+    LikelihoodUnavailable,
+    choice_engine,
+    log_softmax,
+    score_continuations,
+    supports_likelihood,
+)
 
 __all__ = ["LabelChoice", "LabelConstrained", "LabelRule", "choose_label", "infer_label_set", "literal_labels"]
 
@@ -124,30 +133,55 @@ class LabelRule:
 
 @dataclass(frozen=True)
 class LabelChoice:
-    """The outcome of :func:`choose_label`."""
+    """The outcome of :func:`choose_label`.
+
+    Attributes:
+        label: The chosen label.
+        probs: Label probabilities (likelihood), or 1 for the generated label and 0 for the others
+            (constrained decoding).
+        method: ``"likelihood"`` or ``"constrained"``.
+    """
 
     label: str
     probs: tuple[float, ...]
+    method: str = "likelihood"
 
 
-def choose_label(predictor: dspy.Predict, inputs: dict[str, Any], rule: LabelRule, *, lm: Any = None) -> LabelChoice:
-    """Score every label as the reply of ``predictor`` on ``inputs`` and pick the most probable.
+ChoiceMethod = Literal["auto", "likelihood", "constrained"]
 
-    One forward pass (each label costs its own few tokens after the shared prompt).
+
+def choose_label(
+    predictor: dspy.Predict,
+    inputs: dict[str, Any],
+    rule: LabelRule,
+    *,
+    lm: Any = None,
+    method: ChoiceMethod = "auto",
+) -> LabelChoice:
+    """Answer ``predictor`` on ``inputs`` with one of the rule's labels.
+
+    ``"likelihood"``: score every label as the reply and pick the most probable (one forward
+    pass; each label costs its own few tokens after the shared prompt; on a served model one
+    request per label). ``"constrained"``: generate the answer under a JSON-schema enum of the
+    labels (one request; a served model only; the rule's prior is not applied). ``"auto"``:
+    likelihood where the LM can score, else constrained decoding where its engine can.
 
     Args:
         predictor: The predictor (its instruction and demos make the prompt).
         inputs: Input field values.
         rule: Labels and optional calibration prior.
         lm: The LM (default: the predictor's, else the configured one).
+        method: See above.
 
     Returns:
-        The chosen label and the (calibrated) label probabilities.
+        The chosen label, the label probabilities and the method used.
 
     Raises:
-        LikelihoodUnavailable: The LM cannot score.
+        LikelihoodUnavailable: The LM can do neither (or not the ``method`` asked for).
     """
     lm = lm or predictor.lm or dspy.settings.lm
+    if method == "constrained" or (method == "auto" and not supports_likelihood(lm) and choice_engine(lm)):
+        return _generate_label(predictor, inputs, rule, lm)
     replies = [gold_reply(predictor, {rule.field: label}) for label in rule.labels]
     # Like a grammar allowing only the labels: no end-of-turn token (see LikelihoodEvaluator).
     scores = score_continuations(lm, predictor_messages(predictor, inputs), replies, end_of_turn=False)
@@ -155,6 +189,15 @@ def choose_label(predictor: dspy.Predict, inputs: dict[str, Any], rule: LabelRul
     probs = prior.calibrate(scores) if prior is not None else [math.exp(v) for v in log_softmax(scores)]
     best = max(range(len(probs)), key=probs.__getitem__)
     return LabelChoice(rule.labels[best], tuple(probs))
+
+
+def _generate_label(predictor: dspy.Predict, inputs: dict[str, Any], rule: LabelRule, lm: Any) -> LabelChoice:
+    engine = choice_engine(lm)
+    if engine is None:
+        name = getattr(lm, "model", type(lm).__name__)
+        raise LikelihoodUnavailable(f"LM {name!r} cannot generate under a label constraint (served models can)")
+    label = engine.generate_choice(predictor_messages(predictor, inputs), rule.labels, field=rule.field)
+    return LabelChoice(label, tuple(float(label == other) for other in rule.labels), "constrained")
 
 
 class LabelConstrained(dspy.Module):
@@ -168,18 +211,20 @@ class LabelConstrained(dspy.Module):
     Args:
         program: A program with exactly one predictor and that output field.
         rule: The :class:`LabelRule`.
+        method: How the label is chosen (see :func:`choose_label`).
 
     Example:
         >>> constrained = LabelConstrained(student, LabelRule("output", ("negative", "positive")))  # doctest: +SKIP
     """
 
-    def __init__(self, program: dspy.Module, rule: LabelRule) -> None:
+    def __init__(self, program: dspy.Module, rule: LabelRule, *, method: ChoiceMethod = "auto") -> None:
         super().__init__()
         name, predictor = single_predictor(program)
         if rule.field not in predictor.signature.output_fields:
             raise ValueError(f"output field {rule.field!r} is not in predictor {name!r}")
         self.program = program
         self.rule = rule
+        self.method = method
 
     @property
     def label_rules(self) -> dict[str, dict[str, Any]]:
@@ -188,5 +233,5 @@ class LabelConstrained(dspy.Module):
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         _, predictor = single_predictor(self.program)
-        choice = choose_label(predictor, inputs, self.rule)
+        choice = choose_label(predictor, inputs, self.rule, method=self.method)
         return dspy.Prediction(**{self.rule.field: choice.label}, label_probs=list(choice.probs))

@@ -108,6 +108,35 @@ def review_summary(
     }
 
 
+def _usd_cell(usd: float | None) -> str:
+    return "unknown" if usd is None else f"{usd:.6f}"
+
+
+def render_spend_section(summary: dict[str, Any]) -> list[str]:
+    """Calls, tokens and USD of the task and prompt models: projected before the run, and spent."""
+    spent, projection = summary.get("by_role"), summary.get("projection")
+    if not spent:
+        return []
+    planned = (projection or {}).get("by_role") or {}
+    basis = "the optimizer's plan" if (projection or {}).get("known", True) else "the budget (no plan known)"
+    lines = [
+        "",
+        f"## Spend: projected ({basis}, before the run) and actual",
+        "",
+        "| model | calls projected | calls | tokens projected | tokens | usd projected | usd |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for role, actual in spent.items():
+        plan = planned.get(role) or {}
+        tokens = actual["input_tokens"] + actual["output_tokens"]
+        plan_tokens = (plan.get("input_tokens") or 0) + (plan.get("output_tokens") or 0)
+        lines.append(
+            f"| {role} | {plan.get('calls', '-')} | {actual['calls']} | {plan_tokens if plan else '-'} | {tokens} | "
+            f"{_usd_cell(plan.get('usd')) if plan else '-'} | {_usd_cell(actual['usd'])} |"
+        )
+    return lines
+
+
 def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
     """The run's Markdown report: figures, then every predictor's instruction and demos."""
     lines = [
@@ -143,6 +172,7 @@ def render_report(summary: dict[str, Any], program: dspy.Module) -> str:
         lines.append(f"| {key} | {summary[key]} |")
     usd = summary.get("usd")
     lines.append(f"| usd | {'unknown (a model without a price)' if usd is None else f'{usd:.6f}'} |")
+    lines += render_spend_section(summary)
     lines += render_criteria_section(summary)
     if "pinned" in summary:
         lines += render_review_section(summary)

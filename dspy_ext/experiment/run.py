@@ -48,15 +48,16 @@ from dspy_ext.experiment.folder import (
     claim_folder,
     program_state_json,
 )
+from dspy_ext.experiment.projection import Projection, project
 from dspy_ext.experiment.report import criteria_summary, render_report, review_summary
 from dspy_ext.experiment.settings import RunSettings, SettingsError
 from dspy_ext.files import RunFolderLock, atomic_write_text
 from dspy_ext.lm.engine import MeteredEngine
 from dspy_ext.lm.journal import journaled
-from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, ModelUnavailable, metering
 from dspy_ext.lm.served import metered_lm
 from dspy_ext.prompt_state import content_hash, predictors
-from dspy_ext.registry import build_optimizer
+from dspy_ext.registry import OptimizerHandle, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def run(
     with RunFolderLock(out):
         # The folder is the run's by definition, and the compile reads its journal whatever the cache flag says.
         identity = {
-            "settings": settings.model_dump(mode="json", exclude={"out", "cache"}),
+            "settings": settings.model_dump(mode="json", exclude={"out", "cache", "allow_unmetered"}),
             "lm": getattr(components.lm, "model", None),
             "adapter": components.adapter_name,
             "train_val": dataset_fingerprint(train + val),
@@ -146,30 +147,23 @@ def run(
         # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
         lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
         lm = metered_lm(lm)  # the budget and the journal hold on any dspy.LM
+        _check_metered(lm, settings)
+        guards = (merged.guards if merged is not None else settings.guards) or {}
         with components.context(lm=lm):
-            review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
-            guards = review_kwargs.get("guards", settings.guards) or {}
-            optimizer = build_optimizer(
-                settings.optimizer,
-                metric,
-                config=settings.optimizer_config,
-                budget=settings.budget,
-                seed=settings.seed,
-                num_threads=settings.threads,
-                n_train=len(train),
-                n_val=len(val),
-                log_dir=str(out),
-                progress=progress,
-                repeats=settings.repeats,
-                temperature=settings.eval_temperature,
-                **{**review_kwargs, "guards": guards},
+            optimizer = _build_optimizer(settings, metric, train, val, merged, log_dir=str(out), progress=progress)
+            projection = project(
+                optimizer.plan(student), student=student, train=train, lm=lm, budget=settings.budget, seed=settings.seed
             )
-        meter = CallMeter(max_cost=settings.max_cost)  # the optimizer's own meter caps the calls
+        # The optimizer's own meter caps the calls; this one caps the dollars and stops a model that stopped answering.
+        meter = CallMeter(max_cost=settings.max_cost, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
         started = time.perf_counter()
         with components.context(lm=lm), journaled(out / JOURNAL_FILE) as journal, metering(meter):
             compiled = optimizer.compile(student, trainset=train, valset=val)
         compile_seconds = time.perf_counter() - started
         usage = meter.snapshot()
+        if meter.outage is not None:
+            _write_stopped(out, settings, compiled, meter, projection, compile_seconds, meter.outage)
+            raise ModelUnavailable(meter.outage.failures, meter.outage.last_error, out=out / PROGRAM_FILE)
         if journal.earlier_calls:
             logger.info(
                 "%s: resumed; %d of %d calls replayed from %s", out, journal.replayed_calls, usage.calls, JOURNAL_FILE
@@ -181,7 +175,9 @@ def run(
         # The honest baseline is what a user has for free: the student with labeled demos (0 LM calls to build).
         labeled = labeled_baseline(student, train, settings.seed)
         rollouts = {"repeats": settings.repeats, "temperature": settings.eval_temperature}
-        with components.context():
+        # Scoring runs on the metered LM too, so a model that stops answering stops it rather than every row.
+        scoring = CallMeter(max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
+        with components.context(lm=metered_lm(components.lm)), metering(scoring):
             test = evaluator.evaluate(compiled, task.test, desc="test", **rollouts)
             baseline = evaluator.evaluate(labeled, task.test, desc="labeled-demo baseline test", **rollouts)
             zero_shot = evaluator.evaluate(student, task.test, desc="zero-shot test", **rollouts)
@@ -192,6 +188,9 @@ def run(
                 if guards or test.criteria_names
                 else None
             )
+        if scoring.outage is not None:
+            _write_stopped(out, settings, compiled, meter, projection, compile_seconds, scoring.outage)
+            raise ModelUnavailable(scoring.outage.failures, scoring.outage.last_error, out=out / PROGRAM_FILE)
         result = getattr(compiled, "dspy_ext_result", None)
         summary = {
             "task": task.name,
@@ -220,6 +219,8 @@ def run(
             "usd": usage.usd,
             "max_cost": settings.max_cost,
             "cost_cap_reached": settings.max_cost is not None and usage.cost >= settings.max_cost,
+            "by_role": _by_role(meter),
+            "projection": projection.to_dict(),
             "seconds": round(compile_seconds, 2),
             "budget_exhausted": bool(result and result.budget_exhausted),
             "replayed_calls": journal.replayed_calls,
@@ -253,6 +254,113 @@ def run(
         atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
         atomic_write_text(out / REPORT_FILE, render_report(summary, compiled))
     return RunResult(settings, summary, compiled, test, baseline, val_report, out)
+
+
+def _build_optimizer(
+    settings: RunSettings,
+    metric: Any,
+    train: list[dspy.Example],
+    val: list[dspy.Example],
+    merged: Any,
+    *,
+    log_dir: str | None,
+    progress: bool,
+) -> OptimizerHandle:
+    """The run's optimizer, with the review's guards and critiques where ``merged`` has them."""
+    review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
+    return build_optimizer(
+        settings.optimizer,
+        metric,
+        config=settings.optimizer_config,
+        budget=settings.budget,
+        seed=settings.seed,
+        num_threads=settings.threads,
+        n_train=len(train),
+        n_val=len(val),
+        log_dir=log_dir,
+        progress=progress,
+        repeats=settings.repeats,
+        temperature=settings.eval_temperature,
+        **{**review_kwargs, "guards": review_kwargs.get("guards", settings.guards) or {}},
+    )
+
+
+def dry_run(
+    settings: RunSettings, *, components: Components | None = None, lm: dspy.BaseLM | None = None
+) -> Projection:
+    """What compiling ``settings`` is expected to spend (calls, tokens, USD by role); no model call is made.
+
+    The endpoint of a served model is checked (``GET /models``, nothing spent) as for a real run, and no
+    run folder is written. A review store (``feedback``) is not merged: the projection is the plain run's.
+
+    Raises:
+        SettingsError: Train/val sizes the task cannot give.
+    """
+    components = components or build_components(settings, lm=lm)
+    student = build_student(settings, components.task)
+    try:
+        train, val = split_train_val(components.task.train, settings.train, settings.val, seed=settings.seed)
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    model = metered_lm(components.lm)
+    with components.context(lm=model):
+        optimizer = _build_optimizer(settings, components.metric, train, val, None, log_dir=None, progress=False)
+        return project(
+            optimizer.plan(student), student=student, train=train, lm=model, budget=settings.budget, seed=settings.seed
+        )
+
+
+def _check_metered(lm: dspy.BaseLM, settings: RunSettings) -> None:
+    """Refuse a budget on an LM whose calls cannot be counted, unless ``settings.allow_unmetered``."""
+    if settings.allow_unmetered or isinstance(getattr(lm, "engine", None), MeteredEngine):
+        return
+    raise SettingsError(
+        f"invalid settings: the LM {getattr(lm, 'model', type(lm).__name__)!r} does not run on a metered engine, so "
+        f"the budget of {settings.budget} calls cannot be kept and no call can be counted; use a dspy.LM on one of "
+        "DSPy's engines (or an engine of dspy-ext), or pass --allow-unmetered (allow_unmetered: true) to run anyway"
+    )
+
+
+def _by_role(meter: CallMeter) -> dict[str, dict[str, Any]]:
+    return {
+        role: {
+            "calls": u.calls,
+            "failed_calls": u.failed_calls,
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "usd": u.usd,
+        }
+        for role, u in meter.by_role().items()
+    }
+
+
+def _write_stopped(
+    out: Path,
+    settings: RunSettings,
+    compiled: dspy.Module,
+    meter: CallMeter,
+    projection: Projection,
+    seconds: float,
+    outage: ModelUnavailable,
+) -> None:
+    """The best program so far and a ``run.json`` that says why the run stopped (no test scores)."""
+    usage = meter.snapshot()
+    summary = {
+        "task": settings.task,
+        "optimizer": settings.optimizer,
+        "seed": settings.seed,
+        "stopped": str(outage),
+        "lm_calls": usage.calls,
+        "failed_calls": usage.failed_calls,
+        "tokens": usage.total_tokens,
+        "usd": usage.usd,
+        "by_role": _by_role(meter),
+        "projection": projection.to_dict(),
+        "seconds": round(seconds, 2),
+        "out": str(out),
+    }
+    atomic_write_text(out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def _merge_review(

@@ -189,6 +189,8 @@ class RunSettings(ExperimentSettings):
         max_cost: USD: no LM call of the compile starts once this much is spent (task and prompt model
             together; needs known prices: the embedded model's is 0, a served model's is ``price``).
             At the cap the best program so far is returned, as at the call budget.
+        allow_unmetered: Compile on an LM that dspy-ext cannot meter (a custom ``BaseLM`` of your own),
+            whose calls the budget cannot cap and the reports cannot count. Without it, such an LM is an error.
         feedback: A review store (``dspy-ext review``) to compile from: its Good and corrected outputs join
             the training rows, its criteria's aligned checks become guarded criteria of the metric, its
             critiques go to the optimizer, and its Good outputs are pinned cases (``None``: no review).
@@ -204,6 +206,7 @@ class RunSettings(ExperimentSettings):
     optimizer_config: dict[str, Any] = Field(default_factory=dict)
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
     max_cost: float | None = Field(default=None, ge=0)
+    allow_unmetered: bool = False
     feedback: str | None = None
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)
@@ -235,6 +238,7 @@ class CompareSettings(ExperimentSettings):
         optimizers: Registry names, in report order.
         optimizer_configs: Per-optimizer settings, ``{"ape": {"top_k": 2}}``.
         budget: LM calls per compile.
+        max_cost: USD per compile (see :class:`RunSettings`); ``None``: no dollar cap.
         seeds: Seeds per optimizer: ``seed``, ``seed + 1``, ...
         guards: Regression guards of every cell (see :class:`RunSettings`): guarded optimizers side by side.
         repeats: Rollouts per row of every evaluation (see :class:`RunSettings`).
@@ -245,6 +249,7 @@ class CompareSettings(ExperimentSettings):
     optimizers: list[str]
     optimizer_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    max_cost: float | None = Field(default=None, ge=0)
     seeds: int = Field(default=3, ge=1)
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)
@@ -301,6 +306,8 @@ class TuneSettings(ExperimentSettings):
         optimizers: Optimizers with their default ranges (instead of ``space``).
         trials: Target number of finished trials in the study.
         budget: LM calls per trial (``None``: the space's).
+        max_cost: USD for the whole study (every trial's compile and scoring, task and prompt model);
+            no trial call starts once it is spent (``None``: no dollar cap).
         storage: Optuna storage URL or ``.db`` path (``None``: ``runs/tune/optuna.db``).
         study: The study name (``None``: ``tune-TASK``); the same name resumes.
         workers: Worker processes on the study.
@@ -318,6 +325,7 @@ class TuneSettings(ExperimentSettings):
     optimizers: list[str] | None = None
     trials: int = Field(default=12, ge=1)
     budget: int | None = Field(default=None, ge=1)
+    max_cost: float | None = Field(default=None, ge=0)
     storage: str | None = None
     study: str | None = None
     workers: int = Field(default=1, ge=1)

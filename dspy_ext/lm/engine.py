@@ -17,6 +17,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_events
@@ -154,20 +155,54 @@ class MeteredEngine(abc.ABC):
             ContextOverflowError: The prompt does not fit (nothing is charged).
             Exception: Any other error of :meth:`generate`, unchanged.
         """
+        generation, cost = self.metered(lambda timeout: self._generate_once(request, timeout))
+        _last.finish_reason = generation.finish_reason
+        _last.cost = cost
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant([TextPart(generation.text)]),
+            finish_reason=generation.finish_reason,
+            usage=Usage(input_tokens=generation.input_tokens, output_tokens=generation.output_tokens),
+        )
+
+    def metered(
+        self,
+        attempt: Callable[[float | None], Generation],
+        *,
+        final: Callable[[BaseException], bool] = lambda exc: False,
+    ) -> tuple[Generation, float | None]:
+        """Run ``attempt(timeout)`` as one metered call: every try reserved first, transient errors retried.
+
+        What :meth:`complete` does for a generation, for any other request an engine sends (a
+        likelihood score, a constrained choice): the try is reserved on the active meters, its usage
+        and cost recorded, and a transient error retried with backoff under the active call policy.
+
+        Args:
+            attempt: One try, given the policy's timeout; returns what the model reported.
+            final: Errors never to retry even if they look transient (e.g. a refused request body).
+
+        Returns:
+            The generation and its cost in USD (``None``: unknown).
+        """
         policy = active_call_policy(self)
         retry = 0
         while True:
             meters = reserve_all(active_meters())
             try:
-                generation = self._generate_once(request, policy.timeout)
+                generation = attempt(policy.timeout)
             except ContextOverflowError:
                 for meter in meters:
                     meter.release()  # refused before decoding: nothing was spent
                 raise
             except BaseException as exc:
+                transient = isinstance(exc, Exception) and not final(exc) and policy.retry_on(exc)
+                # A refused or dropped connection, 429 or 5xx is a try the model did not answer: the breaker
+                # counts it. A timeout is not counted: a busy server times out too, while it still answers.
+                unanswered = transient and not isinstance(exc, LMCallTimeout)
                 for meter in meters:
-                    meter.record(None, None, failed=True)
-                if not isinstance(exc, Exception) or not policy.retry_on(exc):
+                    meter.record(None, None, failed=True, error=exc if unanswered else None)
+                if not transient:
                     raise
                 if retry >= policy.max_retries:
                     raise LMRetriesExhausted(retry + 1, exc) from exc
@@ -186,16 +221,7 @@ class MeteredEngine(abc.ABC):
             cost = self.cost_of(generation)
             for meter in meters:
                 meter.record(generation.input_tokens, generation.output_tokens, cost=cost)
-            break
-        _last.finish_reason = generation.finish_reason
-        _last.cost = cost
-        return Response(
-            id=None,
-            model=request.model,
-            message=Message.assistant([TextPart(generation.text)]),
-            finish_reason=generation.finish_reason,
-            usage=Usage(input_tokens=generation.input_tokens, output_tokens=generation.output_tokens),
-        )
+            return generation, cost
 
     def _generate_once(self, request: Request, timeout: float | None) -> Generation:
         if timeout is None:

@@ -65,6 +65,7 @@ class CallJournal(Cache):
     def _load(self) -> None:
         if not self.path.exists():
             return
+        _cut_torn_tail(self.path)
         torn = 0
         with self.path.open(encoding="utf-8", errors="replace") as lines:
             for line in lines:
@@ -138,6 +139,32 @@ class CallJournal(Cache):
     def close(self) -> None:
         with self._write_lock:
             self._file.close()
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line that a crash cut short (no newline), so the next record starts a line of its own.
+
+    Appending after such a fragment would glue the next reply onto it, and that reply would be lost
+    on the following resume.
+    """
+    with path.open("rb+") as file:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        file.seek(size - 1)
+        if file.read(1) == b"\n":
+            return
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            file.seek(start)
+            newline = file.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        logger.warning("%s: dropped a torn last line of %d bytes (a write cut short by a crash)", path, size - end)
+        file.truncate(end)
 
 
 def _finish_reason(record: Any) -> str | None:

@@ -5,12 +5,21 @@ An engine that can do it implements ``score_continuations(messages, continuation
 with the model's chat template (up to the assistant cue), each continuation is
 appended as the assistant's reply, and one forward pass reads the
 log-probability of every reply token. The embedded llama.cpp engine and the
-fake engine implement it; remote API models do not (most chat APIs return the
-log-probabilities of tokens they *generate*, not of a given reply), and
-:func:`score_continuations` raises :class:`LikelihoodUnavailable` for them.
+fake engine implement it, and so does a served model on an OpenAI-compatible
+endpoint whose ``/completions`` returns prompt log-probabilities (``echo`` +
+``logprobs``, e.g. llama.cpp's server; see :class:`dspy_ext.lm.served.ServedEngine`).
+Hosted chat APIs do not (they return the log-probabilities of tokens they
+*generate*, not of a given reply), and :func:`score_continuations` raises
+:class:`LikelihoodUnavailable` for them, with the reason.
 
 Every call is one "forward pass": it is reserved on the active call meters like
-an LM call, so a budget caps scoring and generation together.
+an LM call, so a budget caps scoring and generation together. An engine that
+sends one request per continuation (``meters_own_requests = True``, the served
+engine) reserves each request itself instead.
+
+An engine may also offer constrained decoding of a closed label set
+(:class:`ChoiceEngine`: ``generate_choice(messages, labels, *, field)``), which a
+served model does through a JSON-schema ``response_format``.
 
 Example:
     >>> lm = make_lm("local")                                            # doctest: +SKIP
@@ -29,9 +38,11 @@ from typing import Any, Protocol, runtime_checkable
 from dspy_ext.lm.metering import active_meters, reserve_all
 
 __all__ = [
+    "ChoiceEngine",
     "ContinuationScore",
     "LikelihoodEngine",
     "LikelihoodUnavailable",
+    "choice_engine",
     "count_prompt_tokens",
     "likelihood_engine",
     "log_softmax",
@@ -75,8 +86,24 @@ class LikelihoodEngine(Protocol):
     ) -> list[ContinuationScore]: ...
 
 
+@runtime_checkable
+class ChoiceEngine(Protocol):
+    """An engine that can generate one of a closed set of labels (constrained decoding)."""
+
+    def generate_choice(
+        self, messages: list[dict[str, str]], labels: Sequence[str], *, field: str = "output"
+    ) -> str: ...
+
+
+def choice_engine(lm: Any) -> ChoiceEngine | None:
+    """The engine of ``lm`` if it can generate under a label constraint, else ``None``."""
+    engine = getattr(lm, "engine", None)
+    return engine if isinstance(engine, ChoiceEngine) else None
+
+
 def likelihood_engine(lm: Any) -> LikelihoodEngine:
-    """The engine of ``lm`` if it can score continuations.
+    """The engine of ``lm`` if it can score continuations (a served engine is asked, see
+    ``ServedEngine.likelihood_unavailable``: it may probe its endpoint once, with one metered request).
 
     Args:
         lm: A ``dspy.LM`` (or anything with an ``engine`` attribute).
@@ -85,7 +112,7 @@ def likelihood_engine(lm: Any) -> LikelihoodEngine:
         The engine.
 
     Raises:
-        LikelihoodUnavailable: ``lm`` is ``None`` or its engine cannot score.
+        LikelihoodUnavailable: ``lm`` is ``None`` or its engine cannot score (the message says why).
     """
     if lm is None:
         raise LikelihoodUnavailable("no LM is configured; likelihood scoring needs one")
@@ -93,9 +120,13 @@ def likelihood_engine(lm: Any) -> LikelihoodEngine:
     if not isinstance(engine, LikelihoodEngine):
         name = getattr(lm, "model", type(lm).__name__)
         raise LikelihoodUnavailable(
-            f"LM {name!r} cannot score a given reply (only the embedded llama.cpp engine and the fake engine can); "
-            "use the metric instead"
+            f"LM {name!r} cannot score a given reply (the embedded llama.cpp engine, the fake engine and a "
+            "served model on an endpoint that returns prompt logprobs can); use the metric instead"
         )
+    unavailable = getattr(engine, "likelihood_unavailable", None)
+    reason = unavailable() if callable(unavailable) else None
+    if reason:
+        raise LikelihoodUnavailable(reason)
     return engine
 
 
@@ -155,6 +186,8 @@ def continuation_scores(
         raise ValueError("give at least one continuation to score")
     if any(not isinstance(c, str) or not c for c in continuations):
         raise ValueError("continuations must be non-empty strings")
+    if getattr(engine, "meters_own_requests", False):
+        return engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
     meters = reserve_all(active_meters())
     try:
         scores = engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)

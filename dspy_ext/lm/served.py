@@ -15,6 +15,23 @@ retries off). So on a served model, as on the embedded one:
 * the run's call journal (DSPy's response cache slot) sees every reply, so a
   killed compile resumes without paying twice.
 
+Two levers of the embedded model also work on an OpenAI-compatible endpoint that allows them:
+
+* **likelihood scoring** (:meth:`ServedEngine.score_continuations`): each continuation is one
+  ``POST {api_base}/completions`` with ``echo: true, logprobs: 1, max_tokens: 1`` on the chat
+  messages rendered by a declared :class:`ChatTemplate` (ChatML by default, SmolLM2's and Qwen's);
+  the server returns the log-probability of every prompt token, and the reply's are summed.
+  Whether the endpoint can do it is decided once, by a one-token probe (one metered request), or
+  declared with ``likelihood=True/False``; without a declared base URL it is unavailable.
+* **constrained decoding** (:meth:`ServedEngine.generate_choice`): one ``POST
+  {api_base}/chat/completions`` whose ``response_format`` is a JSON schema with an enum of the
+  labels, so the reply is one of them. OpenAI's form (``{"type": "json_schema", ...}``) is sent
+  first; an endpoint that refuses it (llama-cpp-python's server) gets
+  ``{"type": "json_object", "schema": ...}``, and the engine remembers which form worked.
+
+Both are metered and retried exactly like a generation try. They do not pass through DSPy's cache
+or the run's call journal, so a resumed compile pays for them again.
+
 :func:`check_endpoint` asks an OpenAI-compatible endpoint for its model list
 before anything is spent, so a closed port, an unknown host, a refused key or an
 unknown model stops a command within seconds, with one line.
@@ -29,19 +46,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import dspy
 from dspy.lm15 import Request
 
 from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of
-from dspy_ext.lm.metering import Price
+from dspy_ext.lm.likelihood import ContinuationScore, LikelihoodUnavailable
+from dspy_ext.lm.metering import Price, find_budget_exhausted
 
-__all__ = ["EndpointError", "ServedEngine", "check_endpoint", "endpoint_of", "metered_lm"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHATML",
+    "ChatTemplate",
+    "EndpointError",
+    "ServedEngine",
+    "check_endpoint",
+    "endpoint_of",
+    "metered_lm",
+]
 
 # LiteLLM downloads its price list from the internet on first use unless told to read its bundled copy.
 # This is an environment default for LiteLLM only (a user's own value is kept); nothing dspy-ext runs may
@@ -59,6 +89,64 @@ class EndpointError(ValueError):
     """
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """How a served model's chat template renders messages into one prompt string (for likelihood scoring).
+
+    ``/v1/completions`` takes raw text, so the engine renders the chat itself; the rendering must be
+    the server's for the scores to be those of a chat reply. Nothing tells a client which template a
+    server applies, so it is declared (:data:`CHATML` by default). A wrong template gives scores of a
+    different prompt, not an error.
+
+    Attributes:
+        name: Shown in messages.
+        turn: One message, with ``{role}`` and ``{content}`` placeholders.
+        assistant_cue: What opens the assistant's reply.
+        end_of_turn: What closes a reply (scored when ``end_of_turn=True``).
+        special: The template's special-token strings; a server's detokenizer drops them, which is
+            how the reply's tokens are located among the prompt's.
+    """
+
+    name: str
+    turn: str
+    assistant_cue: str
+    end_of_turn: str
+    special: tuple[str, ...] = ()
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt up to (and with) the assistant cue."""
+        turns = "".join(self.turn.format(role=m["role"], content=m.get("content") or "") for m in messages)
+        return turns + self.assistant_cue
+
+    def plain(self, text: str) -> str:
+        """``text`` without its special-token strings (what the server's token offsets count)."""
+        for token in self.special:
+            text = text.replace(token, "")
+        return text
+
+
+#: ChatML (SmolLM2, Qwen, many fine-tunes). SmolLM2's own template also adds a default system
+#: message when there is none; DSPy's adapters always send one, so this rendering is the same.
+CHATML = ChatTemplate(
+    "chatml",
+    "<|im_start|>{role}\n{content}<|im_end|>\n",
+    "<|im_start|>assistant\n",
+    "<|im_end|>",
+    ("<|im_start|>", "<|im_end|>"),
+)
+
+
+class _HTTPStatusError(RuntimeError):
+    """An endpoint answered with an error status (``status_code`` is ``None`` for a refused request body)."""
+
+    def __init__(self, url: str, status: int, text: str) -> None:
+        super().__init__(f"{url}: HTTP {status}: {text[:300]}")
+        self.http_status = status
+        # llama-cpp-python's server answers a request it cannot validate with 500: not worth a retry.
+        self.status_code = None if "validation error" in text.lower() else status
+        self.text = text
+
+
 class ServedEngine(MeteredEngine):
     """Runs each try as one request through a ``dspy.LM`` of any provider, metered like the embedded model.
 
@@ -67,17 +155,38 @@ class ServedEngine(MeteredEngine):
             retries off is kept, so that each try is exactly one request to the provider.
         price: What the model charges (a served model's, declared by you). ``None``: DSPy's
             estimate from the provider's usage and its bundled price list; unknown where that has
-            no price (reported as unknown, never as 0).
+            no price (reported as unknown, never as 0). Scoring and constrained requests are
+            priced by ``price`` only (unknown without one).
+        chat_template: How the served model renders chat messages (see :class:`ChatTemplate`);
+            used by likelihood scoring only.
+        likelihood: Whether the endpoint returns prompt log-probabilities on ``/completions``:
+            ``True`` (trusted, no probe), ``False`` (off), ``None`` (probe once, on first need,
+            with a one-token request that is metered like any try).
 
     Attributes:
         inner: That copy.
+        meters_own_requests: Scoring requests are metered here, one per request (not by the caller).
     """
 
-    def __init__(self, inner: dspy.LM, *, price: Price | None = None) -> None:
+    meters_own_requests = True
+
+    def __init__(
+        self,
+        inner: dspy.LM,
+        *,
+        price: Price | None = None,
+        chat_template: ChatTemplate = CHATML,
+        likelihood: bool | None = None,
+    ) -> None:
         if isinstance(getattr(inner, "engine", None), MeteredEngine):
             raise TypeError(f"{inner.model!r} already runs on a metered engine")
         self.inner = inner.copy(cache=False, num_retries=0)
         self.price = price
+        self.chat_template = chat_template
+        self.likelihood = likelihood
+        self._likelihood_reason: str | None = None if likelihood is not False else "likelihood=False was declared"
+        self._probed = likelihood is not None
+        self._schema_form: str | None = None
 
     def generate(self, request: Request) -> Generation:
         with dspy.context(disable_history=True, usage_tracker=None):
@@ -100,8 +209,179 @@ class ServedEngine(MeteredEngine):
     def close(self) -> None:
         self.inner.close()
 
+    # ---- the two levers: likelihood scoring and constrained decoding -----------------------------
+    def _served_name(self) -> str:
+        return self.inner.model.partition("/")[2] or self.inner.model
 
-def metered_lm(lm: dspy.BaseLM, *, price: Price | None = None) -> dspy.BaseLM:
+    def likelihood_unavailable(self) -> str | None:
+        """Why this endpoint cannot score a given reply, or ``None`` when it can.
+
+        Decided once per engine: by ``likelihood`` when declared, else by a probe (one request of
+        one prompt token, metered). A probe refused for lack of budget decides nothing; one that
+        fails through every retry (or is answered 404, 400, ...) decides "unavailable" for good.
+        """
+        if self._probed:
+            return self._likelihood_reason
+        base, _ = endpoint_of(self.inner)
+        if not base:
+            reason = (
+                f"{self.inner.model!r} has no declared api_base; hosted chat APIs return no prompt log-probabilities"
+            )
+        else:
+            body = {"model": self._served_name(), "prompt": "Hi", "echo": True, "logprobs": 1, "max_tokens": 1}
+            try:
+                reply = self._request("/completions", {**body, "temperature": 0})
+                reason = None if _token_logprobs(reply) is not None else "its /completions reply has no logprobs"
+            except Exception as exc:
+                if find_budget_exhausted(exc) is not None:
+                    raise
+                reason = _unavailable_reason(exc)
+            if reason is not None:
+                reason = f"{base}/completions cannot score a given reply ({reason})"
+        self._likelihood_reason, self._probed = reason, True
+        if reason is not None:
+            logger.info("likelihood scoring unavailable: %s", reason)
+        return reason
+
+    def score_continuations(
+        self, messages: list[dict[str, str]], continuations: Sequence[str], *, end_of_turn: bool = True
+    ) -> list[ContinuationScore]:
+        """Log-probability of each continuation as the assistant's reply, from the server's prompt logprobs.
+
+        One metered ``/completions`` request per continuation (``echo``, ``logprobs: 1``,
+        ``max_tokens: 1``: the one generated token is not scored). A reply token that merges with
+        the assistant cue is scored whole.
+
+        Raises:
+            LikelihoodUnavailable: The endpoint cannot score (see :meth:`likelihood_unavailable`).
+            BudgetExhausted: An active meter has no call left.
+        """
+        reason = self.likelihood_unavailable()
+        if reason is not None:
+            raise LikelihoodUnavailable(reason)
+        prefix = self.chat_template.render(messages)
+        suffix = self.chat_template.end_of_turn if end_of_turn else ""
+        scores = []
+        for text in continuations:
+            body = {"model": self._served_name(), "prompt": prefix + text + suffix, "echo": True, "logprobs": 1}
+            try:
+                reply = self._request("/completions", {**body, "max_tokens": 1, "temperature": 0})
+            except _HTTPStatusError as exc:
+                raise LikelihoodUnavailable(f"/completions refused a scoring request ({exc})") from exc
+            scores.append(self._reply_score(reply, prefix, text, end_of_turn))
+        return scores
+
+    def _reply_score(self, reply: dict, prefix: str, text: str, end_of_turn: bool) -> ContinuationScore:
+        logprobs = _token_logprobs(reply)
+        if logprobs is None:
+            raise LikelihoodUnavailable("the /completions reply has no logprobs")
+        start = len(self.chat_template.plain(prefix))
+        end = start + len(self.chat_template.plain(text))
+        total, count, eot = 0.0, 0, False
+        for token, offset, value in logprobs:
+            if offset + len(token) <= start or value is None:
+                continue  # the prompt's own tokens (a token that reaches into the reply is the reply's)
+            if offset >= end:
+                if not (end_of_turn and not eot and offset == end and token == ""):
+                    break  # the one generated token
+                eot = True  # the end-of-turn special token (the detokenizer drops its text)
+            total += float(value)
+            count += 1
+        if count == 0 or (end_of_turn and not eot):
+            raise ValueError(f"cannot find the reply {text!r} among the server's prompt tokens")
+        usage = reply.get("usage") or {}
+        return ContinuationScore(total, count, int(usage.get("prompt_tokens") or 0))
+
+    def generate_choice(
+        self, messages: list[dict[str, str]], labels: Sequence[str], *, field: str = "output", max_tokens: int = 64
+    ) -> str:
+        """One of ``labels``, generated under a JSON-schema enum ``response_format`` (one metered request).
+
+        Raises:
+            ValueError: The endpoint ignored the schema (the reply is not one of the labels).
+        """
+        schema = {
+            "type": "object",
+            "properties": {field: {"type": "string", "enum": list(labels)}},
+            "required": [field],
+            "additionalProperties": False,
+        }
+        forms = {
+            "json_schema": {"type": "json_schema", "json_schema": {"name": "label", "schema": schema, "strict": True}},
+            "json_object": {"type": "json_object", "schema": schema},
+        }
+        order = [self._schema_form] if self._schema_form else ["json_schema", "json_object"]
+        body = {"model": self._served_name(), "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        for form in order:
+            try:
+                reply = self._request("/chat/completions", {**body, "response_format": forms[form]})
+            except _HTTPStatusError as exc:
+                if form == order[-1] or "response_format" not in exc.text:
+                    raise
+                continue  # this endpoint spells a schema the other way
+            self._schema_form = form
+            content = ((reply.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+            try:
+                label = json.loads(content)[field]
+            except (ValueError, TypeError, KeyError):
+                label = None
+            if label not in labels:
+                raise ValueError(f"the endpoint did not keep to the label schema: {content[:200]!r}")
+            return label
+        raise AssertionError("unreachable")
+
+    def _request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to the endpoint: every try reserved on the active meters and retried like a generation."""
+        replies: list[dict[str, Any]] = []
+
+        def attempt(timeout: float | None) -> Generation:
+            reply = self._post(path, body, timeout)
+            replies.append(reply)
+            usage = reply.get("usage") or {}
+            return Generation("", int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+        refused = lambda exc: isinstance(exc, _HTTPStatusError) and exc.status_code is None
+        self.metered(attempt, final=refused)
+        return replies[-1]
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        base, key = endpoint_of(self.inner)
+        if not base and self.inner.model.startswith("openai/"):
+            base = "https://api.openai.com/v1"  # OpenAI's own address, where no other is declared
+        if not base:
+            raise ValueError(f"{self.inner.model!r} has no declared api_base to send {path} to")
+        url = base.rstrip("/") + path
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or 600.0) as answer:
+                return json.loads(answer.read().decode("utf-8", "replace"))
+        except urllib.error.HTTPError as exc:
+            raise _HTTPStatusError(url, exc.code, exc.read().decode("utf-8", "replace")) from None
+
+
+def _token_logprobs(reply: dict[str, Any]) -> list[tuple[str, int, float | None]] | None:
+    """``(token text, text offset, logprob)`` of every token of a ``/completions`` reply, or ``None``."""
+    try:
+        logprobs = reply["choices"][0]["logprobs"]
+        rows = list(zip(logprobs["tokens"], logprobs["text_offset"], logprobs["token_logprobs"], strict=True))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return rows or None
+
+
+def _unavailable_reason(exc: BaseException) -> str:
+    status = getattr(exc, "http_status", None)
+    if status is not None:
+        return f"HTTP {status}"
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+
+
+def metered_lm(
+    lm: dspy.BaseLM, *, price: Price | None = None, chat_template: ChatTemplate = CHATML, likelihood: bool | None = None
+) -> dspy.BaseLM:
     """``lm`` on a :class:`ServedEngine`, if it is a ``dspy.LM`` on one of DSPy's own engines (``auto``,
     ``lm15``, ``litellm``); any other LM (on an engine object, dspy-ext's or your own, or a custom
     ``BaseLM``) is returned as it is.
@@ -111,12 +391,12 @@ def metered_lm(lm: dspy.BaseLM, *, price: Price | None = None) -> dspy.BaseLM:
 
     Args:
         lm: Any LM.
-        price: See :class:`ServedEngine`.
+        price, chat_template, likelihood: See :class:`ServedEngine`.
     """
     if not isinstance(lm, dspy.LM) or not isinstance(lm.engine, str):
         return lm
     kwargs = {k: v for k, v in lm.kwargs.items() if k not in _CLIENT_KEYS}
-    engine = ServedEngine(lm, price=price)
+    engine = ServedEngine(lm, price=price, chat_template=chat_template, likelihood=likelihood)
     return dspy.LM(lm.model, model_type=lm.model_type, engine=engine, cache=lm.cache, num_retries=0, **kwargs)
 
 

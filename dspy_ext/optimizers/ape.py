@@ -62,6 +62,10 @@ class APE(InstructionSearch[None]):
         rounds = c.steps * c.top_k * c.variants_per_survivor * (1 + c.minibatch_size * n_predictors)
         return initial + rounds + 3 * n_val * n_predictors
 
+    def projected_prompt_calls(self, n_predictors: int) -> int:
+        c = self.config
+        return c.num_candidates * n_predictors + c.steps * c.top_k * c.variants_per_survivor
+
     def initial(self, run: SearchRun, state: None, seed_candidate: Candidate) -> list[Candidate]:
         c = self.config
         children = []

@@ -68,8 +68,8 @@ from dspy_ext.data.grounding import grounded_instruction
 from dspy_ext.evaluation.constrained import infer_label_set, literal_labels
 from dspy_ext.evaluation.likelihood import LikelihoodEvaluator
 from dspy_ext.evaluation.significance import paired_test
-from dspy_ext.lm.likelihood import supports_likelihood
-from dspy_ext.lm.metering import CallMeter, UsageSnapshot, metering
+from dspy_ext.lm.likelihood import LikelihoodUnavailable, likelihood_engine
+from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, UsageSnapshot, metering
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.prompt_state import demo_to_dict, predictors
 from dspy_ext.search.base import SearchResult, format_pairs
@@ -77,6 +77,7 @@ from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
 from dspy_ext.search.context import demo_set_context_fit
 from dspy_ext.search.guards import ProposalGuard
+from dspy_ext.search.plan import CallPlan
 from dspy_ext.search.run import Models, SearchRun, SearchStopped
 from dspy_ext.search.trial_log import TrialLog
 
@@ -276,6 +277,21 @@ class DemoSearch(Teleprompter):
         self.eval_temperature = eval_temperature
 
     # ---- compile ------------------------------------------------------------------------
+    def plan(self, n_predictors: int, n_train: int, n_val: int) -> CallPlan:
+        """The calls a compile expects to make, by role: the screen of every arm, then the race on val."""
+        c = self.config
+        ks = [k for k in c.demo_counts for _ in range(c.draws_per_count)]
+        arms = [c.incumbent_demos, *ks]
+        if c.grounded:
+            arms += [c.incumbent_demos, *c.demo_counts]
+        prompt = c.instructions if self.prompt_model is not None and n_predictors == 1 else 0
+        arms += list(c.demo_counts) * prompt
+        screen_rows = min(c.screen_rows, n_val) * self.repeats
+        confirm = min(int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * self.repeats)
+        screen = min(len(arms) * screen_rows, max(1, self.max_lm_calls - confirm) - prompt)
+        demos = sum(min(k, n_train) for k in arms) / len(arms)
+        return CallPlan((screen + confirm) * n_predictors, prompt, demos).capped(self.max_lm_calls)
+
     def compile(
         self,
         student: dspy.Module,
@@ -310,7 +326,7 @@ class DemoSearch(Teleprompter):
         if log_path is not None and log_path.exists():
             log_path.unlink()
         roles = {"induce": DEFAULT_META_PROMPTS["induce"]}
-        total = CallMeter(self.max_lm_calls)
+        total = CallMeter(self.max_lm_calls, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
         run = SearchRun(
             method=self.method,
             student=student,
@@ -412,11 +428,10 @@ class DemoSearch(Teleprompter):
         missing = [k for k in outputs if any(k not in ex for ex in run.valset)]
         if missing:
             return "accuracy", f"the validation examples lack the output field(s) {missing}"
-        if not supports_likelihood(run.models.task_lm):
-            return "accuracy", (
-                f"LM {getattr(run.models.task_lm, 'model', '?')!r} cannot score a given reply "
-                "(only dspy-ext's engines can)"
-            )
+        try:  # a served model's endpoint is asked once (one metered probe request) unless declared
+            likelihood_engine(run.models.task_lm)
+        except LikelihoodUnavailable as exc:
+            return "accuracy", str(exc)
         return "likelihood", ""
 
     def _incumbent(self, student: dspy.Module, trainset: list[dspy.Example]) -> _Arm:

@@ -132,6 +132,10 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
         per_member = 1 + c.minibatch_size * n_predictors
         return (c.population_size + c.steps * c.population_size) * per_member + 3 * n_val * n_predictors
 
+    def projected_prompt_calls(self, n_predictors: int) -> int:
+        c = self.config
+        return c.population_size + c.steps * c.population_size
+
     def new_state(self, run: SearchRun) -> EvoPromptState:
         return EvoPromptState(batch=run.minibatch())
 

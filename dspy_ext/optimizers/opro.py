@@ -80,6 +80,9 @@ class OPRO(InstructionSearch[OPROState]):
         per_step = c.proposals_per_step * (1 + c.minibatch_size * n_predictors)
         return c.minibatch_size * n_predictors + c.steps * per_step + 3 * n_val * n_predictors
 
+    def projected_prompt_calls(self, n_predictors: int) -> int:
+        return self.config.steps * self.config.proposals_per_step
+
     def new_state(self, run: SearchRun) -> OPROState:
         return OPROState(batch=run.minibatch())
 

@@ -111,6 +111,10 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
         per_step = c.beam_width * c.minibatch_size + prompts + c.bandit_pulls * c.bandit_batch
         return c.steps * (per_step + children) + 3 * n_val * n_predictors
 
+    def projected_prompt_calls(self, n_predictors: int) -> int:
+        c = self.config
+        return c.steps * c.beam_width * (1 + c.num_gradients * (1 + c.paraphrases_per_edit))
+
     def new_state(self, run: SearchRun) -> ProTeGiState:
         return ProTeGiState(reviewer_reasons=self.feedback.reasons() if self.feedback else [])
 

@@ -34,7 +34,7 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from dspy_ext.data import default_valset
-from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, metering
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
@@ -44,6 +44,7 @@ from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
 from dspy_ext.search.guards import ProposalGuard
+from dspy_ext.search.plan import CallPlan
 from dspy_ext.search.regression import RegressionGuard, parse_guards
 from dspy_ext.search.run import Models, SearchRun, SearchStopped
 from dspy_ext.search.trial_log import TrialLog
@@ -212,6 +213,26 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         """A rough count of the calls a run without a cap would make (logged before running)."""
         return 0
 
+    def projected_prompt_calls(self, n_predictors: int) -> int:
+        """How many of :meth:`projected_calls` go to the prompt model (instruction proposals)."""
+        return 0
+
+    def plan(self, n_predictors: int, n_train: int, n_val: int) -> CallPlan:
+        """The calls a compile expects to make under :attr:`max_lm_calls`, by role (see :class:`CallPlan`).
+
+        The task side adds the bootstrapping of the demo sets (at most one program call per pool row
+        and demo set) to the search's own :meth:`projected_calls`.
+        """
+        c = self.config
+        bootstrap = 0
+        if c.max_bootstrapped_demos > 0 and c.num_demo_sets > 1:
+            pool = min(n_train, 4 * c.max_bootstrapped_demos + 4)
+            bootstrap = (c.num_demo_sets - 1) * pool * n_predictors
+        prompt = self.projected_prompt_calls(n_predictors)
+        task = max(0, self.projected_calls(n_predictors, n_val) - prompt) + bootstrap
+        demos = max(c.max_labeled_demos, c.max_bootstrapped_demos)  # bootstrapped sets are topped up with labeled
+        return CallPlan(task, prompt, demos).capped(self.max_lm_calls)
+
     def active_roles(self) -> tuple[str, ...]:
         """The meta-prompt roles of this compile: :attr:`roles`, plus their feedback variants with feedback."""
         if not self.feedback:
@@ -249,7 +270,7 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         rng = random.Random(self.seed)
         trainset, valset = default_valset(trainset, valset, rng)
         models = Models.resolve(self.task_model, self.prompt_model, method=self.method, max_lm_calls=self.max_lm_calls)
-        total = CallMeter(self.max_lm_calls)
+        total = CallMeter(self.max_lm_calls, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
         search_cap = max(1, int(self.max_lm_calls * (1.0 - self.config.final_share)))
         search_meter = CallMeter(search_cap)
         log_path = self.log_dir / "trials.jsonl" if self.log_dir else None

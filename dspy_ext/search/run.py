@@ -20,7 +20,7 @@ import dspy
 
 from dspy_ext.evaluation import EvaluationReport, Evaluator, example_key
 from dspy_ext.lm.engine import pop_finish_reason
-from dspy_ext.lm.metering import CallMeter, find_budget_exhausted
+from dspy_ext.lm.metering import CallMeter, find_budget_exhausted, lm_role
 from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.guards import ProposalGuard, clean_proposal
 from dspy_ext.search.regression import GuardVerdict, RegressionGuard, row_criteria
@@ -363,7 +363,7 @@ class SearchRun:
         predict = dspy.Predict(signature)
         output = next(iter(signature.output_fields))
         proposals = []
-        with dspy.context(lm=self.models.prompt_lm, adapter=self.models.prompt_adapter):
+        with dspy.context(lm=self.models.prompt_lm, adapter=self.models.prompt_adapter), lm_role("prompt"):
             for _ in range(n):
                 seed = self.rng.randrange(2**31)
                 pop_finish_reason()

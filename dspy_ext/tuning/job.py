@@ -166,6 +166,8 @@ class TuneJob:
             heartbeat_interval=settings.heartbeat,
             timeout=settings.timeout,
             worker_index=worker_index,
+            max_cost=settings.max_cost,
+            cost_shares=settings.workers,
             **review,
         )
         return cls(settings, components, trainset, devset, student, tuner)

@@ -29,7 +29,7 @@ import dspy
 
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.evaluation.criteria import CriteriaMetric
-from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.metering import CallMeter, CostCapReached, metering
 from dspy_ext.prompt_state import demo_to_dict, predictors
 from dspy_ext.tuning.space import TrialPlan
 
@@ -110,6 +110,7 @@ class TrialRunner:
             trial.set_user_attr("compile_lm_calls", compile_calls)
             trial.set_user_attr("eval_lm_calls", usage.calls - compile_calls)
             trial.set_user_attr("tokens", usage.total_tokens)
+            record_spend(trial, meter)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
         self.programs[trial.number] = compiled
         return values
@@ -168,6 +169,16 @@ class TrialRunner:
             path.parent.mkdir(parents=True, exist_ok=True)
             compiled.save(str(path))
             trial.set_user_attr("program_file", str(path))
+
+
+def record_spend(trial: Any, meter: CallMeter) -> None:
+    """Store a trial's tokens in and out, its USD (``None``: a price is unknown) and its calls per role."""
+    usage = meter.snapshot()
+    trial.set_user_attr("input_tokens", usage.input_tokens)
+    trial.set_user_attr("output_tokens", usage.output_tokens)
+    trial.set_user_attr("usd", usage.usd)
+    trial.set_user_attr("cost", round(usage.cost, 6))  # what the cost cap counted (unknown prices as 0)
+    trial.set_user_attr("calls_by_role", {role: u.calls for role, u in meter.by_role().items()})
 
 
 def in_student_shape(student: dspy.Module, compiled: dspy.Module) -> dspy.Module:
@@ -264,6 +275,10 @@ class DevsetScorer:
             chunk = self.dev_order[start : start + size]
             examples = [self.devset[i] for i in chunk]
             report = evaluator.evaluate(program, examples, desc=f"trial {trial.number} dev")
+            if report.budget_exhausted:
+                # The study's cost cap stopped the scoring: a score on part of the devset is no score.
+                trial.set_user_attr("stopped", "cost cap reached while scoring the devset")
+                raise CostCapReached(self.tuner.max_cost or 0.0)
             errors += sum(report.errors.values())
             for row in report.scored:
                 scores[chunk[row.index]] = row.score

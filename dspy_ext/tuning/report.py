@@ -22,7 +22,7 @@ def top_trials_table(results: StudyResults, k: int = 5) -> str:
         return "(no finished trial yet)"
     criteria = results.criteria
     multi = len(criteria) > 1
-    header = ["#", "state", "optimizer", *(criteria if multi else ["dev %"]), "LM calls", "s", "params"]
+    header = ["#", "state", "optimizer", *(criteria if multi else ["dev %"]), "LM calls", "USD", "s", "params"]
     rows = []
     for t in trials:
         scores = t.user_attrs.get("scores") or {}
@@ -41,6 +41,7 @@ def top_trials_table(results: StudyResults, k: int = 5) -> str:
                 t.user_attrs.get("optimizer") or t.params.get("optimizer", "?"),
                 *values,
                 str(t.user_attrs.get("lm_calls", "")),
+                _usd(t.user_attrs),
                 _fmt(t.user_attrs.get("seconds")),
                 params,
             ]
@@ -50,6 +51,12 @@ def top_trials_table(results: StudyResults, k: int = 5) -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
     return "\n".join(lines)
+
+
+def _usd(attrs: dict[str, Any]) -> str:
+    """A trial's USD: ``unknown`` for an unknown price or a trial run before dollars were recorded."""
+    usd = attrs.get("usd")
+    return "unknown" if usd is None else f"{usd:.4f}" if usd < 1 else f"{usd:.2f}"
 
 
 def _fmt(value: Any) -> str:

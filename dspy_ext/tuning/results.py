@@ -140,6 +140,19 @@ class StudyResults:
         trials = self.study.get_trials(deepcopy=False)
         return sum(int(t.user_attrs.get("lm_calls", 0)) for t in trials) + int(self.baseline.get("lm_calls", 0))
 
+    def total_usd(self) -> float | None:
+        """USD of every trial in the study (``None``: a trial's price is unknown, or it was run before
+        dollars were recorded); the baseline and test scoring are not included."""
+        values = [
+            t.user_attrs.get("usd") for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("lm_calls")
+        ]
+        return None if any(v is None for v in values) else round(sum(values), 6)
+
+    def spent_usd(self) -> float:
+        """What the study's cost cap has counted so far: the trials' known USD (unknown prices as 0)."""
+        trials = self.study.get_trials(deepcopy=False)
+        return sum(float(t.user_attrs.get("cost") or t.user_attrs.get("usd") or 0.0) for t in trials)
+
     # ---- programs ----
     def best_program(self) -> dspy.Module:
         """The best trial's program.
@@ -191,6 +204,7 @@ class StudyResults:
         Keys: ``study``, ``storage``, ``objective``, ``criteria``, ``primary``, ``best_value``,
         ``best_values``, ``best_trial``, ``baseline``, ``n_trials`` (every trial), ``n_complete``,
         ``n_pruned``, ``n_failed``, ``n_running``, ``n_waiting``, ``target_trials``, ``total_lm_calls``,
+        ``total_usd`` (the trials' USD; ``None`` when a price is unknown), ``spent_usd`` (what the cost cap counted),
         ``out_dir``, ``top_trials``; plus ``pareto_front`` (pareto) or ``n_infeasible`` (constraints).
         """
         counts = self.counts()
@@ -213,6 +227,8 @@ class StudyResults:
             "n_waiting": counts["waiting"],
             "target_trials": self.target_trials,
             "total_lm_calls": self.total_lm_calls(),
+            "total_usd": self.total_usd(),
+            "spent_usd": round(self.spent_usd(), 6),
             "out_dir": str(self.out_dir) if self.out_dir else None,
             "top_trials": [trial_record(t, brief=True) for t in self.top_trials(top)],
         }
@@ -262,6 +278,7 @@ def trial_record(trial: Any, *, brief: bool = False) -> dict[str, Any]:
         "feasible": is_feasible(trial),
         "lm_calls": attrs.get("lm_calls"),
         "tokens": attrs.get("tokens"),
+        "usd": attrs.get("usd"),
         "seconds": attrs.get("seconds"),
         "retry_of": trial.system_attrs.get("failed_trial"),
     }
@@ -274,6 +291,10 @@ def trial_record(trial: Any, *, brief: bool = False) -> dict[str, Any]:
                 "n_demos": attrs.get("n_demos"),
                 "compile_lm_calls": attrs.get("compile_lm_calls"),
                 "eval_lm_calls": attrs.get("eval_lm_calls"),
+                "calls_by_role": attrs.get("calls_by_role"),
+                "input_tokens": attrs.get("input_tokens"),
+                "output_tokens": attrs.get("output_tokens"),
+                "stopped": attrs.get("stopped"),
                 "worker": attrs.get("worker"),
                 "program_file": attrs.get("program_file"),
                 "constraints": attrs.get("constraints"),

@@ -53,7 +53,8 @@ class TuneResult:
     Attributes:
         summary: :meth:`StudyResults.summary` plus this run's figures (``n_trials_this_run``,
             ``workers``, ``task``, ``lm``, ``adapter``, ``train``, ``val``, ``seconds_this_run``,
-            ``best_program``, test scores, ``plot``, ``dashboard``), as written to ``summary.json``.
+            ``best_program``, test scores, ``plot``, ``dashboard``, ``max_cost``, ``cost_cap_reached``),
+            as written to ``summary.json``.
         job: The main process's :class:`TuneJob`.
         session: Its :class:`TuneSession`.
         failed_workers: Workers that exited with an error.
@@ -119,6 +120,8 @@ def tune(
             "train": len(job.trainset),
             "val": len(job.devset),
             "seconds_this_run": round(time.perf_counter() - started, 2),
+            "max_cost": settings.max_cost,
+            "cost_cap_reached": settings.max_cost is not None and summary["spent_usd"] >= settings.max_cost,
         }
     )
     best_path = results.save_best()

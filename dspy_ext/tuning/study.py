@@ -44,6 +44,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import random
@@ -103,6 +105,12 @@ class OptunaTuner(Teleprompter):
         worker_index: Offsets the sampler's seed so that workers do not draw the same parameters.
         feedback: A reviewer's critiques, given to every trial's optimizer that uses them.
         guards: Per-criterion guards (most points a criterion may drop) given to every trial's optimizer.
+        max_cost: USD for the whole study, a hard cap on its trials' calls (compile and devset scoring, task
+            and prompt model together; the trials of earlier runs count). No trial starts once it is spent,
+            and the trial running then stops: a compile returns its best so far, a devset scoring cut short
+            fails the trial (it is never scored on part of the devset). ``None``: no cap.
+        cost_shares: Processes that share what is left of ``max_cost`` when they join (the workers of one
+            tune), each getting an equal part, so that together they keep the cap.
 
     Raises:
         TuningSpaceError: The space cannot work (raised here, before any storage is touched).
@@ -138,8 +146,12 @@ class OptunaTuner(Teleprompter):
         worker_index: int = 0,
         feedback: SearchFeedback | None = None,
         guards: Mapping[str, float] | None = None,
+        max_cost: float | None = None,
+        cost_shares: int = 1,
     ) -> None:
         super().__init__()
+        if max_cost is not None and not max_cost >= 0:
+            raise ValueError(f"max_cost must be >= 0, got {max_cost}")
         if n_trials < 1:
             raise ValueError("n_trials must be >= 1")
         self.space = load_space(space)
@@ -167,6 +179,8 @@ class OptunaTuner(Teleprompter):
         self.worker_index = worker_index
         self.feedback = feedback or None
         self.guards = dict(guards or {})
+        self.max_cost = max_cost
+        self.cost_shares = max(1, cost_shares)
 
     def compile(
         self,
@@ -265,6 +279,15 @@ class StudyIdentity:
             )
         if tuner.objective != "auto" and tuner.objective != self.objective:
             raise ValueError(f"study {name!r} uses objective {self.objective!r}, not {tuner.objective!r}{hint}")
+
+
+def _stop_when_spent(purse: CallMeter, study: Any, trial: Any) -> None:
+    """Optuna callback: stop this process's trials once its part of the cost cap is spent."""
+    if purse.max_cost is not None and purse.snapshot().cost >= purse.max_cost:
+        logger.warning(
+            "study %s: the cost cap is reached after trial %d; no further trial starts", study.study_name, trial.number
+        )
+        study.stop()
 
 
 def measure_identity(
@@ -414,14 +437,30 @@ class TuneSession:
             remaining = min(remaining, max_trials)
         if remaining <= 0:
             return 0
+        purse = self._purse()
+        if purse is not None and purse.max_cost <= 0:
+            logger.warning(
+                "study %s: its cost cap of $%g is spent; no trial starts", self.tuner.study_name, self.tuner.max_cost
+            )
+            return 0
         before = len(self.study.get_trials(deepcopy=False))
         stop = MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        self.study.optimize(
-            self.runner,
-            n_trials=remaining,
-            timeout=self.tuner.timeout,
-            catch=(Exception,),
-            callbacks=[stop, *callbacks],
-            gc_after_trial=False,
-        )
+        spent = [] if purse is None else [functools.partial(_stop_when_spent, purse)]
+        with metering(purse) if purse is not None else contextlib.nullcontext():
+            self.study.optimize(
+                self.runner,
+                n_trials=remaining,
+                timeout=self.tuner.timeout,
+                catch=(Exception,),
+                callbacks=[stop, *spent, *callbacks],
+                gc_after_trial=False,
+            )
         return len(self.study.get_trials(deepcopy=False)) - before
+
+    def _purse(self) -> CallMeter | None:
+        """This process's part of what is left of the study's cost cap, as a meter (``None``: no cap)."""
+        tuner = self.tuner
+        if tuner.max_cost is None:
+            return None
+        left = max(0.0, tuner.max_cost - self.results.spent_usd())
+        return CallMeter(max_cost=left / tuner.cost_shares)

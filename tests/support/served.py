@@ -175,3 +175,31 @@ class CountingProxy:
                 self._forward("POST")
 
         return Handler
+
+
+class ChatOnlyProxy(CountingProxy):
+    """A :class:`CountingProxy` whose endpoint has no text-completions route: ``POST .../v1/completions``
+    answers 404 (as a chat-only API does), chat completions are forwarded.
+
+    Attributes:
+        refused: The ``/completions`` requests answered with 404 (also counted in ``requests``).
+    """
+
+    refused = 0
+
+    def _handler(self):
+        proxy = self
+        forwarding = super()._handler()
+
+        class Handler(forwarding):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    with proxy._lock:
+                        proxy.requests += 1
+                        proxy.refused += 1
+                    self._reply(404, b'{"error": {"message": "Not Found"}}')
+                    return
+                super().do_POST()
+
+        return Handler

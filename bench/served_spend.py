@@ -1,0 +1,234 @@
+"""Served model: the dry-run projection against what a compile really spends, and what threads hide.
+
+Starts llama.cpp's OpenAI-compatible server on loopback with the embedded SmolLM2 file (the ``served``
+extra), and a counting proxy in front of it. Then, for each optimizer and task:
+
+1. ``dry_run`` (what ``dspy-ext compile --dry-run`` prints): calls, tokens and USD by role, no request;
+2. the compile itself at the same settings (no test scoring), counted by the engine's meter and by the
+   proxy on the server side.
+
+USD uses a declared price of $0.15 / $0.60 per million input / output tokens (a hosted small model's).
+
+Second part: the wall-clock of one compile at 1, 2 and 4 threads behind a proxy that adds 1 s to every
+request, as a hosted API does (llama.cpp's Python server answers one request at a time, so the latency
+is what threads can hide).
+
+    PYTHONPATH=.:tests python bench/served_spend.py                 # all, writes docs/benchmarks.md
+    ... --optimizers ape mipro --tasks sentiment --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _docs import write_section
+
+from dspy_ext.data import split_train_val
+from dspy_ext.experiment import RunSettings
+from dspy_ext.experiment.components import build_components, build_student
+from dspy_ext.experiment.run import _build_optimizer, dry_run
+from dspy_ext.lm import CallMeter, Price, metered_lm, metering
+
+from support.served import MODEL_ALIAS, CountingProxy, served_model
+
+RESULTS = Path(__file__).resolve().parent / "results" / "served_spend"
+PRICE = Price(input_per_1m=0.15, output_per_1m=0.60)
+OPTIMIZERS = ["demo-search", "ape", "opro", "evoprompt-ga", "evoprompt-de", "protegi", "mipro"]
+TASKS = ["sentiment", "first_word_letter"]
+
+
+class SlowProxy(CountingProxy):
+    """A counting proxy that waits ``delay`` seconds before forwarding each completion request."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        super().__init__(upstream)
+        self.delay = delay
+        inner = self._server.RequestHandlerClass
+        outer = self
+
+        class Slow(inner):  # type: ignore[misc, valid-type]
+            def do_POST(self) -> None:  # noqa: N802 (http.server names it)
+                time.sleep(outer.delay)
+                super().do_POST()
+
+        self._server.RequestHandlerClass = Slow
+
+
+def _settings(task: str, optimizer: str, budget: int, threads: int, base: str) -> RunSettings:
+    return RunSettings(
+        task=task,
+        optimizer=optimizer,
+        budget=budget,
+        train=50,
+        val=30,
+        seed=0,
+        threads=threads,
+        adapter="plain",
+        lm=f"openai/{MODEL_ALIAS}",
+        api_base=base,
+        api_key_env="DSPY_EXT_BENCH_KEY",
+        price={"input_per_1m": PRICE.input_per_1m, "output_per_1m": PRICE.output_per_1m},
+        cache=False,  # every call reaches the model: no reply from an earlier cell
+    )
+
+
+def _compile(settings: RunSettings) -> dict[str, Any]:
+    """One compile with the run's own optimizer and meter (no test scoring); its spend and seconds."""
+    components = build_components(settings)
+    student = build_student(settings, components.task)
+    train, val = split_train_val(components.task.train, settings.train, settings.val, seed=settings.seed)
+    lm = metered_lm(components.lm)
+    meter = CallMeter()
+    with components.context(lm=lm):
+        optimizer = _build_optimizer(settings, components.metric, train, val, None, log_dir=None, progress=False)
+        started = time.perf_counter()
+        with metering(meter):
+            optimizer.compile(student, trainset=train, valset=val)
+        seconds = time.perf_counter() - started
+    usage, roles = meter.snapshot(), meter.by_role()
+    return {
+        "calls": usage.calls,
+        "tokens": usage.total_tokens,
+        "usd": usage.usd,
+        "task_calls": roles["task"].calls,
+        "prompt_calls": roles["prompt"].calls,
+        "seconds": round(seconds, 1),
+    }
+
+
+def spend_cell(task: str, optimizer: str, budget: int, server: str) -> dict[str, Any]:
+    path = RESULTS / f"{task}-{optimizer}-b{budget}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    proxy = CountingProxy(server)
+    try:
+        settings = _settings(task, optimizer, budget, 1, proxy.base)
+        projection = dry_run(settings)
+        assert proxy.requests == 0, "the dry run sent a completion"
+        actual = _compile(settings)
+        cell = {
+            "task": task,
+            "optimizer": optimizer,
+            "budget": budget,
+            "projected": {
+                "calls": projection.calls,
+                "tokens": projection.tokens,
+                "usd": projection.usd,
+                "task_calls": projection.task.calls,
+                "prompt_calls": projection.prompt.calls,
+                "known": projection.known,
+            },
+            "actual": actual,
+            "server_requests": proxy.requests,
+            "server_tokens": proxy.input_tokens + proxy.output_tokens,
+        }
+    finally:
+        proxy.close()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=2) + "\n")
+    print(json.dumps(cell), flush=True)
+    return cell
+
+
+def thread_cell(threads: int, budget: int, server: str, delay: float) -> dict[str, Any]:
+    path = RESULTS / f"threads-{threads}-b{budget}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    proxy = SlowProxy(server, delay)
+    try:
+        actual = _compile(_settings("sentiment", "ape", budget, threads, proxy.base))
+    finally:
+        proxy.close()
+    cell = {"threads": threads, "budget": budget, "delay": delay, **actual, "server_requests": proxy.requests}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=2) + "\n")
+    print(json.dumps(cell), flush=True)
+    return cell
+
+
+def _ratio(projected: float | None, actual: float | None) -> str:
+    if not projected or not actual:
+        return "-"
+    return f"{projected / actual:.2f}"
+
+
+def render(spend: list[dict[str, Any]], threads: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Run {dt.date.today()} on this machine (2 cores): llama.cpp's OpenAI-compatible server on loopback with",
+        "the embedded SmolLM2-135M file, a counting proxy in front; 50 train / 30 val rows, seed 0, plain adapter,",
+        f"declared price ${PRICE.input_per_1m} / ${PRICE.output_per_1m} per 1M tokens in / out.",
+        "Projected: `dspy-ext compile --dry-run` (0 requests, checked). Actual: the compile alone, by its meter;",
+        "the server column is the proxy's count of completion requests. Ratio = projected / actual.",
+        "",
+        "| task | optimizer | calls proj. | calls | server | task/prompt proj. | task/prompt | tokens proj."
+        " | tokens | ratio | usd proj. | usd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in spend:
+        p, a = c["projected"], c["actual"]
+        lines.append(
+            f"| {c['task']} | {c['optimizer']} | {p['calls']} | {a['calls']} | {c['server_requests']} | "
+            f"{p['task_calls']}/{p['prompt_calls']} | {a['task_calls']}/{a['prompt_calls']} | {p['tokens']} | "
+            f"{a['tokens']} | {_ratio(p['tokens'], a['tokens'])} | {p['usd']:.5f} | {a['usd']:.5f} |"
+        )
+    if spend:
+        calls = [c["projected"]["calls"] / c["actual"]["calls"] for c in spend if c["actual"]["calls"]]
+        tokens = [c["projected"]["tokens"] / c["actual"]["tokens"] for c in spend if c["actual"]["tokens"]]
+        lines += [
+            "",
+            f"Median projected/actual: calls {statistics.median(calls):.2f} "
+            f"(range {min(calls):.2f}-{max(calls):.2f}), tokens {statistics.median(tokens):.2f} "
+            f"(range {min(tokens):.2f}-{max(tokens):.2f}).",
+        ]
+    if threads:
+        base = next((t["seconds"] for t in threads if t["threads"] == 1), None)
+        lines += [
+            "",
+            f"Wall-clock of one APE compile (sentiment, budget {threads[0]['budget']}) behind a proxy that adds "
+            f"{threads[0]['delay']:g} s to each request:",
+            "",
+            "| threads | seconds | speed-up | calls | server requests |",
+            "|---|---|---|---|---|",
+        ]
+        for t in threads:
+            speedup = f"{base / t['seconds']:.2f}x" if base else "-"
+            lines.append(f"| {t['threads']} | {t['seconds']} | {speedup} | {t['calls']} | {t['server_requests']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--budget", type=int, default=200)
+    parser.add_argument("--thread-budget", type=int, default=60)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--delay", type=float, default=1.0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    import os
+
+    os.environ.setdefault("DSPY_EXT_BENCH_KEY", "sk-local")
+    with served_model(Path(tempfile.mkdtemp()) / "server.log") as server:
+        spend = [spend_cell(t, o, args.budget, server) for t in args.tasks for o in args.optimizers]
+        threads = [thread_cell(n, args.thread_budget, server, args.delay) for n in args.threads]
+    body = render(spend, threads)
+    print(body)
+    if not args.no_write:
+        write_section("Served model: projected against actual spend, and threads (issue 17)", body)
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda exc: None  # a proxy handler thread cut off at shutdown is not a result
+    main()

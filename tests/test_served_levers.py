@@ -1,0 +1,131 @@
+"""The two levers on a served model: constrained decoding (``response_format``) and likelihood scoring (``logprobs``).
+
+llama.cpp's server (``llama-cpp-python[server]``) runs on loopback with the embedded SmolLM2 file; a
+counting proxy in front of it counts every completion request from the server's side of the client,
+so each test checks that what the meter charged is what reached the server.
+"""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from dspy_ext.adapters import PlainAdapter
+from dspy_ext.evaluation.constrained import LabelConstrained, LabelRule
+from dspy_ext.evaluation.likelihood import gold_reply, predictor_messages
+from dspy_ext.lm import make_lm
+from dspy_ext.lm.likelihood import LikelihoodUnavailable, continuation_scores, supports_likelihood
+from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.served import CHATML, ServedEngine
+
+from support.served import MODEL_ALIAS, ChatOnlyProxy, CountingProxy, server_available
+
+pytestmark = [
+    pytest.mark.embedded,
+    pytest.mark.skipif(not server_available(), reason="needs llama-cpp-python[server]"),
+]
+
+LABELS = ("positive", "negative")
+#: |served - embedded| log-probability of the same reply: measured up to 4.2e-7 (float32 logits, same file).
+TOLERANCE = 1e-4
+
+
+def _served(base: str) -> dspy.LM:
+    return make_lm(f"openai/{MODEL_ALIAS}", api_base=base, api_key="sk-local", cache=False, max_tokens=64)
+
+
+def _sentiment(n: int) -> tuple[dspy.Predict, list[dspy.Example]]:
+    from dspy_ext.data import load_task
+
+    task = load_task("sentiment")
+    return dspy.Predict(dspy.Signature("input -> output", task.instructions[0])), list(task.test[:n])
+
+
+def _assert_metered_like_the_server(meter: CallMeter, proxy: CountingProxy) -> None:
+    usage = meter.snapshot()
+    assert usage.calls == proxy.requests > 0
+    assert (usage.input_tokens, usage.output_tokens) == (proxy.input_tokens, proxy.output_tokens)
+
+
+def test_constrained_decoding_via_response_format_returns_only_allowed_labels(proxy: CountingProxy) -> None:
+    predict, rows = _sentiment(5)
+    program = LabelConstrained(predict, LabelRule("output", LABELS), method="constrained")
+    meter = CallMeter()
+    with dspy.context(lm=_served(proxy.base), adapter=PlainAdapter()), metering(meter):
+        predictions = [program(**row.inputs()) for row in rows]
+    assert all(p.output in LABELS for p in predictions)
+    assert all(sorted(p.label_probs) == [0.0, 1.0] for p in predictions)  # generated, not scored
+    _assert_metered_like_the_server(meter, proxy)
+    # OpenAI's json_schema form is refused once by llama-cpp-python's server (a failed, charged try,
+    # not retried); the engine then keeps to {"type": "json_object", "schema": ...}: one request a row.
+    assert meter.snapshot().failed_calls == 1 and proxy.requests == len(rows) + 1
+
+
+def test_likelihood_scoring_via_completions_echo_logprobs_matches_the_embedded_model(
+    proxy: CountingProxy, local_lm: dspy.LM
+) -> None:
+    predict, rows = _sentiment(2)
+    served = _served(proxy.base)
+    meter = CallMeter()
+    with dspy.context(adapter=PlainAdapter()):
+        replies = [gold_reply(predict, {"output": label}) for label in LABELS]
+        messages = [predictor_messages(predict, row.inputs()) for row in rows]
+        with metering(meter):
+            assert supports_likelihood(served)  # the probe: one metered one-token request
+            remote = [continuation_scores(served, m, replies, end_of_turn=False) for m in messages]
+            long_reply = [continuation_scores(served, messages[0], ["quite positive"], end_of_turn=True)]
+        local = [continuation_scores(local_lm, m, replies, end_of_turn=False) for m in messages]
+        local_long = [continuation_scores(local_lm, messages[0], ["quite positive"], end_of_turn=True)]
+    for got, want in zip(remote + long_reply, local + local_long, strict=True):
+        assert [s.n_tokens for s in got] == [s.n_tokens for s in want]
+        assert all(abs(a.logprob - b.logprob) < TOLERANCE for a, b in zip(got, want, strict=True))
+        assert all(s.logprob < 0 for s in got)
+    assert long_reply[0][0].n_tokens == local_long[0][0].n_tokens >= 3  # two words and the end of turn
+    _assert_metered_like_the_server(meter, proxy)
+    assert proxy.requests == 1 + len(rows) * len(LABELS) + 1  # probe, one request per (row, label), the long reply
+
+
+def test_demo_search_falls_back_to_accuracy_where_the_endpoint_has_no_completions(server: str) -> None:
+    from dspy_ext.data import load_task, split_train_val
+    from dspy_ext.optimizers.demo_search import DemoSearch
+
+    task = load_task("sentiment")
+    train, val = split_train_val(task.train, 12, 4, seed=0)
+    predict = dspy.Predict(dspy.Signature("input -> output", task.instructions[0]))
+    proxy = ChatOnlyProxy(server)
+    try:
+        lm = _served(proxy.base)
+        assert not supports_likelihood(lm) and proxy.refused == 1  # decided once, by one probe
+        with pytest.raises(LikelihoodUnavailable, match="404"):
+            continuation_scores(lm, [{"role": "user", "content": "hi"}], ["hello"])
+        settings = {"demo_counts": (3,), "draws_per_count": 1, "screen_rows": 2, "race_rows": 2}
+        with dspy.context(lm=_served(proxy.base), adapter=PlainAdapter()):
+            program = DemoSearch(
+                lambda ex, pred, trace=None: pred.output == ex.output,
+                max_lm_calls=16,
+                seed=0,
+                num_threads=1,
+                **settings,
+            ).compile(predict, trainset=train, valset=val)
+    finally:
+        proxy.close()
+    result = program.dspy_ext_result
+    assert result.screening == "accuracy"
+    assert "cannot score a given reply (HTTP 404)" in result.screening_note and proxy.base in result.screening_note
+    assert proxy.refused == 2  # one probe per engine; no scoring request was sent
+    assert 0 < result.lm_calls <= 16
+
+
+def test_chatml_renders_the_prompt_the_server_scores() -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    prompt = CHATML.render(messages)
+    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert CHATML.plain(prompt) == "system\nBe brief.\nuser\nHi\nassistant\n"
+
+
+def test_an_lm_without_an_endpoint_cannot_score_and_sends_nothing() -> None:
+    engine = ServedEngine(dspy.LM("openai/gpt-4o-mini", api_key="sk-none"))
+    reason = engine.likelihood_unavailable()
+    assert reason is not None and "api_base" in reason
+    declared_off = ServedEngine(dspy.LM("openai/m", api_base="http://127.0.0.1:9/v1", api_key="x"), likelihood=False)
+    assert declared_off.likelihood_unavailable() == "likelihood=False was declared"
