@@ -20,12 +20,12 @@ from typing import Any
 
 import dspy
 
-from dspy_ext.adapters import default_adapter
 from dspy_ext.lm.likelihood import count_prompt_tokens
 from dspy_ext.lm.metering import Price
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.base import format_pairs
+from dspy_ext.search.context import active_adapter, prompt_messages
 from dspy_ext.search.plan import CallPlan
 
 __all__ = ["Projection", "RoleProjection", "price_of", "project"]
@@ -104,7 +104,7 @@ def project(
     """
     known = plan is not None
     plan = plan or CallPlan(budget or 0, 0, min(3, len(train)))
-    adapter = dspy.settings.adapter or default_adapter(lm) or dspy.ChatAdapter()
+    adapter = active_adapter(lm)
     rows = random.Random(seed).sample(train, min(SAMPLED_ROWS, len(train)))
     task_in, task_out = _task_sizes(student, train, rows, adapter, lm, round(plan.demos))
     prompt_in = _proposal_size(train, rows, adapter, lm) if plan.prompt_calls else 0
@@ -136,10 +136,8 @@ def _task_sizes(
         signature = predictor.signature
         for row in rows:
             demos = [ex.toDict() for ex in train if ex is not row][:k]
-            inputs = {name: row.get(name, "") for name in signature.input_fields}
             outputs = {name: row.get(name, "") for name in signature.output_fields}
-            messages = adapter.format(signature, demos=demos, inputs=inputs)
-            prompt = _text_messages(messages)
+            prompt = prompt_messages(adapter, signature, demos, row)
             prompts.append(count_prompt_tokens(lm, prompt))
             reply = adapter.format_assistant_message_content(signature, outputs)
             replies.append(_reply_tokens(lm, prompt, reply))
@@ -158,23 +156,8 @@ def _proposal_size(train: list[dspy.Example], rows: list[dspy.Example], adapter:
     """Tokens of an instruction-induction meta-prompt showing five training pairs."""
     signature = DEFAULT_META_PROMPTS["induce"]
     pairs = rows[:5] or train[:5]
-    inputs = {"step": "input -> output", "examples": format_pairs(pairs)}
-    messages = adapter.format(
-        signature, demos=[], inputs={k: v for k, v in inputs.items() if k in signature.input_fields}
-    )
-    return float(count_prompt_tokens(lm, _text_messages(messages)))
-
-
-def _text_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages]
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content or "")
+    fields = {"step": "input -> output", "examples": format_pairs(pairs)}
+    return float(count_prompt_tokens(lm, prompt_messages(adapter, signature, [], fields)))
 
 
 def price_of(lm: Any) -> Price | None:

@@ -117,10 +117,7 @@ def run(
     components = components or build_components(settings, lm=lm)
     task = components.task
     student = build_student(settings, task)
-    try:
-        train, val = split_train_val(task.train, settings.train, settings.val, seed=settings.seed)
-    except ValueError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from None
+    train, val = _split(settings, task.train)
     metric = components.metric
     merged = _merge_review(settings, components, train, val) if settings.feedback else None
     if merged is not None:
@@ -151,9 +148,7 @@ def run(
         guards = (merged.guards if merged is not None else settings.guards) or {}
         with components.context(lm=lm):
             optimizer = _build_optimizer(settings, metric, train, val, merged, log_dir=str(out), progress=progress)
-            projection = project(
-                optimizer.plan(student), student=student, train=train, lm=lm, budget=settings.budget, seed=settings.seed
-            )
+            projection = _project(settings, optimizer, student, train, lm)
         # The optimizer's own meter caps the calls; this one caps the dollars and stops a model that stopped answering.
         meter = CallMeter(max_cost=settings.max_cost, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
         started = time.perf_counter()
@@ -162,8 +157,7 @@ def run(
         compile_seconds = time.perf_counter() - started
         usage = meter.snapshot()
         if meter.outage is not None:
-            _write_stopped(out, settings, compiled, meter, projection, compile_seconds, meter.outage)
-            raise ModelUnavailable(meter.outage.failures, meter.outage.last_error, out=out / PROGRAM_FILE)
+            _stop(out, settings, compiled, meter, projection, compile_seconds, meter.outage)
         if journal.earlier_calls:
             logger.info(
                 "%s: resumed; %d of %d calls replayed from %s", out, journal.replayed_calls, usage.calls, JOURNAL_FILE
@@ -189,8 +183,7 @@ def run(
                 else None
             )
         if scoring.outage is not None:
-            _write_stopped(out, settings, compiled, meter, projection, compile_seconds, scoring.outage)
-            raise ModelUnavailable(scoring.outage.failures, scoring.outage.last_error, out=out / PROGRAM_FILE)
+            _stop(out, settings, compiled, meter, projection, compile_seconds, scoring.outage)
         result = getattr(compiled, "dspy_ext_result", None)
         summary = {
             "task": task.name,
@@ -211,16 +204,9 @@ def run(
             "baseline_test_score": round(baseline.score, 2),
             "baseline": f"the student with {LABELED_BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
             "zero_shot_test_score": round(zero_shot.score, 2),
-            "lm_calls": usage.calls,
-            "failed_calls": usage.failed_calls,
-            "tokens": usage.total_tokens,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "usd": usage.usd,
+            **_spend(meter, projection),
             "max_cost": settings.max_cost,
             "cost_cap_reached": settings.max_cost is not None and usage.cost >= settings.max_cost,
-            "by_role": _by_role(meter),
-            "projection": projection.to_dict(),
             "seconds": round(compile_seconds, 2),
             "budget_exhausted": bool(result and result.budget_exhausted),
             "replayed_calls": journal.replayed_calls,
@@ -248,10 +234,7 @@ def run(
             if not summary.get("criteria"):  # the run's own table is kept; a one-number metric gets the review's
                 summary["criteria"] = table
             summary.update(review)
-        atomic_write_text(
-            out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2, ensure_ascii=False) + "\n"
-        )
-        atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+        _write_results(out, compiled, summary)
         atomic_write_text(out / REPORT_FILE, render_report(summary, compiled))
     return RunResult(settings, summary, compiled, test, baseline, val_report, out)
 
@@ -298,16 +281,32 @@ def dry_run(
     """
     components = components or build_components(settings, lm=lm)
     student = build_student(settings, components.task)
-    try:
-        train, val = split_train_val(components.task.train, settings.train, settings.val, seed=settings.seed)
-    except ValueError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from None
+    train, val = _split(settings, components.task.train)
     model = metered_lm(components.lm)
     with components.context(lm=model):
         optimizer = _build_optimizer(settings, components.metric, train, val, None, log_dir=None, progress=False)
-        return project(
-            optimizer.plan(student), student=student, train=train, lm=model, budget=settings.budget, seed=settings.seed
-        )
+        return _project(settings, optimizer, student, train, model)
+
+
+def _split(settings: RunSettings, rows: list[dspy.Example]) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """The run's train and val rows (see :func:`~dspy_ext.data.split_train_val`).
+
+    Raises:
+        SettingsError: Sizes the task cannot give.
+    """
+    try:
+        return split_train_val(rows, settings.train, settings.val, seed=settings.seed)
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+
+
+def _project(
+    settings: RunSettings, optimizer: OptimizerHandle, student: dspy.Module, train: list[dspy.Example], lm: Any
+) -> Projection:
+    """What ``optimizer`` is expected to spend compiling ``student`` (inside the run's context)."""
+    return project(
+        optimizer.plan(student), student=student, train=train, lm=lm, budget=settings.budget, seed=settings.seed
+    )
 
 
 def _check_metered(lm: dspy.BaseLM, settings: RunSettings) -> None:
@@ -319,6 +318,21 @@ def _check_metered(lm: dspy.BaseLM, settings: RunSettings) -> None:
         f"the budget of {settings.budget} calls cannot be kept and no call can be counted; use a dspy.LM on one of "
         "DSPy's engines (or an engine of dspy-ext), or pass --allow-unmetered (allow_unmetered: true) to run anyway"
     )
+
+
+def _spend(meter: CallMeter, projection: Projection) -> dict[str, Any]:
+    """The compile's calls, tokens and USD, in all and by role, with what was projected: ``run.json`` fields."""
+    usage = meter.snapshot()
+    return {
+        "lm_calls": usage.calls,
+        "failed_calls": usage.failed_calls,
+        "tokens": usage.total_tokens,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "usd": usage.usd,
+        "by_role": _by_role(meter),
+        "projection": projection.to_dict(),
+    }
 
 
 def _by_role(meter: CallMeter) -> dict[str, dict[str, Any]]:
@@ -334,7 +348,7 @@ def _by_role(meter: CallMeter) -> dict[str, dict[str, Any]]:
     }
 
 
-def _write_stopped(
+def _stop(
     out: Path,
     settings: RunSettings,
     compiled: dspy.Module,
@@ -343,22 +357,26 @@ def _write_stopped(
     seconds: float,
     outage: ModelUnavailable,
 ) -> None:
-    """The best program so far and a ``run.json`` that says why the run stopped (no test scores)."""
-    usage = meter.snapshot()
+    """Keep the best program so far and a ``run.json`` that says why the run stopped (no test scores); raise.
+
+    Raises:
+        ModelUnavailable: Always, naming ``program.json``.
+    """
     summary = {
         "task": settings.task,
         "optimizer": settings.optimizer,
         "seed": settings.seed,
         "stopped": str(outage),
-        "lm_calls": usage.calls,
-        "failed_calls": usage.failed_calls,
-        "tokens": usage.total_tokens,
-        "usd": usage.usd,
-        "by_role": _by_role(meter),
-        "projection": projection.to_dict(),
+        **_spend(meter, projection),
         "seconds": round(seconds, 2),
         "out": str(out),
     }
+    _write_results(out, compiled, summary)
+    raise ModelUnavailable(outage.failures, outage.last_error, out=out / PROGRAM_FILE)
+
+
+def _write_results(out: Path, compiled: dspy.Module, summary: dict[str, Any]) -> None:
+    """``program.json`` and ``run.json`` of the run folder (each written atomically)."""
     atomic_write_text(out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
 

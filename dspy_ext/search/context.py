@@ -139,7 +139,7 @@ def demo_set_context_fit(
     if reply_tokens < 0:
         raise ValueError(f"reply_tokens must be >= 0, got {reply_tokens}")
     lm = lm if lm is not None else dspy.settings.lm
-    adapter = adapter or dspy.settings.adapter or default_adapter(lm) or dspy.ChatAdapter()
+    adapter = adapter or active_adapter(lm)
     window = (
         context_window if context_window is not None else getattr(getattr(lm, "engine", None), "context_window", None)
     )
@@ -154,12 +154,7 @@ def demo_set_context_fit(
         signature = predictor.signature
         for index in chosen:
             example = examples[index]
-            inputs = {field: example.get(field, "") for field in signature.input_fields}
-            messages = [
-                {"role": m["role"], "content": _text(m.get("content"))}
-                for m in adapter.format(signature, demos, inputs)
-            ]
-            tokens = int(count(messages))
+            tokens = int(count(prompt_messages(adapter, signature, demos, example)))
             checked += 1
             if window is not None and tokens + reply_tokens > window:
                 overflowing += 1
@@ -177,6 +172,25 @@ def demo_set_context_fit(
         checked=checked,
         counted_by=counted_by,
     )
+
+
+def active_adapter(lm: dspy.BaseLM | None) -> dspy.Adapter:
+    """The adapter a call of ``lm`` goes through here: the configured one, else dspy-ext's default for
+    ``lm``, else DSPy's chat adapter."""
+    return dspy.settings.adapter or default_adapter(lm) or dspy.ChatAdapter()
+
+
+def prompt_messages(
+    adapter: dspy.Adapter, signature: type[dspy.Signature], demos: Sequence[dict[str, Any]], row: Any
+) -> list[dict[str, str]]:
+    """The chat messages ``adapter`` sends for ``signature`` with ``demos`` on ``row``'s inputs, as text.
+
+    Input fields ``row`` lacks are left empty.
+    """
+    inputs = {field: row.get(field, "") for field in signature.input_fields}
+    return [
+        {"role": m["role"], "content": _text(m.get("content"))} for m in adapter.format(signature, list(demos), inputs)
+    ]
 
 
 def _text(content: Any) -> str:
