@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import dspy
@@ -69,11 +70,62 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def content_hash(value: Any, length: int = 16) -> str:
-    """A short sha256 over the canonical JSON of ``value``."""
+def short_hash(value: Any, length: int = 16) -> str:
+    """The first ``length`` hex digits of the sha256 of ``value``'s canonical JSON: a key for caches and ids,
+    not an artifact's ``content_hash`` (the whole sha256, see :func:`dspy_ext.runtime.compute_hash`)."""
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
 
 
 def program_fingerprint(program: dspy.Module) -> str:
     """A stable hash of everything in ``program`` that reaches the prompt."""
-    return content_hash(program_state(program))
+    return short_hash(program_state(program))
+
+
+@dataclass
+class CompileRecord:
+    """What dspy-ext learned while compiling a program, carried by the compiled program itself.
+
+    A dspy-ext search sets :attr:`search` (its ``SearchResult`` or ``DemoSearchResult``); the
+    acceptance gate around one of DSPy's optimizers sets :attr:`gate`; a tuning study sets
+    :attr:`tune` on its best trial's program. Read it with :func:`compile_record`.
+    """
+
+    #: The search's own result (an object with ``to_dict()`` and ``guard_report``), if a dspy-ext search made it.
+    search: Any = None
+    #: The acceptance gate's report (guards around one of DSPy's optimizers).
+    gate: Any = None
+    #: The tuning study's summary, when the program is a study's best trial.
+    tune: Any = None
+
+    @property
+    def guard_report(self) -> Any:
+        """The guard report of whichever part checked guards: the search's, else the gate's (``None``: none)."""
+        found = getattr(self.search, "guard_report", None) if self.search is not None else None
+        return found or self.gate
+
+
+_RECORD_ATTR = "_dspy_ext_record"
+
+
+def compile_record(program: Any) -> CompileRecord | None:
+    """The :class:`CompileRecord` a dspy-ext compile attached to ``program`` (``None``: none)."""
+    found = getattr(program, _RECORD_ATTR, None)
+    return found if isinstance(found, CompileRecord) else None
+
+
+def attach_record(program: Any, **parts: Any) -> CompileRecord:
+    """Set parts (``search=``, ``gate=``, ``tune=``) of ``program``'s record, creating it when missing."""
+    unknown = set(parts) - {f.name for f in fields(CompileRecord)}
+    if unknown:
+        raise TypeError(f"CompileRecord has no part(s) {sorted(unknown)}")
+    record = compile_record(program)
+    record = replace(record, **parts) if record is not None else CompileRecord(**parts)
+    setattr(program, _RECORD_ATTR, record)
+    return record
+
+
+def copy_record(source: Any, target: Any) -> None:
+    """Give ``target`` the record of ``source`` (nothing when ``source`` has none)."""
+    record = compile_record(source)
+    if record is not None:
+        setattr(target, _RECORD_ATTR, record)

@@ -31,7 +31,7 @@ from dspy_ext.evaluation import Evaluator
 from dspy_ext.experiment import CompareSettings, Components, RunSettings, SettingsError, build_components, run
 from dspy_ext.files import atomic_write_text
 from dspy_ext.lm.metering import CallMeter, metering
-from dspy_ext.prompt_state import content_hash
+from dspy_ext.prompt_state import short_hash
 from dspy_ext.registry import resolve_config
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def cell_fingerprint(components: Components, cell: RunSettings, review: str | No
     ``review`` is the fingerprint of the review store a cell compiles from (``--feedback``), if any.
     """
     task = components.task
-    return content_hash(
+    return short_hash(
         {
             "version": CELL_VERSION,
             "task": task.name,

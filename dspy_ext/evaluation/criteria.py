@@ -37,7 +37,7 @@ from typing import Any
 
 import dspy
 
-from dspy_ext.prompt_state import content_hash, demo_to_dict
+from dspy_ext.prompt_state import demo_to_dict, short_hash
 
 Metric = Callable[..., Any]
 
@@ -152,7 +152,7 @@ def _read(value: Any, *, need_score: bool) -> Measurement:
 
 
 def _row_key(example: dspy.Example) -> str:
-    return content_hash(demo_to_dict(example))
+    return short_hash(demo_to_dict(example))
 
 
 class CriteriaMetric:

@@ -42,7 +42,7 @@ from dspy_ext.evaluation.criteria import measure
 from dspy_ext.evaluation.stats import MeanCI, mean_ci
 from dspy_ext.lm.errors import context_overflow_in
 from dspy_ext.lm.metering import CallMeter, UsageSnapshot, find_budget_exhausted, metering
-from dspy_ext.prompt_state import content_hash, demo_to_dict, program_fingerprint
+from dspy_ext.prompt_state import demo_to_dict, program_fingerprint, short_hash
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def classify_error(exc: BaseException) -> ErrorKind:
 
 def example_key(example: dspy.Example) -> str:
     """A stable key of an example's content."""
-    return content_hash(demo_to_dict(example))
+    return short_hash(demo_to_dict(example))
 
 
 @dataclass
@@ -263,7 +263,7 @@ def _run_context_key() -> str:
     adapter = dspy.settings.adapter
     lm_id = (getattr(lm, "model", None), tuple(sorted((getattr(lm, "kwargs", None) or {}).items())))
     adapter_id = (type(adapter).__name__, sorted(vars(adapter).items()) if adapter is not None else None)
-    return content_hash([lm_id, adapter_id])
+    return short_hash([lm_id, adapter_id])
 
 
 class Evaluator:

@@ -56,7 +56,7 @@ from dspy_ext.lm.engine import MeteredEngine
 from dspy_ext.lm.journal import journaled
 from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, ModelUnavailable, metering
 from dspy_ext.lm.served import metered_lm
-from dspy_ext.prompt_state import content_hash, predictors
+from dspy_ext.prompt_state import predictors, short_hash
 from dspy_ext.registry import OptimizerHandle, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def run(
             "adapter": components.adapter_name,
             "train_val": dataset_fingerprint(train + val),
             "test": dataset_fingerprint(task.test),
-            "student": content_hash(program_state_json(student)),
+            "student": short_hash(program_state_json(student)),
         }
         if merged is None:
             identity["settings"].pop("feedback", None)  # run folders from before --feedback existed still resume

@@ -38,7 +38,7 @@ from typing import Any
 import dspy
 
 from dspy_ext.evaluation import Evaluator, metric_value
-from dspy_ext.prompt_state import content_hash
+from dspy_ext.prompt_state import short_hash
 from dspy_ext.review.alignment import DEFAULT_THRESHOLD, align
 from dspy_ext.review.criteria import CheckSpec
 from dspy_ext.review.store import Critique, LabeledExample, ReviewError, ReviewStore, fields_text
@@ -254,7 +254,7 @@ class Feedback:
             )
         pinned = [PinnedCase(item.key, dict(item.inputs), dict(item.outputs)) for item in items if item.grade == "good"]
         output_keys = list(dict.fromkeys(k for item in items for k in item.outputs))
-        fingerprint = content_hash(
+        fingerprint = short_hash(
             {
                 "labeled": [(e.item_key, e.outputs) for e in labeled],
                 "critiques": [(c.item_key, c.reason, c.correction) for c in critiques],

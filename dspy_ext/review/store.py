@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dspy_ext.prompt_state import canonical_json, content_hash
+from dspy_ext.prompt_state import canonical_json, short_hash
 from dspy_ext.review.criteria import CheckSpec
 
 logger = logging.getLogger(__name__)
@@ -93,12 +93,12 @@ class ReviewError(ValueError):
 
 def input_id(inputs: Mapping[str, Any]) -> str:
     """The key of an input: a hash of its fields."""
-    return content_hash(dict(inputs), 16)
+    return short_hash(dict(inputs), 16)
 
 
 def item_key(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> str:
     """The key of an item: a hash of the input and the output (not of the prompt version)."""
-    return content_hash({"input": dict(inputs), "output": dict(outputs)}, 24)
+    return short_hash({"input": dict(inputs), "output": dict(outputs)}, 24)
 
 
 def fields_text(values: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import dspy
 
-from dspy_ext.prompt_state import content_hash, demo_to_dict, predictors
+from dspy_ext.prompt_state import demo_to_dict, predictors, short_hash
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        return content_hash({name: p.content() for name, p in sorted(self.prompts.items())})
+        return short_hash({name: p.content() for name, p in sorted(self.prompts.items())})
 
     def instruction(self, name: str) -> str:
         return self.prompts[name].instruction
