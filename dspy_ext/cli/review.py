@@ -27,7 +27,7 @@ import argparse
 import sys
 import time
 import webbrowser
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from dspy_ext.experiment import (
 )
 from dspy_ext.review import (
     DEFAULT_THRESHOLD,
+    CollectSummary,
     ReviewApp,
     ReviewError,
     ReviewServer,
@@ -299,65 +300,37 @@ def _print_report(report: Any, say: Any) -> None:
             )
 
 
+@dataclass
+class _Session:
+    """What the page is served with: the program's LM and adapter, the title, what was collected.
+
+    Attributes:
+        lm: The program's LM (``None`` for a store alone: no LM actions on the page).
+        adapter: Its adapter.
+        title: The page header's title.
+        collected: The collect summary as JSON data (``None`` when nothing was collected).
+        changed_since: The prompt version whose changed outputs the page opens on, if any.
+    """
+
+    lm: Any = None
+    adapter: Any = None
+    title: str = ""
+    collected: dict[str, Any] | None = None
+    changed_since: str | None = None
+
+
 def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
     say = args.console
-    lm = adapter = None
-    title = store.get_meta("title") or ""
-    collected: dict[str, Any] | None = None
-    if args.run_dir or _has_task_flags(args):
-        try:
-            loaded = _load_program(args, store)
-        except (ComponentError, ReviewError) as exc:
-            raise CLIError(str(exc)) from None
-        components = loaded.components
-        lm, adapter, title = components.lm, components.adapter, loaded.title
-        store.set_meta("title", title)
-        progress = sys.stderr.isatty()
-
-        def report_progress(done: int, total: int) -> None:
-            if progress:
-                print(f"\rcollecting outputs {done}/{total}", end="", file=sys.stderr, flush=True)
-
-        with components.context():
-            summary = collect(
-                loaded.program,
-                loaded.rows,
-                store=store,
-                input_keys=components.task.input_keys,
-                output_keys=components.task.output_keys,
-                samples=args.samples,
-                temperature=args.temperature,
-                on_progress=report_progress,
-            )
-        if progress:
-            print(file=sys.stderr)
-        collected = asdict(summary)
-        for error in summary.errors[:5]:
-            print(f"dspy-ext review: warning: {error}", file=sys.stderr)
-        if not args.json:
-            print(
-                f"{summary.inputs} inputs x {summary.samples} samples: {summary.new_outputs} new outputs, "
-                f"{summary.reused} already in the store, {len(summary.errors)} failed "
-                f"(prompt version {summary.prompt_version})",
-                file=say,
-            )
-        changed_since = summary.prompt_version
-    elif not args.store:
-        raise CLIError("give a RUN_DIR, --task/--data with a program, or --store FILE")
-    else:
-        changed_since = store.latest_prompt_version() if args.changed else None
-    changed = store.changed_outputs(changed_since) if changed_since else {}
-    if not changed and not args.changed:
-        changed_since = None  # nothing changed (or a first review): the ordinary page
-    if collected is not None:
-        collected["changed"] = len(changed)
-    if changed_since and not args.json:
-        print(
-            f"{len(changed)} outputs changed since the reviewed prompt version; unchanged outputs keep their grades",
-            file=say,
-        )
+    session = _collect_outputs(args, store) if args.run_dir or _has_task_flags(args) else _store_alone(args, store)
+    changed = _changed_outputs(args, store, session)
     reviewed, total = store.progress()
-    status = {"store": store.path, "reviewed": reviewed, "total": total, "collect": collected, "changed": len(changed)}
+    status = {
+        "store": store.path,
+        "reviewed": reviewed,
+        "total": total,
+        "collect": session.collected,
+        "changed": len(changed),
+    }
     if args.no_serve:
         if args.json:
             emit_json(status, say)
@@ -366,13 +339,89 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
         raise CLIError(f"{store.path}: the store has no outputs to review (give a program to collect some)")
     app = ReviewApp(
         store,
-        lm=lm,
-        adapter=adapter,
+        lm=session.lm,
+        adapter=session.adapter,
         seed=getattr(args, "seed", 0),
         threshold=args.threshold,
-        title=title,
-        changed_since=changed_since,
+        title=session.title,
+        changed_since=session.changed_since,
     )
+    _serve(args, app, status)
+    return 0
+
+
+def _store_alone(args: argparse.Namespace, store: ReviewStore) -> _Session:
+    """A store served without a program: its own title, and with ``--changed`` its newest prompt version."""
+    if not args.store:
+        raise CLIError("give a RUN_DIR, --task/--data with a program, or --store FILE")
+    changed_since = store.latest_prompt_version() if args.changed else None
+    return _Session(title=store.get_meta("title") or "", changed_since=changed_since)
+
+
+def _collect_outputs(args: argparse.Namespace, store: ReviewStore) -> _Session:
+    """Run the named program on its inputs into ``store`` and say what was collected."""
+    try:
+        loaded = _load_program(args, store)
+    except (ComponentError, ReviewError) as exc:
+        raise CLIError(str(exc)) from None
+    components = loaded.components
+    store.set_meta("title", loaded.title)
+    summary = _run_collect(args, store, loaded)
+    for error in summary.errors[:5]:
+        print(f"dspy-ext review: warning: {error}", file=sys.stderr)
+    if not args.json:
+        print(
+            f"{summary.inputs} inputs x {summary.samples} samples: {summary.new_outputs} new outputs, "
+            f"{summary.reused} already in the store, {len(summary.errors)} failed "
+            f"(prompt version {summary.prompt_version})",
+            file=args.console,
+        )
+    return _Session(components.lm, components.adapter, loaded.title, asdict(summary), summary.prompt_version)
+
+
+def _run_collect(args: argparse.Namespace, store: ReviewStore, loaded: _Program) -> CollectSummary:
+    """:func:`collect` in the program's context, with a progress line on a terminal's stderr."""
+    components = loaded.components
+    progress = sys.stderr.isatty()
+
+    def report_progress(done: int, total: int) -> None:
+        if progress:
+            print(f"\rcollecting outputs {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    with components.context():
+        summary = collect(
+            loaded.program,
+            loaded.rows,
+            store=store,
+            input_keys=components.task.input_keys,
+            output_keys=components.task.output_keys,
+            samples=args.samples,
+            temperature=args.temperature,
+            on_progress=report_progress,
+        )
+    if progress:
+        print(file=sys.stderr)
+    return summary
+
+
+def _changed_outputs(args: argparse.Namespace, store: ReviewStore, session: _Session) -> dict[str, list[str]]:
+    """The outputs changed since ``session.changed_since``; without any (and no ``--changed``) the ordinary page."""
+    changed = store.changed_outputs(session.changed_since) if session.changed_since else {}
+    if not changed and not args.changed:
+        session.changed_since = None  # nothing changed (or a first review): the ordinary page
+    if session.collected is not None:
+        session.collected["changed"] = len(changed)
+    if session.changed_since and not args.json:
+        print(
+            f"{len(changed)} outputs changed since the reviewed prompt version; unchanged outputs keep their grades",
+            file=args.console,
+        )
+    return changed
+
+
+def _serve(args: argparse.Namespace, app: ReviewApp, status: dict[str, Any]) -> None:
+    """Serve ``app`` until Ctrl-C or ``--serve-seconds``, printing (or emitting as JSON) its URL."""
+    say = args.console
     try:
         server = ReviewServer(app, port=args.port)
     except OSError as exc:
@@ -382,7 +431,7 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
         if args.json:
             emit_json({"url": server.url, **status}, say)
         else:
-            print(f"review {reviewed}/{total} done · store {store.path}", file=say)
+            print(f"review {status['reviewed']}/{status['total']} done · store {status['store']}", file=say)
             print(f"open {server.url}", file=say, flush=True)
             print("(Ctrl-C stops; the review resumes where it stopped)", file=say, flush=True)
         if args.open:
@@ -394,4 +443,3 @@ def _collect_and_serve(args: argparse.Namespace, store: ReviewStore) -> int:
         pass
     finally:
         server.stop()
-    return 0

@@ -20,11 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dspy_ext.review.store import CandidateCheck, Criterion, ReviewItem, ReviewStore
+from dspy_ext.review.records import CandidateCheck, Criterion, ReviewItem
+from dspy_ext.review.store import ReviewStore
 
 DEFAULT_THRESHOLD = 0.25
 
@@ -218,3 +220,30 @@ def align(store: ReviewStore, threshold: float = DEFAULT_THRESHOLD, *, persist: 
                 store.set_chosen_check(entry.criterion_id, entry.chosen_check_id)
     reviewed, total = store.progress()
     return AlignmentReport(threshold=threshold, reviewed=reviewed, total=total, criteria=report)
+
+
+class AlignmentCache:
+    """Re-runs :func:`align` before a read only when labels changed since the last run.
+
+    Grades change which check aligns best, and the page reads the chosen checks; a write marks the
+    alignment stale, and the next :meth:`refresh` re-chooses the checks. Thread-safe.
+
+    Args:
+        store: The review store.
+    """
+
+    def __init__(self, store: ReviewStore) -> None:
+        self.store = store
+        self._stale = True
+        self._lock = threading.Lock()
+
+    def mark_stale(self) -> None:
+        """Labels may have changed: the next :meth:`refresh` re-runs the alignment."""
+        self._stale = True
+
+    def refresh(self, threshold: float) -> None:
+        """Re-choose each criterion's check if labels changed since the last time."""
+        with self._lock:
+            if self._stale:
+                self._stale = False
+                align(self.store, threshold)

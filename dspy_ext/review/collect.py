@@ -28,6 +28,8 @@ from typing import Any
 import dspy
 
 from dspy_ext.prompt_state import program_fingerprint, program_state
+from dspy_ext.review.codec import json_object_line
+from dspy_ext.review.records import json_value
 from dspy_ext.review.store import ReviewStore
 
 logger = logging.getLogger(__name__)
@@ -83,12 +85,8 @@ def load_inputs_jsonl(path: str | Path, input_keys: Sequence[str]) -> list[dict[
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputsFileError(f"{path}, line {number}: not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise InputsFileError(f"{path}, line {number}: expected a JSON object with {list(input_keys)}")
+            expected = f"expected a JSON object with {list(input_keys)}"
+            row = json_object_line(line, f"{path}, line {number}", InputsFileError, expected)
             missing = [k for k in input_keys if k not in row or row[k] in (None, "")]
             if missing:
                 raise InputsFileError(
@@ -107,15 +105,6 @@ def prompt_version(program: dspy.Module) -> str:
 
 def _row_dict(row: Mapping[str, Any] | dspy.Example) -> dict[str, Any]:
     return row.toDict() if hasattr(row, "toDict") else dict(row)
-
-
-def _plain(value: Any) -> Any:
-    """A prediction value as JSON data (objects such as pydantic models become their text)."""
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return value
 
 
 def collect(
@@ -156,37 +145,71 @@ def collect(
     version = prompt_version(program)
     store.set_meta(f"prompt:{version}", json.dumps(program_state(program), ensure_ascii=False, default=str))
     summary = CollectSummary(prompt_version=version, inputs=len(rows), samples=samples)
+    run = _SampleRun(program, store, version, lm, samples, temperature, output_keys, summary)
     total, done = len(rows) * samples, 0
     for number, raw in enumerate(rows, 1):
-        row = _row_dict(raw)
-        missing = [k for k in input_keys if k not in row]
-        if missing:
-            raise ValueError(f"input row {number} has no field(s) {missing}")
-        inputs = {k: row[k] for k in input_keys}
-        gold = {k: row[k] for k in (output_keys or ()) if k in row and row[k] is not None} or None
+        inputs, gold = _inputs_and_gold(_row_dict(raw), number, input_keys, output_keys)
         for k in range(samples):
             done += 1
             if store.has_sample(inputs, version, k):
                 summary.reused += 1
             else:
-                overrides: dict[str, Any] = {}
-                if samples > 1:
-                    overrides["rollout_id"] = k
-                if temperature is not None:
-                    overrides["temperature"] = temperature
-                run_lm = lm.copy(**overrides) if overrides else lm
-                try:
-                    with dspy.context(lm=run_lm):
-                        prediction = program(**inputs)
-                except Exception as exc:  # one failed sample is reported, the others go on
-                    summary.errors.append(f"row {number} sample {k}: {type(exc).__name__}: {str(exc)[:200]}")
-                    logger.warning("review collect: %s", summary.errors[-1])
-                else:
-                    values = prediction.toDict() if hasattr(prediction, "toDict") else dict(prediction)
-                    keys = list(output_keys) if output_keys else list(values)
-                    outputs = {key: _plain(values.get(key)) for key in keys}
-                    store.add_output(inputs, outputs, prompt_version=version, sample_index=k, gold=gold)
-                    summary.new_outputs += 1
+                run.sample(number, inputs, gold, k)
             if on_progress is not None:
                 on_progress(done, total)
     return summary
+
+
+def _inputs_and_gold(
+    row: dict[str, Any], number: int, input_keys: Sequence[str], output_keys: Sequence[str] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A row's input fields, and its gold output fields (``None`` when it has none)."""
+    missing = [k for k in input_keys if k not in row]
+    if missing:
+        raise ValueError(f"input row {number} has no field(s) {missing}")
+    inputs = {k: row[k] for k in input_keys}
+    gold = {k: row[k] for k in (output_keys or ()) if k in row and row[k] is not None} or None
+    return inputs, gold
+
+
+class _SampleRun:
+    """Runs one sample of the program and records its output (or its failure) for :func:`collect`."""
+
+    def __init__(
+        self,
+        program: dspy.Module,
+        store: ReviewStore,
+        version: str,
+        lm: dspy.LM,
+        samples: int,
+        temperature: float | None,
+        output_keys: Sequence[str] | None,
+        summary: CollectSummary,
+    ) -> None:
+        self.program, self.store, self.version, self.lm = program, store, version, lm
+        self.samples, self.temperature, self.output_keys, self.summary = samples, temperature, output_keys, summary
+
+    def lm_for(self, k: int) -> dspy.LM:
+        """The LM of sample ``k``: its own ``rollout_id`` (when K > 1) and the sampling temperature."""
+        overrides: dict[str, Any] = {}
+        if self.samples > 1:
+            overrides["rollout_id"] = k
+        if self.temperature is not None:
+            overrides["temperature"] = self.temperature
+        return self.lm.copy(**overrides) if overrides else self.lm
+
+    def sample(self, number: int, inputs: dict[str, Any], gold: dict[str, Any] | None, k: int) -> None:
+        """Run sample ``k`` of row ``number``; a failure is counted and logged, not raised."""
+        run_lm = self.lm_for(k)
+        try:
+            with dspy.context(lm=run_lm):
+                prediction = self.program(**inputs)
+        except Exception as exc:  # one failed sample is reported, the others go on
+            self.summary.errors.append(f"row {number} sample {k}: {type(exc).__name__}: {str(exc)[:200]}")
+            logger.warning("review collect: %s", self.summary.errors[-1])
+            return
+        values = prediction.toDict() if hasattr(prediction, "toDict") else dict(prediction)
+        keys = list(self.output_keys) if self.output_keys else list(values)
+        outputs = {key: json_value(values.get(key)) for key in keys}
+        self.store.add_output(inputs, outputs, prompt_version=self.version, sample_index=k, gold=gold)
+        self.summary.new_outputs += 1

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from dspy_ext.evaluation import Evaluator, metric_value
 from dspy_ext.prompt_state import short_hash
 from dspy_ext.review.alignment import DEFAULT_THRESHOLD, align
 from dspy_ext.review.criteria import CheckSpec
-from dspy_ext.review.store import Critique, LabeledExample, ReviewError, ReviewStore, fields_text
+from dspy_ext.review.records import Critique, LabeledExample, ReviewError, fields_text, json_value
+from dspy_ext.review.store import ReviewStore
 from dspy_ext.search.feedback import HumanCritique, SearchFeedback
 
 logger = logging.getLogger(__name__)
@@ -51,21 +51,12 @@ class FeedbackError(ValueError):
     """A review store that cannot feed a compile (missing, empty, or made for other fields)."""
 
 
-def _plain(value: Any) -> Any:
-    """A prediction value as JSON data (what the review store holds)."""
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return value
-
-
 def prediction_text(prediction: Any, output_keys: Sequence[str]) -> str:
     """A prediction's output fields as the review page shows them (one field: its value alone)."""
     if prediction is None:
         return ""
     get = prediction.get if hasattr(prediction, "get") else lambda k, d=None: getattr(prediction, k, d)
-    return fields_text({k: _plain(get(k, "")) for k in output_keys})
+    return fields_text({k: json_value(get(k, "")) for k in output_keys})
 
 
 class ReviewCheck:
@@ -95,9 +86,6 @@ class ReviewCheck:
         self.description = description or str(spec)
         self.__name__ = name
 
-    def passes_text(self, text: str) -> bool:
-        return self.spec.passes(text)
-
     def passes_outputs(self, outputs: Mapping[str, Any]) -> bool:
         """Whether output fields (a dict, as the store holds them) pass."""
         return self.spec.passes(fields_text({k: outputs.get(k, "") for k in self.output_keys}))
@@ -111,7 +99,7 @@ class ReviewCheck:
 
 
 @dataclass(frozen=True)
-class CriterionCheck:
+class AlignedCriterion:
     """A review criterion with the automatic check the alignment chose for it.
 
     Attributes:
@@ -197,7 +185,7 @@ class Feedback:
     fingerprint: str
     labeled: list[LabeledExample]
     critiques: list[Critique]
-    checks: list[CriterionCheck]
+    checks: list[AlignedCriterion]
     skipped: dict[str, str]
     pinned: list[PinnedCase]
     output_keys: list[str]
@@ -235,7 +223,7 @@ class Feedback:
             by_id = {c.id: c for c in store.criteria()}
         finally:
             store.close()
-        checks: list[CriterionCheck] = []
+        checks: list[AlignedCriterion] = []
         skipped: dict[str, str] = {}
         for entry in report.criteria:
             chosen = next((c for c in entry.candidates if c.chosen), None)
@@ -250,7 +238,7 @@ class Feedback:
                 skipped[entry.name] = "its aligned check is an LM judge, which a compile does not run"
                 continue
             checks.append(
-                CriterionCheck(entry.name, entry.description, spec, chosen.coverage, chosen.false_failure_rate)
+                AlignedCriterion(entry.name, entry.description, spec, chosen.coverage, chosen.false_failure_rate)
             )
         pinned = [PinnedCase(item.key, dict(item.inputs), dict(item.outputs)) for item in items if item.grade == "good"]
         output_keys = list(dict.fromkeys(k for item in items for k in item.outputs))
@@ -332,47 +320,21 @@ class Feedback:
         Returns:
             A :class:`PinnedReport`.
         """
-        parts = self.metric_parts(output_keys)
-        by = "checks" if parts else "metric"
-        fallback = metric or _same_output(output_keys)
-
-        def required(approved: Mapping[str, Any]) -> list[ReviewCheck]:
-            return [check for check in parts.values() if check.passes_outputs(approved)]
-
-        def pinned_metric(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
-            if not parts:
-                return metric_value(fallback(example, prediction))
-            approved = {k: example[k] for k in output_keys}
-            return float(all(check(example, prediction) for check in required(approved)))
-
+        parts = list(self.metric_parts(output_keys).values())
+        report = PinnedReport(by="checks" if parts else "metric")
         examples = self.pinned_examples(input_keys)
-        report = PinnedReport(by=by)
         if not examples:
             return report
-        result = Evaluator(pinned_metric, num_threads=evaluator_threads).evaluate(program, examples, desc=desc)
+        judge = _PinnedJudge(parts, output_keys, metric or _same_output(output_keys))
+        result = Evaluator(judge.metric, num_threads=evaluator_threads).evaluate(program, examples, desc=desc)
         for row in result.rows:
-            case = self.pinned[row.index]
             if row.score is None:
                 report.unscored += 1
             elif row.score >= 1.0:
                 report.kept += 1
             else:
                 report.broken += 1
-                prediction = row.prediction or {}
-                failed = (
-                    [check.name for check in required(case.outputs) if not check(None, prediction)]
-                    if parts
-                    else ["metric"]
-                )
-                report.broken_items.append(
-                    {
-                        "key": case.item_key,
-                        "input": fields_text(case.inputs),
-                        "approved": fields_text(case.outputs),
-                        "output": prediction_text(prediction, output_keys),
-                        "failed": failed,
-                    }
-                )
+                report.broken_items.append(judge.broken_item(self.pinned[row.index], row.prediction or {}))
         report.unscored += len(examples) - len(result.rows)  # rows never run (budget)
         return report
 
@@ -390,6 +352,45 @@ class Feedback:
             },
             "criteria_skipped": dict(self.skipped),
             "pinned": len(self.pinned),
+        }
+
+
+class _PinnedJudge:
+    """Scores a program's new output on a pinned case, and says what a broken case broke.
+
+    Args:
+        parts: The aligned checks (empty: ``fallback`` decides).
+        output_keys: The program's output fields.
+        fallback: The metric against the approved output when there is no aligned check.
+    """
+
+    def __init__(self, parts: list[ReviewCheck], output_keys: Sequence[str], fallback: Callable[..., Any]) -> None:
+        self.parts, self.output_keys, self.fallback = parts, list(output_keys), fallback
+
+    def required(self, approved: Mapping[str, Any]) -> list[ReviewCheck]:
+        """The aligned checks the approved output passed: the new output must pass them too."""
+        return [check for check in self.parts if check.passes_outputs(approved)]
+
+    def metric(self, example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+        """1.0 when the new output keeps passing what the approved one (the example's label) passed."""
+        if not self.parts:
+            return metric_value(self.fallback(example, prediction))
+        approved = {k: example[k] for k in self.output_keys}
+        return float(all(check(example, prediction) for check in self.required(approved)))
+
+    def broken_item(self, case: PinnedCase, prediction: Any) -> dict[str, Any]:
+        """A broken case as :attr:`PinnedReport.broken_items` lists it."""
+        failed = (
+            [check.name for check in self.required(case.outputs) if not check(None, prediction)]
+            if self.parts
+            else ["metric"]
+        )
+        return {
+            "key": case.item_key,
+            "input": fields_text(case.inputs),
+            "approved": fields_text(case.outputs),
+            "output": prediction_text(prediction, self.output_keys),
+            "failed": failed,
         }
 
 

@@ -28,7 +28,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dspy_ext.review.store import CandidateCheck, ItemSummary, ReviewItem, ReviewStore
+from dspy_ext.review.records import CandidateCheck, ItemSummary, ReviewItem
+from dspy_ext.review.store import ReviewStore
 
 
 @dataclass(frozen=True)
