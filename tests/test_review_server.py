@@ -285,3 +285,12 @@ def test_cli_serves_an_existing_store_and_prints_the_url(tmp_path: Path) -> None
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_an_unknown_filter_on_the_page_is_a_400_that_names_it(server: ReviewServer) -> None:
+    client = Client(server)
+    client.open()
+    for bad, said in (("crit:99", "no criterion 99"), ("nonsense", "unknown filter &#39;nonsense&#39;")):
+        response, page = client.request("GET", f"/?filter={bad}")
+        assert response.status == 400, (bad, response.status)
+        assert said in page.decode()

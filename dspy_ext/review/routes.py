@@ -126,7 +126,11 @@ class PageRoutes(_Endpoints):
             return self._with_cookie(request, RedirectResponse(target, status_code=303))
         filter_name = self._filter(request)
         state = self.clients.state(client_name(request))
-        key, _ = await run_in_threadpool(self.navigator.next_key, filter_name, None, state)
+        try:
+            key, _ = await run_in_threadpool(self.navigator.next_key, filter_name, None, state)
+        except HttpError as exc:  # an unknown filter or criterion: say so on the page
+            page = {**self.views.page_context(self.options.default_filter), "error": str(exc)}
+            return HTMLResponse(self.views.render("empty.html", page), status_code=exc.status)
         if key is None and filter_name != "all":
             key, _ = await run_in_threadpool(self.navigator.next_key, "all", None, state)
         if key is None:
