@@ -20,6 +20,7 @@ from dspy_ext.data.loading import (
     load_examples,
     split_train_val,
 )
+from dspy_ext.data.splits import DemoOrder, Split
 from dspy_ext.data.tasks import (
     BUILTIN_TASKS,
     BUILTIN_TASKS_DIR,
@@ -39,6 +40,8 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "TASKS_DIR_ENV",
     "DataError",
+    "DemoOrder",
+    "Split",
     "TaskData",
     "available_tasks",
     "dataset_fingerprint",

@@ -27,12 +27,13 @@ from typing import Any
 
 import dspy
 
+from dspy_ext.data.splits import DemoOrder
 from dspy_ext.lm.likelihood import count_prompt_tokens
 
 __all__ = ["DEMO_ORDERS", "balanced_demos", "fit_demos_to_context"]
 
-#: ``"interleave"``: labels in turn (random order per round); ``"shuffle"``: a random order.
-DEMO_ORDERS = ("interleave", "shuffle")
+#: The demo orders' names (see :class:`~dspy_ext.data.splits.DemoOrder`).
+DEMO_ORDERS = tuple(order.value for order in DemoOrder)
 
 
 def balanced_demos(
@@ -42,7 +43,7 @@ def balanced_demos(
     seed: int,
     field: str = "output",
     labels: Sequence[str] | None = None,
-    order: str = "interleave",
+    order: str = DemoOrder.INTERLEAVE,
 ) -> list[dspy.Example]:
     """Draw ``k`` labeled demos, class-balanced when there is a label set.
 
@@ -55,7 +56,7 @@ def balanced_demos(
             :func:`dspy_ext.evaluation.constrained.infer_label_set`); ``None``
             draws ``k`` rows at random (open outputs). Rows whose output is
             not a label are not drawn when a set is given.
-        order: ``"interleave"`` or ``"shuffle"`` (see :data:`DEMO_ORDERS`).
+        order: A :class:`~dspy_ext.data.splits.DemoOrder` (or its name).
 
     Returns:
         ``k`` distinct examples (fewer only if the pool is smaller), in demo order.
@@ -78,6 +79,16 @@ def balanced_demos(
     if labels is None:
         chosen = rng.sample(list(examples), min(k, len(examples)))
         return chosen
+    chosen = _interleave(_label_groups(examples, field, labels, rng), k, rng)
+    if order == DemoOrder.SHUFFLE:
+        rng.shuffle(chosen)
+    return chosen
+
+
+def _label_groups(
+    examples: Sequence[dspy.Example], field: str, labels: Sequence[str], rng: random.Random
+) -> dict[str, list[dspy.Example]]:
+    """The rows of each label, shuffled (rows whose output is none of the labels are left out)."""
     groups: dict[str, list[dspy.Example]] = {str(label): [] for label in labels}
     for example in examples:
         value = str(example[field]).strip()
@@ -85,7 +96,12 @@ def balanced_demos(
             groups[value].append(example)
     for group in groups.values():
         rng.shuffle(group)
-    chosen = []
+    return groups
+
+
+def _interleave(groups: dict[str, list[dspy.Example]], k: int, rng: random.Random) -> list[dspy.Example]:
+    """Up to ``k`` rows taken one label at a time, in a random order of the labels each round."""
+    chosen: list[dspy.Example] = []
     while len(chosen) < k and any(groups.values()):
         round_labels = [label for label, group in groups.items() if group]
         rng.shuffle(round_labels)
@@ -93,8 +109,6 @@ def balanced_demos(
             if len(chosen) == k:
                 break
             chosen.append(groups[label].pop())
-    if order == "shuffle":
-        rng.shuffle(chosen)
     return chosen
 
 
