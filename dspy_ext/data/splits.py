@@ -1,4 +1,5 @@
-"""The names of a task's data splits, and of demo orders: string enums that read and serialize as the text."""
+"""The names of a task's data splits, and of demo orders: ``str`` enums that compare equal to their text and
+serialize as it (JSON); ``.value`` is the plain text."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import enum
 class Split(str, enum.Enum):
     """A data split: the rows a compile learns from, validates on, or is finally scored on.
 
-    A member compares equal to its text (``Split.TRAIN == "train"``) and formats as it.
+    A member compares equal to its text (``Split.TRAIN == "train"``).
     """
 
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
-
-    __str__ = str.__str__
-    __format__ = str.__format__
 
 
 class DemoOrder(str, enum.Enum):
@@ -24,6 +22,3 @@ class DemoOrder(str, enum.Enum):
 
     INTERLEAVE = "interleave"
     SHUFFLE = "shuffle"
-
-    __str__ = str.__str__
-    __format__ = str.__format__

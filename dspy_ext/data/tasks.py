@@ -47,8 +47,8 @@ TASKS_DIR_ENV = "DSPY_EXT_TASKS_DIR"
 #: Baseline instruction for tasks that come without instructions.
 GENERIC_INSTRUCTION = "Given the input, produce the output."
 
-TRAIN_FILE = f"{Split.TRAIN}.jsonl"
-TEST_FILE = f"{Split.TEST}.jsonl"
+TRAIN_FILE = f"{Split.TRAIN.value}.jsonl"
+TEST_FILE = f"{Split.TEST.value}.jsonl"
 INSTRUCTIONS_FILE = "instructions.json"
 
 

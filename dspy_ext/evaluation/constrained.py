@@ -147,9 +147,6 @@ class ChoiceMethod(str, enum.Enum):
     LIKELIHOOD = "likelihood"
     CONSTRAINED = "constrained"
 
-    __str__ = str.__str__
-    __format__ = str.__format__
-
 
 @dataclass(frozen=True)
 class LabelChoice:

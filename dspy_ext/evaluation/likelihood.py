@@ -74,18 +74,12 @@ class LikelihoodObjective(str, enum.Enum):
     MARGIN = "margin"
     LABEL_ACCURACY = "label_accuracy"
 
-    __str__ = str.__str__
-    __format__ = str.__format__
-
 
 class ScoringMode(str, enum.Enum):
     """How a :class:`LikelihoodReport` was scored: by likelihood, or by the metric when the LM cannot score."""
 
     LIKELIHOOD = "likelihood"
     METRIC = "metric"
-
-    __str__ = str.__str__
-    __format__ = str.__format__
 
 
 #: The names of the per-row scores a :class:`LikelihoodReport` can give (``"auto"`` picks one of them).
@@ -253,7 +247,7 @@ class LikelihoodReport:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "mode": str(self.mode),
+            "mode": ScoringMode(self.mode).value,
             "note": self.note,
             "n": len(self.rows) if self.mode == ScoringMode.LIKELIHOOD else len(self.metric_scores or []),
             "forward_passes": self.usage.calls,
