@@ -21,18 +21,26 @@ Example:
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Sequence
 from typing import Any
 
 import dspy
 
-from dspy_ext.data.splits import DemoOrder
 from dspy_ext.lm.likelihood import count_prompt_tokens
 
-__all__ = ["DEMO_ORDERS", "balanced_demos", "fit_demos_to_context"]
+__all__ = ["DEMO_ORDERS", "DemoOrder", "balanced_demos", "fit_demos_to_context"]
 
-#: The demo orders' names (see :class:`~dspy_ext.data.splits.DemoOrder`).
+
+class DemoOrder(str, enum.Enum):
+    """The order of drawn demos: labels in turn (a random order per round), or a random order."""
+
+    INTERLEAVE = "interleave"
+    SHUFFLE = "shuffle"
+
+
+#: The demo orders' names (see :class:`DemoOrder`).
 DEMO_ORDERS = tuple(order.value for order in DemoOrder)
 
 
@@ -56,7 +64,7 @@ def balanced_demos(
             :func:`dspy_ext.evaluation.constrained.infer_label_set`); ``None``
             draws ``k`` rows at random (open outputs). Rows whose output is
             not a label are not drawn when a set is given.
-        order: A :class:`~dspy_ext.data.splits.DemoOrder` (or its name).
+        order: A :class:`DemoOrder` (or its name).
 
     Returns:
         ``k`` distinct examples (fewer only if the pool is smaller), in demo order.

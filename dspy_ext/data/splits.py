@@ -1,5 +1,5 @@
-"""The names of a task's data splits, and of demo orders: ``str`` enums that compare equal to their text and
-serialize as it (JSON); ``.value`` is the plain text."""
+"""The names of a task's data splits: a ``str`` enum that compares equal to its text and serializes as it
+(JSON); ``.value`` is the plain text."""
 
 from __future__ import annotations
 
@@ -15,10 +15,3 @@ class Split(str, enum.Enum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
-
-
-class DemoOrder(str, enum.Enum):
-    """The order of drawn demos: labels in turn (a random order per round), or a random order."""
-
-    INTERLEAVE = "interleave"
-    SHUFFLE = "shuffle"
