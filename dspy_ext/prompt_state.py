@@ -8,11 +8,12 @@ frozen (``_compiled``) sub-programs are included, unlike ``named_predictors()``.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import dspy
+
+from dspy_ext import runtime
 
 
 def predictors(program: dspy.Module) -> list[tuple[str, dspy.Predict]]:
@@ -65,15 +66,20 @@ def program_state(program: dspy.Module) -> dict[str, dict[str, Any]]:
     return {name: predictor_state(p) for name, p in predictors(program)}
 
 
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces) used for hashing."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+def fingerprint_json(value: Any) -> str:
+    """The canonical JSON of ``value`` for fingerprints and ids: :func:`dspy_ext.runtime.canonical_json`,
+    lenient (objects JSON cannot hold are written as their ``str()``, NaN as ``NaN``)."""
+    return runtime.canonical_json(value, lenient=True)
+
+
+#: The former name of :func:`fingerprint_json`.
+canonical_json = fingerprint_json
 
 
 def short_hash(value: Any, length: int = 16) -> str:
     """The first ``length`` hex digits of the sha256 of ``value``'s canonical JSON: a key for caches and ids,
     not an artifact's ``content_hash`` (the whole sha256, see :func:`dspy_ext.runtime.compute_hash`)."""
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+    return hashlib.sha256(fingerprint_json(value).encode()).hexdigest()[:length]
 
 
 def program_fingerprint(program: dspy.Module) -> str:

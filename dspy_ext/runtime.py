@@ -53,6 +53,7 @@ __all__ = [
     "ArtifactError",
     "ContextOverflowError",
     "ParseError",
+    "PlainReplyError",
     "PromptArtifact",
     "RenderError",
     "canonical_json",
@@ -67,6 +68,7 @@ __all__ = [
     "parse_type",
     "parse_value",
     "placeholder",
+    "split_plain_reply",
     "validate",
 ]
 
@@ -239,20 +241,34 @@ def placeholder(name: str) -> str:
     return f"{_PLACEHOLDER_OPEN}{name}{_PLACEHOLDER_CLOSE}"
 
 
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON (sorted keys, no spaces, UTF-8 kept) used for the content hash.
+def canonical_json(value: Any, *, lenient: bool = False) -> str:
+    """Deterministic JSON (sorted keys, no spaces, UTF-8 kept): the text the content hash is taken of.
 
     Args:
         value: A JSON value.
+        lenient: Also write what JSON cannot hold: other objects as their ``str()``, NaN and
+            infinities as ``NaN``/``Infinity``. For fingerprints of in-memory state, never for an
+            artifact (whose hash refuses them).
 
     Returns:
         The canonical JSON text.
+
+    Raises:
+        TypeError: A value JSON cannot hold (unless ``lenient``).
+        ValueError: NaN or an infinity (unless ``lenient``).
 
     Example:
         >>> canonical_json({"b": 1, "a": [1, "é"]})
         '{"a":[1,"é"],"b":1}'
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=lenient,
+        default=str if lenient else None,
+    )
 
 
 def compute_hash(data: Mapping[str, Any]) -> str:
@@ -946,6 +962,23 @@ def validate(data: Any, *, check_hash: bool = True) -> None:
         not a dspy-ext prompt artifact: schema is 'other', expected 'dspy-ext.prompt-artifact'
     """
     _expect(data, dict, "(top level)", "a JSON object")
+    _check_schema(data)
+    _keys(data, "(top level)", ("schema", "schema_version", "content_hash", "predictors", "lm", "metadata"))
+    _expect(data["content_hash"], str, "content_hash")
+    if not _HEX64.match(data["content_hash"]):
+        raise ArtifactError("content_hash: expected 64 lowercase hex digits (a sha256)")
+    _expect(data["predictors"], dict, "predictors")
+    if not data["predictors"]:
+        raise ArtifactError("predictors: expected at least one predictor")
+    for name, entry in data["predictors"].items():
+        _check_predictor(entry, f"predictors.{name}")
+    _check_lm(data["lm"])
+    _check_metadata(data["metadata"])
+    if check_hash:
+        _check_hash(data)
+
+
+def _check_schema(data: Mapping[str, Any]) -> None:
     if "schema" not in data:
         raise ArtifactError(f"not a dspy-ext prompt artifact: no 'schema' key (expected {SCHEMA!r})")
     if data["schema"] != SCHEMA:
@@ -961,34 +994,29 @@ def validate(data: Any, *, check_hash: bool = True) -> None:
         )
     if version < 1:
         raise ArtifactError(f"schema_version {version} is unknown (this runtime reads 1 to {SCHEMA_VERSION})")
-    _keys(data, "(top level)", ("schema", "schema_version", "content_hash", "predictors", "lm", "metadata"))
-    _expect(data["content_hash"], str, "content_hash")
-    if not _HEX64.match(data["content_hash"]):
-        raise ArtifactError("content_hash: expected 64 lowercase hex digits (a sha256)")
-    _expect(data["predictors"], dict, "predictors")
-    if not data["predictors"]:
-        raise ArtifactError("predictors: expected at least one predictor")
-    for name, entry in data["predictors"].items():
-        _check_predictor(entry, f"predictors.{name}")
-    _expect(data["lm"], (dict, type(None)), "lm")
-    if data["lm"] is not None:
-        _keys(data["lm"], "lm", ("model",), extra_ok=True)
-        _expect(data["lm"]["model"], str, "lm.model")
-        window = data["lm"].get("context_window")
+
+
+def _check_lm(lm: Any) -> None:
+    _expect(lm, (dict, type(None)), "lm")
+    if lm is not None:
+        _keys(lm, "lm", ("model",), extra_ok=True)
+        _expect(lm["model"], str, "lm.model")
+        window = lm.get("context_window")
         _expect(window, (int, type(None)), "lm.context_window", "a positive integer or null")
         if window is not None and window < 1:
             raise ArtifactError(f"lm.context_window: expected a positive integer or null, got {window}")
-    _check_metadata(data["metadata"])
-    if check_hash:
-        try:
-            actual = compute_hash(data)
-        except ValueError as exc:  # NaN/Infinity cannot be hashed canonically
-            raise ArtifactError(f"content cannot be hashed: {exc}") from None
-        if actual != data["content_hash"]:
-            raise ArtifactError(
-                f"content hash mismatch: the file says {data['content_hash'][:16]}..., its content hashes to "
-                f"{actual[:16]}...; the artifact was edited or corrupted after export"
-            )
+
+
+def _check_hash(data: Mapping[str, Any]) -> None:
+    try:
+        actual = compute_hash(data)
+    except ValueError as exc:  # NaN/Infinity cannot be hashed canonically
+        raise ArtifactError(f"content cannot be hashed: {exc}") from None
+    if actual != data["content_hash"]:
+        raise ArtifactError(
+            f"content hash mismatch: the file says {data['content_hash'][:16]}..., its content hashes to "
+            f"{actual[:16]}...; the artifact was edited or corrupted after export"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1102,10 +1130,28 @@ def split_plain_reply(
     if not lines:
         raise PlainReplyError("the reply is empty")
     if len(names) == 1:
-        rest = _match_label(lines[0], list(labels[names[0]]) + list(single_field_labels))
-        if rest == "" and len(lines) > 1:
-            return {names[0]: _strip_decoration(lines[1])}
-        return {names[0]: rest if rest is not None else _strip_decoration(lines[0])}
+        return {names[0]: _single_plain_field(lines, list(labels[names[0]]) + list(single_field_labels))}
+    found, current, preamble = _plain_sections(lines, names, labels)
+    missing = _recover_missing(found, current, preamble, names)
+    if missing:
+        raise PlainReplyError(
+            f"missing output field(s) {missing}", missing, {key: " ".join(value) for key, value in found.items()}
+        )
+    return {key: "\n".join(value).strip() for key, value in found.items()}
+
+
+def _single_plain_field(lines: Sequence[str], labels: Sequence[str]) -> str:
+    """The one output field: the first line, an echoed label stripped (the next line if the label stands alone)."""
+    rest = _match_label(lines[0], labels)
+    if rest == "" and len(lines) > 1:
+        return _strip_decoration(lines[1])
+    return rest if rest is not None else _strip_decoration(lines[0])
+
+
+def _plain_sections(
+    lines: Sequence[str], names: Sequence[str], labels: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, list[str]], str | None, list[str]]:
+    """The lines under each field's first label, the last field found, and the lines before any label."""
     found: dict[str, list[str]] = {}
     current: str | None = None
     preamble: list[str] = []
@@ -1118,6 +1164,13 @@ def split_plain_reply(
             found[current].append(line.strip())
         else:
             preamble.append(line.strip())
+    return found, current, preamble
+
+
+def _recover_missing(
+    found: dict[str, list[str]], current: str | None, preamble: list[str], names: Sequence[str]
+) -> list[str]:
+    """Fill a missing last field from the last line, a missing first one from the preamble; the rest missing."""
     missing = [key for key in names if key not in found]
     if missing == [names[-1]]:
         source = found[current] if current is not None else preamble
@@ -1127,11 +1180,7 @@ def split_plain_reply(
     elif missing == list(names[:1]) and preamble:
         found[names[0]] = preamble
         missing = []
-    if missing:
-        raise PlainReplyError(
-            f"missing output field(s) {missing}", missing, {key: " ".join(value) for key, value in found.items()}
-        )
-    return {key: "\n".join(value).strip() for key, value in found.items()}
+    return missing
 
 
 class PromptArtifact:
@@ -1406,16 +1455,7 @@ class PromptArtifact:
         fields: dict[str, Any] = {}
         for key, lines in sections:
             if key in types and key not in fields:
-                text = "\n".join(lines).strip()
-                try:
-                    fields[key] = parse_value(text, types[key])
-                except ValueError as exc:
-                    raise ParseError(
-                        name,
-                        "ChatAdapter",
-                        reply,
-                        f"field {key!r} ({types[key]}) could not be read from {text!r}: {exc}",
-                    ) from None
+                fields[key] = _parse_field(name, "ChatAdapter", reply, key, "\n".join(lines).strip(), types[key])
         return fields
 
     def _parse_json(self, name: str, entry: Mapping[str, Any], reply: str) -> dict[str, Any]:
@@ -1426,15 +1466,7 @@ class PromptArtifact:
         fields = {}
         for key, value in obj.items():
             if key in types:
-                try:
-                    fields[key] = parse_value(value, types[key])
-                except ValueError as exc:
-                    raise ParseError(
-                        name,
-                        "JSONAdapter",
-                        reply,
-                        f"field {key!r} ({types[key]}) could not be read from {value!r}: {exc}",
-                    ) from None
+                fields[key] = _parse_field(name, "JSONAdapter", reply, key, value, types[key])
         return fields
 
     def _parse_plain(self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any], reply: str) -> dict[str, Any]:
@@ -1477,6 +1509,16 @@ class PromptArtifact:
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
         return f"PromptArtifact({list(self.names)}, hash={self.content_hash[:12]}{where})"
+
+
+def _parse_field(predictor: str, adapter: str, reply: str, key: str, value: Any, type_: str) -> Any:
+    """``parse_value(value, type_)`` for output field ``key``, a failure raised as a :class:`ParseError`."""
+    try:
+        return parse_value(value, type_)
+    except ValueError as exc:
+        raise ParseError(
+            predictor, adapter, reply, f"field {key!r} ({type_}) could not be read from {value!r}: {exc}"
+        ) from None
 
 
 def _plain_coerce(value: str, type_: str) -> Any:

@@ -45,6 +45,7 @@ def test_engine_and_runtime_errors_read_the_same() -> None:
     assert str(ours) == str(theirs) == runtime.context_overflow_message(2301, 2048, reply_tokens=1, model="smollm2")
     assert "2301 tokens" in str(ours) and "2048 tokens" in str(ours) and "254 more" in str(ours)
     assert "\n" not in str(ours)
+    assert isinstance(ours, runtime.ContextOverflowError)  # one meaning: the runtime's except catches the engine's
     assert (ours.prompt_tokens, ours.context_window) == (theirs.prompt_tokens, theirs.context_window) == (2301, 2048)
 
 

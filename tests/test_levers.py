@@ -18,9 +18,9 @@ from dspy_ext.evaluation.calibration import LabelPrior, estimate_label_prior
 from dspy_ext.evaluation.constrained import (
     LabelConstrained,
     LabelRule,
-    choose_label,
     infer_label_set,
     literal_labels,
+    predict_label,
 )
 from dspy_ext.evaluation.likelihood import (
     LikelihoodEvaluator,
@@ -240,7 +240,7 @@ def test_label_constrained_program_answers_with_a_label(fake_lm):
     with dspy.context(lm=lm, adapter=PlainAdapter()):
         assert program(input="bad film").output == "negative"
         assert program(input="good film").output == "positive"
-        choice = choose_label(student(), {"input": "bad film"}, LabelRule("output", LABELS, prior=(0.9, 0.1)))
+        choice = predict_label(student(), {"input": "bad film"}, LabelRule("output", LABELS, prior=(0.9, 0.1)))
     assert choice.label == "positive"  # a prior that expects 'negative' everywhere flips a weak preference
     assert lm.engine.calls == 0
     assert program.label_rules == {"program": LabelRule("output", LABELS).to_dict()}

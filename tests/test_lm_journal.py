@@ -5,23 +5,23 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from dspy_ext.lm.journal import journaled
+from dspy_ext.lm.journal import ScopedCache, active_journal, journaled
 from dspy_ext.lm.metering import BudgetExhausted, CallMeter, metering
 
 
 def test_the_journal_is_cold_then_replays_charged_calls_and_restores_the_shared_cache(fake_lm, tmp_path) -> None:
     lm = fake_lm(lambda messages: f"answer to {messages[-1]['content']}", cache=True)
-    shared = dspy.cache
+    shared = dspy.cache.shared if isinstance(dspy.cache, ScopedCache) else dspy.cache
     lm("q1")  # in the shared cache: never seen by the journal
     assert lm.engine.calls == 1
 
     first = CallMeter()
     with journaled(tmp_path / "calls.jsonl") as journal, metering(first):
-        assert dspy.cache is journal
+        assert active_journal() is journal and dspy.cache.get.__self__ is journal
         lm("q1")  # cold: the journal has never seen it
         lm("q1")  # within one session a repeat is free, as with DSPy's cache
         lm("q2")
-    assert dspy.cache is shared
+    assert active_journal() is None and dspy.cache.get.__self__ is shared
     assert lm.engine.calls == 3 and first.calls == 2 and journal.replayed_calls == 0
 
     second = CallMeter()
@@ -82,3 +82,20 @@ def test_a_replayed_reply_carries_its_finish_reason(tmp_path) -> None:
         lm("q1")  # replayed from the journal in a later process
         assert pop_finish_reason() == "length"
     assert lm.engine.calls == 1
+
+
+def test_the_journal_is_scoped_to_its_context_not_the_process(fake_lm, tmp_path) -> None:
+    """A thread that does not inherit the journaled block's context keeps DSPy's shared cache."""
+    import threading
+
+    lm = fake_lm(lambda messages: f"answer to {messages[-1]['content']}", cache=True)
+    seen: list[object] = []
+    with journaled(tmp_path / "calls.jsonl") as journal:
+        other = threading.Thread(target=lambda: seen.append(active_journal()))
+        other.start()
+        other.join()
+        lm("q1")
+    assert seen == [None]
+    assert journal.earlier_calls == 0 and len((tmp_path / "calls.jsonl").read_text().splitlines()) == 1
+    lm("q1")  # outside the block: the shared cache, which never saw q1
+    assert lm.engine.calls == 2

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from dspy_ext.data.demos import DemoOrder
 from dspy_ext.data.loading import (
     DEFAULT_INPUT_KEYS,
     DEFAULT_OUTPUT_KEYS,
@@ -20,6 +21,7 @@ from dspy_ext.data.loading import (
     load_examples,
     split_train_val,
 )
+from dspy_ext.data.splits import Split
 from dspy_ext.data.tasks import (
     BUILTIN_TASKS,
     BUILTIN_TASKS_DIR,
@@ -39,6 +41,8 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "TASKS_DIR_ENV",
     "DataError",
+    "DemoOrder",
+    "Split",
     "TaskData",
     "available_tasks",
     "dataset_fingerprint",

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -29,10 +30,18 @@ import dspy
 
 from dspy_ext.lm.likelihood import count_prompt_tokens
 
-__all__ = ["DEMO_ORDERS", "balanced_demos", "fit_demos_to_context"]
+__all__ = ["DEMO_ORDERS", "DemoOrder", "balanced_demos", "fit_demos_to_context"]
 
-#: ``"interleave"``: labels in turn (random order per round); ``"shuffle"``: a random order.
-DEMO_ORDERS = ("interleave", "shuffle")
+
+class DemoOrder(str, enum.Enum):
+    """The order of drawn demos: labels in turn (a random order per round), or a random order."""
+
+    INTERLEAVE = "interleave"
+    SHUFFLE = "shuffle"
+
+
+#: The demo orders' names (see :class:`DemoOrder`).
+DEMO_ORDERS = tuple(order.value for order in DemoOrder)
 
 
 def balanced_demos(
@@ -42,7 +51,7 @@ def balanced_demos(
     seed: int,
     field: str = "output",
     labels: Sequence[str] | None = None,
-    order: str = "interleave",
+    order: str = DemoOrder.INTERLEAVE,
 ) -> list[dspy.Example]:
     """Draw ``k`` labeled demos, class-balanced when there is a label set.
 
@@ -55,7 +64,7 @@ def balanced_demos(
             :func:`dspy_ext.evaluation.constrained.infer_label_set`); ``None``
             draws ``k`` rows at random (open outputs). Rows whose output is
             not a label are not drawn when a set is given.
-        order: ``"interleave"`` or ``"shuffle"`` (see :data:`DEMO_ORDERS`).
+        order: A :class:`DemoOrder` (or its name).
 
     Returns:
         ``k`` distinct examples (fewer only if the pool is smaller), in demo order.
@@ -78,6 +87,16 @@ def balanced_demos(
     if labels is None:
         chosen = rng.sample(list(examples), min(k, len(examples)))
         return chosen
+    chosen = _interleave(_label_groups(examples, field, labels, rng), k, rng)
+    if order == DemoOrder.SHUFFLE:
+        rng.shuffle(chosen)
+    return chosen
+
+
+def _label_groups(
+    examples: Sequence[dspy.Example], field: str, labels: Sequence[str], rng: random.Random
+) -> dict[str, list[dspy.Example]]:
+    """The rows of each label, shuffled (rows whose output is none of the labels are left out)."""
     groups: dict[str, list[dspy.Example]] = {str(label): [] for label in labels}
     for example in examples:
         value = str(example[field]).strip()
@@ -85,7 +104,12 @@ def balanced_demos(
             groups[value].append(example)
     for group in groups.values():
         rng.shuffle(group)
-    chosen = []
+    return groups
+
+
+def _interleave(groups: dict[str, list[dspy.Example]], k: int, rng: random.Random) -> list[dspy.Example]:
+    """Up to ``k`` rows taken one label at a time, in a random order of the labels each round."""
+    chosen: list[dspy.Example] = []
     while len(chosen) < k and any(groups.values()):
         round_labels = [label for label, group in groups.items() if group]
         rng.shuffle(round_labels)
@@ -93,8 +117,6 @@ def balanced_demos(
             if len(chosen) == k:
                 break
             chosen.append(groups[label].pop())
-    if order == "shuffle":
-        rng.shuffle(chosen)
     return chosen
 
 

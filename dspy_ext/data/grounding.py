@@ -1,4 +1,4 @@
-"""Instruction constraints that code reads off the training outputs (issue 10, lever 4).
+"""Instruction constraints read off the training outputs, so even a tiny proposer states the answer format.
 
 A 135M proposer cannot write "Answer with one of: negative, positive." from a
 handful of examples, but code can: the closed label set, the word count and the

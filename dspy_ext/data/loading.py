@@ -21,6 +21,8 @@ from typing import Any
 
 import dspy
 
+from dspy_ext.data.splits import Split
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -278,7 +280,7 @@ def _load_hub(name: str, required: Sequence[str]) -> list[dict[str, Any]]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split="train")
+        dataset = datasets.load_dataset(name, split=Split.TRAIN.value)
     except Exception as exc:  # connection, auth, missing split ... all end here
         raise DataError(
             name,

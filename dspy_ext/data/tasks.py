@@ -24,6 +24,7 @@ from dspy_ext.data.loading import (
     DataError,
     load_examples,
 )
+from dspy_ext.data.splits import Split
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ TASKS_DIR_ENV = "DSPY_EXT_TASKS_DIR"
 #: Baseline instruction for tasks that come without instructions.
 GENERIC_INSTRUCTION = "Given the input, produce the output."
 
-TRAIN_FILE = "train.jsonl"
-TEST_FILE = "test.jsonl"
+TRAIN_FILE = f"{Split.TRAIN.value}.jsonl"
+TEST_FILE = f"{Split.TEST.value}.jsonl"
 INSTRUCTIONS_FILE = "instructions.json"
 
 
@@ -220,31 +221,47 @@ def load_task(
         raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     inputs = _key_tuple(input_keys, DEFAULT_INPUT_KEYS)
     outputs = _key_tuple(output_keys, DEFAULT_OUTPUT_KEYS)
-
+    split = {"seed": seed, "test_fraction": test_fraction, "input_keys": inputs, "output_keys": outputs}
     if name is not None:
-        tasks = available_tasks()
-        if name not in tasks:
-            hint = "" if os.environ.get(TASKS_DIR_ENV) else f" (set {TASKS_DIR_ENV} to add a folder of tasks)"
-            raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(sorted(tasks))}{hint}")
-        return _load_folder(
-            tasks[name], name=name, seed=seed, test_fraction=test_fraction, input_keys=inputs, output_keys=outputs
-        )
-
+        return _load_folder(_task_folder(name), name=name, **split)
     assert data is not None  # narrowed by the exactly-one check above
     path = Path(data).expanduser()
     if path.is_dir():
-        return _load_folder(
-            path, name=path.name, seed=seed, test_fraction=test_fraction, input_keys=inputs, output_keys=outputs
-        )
-    examples = load_examples(data, input_keys=inputs, output_keys=outputs)
+        return _load_folder(path, name=path.name, **split)
+    return _load_file(data, path, **split)
+
+
+def _task_folder(name: str) -> Path:
+    """The folder of a registered task.
+
+    Raises:
+        ValueError: An unknown name (the message lists the available ones).
+    """
+    tasks = available_tasks()
+    if name not in tasks:
+        hint = "" if os.environ.get(TASKS_DIR_ENV) else f" (set {TASKS_DIR_ENV} to add a folder of tasks)"
+        raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(sorted(tasks))}{hint}")
+    return tasks[name]
+
+
+def _load_file(
+    data: str | Path,
+    path: Path,
+    *,
+    seed: int,
+    test_fraction: float,
+    input_keys: tuple[str, ...],
+    output_keys: tuple[str, ...],
+) -> TaskData:
+    """A task from one data file (or Hub name), split into train and test."""
+    examples = load_examples(data, input_keys=input_keys, output_keys=output_keys)
     train, test = _split(examples, seed=seed, test_fraction=test_fraction, source=str(data))
-    task_name = path.stem if path.is_file() else str(data)
     return TaskData(
-        name=task_name,
+        name=path.stem if path.is_file() else str(data),
         train=train,
         test=test,
         instructions=[],
-        input_keys=inputs,
-        output_keys=outputs,
+        input_keys=input_keys,
+        output_keys=output_keys,
         source=str(data),
     )

@@ -20,7 +20,7 @@ from dspy_ext.evaluation.evaluator import (
     classify_error,
     example_key,
 )
-from dspy_ext.evaluation.significance import PairedTest, mcnemar_exact, paired_bootstrap, paired_test
+from dspy_ext.evaluation.significance import PairedMethod, PairedTest, mcnemar_exact, paired_bootstrap, paired_test
 from dspy_ext.evaluation.stats import MeanCI, mean_ci, t95
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "EvaluationReport",
     "Evaluator",
     "MeanCI",
+    "PairedMethod",
     "PairedTest",
     "RowResult",
     "classify_error",

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -42,7 +43,15 @@ from dspy_ext.lm.likelihood import (
     supports_likelihood,
 )
 
-__all__ = ["LabelChoice", "LabelConstrained", "LabelRule", "choose_label", "infer_label_set", "literal_labels"]
+__all__ = [
+    "ChoiceMethod",
+    "LabelChoice",
+    "LabelConstrained",
+    "LabelRule",
+    "predict_label",
+    "infer_label_set",
+    "literal_labels",
+]
 
 
 def literal_labels(signature: type[dspy.Signature], field: str) -> tuple[str, ...] | None:
@@ -122,7 +131,7 @@ class LabelRule:
             "field": self.field,
             "labels": list(self.labels),
             "prior": None if self.prior is None else [float(p) for p in self.prior],
-            "method": "likelihood",
+            "method": ChoiceMethod.LIKELIHOOD.value,
         }
 
     @classmethod
@@ -131,32 +140,37 @@ class LabelRule:
         return cls(str(data["field"]), tuple(data["labels"]), None if prior is None else tuple(prior))
 
 
+class ChoiceMethod(str, enum.Enum):
+    """How a closed-set answer is chosen: score every label, generate under a label enum, or whichever the LM can."""
+
+    AUTO = "auto"
+    LIKELIHOOD = "likelihood"
+    CONSTRAINED = "constrained"
+
+
 @dataclass(frozen=True)
 class LabelChoice:
-    """The outcome of :func:`choose_label`.
+    """The outcome of :func:`predict_label`.
 
     Attributes:
         label: The chosen label.
         probs: Label probabilities (likelihood), or 1 for the generated label and 0 for the others
             (constrained decoding).
-        method: ``"likelihood"`` or ``"constrained"``.
+        method: :attr:`ChoiceMethod.LIKELIHOOD` or :attr:`ChoiceMethod.CONSTRAINED`.
     """
 
     label: str
     probs: tuple[float, ...]
-    method: str = "likelihood"
+    method: ChoiceMethod = ChoiceMethod.LIKELIHOOD
 
 
-ChoiceMethod = Literal["auto", "likelihood", "constrained"]
-
-
-def choose_label(
+def predict_label(
     predictor: dspy.Predict,
     inputs: dict[str, Any],
     rule: LabelRule,
     *,
     lm: Any = None,
-    method: ChoiceMethod = "auto",
+    method: ChoiceMethod | str = ChoiceMethod.AUTO,
 ) -> LabelChoice:
     """Answer ``predictor`` on ``inputs`` with one of the rule's labels.
 
@@ -180,7 +194,9 @@ def choose_label(
         LikelihoodUnavailable: The LM can do neither (or not the ``method`` asked for).
     """
     lm = lm or predictor.lm or dspy.settings.lm
-    if method == "constrained" or (method == "auto" and not supports_likelihood(lm) and choice_engine(lm)):
+    if method == ChoiceMethod.CONSTRAINED or (
+        method == ChoiceMethod.AUTO and not supports_likelihood(lm) and choice_engine(lm)
+    ):
         return _generate_label(predictor, inputs, rule, lm)
     replies = [gold_reply(predictor, {rule.field: label}) for label in rule.labels]
     # Like a grammar allowing only the labels: no end-of-turn token (see LikelihoodEvaluator).
@@ -197,7 +213,7 @@ def _generate_label(predictor: dspy.Predict, inputs: dict[str, Any], rule: Label
         name = getattr(lm, "model", type(lm).__name__)
         raise LikelihoodUnavailable(f"LM {name!r} cannot generate under a label constraint (served models can)")
     label = engine.generate_choice(predictor_messages(predictor, inputs), rule.labels, field=rule.field)
-    return LabelChoice(label, tuple(float(label == other) for other in rule.labels), "constrained")
+    return LabelChoice(label, tuple(float(label == other) for other in rule.labels), ChoiceMethod.CONSTRAINED)
 
 
 class LabelConstrained(dspy.Module):
@@ -211,13 +227,15 @@ class LabelConstrained(dspy.Module):
     Args:
         program: A program with exactly one predictor and that output field.
         rule: The :class:`LabelRule`.
-        method: How the label is chosen (see :func:`choose_label`).
+        method: How the label is chosen (see :func:`predict_label`).
 
     Example:
         >>> constrained = LabelConstrained(student, LabelRule("output", ("negative", "positive")))  # doctest: +SKIP
     """
 
-    def __init__(self, program: dspy.Module, rule: LabelRule, *, method: ChoiceMethod = "auto") -> None:
+    def __init__(
+        self, program: dspy.Module, rule: LabelRule, *, method: ChoiceMethod | str = ChoiceMethod.AUTO
+    ) -> None:
         super().__init__()
         name, predictor = single_predictor(program)
         if rule.field not in predictor.signature.output_fields:
@@ -233,5 +251,5 @@ class LabelConstrained(dspy.Module):
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         _, predictor = single_predictor(self.program)
-        choice = choose_label(predictor, inputs, self.rule, method=self.method)
+        choice = predict_label(predictor, inputs, self.rule, method=self.method)
         return dspy.Prediction(**{self.rule.field: choice.label}, label_probs=list(choice.probs))

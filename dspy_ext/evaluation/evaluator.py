@@ -330,79 +330,16 @@ class Evaluator:
             raise ValueError("repeats must be >= 1")
         start = time.perf_counter()
         base_key = (program_fingerprint(program), _run_context_key(), temperature)
-        jobs = [(i, k) for k in range(repeats) for i in range(len(examples))]
-        rows: list[RowResult] = []
-        hits = 0
-        pending = []
-        for i, k in jobs:
-            key = (*base_key, example_key(examples[i]), k)
-            cached = self._cache.get(key) if self.use_cache else None
-            if cached is not None:
-                rows.append(
-                    RowResult(
-                        i,
-                        k,
-                        cached.score,
-                        cached.prediction,
-                        cached.error,
-                        cached.message,
-                        cached.criteria,
-                        cached.feedback,
-                    )
-                )
-                hits += 1
-            else:
-                pending.append((i, k, key))
-
+        rows, pending = self._cached_rows(base_key, examples, repeats)
+        hits = len(rows)
         own = CallMeter()
         stop = threading.Event()
 
         def run(i: int, k: int, key: tuple) -> RowResult | None:
-            if stop.is_set():
-                return None
-            lm_ctx = {}
-            if repeats > 1 or temperature is not None:
-                lm = dspy.settings.lm
-                overrides = {"rollout_id": k} if repeats > 1 else {}
-                if temperature is not None:
-                    overrides["temperature"] = temperature
-                lm_ctx = {"lm": lm.copy(**overrides)}
-            with dspy.context(**lm_ctx):
-                row = self._score_row(program, examples[i], i, k)
-            if row is None:  # budget exhausted
-                stop.set()
-                return None
-            if self.use_cache and row.error in (None, ErrorKind.PARSE):
-                with self._cache_lock:
-                    self._cache[key] = row
-            return row
+            return self._run_row(program, examples[i], i, k, key, repeats, temperature, stop)
 
-        bar = None
-        if self.progress and pending:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(pending), desc=desc, leave=False)
         with metering(own), metering(meter) if meter is not None else contextlib.nullcontext():
-            if self.num_threads == 1 or len(pending) <= 1:
-                for i, k, key in pending:
-                    row = run(i, k, key)
-                    if row is not None:
-                        rows.append(row)
-                    if bar is not None:
-                        bar.update(1)
-                    if stop.is_set():
-                        break
-            else:
-                with ThreadPoolExecutor(self.num_threads) as pool:
-                    futures = [pool.submit(contextvars.copy_context().run, run, i, k, key) for i, k, key in pending]
-                    for future in futures:
-                        row = future.result()
-                        if row is not None:
-                            rows.append(row)
-                        if bar is not None:
-                            bar.update(1)
-        if bar is not None:
-            bar.close()
+            rows.extend(self._run_pending(run, pending, stop, desc))
         rows.sort(key=lambda r: (r.repeat, r.index))
         report = EvaluationReport(
             rows=rows,
@@ -413,11 +350,102 @@ class Evaluator:
             cache_hits=hits,
             budget_exhausted=stop.is_set(),
         )
-        failures = {k: v for k, v in report.errors.items() if v}
-        if failures:
-            first = next(r for r in rows if r.error is not None)
-            logger.warning("%s: %s (first: %s: %s)", desc, failures, first.error.value, first.message[:200])
+        _warn_failures(report, desc)
         return report
+
+    def _cached_rows(
+        self, base_key: tuple, examples: Sequence[dspy.Example], repeats: int
+    ) -> tuple[list[RowResult], list[tuple[int, int, tuple]]]:
+        """The rows this evaluator scored before (copies), and ``(index, repeat, key)`` of the others."""
+        rows: list[RowResult] = []
+        pending = []
+        for k in range(repeats):
+            for i in range(len(examples)):
+                key = (*base_key, example_key(examples[i]), k)
+                cached = self._cache.get(key) if self.use_cache else None
+                if cached is not None:
+                    rows.append(
+                        RowResult(
+                            i,
+                            k,
+                            cached.score,
+                            cached.prediction,
+                            cached.error,
+                            cached.message,
+                            cached.criteria,
+                            cached.feedback,
+                        )
+                    )
+                else:
+                    pending.append((i, k, key))
+        return rows, pending
+
+    def _run_row(
+        self,
+        program: dspy.Module,
+        example: dspy.Example,
+        i: int,
+        k: int,
+        key: tuple,
+        repeats: int,
+        temperature: float | None,
+        stop: threading.Event,
+    ) -> RowResult | None:
+        """Score one rollout under its own ``rollout_id``/temperature and cache it; ``None`` once the budget ran out."""
+        if stop.is_set():
+            return None
+        lm_ctx = {}
+        if repeats > 1 or temperature is not None:
+            lm = dspy.settings.lm
+            overrides = {"rollout_id": k} if repeats > 1 else {}
+            if temperature is not None:
+                overrides["temperature"] = temperature
+            lm_ctx = {"lm": lm.copy(**overrides)}
+        with dspy.context(**lm_ctx):
+            row = self._score_row(program, example, i, k)
+        if row is None:  # budget exhausted
+            stop.set()
+            return None
+        if self.use_cache and row.error in (None, ErrorKind.PARSE):
+            with self._cache_lock:
+                self._cache[key] = row
+        return row
+
+    def _run_pending(
+        self,
+        run: Callable[[int, int, tuple], RowResult | None],
+        pending: list[tuple[int, int, tuple]],
+        stop: threading.Event,
+        desc: str,
+    ) -> list[RowResult]:
+        """Run the pending rollouts (in a thread pool when ``num_threads > 1``), with a progress bar if asked."""
+        rows: list[RowResult] = []
+        bar = None
+        if self.progress and pending:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(pending), desc=desc, leave=False)
+        if self.num_threads == 1 or len(pending) <= 1:
+            for i, k, key in pending:
+                row = run(i, k, key)
+                if row is not None:
+                    rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+                if stop.is_set():
+                    break
+        else:
+            with ThreadPoolExecutor(self.num_threads) as pool:
+                futures = [pool.submit(contextvars.copy_context().run, run, i, k, key) for i, k, key in pending]
+                for future in futures:
+                    row = future.result()
+                    if row is not None:
+                        rows.append(row)
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        return rows
 
     def _score_row(self, program: dspy.Module, example: dspy.Example, i: int, k: int) -> RowResult | None:
         try:
@@ -440,6 +468,14 @@ class Evaluator:
         return RowResult(
             i, k, measured.score, _jsonable(outputs), criteria=measured.criteria, feedback=measured.feedback
         )
+
+
+def _warn_failures(report: EvaluationReport, desc: str) -> None:
+    """Log the error counts of a report with some failed rows, and the first failure."""
+    failures = {k: v for k, v in report.errors.items() if v}
+    if failures:
+        first = next(r for r in report.rows if r.error is not None)
+        logger.warning("%s: %s (first: %s: %s)", desc, failures, first.error.value, first.message[:200])
 
 
 def _jsonable(outputs: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import math
 import time
@@ -54,15 +55,35 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OBJECTIVES",
     "LikelihoodEvaluator",
+    "LikelihoodObjective",
     "LikelihoodReport",
     "LikelihoodRow",
+    "ScoringMode",
     "gold_reply",
     "predictor_messages",
     "single_predictor",
 ]
 
-#: Per-row scores a :class:`LikelihoodReport` can give (see :meth:`LikelihoodReport.row_scores`).
-OBJECTIVES = ("gold_logprob", "label_prob", "margin", "label_accuracy")
+
+class LikelihoodObjective(str, enum.Enum):
+    """A per-row score of a :class:`LikelihoodReport` (see :meth:`LikelihoodReport.row_scores`)."""
+
+    AUTO = "auto"  # label_prob with a label set, else gold_logprob
+    GOLD_LOGPROB = "gold_logprob"
+    LABEL_PROB = "label_prob"
+    MARGIN = "margin"
+    LABEL_ACCURACY = "label_accuracy"
+
+
+class ScoringMode(str, enum.Enum):
+    """How a :class:`LikelihoodReport` was scored: by likelihood, or by the metric when the LM cannot score."""
+
+    LIKELIHOOD = "likelihood"
+    METRIC = "metric"
+
+
+#: The names of the per-row scores a :class:`LikelihoodReport` can give (``"auto"`` picks one of them).
+OBJECTIVES = tuple(o.value for o in LikelihoodObjective if o is not LikelihoodObjective.AUTO)
 
 
 def single_predictor(program: dspy.Module) -> tuple[str, dspy.Predict]:
@@ -169,14 +190,16 @@ class LikelihoodReport:
 
     rows: list[LikelihoodRow]
     labels: tuple[str, ...] | None
-    mode: str = "likelihood"
+    mode: ScoringMode = ScoringMode.LIKELIHOOD
     note: str = ""
     metric_scores: list[float | None] | None = None
     usage: UsageSnapshot = field(default_factory=UsageSnapshot)
     seconds: float = 0.0
     budget_exhausted: bool = False
 
-    def row_scores(self, objective: str = "auto", prior: Any | None = None) -> list[float]:
+    def row_scores(
+        self, objective: LikelihoodObjective | str = LikelihoodObjective.AUTO, prior: Any | None = None
+    ) -> list[float]:
         """A continuous score per row (higher is better).
 
         Args:
@@ -191,30 +214,30 @@ class LikelihoodReport:
         Returns:
             The scores, in row order.
         """
-        if self.mode == "metric":
+        if self.mode == ScoringMode.METRIC:
             return [s for s in (self.metric_scores or []) if s is not None]
-        if objective == "auto":
-            objective = "label_prob" if self.labels else "gold_logprob"
+        if objective == LikelihoodObjective.AUTO:
+            objective = (LikelihoodObjective.LABEL_PROB if self.labels else LikelihoodObjective.GOLD_LOGPROB).value
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)} or 'auto'")
-        if objective == "gold_logprob":
+        if objective == LikelihoodObjective.GOLD_LOGPROB:
             return [r.gold_mean_logprob for r in self.rows]
         if not self.labels:
             raise ValueError(f"objective {objective!r} needs a label set; this report has none")
-        if objective == "label_prob":
+        if objective == LikelihoodObjective.LABEL_PROB:
             return [r.label_probs(prior)[r.gold_label] if r.gold_label is not None else 0.0 for r in self.rows]
-        if objective == "margin":
+        if objective == LikelihoodObjective.MARGIN:
             return [r.margin(prior) for r in self.rows]
         return [float(r.gold_label is not None and r.predicted(prior) == r.gold_label) for r in self.rows]
 
-    def score(self, objective: str = "auto", prior: Any | None = None) -> float:
+    def score(self, objective: LikelihoodObjective | str = LikelihoodObjective.AUTO, prior: Any | None = None) -> float:
         """Mean of :meth:`row_scores` (``-inf`` when no row was scored)."""
         values = self.row_scores(objective, prior)
         return sum(values) / len(values) if values else float("-inf")
 
     def label_accuracy(self, prior: Any | None = None) -> float:
         """Accuracy (0-100) of choosing the most probable label: constrained decoding, no generation."""
-        return 100.0 * self.score("label_accuracy", prior) if self.rows else 0.0
+        return 100.0 * self.score(LikelihoodObjective.LABEL_ACCURACY, prior) if self.rows else 0.0
 
     def predictions(self, prior: Any | None = None) -> list[str]:
         """The chosen label of every row."""
@@ -224,21 +247,21 @@ class LikelihoodReport:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "mode": self.mode,
+            "mode": ScoringMode(self.mode).value,
             "note": self.note,
-            "n": len(self.rows) if self.mode == "likelihood" else len(self.metric_scores or []),
+            "n": len(self.rows) if self.mode == ScoringMode.LIKELIHOOD else len(self.metric_scores or []),
             "forward_passes": self.usage.calls,
             "input_tokens": self.usage.input_tokens,
             "seconds": round(self.seconds, 2),
             "budget_exhausted": self.budget_exhausted,
         }
-        if self.mode == "likelihood" and self.rows:
-            out["gold_logprob"] = round(self.score("gold_logprob"), 4)
+        if self.mode == ScoringMode.LIKELIHOOD and self.rows:
+            out["gold_logprob"] = round(self.score(LikelihoodObjective.GOLD_LOGPROB), 4)
             if self.labels:
                 out["labels"] = list(self.labels)
-                out["label_prob"] = round(self.score("label_prob"), 4)
+                out["label_prob"] = round(self.score(LikelihoodObjective.LABEL_PROB), 4)
                 out["label_accuracy"] = round(self.label_accuracy(), 2)
-        elif self.mode == "metric":
+        elif self.mode == ScoringMode.METRIC:
             out["metric"] = round(100.0 * self.score(), 2) if self.metric_scores else 0.0
         return out
 
@@ -320,38 +343,47 @@ class LikelihoodEvaluator:
         start = time.perf_counter()
         with metering(own), metering(meter) if meter is not None else contextlib.nullcontext():
             for index, example in enumerate(examples):
-                gold = {key: example[key] for key in outputs}
-                reply = gold_reply(predictor, gold, adapter)
-                gold_label = None
-                if self.labels is not None:
-                    gold_label = next(
-                        (i for i, label in enumerate(self.labels) if _same(label, gold[outputs[0]])), None
-                    )
-                candidates = label_replies + ([] if gold_label is not None else [reply])
-                messages = predictor_messages(predictor, example.inputs().toDict(), adapter)
                 try:
-                    scores = continuation_scores(lm, messages, candidates, end_of_turn=self.end_of_turn)
+                    rows.append(self._score_example(lm, predictor, adapter, outputs, label_replies, index, example))
                 except Exception as exc:
                     if find_budget_exhausted(exc) is not None:
                         exhausted = True
                         break
                     raise
-                gold_score = scores[gold_label] if gold_label is not None else scores[-1]
-                rows.append(
-                    LikelihoodRow(
-                        index=index,
-                        gold_logprob=gold_score.logprob,
-                        gold_tokens=gold_score.n_tokens,
-                        label_logprobs=tuple(s.logprob for s in scores[: len(label_replies)]) if self.labels else None,
-                        gold_label=gold_label,
-                    )
-                )
         return LikelihoodReport(
             rows=rows,
             labels=self.labels,
             usage=own.snapshot(),
             seconds=time.perf_counter() - start,
             budget_exhausted=exhausted,
+        )
+
+    def _score_example(
+        self,
+        lm: Any,
+        predictor: dspy.Predict,
+        adapter: Any,
+        outputs: list[str],
+        label_replies: list[str],
+        index: int,
+        example: dspy.Example,
+    ) -> LikelihoodRow:
+        """One forward pass: the log-probability of every label (and of the gold reply if it is none of them)."""
+        gold = {key: example[key] for key in outputs}
+        reply = gold_reply(predictor, gold, adapter)
+        gold_label = None
+        if self.labels is not None:
+            gold_label = next((i for i, label in enumerate(self.labels) if _same(label, gold[outputs[0]])), None)
+        candidates = label_replies + ([] if gold_label is not None else [reply])
+        messages = predictor_messages(predictor, example.inputs().toDict(), adapter)
+        scores = continuation_scores(lm, messages, candidates, end_of_turn=self.end_of_turn)
+        gold_score = scores[gold_label] if gold_label is not None else scores[-1]
+        return LikelihoodRow(
+            index=index,
+            gold_logprob=gold_score.logprob,
+            gold_tokens=gold_score.n_tokens,
+            label_logprobs=tuple(s.logprob for s in scores[: len(label_replies)]) if self.labels else None,
+            gold_label=gold_label,
         )
 
     def _metric_fallback(
@@ -365,7 +397,7 @@ class LikelihoodEvaluator:
         return LikelihoodReport(
             rows=[],
             labels=self.labels,
-            mode="metric",
+            mode=ScoringMode.METRIC,
             note=note,
             metric_scores=report.example_scores,
             usage=report.usage,

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections.abc import Sequence
@@ -120,6 +121,14 @@ class PairedTest:
         }
 
 
+class PairedMethod(str, enum.Enum):
+    """The test :func:`paired_test` runs: McNemar's exact test (0/1 scores), a paired bootstrap, or the fitting one."""
+
+    AUTO = "auto"  # McNemar when every score is 0 or 1, else the bootstrap
+    MCNEMAR = "mcnemar"
+    BOOTSTRAP = "bootstrap"
+
+
 def _is_binary(values: Sequence[float]) -> bool:
     return all(v in (0, 1) for v in values)
 
@@ -128,7 +137,7 @@ def paired_test(
     a: Sequence[float | None],
     b: Sequence[float | None],
     *,
-    method: str = "auto",
+    method: PairedMethod | str = PairedMethod.AUTO,
     alpha: float = ALPHA,
     n_resamples: int = 2000,
     seed: int = 0,
@@ -152,7 +161,7 @@ def paired_test(
     """
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} vs {len(b)}")
-    if method not in ("auto", "mcnemar", "bootstrap"):
+    if method not in tuple(PairedMethod):
         raise ValueError(f"unknown method {method!r}; use auto, mcnemar or bootstrap")
     pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None]
     xs = [x for x, _ in pairs]
@@ -161,9 +170,9 @@ def paired_test(
     mean_a = sum(xs) / n if n else 0.0
     mean_b = sum(ys) / n if n else 0.0
     binary = _is_binary(xs) and _is_binary(ys)
-    if method == "mcnemar" and not binary:
+    if method == PairedMethod.MCNEMAR and not binary:
         raise ValueError("McNemar's test needs 0/1 scores; use method='bootstrap'")
-    if method == "mcnemar" or (method == "auto" and binary):
+    if method == PairedMethod.MCNEMAR or (method == PairedMethod.AUTO and binary):
         a_only = sum(1 for x, y in pairs if x > y)
         b_only = sum(1 for x, y in pairs if y > x)
         return PairedTest("mcnemar-exact", n, mean_a, mean_b, mcnemar_exact(a_only, b_only), a_only, b_only, alpha)

@@ -46,6 +46,14 @@ def to_markdown(artifact: PromptArtifact) -> str:
         >>> print(to_markdown(load("p.prompt.json"))[:40])   # doctest: +SKIP
         # Prompt artifact `p.prompt.json`
     """
+    lines = _summary_lines(artifact)
+    for name in artifact.names:
+        lines += _predictor_lines(name, artifact.data["predictors"][name])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _summary_lines(artifact: PromptArtifact) -> list[str]:
+    """The title, schema, hash and predictor names, the metadata table and the LM settings."""
     title = Path(artifact.path).name if artifact.path else "prompt artifact"
     lines = [f"# Prompt artifact `{title}`", ""]
     lines += [
@@ -66,38 +74,41 @@ def to_markdown(artifact: PromptArtifact) -> str:
     else:
         lines += ["| key | value |", "| --- | --- |"]
         lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in lm.items()]
-    for name in artifact.names:
-        entry = artifact.data["predictors"][name]
-        lines += ["", f"## Predictor `{name}`", ""]
-        lines += [
-            f"- adapter: {entry['adapter']} {json.dumps(entry['adapter_options'])}",
-            f"- demos: {len(entry['demos'])}",
-            f"- reply format: {entry['parse']['format']}"
-            + (" (JSON fallback on a failed parse)" if entry["fallback"] else ""),
-        ]
-        if entry["lm_kwargs"]:
-            lines.append(f"- LM settings of this predictor: `{json.dumps(entry['lm_kwargs'])}`")
-        lines += ["", "### Instructions", ""]
-        lines += _block(entry["instructions"])
-        lines += [
-            "",
-            "### Fields",
-            "",
-            "| role | name | type | prefix | description |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for role, key in (("input", "input_fields"), ("output", "output_fields")):
-            for field in entry[key]:
-                lines.append(
-                    f"| {role} | `{field['name']}` | `{_cell(field['type'])}` | {_cell(field['prefix'])} | "
-                    f"{_cell(field['desc'])} |"
-                )
-        lines += ["", "### Messages", "", "Input values go where the placeholders `⟦input:NAME⟧` stand.", ""]
-        for i, message in enumerate(entry["messages"]):
-            lines += [f"**{i + 1}. {message['role']}**", ""]
-            lines += _block(message["content"])
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
+
+
+def _predictor_lines(name: str, entry: dict) -> list[str]:
+    """One predictor's section: adapter, demos, reply format, instructions, fields and messages."""
+    lines = ["", f"## Predictor `{name}`", ""]
+    lines += [
+        f"- adapter: {entry['adapter']} {json.dumps(entry['adapter_options'])}",
+        f"- demos: {len(entry['demos'])}",
+        f"- reply format: {entry['parse']['format']}"
+        + (" (JSON fallback on a failed parse)" if entry["fallback"] else ""),
+    ]
+    if entry["lm_kwargs"]:
+        lines.append(f"- LM settings of this predictor: `{json.dumps(entry['lm_kwargs'])}`")
+    lines += ["", "### Instructions", ""]
+    lines += _block(entry["instructions"])
+    lines += [
+        "",
+        "### Fields",
+        "",
+        "| role | name | type | prefix | description |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for role, key in (("input", "input_fields"), ("output", "output_fields")):
+        for field in entry[key]:
+            lines.append(
+                f"| {role} | `{field['name']}` | `{_cell(field['type'])}` | {_cell(field['prefix'])} | "
+                f"{_cell(field['desc'])} |"
+            )
+    lines += ["", "### Messages", "", "Input values go where the placeholders `⟦input:NAME⟧` stand.", ""]
+    for i, message in enumerate(entry["messages"]):
+        lines += [f"**{i + 1}. {message['role']}**", ""]
+        lines += _block(message["content"])
+        lines.append("")
+    return lines
 
 
 def export_markdown(

@@ -10,8 +10,8 @@
 * :class:`ContextOverflowError` is raised before decoding when a prompt does
   not fit the model's context window. It is an ``lm15.ContextLengthError``, so
   DSPy reports it as ``ContextWindowExceededError``; the evaluator gives such a
-  row the error class ``context_overflow``. The message is the same as the
-  DSPy-free runtime's (:func:`dspy_ext.runtime.context_overflow_message`).
+  row the error class ``context_overflow``. It is also the DSPy-free runtime's
+  :class:`dspy_ext.runtime.ContextOverflowError`, with the same message.
 
 Example:
     >>> is_transient_error(ConnectionResetError())
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dspy import lm15
 from dspy.utils.exceptions import ContextWindowExceededError, is_retryable_lm_error
 
-from dspy_ext.runtime import context_overflow_message
+from dspy_ext import runtime
 
 __all__ = [
     "ContextOverflowError",
@@ -97,14 +97,19 @@ class LMRetriesExhausted(RuntimeError):
         super().__init__(f"LM call failed {tries} time(s) with transient errors; last: {what}")
 
 
-class ContextOverflowError(lm15.ContextLengthError):
-    """A prompt does not fit the model's context window; raised before anything is decoded.
+class ContextOverflowError(runtime.ContextOverflowError, lm15.ContextLengthError):
+    """A prompt does not fit the model's context window; raised by an engine before anything is decoded.
+
+    The engine's form of :class:`dspy_ext.runtime.ContextOverflowError` (one meaning: ``except
+    runtime.ContextOverflowError`` catches both), and an ``lm15.ContextLengthError``, so DSPy
+    reports it as ``ContextWindowExceededError``.
 
     Attributes:
         prompt_tokens: Tokens of the rendered prompt.
         context_window: The model's context window.
         reply_tokens: Tokens kept free for the reply.
-        model: The model name, if known.
+        model_name: The model name, if known. ``model`` is ``None``: DSPy names the error after the
+            LM that made the call.
 
     Example:
         >>> str(ContextOverflowError(2301, 2048, reply_tokens=1))[:78]
@@ -114,13 +119,13 @@ class ContextOverflowError(lm15.ContextLengthError):
     def __init__(
         self, prompt_tokens: int, context_window: int, *, reply_tokens: int = 0, model: str | None = None
     ) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.context_window = context_window
-        self.reply_tokens = reply_tokens
+        runtime.ContextOverflowError.__init__(
+            self, prompt_tokens, context_window, reply_tokens=reply_tokens, model=model
+        )
+        self.model = None  # DSPy's error wrapper reads `model` and would rename the failing LM
         self.model_name = model
-        message = context_overflow_message(prompt_tokens, context_window, reply_tokens=reply_tokens, model=model)
         # lm15.ContextLengthError.__init__ would append several lines of advice: keep one line.
-        lm15.LM15Error.__init__(self, message)
+        lm15.LM15Error.__init__(self, str(self.args[0]))
 
     def __str__(self) -> str:
         return self.message

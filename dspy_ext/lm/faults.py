@@ -36,6 +36,7 @@ API would be.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import threading
@@ -51,11 +52,30 @@ from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of, request
 from dspy_ext.lm.metering import Price
 from dspy_ext.lm.retry import CallPolicy
 
-__all__ = ["ERROR_KINDS", "FaultInjectingEngine", "InjectedFault", "with_faults"]
+__all__ = ["ERROR_KINDS", "Fault", "FaultInjectingEngine", "InjectedError", "InjectedFault", "with_faults"]
 
-#: The errors ``fail`` can raise; all but ``"fatal"`` are transient.
-ERROR_KINDS = ("rate_limit", "server", "timeout", "connection", "fatal")
-_TRANSIENT_KINDS = ("rate_limit", "server", "timeout", "connection")
+
+class InjectedError(str, enum.Enum):
+    """An error a ``fail`` fault raises; all but :attr:`FATAL` are transient."""
+
+    RATE_LIMIT = "rate_limit"
+    SERVER = "server"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    FATAL = "fatal"
+
+
+class Fault(str, enum.Enum):
+    """What an injected fault does to one try: raise an error, hang, or reply with junk."""
+
+    FAIL = "fail"
+    HANG = "hang"
+    GARBAGE = "garbage"
+
+
+#: The errors ``fail`` can raise (the :class:`InjectedError` names); all but ``"fatal"`` are transient.
+ERROR_KINDS = tuple(kind.value for kind in InjectedError)
+_TRANSIENT_KINDS = tuple(kind.value for kind in InjectedError if kind is not InjectedError.FATAL)
 
 _GARBAGE_FORMS = 5
 
@@ -65,13 +85,13 @@ class InjectedFault(RuntimeError):
 
 
 def _make_error(kind: str) -> Exception:
-    if kind == "rate_limit":
+    if kind == InjectedError.RATE_LIMIT:
         return lm15.RateLimitError("injected fault: rate limited", status=429, retry_after=None)
-    if kind == "server":
+    if kind == InjectedError.SERVER:
         return lm15.ServerError("injected fault: service unavailable", status=503)
-    if kind == "timeout":
+    if kind == InjectedError.TIMEOUT:
         return lm15.TimeoutError("injected fault: the provider timed out", status=504)
-    if kind == "connection":
+    if kind == InjectedError.CONNECTION:
         return ConnectionResetError("injected fault: connection reset by peer")
     return InjectedFault("injected fault: permanent failure")
 
@@ -187,11 +207,11 @@ class FaultInjectingEngine(MeteredEngine):
         return int.from_bytes(hashlib.sha256(f"{self.seed}|{digest}|{attempt}".encode()).digest()[:8], "big")
 
     def fault_for(self, draw: int) -> str | None:
-        """Which fault (``"fail"``, ``"hang"``, ``"garbage"`` or ``None``) a draw stands for."""
+        """Which :class:`Fault` (``"fail"``, ``"hang"``, ``"garbage"``), or ``None``, a draw stands for."""
         share = draw / 2.0**64
-        for name, rate in (("fail", self.fail), ("hang", self.hang), ("garbage", self.garbage)):
+        for name, rate in ((Fault.FAIL, self.fail), (Fault.HANG, self.hang), (Fault.GARBAGE, self.garbage)):
             if share < rate:
-                return name
+                return name.value
             share -= rate
         return None
 
@@ -201,13 +221,13 @@ class FaultInjectingEngine(MeteredEngine):
         if fault is not None:
             with self._lock:
                 self.injected[fault] += 1
-        if fault == "fail":
+        if fault == Fault.FAIL:
             raise _make_error(self.errors[(draw >> 8) % len(self.errors)])
-        if fault == "garbage":
+        if fault == Fault.GARBAGE:
             text = _garbage(draw >> 8)
             prompt_words = sum(len(m["content"].split()) for m in request_messages(request))
             return Generation(text=text, input_tokens=prompt_words, output_tokens=len(text.split()))
-        if fault == "hang":
+        if fault == Fault.HANG:
             self._released.wait(self.hang_seconds)
         return self._inner_generate(request)
 
@@ -221,18 +241,7 @@ class FaultInjectingEngine(MeteredEngine):
         self._released.set()
 
 
-def with_faults(
-    lm: dspy.LM,
-    *,
-    fail: float = 0.0,
-    hang: float = 0.0,
-    garbage: float = 0.0,
-    seed: int = 0,
-    errors: Sequence[str] = _TRANSIENT_KINDS,
-    hang_seconds: float = 60.0,
-    sticky: bool = False,
-    call_policy: CallPolicy | None = None,
-) -> dspy.LM:
+def with_faults(lm: dspy.LM, **settings: Any) -> dspy.LM:
     """A copy of ``lm`` whose engine injects faults (see :class:`FaultInjectingEngine`).
 
     The copy's model string names the fault settings, so DSPy's response
@@ -242,8 +251,8 @@ def with_faults(
 
     Args:
         lm: The LM to wrap.
-        fail, hang, garbage, seed, errors, hang_seconds, sticky, call_policy:
-            See :class:`FaultInjectingEngine`.
+        settings: The keyword arguments of :class:`FaultInjectingEngine` (``fail``, ``hang``,
+            ``garbage``, ``seed``, ``errors``, ``hang_seconds``, ``sticky``, ``call_policy``).
 
     Returns:
         A new ``dspy.LM``; its ``engine`` is the :class:`FaultInjectingEngine`.
@@ -257,16 +266,9 @@ def with_faults(
     inner = getattr(lm, "engine", None)
     if inner is None or isinstance(inner, str) or not callable(getattr(inner, "complete", None)):
         raise TypeError(f"{getattr(lm, 'model', lm)!r} has no engine object to wrap; build the LM with engine=")
-    engine = FaultInjectingEngine(
-        inner,
-        fail=fail,
-        hang=hang,
-        garbage=garbage,
-        seed=seed,
-        errors=errors,
-        hang_seconds=hang_seconds,
-        sticky=sticky,
-        call_policy=call_policy,
+    engine = FaultInjectingEngine(inner, **settings)
+    tag = (
+        f"faults-f{engine.fail:g}-h{engine.hang:g}-g{engine.garbage:g}-s{engine.seed}-{'-'.join(engine.errors)}"
+        f"{'-sticky' if engine.sticky else ''}"
     )
-    tag = f"faults-f{fail:g}-h{hang:g}-g{garbage:g}-s{seed}-{'-'.join(engine.errors)}{'-sticky' if sticky else ''}"
     return dspy.LM(f"{lm.model}+{tag}", engine=engine, cache=lm.cache, **dict(lm.kwargs))

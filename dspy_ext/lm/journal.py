@@ -14,6 +14,13 @@ costs one call, as it did then.
 Only plain JSON records are journaled (what DSPy 3.4 stores for native
 engines, dspy-ext's included); nothing is ever unpickled.
 
+The journal is scoped to the block's context, like the call meters: it is held
+in ``dspy.settings`` (``dspy.context``), so it follows DSPy's own propagation
+into worker threads and no other compile or thread of the process sees it.
+DSPy 3.4 reads its response cache from the module attribute ``dspy.cache``, so
+that attribute holds a :class:`ScopedCache` that answers from the journal of the
+current context and from DSPy's own cache everywhere else.
+
 Example:
     >>> with journaled("runs/ape-s0/calls.jsonl") as journal:          # doctest: +SKIP
     ...     compiled = optimizer.compile(student, trainset=train)
@@ -140,6 +147,10 @@ class CallJournal(Cache):
         with self._write_lock:
             self._file.close()
 
+    def __deepcopy__(self, memo: dict) -> CallJournal:
+        # DSPy may deep-copy settings for worker threads; the journal must stay one.
+        return self
+
 
 def _cut_torn_tail(path: Path) -> None:
     """Drop a last line that a crash cut short (no newline), so the next record starts a line of its own.
@@ -192,21 +203,66 @@ def _charge(usage: dict[str, int | None]) -> None:
         meter.record(usage.get("input_tokens"), usage.get("output_tokens"), cost=usage.get("cost"))
 
 
+_SETTINGS_KEY = "dspy_ext_journal"
+
+
+def active_journal() -> CallJournal | None:
+    """The call journal of the current context (see :func:`journaled`), or ``None``."""
+    return dspy.settings.get(_SETTINGS_KEY)
+
+
+class ScopedCache:
+    """What ``dspy.cache`` holds once a journal was opened: the current context's journal, else DSPy's cache.
+
+    Every attribute (``get``, ``put``, ``cache_key``, ``reset_memory_cache`` ...) is that of the
+    cache in charge of the calling context, so code outside a :func:`journaled` block sees DSPy's
+    cache exactly as before.
+
+    Args:
+        shared: The cache that was in ``dspy.cache`` (``None``: DSPy's default, built when first needed).
+    """
+
+    def __init__(self, shared: Cache | None) -> None:
+        self._shared = shared
+
+    @property
+    def shared(self) -> Cache:
+        """DSPy's own response cache, the one used outside journaled blocks."""
+        if self._shared is None:
+            from dspy.clients import _get_dspy_cache
+
+            with dspy._cache_lock:
+                if self._shared is None:
+                    self._shared = _get_dspy_cache()
+        return self._shared
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_shared":
+            raise AttributeError(name)
+        journal = active_journal()
+        return getattr(journal if journal is not None else self.shared, name)
+
+
+def _route_dspy_cache() -> None:
+    """Make ``dspy.cache`` a :class:`ScopedCache` around whatever cache it holds (once; it stays)."""
+    with dspy._cache_lock:
+        current = dspy.__dict__.get("cache")  # not `dspy.cache`: reading it would build the default cache
+        if not isinstance(current, ScopedCache):
+            dspy.cache = ScopedCache(current)
+
+
 @contextlib.contextmanager
 def journaled(path: str | os.PathLike[str]) -> Iterator[CallJournal]:
-    """Route DSPy's response cache to a :class:`CallJournal` at ``path`` while the block runs.
+    """Answer the LM calls of this block (and of the DSPy worker threads it starts) from a :class:`CallJournal`.
 
-    The LM must have its cache on (``dspy.LM(..., cache=True)``) for DSPy to consult it. Not for
-    concurrent use with other code that reads ``dspy.cache``: the cache is swapped process-wide.
+    The LM must have its cache on (``dspy.LM(..., cache=True)``) for DSPy to consult it. The
+    journal replaces DSPy's response cache for this block's context only: other threads and
+    compiles keep DSPy's cache.
     """
     journal = CallJournal(path)
-    previous = dspy.__dict__.get("cache")  # not `dspy.cache`: reading it would build the default cache
-    dspy.cache = journal
+    _route_dspy_cache()
     try:
-        yield journal
+        with dspy.context(**{_SETTINGS_KEY: journal}):
+            yield journal
     finally:
-        if previous is None:
-            dspy.__dict__.pop("cache", None)
-        else:
-            dspy.cache = previous
         journal.close()

@@ -15,7 +15,7 @@ retries off). So on a served model, as on the embedded one:
 * the run's call journal (DSPy's response cache slot) sees every reply, so a
   killed compile resumes without paying twice.
 
-Two levers of the embedded model also work on an OpenAI-compatible endpoint that allows them:
+Two abilities of the embedded model also work on an OpenAI-compatible endpoint that allows them:
 
 * **likelihood scoring** (:meth:`ServedEngine.score_continuations`): each continuation is one
   ``POST {api_base}/completions`` with ``echo: true, logprobs: 1, max_tokens: 1`` on the chat
@@ -209,7 +209,7 @@ class ServedEngine(MeteredEngine):
     def close(self) -> None:
         self.inner.close()
 
-    # ---- the two levers: likelihood scoring and constrained decoding -----------------------------
+    # ---- scoring given replies, and choosing among labels -----------------------------------------
     def _served_name(self) -> str:
         return self.inner.model.partition("/")[2] or self.inner.model
 
