@@ -72,10 +72,6 @@ def fingerprint_json(value: Any) -> str:
     return runtime.canonical_json(value, lenient=True)
 
 
-#: The former name of :func:`fingerprint_json`.
-canonical_json = fingerprint_json
-
-
 def short_hash(value: Any, length: int = 16) -> str:
     """The first ``length`` hex digits of the sha256 of ``value``'s canonical JSON: a key for caches and ids,
     not an artifact's ``content_hash`` (the whole sha256, see :func:`dspy_ext.runtime.compute_hash`)."""

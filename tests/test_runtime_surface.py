@@ -63,7 +63,6 @@ def _old_fingerprint_json(value: object) -> str:
 )
 def test_fingerprint_json_is_the_lenient_canonical_json_and_hashes_as_before(value: object) -> None:
     assert prompt_state.fingerprint_json(value) == _old_fingerprint_json(value)
-    assert prompt_state.canonical_json is prompt_state.fingerprint_json  # the former name, for its callers
     assert prompt_state.short_hash(value) == prompt_state.short_hash(json.loads(json.dumps(value, default=str)))
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dspy_ext.prompt_state import canonical_json
+from dspy_ext.prompt_state import fingerprint_json
 from dspy_ext.review.database import ReviewDatabase, dump_json
 from dspy_ext.review.records import ItemSummary, ReviewError, ReviewItem, fields_text, input_id, item_key
 
@@ -34,7 +34,7 @@ class ItemTable:
     ) -> str:
         """Record one output as a sample of its item (made when new); returns the item key."""
         inputs, outputs = dict(inputs), dict(outputs)
-        canonical_json(inputs), canonical_json(outputs)  # fails early on values JSON cannot hold
+        fingerprint_json(inputs), fingerprint_json(outputs)  # fails early on values JSON cannot hold
         key, iid, now = item_key(inputs, outputs), input_id(inputs), time.time()
         conn = self.db.conn
         with self.db.transaction():
