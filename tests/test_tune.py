@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.search.final_selection import CandidateTPE
 from dspy_ext.tuning import (
     DEFAULT_METHOD_SPACES,
@@ -191,7 +192,7 @@ def test_trials_store_program_scores_and_costs(tmp_path: Path, world) -> None:
         enqueue=[params(3), params(1)],
     )
     program = tuner.compile(F.student(), trainset=F.trainset(), valset=F.devset())
-    summary = program.dspy_ext_tune
+    summary = compile_record(program).tune
     assert summary["n_trials"] == 3 and summary["study"] == "attrs"
     assert summary["storage"] == "sqlite:///" + str((tmp_path / "s.db").resolve())
     best = summary["best_trial"]
@@ -357,7 +358,7 @@ def test_tpe_final_selector_in_our_optimizers(method: str, world) -> None:
         config={"minibatch_size": 5, "steps": 1, "max_bootstrapped_demos": 1},
     )
     program = handle.compile(F.student(), trainset=F.trainset(), valset=F.devset(10))
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.lm_calls <= 90 and result.val_score is not None
     study = optuna.load_study(study_name="final", storage=storage)
     assert study.trials and set(study.trials[0].params) == {"0_predictor_instruction", "0_predictor_demos"}
@@ -392,7 +393,7 @@ def test_tpe_selector_picks_the_best_combination_when_affordable(world) -> None:
         for t in study.trials
         if t.value is not None
     }
-    assert program.dspy_ext_result.val_score == max(combos.values())
+    assert compile_record(program).search.val_score == max(combos.values())
     assert len(combos) == len(study.trials[0].distributions["0_predictor_instruction"].choices) * len(
         study.trials[0].distributions["0_predictor_demos"].choices
     )
@@ -422,7 +423,7 @@ def test_a_trial_with_tpe_final_selection_runs_candidate_level_tpe(world) -> Non
     assert session.optimize() == 1
     trial = session.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["plan"]["final_selection"] == "tpe"
-    origins = {row["origin"] for row in session.runner.programs[0].dspy_ext_result.trials}
+    origins = {row["origin"] for row in compile_record(session.runner.programs[0]).search.trials}
     assert "final:tpe" in origins  # the final choice was made by candidate-level TPE trials
     assert not any(o.startswith("final:") and o != "final:tpe" for o in origins)  # and not by successive halving
 
