@@ -28,6 +28,7 @@ from dspy_ext.tuning import (
     criteria_of,
     load_space,
 )
+from dspy_ext.tuning.strategies import NoPruning
 
 import tune_fake as F
 
@@ -116,7 +117,7 @@ def test_defaults_per_method_and_overrides_merge(tmp_path: Path) -> None:
     assert loaded.methods["ape"]["top_k"].kind == "fixed"  # fixed
     assert loaded.methods["ape"]["induce_temperature"].kind == "float"  # default kept
     assert loaded.methods["labeled"]["k"] == Int(1, 6)  # null -> the method's defaults
-    assert loaded.budget == 30 and loaded.pruner == {"type": "none"}
+    assert loaded.budget == 30 and loaded.pruner == NoPruning({"type": "none"})
     # Python and YAML declare the same space.
     python = TuningSpace.from_dict(
         {

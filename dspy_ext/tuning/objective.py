@@ -264,8 +264,7 @@ class DevsetScorer:
 
         space = self.tuner.space
         evaluator = Evaluator(cm, num_threads=self.tuner.num_threads)
-        kind = space.pruner.get("type", "median")
-        pruning = self.identity.objective != "pareto" and kind != "none"
+        pruning = self.identity.objective != "pareto" and space.pruner.prunes
         size = space.eval_minibatch
         scores: dict[int, float] = {}
         errors = 0
@@ -284,7 +283,7 @@ class DevsetScorer:
             scored += examples
             if not pruning or start + size >= len(self.dev_order):
                 continue
-            if kind == "wilcoxon":
+            if space.pruner.per_row:
                 for i in chunk:
                     if i in scores:
                         trial.report(100.0 * scores[i], step=i)

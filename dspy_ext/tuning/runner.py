@@ -12,7 +12,7 @@ Example:
     >>> from dspy_ext.tuning import tune
     >>> result = tune(TuneSettings(task="sentiment", optimizers=["ape", "bfsrs"], trials=8, budget=60))
     ...                                                                                   # doctest: +SKIP
-    >>> result.summary["best_value"], result.summary["test_score"], result.program       # doctest: +SKIP
+    >>> result.summary, result.program        # what summary.json holds, and the best trial's program  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -109,27 +109,33 @@ def tune(
     trials_before = results.counts()["all"]
     _write_settings(job, results.out_dir)
     failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
-    summary = results.summary(top=settings.top)
-    summary.update(
-        {
-            "n_trials_this_run": summary["n_trials"] - trials_before,
-            "workers": settings.workers,
-            "task": job.components.task.name,
-            "lm": job.components.lm.model,
-            "adapter": job.components.adapter_name,
-            "train": len(job.trainset),
-            "val": len(job.devset),
-            "seconds_this_run": round(time.perf_counter() - started, 2),
-            "max_cost": settings.max_cost,
-            "cost_cap_reached": settings.max_cost is not None and summary["spent_usd"] >= settings.max_cost,
-        }
-    )
+    study = results.summary(top=settings.top)
+    this_run = {
+        "n_trials_this_run": study["n_trials"] - trials_before,
+        "workers": settings.workers,
+        "task": job.components.task.name,
+        "lm": job.components.lm.model,
+        "adapter": job.components.adapter_name,
+        "train": len(job.trainset),
+        "val": len(job.devset),
+        "seconds_this_run": round(time.perf_counter() - started, 2),
+        "max_cost": settings.max_cost,
+        "cost_cap_reached": settings.max_cost is not None and study["spent_usd"] >= settings.max_cost,
+    }
     best_path = results.save_best()
-    summary["best_program"] = str(best_path) if best_path else None
-    if results.best_trial() is not None and settings.test and job.components.task.test:
-        summary.update(score_on_test(job, results.best_program(), progress=progress))
-    summary["plot"] = _plot(results)
-    summary["dashboard"] = dashboard_command(job.tuner.storage_url)
+    test = (
+        score_on_test(job, results.best_program(), progress=progress)
+        if results.best_trial() is not None and settings.test and job.components.task.test
+        else {}
+    )
+    summary = {
+        **study,
+        **this_run,
+        "best_program": str(best_path) if best_path else None,
+        **test,
+        "plot": _plot(results),
+        "dashboard": dashboard_command(job.tuner.storage_url),
+    }
     if results.out_dir is not None:
         atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
     return TuneResult(summary, job, session, failed)
