@@ -109,6 +109,17 @@ def tune(
     trials_before = results.counts()["all"]
     _write_settings(job, results.out_dir)
     failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
+    summary = _summary(job, results, trials_before, started, progress=progress)
+    if results.out_dir is not None:
+        atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    return TuneResult(summary, job, session, failed)
+
+
+def _summary(
+    job: TuneJob, results: StudyResults, trials_before: int, started: float, *, progress: bool
+) -> dict[str, Any]:
+    """What ``summary.json`` holds: the study's summary, this run's figures, the best program and its test scores."""
+    settings = job.settings
     study = results.summary(top=settings.top)
     this_run = {
         "n_trials_this_run": study["n_trials"] - trials_before,
@@ -128,7 +139,7 @@ def tune(
         if results.best_trial() is not None and settings.test and job.components.task.test
         else {}
     )
-    summary = {
+    return {
         **study,
         **this_run,
         "best_program": str(best_path) if best_path else None,
@@ -136,9 +147,6 @@ def tune(
         "plot": _plot(results),
         "dashboard": dashboard_command(job.tuner.storage_url),
     }
-    if results.out_dir is not None:
-        atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
-    return TuneResult(summary, job, session, failed)
 
 
 def score_on_test(job: TuneJob, program: dspy.Module, *, progress: bool = False) -> dict[str, Any]:
