@@ -12,11 +12,12 @@ import sys
 from typing import TextIO
 
 from dspy_ext.cli.common import (
+    add_budget_arg,
     add_experiment_args,
-    add_feedback_arg,
-    add_guard_args,
+    add_max_cost_arg,
+    add_optimizer_config_arg,
     add_output_args,
-    add_split_args,
+    add_training_args,
     emit_json,
     load_settings,
 )
@@ -40,26 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=list(REGISTRY),
         help=f"optimizer (default: {RunSettings.model_fields['optimizer'].default})",
     )
-    parser.add_argument(
-        "--optimizer-config",
-        dest="optimizer_config",
-        default=argparse.SUPPRESS,
-        metavar="JSON",
-        help="the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)",
+    add_optimizer_config_arg(
+        parser, "the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)"
     )
-    parser.add_argument(
-        "--max-cost",
-        dest="max_cost",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="USD cap of the compile, task and prompt model together (prices: 0 for the embedded model, "
+    add_max_cost_arg(
+        parser,
+        "USD cap of the compile, task and prompt model together (prices: 0 for the embedded model, "
         "the run file's price for a served one); at the cap the best program so far is returned",
     )
-    parser.add_argument(
-        "--budget",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"max LM calls (hard cap for dspy-ext's optimizers; default: {RunSettings.model_fields['budget'].default})",
+    add_budget_arg(
+        parser,
+        f"max LM calls (hard cap for dspy-ext's optimizers; default: {RunSettings.model_fields['budget'].default})",
     )
     parser.add_argument(
         "--allow-unmetered",
@@ -75,9 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the calls, tokens and USD the compile is expected to spend, by task and prompt model, "
         "from the optimizer's plan and the measured prompt sizes; no call is made to the model",
     )
-    add_split_args(parser, RunSettings, "")
-    add_feedback_arg(parser)
-    add_guard_args(parser)
+    add_training_args(parser, RunSettings, drawn="")
     parser.add_argument("--out", default=argparse.SUPPRESS, help="run folder (default runs/TASK-OPTIMIZER-sSEED)")
     parser.add_argument(
         "--restart",

@@ -27,11 +27,11 @@ import warnings
 from typing import Any
 
 from dspy_ext.cli.common import (
+    add_budget_arg,
     add_experiment_args,
-    add_feedback_arg,
-    add_guard_args,
+    add_max_cost_arg,
     add_output_args,
-    add_split_args,
+    add_training_args,
     emit_json,
     load_settings,
     setup_logging,
@@ -66,18 +66,16 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
         type=int,
         help="target number of finished trials in the study (resumed ones count)" + _default("trials"),
     )
-    flag("--budget", type=int, help="LM calls per trial (default: the space's, else 80)")
-    flag(
-        "--max-cost",
-        dest="max_cost",
-        type=float,
-        metavar="USD",
-        help="USD for the whole study (not per trial, unlike --budget): a hard cap on what its trials spend, "
+    add_budget_arg(group, "LM calls per trial (default: the space's, else 80)")
+    add_max_cost_arg(
+        group,
+        "USD for the whole study (not per trial, unlike --budget): a hard cap on what its trials spend, "
         "compile and devset scoring, task and prompt model together, trials of earlier runs of the study "
         "included (like --trials). No trial starts once it is spent; the trial running then stops (a devset "
         "scoring cut short fails that trial) and the best trial so far is returned. The student's devset "
         "baseline and the final test scoring are not capped. With --workers N each worker gets 1/N of what "
         "is left. Needs known prices: the embedded model's is 0, a served model's is the run file's price",
+        metavar="USD",
     )
     flag(
         "--storage",
@@ -97,9 +95,7 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
         help="seconds between trial heartbeats; a trial silent for 2x this is re-queued" + _default("heartbeat"),
     )
     flag("--timeout", type=float, help="stop starting trials after this many seconds")
-    add_split_args(group, TuneSettings, "")
-    add_feedback_arg(group, "every trial")
-    add_guard_args(group, repeats=False)
+    add_training_args(group, TuneSettings, drawn="", learner="every trial", repeats=False)
     flag("--out", help="folder for the study's files (default: next to the study)")
     flag("--top", type=int, help="rows in the table of top trials" + _default("top"))
     flag("--no-test", dest="no_test", action="store_true", help="do not score the best program on the test split")
