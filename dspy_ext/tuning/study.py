@@ -39,7 +39,7 @@ Example:
     >>> tuner = OptunaTuner(exact_match, space={"optimizers": ["ape", "bfsrs"], "budget": 60},
     ...                     n_trials=12, study_name="sentiment")                          # doctest: +SKIP
     >>> program = tuner.compile(student, trainset=train, valset=dev)                      # doctest: +SKIP
-    >>> compile_record(program).tune["best_value"], compile_record(program).tune["n_trials"]  # doctest: +SKIP
+    >>> compile_record(program).tune.best_value, compile_record(program).tune.n_trials      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class OptunaTuner(Teleprompter):
         >>> tuner = OptunaTuner(exact_match, space="space.yaml", n_trials=20, storage="runs/tune/optuna.db")
         ...                                                                              # doctest: +SKIP
         >>> session = tuner.open(student, trainset=train, valset=dev)                   # doctest: +SKIP
-        >>> session.optimize(); session.summary()["best_value"]                         # doctest: +SKIP
+        >>> session.optimize(); session.results.summary().best_value                    # doctest: +SKIP
     """
 
     def __init__(
