@@ -86,9 +86,10 @@ _COUNTS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials
 _AT_LEAST_ONE = ("interval_steps", "n_min_trials")
 
 
-def _count_problems(setting: StudySetting) -> list[str]:
+def _count_problems(setting: StudySetting, keys: tuple[str, ...] = _COUNTS) -> list[str]:
+    """The options among ``keys`` that are not whole numbers (>= 1 for interval and minimum counts, else >= 0)."""
     problems = []
-    for key in _COUNTS:
+    for key in keys:
         value = setting.spec.get(key)
         least = 1 if key in _AT_LEAST_ONE else 0
         if value is not None and not (isinstance(value, int) and value >= least):
@@ -175,11 +176,7 @@ class SamplerSetting(StudySetting):
         raise NotImplementedError
 
     def problems(self) -> list[str]:
-        problems = super().problems()
-        n = self.spec.get("n_startup_trials")
-        if n is not None and not (isinstance(n, int) and n >= 0):
-            problems.append(f"sampler.n_startup_trials: must be a whole number >= 0, got {n!r}")
-        return problems
+        return super().problems() + _count_problems(self, ("n_startup_trials",))
 
 
 @dataclass(frozen=True)
