@@ -214,29 +214,31 @@ def compile_pair(
         started = time.perf_counter()
         result = run(settings, restart=True)  # same settings resume; a folder from older code starts over
         print(
-            f"{task_name} seed {seed} {label} feedback: test {result.summary['test_score']:.1f} "
-            f"({result.summary['lm_calls']} calls, {time.perf_counter() - started:.0f} s)",
+            f"{task_name} seed {seed} {label} feedback: test {result.summary.scores.test:.1f} "
+            f"({result.summary.spend.lm_calls} calls, {time.perf_counter() - started:.0f} s)",
             flush=True,
         )
-        out[label] = result.summary
+        out[label] = result.summary.to_dict()
     return out
 
 
 def digest(folder: Path) -> dict[str, Any]:
     """What a run folder says: scores, calls, pinned cases, and the reviewer's share of the search."""
-    summary = json.loads((folder / "run.json").read_text())
+    from dspy_ext.experiment import RunSummary
+
+    summary = RunSummary.from_dict(json.loads((folder / "run.json").read_text()))
     trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines() if line.strip()]
     reviewer = [t for t in trials if t.get("gradient_source") == "reviewer"]
-    best = summary.get("search", {}).get("best", {})
+    best = (summary.search or {}).get("best", {})
     return {
-        "test": summary["test_score"],
-        "val": summary["val_score"],
-        "zero_shot": summary.get("zero_shot_test_score"),
-        "calls": summary["lm_calls"],
-        "seconds": summary["seconds"],
-        "criteria": summary.get("criteria", {}),
-        "pinned": summary.get("pinned"),
-        "feedback": summary.get("feedback"),
+        "test": summary.scores.test,
+        "val": summary.scores.val,
+        "zero_shot": summary.scores.zero_shot_test,
+        "calls": summary.spend.lm_calls,
+        "seconds": summary.seconds,
+        "criteria": summary.criteria,
+        "pinned": summary.review.pinned if summary.review else None,
+        "feedback": summary.review.feedback if summary.review else None,
         "reviewer_trials": len(reviewer),
         "trials": len(trials),
         "reviewer_train_mean": (

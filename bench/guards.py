@@ -75,17 +75,18 @@ def run_cell(optimizer: str, seed: int, guarded: bool, args: argparse.Namespace,
     started = time.perf_counter()
     result = run(settings, components=components, evaluator=evaluator, restart=True)
     s = result.summary
-    report = s.get("guard_report") or {}
+    table = s.criteria
+    report = s.figures.guard_report or {}
     val_report = report.get("val") or {}
     cell = {
         "optimizer": optimizer,
         "seed": seed,
         "guarded": guarded,
-        "correct": s["criteria"]["correct"]["compiled"],
-        "format": s["criteria"]["format"]["compiled"],
-        "student_correct": s["criteria"]["correct"]["student"],
-        "student_format": s["criteria"]["format"]["student"],
-        "lm_calls": s["lm_calls"],
+        "correct": table["correct"]["compiled"],
+        "format": table["format"]["compiled"],
+        "student_correct": table["correct"]["student"],
+        "student_format": table["format"]["student"],
+        "lm_calls": s.spend.lm_calls,
         "seconds": round(time.perf_counter() - started, 1),
         "rejected": (val_report.get("rejected") or {}).get("format", 0),
         "fallback": bool(val_report.get("fallback")) or val_report.get("returned") == "student",

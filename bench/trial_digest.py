@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dspy_ext.experiment import RunSummary
+
 
 def first_predictor(program: dict) -> dict:
     return next(v for v in program.values() if isinstance(v, dict) and "signature" in v)
@@ -28,10 +30,10 @@ def _trials(run: Path) -> list[dict]:
 
 
 def digest_run(run: Path, human: str) -> dict:
-    summary = json.loads((run / "run.json").read_text())
+    summary = RunSummary.from_dict(json.loads((run / "run.json").read_text()))
     predictor = first_predictor(json.loads((run / "program.json").read_text()))
     instruction = predictor["signature"]["instructions"]
-    search = summary.get("search") or {}
+    search = summary.search or {}
     best = search.get("best") or {}
     # The student (human instruction, labeled demos) in the final round, on the most val rows it reached:
     # successive halving may drop it before the full valset.
@@ -39,10 +41,10 @@ def digest_run(run: Path, human: str) -> dict:
     student_best = max(student, key=lambda t: t["n"], default=None)
     return {
         "run": run.name,
-        "test": summary["test_score"],
-        "val": summary["val_score"],
+        "test": summary.scores.test,
+        "val": summary.scores.val,
         "student_val": student_best and (student_best["score"], student_best["n"]),
-        "calls": summary["lm_calls"],
+        "calls": summary.spend.lm_calls,
         "kept_human": instruction.strip() == human.strip(),
         "demos": len(predictor.get("demos", [])),
         "demo_set": next(iter((best.get("demo_sets") or {}).values()), None),

@@ -15,6 +15,7 @@ from dspy_ext.experiment import (
     CompareSettings,
     ComponentError,
     RunSettings,
+    RunSummary,
     SettingsError,
     open_run,
     resolve_metric,
@@ -162,7 +163,8 @@ def test_run_writes_the_run_folder_and_open_run_reads_it_back(task_folder: Path,
     }
     assert not list(folder.glob("*.tmp*"))  # atomic writes leave no temporary files behind
     summary = json.loads((folder / "run.json").read_text())
-    assert summary == json.loads(json.dumps(result.summary, default=str))
+    assert summary == json.loads(json.dumps(result.summary.to_dict(), default=str))
+    assert RunSummary.from_dict(summary).to_dict() == summary  # run.json reads back to the same summary
     assert 0 < summary["lm_calls"] <= 40 and summary["test"] == 16
     # The honest baseline: the student with 3 labeled demos (the fake model gets 2 in 8 with them), not zero-shot.
     assert summary["baseline_test_score"] == 25.0 and summary["zero_shot_test_score"] == 0.0
@@ -198,8 +200,8 @@ def test_the_readme_library_example_runs_on_the_embedded_model(
     exec(compile(_readme_block("experiment"), "README.md", "exec"), namespace)  # our own README, not LM text
     result = namespace["result"]
     assert result.out.is_dir() and (result.out / "settings.yaml").is_file()
-    assert 0 < result.summary["lm_calls"] <= result.settings.budget
-    assert 0.0 <= result.summary["test_score"] <= 100.0
+    assert 0 < result.summary.spend.lm_calls <= result.settings.budget
+    assert 0.0 <= result.summary.scores.test <= 100.0
 
 
 # ---- run files on the command line ------------------------------------------------------------

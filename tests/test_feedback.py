@@ -318,7 +318,7 @@ def test_compile_from_review_reports_criteria_and_pinned_cases(tmp_path: Path, r
         optimizer_config={"steps": 1, "minibatch_size": 6},
     )
     result = run(settings, lm=fake_world_lm())
-    summary = result.summary
+    summary = result.summary.to_dict()
     assert summary["feedback"]["added_to_train"] == 7 and summary["feedback"]["critiques_to_optimizer"] == 4
     assert summary["feedback"]["guards"] == {"item label": 0.0}
     assert set(summary["criteria"]) == {"exact_match", "item label"}
@@ -581,7 +581,7 @@ def test_compile_from_review_on_the_embedded_model(tmp_path: Path, local_lm, mon
         store.set_grade(it.key, "good" if right else "bad", None if right else "wrong label: read the whole sentence")
     graded_good = sum(it.grade == "good" for it in store.items())
     store.close()
-    summary = run(settings, lm=local_lm).summary
+    summary = run(settings, lm=local_lm).summary.to_dict()
     assert summary["lm_calls"] <= 24
     assert summary["feedback"]["labeled"] >= graded_good and summary["pinned"]["total"] == graded_good
     assert summary["pinned"]["kept"] + summary["pinned"]["broken"] + summary["pinned"]["unscored"] == graded_good

@@ -375,7 +375,7 @@ def test_compile_run_with_guards_and_repeats_writes_the_tables(tmp_path: Path) -
     assert artifact.metadata["guard_report"]["tolerances"] == {"format": 0.0}
 
     repeated = run(settings.with_changes(repeats=3, guards={}, out=str(tmp_path / "run3")), lm=guard_world_lm())
-    assert repeated.summary["repeats"]["k"] == 3 and repeated.test.repeats == 3
+    assert repeated.summary.figures.repeats["k"] == 3 and repeated.test.repeats == 3
 
 
 def test_cli_compile_with_guards_and_evaluate_with_repeats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

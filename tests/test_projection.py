@@ -67,9 +67,9 @@ def test_a_meter_counts_each_role_apart_and_the_roles_add_up_to_the_total() -> N
 def test_a_compile_reports_its_spend_by_task_and_prompt_model(task_folder: Path, tmp_path: Path) -> None:
     lm = fake_world_lm()
     result = run(_settings(task_folder, tmp_path / "run"), lm=lm)
-    roles = result.summary["by_role"]
+    roles = result.summary.to_dict()["by_role"]
     assert roles["prompt"]["calls"] > 0 and roles["task"]["calls"] > 0
-    assert roles["task"]["calls"] + roles["prompt"]["calls"] == result.summary["lm_calls"] == 40
+    assert roles["task"]["calls"] + roles["prompt"]["calls"] == result.summary.spend.lm_calls == 40
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Spend: projected" in report and "| prompt |" in report
 
@@ -79,7 +79,7 @@ def test_dspy_optimizers_count_their_prompt_model_as_such(task_folder: Path, tmp
         task_folder, tmp_path / "copro", optimizer="copro", optimizer_config={"breadth": 2, "depth": 1}
     )
     result = run(settings, lm=fake_world_lm())
-    assert result.summary["by_role"]["prompt"]["calls"] > 0
+    assert result.summary.spend.role_calls("prompt") > 0
 
 
 # ---- plans and the projection -------------------------------------------------------------------
@@ -122,9 +122,9 @@ def test_the_dry_run_on_the_command_line_prints_the_projection(task_folder: Path
 
 def test_the_projection_is_close_to_what_a_compile_spends(task_folder: Path, tmp_path: Path) -> None:
     result = run(_settings(task_folder, tmp_path / "run"), lm=fake_world_lm())
-    projected, spent = result.summary["projection"], result.summary
-    assert projected["calls"] == pytest.approx(spent["lm_calls"], rel=0.25)
-    assert projected["tokens"] == pytest.approx(spent["tokens"], rel=0.5)
+    projected, spent = result.summary.spend.projection, result.summary.spend
+    assert projected["calls"] == pytest.approx(spent.lm_calls, rel=0.25)
+    assert projected["tokens"] == pytest.approx(spent.tokens, rel=0.5)
 
 
 # ---- a model that stops answering ---------------------------------------------------------------

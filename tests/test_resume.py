@@ -136,13 +136,13 @@ def test_other_settings_in_the_same_folder_are_refused_or_restarted(tmp_path: Pa
     with pytest.raises(SettingsError, match=r"holds another run \(budget: 40 -> 30\); pass --restart"):
         run(settings.with_changes(budget=30), lm=same_lm())
     restarted = run(settings.with_changes(budget=30), lm=same_lm(), restart=True)
-    assert restarted.summary["replayed_calls"] == 0 and restarted.summary["lm_calls"] <= 30
+    assert restarted.summary.replayed_calls == 0 and restarted.summary.spend.lm_calls <= 30
     # The same settings again: everything is replayed, nothing reaches the model.
     lm = same_lm()
     again = run(settings.with_changes(budget=30), lm=lm)
-    assert again.summary["replayed_calls"] == again.summary["lm_calls"] == restarted.summary["lm_calls"]
-    assert again.summary["test_score"] == restarted.summary["test_score"]
-    assert first.summary["budget"] == 40
+    assert again.summary.replayed_calls == again.summary.spend.lm_calls == restarted.summary.spend.lm_calls
+    assert again.summary.scores.test == restarted.summary.scores.test
+    assert first.summary.budget == 40
 
 
 def test_changed_data_in_the_same_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

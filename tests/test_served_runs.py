@@ -29,6 +29,7 @@ import dspy
 import pytest
 
 from dspy_ext.cli import main
+from dspy_ext.prompt_state import compile_record
 
 from support.served import MODEL_ALIAS, CountingProxy, server_available
 from support.slices import task_slice
@@ -162,7 +163,7 @@ def test_a_prompt_model_on_its_own_endpoint_with_four_threads_stays_in_one_cap(s
     finally:
         task_proxy.close()
         prompt_proxy.close()
-    result = compiled.dspy_ext_result
+    result = compile_record(compiled).search
     assert prompt_proxy.requests > 0 and task_proxy.requests > 0
     assert task_proxy.requests + prompt_proxy.requests <= 60
     assert result.lm_calls == task_proxy.requests + prompt_proxy.requests

@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.search.final_selection import CandidateTPE
 from dspy_ext.tuning import (
     DEFAULT_METHOD_SPACES,
@@ -27,6 +28,7 @@ from dspy_ext.tuning import (
     criteria_of,
     load_space,
 )
+from dspy_ext.tuning.strategies import NoPruning
 
 import tune_fake as F
 
@@ -115,7 +117,7 @@ def test_defaults_per_method_and_overrides_merge(tmp_path: Path) -> None:
     assert loaded.methods["ape"]["top_k"].kind == "fixed"  # fixed
     assert loaded.methods["ape"]["induce_temperature"].kind == "float"  # default kept
     assert loaded.methods["labeled"]["k"] == Int(1, 6)  # null -> the method's defaults
-    assert loaded.budget == 30 and loaded.pruner == {"type": "none"}
+    assert loaded.budget == 30 and loaded.pruner == NoPruning({"type": "none"})
     # Python and YAML declare the same space.
     python = TuningSpace.from_dict(
         {
@@ -191,20 +193,20 @@ def test_trials_store_program_scores_and_costs(tmp_path: Path, world) -> None:
         enqueue=[params(3), params(1)],
     )
     program = tuner.compile(F.student(), trainset=F.trainset(), valset=F.devset())
-    summary = program.dspy_ext_tune
-    assert summary["n_trials"] == 3 and summary["study"] == "attrs"
-    assert summary["storage"] == "sqlite:///" + str((tmp_path / "s.db").resolve())
-    best = summary["best_trial"]
-    assert best["value"] == summary["best_value"] == max(t["value"] for t in summary["top_trials"])
+    summary = compile_record(program).tune
+    assert summary.n_trials == 3 and summary.study == "attrs"
+    assert summary.storage == "sqlite:///" + str((tmp_path / "s.db").resolve())
+    best = summary.best_trial
+    assert best["value"] == summary.best_value == max(t["value"] for t in summary.top_trials)
     assert best["instructions"] == {"predict": F.STUDENT_INSTRUCTION}
     assert best["n_demos"]["predict"] == best["params"]["labeled.k"]
     assert best["lm_calls"] == 20 and best["eval_lm_calls"] == 20 and best["tokens"] > 0
     assert Path(best["program_file"]).exists()
     # The returned program is the best trial's; a fresh load from its file scores the same.
     assert len(program.predict.demos) == best["params"]["labeled.k"]
-    trial_one = next(t for t in summary["top_trials"] if t["params"]["labeled.k"] == 1)
+    trial_one = next(t for t in summary.top_trials if t["params"]["labeled.k"] == 1)
     assert trial_one["value"] == 20.0 and trial_one["scores"]["criteria"] == {"score": 20.0}
-    assert summary["baseline"]["criteria"] == {"score": 0.0}
+    assert summary.baseline["criteria"] == {"score": 0.0}
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
@@ -229,8 +231,8 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path: Path, world) -> None:
         assert pruned.user_attrs["eval_lm_calls"] == 4  # one minibatch of 4 rows, not 20
     assert trials[0].intermediate_values == {0: 100.0, 1: 100.0, 2: 100.0, 3: 100.0}
     summary = session.results.summary()
-    assert summary["n_pruned"] == 2 and summary["n_complete"] == 3 and summary["n_trials"] == 5
-    assert summary["best_value"] == 100.0  # a pruned trial never counts as the best
+    assert summary.n_pruned == 2 and summary.n_complete == 3 and summary.n_trials == 5
+    assert summary.best_value == 100.0  # a pruned trial never counts as the best
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("scipy") is None, reason="WilcoxonPruner needs scipy")
@@ -260,7 +262,7 @@ def test_rerun_continues_the_study_and_rejects_another_space(tmp_path: Path, wor
     s2 = second.open(F.student(), trainset=F.trainset(), valset=F.devset())
     assert s2.optimize() == 2
     assert {t.number: t.value for t in s2.study.trials if t.number in values} == values
-    assert s2.results.summary()["n_trials"] == 4
+    assert s2.results.summary().n_trials == 4
     assert s2.optimize() == 0  # the target is reached
     other = OptunaTuner(
         F.accuracy, space=labeled_space(eval_minibatch=7), n_trials=4, storage=storage, study_name="again"
@@ -289,15 +291,15 @@ def test_constraints_reject_a_candidate_that_breaks_another_criterion(world) -> 
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     summary = session.results.summary()
-    assert summary["objective"] == "constraints" and summary["criteria"] == ["accuracy", "brevity"]
-    assert summary["baseline"]["criteria"] == {"accuracy": 0.0, "brevity": 100.0}
+    assert summary.objective == "constraints" and summary.criteria == ["accuracy", "brevity"]
+    assert summary.baseline["criteria"] == {"accuracy": 0.0, "brevity": 100.0}
     by_k = {t.params["labeled.k"]: t for t in session.study.trials}
     assert by_k[4].value == 80.0 > by_k[3].value == 60.0 > by_k[2].value == 40.0
     assert by_k[4].constraints == {"brevity>=baseline": 80.0}  # 80 points below the student's brevity
     assert by_k[3].constraints == {"brevity>=baseline": 0.0}
     assert by_k[4].user_attrs["feasible"] is False and by_k[3].user_attrs["feasible"] is True
-    assert summary["best_trial"]["params"]["labeled.k"] == 3 and summary["best_value"] == 60.0
-    assert summary["n_infeasible"] == 1
+    assert summary.best_trial["params"]["labeled.k"] == 3 and summary.best_value == 60.0
+    assert summary.n_infeasible == 1
     assert session.study.best_trial.number == by_k[3].number  # Optuna agrees
     assert len(session.results.best_program().predict.demos) == 3
 
@@ -315,17 +317,17 @@ def test_pareto_reports_the_front(world) -> None:
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
     summary = session.results.summary()
-    assert summary["objective"] == "pareto" and len(session.study.directions) == 2
-    front = {p["number"]: p["values"] for p in summary["pareto_front"]}
+    assert summary.objective == "pareto" and len(session.study.directions) == 2
+    front = {p["number"]: p["values"] for p in summary.pareto_front}
     # (accuracy, brevity): k=4 (80, 20), k=3 (60, 100), k=5 (100, 0) trade off; k=2 (40, 100) is dominated by k=3.
     assert front == {
         0: {"accuracy": 80.0, "brevity": 20.0},
         1: {"accuracy": 60.0, "brevity": 100.0},
         3: {"accuracy": 100.0, "brevity": 0.0},
     }
-    assert summary["best_trial"]["number"] == 3 and summary["best_value"] == 100.0
-    assert summary["best_values"] == {"accuracy": 100.0, "brevity": 0.0}
-    assert summary["n_pruned"] == 0  # Optuna does not prune multi-objective trials
+    assert summary.best_trial["number"] == 3 and summary.best_value == 100.0
+    assert summary.best_values == {"accuracy": 100.0, "brevity": 0.0}
+    assert summary.n_pruned == 0  # Optuna does not prune multi-objective trials
 
 
 def test_several_criteria_need_a_matching_objective(world) -> None:
@@ -357,7 +359,7 @@ def test_tpe_final_selector_in_our_optimizers(method: str, world) -> None:
         config={"minibatch_size": 5, "steps": 1, "max_bootstrapped_demos": 1},
     )
     program = handle.compile(F.student(), trainset=F.trainset(), valset=F.devset(10))
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.lm_calls <= 90 and result.val_score is not None
     study = optuna.load_study(study_name="final", storage=storage)
     assert study.trials and set(study.trials[0].params) == {"0_predictor_instruction", "0_predictor_demos"}
@@ -392,7 +394,7 @@ def test_tpe_selector_picks_the_best_combination_when_affordable(world) -> None:
         for t in study.trials
         if t.value is not None
     }
-    assert program.dspy_ext_result.val_score == max(combos.values())
+    assert compile_record(program).search.val_score == max(combos.values())
     assert len(combos) == len(study.trials[0].distributions["0_predictor_instruction"].choices) * len(
         study.trials[0].distributions["0_predictor_demos"].choices
     )
@@ -422,7 +424,7 @@ def test_a_trial_with_tpe_final_selection_runs_candidate_level_tpe(world) -> Non
     assert session.optimize() == 1
     trial = session.study.trials[0]
     assert trial.state.name == "COMPLETE" and trial.user_attrs["plan"]["final_selection"] == "tpe"
-    origins = {row["origin"] for row in session.runner.programs[0].dspy_ext_result.trials}
+    origins = {row["origin"] for row in compile_record(session.runner.programs[0]).search.trials}
     assert "final:tpe" in origins  # the final choice was made by candidate-level TPE trials
     assert not any(o.startswith("final:") and o != "final:tpe" for o in origins)  # and not by successive halving
 
@@ -605,18 +607,18 @@ def test_tune_on_the_embedded_model(tmp_path: Path, local_lm) -> None:
     )
     result = tune(settings, lm=local_lm)  # 8 baseline rows + 2 trials x 8 dev rows, at most 24 model calls
     summary = result.summary
-    assert summary["lm"].startswith("local/SmolLM2-135M-Instruct") and summary["adapter"] == "PlainAdapter"
-    assert summary["n_trials"] == summary["n_complete"] == 2 and summary["total_lm_calls"] <= 24
+    assert summary.lm.startswith("local/SmolLM2-135M-Instruct") and summary.adapter == "PlainAdapter"
+    assert summary.n_trials == summary.n_complete == 2 and summary.total_lm_calls <= 24
     values = [t.value for t in result.session.study.trials]
-    assert summary["best_value"] == max(values) and 0.0 <= summary["best_value"] <= 100.0
-    best = summary["best_trial"]
+    assert summary.best_value == max(values) and 0.0 <= summary.best_value <= 100.0
+    best = summary.best_trial
     program = result.job.student.deepcopy()
-    program.load(summary["best_program"])
+    program.load(summary.best_program)
     assert len(program.predict.demos) == best["n_demos"]["predict"] == best["params"]["labeled.k"]
     with result.job.components.context():
         rescored = Evaluator(result.job.components.metric, num_threads=1).evaluate(program, result.job.devset)
-    assert round(rescored.score, 4) == summary["best_value"]  # greedy decoding: the same score again
-    assert json.loads((tmp_path / "embedded" / "summary.json").read_text())["best_value"] == summary["best_value"]
+    assert round(rescored.score, 4) == summary.best_value  # greedy decoding: the same score again
+    assert json.loads((tmp_path / "embedded" / "summary.json").read_text())["best_value"] == summary.best_value
 
 
 # ---- the study's cost cap (--max-cost) -------------------------------------------------------------------
@@ -647,12 +649,12 @@ def test_max_cost_caps_the_whole_study_and_is_kept_across_runs(tmp_path: Path) -
     assert all(t.state.name == "COMPLETE" and t.user_attrs["usd"] > 0 for t in trials[:-1])
     largest_call = 0.001 * max(sum(len(m["content"].split()) for m in r) for r in lm.engine.requests)
     summary = session.results.summary()
-    assert cap <= summary["spent_usd"] <= cap + largest_call
-    assert summary["total_usd"] == pytest.approx(sum(t.user_attrs["usd"] for t in trials), abs=1e-6)
-    assert summary["total_usd"] == pytest.approx(
+    assert cap <= summary.spent_usd <= cap + largest_call
+    assert summary.total_usd == pytest.approx(sum(t.user_attrs["usd"] for t in trials), abs=1e-6)
+    assert summary.total_usd == pytest.approx(
         0.001 * sum(sum(len(m["content"].split()) for m in r) for r in lm.engine.requests[baseline_calls:]), abs=1e-6
     )
-    assert summary["best_trial"]["usd"] > 0 and summary["best_value"] is not None  # the best trial so far
+    assert summary.best_trial["usd"] > 0 and summary.best_value is not None  # the best trial so far
     # The cap is the study's: a later run of the same study with the same cap starts no trial.
     again = OptunaTuner(F.accuracy, **kwargs, num_threads=1, max_cost=cap)
     with dspy.context(lm=lm, adapter=PlainAdapter()):
@@ -668,7 +670,7 @@ def test_trials_of_an_unknown_price_show_unknown_usd(world) -> None:
     tuner = OptunaTuner(F.accuracy, space=labeled_space(), n_trials=2, storage="memory", num_threads=1)
     session = tuner.open(F.student(), trainset=F.trainset(), valset=F.devset())
     session.optimize()
-    assert session.results.summary()["total_usd"] is None
+    assert session.results.summary().total_usd is None
     table = top_trials_table(session.results)
     assert table.splitlines()[0].split()[:7] == ["#", "state", "optimizer", "dev", "%", "LM", "calls"]
     assert all(" unknown " in line for line in table.splitlines()[1:])

@@ -105,6 +105,6 @@ def test_kill_9_loses_at_most_the_running_trial(tmp_path: Path) -> None:
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE" and retries[0].params == killed[0].params
     # The study went on to its target; n_trials counts every trial, resumed ones included.
     summary = session.results.summary()
-    assert summary["n_complete"] == target and summary["n_failed"] == 1 and summary["n_running"] == 0
-    assert summary["n_trials"] == len(after) == target + 1
-    assert summary["best_value"] == max(t.value for t in after.values() if t.state.name == "COMPLETE")
+    assert summary.n_complete == target and summary.n_failed == 1 and summary.n_running == 0
+    assert summary.n_trials == len(after) == target + 1
+    assert summary.best_value == max(t.value for t in after.values() if t.state.name == "COMPLETE")

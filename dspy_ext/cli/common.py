@@ -135,7 +135,9 @@ def add_model_args(
     )
 
 
-def add_split_args(parser: argparse.ArgumentParser, settings_cls: type[ExperimentSettings], what: str) -> None:
+def add_split_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings_cls: type[ExperimentSettings], what: str
+) -> None:
     parser.add_argument(
         "--train",
         type=int,
@@ -150,7 +152,50 @@ def add_split_args(parser: argparse.ArgumentParser, settings_cls: type[Experimen
     )
 
 
-def add_feedback_arg(parser: argparse.ArgumentParser, what: str = "the compile") -> None:
+def add_optimizer_config_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--optimizer-config JSON``: the optimizer's (or each optimizer's) own settings."""
+    parser.add_argument(
+        "--optimizer-config", dest="optimizer_config", default=argparse.SUPPRESS, metavar="JSON", help=help_text
+    )
+
+
+def add_budget_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
+    """``--budget N``: LM calls of each compile (or trial)."""
+    parser.add_argument("--budget", type=int, default=argparse.SUPPRESS, help=help_text)
+
+
+def add_max_cost_arg(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str, *, metavar: str | None = None
+) -> None:
+    """``--max-cost USD``: a hard cap on what the compile (or comparison cell, or study) spends."""
+    parser.add_argument(
+        "--max-cost", dest="max_cost", type=float, default=argparse.SUPPRESS, metavar=metavar, help=help_text
+    )
+
+
+def add_training_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    settings_cls: type[ExperimentSettings],
+    *,
+    drawn: str,
+    learner: str = "the compile",
+    repeats: bool = True,
+) -> None:
+    """What a compile trains on and must keep: ``--train``/``--val``, ``--feedback`` and the guards.
+
+    Args:
+        parser: The command's parser (or argument group).
+        settings_cls: Its settings model (the defaults in the help).
+        drawn: How the rows are drawn, in the help (``"per seed"``; ``""``: once).
+        learner: Who learns from ``--feedback``, in its help.
+        repeats: Whether ``--repeats``/``--temperature`` come with the guards.
+    """
+    add_split_args(parser, settings_cls, drawn)
+    add_feedback_arg(parser, learner)
+    add_guard_args(parser, repeats=repeats)
+
+
+def add_feedback_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "the compile") -> None:
     parser.add_argument(
         "--feedback",
         metavar="STORE",

@@ -19,15 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dspy_ext.cli.common import (
-    add_experiment_args,
-    add_feedback_arg,
-    add_guard_args,
-    add_output_args,
-    add_split_args,
-    emit_json,
-    load_settings,
-)
+from dspy_ext.cli import common
 from dspy_ext.compare import run_compare
 from dspy_ext.compare.report import fmt_calls, fmt_usd
 from dspy_ext.experiment import CompareSettings
@@ -41,35 +33,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "split and tabulate mean ± 95% CI, LM calls (task/prompt model), tokens, USD, time and paired "
         "significance tests.",
     )
-    add_experiment_args(parser, CompareSettings)
+    common.add_experiment_args(parser, CompareSettings)
     parser.add_argument(
         "--optimizers",
         default=argparse.SUPPRESS,
         help="comma-separated registry names, e.g. ape,opro,mipro,copro,bfsrs",
     )
-    parser.add_argument(
-        "--optimizer-config",
-        dest="optimizer_config",
-        default=argparse.SUPPRESS,
-        metavar="JSON",
-        help='per-optimizer settings as JSON, e.g. \'{"ape": {"top_k": 2}}\' (validated)',
+    common.add_optimizer_config_arg(
+        parser, 'per-optimizer settings as JSON, e.g. \'{"ape": {"top_k": 2}}\' (validated)'
     )
-    parser.add_argument(
-        "--budget",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="LM calls per compile (hard cap for ours; closest setting for DSPy's; "
+    common.add_budget_arg(
+        parser,
+        "LM calls per compile (hard cap for ours; closest setting for DSPy's; "
         f"default: {CompareSettings.model_fields['budget'].default})",
     )
-    parser.add_argument(
-        "--max-cost",
-        dest="max_cost",
-        type=float,
-        default=argparse.SUPPRESS,
-        metavar="USD",
-        help="USD per compile, like --budget: a hard cap over the task and prompt models together; at the cap a "
+    common.add_max_cost_arg(
+        parser,
+        "USD per compile, like --budget: a hard cap over the task and prompt models together; at the cap a "
         "cell returns its best program so far (test scoring is not capped). Needs known prices: the embedded "
         "model's is 0, a served model's is the run file's price: {input_per_1m, output_per_1m}",
+        metavar="USD",
     )
     parser.add_argument(
         "--seeds",
@@ -77,17 +60,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,
         help=f"seeds per optimizer: --seed, --seed+1, ... (default: {CompareSettings.model_fields['seeds'].default})",
     )
-    add_split_args(parser, CompareSettings, "per seed")
-    add_feedback_arg(parser, "every compile")
-    add_guard_args(parser)
+    common.add_training_args(parser, CompareSettings, drawn="per seed", learner="every compile")
     parser.add_argument("--out", default=argparse.SUPPRESS, help="comparison folder (default runs/compare-TASK)")
-    add_output_args(parser)
+    common.add_output_args(parser)
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the comparison; exit 1 if a cell failed."""
-    settings = load_settings(
+    settings = common.load_settings(
         args,
         CompareSettings,
         rename={"optimizer_config": "optimizer_configs"},
@@ -100,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     if args.json:
-        emit_json(result, args.console)
+        common.emit_json(result, args.console)
     else:
         print(render_text(result), file=args.console)
     return 1 if result["failed"] else 0

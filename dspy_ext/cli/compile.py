@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TextIO
 
 from dspy_ext.cli.common import (
+    add_budget_arg,
     add_experiment_args,
-    add_feedback_arg,
-    add_guard_args,
+    add_max_cost_arg,
+    add_optimizer_config_arg,
     add_output_args,
-    add_split_args,
+    add_training_args,
     emit_json,
     load_settings,
 )
-from dspy_ext.experiment import RunSettings, run
+from dspy_ext.experiment import ReviewFigures, RunSettings, RunSummary, run
 from dspy_ext.experiment.projection import Projection
 from dspy_ext.experiment.run import dry_run
 from dspy_ext.lm.metering import ModelUnavailable
@@ -39,26 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=list(REGISTRY),
         help=f"optimizer (default: {RunSettings.model_fields['optimizer'].default})",
     )
-    parser.add_argument(
-        "--optimizer-config",
-        dest="optimizer_config",
-        default=argparse.SUPPRESS,
-        metavar="JSON",
-        help="the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)",
+    add_optimizer_config_arg(
+        parser, "the optimizer's own settings as JSON, e.g. '{\"top_k\": 2}' (validated; unknown keys are errors)"
     )
-    parser.add_argument(
-        "--max-cost",
-        dest="max_cost",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="USD cap of the compile, task and prompt model together (prices: 0 for the embedded model, "
+    add_max_cost_arg(
+        parser,
+        "USD cap of the compile, task and prompt model together (prices: 0 for the embedded model, "
         "the run file's price for a served one); at the cap the best program so far is returned",
     )
-    parser.add_argument(
-        "--budget",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"max LM calls (hard cap for dspy-ext's optimizers; default: {RunSettings.model_fields['budget'].default})",
+    add_budget_arg(
+        parser,
+        f"max LM calls (hard cap for dspy-ext's optimizers; default: {RunSettings.model_fields['budget'].default})",
     )
     parser.add_argument(
         "--allow-unmetered",
@@ -74,9 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print the calls, tokens and USD the compile is expected to spend, by task and prompt model, "
         "from the optimizer's plan and the measured prompt sizes; no call is made to the model",
     )
-    add_split_args(parser, RunSettings, "")
-    add_feedback_arg(parser)
-    add_guard_args(parser)
+    add_training_args(parser, RunSettings, drawn="")
     parser.add_argument("--out", default=argparse.SUPPRESS, help="run folder (default runs/TASK-OPTIMIZER-sSEED)")
     parser.add_argument(
         "--restart",
@@ -98,44 +89,49 @@ def main(args: argparse.Namespace) -> int:
     except ModelUnavailable as exc:
         print(f"dspy-ext compile: stopped: {exc}", file=sys.stderr)
         return 1
-    summary = result.summary
     if args.json:
-        emit_json(summary, args.console)
+        emit_json(result.summary.to_dict(), args.console)
     else:
-        print(
-            f"{summary['task']} · {settings.optimizer} · seed {settings.seed}: test {summary['test_score']:.1f}%, "
-            f"{summary['test_score'] - summary['baseline_test_score']:+.1f} over the labeled-demo baseline "
-            f"({summary['baseline_test_score']:.1f}%, 0 calls; zero-shot {summary['zero_shot_test_score']:.1f}%), "
-            f"val {summary['val_score']:.1f}%, "
-            f"{summary['lm_calls']} LM calls ({_split(summary)}), {summary['tokens']} tokens, {_usd(summary['usd'])}, "
-            f"{summary['seconds']:.0f} s -> {result.out}",
-            file=args.console,
-        )
-        if "pinned" in summary:
-            pinned = summary["pinned"]
-            print(
-                f"human review: {summary['feedback']['labeled']} labeled examples, "
-                f"{summary['feedback']['critiques']} critiques; pinned cases {pinned['kept']} kept, "
-                f"{pinned['broken']} broken",
-                file=args.console,
-            )
-            for case in pinned["broken_items"][:10]:
-                print(
-                    f"  broken: {case['input'][:60]!r}: {case['approved'][:30]!r} -> {case['output'][:30]!r} "
-                    f"(fails {', '.join(case['failed'])})",
-                    file=args.console,
-                )
-        print_criteria(summary, args.console)
+        print_run(result.summary, settings, args.console)
     return 0
+
+
+def print_run(summary: RunSummary, settings: RunSettings, stream: TextIO) -> None:
+    """The run's scores and spend in one line, the human review's figures, and the criteria."""
+    scores, spend = summary.scores, summary.spend
+    print(
+        f"{summary.task} · {settings.optimizer} · seed {settings.seed}: test {scores.test:.1f}%, "
+        f"{scores.gain:+.1f} over the labeled-demo baseline "
+        f"({scores.baseline_test:.1f}%, 0 calls; zero-shot {scores.zero_shot_test:.1f}%), "
+        f"val {scores.val:.1f}%, "
+        f"{spend.lm_calls} LM calls (task {spend.role_calls('task')}, prompt {spend.role_calls('prompt')}), "
+        f"{spend.tokens} tokens, {_usd(spend.usd)}, {summary.seconds:.0f} s -> {summary.out}",
+        file=stream,
+    )
+    if summary.review is not None:
+        print_review(summary.review, stream)
+    print_criteria(summary, stream)
+
+
+def print_review(review: ReviewFigures, stream: TextIO) -> None:
+    """What the human review gave, and the pinned cases the compiled program broke."""
+    pinned = review.pinned
+    print(
+        f"human review: {review.feedback['labeled']} labeled examples, "
+        f"{review.feedback['critiques']} critiques; pinned cases {pinned['kept']} kept, "
+        f"{pinned['broken']} broken",
+        file=stream,
+    )
+    for case in pinned["broken_items"][:10]:
+        print(
+            f"  broken: {case['input'][:60]!r}: {case['approved'][:30]!r} -> {case['output'][:30]!r} "
+            f"(fails {', '.join(case['failed'])})",
+            file=stream,
+        )
 
 
 def _usd(usd: float | None) -> str:
     return "USD unknown" if usd is None else f"${usd:.4f}"
-
-
-def _split(summary: dict) -> str:
-    roles = summary.get("by_role") or {}
-    return f"task {roles.get('task', {}).get('calls', 0)}, prompt {roles.get('prompt', {}).get('calls', 0)}"
 
 
 def _print_projection(projection: Projection, settings: RunSettings, args: argparse.Namespace) -> int:
@@ -157,23 +153,11 @@ def _print_projection(projection: Projection, settings: RunSettings, args: argpa
     return 0
 
 
-def print_criteria(summary: dict, stream) -> None:
+def print_criteria(summary: RunSummary, stream: TextIO) -> None:
     """The per-criterion table, the guards' verdict and the rows that pass only sometimes, as text."""
-    table, val = summary.get("criteria") or {}, summary.get("val_criteria") or {}
-    if table:
-        print(
-            f"{'criterion':<16} {'student test':>12} {'compiled test':>13} {'student val':>11} {'compiled val':>12}",
-            file=stream,
-        )
-        for name, cell in table.items():
-            v = val.get(name, {})
-            fmt = lambda x: "-" if x is None else f"{x:.1f}"
-            print(
-                f"{name:<16} {cell['student']:>12.1f} {cell['compiled']:>13.1f} {fmt(v.get('student')):>11} "
-                f"{fmt(v.get('compiled')):>12}",
-                file=stream,
-            )
-    report = summary.get("guard_report")
+    figures = summary.figures
+    _print_criteria_table(summary.criteria, figures.val_criteria or {}, stream)
+    report = figures.guard_report
     if report:
         val_report = report.get("val") or {}
         rejected = ", ".join(f"{k} {n}" for k, n in (val_report.get("rejected") or {}).items()) or "none"
@@ -188,7 +172,7 @@ def print_criteria(summary: dict, stream) -> None:
             f"candidates set aside: {rejected}" + (f"; {note}" if note else ""),
             file=stream,
         )
-    repeats = summary.get("repeats")
+    repeats = figures.repeats
     if repeats:
         print(
             f"{repeats['k']} rollouts per row: test {repeats['test_mean']:.1f} ± {repeats['test_ci95']:.1f}; "
@@ -197,3 +181,20 @@ def print_criteria(summary: dict, stream) -> None:
         )
         for row in repeats["flaky_test_rows"][:10]:
             print(f"  row {row['index']} passes {100 * row['pass_rate']:.0f}%: {row['input'][:70]}", file=stream)
+
+
+def _print_criteria_table(table: dict[str, dict[str, float]], val: dict[str, dict[str, float]], stream: TextIO) -> None:
+    if not table:
+        return
+    print(
+        f"{'criterion':<16} {'student test':>12} {'compiled test':>13} {'student val':>11} {'compiled val':>12}",
+        file=stream,
+    )
+    for name, cell in table.items():
+        v = val.get(name, {})
+        fmt = lambda x: "-" if x is None else f"{x:.1f}"
+        print(
+            f"{name:<16} {cell['student']:>12.1f} {cell['compiled']:>13.1f} {fmt(v.get('student')):>11} "
+            f"{fmt(v.get('compiled')):>12}",
+            file=stream,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from dspy_ext.cli.common import (
     CLIError,
@@ -49,13 +50,7 @@ def main(args: argparse.Namespace) -> int:
     demos = labeled_demos(task.train, args.demos, settings.seed)
     for _, predictor in predictors(student):
         predictor.demos = list(demos)
-    rows = task.test if args.split == "test" else task.train
-    if args.split == "train" and demos:
-        used = {id(d) for d in demos}
-        rows = [r for r in rows if id(r) not in used]
-    rows = rows[: args.limit] if args.limit else rows
-    if not rows:
-        raise CLIError(f"split '{args.split}' of task '{task.name}' has no rows")
+    rows = _rows(args, task, demos)
     temperature = args.temperature if args.temperature is not None else (0.7 if args.repeats > 1 else None)
     evaluator = Evaluator(
         components.metric, num_threads=settings.threads, progress=sys.stderr.isatty() or not args.json
@@ -86,32 +81,52 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result, args.console)
     else:
-        ci = f" ± {result['ci95']:.1f}" if result["ci95"] else ""
-        say = args.console
-        print(
-            f"{task.name} [{args.split}] {settings.program} · {components.lm.model} · {components.adapter_name} · "
-            f"{len(demos)} demos",
-            file=say,
-        )
-        print(
-            f"score {result['score']:.1f}%{ci} (n={result['n']}, repeats={args.repeats})  "
-            f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
-            f"{result['seconds']:.1f} s",
-            file=say,
-        )
-        print(f"errors: {format_errors(result['errors'])}", file=say)
-        cis = report.criteria_cis()
-        if cis:
-            print(f"{'criterion':<16} {'mean %':>8} {'± 95% CI':>9}", file=say)
-            for name, ci in cis.items():
-                print(f"{name:<16} {ci.mean:>8.1f} {ci.half_width:>9.1f}", file=say)
-        if args.repeats > 1:
-            print(f"{len(result['flaky_rows'])} of {len(rows)} rows pass on some repeats but not all", file=say)
-            for row in result["flaky_rows"][:10]:
-                print(f"  row {row['index']} passes {100 * row['pass_rate']:.0f}%: {row['input'][:70]}", file=say)
+        _print_text(result, report, args, settings.program, len(rows))
     if not report.scored:
         first = next((r for r in report.rows if r.error is not None), None)
         detail = f": {first.error.value}: {first.message[:300]}" if first else ""
         print(f"dspy-ext evaluate: error: no row could be scored{detail}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rows(args: argparse.Namespace, task: Any, demos: list[Any]) -> list[Any]:
+    """The rows of ``--split`` to score (without the demos), the first ``--limit`` of them.
+
+    Raises:
+        CLIError: The split has no rows.
+    """
+    rows = task.test if args.split == "test" else task.train
+    if args.split == "train" and demos:
+        used = {id(d) for d in demos}
+        rows = [r for r in rows if id(r) not in used]
+    rows = rows[: args.limit] if args.limit else rows
+    if not rows:
+        raise CLIError(f"split '{args.split}' of task '{task.name}' has no rows")
+    return rows
+
+
+def _print_text(result: dict[str, Any], report: Any, args: argparse.Namespace, program: str, n_rows: int) -> None:
+    """The score, its CI, calls, tokens, errors, the criteria and the rows that pass only sometimes."""
+    ci = f" ± {result['ci95']:.1f}" if result["ci95"] else ""
+    say = args.console
+    print(
+        f"{result['task']} [{args.split}] {program} · {result['lm']} · {result['adapter']} · {result['demos']} demos",
+        file=say,
+    )
+    print(
+        f"score {result['score']:.1f}%{ci} (n={result['n']}, repeats={args.repeats})  "
+        f"LM calls {result['lm_calls']}  tokens {result['input_tokens'] + result['output_tokens']}  "
+        f"{result['seconds']:.1f} s",
+        file=say,
+    )
+    print(f"errors: {format_errors(result['errors'])}", file=say)
+    cis = report.criteria_cis()
+    if cis:
+        print(f"{'criterion':<16} {'mean %':>8} {'± 95% CI':>9}", file=say)
+        for name, ci in cis.items():
+            print(f"{name:<16} {ci.mean:>8.1f} {ci.half_width:>9.1f}", file=say)
+    if args.repeats > 1:
+        print(f"{len(result['flaky_rows'])} of {n_rows} rows pass on some repeats but not all", file=say)
+        for row in result["flaky_rows"][:10]:
+            print(f"  row {row['index']} passes {100 * row['pass_rate']:.0f}%: {row['input'][:70]}", file=say)

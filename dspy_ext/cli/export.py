@@ -201,19 +201,12 @@ def main(args: argparse.Namespace) -> int:
     Returns:
         0 on success, 1 when ``--verify`` finds a score difference above the tolerance.
     """
-    if args.limit is not None and args.limit < 1:
-        raise CLIError("--limit must be >= 1")
-    if args.tolerance < 0:
-        raise CLIError("--tolerance must be >= 0")
-    out = Path(args.out)
-    if out.suffix.lower() != ".json":
-        raise CLIError(f"--out {out}: the artifact is JSON; use a .json file name")
+    out = _checked_out(args)
     program_path, run_info, settings = read_source(Path(args.source), args)
     setup = build_components(settings, lm=args.injected_lm)
     program = build_student(settings, setup.task)
     load_program_state(program, program_path, settings.program)
-    adapter_name = setup.adapter_name
-    metadata = run_metadata(run_info, settings.program, setup.task, adapter_name, setup.lm.model, program_path)
+    metadata = run_metadata(run_info, settings.program, setup.task, setup.adapter_name, setup.lm.model, program_path)
     with setup.context():
         export(program, out, adapter=setup.adapter, lm=setup.lm, metadata=metadata)
     artifact = load(out)  # read back: everything below uses the file as written
@@ -232,40 +225,13 @@ def main(args: argparse.Namespace) -> int:
         "runtime_score": None,
         "n": None,
     }
-    report = None
-    if args.verify:
-        rows = setup.task.test if args.split == "test" else setup.task.train
-        rows = rows[: args.limit] if args.limit else rows
-        if not rows:
-            raise CLIError(f"split '{args.split}' of task '{setup.task.name}' has no rows")
-        with setup.context():
-            report = verify(
-                program,
-                artifact,
-                rows,
-                setup.metric,
-                tolerance=args.tolerance,
-                num_threads=settings.threads,
-                progress=sys.stderr.isatty(),
-            )
+    report = _verify(args, setup, settings, program, artifact) if args.verify else None
+    if report is not None:
         result.update({"verified": True, "split": args.split, **report.to_dict()})
     if args.json:
         emit_json(result, args.console)
     else:
-        names = ", ".join(f"{n} [{a}]" for n, a in result["predictors"].items())
-        print(f"wrote {out} (sha256 {artifact.content_hash[:16]}; {names}) and {markdown}", file=args.console)
-        if report is not None:
-            print(
-                f"verify {setup.task.name}/{args.split} n={report.dspy.n_examples}: "
-                f"DSPy {report.dspy_score:.2f}%  runtime {report.runtime_score:.2f}%  "
-                f"(difference {report.difference:+.2f}, tolerance {args.tolerance:g}; "
-                f"{len(report.differing_rows)} row(s) differ)",
-                file=args.console,
-            )
-            print(
-                f"errors: DSPy {format_errors(report.dspy.errors)}; runtime {format_errors(report.runtime.errors)}",
-                file=args.console,
-            )
+        _print_text(args, result, artifact, report, setup.task.name, out, markdown)
     if report is not None and not report.passed:
         rows_text = ", ".join(map(str, report.differing_rows[:10]))
         print(
@@ -277,3 +243,64 @@ def main(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _checked_out(args: argparse.Namespace) -> Path:
+    """The artifact path ``--out``, once ``--limit``, ``--tolerance`` and the file name are checked.
+
+    Raises:
+        CLIError: A bad flag (one line naming it).
+    """
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit must be >= 1")
+    if args.tolerance < 0:
+        raise CLIError("--tolerance must be >= 0")
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise CLIError(f"--out {out}: the artifact is JSON; use a .json file name")
+    return out
+
+
+def _verify(args: argparse.Namespace, setup: Any, settings: RunSettings, program: Any, artifact: Any) -> Any:
+    """Score ``program`` in DSPy and through the artifact's runtime on ``--split`` (see :func:`verify`)."""
+    rows = setup.task.test if args.split == "test" else setup.task.train
+    rows = rows[: args.limit] if args.limit else rows
+    if not rows:
+        raise CLIError(f"split '{args.split}' of task '{setup.task.name}' has no rows")
+    with setup.context():
+        return verify(
+            program,
+            artifact,
+            rows,
+            setup.metric,
+            tolerance=args.tolerance,
+            num_threads=settings.threads,
+            progress=sys.stderr.isatty(),
+        )
+
+
+def _print_text(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    artifact: Any,
+    report: Any,
+    task_name: str,
+    out: Path,
+    markdown: Path,
+) -> None:
+    """What was written, and the verification's scores and errors."""
+    names = ", ".join(f"{n} [{a}]" for n, a in result["predictors"].items())
+    print(f"wrote {out} (sha256 {artifact.content_hash[:16]}; {names}) and {markdown}", file=args.console)
+    if report is None:
+        return
+    print(
+        f"verify {task_name}/{args.split} n={report.dspy.n_examples}: "
+        f"DSPy {report.dspy_score:.2f}%  runtime {report.runtime_score:.2f}%  "
+        f"(difference {report.difference:+.2f}, tolerance {args.tolerance:g}; "
+        f"{len(report.differing_rows)} row(s) differ)",
+        file=args.console,
+    )
+    print(
+        f"errors: DSPy {format_errors(report.dspy.errors)}; runtime {format_errors(report.runtime.errors)}",
+        file=args.console,
+    )

@@ -24,19 +24,22 @@ import argparse
 import functools
 import sys
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspy_ext.cli.common import (
+    add_budget_arg,
     add_experiment_args,
-    add_feedback_arg,
-    add_guard_args,
+    add_max_cost_arg,
     add_output_args,
-    add_split_args,
+    add_training_args,
     emit_json,
     load_settings,
     setup_logging,
 )
 from dspy_ext.experiment import TuneSettings
+
+if TYPE_CHECKING:
+    from dspy_ext.tuning.summary import TuneSummary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,18 +69,16 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
         type=int,
         help="target number of finished trials in the study (resumed ones count)" + _default("trials"),
     )
-    flag("--budget", type=int, help="LM calls per trial (default: the space's, else 80)")
-    flag(
-        "--max-cost",
-        dest="max_cost",
-        type=float,
-        metavar="USD",
-        help="USD for the whole study (not per trial, unlike --budget): a hard cap on what its trials spend, "
+    add_budget_arg(group, "LM calls per trial (default: the space's, else 80)")
+    add_max_cost_arg(
+        group,
+        "USD for the whole study (not per trial, unlike --budget): a hard cap on what its trials spend, "
         "compile and devset scoring, task and prompt model together, trials of earlier runs of the study "
         "included (like --trials). No trial starts once it is spent; the trial running then stops (a devset "
         "scoring cut short fails that trial) and the best trial so far is returned. The student's devset "
         "baseline and the final test scoring are not capped. With --workers N each worker gets 1/N of what "
         "is left. Needs known prices: the embedded model's is 0, a served model's is the run file's price",
+        metavar="USD",
     )
     flag(
         "--storage",
@@ -97,9 +98,7 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
         help="seconds between trial heartbeats; a trial silent for 2x this is re-queued" + _default("heartbeat"),
     )
     flag("--timeout", type=float, help="stop starting trials after this many seconds")
-    add_split_args(group, TuneSettings, "")
-    add_feedback_arg(group, "every trial")
-    add_guard_args(group, repeats=False)
+    add_training_args(group, TuneSettings, drawn="", learner="every trial", repeats=False)
     flag("--out", help="folder for the study's files (default: next to the study)")
     flag("--top", type=int, help="rows in the table of top trials" + _default("top"))
     flag("--no-test", dest="no_test", action="store_true", help="do not score the best program on the test split")
@@ -120,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        emit_json(result.summary, args.console)
+        emit_json(result.summary.to_dict(), args.console)
     else:
         print(render_text(result, settings.top), file=args.console)
     return 0
@@ -184,24 +183,20 @@ def render_text(result: Any, top: int) -> str:
     from dspy_ext.tuning.report import top_trials_table
 
     s = result.summary
+    cap = f" (cost cap ${s.max_cost:g}{': reached' if s.cost_cap_reached else ''})" if s.max_cost is not None else ""
     counts = (
-        f"study {s['study']} in {s['storage']}: {s['n_trials']} trials ({s['n_complete']} complete, "
-        f"{s['n_pruned']} pruned, {s['n_failed']} failed), {s['n_trials_this_run']} this run, "
-        f"{s['total_lm_calls']} LM calls in all, trials' USD {_usd(s.get('total_usd'))}"
-        + (
-            f" (cost cap ${s['max_cost']:g}{': reached' if s.get('cost_cap_reached') else ''})"
-            if s.get("max_cost") is not None
-            else ""
-        )
+        f"study {s.study} in {s.storage}: {s.n_trials} trials ({s.n_complete} complete, "
+        f"{s.n_pruned} pruned, {s.n_failed} failed), {s.n_trials_this_run} this run, "
+        f"{s.total_lm_calls} LM calls in all, trials' USD {_usd(s.total_usd)}" + cap
     )
     lines = [counts, "", top_trials_table(result.results, top), ""]
-    if s["best_trial"] is None:
-        lines.append("no complete" + (" feasible" if s["objective"] == "constraints" else "") + " trial yet")
+    if s.best_trial is None:
+        lines.append("no complete" + (" feasible" if s.objective == "constraints" else "") + " trial yet")
     else:
         lines += _best_lines(s)
-    if s["plot"]:
-        lines.append(f"plot: {s['plot']}")
-    lines.append(f"dashboard: {s['dashboard']}")
+    if s.plot:
+        lines.append(f"plot: {s.plot}")
+    lines.append(f"dashboard: {s.dashboard}")
     return "\n".join(lines)
 
 
@@ -209,25 +204,24 @@ def _usd(usd: float | None) -> str:
     return "unknown" if usd is None else f"{usd:.4f}"
 
 
-def _best_lines(s: dict[str, Any]) -> list[str]:
-    best = s["best_trial"]
-    student_dev = s["baseline"]["criteria"].get(s["primary"], 0)
-    test = f", test {s['test_score']:.1f} (student {s['baseline_test_score']:.1f})" if "test_score" in s else ""
+def _best_lines(s: TuneSummary) -> list[str]:
+    best = s.best_trial
+    student_dev = s.baseline["criteria"].get(s.primary, 0)
+    test = f", test {s.test.test_score:.1f} (student {s.test.baseline_test_score:.1f})" if s.test is not None else ""
     lines = [
         (
-            f"best: trial {best['number']} ({best['optimizer']}), dev {s['best_value']:.1f} "
+            f"best: trial {best['number']} ({best['optimizer']}), dev {s.best_value:.1f} "
             f"(student {student_dev:.1f}){test}"
         )
     ]
     for name, text in (best.get("instructions") or {}).items():
         lines.append(f"  {name}: {text!r} with {(best.get('n_demos') or {}).get(name, 0)} demos")
-    if s.get("pareto_front"):
+    if s.pareto_front:
         lines.append(
             "pareto front: "
             + "; ".join(
-                f"#{p['number']} " + ", ".join(f"{k} {v:.1f}" for k, v in p["values"].items())
-                for p in s["pareto_front"]
+                f"#{p['number']} " + ", ".join(f"{k} {v:.1f}" for k, v in p["values"].items()) for p in s.pareto_front
             )
         )
-    lines.append(f"best program: {s['best_program']}")
+    lines.append(f"best program: {s.best_program}")
     return lines

@@ -179,6 +179,17 @@ def render_markdown(
 ) -> str:
     """The comparison as Markdown: settings, the per-optimizer table, notes and the per-run table."""
     h = "#" * heading
+    lines = _settings_lines(meta, summary, h)
+    lines += _optimizer_table(summary)
+    lines += _notes(summary)
+    if plot_name:
+        lines += ["", f"![test score vs LM calls]({plot_name})"]
+    lines += _runs_table(meta, cells, h)
+    return "\n".join(lines) + "\n"
+
+
+def _settings_lines(meta: dict[str, Any], summary: Sequence[dict[str, Any]], h: str) -> list[str]:
+    """The heading, the comparison's settings and the labeled-demo baseline."""
     seeds = ", ".join(str(s) for s in meta["seeds"])
     lines = [
         f"{h} Optimizer comparison: {meta['task']}",
@@ -197,7 +208,12 @@ def render_markdown(
             f"mean over the seeds' demo draws: {baseline:.1f}% on the test split"
             + (f"; zero-shot: {zero_shot:.1f}%." if zero_shot is not None else "."),
         ]
-    lines += [
+    return lines
+
+
+def _optimizer_table(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """One row per optimizer: test mean ± CI, the paired test against the best, calls, tokens, USD, time."""
+    lines = [
         "",
         "| optimizer | test % (mean ± 95% CI) | runs | Δ vs best (pts) | p | significant "
         "| LM calls (task/prompt) | tokens | USD | wall s | budget enforced |",
@@ -225,12 +241,17 @@ def render_markdown(
             f"| {row['tokens_mean']:.0f} | {usd} | {_secs(row['seconds_mean'])} "
             f"| {_yes(row['budget_enforced'])}{exhausted} |"
         )
+    return lines
+
+
+def _notes(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """What the table's columns mean, and which paired test was used."""
     methods = sorted({r["vs_best"]["method"] for r in summary if r.get("vs_best")})
     test_text = {
         "mcnemar-exact": "exact McNemar test",
         "paired-bootstrap": "paired bootstrap",
     }
-    lines += [
+    return [
         "",
         "Δ vs best and p: each optimizer against the best one "
         f"({' / '.join(test_text[m] for m in methods) or 'paired test'}, two-sided) on the per-example test "
@@ -242,9 +263,11 @@ def render_markdown(
         "Budget enforced: *yes* = a hard cap on LM calls (dspy-ext's optimizers); *no* = DSPy's optimizer "
         "configured to the setting closest to the budget, with the calls it really used.",
     ]
-    if plot_name:
-        lines += ["", f"![test score vs LM calls]({plot_name})"]
-    lines += [
+
+
+def _runs_table(meta: dict[str, Any], cells: Sequence[Cell], h: str) -> list[str]:
+    """One row per finished (optimizer, seed), by optimizer then seed."""
+    lines = [
         "",
         f"{h}# Runs",
         "",
@@ -261,7 +284,7 @@ def render_markdown(
             f"{fmt_calls(r['lm_calls'], role_calls(r, 'task'), role_calls(r, 'prompt'))} | {r['tokens']} | "
             f"{fmt_usd(r.get('usd'))} | {r['seconds']:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 CSV_FIELDS = [

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,15 @@ import dspy
 from dspy_ext.compare.report import Cell, fmt_usd, plot_score_vs_calls, render_csv, render_markdown, summarise
 from dspy_ext.data import dataset_fingerprint, split_train_val
 from dspy_ext.evaluation import Evaluator
-from dspy_ext.experiment import CompareSettings, Components, RunSettings, SettingsError, build_components, run
+from dspy_ext.experiment import (
+    CompareSettings,
+    Components,
+    RunSettings,
+    RunSummary,
+    SettingsError,
+    build_components,
+    run,
+)
 from dspy_ext.files import atomic_write_text
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import short_hash
@@ -66,27 +75,40 @@ ROW_FIELDS = (
 CELL_VERSION = 1
 
 
-def cell_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """A cell's row: the :data:`ROW_FIELDS` of its run's ``run.json`` summary.
+def cell_row(summary: RunSummary) -> dict[str, Any]:
+    """A cell's row: the :data:`ROW_FIELDS` of its run's summary, as stored in ``cells/*.json``.
 
-    Keys a run folder did not record (older runs: no ``usd``, ``by_role``, ...) are ``None``, which the
-    tables show as unknown; ``by_role`` keeps only the per-role counters the tables read.
+    ``by_role`` keeps only the per-role counters the tables read. Rows stored by older versions may
+    lack keys (``usd``, ``by_role``, ...); the tables show those as unknown.
     """
-    row = {key: summary.get(key) for key in ROW_FIELDS}
-    roles = summary.get("by_role")
-    if isinstance(roles, dict):
-        row["by_role"] = {role: _role_usage(part) for role, part in roles.items() if isinstance(part, dict)}
-    return row
-
-
-def _role_usage(part: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "calls": int(part.get("calls") or 0),
-        "failed_calls": int(part.get("failed_calls") or 0),
-        "input_tokens": int(part.get("input_tokens") or 0),
-        "output_tokens": int(part.get("output_tokens") or 0),
-        "usd": part.get("usd"),
+    scores, spend = summary.scores, summary.spend
+    row = {
+        "optimizer": summary.optimizer,
+        "seed": summary.seed,
+        "test_score": scores.test,
+        "val_score": scores.val,
+        "baseline_test_score": scores.baseline_test,
+        "zero_shot_test_score": scores.zero_shot_test,
+        "lm_calls": spend.lm_calls,
+        "failed_calls": spend.failed_calls,
+        "tokens": spend.tokens,
+        "input_tokens": spend.input_tokens,
+        "output_tokens": spend.output_tokens,
+        "usd": spend.usd,
+        "by_role": {role: part.to_dict() for role, part in spend.by_role.items()},
+        "seconds": summary.seconds,
+        "budget": summary.budget,
+        "budget_enforced": summary.budget_enforced,
+        "budget_exhausted": summary.budget_exhausted,
+        "max_cost": summary.max_cost,
+        "cost_cap_reached": summary.cost_cap_reached,
+        "test_errors": summary.test_errors,
+        "train": summary.train,
+        "val": summary.val,
+        "test": summary.test,
+        "out": summary.out,
     }
+    return row
 
 
 def cell_name(optimizer: str, seed: int) -> str:
@@ -199,76 +221,121 @@ def run_compare(
     seeds = [settings.seed + k for k in range(settings.seeds)]
     # The task is loaded with the first seed, so that the test split is one and the same for every cell.
     components = build_components(settings, lm=lm)
-    task = components.task
     try:
-        split_train_val(task.train, settings.train, settings.val, seed=seeds[0])  # fails before any run
+        split_train_val(components.task.train, settings.train, settings.val, seed=seeds[0])  # fails before any run
     except ValueError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
     out = Path(settings.out) if settings.out else settings.default_out
     out.mkdir(parents=True, exist_ok=True)
-
-    review = None
-    if settings.feedback:
-        from dspy_ext.review.feedback import Feedback, FeedbackError
-
-        try:
-            review = Feedback.from_store(settings.feedback).fingerprint  # read once: a bad store fails before any run
-        except FeedbackError as exc:
-            raise SettingsError(f"invalid settings: feedback: {exc}") from None
-    evaluator = Evaluator(components.metric, num_threads=settings.threads, progress=progress)
+    cells = _Cells(
+        settings,
+        components,
+        out,
+        review=_review_fingerprint(settings),
+        evaluator=Evaluator(components.metric, num_threads=settings.threads, progress=progress),
+        log=log,
+        progress=progress,
+    )
     meter = CallMeter()
-    cells: list[Cell] = []
-    failed: list[dict[str, Any]] = []
-    skipped = 0
-    optimizers = settings.optimizers
     # Seed-major order: an interrupted comparison has every optimizer on the first seeds.
-    jobs = [(name, seed) for seed in seeds for name in optimizers]
+    jobs = [(name, seed) for seed in seeds for name in settings.optimizers]
     started = time.perf_counter()
     with metering(meter):
         for index, (name, seed) in enumerate(jobs, 1):
-            tag = f"[{index}/{len(jobs)}] {task.name} · {name} · seed {seed}"
-            run_dir = out / "runs" / cell_name(name, seed)
-            cell_settings = settings.cell(name, seed).with_changes(out=str(run_dir))
-            fingerprint = cell_fingerprint(components, cell_settings, review)
-            path = out / "cells" / f"{cell_name(name, seed)}.json"
-            stored = load_cell(path, fingerprint)
-            if stored is not None:
-                cells.append(stored)
-                skipped += 1
-                log(f"{tag}: done earlier (test {stored.row['test_score']:.1f}%), skipped")
-                continue
-            if path.exists():
-                log(f"{tag}: stored cell has other settings, running again")
-            before = meter.calls
-            try:
-                # Each cell's compile has its own call journal: its count is the optimizer's own and cold, an
-                # interrupted cell resumes from its journal (replayed calls are charged), and a cell whose
-                # settings changed starts over.
-                outcome = run(
-                    cell_settings, components=components, evaluator=evaluator, restart=True, progress=progress
-                )
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # one broken optimizer must not lose the other cells
-                logger.debug("cell %s failed", tag, exc_info=True)
-                failed.append({"optimizer": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
-                log(f"{tag}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
-                continue
-            row = cell_row(outcome.summary)
-            cell = Cell(name, seed, row, list(outcome.test.example_scores))
-            store_cell(path, cell, fingerprint)
-            cells.append(cell)
-            log(
-                f"{tag}: test {row['test_score']:.1f}% (val {row['val_score']:.1f}%), {row['lm_calls']} compile "
-                f"calls, USD {fmt_usd(row['usd'])}{' (cost cap reached)' if row['cost_cap_reached'] else ''}, "
-                f"{row['seconds']:.1f} s; {meter.calls - before} calls with scoring"
-            )
+            cells.run(f"[{index}/{len(jobs)}] {components.task.name} · {name} · seed {seed}", name, seed, meter)
+    return _finish(settings, components, out, cells, seeds, meter, started)
 
-    cells.sort(key=lambda c: (optimizers.index(c.optimizer), c.seed))  # report by optimizer, not run order
-    summary = summarise(cells, optimizers)
-    best = next((r["optimizer"] for r in summary if r.get("best")), None)
+
+def _review_fingerprint(settings: CompareSettings) -> str | None:
+    """The fingerprint of the review store every cell compiles from (``None``: no ``--feedback``).
+
+    Raises:
+        SettingsError: The store cannot be read (before any run).
+    """
+    if not settings.feedback:
+        return None
+    from dspy_ext.review.feedback import Feedback, FeedbackError
+
+    try:
+        return Feedback.from_store(settings.feedback).fingerprint  # read once: a bad store fails before any run
+    except FeedbackError as exc:
+        raise SettingsError(f"invalid settings: feedback: {exc}") from None
+
+
+@dataclass
+class _Cells:
+    """The cells of one comparison: run (or reuse) each, and keep the finished and the failed ones."""
+
+    settings: CompareSettings
+    components: Components
+    out: Path
+    review: str | None
+    evaluator: Evaluator
+    log: Callable[[str], None]
+    progress: bool
+    finished: list[Cell] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+
+    def run(self, tag: str, name: str, seed: int, meter: CallMeter) -> None:
+        """Run the cell ``(name, seed)``, or reuse its stored result when its settings match."""
+        run_dir = self.out / "runs" / cell_name(name, seed)
+        cell_settings = self.settings.cell(name, seed).with_changes(out=str(run_dir))
+        fingerprint = cell_fingerprint(self.components, cell_settings, self.review)
+        path = self.out / "cells" / f"{cell_name(name, seed)}.json"
+        stored = load_cell(path, fingerprint)
+        if stored is not None:
+            self.finished.append(stored)
+            self.skipped += 1
+            self.log(f"{tag}: done earlier (test {stored.row['test_score']:.1f}%), skipped")
+            return
+        if path.exists():
+            self.log(f"{tag}: stored cell has other settings, running again")
+        before = meter.calls
+        try:
+            # Each cell's compile has its own call journal: its count is the optimizer's own and cold, an
+            # interrupted cell resumes from its journal (replayed calls are charged), and a cell whose
+            # settings changed starts over.
+            outcome = run(
+                cell_settings,
+                components=self.components,
+                evaluator=self.evaluator,
+                restart=True,
+                progress=self.progress,
+            )
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one broken optimizer must not lose the other cells
+            logger.debug("cell %s failed", tag, exc_info=True)
+            self.failed.append({"optimizer": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+            self.log(f"{tag}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+            return
+        cell = Cell(name, seed, cell_row(outcome.summary), list(outcome.test.example_scores))
+        store_cell(path, cell, fingerprint)
+        self.finished.append(cell)
+        summary, spend = outcome.summary, outcome.summary.spend
+        self.log(
+            f"{tag}: test {summary.scores.test:.1f}% (val {summary.scores.val:.1f}%), {spend.lm_calls} compile "
+            f"calls, USD {fmt_usd(spend.usd)}{' (cost cap reached)' if summary.cost_cap_reached else ''}, "
+            f"{summary.seconds:.1f} s; {meter.calls - before} calls with scoring"
+        )
+
+
+def _finish(
+    settings: CompareSettings,
+    components: Components,
+    out: Path,
+    cells: _Cells,
+    seeds: list[int],
+    meter: CallMeter,
+    started: float,
+) -> dict[str, Any]:
+    """Tabulate the finished cells, write the reports and ``results.json``; the result object."""
+    optimizers = settings.optimizers
+    finished = sorted(cells.finished, key=lambda c: (optimizers.index(c.optimizer), c.seed))  # by optimizer
+    summary = summarise(finished, optimizers)
     meta = {
-        "task": task.name,
+        "task": components.task.name,
         "lm": getattr(components.lm, "model", str(components.lm)),
         "adapter": components.adapter_name,
         "program": settings.program,
@@ -278,18 +345,18 @@ def run_compare(
         "seeds": seeds,
         "train": settings.train,
         "val": settings.val,
-        "test": len(task.test),
+        "test": len(components.task.test),
         "optimizers": optimizers,
     }
-    files = write_reports(out, meta, summary, cells)
+    files = write_reports(out, meta, summary, finished)
     usage = meter.snapshot()
     result = {
         **meta,
-        "rows": [cell.row for cell in cells],
+        "rows": [cell.row for cell in finished],
         "summary": summary,
-        "best": best,
-        "failed": failed,
-        "skipped_cells": skipped,
+        "best": next((r["optimizer"] for r in summary if r.get("best")), None),
+        "failed": cells.failed,
+        "skipped_cells": cells.skipped,
         "new_lm_calls": usage.calls,
         "new_tokens": usage.total_tokens,
         "new_usd": usage.usd,

@@ -12,7 +12,7 @@ Example:
     >>> from dspy_ext.experiment import RunSettings, run
     >>> settings = RunSettings(task="sentiment", optimizer="ape", budget=100, seed=0, out="runs/ape")  # doctest: +SKIP
     >>> result = run(settings)                                                                        # doctest: +SKIP
-    >>> result.summary["test_score"], result.program                                                  # doctest: +SKIP
+    >>> result.summary.scores.test, result.program                                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,17 +39,24 @@ from dspy_ext.experiment.settings import (
     TuneSettings,
     read_run_file,
 )
+from dspy_ext.experiment.summary import CriteriaFigures, ReviewFigures, RoleSpend, RunSummary, Scores, Spend
 
 __all__ = [
     "DEFAULT_BUDGET",
     "CompareSettings",
     "ComponentError",
     "Components",
+    "CriteriaFigures",
     "ExperimentSettings",
     "OpenedRun",
+    "ReviewFigures",
+    "RoleSpend",
     "RunResult",
     "RunSettings",
+    "RunSummary",
+    "Scores",
     "SettingsError",
+    "Spend",
     "TuneSettings",
     "build_components",
     "build_student",

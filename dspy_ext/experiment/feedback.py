@@ -140,27 +140,12 @@ def merge_feedback(
         FeedbackError: The store's outputs were made for other fields than the task's.
     """
     input_keys, output_keys = list(task.input_keys), list(task.output_keys)
-    labeled = feedback.examples(input_keys, output_keys)
     scored_elsewhere = {_inputs_key(ex, input_keys) for ex in [*val, *task.test]}
-    by_input = {_inputs_key(ex, input_keys): index for index, ex in enumerate(train)}
-    merged_train = list(train)
-    added = relabeled = held_out = 0
-    for example in labeled:
-        key = _inputs_key(example, input_keys)
-        if key in scored_elsewhere:
-            held_out += 1
-        elif key in by_input:
-            if merged_train[by_input[key]].labels() != example.labels():
-                merged_train[by_input[key]] = example
-                relabeled += 1
-        else:
-            by_input[key] = len(merged_train)
-            merged_train.append(example)
-            added += 1
+    rows = _merge_rows(feedback.examples(input_keys, output_keys), train, scored_elsewhere, input_keys)
     notes = []
-    if held_out:
+    if rows.held_out:
         notes.append(
-            f"{held_out} labeled example(s) left out of training: their inputs are validation or test "
+            f"{rows.held_out} labeled example(s) left out of training: their inputs are validation or test "
             "rows (review outputs of training inputs to use them)"
         )
     parts = feedback.metric_parts(output_keys)
@@ -177,11 +162,84 @@ def merge_feedback(
     return FeedbackMerge(
         feedback=feedback,
         metric=combined_metric(metric, metric_name, parts),
-        train=merged_train,
+        train=rows.train,
         guards=review_guards,
         critiques=critiques,
-        added=added,
-        relabeled=relabeled,
-        held_out=held_out,
+        added=rows.added,
+        relabeled=rows.relabeled,
+        held_out=rows.held_out,
         notes=notes,
     )
+
+
+@dataclass
+class _MergedRows:
+    train: list[dspy.Example]
+    added: int = 0
+    relabeled: int = 0
+    held_out: int = 0
+
+
+def _merge_rows(
+    labeled: list[dspy.Example],
+    train: list[dspy.Example],
+    scored_elsewhere: set[tuple[str, ...]],
+    input_keys: list[str],
+) -> _MergedRows:
+    """The training rows with the labeled examples: new inputs added, known ones relabeled, scored ones held out."""
+    by_input = {_inputs_key(ex, input_keys): index for index, ex in enumerate(train)}
+    merged = _MergedRows(list(train))
+    for example in labeled:
+        key = _inputs_key(example, input_keys)
+        if key in scored_elsewhere:
+            merged.held_out += 1
+        elif key in by_input:
+            if merged.train[by_input[key]].labels() != example.labels():
+                merged.train[by_input[key]] = example
+                merged.relabeled += 1
+        else:
+            by_input[key] = len(merged.train)
+            merged.train.append(example)
+            merged.added += 1
+    return merged
+
+
+def merge_review_store(
+    settings: Any,
+    *,
+    metric: Callable[..., Any],
+    task: TaskData,
+    train: list[dspy.Example],
+    val: list[dspy.Example],
+    optimizer_uses_critiques: bool = True,
+) -> FeedbackMerge:
+    """Read the review store ``settings.feedback`` and merge it (see :func:`merge_feedback`).
+
+    Args:
+        settings: The run's or the tune's settings: ``feedback`` (the store), ``metric`` (its name or
+            import path) and ``guards``.
+        metric: The metric the review criteria join.
+        task: The task.
+        train: The training rows the labeled examples join.
+        val: The validation rows (no validation input joins training).
+        optimizer_uses_critiques: Whether the optimizer takes critiques.
+
+    Raises:
+        SettingsError: The store cannot be read or was made for other fields (one line naming it).
+    """
+    from dspy_ext.experiment.settings import SettingsError
+    from dspy_ext.review.feedback import Feedback, FeedbackError
+
+    try:
+        return merge_feedback(
+            Feedback.from_store(str(settings.feedback)),
+            metric=metric,
+            metric_name=settings.metric.rpartition(":")[2],
+            task=task,
+            train=train,
+            val=val,
+            guards=settings.guards,
+            optimizer_uses_critiques=optimizer_uses_critiques,
+        )
+    except (FeedbackError, ValueError) as exc:
+        raise SettingsError(f"invalid settings: feedback: {exc}") from None

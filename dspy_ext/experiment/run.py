@@ -22,7 +22,7 @@ program), so commands that take a run folder need no ``--task``/``--program``/``
 Example:
     >>> from dspy_ext.experiment import RunSettings, run
     >>> result = run(RunSettings(task="sentiment", optimizer="ape", budget=60, out="runs/demo"))  # doctest: +SKIP
-    >>> result.summary["test_score"], result.out                                                  # doctest: +SKIP
+    >>> result.summary.scores.test, result.out                                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import dspy
 from dspy_ext.data import dataset_fingerprint, split_train_val
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.experiment.components import Components, build_components, build_student, labeled_demos
+from dspy_ext.experiment.feedback import FeedbackMerge, merge_review_store
 from dspy_ext.experiment.folder import (
     JOURNAL_FILE,
     PROGRAM_FILE,
@@ -51,13 +52,14 @@ from dspy_ext.experiment.folder import (
 from dspy_ext.experiment.projection import Projection, project
 from dspy_ext.experiment.report import criteria_summary, render_report, review_summary
 from dspy_ext.experiment.settings import RunSettings, SettingsError
+from dspy_ext.experiment.summary import ReviewFigures, RunSummary, Scores, Spend, StoppedSummary
 from dspy_ext.files import RunFolderLock, atomic_write_text
 from dspy_ext.lm.engine import MeteredEngine
 from dspy_ext.lm.journal import journaled
 from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, ModelUnavailable, metering
 from dspy_ext.lm.served import metered_lm
-from dspy_ext.prompt_state import predictors, short_hash
-from dspy_ext.registry import OptimizerHandle, build_optimizer
+from dspy_ext.prompt_state import compile_record, predictors, short_hash
+from dspy_ext.registry import OptimizerHandle, build_optimizer, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ class RunResult:
 
     Attributes:
         settings: The resolved settings (as stored in ``settings.yaml``).
-        summary: What ``run.json`` holds; ``lm_calls``, ``tokens`` and ``seconds`` are the compile's alone.
+        summary: What ``run.json`` holds (:meth:`RunSummary.to_dict`); its spend, ``seconds`` and
+            ``budget_exhausted`` are the compile's alone.
         program: The compiled program.
         test: The compiled program on the test split.
         baseline: The student with labeled demos (the baseline a user has for free) on the test split.
@@ -77,12 +80,48 @@ class RunResult:
     """
 
     settings: RunSettings
-    summary: dict[str, Any]
+    summary: RunSummary
     program: dspy.Module
     test: EvaluationReport
     baseline: EvaluationReport
     val: EvaluationReport
     out: Path
+
+
+@dataclass
+class _Inputs:
+    """A run's parts before the compile: the student, its rows and metric, and the review merged in."""
+
+    components: Components
+    student: dspy.Module
+    train: list[dspy.Example]
+    val: list[dspy.Example]
+    metric: Any
+    merged: FeedbackMerge | None
+
+
+@dataclass
+class _Compiled:
+    """The compile's program and what it spent."""
+
+    program: dspy.Module
+    optimizer: OptimizerHandle
+    lm: Any
+    meter: CallMeter
+    projection: Projection
+    seconds: float
+    replayed_calls: int
+
+
+@dataclass
+class _Scored:
+    """The evaluations a run reports (the student's on val only when guards or criteria need it)."""
+
+    test: EvaluationReport
+    baseline: EvaluationReport
+    zero_shot: EvaluationReport
+    val: EvaluationReport
+    student_val: EvaluationReport | None
 
 
 def run(
@@ -114,129 +153,187 @@ def run(
         SettingsError: Train/val sizes the task cannot give, or a folder holding another run (see ``restart``).
         RunFolderLocked: Another live process is writing the same run folder.
     """
-    components = components or build_components(settings, lm=lm)
-    task = components.task
-    student = build_student(settings, task)
-    train, val = _split(settings, task.train)
-    metric = components.metric
-    merged = _merge_review(settings, components, train, val) if settings.feedback else None
-    if merged is not None:
-        metric, train = merged.metric, merged.train
+    inputs = _prepare(settings, components or build_components(settings, lm=lm))
     out = Path(settings.out) if settings.out else settings.default_out
     settings = settings.with_changes(out=str(out))
     out.mkdir(parents=True, exist_ok=True)
     with RunFolderLock(out):
-        # The folder is the run's by definition, and the compile reads its journal whatever the cache flag says.
-        identity = {
-            "settings": settings.model_dump(mode="json", exclude={"out", "cache", "allow_unmetered"}),
-            "lm": getattr(components.lm, "model", None),
-            "adapter": components.adapter_name,
-            "train_val": dataset_fingerprint(train + val),
-            "test": dataset_fingerprint(task.test),
-            "student": short_hash(program_state_json(student)),
-        }
-        if merged is None:
-            identity["settings"].pop("feedback", None)  # run folders from before --feedback existed still resume
-        else:
-            identity["feedback"] = merged.feedback.fingerprint  # a changed review is another run
-        claim_folder(out, identity, restart=restart)
+        claim_folder(out, _identity(settings, inputs), restart=restart)
         atomic_write_text(out / SETTINGS_FILE, settings.to_yaml())
-        # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
-        lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
-        lm = metered_lm(lm)  # the budget and the journal hold on any dspy.LM
-        _check_metered(lm, settings)
-        guards = (merged.guards if merged is not None else settings.guards) or {}
-        with components.context(lm=lm):
-            optimizer = _build_optimizer(settings, metric, train, val, merged, log_dir=str(out), progress=progress)
-            projection = _project(settings, optimizer, student, train, lm)
-        # The optimizer's own meter caps the calls; this one caps the dollars and stops a model that stopped answering.
-        meter = CallMeter(max_cost=settings.max_cost, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
-        started = time.perf_counter()
-        with components.context(lm=lm), journaled(out / JOURNAL_FILE) as journal, metering(meter):
-            compiled = optimizer.compile(student, trainset=train, valset=val)
-        compile_seconds = time.perf_counter() - started
-        usage = meter.snapshot()
-        if meter.outage is not None:
-            _stop(out, settings, compiled, meter, projection, compile_seconds, meter.outage)
-        if journal.earlier_calls:
-            logger.info(
-                "%s: resumed; %d of %d calls replayed from %s", out, journal.replayed_calls, usage.calls, JOURNAL_FILE
-            )
+        compiled = _compile(settings, inputs, out, progress=progress)
+        scored = _score(settings, inputs, compiled, out, evaluator, progress=progress)
+        summary = _summarise(settings, inputs, compiled, scored)
+        _write_results(out, compiled.program, summary.to_dict())
+        atomic_write_text(out / REPORT_FILE, render_report(summary, compiled.program))
+    return RunResult(settings, summary, compiled.program, scored.test, scored.baseline, scored.val, out)
 
-        if evaluator is None or evaluator.metric is not metric:
-            # With review criteria the metric is this run's own: a shared evaluator's cache holds other scores.
-            evaluator = Evaluator(metric, num_threads=settings.threads, progress=progress)
-        # The honest baseline is what a user has for free: the student with labeled demos (0 LM calls to build).
-        labeled = labeled_baseline(student, train, settings.seed)
-        rollouts = {"repeats": settings.repeats, "temperature": settings.eval_temperature}
-        # Scoring runs on the metered LM too, so a model that stops answering stops it rather than every row.
-        scoring = CallMeter(max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
-        with components.context(lm=metered_lm(components.lm)), metering(scoring):
-            test = evaluator.evaluate(compiled, task.test, desc="test", **rollouts)
-            baseline = evaluator.evaluate(labeled, task.test, desc="labeled-demo baseline test", **rollouts)
-            zero_shot = evaluator.evaluate(student, task.test, desc="zero-shot test", **rollouts)
-            val_report = evaluator.evaluate(compiled, val, desc="val", **rollouts)
-            # The per-criterion table on val compares against the student, as the guards do.
-            student_val = (
-                evaluator.evaluate(student, val, desc="student val", **rollouts)
-                if guards or test.criteria_names
-                else None
-            )
-        if scoring.outage is not None:
-            _stop(out, settings, compiled, meter, projection, compile_seconds, scoring.outage)
-        result = getattr(compiled, "dspy_ext_result", None)
-        summary = {
-            "task": task.name,
-            "program": settings.program,
-            "metric": settings.metric,
-            "optimizer": settings.optimizer,
-            "seed": settings.seed,
-            "budget": settings.budget,
-            "budget_enforced": optimizer.enforces_budget and isinstance(getattr(lm, "engine", None), MeteredEngine),
-            "config": optimizer.config.model_dump(),
-            "lm": getattr(components.lm, "model", str(components.lm)),
-            "adapter": components.adapter_name,
-            "train": len(train),
-            "val": len(val),
-            "test": len(task.test),
-            "val_score": round(val_report.score, 2),
-            "test_score": round(test.score, 2),
-            "baseline_test_score": round(baseline.score, 2),
-            "baseline": f"the student with {LABELED_BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
-            "zero_shot_test_score": round(zero_shot.score, 2),
-            **_spend(meter, projection),
-            "max_cost": settings.max_cost,
-            "cost_cap_reached": settings.max_cost is not None and usage.cost >= settings.max_cost,
-            "seconds": round(compile_seconds, 2),
-            "budget_exhausted": bool(result and result.budget_exhausted),
-            "replayed_calls": journal.replayed_calls,
-            "test_errors": test.errors,
-            "data_hash": dataset_fingerprint(train + val),
-            "out": str(out),
-        }
-        if result is not None:
-            summary["search"] = result.to_dict()
-        summary.update(
-            criteria_summary(
-                test=(zero_shot, test, task.test), val=(student_val, val_report, val), guards=guards, compiled=compiled
-            )
+
+def _prepare(settings: RunSettings, components: Components) -> _Inputs:
+    """The student, the train/val rows and the metric, with the review store ``settings.feedback`` merged in."""
+    student = build_student(settings, components.task)
+    train, val = _split(settings, components.task.train)
+    if not settings.feedback:
+        return _Inputs(components, student, train, val, components.metric, None)
+    merged = merge_review_store(
+        settings,
+        metric=components.metric,
+        task=components.task,
+        train=train,
+        val=val,
+        optimizer_uses_critiques=get_spec(settings.optimizer).uses_feedback,
+    )
+    return _Inputs(components, student, merged.train, val, merged.metric, merged)
+
+
+def _identity(settings: RunSettings, inputs: _Inputs) -> dict[str, Any]:
+    """What the run folder belongs to: a folder holding another identity is another run."""
+    components, task = inputs.components, inputs.components.task
+    # The folder is the run's by definition, and the compile reads its journal whatever the cache flag says.
+    identity = {
+        "settings": settings.model_dump(mode="json", exclude={"out", "cache", "allow_unmetered"}),
+        "lm": getattr(components.lm, "model", None),
+        "adapter": components.adapter_name,
+        "train_val": dataset_fingerprint(inputs.train + inputs.val),
+        "test": dataset_fingerprint(task.test),
+        "student": short_hash(program_state_json(inputs.student)),
+    }
+    if inputs.merged is None:
+        identity["settings"].pop("feedback", None)  # run folders from before --feedback existed still resume
+    else:
+        identity["feedback"] = inputs.merged.feedback.fingerprint  # a changed review is another run
+    return identity
+
+
+def _compile(settings: RunSettings, inputs: _Inputs, out: Path, *, progress: bool) -> _Compiled:
+    """Compile the student on the metered, journaled LM; stop (raise) when the model stops answering."""
+    components = inputs.components
+    # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
+    lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
+    lm = metered_lm(lm)  # the budget and the journal hold on any dspy.LM
+    _check_metered(lm, settings)
+    with components.context(lm=lm):
+        optimizer = _build_optimizer(
+            settings, inputs.metric, inputs.train, inputs.val, inputs.merged, log_dir=str(out), progress=progress
         )
-        if merged is not None:
-            with components.context():
-                pinned = merged.feedback.check_pinned(
-                    compiled,
-                    input_keys=task.input_keys,
-                    output_keys=task.output_keys,
-                    evaluator_threads=settings.threads,
-                )
-            review = review_summary(merged, pinned, test, zero_shot, settings.metric.rpartition(":")[2])
-            table = review.pop("criteria")
-            if not summary.get("criteria"):  # the run's own table is kept; a one-number metric gets the review's
-                summary["criteria"] = table
-            summary.update(review)
-        _write_results(out, compiled, summary)
-        atomic_write_text(out / REPORT_FILE, render_report(summary, compiled))
-    return RunResult(settings, summary, compiled, test, baseline, val_report, out)
+        projection = _project(settings, optimizer, inputs.student, inputs.train, lm)
+    # The optimizer's own meter caps the calls; this one caps the dollars and stops a model that stopped answering.
+    meter = CallMeter(max_cost=settings.max_cost, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
+    started = time.perf_counter()
+    with components.context(lm=lm), journaled(out / JOURNAL_FILE) as journal, metering(meter):
+        program = optimizer.compile(inputs.student, trainset=inputs.train, valset=inputs.val)
+    compiled = _Compiled(
+        program, optimizer, lm, meter, projection, time.perf_counter() - started, journal.replayed_calls
+    )
+    if meter.outage is not None:
+        _stop(out, settings, compiled, meter.outage)
+    if journal.earlier_calls:
+        logger.info(
+            "%s: resumed; %d of %d calls replayed from %s",
+            out,
+            journal.replayed_calls,
+            meter.snapshot().calls,
+            JOURNAL_FILE,
+        )
+    return compiled
+
+
+def _score(
+    settings: RunSettings,
+    inputs: _Inputs,
+    compiled: _Compiled,
+    out: Path,
+    evaluator: Evaluator | None,
+    *,
+    progress: bool,
+) -> _Scored:
+    """Score the compiled program, the labeled-demo baseline and the zero-shot student; stop on an outage."""
+    components, task, student, val = inputs.components, inputs.components.task, inputs.student, inputs.val
+    if evaluator is None or evaluator.metric is not inputs.metric:
+        # With review criteria the metric is this run's own: a shared evaluator's cache holds other scores.
+        evaluator = Evaluator(inputs.metric, num_threads=settings.threads, progress=progress)
+    # The honest baseline is what a user has for free: the student with labeled demos (0 LM calls to build).
+    labeled = labeled_baseline(student, inputs.train, settings.seed)
+    rollouts = {"repeats": settings.repeats, "temperature": settings.eval_temperature}
+    # Scoring runs on the metered LM too, so a model that stops answering stops it rather than every row.
+    scoring = CallMeter(max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
+    with components.context(lm=metered_lm(components.lm)), metering(scoring):
+        test = evaluator.evaluate(compiled.program, task.test, desc="test", **rollouts)
+        baseline = evaluator.evaluate(labeled, task.test, desc="labeled-demo baseline test", **rollouts)
+        zero_shot = evaluator.evaluate(student, task.test, desc="zero-shot test", **rollouts)
+        val_report = evaluator.evaluate(compiled.program, val, desc="val", **rollouts)
+        # The per-criterion table on val compares against the student, as the guards do.
+        student_val = (
+            evaluator.evaluate(student, val, desc="student val", **rollouts)
+            if _guards(settings, inputs) or test.criteria_names
+            else None
+        )
+    if scoring.outage is not None:
+        _stop(out, settings, compiled, scoring.outage)
+    return _Scored(test, baseline, zero_shot, val_report, student_val)
+
+
+def _guards(settings: RunSettings, inputs: _Inputs) -> dict[str, float]:
+    """The compile's guards: the review's (the run's own included) with ``--feedback``, else the run's."""
+    return (inputs.merged.guards if inputs.merged is not None else settings.guards) or {}
+
+
+def _summarise(settings: RunSettings, inputs: _Inputs, compiled: _Compiled, scored: _Scored) -> RunSummary:
+    """The run's :class:`RunSummary` (``run.json``)."""
+    components, task, train, val = inputs.components, inputs.components.task, inputs.train, inputs.val
+    record = compile_record(compiled.program)
+    search = record.search if record is not None else None
+    spend = Spend.measure(compiled.meter, compiled.projection)
+    figures = criteria_summary(
+        test=(scored.zero_shot, scored.test, task.test),
+        val=(scored.student_val, scored.val, val),
+        guards=_guards(settings, inputs),
+        compiled=compiled.program,
+    )
+    return RunSummary(
+        task=task.name,
+        program=settings.program,
+        metric=settings.metric,
+        optimizer=settings.optimizer,
+        seed=settings.seed,
+        budget=settings.budget,
+        budget_enforced=compiled.optimizer.enforces_budget
+        and isinstance(getattr(compiled.lm, "engine", None), MeteredEngine),
+        config=compiled.optimizer.config.model_dump(),
+        lm=getattr(components.lm, "model", str(components.lm)),
+        adapter=components.adapter_name,
+        train=len(train),
+        val=len(val),
+        test=len(task.test),
+        scores=Scores(
+            val=round(scored.val.score, 2),
+            test=round(scored.test.score, 2),
+            baseline_test=round(scored.baseline.score, 2),
+            baseline=f"the student with {LABELED_BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
+            zero_shot_test=round(scored.zero_shot.score, 2),
+        ),
+        spend=spend,
+        max_cost=settings.max_cost,
+        cost_cap_reached=settings.max_cost is not None and compiled.meter.snapshot().cost >= settings.max_cost,
+        seconds=round(compiled.seconds, 2),
+        budget_exhausted=bool(search and search.budget_exhausted),
+        replayed_calls=compiled.replayed_calls,
+        test_errors=scored.test.errors,
+        data_hash=dataset_fingerprint(train + val),
+        out=settings.out,
+        search=search.to_dict() if search is not None else None,
+        figures=figures,
+        review=_review(settings, inputs, compiled.program, scored) if inputs.merged is not None else None,
+    )
+
+
+def _review(settings: RunSettings, inputs: _Inputs, program: dspy.Module, scored: _Scored) -> ReviewFigures:
+    """What the review gave, and the pinned cases checked on the compiled program."""
+    task = inputs.components.task
+    with inputs.components.context():
+        pinned = inputs.merged.feedback.check_pinned(
+            program, input_keys=task.input_keys, output_keys=task.output_keys, evaluator_threads=settings.threads
+        )
+    return review_summary(inputs.merged, pinned, scored.test, scored.zero_shot, settings.metric.rpartition(":")[2])
 
 
 def _build_optimizer(
@@ -320,58 +417,22 @@ def _check_metered(lm: dspy.BaseLM, settings: RunSettings) -> None:
     )
 
 
-def _spend(meter: CallMeter, projection: Projection) -> dict[str, Any]:
-    """The compile's calls, tokens and USD, in all and by role, with what was projected: ``run.json`` fields."""
-    usage = meter.snapshot()
-    return {
-        "lm_calls": usage.calls,
-        "failed_calls": usage.failed_calls,
-        "tokens": usage.total_tokens,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "usd": usage.usd,
-        "by_role": _by_role(meter),
-        "projection": projection.to_dict(),
-    }
-
-
-def _by_role(meter: CallMeter) -> dict[str, dict[str, Any]]:
-    return {
-        role: {
-            "calls": u.calls,
-            "failed_calls": u.failed_calls,
-            "input_tokens": u.input_tokens,
-            "output_tokens": u.output_tokens,
-            "usd": u.usd,
-        }
-        for role, u in meter.by_role().items()
-    }
-
-
-def _stop(
-    out: Path,
-    settings: RunSettings,
-    compiled: dspy.Module,
-    meter: CallMeter,
-    projection: Projection,
-    seconds: float,
-    outage: ModelUnavailable,
-) -> None:
+def _stop(out: Path, settings: RunSettings, compiled: _Compiled, outage: ModelUnavailable) -> None:
     """Keep the best program so far and a ``run.json`` that says why the run stopped (no test scores); raise.
 
     Raises:
         ModelUnavailable: Always, naming ``program.json``.
     """
-    summary = {
-        "task": settings.task,
-        "optimizer": settings.optimizer,
-        "seed": settings.seed,
-        "stopped": str(outage),
-        **_spend(meter, projection),
-        "seconds": round(seconds, 2),
-        "out": str(out),
-    }
-    _write_results(out, compiled, summary)
+    summary = StoppedSummary(
+        task=settings.task,
+        optimizer=settings.optimizer,
+        seed=settings.seed,
+        stopped=str(outage),
+        spend=Spend.measure(compiled.meter, compiled.projection),
+        seconds=round(compiled.seconds, 2),
+        out=str(out),
+    )
+    _write_results(out, compiled.program, summary.to_dict())
     raise ModelUnavailable(outage.failures, outage.last_error, out=out / PROGRAM_FILE)
 
 
@@ -379,34 +440,6 @@ def _write_results(out: Path, compiled: dspy.Module, summary: dict[str, Any]) ->
     """``program.json`` and ``run.json`` of the run folder (each written atomically)."""
     atomic_write_text(out / PROGRAM_FILE, json.dumps(program_state_json(compiled), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
-
-
-def _merge_review(
-    settings: RunSettings, components: Components, train: list[dspy.Example], val: list[dspy.Example]
-) -> Any:
-    """The run's train rows, metric, guards and critiques with the review store ``settings.feedback`` merged in.
-
-    Raises:
-        SettingsError: The store cannot be read or was made for other fields (one line naming it).
-    """
-    from dspy_ext.experiment.feedback import merge_feedback
-    from dspy_ext.registry import get_spec
-    from dspy_ext.review.feedback import Feedback, FeedbackError
-
-    try:
-        review = Feedback.from_store(str(settings.feedback))
-        return merge_feedback(
-            review,
-            metric=components.metric,
-            metric_name=settings.metric.rpartition(":")[2],
-            task=components.task,
-            train=train,
-            val=val,
-            guards=settings.guards,
-            optimizer_uses_critiques=get_spec(settings.optimizer).uses_feedback,
-        )
-    except (FeedbackError, ValueError) as exc:
-        raise SettingsError(f"invalid settings: feedback: {exc}") from None
 
 
 #: Labeled demos per predictor of the baseline a user gets for free.

@@ -39,6 +39,7 @@ from dspy_ext.tuning.space import (
 )
 from dspy_ext.tuning.storage import dashboard_command, default_storage_url
 from dspy_ext.tuning.study import OptunaTuner, StudyIdentity, TuneSession
+from dspy_ext.tuning.summary import StudySummary, TuneSummary, TuneTest
 from dspy_ext.tuning.workers import TuneProgress, run_workers
 
 __all__ = [
@@ -53,12 +54,15 @@ __all__ = [
     "Param",
     "StudyIdentity",
     "StudyResults",
+    "StudySummary",
     "TrialPlan",
     "TrialRunner",
     "TuneJob",
     "TuneProgress",
     "TuneResult",
     "TuneSession",
+    "TuneSummary",
+    "TuneTest",
     "TuningSpace",
     "TuningSpaceError",
     "criteria_of",

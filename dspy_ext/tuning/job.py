@@ -27,6 +27,7 @@ from dspy_ext.experiment import (
     build_student,
     resolve_metric,
 )
+from dspy_ext.experiment.feedback import merge_review_store
 from dspy_ext.tuning.space import TuningSpace, load_space
 from dspy_ext.tuning.storage import MEMORY, normalize_url
 from dspy_ext.tuning.study import OptunaTuner, TuneSession
@@ -65,37 +66,6 @@ def study_metric(settings: TuneSettings, metric: Callable[..., Any]) -> Callable
         return {name: f(example, prediction, trace) for name, f in funcs.items()}
 
     return criteria_metric
-
-
-def review_merge(
-    settings: TuneSettings,
-    components: Components,
-    metric: Callable[..., Any],
-    trainset: list[dspy.Example],
-    devset: list[dspy.Example],
-) -> Any:
-    """The review store ``settings.feedback`` merged into a tune (see :mod:`dspy_ext.experiment.feedback`).
-
-    Raises:
-        SettingsError: The store cannot be read or was made for other fields.
-    """
-    from dspy_ext.experiment import SettingsError
-    from dspy_ext.experiment.feedback import merge_feedback
-    from dspy_ext.review.feedback import Feedback, FeedbackError
-
-    try:
-        review = Feedback.from_store(str(settings.feedback))
-        return merge_feedback(
-            review,
-            metric=metric,
-            metric_name=settings.metric.rpartition(":")[2],
-            task=components.task,
-            train=trainset,
-            val=devset,
-            guards=settings.guards,
-        )
-    except (FeedbackError, ValueError) as exc:
-        raise SettingsError(f"invalid settings: feedback: {exc}") from None
 
 
 @dataclass
@@ -150,7 +120,7 @@ class TuneJob:
         if settings.feedback:
             # The review's labeled examples join the training rows; its checks become criteria (and guards);
             # its critiques go to every trial's optimizer that uses them.
-            merged = review_merge(settings, components, metric, trainset, devset)
+            merged = merge_review_store(settings, metric=metric, task=components.task, train=trainset, val=devset)
             metric, trainset = merged.metric, merged.train
             review = {"feedback": merged.critiques, "guards": merged.guards}
         tuner = OptunaTuner(

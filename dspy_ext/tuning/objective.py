@@ -30,7 +30,7 @@ import dspy
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.evaluation.criteria import CriteriaMetric
 from dspy_ext.lm.metering import CallMeter, CostCapReached, metering
-from dspy_ext.prompt_state import demo_to_dict, predictors
+from dspy_ext.prompt_state import compile_record, copy_record, demo_to_dict, predictors
 from dspy_ext.tuning.space import TrialPlan
 
 if TYPE_CHECKING:
@@ -160,9 +160,9 @@ class TrialRunner:
         trial.set_user_attr("instructions", instructions)
         trial.set_user_attr("demos", demos)
         trial.set_user_attr("n_demos", {k: len(v) for k, v in demos.items()})
-        result = getattr(compiled, "dspy_ext_result", None)
-        if result is not None:
-            trial.set_user_attr("search_val_score", result.val_score)
+        record = compile_record(compiled)
+        if record is not None and record.search is not None:
+            trial.set_user_attr("search_val_score", record.search.val_score)
         out_dir = self.tuner.out_dir
         if out_dir is not None:
             path = out_dir / "trials" / f"trial-{trial.number:04d}.json"
@@ -194,8 +194,7 @@ def in_student_shape(student: dspy.Module, compiled: dspy.Module) -> dspy.Module
         if source is not None:
             predictor.signature = source.signature
             predictor.demos = list(source.demos)
-    if hasattr(compiled, "dspy_ext_result"):
-        program.dspy_ext_result = compiled.dspy_ext_result
+    copy_record(compiled, program)
     return program
 
 
@@ -265,8 +264,7 @@ class DevsetScorer:
 
         space = self.tuner.space
         evaluator = Evaluator(cm, num_threads=self.tuner.num_threads)
-        kind = space.pruner.get("type", "median")
-        pruning = self.identity.objective != "pareto" and kind != "none"
+        pruning = self.identity.objective != "pareto" and space.pruner.prunes
         size = space.eval_minibatch
         scores: dict[int, float] = {}
         errors = 0
@@ -285,7 +283,7 @@ class DevsetScorer:
             scored += examples
             if not pruning or start + size >= len(self.dev_order):
                 continue
-            if kind == "wilcoxon":
+            if space.pruner.per_row:
                 for i in chunk:
                     if i in scores:
                         trial.report(100.0 * scores[i], step=i)

@@ -91,56 +91,67 @@ def save_plot(results: StudyResults, path: str | Path) -> Path | None:
     """
     # A bare Figure draws without pyplot: no backend is chosen and no global figure state is touched.
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     trials = [t for t in results.study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
     if not trials:
         return None
-    k = results.primary_index
-    front = {t.number for t in results.pareto_front()}
     fig = Figure(figsize=(12, 4.5))
     left, right = fig.subplots(1, 2)
+    _draw_history(left, results, trials)
+    _draw_importances(right, results)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _draw_history(ax: Any, results: StudyResults, trials: list[Any]) -> None:
+    """Each finished trial's primary value, the best so far and the student's baseline."""
+    from matplotlib.ticker import MaxNLocator
+
+    k = results.primary_index
+    front = {t.number for t in results.pareto_front()}
     best, best_x, best_y = -math.inf, [], []
     for t in sorted(trials, key=lambda t: t.number):
         if t.state.name == "COMPLETE":
             value = t.values[k]
             feasible = is_feasible(t)
-            left.scatter([t.number], [value], color="tab:blue", facecolors="tab:blue" if feasible else "none", zorder=3)
+            ax.scatter([t.number], [value], color="tab:blue", facecolors="tab:blue" if feasible else "none", zorder=3)
             counts = t.number in front if results.objective == "pareto" else feasible
             if counts:
                 best = max(best, value)
         else:
             value = (t.user_attrs.get("scores") or {}).get("dev")
             if value is not None:
-                left.scatter([t.number], [value], color="tab:gray", marker="x", zorder=3)
+                ax.scatter([t.number], [value], color="tab:gray", marker="x", zorder=3)
         if best > -math.inf:
             best_x.append(t.number)
             best_y.append(best)
     if best_x:
-        left.step(best_x, best_y, where="post", color="tab:red", label="best so far")
-    left.scatter([], [], color="tab:blue", label="complete")
-    left.scatter([], [], color="tab:gray", marker="x", label="pruned (partial score)")
+        ax.step(best_x, best_y, where="post", color="tab:red", label="best so far")
+    ax.scatter([], [], color="tab:blue", label="complete")
+    ax.scatter([], [], color="tab:gray", marker="x", label="pruned (partial score)")
     if results.objective == "constraints":
-        left.scatter([], [], color="tab:blue", facecolors="none", label="infeasible")
+        ax.scatter([], [], color="tab:blue", facecolors="none", label="infeasible")
     baseline = (results.baseline.get("criteria") or {}).get(results.primary)
     if baseline is not None:
-        left.axhline(baseline, color="tab:green", linestyle="--", linewidth=1, label="student (baseline)")
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
-    left.set_xlabel("trial")
-    left.set_ylabel(f"dev {results.primary} (0-100)")
-    left.set_title(f"Optimization history: {results.study_name}")
-    left.legend(loc="lower right", fontsize=8)
+        ax.axhline(baseline, color="tab:green", linestyle="--", linewidth=1, label="student (baseline)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"dev {results.primary} (0-100)")
+    ax.set_title(f"Optimization history: {results.study_name}")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _draw_importances(ax: Any, results: StudyResults) -> None:
+    """The hyperparameter importances as bars (a note when there are too few trials)."""
     importances = param_importances(results)
     if importances:
         names = list(importances)[::-1]
-        right.barh(names, [importances[n] for n in names], color="tab:purple")
-        right.set_xlabel("importance")
-        right.set_title("Hyperparameter importances")
+        ax.barh(names, [importances[n] for n in names], color="tab:purple")
+        ax.set_xlabel("importance")
+        ax.set_title("Hyperparameter importances")
     else:
-        right.text(0.5, 0.5, "importances need >= 2 complete trials\nwith varied parameters", ha="center", va="center")
-        right.set_axis_off()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+        ax.text(0.5, 0.5, "importances need >= 2 complete trials\nwith varied parameters", ha="center", va="center")
+        ax.set_axis_off()

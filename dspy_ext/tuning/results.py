@@ -7,11 +7,11 @@
 * :meth:`~StudyResults.best_program` / :meth:`~StudyResults.program_of` - a trial's program, from
   this process, its saved file, or (another machine's trial) its stored instructions and demos;
 * :meth:`~StudyResults.save_best` - ``best_program.json`` and ``best_trial.json`` next to the study;
-* :meth:`~StudyResults.summary` - the study in one JSON-ready dict.
+* :meth:`~StudyResults.summary` - the study in figures (a :class:`~dspy_ext.tuning.summary.StudySummary`).
 
 Example:
     >>> results = tuner.open(student, trainset=train, valset=dev).results   # doctest: +SKIP
-    >>> results.summary()["best_value"], results.best_program()              # doctest: +SKIP
+    >>> results.summary().best_value, results.best_program()                 # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import dspy
 
 from dspy_ext.prompt_state import predictors
 from dspy_ext.tuning.storage import display_url
+from dspy_ext.tuning.summary import StudySummary
 
 if TYPE_CHECKING:
     from dspy_ext.tuning.study import StudyIdentity
@@ -198,10 +199,10 @@ class StudyResults:
         return path
 
     # ---- the summary ----
-    def summary(self, top: int = 5) -> dict[str, Any]:
-        """The study in one JSON-ready dict.
+    def summary(self, top: int = 5) -> StudySummary:
+        """The study in figures (:meth:`StudySummary.to_dict` is JSON-ready).
 
-        Keys: ``study``, ``storage``, ``objective``, ``criteria``, ``primary``, ``best_value``,
+        Fields: ``study``, ``storage``, ``objective``, ``criteria``, ``primary``, ``best_value``,
         ``best_values``, ``best_trial``, ``baseline``, ``n_trials`` (every trial), ``n_complete``,
         ``n_pruned``, ``n_failed``, ``n_running``, ``n_waiting``, ``target_trials``, ``total_lm_calls``,
         ``total_usd`` (the trials' USD; ``None`` when a price is unknown), ``spent_usd`` (what the cost cap counted),
@@ -209,43 +210,46 @@ class StudyResults:
         """
         counts = self.counts()
         best = self.best_trial()
-        out: dict[str, Any] = {
-            "study": self.study_name,
-            "storage": display_url(self.storage_url),
-            "objective": self.objective,
-            "criteria": self.criteria,
-            "primary": self.primary,
-            "best_value": None if best is None else best.values[self.primary_index],
-            "best_values": self._best_values(best),
-            "best_trial": trial_record(best) if best is not None else None,
-            "baseline": self.baseline,
-            "n_trials": counts["all"],
-            "n_complete": counts["complete"],
-            "n_pruned": counts["pruned"],
-            "n_failed": counts["fail"],
-            "n_running": counts["running"],
-            "n_waiting": counts["waiting"],
-            "target_trials": self.target_trials,
-            "total_lm_calls": self.total_lm_calls(),
-            "total_usd": self.total_usd(),
-            "spent_usd": round(self.spent_usd(), 6),
-            "out_dir": str(self.out_dir) if self.out_dir else None,
-            "top_trials": [trial_record(t, brief=True) for t in self.top_trials(top)],
-        }
-        if self.objective == "pareto":
-            out["pareto_front"] = [
-                {
-                    "number": t.number,
-                    "values": dict(zip(self.criteria, t.values)),
-                    "optimizer": t.user_attrs.get("optimizer"),
-                }
-                for t in self.pareto_front()
-            ]
-        if self.objective == "constraints":
-            out["n_infeasible"] = sum(
-                1 for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and not is_feasible(t)
-            )
-        return out
+        return StudySummary(
+            study=self.study_name,
+            storage=display_url(self.storage_url),
+            objective=self.objective,
+            criteria=self.criteria,
+            primary=self.primary,
+            best_value=None if best is None else best.values[self.primary_index],
+            best_values=self._best_values(best),
+            best_trial=trial_record(best) if best is not None else None,
+            baseline=self.baseline,
+            n_trials=counts["all"],
+            n_complete=counts["complete"],
+            n_pruned=counts["pruned"],
+            n_failed=counts["fail"],
+            n_running=counts["running"],
+            n_waiting=counts["waiting"],
+            target_trials=self.target_trials,
+            total_lm_calls=self.total_lm_calls(),
+            total_usd=self.total_usd(),
+            spent_usd=round(self.spent_usd(), 6),
+            out_dir=str(self.out_dir) if self.out_dir else None,
+            top_trials=[trial_record(t, brief=True) for t in self.top_trials(top)],
+            pareto_front=self._pareto_records() if self.objective == "pareto" else None,
+            n_infeasible=self._infeasible() if self.objective == "constraints" else None,
+        )
+
+    def _pareto_records(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "number": t.number,
+                "values": dict(zip(self.criteria, t.values)),
+                "optimizer": t.user_attrs.get("optimizer"),
+            }
+            for t in self.pareto_front()
+        ]
+
+    def _infeasible(self) -> int:
+        return sum(
+            1 for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and not is_feasible(t)
+        )
 
     def _best_values(self, best: Any | None) -> dict[str, float] | None:
         if best is None:

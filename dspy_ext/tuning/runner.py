@@ -12,7 +12,7 @@ Example:
     >>> from dspy_ext.tuning import tune
     >>> result = tune(TuneSettings(task="sentiment", optimizers=["ape", "bfsrs"], trials=8, budget=60))
     ...                                                                                   # doctest: +SKIP
-    >>> result.summary["best_value"], result.summary["test_score"], result.program       # doctest: +SKIP
+    >>> result.summary, result.program        # what summary.json holds, and the best trial's program  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dspy_ext.tuning.report import save_plot
 from dspy_ext.tuning.results import StudyResults
 from dspy_ext.tuning.storage import dashboard_command, sqlite_path
 from dspy_ext.tuning.study import TuneSession
+from dspy_ext.tuning.summary import TuneSummary, TuneTest
 from dspy_ext.tuning.workers import TuneProgress, run_workers
 
 logger = logging.getLogger(__name__)
@@ -51,16 +52,16 @@ class TuneResult:
     """What :func:`tune` did.
 
     Attributes:
-        summary: :meth:`StudyResults.summary` plus this run's figures (``n_trials_this_run``,
-            ``workers``, ``task``, ``lm``, ``adapter``, ``train``, ``val``, ``seconds_this_run``,
-            ``best_program``, test scores, ``plot``, ``dashboard``, ``max_cost``, ``cost_cap_reached``),
-            as written to ``summary.json``.
+        summary: A :class:`TuneSummary`: :meth:`StudyResults.summary` plus this run's figures
+            (``n_trials_this_run``, ``workers``, ``task``, ``lm``, ``adapter``, ``train``, ``val``,
+            ``seconds_this_run``, ``best_program``, test scores, ``plot``, ``dashboard``, ``max_cost``,
+            ``cost_cap_reached``); :meth:`TuneSummary.to_dict` is ``summary.json``.
         job: The main process's :class:`TuneJob`.
         session: Its :class:`TuneSession`.
         failed_workers: Workers that exited with an error.
     """
 
-    summary: dict[str, Any]
+    summary: TuneSummary
     job: TuneJob
     session: TuneSession
     failed_workers: list[str]
@@ -109,50 +110,56 @@ def tune(
     trials_before = results.counts()["all"]
     _write_settings(job, results.out_dir)
     failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
-    summary = results.summary(top=settings.top)
-    summary.update(
-        {
-            "n_trials_this_run": summary["n_trials"] - trials_before,
-            "workers": settings.workers,
-            "task": job.components.task.name,
-            "lm": job.components.lm.model,
-            "adapter": job.components.adapter_name,
-            "train": len(job.trainset),
-            "val": len(job.devset),
-            "seconds_this_run": round(time.perf_counter() - started, 2),
-            "max_cost": settings.max_cost,
-            "cost_cap_reached": settings.max_cost is not None and summary["spent_usd"] >= settings.max_cost,
-        }
-    )
-    best_path = results.save_best()
-    summary["best_program"] = str(best_path) if best_path else None
-    if results.best_trial() is not None and settings.test and job.components.task.test:
-        summary.update(score_on_test(job, results.best_program(), progress=progress))
-    summary["plot"] = _plot(results)
-    summary["dashboard"] = dashboard_command(job.tuner.storage_url)
+    summary = _summary(job, results, trials_before, started, progress=progress)
     if results.out_dir is not None:
-        atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return TuneResult(summary, job, session, failed)
 
 
-def score_on_test(job: TuneJob, program: dspy.Module, *, progress: bool = False) -> dict[str, Any]:
-    """Score ``program`` and the student on the task's test split.
+def _summary(job: TuneJob, results: StudyResults, trials_before: int, started: float, *, progress: bool) -> TuneSummary:
+    """What ``summary.json`` holds: the study's summary, this run's figures, the best program and its test scores."""
+    settings = job.settings
+    study = results.summary(top=settings.top)
+    seconds = round(time.perf_counter() - started, 2)
+    best_path = results.save_best()
+    test = (
+        score_on_test(job, results.best_program(), progress=progress)
+        if results.best_trial() is not None and settings.test and job.components.task.test
+        else None
+    )
+    return TuneSummary.of(
+        study,
+        n_trials_this_run=study.n_trials - trials_before,
+        workers=settings.workers,
+        task=job.components.task.name,
+        lm=job.components.lm.model,
+        adapter=job.components.adapter_name,
+        train=len(job.trainset),
+        val=len(job.devset),
+        seconds_this_run=seconds,
+        max_cost=settings.max_cost,
+        cost_cap_reached=settings.max_cost is not None and study.spent_usd >= settings.max_cost,
+        best_program=str(best_path) if best_path else None,
+        test=test,
+        plot=_plot(results),
+        dashboard=dashboard_command(job.tuner.storage_url),
+    )
 
-    Returns:
-        ``test_score``, ``baseline_test_score`` (0-100), ``test_n`` and ``test_lm_calls``.
-    """
+
+def score_on_test(job: TuneJob, program: dspy.Module, *, progress: bool = False) -> TuneTest:
+    """Score ``program`` and the student on the task's test split (scores 0-100)."""
     test_rows = job.components.task.test
     meter = CallMeter()
     evaluator = Evaluator(job.components.metric, num_threads=job.settings.threads, progress=progress)
     with job.components.context(), metering(meter):
         test = evaluator.evaluate(program, test_rows, desc="best on test")
         baseline = evaluator.evaluate(job.student, test_rows, desc="student on test")
-    return {
-        "test_score": round(test.score, 2),
-        "baseline_test_score": round(baseline.score, 2),
-        "test_n": len(test_rows),
-        "test_lm_calls": meter.calls,
-    }
+    return TuneTest(
+        test_score=round(test.score, 2),
+        baseline_test_score=round(baseline.score, 2),
+        test_n=len(test_rows),
+        test_lm_calls=meter.calls,
+    )
 
 
 def _plot(results: StudyResults) -> str | None:

@@ -44,7 +44,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,14 +51,20 @@ from pathlib import Path
 from typing import Any
 
 from dspy_ext.registry import REGISTRY, resolve_config
+from dspy_ext.tuning.strategies import (
+    MedianPruning,
+    PrunerSetting,
+    SamplerSetting,
+    TPESampling,
+    parse_pruner,
+    parse_sampler,
+)
 
 #: Knobs of a method that tune the trial rather than the optimizer's config.
 TRIAL_KNOBS = ("budget", "final_selection", "final_trials")
 FINAL_SELECTIONS = ("halving", "tpe")
 #: Knobs every trial may get, whatever the method.
 COMMON_KNOBS = ("adapter", "task_temperature")
-PRUNERS = ("median", "wilcoxon", "none")
-SAMPLERS = ("tpe", "random")
 OBJECTIVES = ("auto", "single", "pareto", "constraints")
 DEFAULT_OPTIMIZERS = ("ape", "opro", "bfsrs")
 DEFAULT_BUDGET = 80
@@ -274,18 +279,18 @@ class TuningSpace:
         methods: ``{optimizer name: {parameter: Param}}`` with defaults merged in.
         common: Knobs every trial gets (``adapter``, ``task_temperature``).
         budget: Default LM calls per trial.
-        pruner: ``{"type": "median"|"wilcoxon"|"none", ...options}``.
+        pruner: The pruner (:class:`~dspy_ext.tuning.strategies.PrunerSetting`: median, wilcoxon or none).
         eval_minibatch: Devset rows per intermediate value.
-        sampler: ``{"type": "tpe"|"random", ...options}``.
+        sampler: The sampler (:class:`~dspy_ext.tuning.strategies.SamplerSetting`: tpe or random).
         objective: ``auto``, ``single``, ``pareto`` or ``constraints`` (see :class:`~dspy_ext.tuning.OptunaTuner`).
     """
 
     methods: dict[str, dict[str, Param]]
     common: dict[str, Param] = field(default_factory=dict)
     budget: int = DEFAULT_BUDGET
-    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
+    pruner: PrunerSetting = field(default_factory=lambda: MedianPruning({"type": "median"}))
     eval_minibatch: int = 10
-    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe"})
+    sampler: SamplerSetting = field(default_factory=lambda: TPESampling({"type": "tpe"}))
     objective: str | None = None
 
     # ---- parsing ----
@@ -331,19 +336,13 @@ class TuningSpace:
                 common[key] = Param.parse(value, f"common.{key}")
             except TuningSpaceError as exc:
                 problems += exc.problems
-        pruner = raw.get("pruner", {"type": "median"})
-        if isinstance(pruner, str):
-            pruner = {"type": pruner}
-        sampler = raw.get("sampler", {"type": "tpe"})
-        if isinstance(sampler, str):
-            sampler = {"type": sampler}
         space = cls(
             methods=methods,
             common=common,
             budget=raw.get("budget", DEFAULT_BUDGET),
-            pruner=dict(pruner) if isinstance(pruner, Mapping) else pruner,
+            pruner=parse_pruner(raw.get("pruner", {"type": "median"})),
             eval_minibatch=raw.get("eval_minibatch", 10),
-            sampler=dict(sampler) if isinstance(sampler, Mapping) else sampler,
+            sampler=parse_sampler(raw.get("sampler", {"type": "tpe"})),
             objective=raw.get("objective"),
         )
         problems += space.problems()
@@ -366,8 +365,8 @@ class TuningSpace:
             problems.append(f"eval_minibatch: must be a whole number >= 1, got {self.eval_minibatch!r}")
         if self.objective is not None and self.objective not in OBJECTIVES:
             problems.append(f"objective: must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        problems += _pruner_problems(self.pruner)
-        problems += _sampler_problems(self.sampler)
+        problems += self.pruner.problems()
+        problems += self.sampler.problems()
         for name, params in self.methods.items():
             fields = REGISTRY[name].config_model.model_fields
             for key, param in params.items():
@@ -439,9 +438,9 @@ class TuningSpace:
             },
             "common": {k: p.to_raw() for k, p in sorted(self.common.items())},
             "budget": self.budget,
-            "pruner": dict(self.pruner),
+            "pruner": self.pruner.to_dict(),
             "eval_minibatch": self.eval_minibatch,
-            "sampler": dict(self.sampler),
+            "sampler": self.sampler.to_dict(),
             "objective": self.objective,
         }
 
@@ -449,26 +448,12 @@ class TuningSpace:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
     def make_pruner(self) -> Any:
-        import optuna
-
-        options = {k: v for k, v in self.pruner.items() if k != "type"}
-        kind = self.pruner.get("type", "median")
-        if kind == "median":
-            return optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 1, **options})
-        if kind == "wilcoxon":
-            return optuna.pruners.WilcoxonPruner(**{"p_threshold": 0.1, **options})
-        return optuna.pruners.NopPruner()
+        """The study's ``optuna.pruners.BasePruner``."""
+        return self.pruner.build()
 
     def make_sampler(self, seed: int, *, constraints_func: Any = None) -> Any:
-        import optuna
-
-        options = {k: v for k, v in self.sampler.items() if k != "type"}
-        if self.sampler.get("type", "tpe") == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        defaults: dict[str, Any] = {"n_startup_trials": 4, "multivariate": True, "group": True, "constant_liar": True}
-        if constraints_func is not None:
-            defaults["constraints_func"] = constraints_func
-        return optuna.samplers.TPESampler(seed=seed, **{**defaults, **options})
+        """The study's ``optuna.samplers.BaseSampler``, seeded."""
+        return self.sampler.build(seed, constraints_func=constraints_func)
 
 
 def _positive_int(value: Any) -> bool:
@@ -485,58 +470,6 @@ def _knob_problems(method: str, key: str, param: Param, where: str) -> list[str]
             problems.append(f"{where}: {value!r} ({what}) must be a whole number >= 1")
         elif key == "final_selection" and value not in FINAL_SELECTIONS:
             problems.append(f"{where}: {value!r} ({what}) must be one of {', '.join(FINAL_SELECTIONS)}")
-    return problems
-
-
-def _pruner_problems(pruner: Any) -> list[str]:
-    if not isinstance(pruner, Mapping):
-        return [f"pruner: expected a name or a mapping with 'type', got {pruner!r}"]
-    kind = pruner.get("type", "median")
-    if kind not in PRUNERS:
-        return [f"pruner.type: must be one of {', '.join(PRUNERS)}, got {kind!r}"]
-    allowed = {
-        "median": {"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"},
-        "wilcoxon": {"p_threshold", "n_startup_steps"},
-        "none": set(),
-    }[kind]
-    problems = [
-        f"pruner.{k}: unknown option for the {kind} pruner (valid: {', '.join(sorted(allowed)) or 'none'})"
-        for k in sorted(set(pruner) - allowed - {"type"})
-    ]
-    if kind == "wilcoxon" and importlib.util.find_spec("scipy") is None:
-        problems.append("pruner.type: the wilcoxon pruner needs scipy (pip install scipy); use 'median' without it")
-    p = pruner.get("p_threshold")
-    if p is not None and not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-        problems.append(f"pruner.p_threshold: must be in [0, 1], got {p!r}")
-    for key in ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials", "n_startup_steps"):
-        value = pruner.get(key)
-        if value is not None and not (
-            isinstance(value, int) and value >= (1 if key in ("interval_steps", "n_min_trials") else 0)
-        ):
-            problems.append(
-                f"pruner.{key}: must be a whole number >= "
-                f"{1 if key in ('interval_steps', 'n_min_trials') else 0}, got {value!r}"
-            )
-    return problems
-
-
-def _sampler_problems(sampler: Any) -> list[str]:
-    if not isinstance(sampler, Mapping):
-        return [f"sampler: expected a name or a mapping with 'type', got {sampler!r}"]
-    kind = sampler.get("type", "tpe")
-    if kind not in SAMPLERS:
-        return [f"sampler.type: must be one of {', '.join(SAMPLERS)}, got {kind!r}"]
-    allowed = {
-        "tpe": {"n_startup_trials", "n_ei_candidates", "multivariate", "group", "constant_liar"},
-        "random": set(),
-    }[kind]
-    problems = [
-        f"sampler.{k}: unknown option for the {kind} sampler (valid: {', '.join(sorted(allowed)) or 'none'})"
-        for k in sorted(set(sampler) - allowed - {"type"})
-    ]
-    n = sampler.get("n_startup_trials")
-    if n is not None and not (isinstance(n, int) and n >= 0):
-        problems.append(f"sampler.n_startup_trials: must be a whole number >= 0, got {n!r}")
     return problems
 
 

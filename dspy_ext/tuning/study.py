@@ -39,7 +39,7 @@ Example:
     >>> tuner = OptunaTuner(exact_match, space={"optimizers": ["ape", "bfsrs"], "budget": 60},
     ...                     n_trials=12, study_name="sentiment")                          # doctest: +SKIP
     >>> program = tuner.compile(student, trainset=train, valset=dev)                      # doctest: +SKIP
-    >>> program.dspy_ext_tune["best_value"], program.dspy_ext_tune["n_trials"]            # doctest: +SKIP
+    >>> compile_record(program).tune.best_value, compile_record(program).tune.n_trials      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from dspy_ext.data import dataset_fingerprint, default_valset
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.evaluation.criteria import CriteriaMetric
 from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.prompt_state import attach_record
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.tuning.objective import (
     TrialRunner,
@@ -120,7 +121,7 @@ class OptunaTuner(Teleprompter):
         >>> tuner = OptunaTuner(exact_match, space="space.yaml", n_trials=20, storage="runs/tune/optuna.db")
         ...                                                                              # doctest: +SKIP
         >>> session = tuner.open(student, trainset=train, valset=dev)                   # doctest: +SKIP
-        >>> session.optimize(); session.summary()["best_value"]                         # doctest: +SKIP
+        >>> session.optimize(); session.results.summary().best_value                    # doctest: +SKIP
     """
 
     def __init__(
@@ -198,13 +199,14 @@ class OptunaTuner(Teleprompter):
             valset: The devset every trial is scored on (default: 40% of ``trainset``, seeded).
 
         Returns:
-            The best trial's program; ``program.dspy_ext_tune`` holds :meth:`StudyResults.summary`.
+            The best trial's program; its :func:`~dspy_ext.prompt_state.compile_record` ``.tune`` holds
+            :meth:`StudyResults.summary`.
         """
         session = self.open(student, trainset=trainset, valset=valset)
         session.optimize()
         session.results.save_best()
         program = session.results.best_program()
-        program.dspy_ext_tune = session.results.summary()
+        attach_record(program, tune=session.results.summary())
         return program
 
     def open(
