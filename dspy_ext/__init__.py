@@ -35,6 +35,8 @@ _EXPORTS = {
     "OPRO": "dspy_ext.optimizers",
     "EvoPrompt": "dspy_ext.optimizers",
     "ProTeGi": "dspy_ext.optimizers",
+    "DemoSearch": "dspy_ext.optimizers",
+    "compile_record": "dspy_ext.prompt_state",
     "OptunaTuner": "dspy_ext.tuning",
     "CallMeter": "dspy_ext.lm",
     "make_lm": "dspy_ext.lm",

@@ -13,7 +13,7 @@ import random
 import dspy
 import pytest
 
-from dspy_ext import runtime
+from dspy_ext import compile_record, runtime
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import ErrorKind, Evaluator
 from dspy_ext.export.exporter import build_artifact
@@ -272,7 +272,7 @@ def test_a_search_never_adopts_a_demo_set_that_overflows_typical_inputs() -> Non
             trainset=dataset(20),
             valset=dataset(6, 100),
         )
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.rejected.get("demo_set_overflow", 0) >= 1  # the 6-demo set did not fit
     assert 0 < len(program.demos) < 6  # trimmed, not emptied
     assert all(row["errors"].get("context_overflow", 0) == 0 for row in result.trials)

@@ -29,7 +29,7 @@ from test_optimizers import (
     student_program,
 )
 
-from dspy_ext import OPRO, EvoPrompt, ProTeGi
+from dspy_ext import OPRO, EvoPrompt, ProTeGi, compile_record
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.cli import main
 from dspy_ext.experiment import RunSettings, SettingsError, run
@@ -169,10 +169,10 @@ def test_protegi_takes_the_reviewers_reasons_as_its_first_gradients() -> None:
     assert edits[0]["failures"].count("Reviewer's reason: " + REASON_LABEL) == 2  # both critiques of that reason
     assert f"Input: {item(300).input}\nRejected output: unknown" in edits[0]["failures"]
     assert "Corrected output: ITEM-301" in edits[1]["failures"]
-    trials = program.dspy_ext_result.trials
+    trials = compile_record(program).search.trials
     sources = {r.get("gradient_source") for r in trials if r["origin"].startswith("protegi.edit")}
     assert sources == {"reviewer", "lm"}
-    reviewer = [r for r in program.dspy_ext_result.trials if r.get("gradient_source") == "reviewer"]
+    reviewer = [r for r in compile_record(program).search.trials if r.get("gradient_source") == "reviewer"]
     assert {r["gradient"] for r in reviewer} == {REASON_LABEL, REASON_LEVEL}
 
 
@@ -298,9 +298,9 @@ def test_review_criteria_guard_the_search_a_candidate_breaking_one_is_never_retu
     program = compile_in(
         protegi, student_program("Handle the request at level 6."), engine, train=merged.train, val=dataset(16, 100)
     )
-    broken = [t for t in program.dspy_ext_result.trials if t.get("guard") and not t["guard"]["ok"]]
+    broken = [t for t in compile_record(program).search.trials if t.get("guard") and not t["guard"]["ok"]]
     assert broken and all("item label" in t["guard"]["broken"] for t in broken)
-    assert "level 6" in next(iter(program.dspy_ext_result.best["instructions"].values()))
+    assert "level 6" in next(iter(compile_record(program).search.best["instructions"].values()))
 
 
 def test_compile_from_review_reports_criteria_and_pinned_cases(tmp_path: Path, review: Path) -> None:

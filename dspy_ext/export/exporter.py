@@ -31,7 +31,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import dspy
 
 from dspy_ext.adapters.plain import PlainAdapter, field_labels
-from dspy_ext.prompt_state import demo_to_dict, predictors
+from dspy_ext.prompt_state import compile_record, demo_to_dict, predictors
 from dspy_ext.runtime import (
     REQUIRED_METADATA_KEYS,
     SCHEMA,
@@ -407,11 +407,11 @@ def _check_probe(artifact: PromptArtifact, name: str, predictor: dspy.Predict, a
 def program_guard_report(program: dspy.Module) -> dict[str, Any] | None:
     """The regression-guard report a compile attached to ``program`` (``None`` without guards).
 
-    A dspy-ext search attaches it to ``program.dspy_ext_result.guard_report``; the registry's
-    acceptance gate around DSPy's optimizers to ``program.dspy_ext_gate``.
+    A dspy-ext search and the registry's acceptance gate around DSPy's optimizers both put it in the
+    program's :class:`~dspy_ext.prompt_state.CompileRecord`.
     """
-    result = getattr(program, "dspy_ext_result", None)
-    report = getattr(result, "guard_report", None) or getattr(program, "dspy_ext_gate", None)
+    record = compile_record(program)
+    report = record.guard_report if record is not None else None
     return report if isinstance(report, dict) else None
 
 
