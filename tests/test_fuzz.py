@@ -595,3 +595,9 @@ def test_every_entry_point_has_a_fuzz_test() -> None:
     for test in tests:
         assert names[test].hypothesis.inner_test is not None
         assert names[test]._hypothesis_internal_use_settings.max_examples >= 500
+
+
+@pytest.mark.parametrize("case", [(".yaml", b"0:"), (".yaml", b"1: 2\ntask: sentiment"), (".toml", b"task = 'x'")])
+def test_run_files_the_fuzzer_found(case: tuple[str, bytes]) -> None:
+    """Cases the fuzzer found once: a YAML key that is not text is a SettingsError that says so."""
+    check_run_file(*case)

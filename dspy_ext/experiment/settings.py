@@ -143,8 +143,12 @@ class ExperimentSettings(BaseModel):
         Raises:
             SettingsError: An unknown key, a bad value, or not exactly one of ``task``/``data``.
         """
+        values = dict(values or {})
+        odd = [key for key in values if not isinstance(key, str)]
+        if odd:
+            raise SettingsError(f"invalid {source}: setting names are text; got {', '.join(repr(k) for k in odd[:5])}")
         try:
-            return cls(**dict(values or {}))
+            return cls(**values)
         except SettingsError as exc:
             raise SettingsError(f"invalid {source}: {exc.detail}", exc.detail) from None
 
