@@ -31,7 +31,7 @@ from dspy_ext.prompt_state import predictors
 from dspy_ext.runtime import context_overflow_message
 from dspy_ext.search.demos import DemoSet
 
-__all__ = ["CHARS_PER_TOKEN_ESTIMATE", "ContextFit", "demo_set_context_fit", "token_counter"]
+__all__ = ["CHARS_PER_TOKEN_ESTIMATE", "ContextFit", "demo_set_context_fit", "fitting_demo_set", "token_counter"]
 
 #: Without a tokenizer, tokens are estimated as characters / this (English text runs at about 4
 #: characters per token; 3 over-counts, so an estimate errs toward "does not fit").
@@ -172,6 +172,20 @@ def demo_set_context_fit(
         checked=checked,
         counted_by=counted_by,
     )
+
+
+def fitting_demo_set(demo_set: DemoSet, fits: Callable[[DemoSet], bool]) -> DemoSet:
+    """``demo_set`` with demos dropped from the end of every predictor's list until ``fits`` says it fits.
+
+    An empty set is returned as it is (it is not checked).
+
+    Example:
+        >>> fitting_demo_set({"p": ({"a": 1}, {"a": 2})}, lambda s: len(s["p"]) < 2)
+        {'p': ({'a': 1},)}
+    """
+    while any(demo_set.values()) and not fits(demo_set):
+        demo_set = {name: demos[:-1] for name, demos in demo_set.items()}
+    return demo_set
 
 
 def active_adapter(lm: dspy.BaseLM | None) -> dspy.Adapter:

@@ -82,6 +82,12 @@ def row_criteria(report: EvaluationReport, examples: Sequence[dspy.Example]) -> 
     return out
 
 
+def is_sampled(lm: Any, temperature: float | None) -> bool:
+    """Whether ``lm``'s outputs are sampled: ``temperature`` (else the LM's own) is above 0."""
+    lm_temperature = (getattr(lm, "kwargs", None) or {}).get("temperature") or 0.0
+    return (temperature if temperature is not None else lm_temperature) > 0
+
+
 def one_sided_sign_flip(diffs: Sequence[float], *, n_resamples: int = 2000, seed: int = 0) -> float:
     """P-value of "the mean of ``diffs`` is <= 0" against "> 0", by sign-flip permutation.
 
@@ -290,12 +296,6 @@ class RegressionGuard:
             }
         )
 
-    def check_reports(
-        self, reference: EvaluationReport, candidate: EvaluationReport, examples: Sequence[dspy.Example]
-    ) -> GuardVerdict:
-        """:meth:`check` on two evaluations of the same ``examples``."""
-        return self.check(row_criteria(reference, examples), row_criteria(candidate, examples))
-
     def report(
         self, reference: RowCriteria, candidate: RowCriteria, *, labels: tuple[str, str] = ("reference", "compiled")
     ) -> dict[str, Any]:
@@ -419,9 +419,7 @@ class AcceptanceGate:
         self.seed = seed
 
     def _guard(self) -> RegressionGuard:
-        lm = dspy.settings.lm
-        lm_temperature = (getattr(lm, "kwargs", None) or {}).get("temperature") or 0.0
-        sampled = (self.temperature if self.temperature is not None else lm_temperature) > 0
+        sampled = is_sampled(dspy.settings.lm, self.temperature)
         return RegressionGuard(self.guards, stochastic=sampled or self.repeats > 1, seed=self.seed)
 
     def check(self, student: dspy.Module, compiled: dspy.Module, rows: Sequence[dspy.Example]) -> dspy.Module:
