@@ -114,6 +114,8 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
     """
 
     roles = ("induce", "paraphrase", "crossover", "differential")
+    #: It uses a person's critiques (``feedback=``).
+    capabilities = InstructionSearch.capabilities.with_feedback()
     config_model = EvoPromptConfig
     config: EvoPromptConfig
 

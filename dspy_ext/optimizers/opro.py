@@ -72,6 +72,8 @@ class OPRO(InstructionSearch[OPROState]):
 
     method = "opro"
     roles = ("trajectory",)
+    #: It uses a person's critiques (``feedback=``).
+    capabilities = InstructionSearch.capabilities.with_feedback()
     config_model = OPROConfig
     config: OPROConfig
 

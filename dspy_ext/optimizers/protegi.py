@@ -101,6 +101,8 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
 
     method = "protegi"
     roles = ("diagnose", "edit", "paraphrase")
+    #: It uses a person's critiques (``feedback=``).
+    capabilities = InstructionSearch.capabilities.with_feedback()
     config_model = ProTeGiConfig
     config: ProTeGiConfig
 

@@ -164,3 +164,7 @@ class Capabilities:
     metric: MetricForm = MetricForm.SCALAR
     takes_feedback: bool = False
     takes_valset: bool = True
+
+    def with_feedback(self) -> Capabilities:
+        """These capabilities, plus taking a person's critiques."""
+        return dataclasses.replace(self, takes_feedback=True)
