@@ -606,27 +606,20 @@ def build_optimizer(
         name: A key of :data:`REGISTRY`.
         metric: ``metric(example, prediction, trace=None)``; adapted where an optimizer wants another shape.
         config: Optimizer-specific settings (validated; see the ``*Config`` models).
-        options: The shared settings as one :class:`CompileOptions` (then the keywords from ``budget``
-            to ``temperature`` are not given; ``budget`` is ``options.max_lm_calls``).
-        budget: LM calls: a hard cap for dspy-ext's optimizers, the closest setting for DSPy's.
-        seed: Seed (passed explicitly so that 0 stays 0).
-        num_threads: Evaluation threads.
+        options: The shared settings as one :class:`CompileOptions`, instead of the keywords ``budget``
+            to ``temperature``.
+        budget: LM calls (``options.max_lm_calls``): a hard cap for dspy-ext's optimizers, the closest
+            setting for DSPy's.
         n_train: Training-set size (some budget mappings need it).
         n_val: Validation-set size.
-        prompt_model: LM that writes instructions, where the optimizer has one.
-        log_dir: Where dspy-ext's optimizers write ``trials.jsonl``.
-        progress: Show dspy-ext's progress bar.
-        final_selector: The final selection of a dspy-ext instruction search (default: successive halving).
-        feedback: A person's critiques: ProTeGi's first gradients, failures to fix in OPRO's and EvoPrompt's
-            meta-prompts, GEPA's metric feedback. Other optimizers cannot use them (an error says so).
-        guards: Regression guards ``{criterion: points}`` (see :mod:`dspy_ext.search.regression`). dspy-ext's
-            searches apply them to every candidate; the others are wrapped in an acceptance gate
-            that returns the best guarded candidate, or the student, when the compiled program breaks one.
-        repeats: Rollouts per row of every evaluation of dspy-ext's searches and of the gate.
-        temperature: Task-LM temperature of those rollouts (``None``: the LM's own).
+        feedback: A person's critiques, for the optimizers that take them (others raise).
+        guards: Regression guards ``{criterion: points}``: dspy-ext's searches apply them to every
+            candidate; the others are wrapped in an acceptance gate that returns the best guarded
+            candidate, or the student, when the compiled program breaks one.
+        temperature: ``options.eval_temperature``. The other keywords are :class:`CompileOptions`'s fields.
 
     Returns:
-        An :class:`OptimizerHandle` (``handle.gate`` set for the optimizers that do not apply guards themselves).
+        An :class:`OptimizerHandle` (``handle.gate`` set when the optimizer does not apply guards itself).
     """
     if options is None:
         options = CompileOptions(

@@ -16,9 +16,10 @@ import dspy
 import pytest
 
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.optimizers.ape import APEConfig
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import (
     REGISTRY,
-    APEConfig,
     COPROConfig,
     MIPROConfig,
     build_optimizer,
@@ -165,7 +166,7 @@ def test_our_optimizers_get_the_valset_and_keep_the_budget(name: str) -> None:
     assert len(calls["trainset"]) == 12 and len(calls["valset"]) == 12
     used = lm.engine.calls + len(lm.engine.score_requests)  # likelihood passes count as calls too
     assert 0 < used <= 60
-    assert program.dspy_ext_result.lm_calls == used
+    assert compile_record(program).search.lm_calls == used
 
 
 def test_copro_gets_eval_kwargs_and_no_valset() -> None:

@@ -24,13 +24,15 @@ from dspy_ext import OPRO
 from dspy_ext.adapters.plain import PlainAdapter
 from dspy_ext.evaluation import EvaluationReport
 from dspy_ext.evaluation.evaluator import ErrorKind, RowResult
-from dspy_ext.lm import CallMeter, FakeEngine
+from dspy_ext.lm import FakeEngine
 from dspy_ext.lm.engine import Generation
 from dspy_ext.lm.metering import UsageSnapshot
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_texts
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.search import (
     Candidate,
     CandidateStore,
+    CompileOptions,
     Models,
     PredictorPrompt,
     Proposal,
@@ -318,27 +320,27 @@ def test_clean_proposal(raw, clean: str) -> None:
 # ---- SearchRun ---------------------------------------------------------------------------------------
 
 
-def make_run(responder, *, trainset=None, engine_cls=FakeEngine) -> tuple[SearchRun, FakeEngine]:
-    engine = engine_cls(responder)
+def make_run(
+    responder, *, trainset=None, engine_cls=FakeEngine, engine=None, run_metric=None
+) -> tuple[SearchRun, FakeEngine]:
+    engine = engine or engine_cls(responder)
     lm = fake_lm(engine)
     trainset = trainset or [item(i) for i in range(8)]
     run = SearchRun(
+        CompileOptions(max_lm_calls=50, seed=0, num_threads=2 if run_metric else 1),
         method="unit",
         student=dspy.Predict(dspy.Signature("input -> output", "Reply to the request.")),
         trainset=trainset,
         valset=[item(i) for i in range(100, 104)],
-        metric=metric,
+        metric=run_metric or metric,
         models=Models(lm, PlainAdapter(), lm, PlainAdapter()),
         seed=0,
-        base_seed=0,
-        total_meter=CallMeter(50),
-        search_meter=CallMeter(40),
-        minibatch_size=4,
-        num_threads=1,
         guard=ProposalGuard(
             meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS), train_inputs=[ex.input for ex in trainset]
         ),
         meta_prompts=DEFAULT_META_PROMPTS,
+        minibatch_size=4,
+        search_cap=40,
         trial_log=TrialLog(None),
     )
     return run, engine
@@ -413,12 +415,7 @@ def test_evaluation_errors_are_counted_not_scored() -> None:
         return example.output == prediction.output
 
     engine = FakeEngine(responder, fail_when=lambda m: item_number(m[-1]["content"]) % 8 == 0)
-    run, _ = make_run(responder)
-    run.models = Models(fake_lm(engine), PlainAdapter(), fake_lm(engine), PlainAdapter())
-    run.metric = strict_metric
-    from dspy_ext.evaluation import Evaluator
-
-    run.evaluator = Evaluator(strict_metric, num_threads=2)
+    run, _ = make_run(responder, engine=engine, run_metric=strict_metric)
     batch = [item(i) for i in range(16)]
     seed = Candidate.from_program(run.student)
     report = run.evaluate(seed, batch, split="train")
@@ -464,7 +461,7 @@ def test_compile_writes_the_trial_log(tmp_path: Path) -> None:
         with dspy.context(lm=fake_lm(engine), adapter=PlainAdapter()):
             program = opro.compile(dspy.Predict("input -> output"), trainset=train, valset=val)
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     rows = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
     assert rows == result.trials and len(rows) >= 5
     keys_before: set[str] = set()

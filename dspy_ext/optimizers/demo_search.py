@@ -73,7 +73,7 @@ from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import OptimizerConfig, tunable
 from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
 from dspy_ext.search.demos import DemoSet
-from dspy_ext.search.final_selection import IncumbentRace
+from dspy_ext.search.final_selection import IncumbentRace, RaceLane
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
 from dspy_ext.search.plan import CallPlan
 from dspy_ext.search.run import SearchRun, SearchStopped
@@ -172,8 +172,16 @@ class _Arm:
     origin: str
     requested_k: int = 0
     screen: float | None = None
-    val: list[float | None] = field(default_factory=list)
-    dropped: str = ""
+    #: Its lane of the race on val (``None``: not raced).
+    race: RaceLane | None = None
+
+    @property
+    def val(self) -> list[float | None]:
+        return self.race.val if self.race is not None else []
+
+    @property
+    def dropped(self) -> str:
+        return self.race.dropped if self.race is not None else ""
 
     @property
     def complete_rows(self) -> int:
@@ -181,8 +189,7 @@ class _Arm:
 
     @property
     def val_mean(self) -> float | None:
-        scored = [s for s in self.val if s is not None]
-        return 100.0 * sum(scored) / len(scored) if scored else None
+        return self.race.val_mean if self.race is not None else None
 
     def describe(self) -> dict[str, Any]:
         mean = self.val_mean
@@ -294,7 +301,9 @@ class DemoSearch(SearchTeleprompter):
         n_val = len(run.valset)
         screen_rows = run.valset[: min(c.screen_rows, n_val)]
         # The confirmation races at most confirm_top + 2 arms over the valset; the screen gets the rest.
-        confirm_calls = min(int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * self.options.repeats)
+        confirm_calls = min(
+            int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * self.options.repeats
+        )
         screen_meter = CallMeter(max(1, self.max_lm_calls - confirm_calls))
         exhausted = False
         with metering(screen_meter):
@@ -355,7 +364,7 @@ class DemoSearch(SearchTeleprompter):
         if selector.exhausted:
             run.mark_exhausted()
         for arm, lane in zip(race, selector.lanes):
-            arm.val, arm.dropped = lane.val, lane.dropped
+            arm.race = lane
         return race[selector.chosen]
 
     # ---- candidates -----------------------------------------------------------------------

@@ -30,10 +30,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import dspy
 
+from dspy_ext.lm.metering import metering
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import InstructionSearchConfig
-from dspy_ext.lm.metering import metering
 from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
 from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
@@ -196,7 +196,9 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
                     # Guards compare with what a user has for free: the student with its labeled demos. A
                     # student that brings its own demos is that program already; it is the reference as given.
                     own_demos = all(p.demos for _, p in predictors(student))
-                    run.set_reference(Candidate.from_program(student, origin="student") if own_demos else seed_candidate)
+                    run.set_reference(
+                        Candidate.from_program(student, origin="student") if own_demos else seed_candidate
+                    )
                 state = self.new_state(run)
                 initial = [seed_candidate] + [c for c in self.initial(run, state, seed_candidate) if c is not None]
                 population = self.select(run, state, [], _unique(initial))

@@ -146,21 +146,9 @@ def demo_set_context_fit(
     count, counted_by = token_counter(lm)
     pool = list(range(len(examples)))
     chosen = pool if len(pool) <= sample_size else sorted((rng or random.Random(0)).sample(pool, sample_size))
-
-    longest = (-1, None, None)
-    overflowing = checked = 0
-    for name, predictor in predictors(student):
-        demos = [dict(d) for d in demo_set[name]] if name in demo_set else list(predictor.demos)
-        signature = predictor.signature
-        for index in chosen:
-            example = examples[index]
-            tokens = int(count(prompt_messages(adapter, signature, demos, example)))
-            checked += 1
-            if window is not None and tokens + reply_tokens > window:
-                overflowing += 1
-            if tokens > longest[0]:
-                longest = (tokens, name, index)
-    prompt_tokens, name, index = longest
+    sizes = _prompt_sizes(student, demo_set, examples, chosen, adapter, count)
+    overflowing = sum(1 for tokens, _, _ in sizes if window is not None and tokens + reply_tokens > window)
+    prompt_tokens, name, index = max(sizes, key=lambda s: s[0], default=(-1, None, None))
     return ContextFit(
         fits=overflowing == 0,
         prompt_tokens=max(prompt_tokens, 0),
@@ -169,9 +157,28 @@ def demo_set_context_fit(
         predictor=name,
         example_index=index,
         overflowing=overflowing,
-        checked=checked,
+        checked=len(sizes),
         counted_by=counted_by,
     )
+
+
+def _prompt_sizes(
+    student: dspy.Module,
+    demo_set: DemoSet,
+    examples: Sequence[dspy.Example],
+    chosen: list[int],
+    adapter: dspy.Adapter,
+    count: Counter,
+) -> list[tuple[int, str, int]]:
+    """``(tokens, predictor, example index)`` of every predictor's prompt on every chosen input."""
+    sizes = []
+    for name, predictor in predictors(student):
+        demos = [dict(d) for d in demo_set[name]] if name in demo_set else list(predictor.demos)
+        signature = predictor.signature
+        for index in chosen:
+            tokens = int(count(prompt_messages(adapter, signature, demos, examples[index])))
+            sizes.append((tokens, name, index))
+    return sizes
 
 
 def fitting_demo_set(demo_set: DemoSet, fits: Callable[[DemoSet], bool]) -> DemoSet:

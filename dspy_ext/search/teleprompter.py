@@ -183,7 +183,9 @@ class SearchTeleprompter(Teleprompter, abc.ABC):
             run.close()
         return self._finish(run, student, best)
 
-    def _start(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> SearchRun:
+    def _start(
+        self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example] | None
+    ) -> SearchRun:
         options = self.options
         rng = random.Random(options.seed)
         trainset, valset = default_valset(trainset, valset, rng)
