@@ -1,4 +1,4 @@
-"""DemoSearch (issue 10): labeled demo sets x k, screened by likelihood, confirmed by racing.
+"""DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing.
 
 The fake world: reviews ``"good film i"`` / ``"bad film i"`` with labels positive/negative. The fake
 model answers row ``i`` correctly iff ``i % 16`` is below a *skill* set by the number of demos in the

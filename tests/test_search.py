@@ -9,6 +9,7 @@ with the signature instructions (for meta-prompts: the docstrings in
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -502,3 +503,57 @@ def test_clean_proposal_strips_a_chatty_preamble() -> None:
     )
     assert clean_proposal("Here is the improved prompt: Name the larger animal.") == "Name the larger animal."
     assert clean_proposal("Here's the new instruction: \"write the first letter") == "write the first letter"
+
+
+# ---- the shared settings ---------------------------------------------------------------------------------
+
+
+def test_compile_options_are_checked_once_when_made() -> None:
+    from dspy_ext.search import CompileOptions
+
+    options = CompileOptions(max_lm_calls=200, seed=3, guards=["format=0"], repeats=2, guard_repeats=3)
+    assert options.guards == {"format": 0.0} and options.eval_repeats == 3
+    assert CompileOptions(repeats=2, guard_repeats=3).eval_repeats == 2  # guard_repeats only with guards
+    for bad, message in [
+        ({"max_lm_calls": 0}, "max_lm_calls must be >= 1"),
+        ({"num_threads": 0}, "num_threads must be >= 1"),
+        ({"repeats": 0}, "repeats must be >= 1"),
+        ({"guard_repeats": 0}, "guard_repeats must be >= 1"),
+        ({"eval_temperature": -1.0}, "eval_temperature must be >= 0"),
+        ({"guards": {"format": 101}}, "outside 0-100"),
+        ({"final_selector": object()}, "final_selector must have a select"),
+        ({"guard_reference": "student"}, "guard_reference must be a dspy.Module"),
+        ({"feedback": ["critique"]}, "feedback must be a SearchFeedback"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            CompileOptions(**bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.seed = 4  # type: ignore[misc]
+    assert options.replace(seed=4).seed == 4 and options.seed == 3
+
+
+def test_an_optimizer_takes_the_shared_settings_as_keywords_or_as_options() -> None:
+    from dspy_ext.optimizers import APE, DemoSearch
+    from dspy_ext.search import CompileOptions, SuccessiveHalving
+
+    by_keywords = APE(metric, max_lm_calls=120, seed=2, top_k=2)
+    by_options = APE(metric, options=CompileOptions(max_lm_calls=120, seed=2), top_k=2)
+    assert by_keywords.options == by_options.options and by_keywords.config == by_options.config
+    assert by_keywords.max_lm_calls == 120 and isinstance(by_keywords.final_selector, SuccessiveHalving)
+    with pytest.raises(ValueError, match="not both"):
+        APE(metric, options=CompileOptions(), seed=1)
+    # DemoSearch's final choice is its own race, and its guards are the registry's acceptance gate.
+    for shared in ({"final_selector": SuccessiveHalving()}, {"guards": {"score": 0}}):
+        with pytest.raises(ValueError, match="final selection|acceptance gate"):
+            DemoSearch(metric, **shared)
+
+
+def test_rejection_reasons_are_strings() -> None:
+    from dspy_ext.search import Rejection
+
+    assert Rejection.DUPLICATE == "duplicate" and f"{Rejection.DUPLICATE}" == "duplicate"
+    assert json.dumps({Rejection.TRUNCATED: 1}) == '{"truncated": 1}'
+    run, _ = make_run(lambda messages: "x")
+    run.reject(Rejection.EMPTY)
+    run.reject("empty")
+    assert run.rejected == {"empty": 2} and type(next(iter(run.rejected))) is str
