@@ -104,13 +104,12 @@ def demo_set_context_fit(
     context_window: int | None = None,
     rng: random.Random | None = None,
 ) -> ContextFit:
-    """Render ``student``'s prompts with ``demo_set`` on sampled inputs and compare them with the window.
+    """Render ``student``'s prompts with ``demo_set`` on sampled inputs: a :class:`ContextFit` against the window.
 
-    Each predictor's prompt is built by the adapter's own ``format()`` from the
-    predictor's signature, the demo set's demos for it and an example's
-    inputs. Input fields an example lacks (those a later stage of a
-    multi-step program receives from an earlier one) are left empty, so for
-    such predictors the count is a lower bound.
+    Each predictor's prompt is built by the adapter's own ``format()`` from the predictor's signature,
+    the demo set's demos for it and an example's inputs. Input fields an example lacks (those a later
+    stage of a multi-step program receives from an earlier one) are left empty, so for such
+    predictors the count is a lower bound.
 
     Args:
         student: The program the demo set is for.
@@ -124,20 +123,12 @@ def demo_set_context_fit(
         context_window: Overrides the engine's window.
         rng: Draws the sample (default ``random.Random(0)``; all examples when there are few).
 
-    Returns:
-        A :class:`ContextFit`.
-
     Raises:
         ValueError: ``sample_size`` < 1 or ``reply_tokens`` < 0.
-
-    Example:
-        >>> fit = demo_set_context_fit(student, {"predict": demos}, trainset, lm=make_lm("local"))  # doctest: +SKIP
-        >>> if not fit.fits: logger.info("skipping demo set: %s", fit.message())                 # doctest: +SKIP
     """
-    if sample_size < 1:
-        raise ValueError(f"sample_size must be >= 1, got {sample_size}")
-    if reply_tokens < 0:
-        raise ValueError(f"reply_tokens must be >= 0, got {reply_tokens}")
+    if sample_size < 1 or reply_tokens < 0:
+        what = f"sample_size must be >= 1, got {sample_size}" if sample_size < 1 else ""
+        raise ValueError(what or f"reply_tokens must be >= 0, got {reply_tokens}")
     lm = lm if lm is not None else dspy.settings.lm
     adapter = adapter or active_adapter(lm)
     window = (
