@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal
 
 import dspy
@@ -26,21 +26,15 @@ from pydantic import Field
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import feedback_of, measure, metric_value
 from dspy_ext.lm.metering import with_role
-from dspy_ext.optimizers.ape import APEConfig
-from dspy_ext.optimizers.demo_search import DemoSearch, DemoSearchConfig
-from dspy_ext.optimizers.evoprompt import EvoPromptConfig
-from dspy_ext.optimizers.opro import OPROConfig
-from dspy_ext.optimizers.protegi import ProTeGiConfig
+from dspy_ext.optimizers import APE, OPRO, DemoSearch, EvoPrompt, ProTeGi
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector
+from dspy_ext.search.options import CompileOptions, GuardMode, MetricForm
 from dspy_ext.search.plan import CallPlan
-from dspy_ext.search.regression import AcceptanceGate, parse_guards
-
-#: Optimizers that use a reviewer's critiques: ProTeGi as gradients, OPRO and EvoPrompt in their
-#: meta-prompts, GEPA as its metric's feedback text.
-FEEDBACK_OPTIMIZERS = frozenset({"protegi", "opro", "evoprompt-ga", "evoprompt-de", "gepa"})
+from dspy_ext.search.regression import AcceptanceGate
+from dspy_ext.search.teleprompter import SearchTeleprompter
 
 # ---- DSPy's optimizers: their settings as dspy-ext exposes them --------------------------------
 
@@ -89,24 +83,24 @@ class SIMBAConfig(OptimizerConfig):
     max_demos: int = tunable(3, ge=0, tune={"int": [0, 3]})
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildContext:
-    """What a builder may use besides the config."""
+    """What a builder gets besides the config: the metric in the optimizer's form, the shared settings,
+    and what DSPy's budget mappings need.
+
+    Attributes:
+        metric: The metric, in the form the spec's ``metric`` capability names.
+        options: The shared settings (a hard cap ``options.max_lm_calls`` for dspy-ext's optimizers).
+        budget: The caller's budget as given (``None``: not given; DSPy's mappings then use their defaults).
+        n_train: Training-set size.
+        n_val: Validation-set size.
+    """
 
     metric: Callable[..., Any]
-    budget: int | None
-    seed: int
-    num_threads: int
-    n_train: int
-    n_val: int
-    prompt_model: dspy.BaseLM | None = None
-    log_dir: str | None = None
-    progress: bool = False
-    final_selector: FinalSelector | None = None
-    feedback: SearchFeedback | None = None
-    guards: dict[str, float] | None = None
-    repeats: int = 1
-    temperature: float | None = None
+    options: CompileOptions
+    budget: int | None = None
+    n_train: int = 0
+    n_val: int = 0
 
 
 @dataclass
@@ -176,7 +170,28 @@ class ScalarMetric:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A registry entry: config schema, builder and compile adapter."""
+    """A registry entry: config schema, builder, compile adapter and what the optimizer can do.
+
+    dspy-ext's own optimizers are made from their class (:meth:`ours`, or :func:`register`);
+    DSPy's are written out with keywords.
+
+    Attributes:
+        name: The registry name.
+        config_model: The optimizer's settings.
+        build: ``build(config, ctx)`` -> the optimizer (``ctx`` a :class:`BuildContext`).
+        compile: ``compile(optimizer, student, trainset, valset, **kwargs)`` -> the compiled program.
+        enforces_budget: The budget is a hard cap on LM calls.
+        description: One line for listings.
+        compile_kwargs: Extra keyword arguments of ``compile`` (e.g. COPRO's ``eval_kwargs``), from config and context.
+        final_selector: Its final selection is pluggable (``final_selector=``; the tuning space's
+            ``final_selection`` knob).
+        guards: It applies guards itself, or its result goes through an :class:`AcceptanceGate`.
+        metric: The metric form its builder gets.
+        takes_feedback: It uses a reviewer's critiques (``feedback=``).
+        takes_valset: Its compile uses the valset.
+        plan: The calls a compile expects to make (config, context, predictors); ``None``: no plan is known.
+            dspy-ext's own optimizers plan themselves (their ``plan`` method).
+    """
 
     name: str
     config_model: type[OptimizerConfig]
@@ -184,47 +199,58 @@ class OptimizerSpec:
     compile: Callable[..., dspy.Module]
     enforces_budget: bool
     description: str
-    #: Extra keyword arguments of ``compile`` (e.g. COPRO's ``eval_kwargs``), from config and context.
+    _: KW_ONLY
     compile_kwargs: Callable[[OptimizerConfig, BuildContext], dict[str, Any]] = lambda config, ctx: {}
-    #: A dspy-ext instruction search (its final selection is pluggable: ``final_selector``).
-    instruction_search: bool = False
-    #: The calls a compile expects to make (config, context, predictors); ``None``: no plan is known.
-    #: dspy-ext's own optimizers plan themselves (their ``plan`` method).
+    final_selector: bool = False
+    guards: GuardMode = GuardMode.GATE
+    metric: MetricForm = MetricForm.SCALAR
+    takes_feedback: bool = False
+    takes_valset: bool = True
     plan: Callable[[OptimizerConfig, BuildContext, int], CallPlan] | None = None
+
+    @classmethod
+    def ours(
+        cls, optimizer: type[SearchTeleprompter], *, description: str, name: str | None = None, **init: Any
+    ) -> OptimizerSpec:
+        """The entry of one of dspy-ext's optimizers: name, config model and capabilities from its class.
+
+        Args:
+            optimizer: A :class:`~dspy_ext.search.teleprompter.SearchTeleprompter` subclass.
+            description: One line for listings.
+            name: The registry name (default: the class's ``method``).
+            **init: Constructor arguments of this entry (e.g. EvoPrompt's ``variant``).
+        """
+        name = name or optimizer.method
+        if not isinstance(name, str):
+            raise ValueError(f"{optimizer.__name__} names its method per instance: give name=")
+        caps = optimizer.capabilities
+
+        def build(config: OptimizerConfig, ctx: BuildContext) -> Any:
+            return optimizer(ctx.metric, options=ctx.options, **init, **config.model_dump())
+
+        return cls(
+            name=name,
+            config_model=optimizer.config_model,
+            build=build,
+            compile=_with_valset if caps.takes_valset else _train_only,
+            enforces_budget=caps.enforces_budget,
+            description=description,
+            final_selector=caps.final_selector,
+            guards=caps.guards,
+            metric=caps.metric,
+            takes_feedback=caps.takes_feedback,
+            takes_valset=caps.takes_valset,
+        )
 
     @property
     def uses_feedback(self) -> bool:
-        """Whether the optimizer takes a reviewer's critiques (``feedback=``); see :data:`FEEDBACK_OPTIMIZERS`."""
-        return self.name in FEEDBACK_OPTIMIZERS
+        """Whether the optimizer takes a reviewer's critiques (``feedback=``): :attr:`takes_feedback`."""
+        return self.takes_feedback
 
-
-def _search_kwargs(config: OptimizerConfig, ctx: BuildContext) -> dict[str, Any]:
-    return {
-        **config.model_dump(),
-        "max_lm_calls": ctx.budget or DEFAULT_BUDGET,
-        "seed": ctx.seed,
-        "num_threads": ctx.num_threads,
-        "prompt_model": ctx.prompt_model,
-        "log_dir": ctx.log_dir,
-        "progress": ctx.progress,
-        "final_selector": ctx.final_selector,
-        **({"feedback": ctx.feedback} if ctx.feedback else {}),
-        **({"guards": ctx.guards} if ctx.guards else {}),
-        "repeats": ctx.repeats,
-        "eval_temperature": ctx.temperature,
-    }
-
-
-def _ours(kind: str) -> Callable[[OptimizerConfig, BuildContext], Any]:
-    def build(config: OptimizerConfig, ctx: BuildContext) -> Any:
-        from dspy_ext.optimizers import APE, OPRO, EvoPrompt, ProTeGi
-
-        kwargs = _search_kwargs(config, ctx)
-        if kind in ("ga", "de"):
-            return EvoPrompt(ctx.metric, variant=kind, **kwargs)
-        return {"ape": APE, "opro": OPRO, "protegi": ProTeGi}[kind](ctx.metric, **kwargs)
-
-    return build
+    @property
+    def instruction_search(self) -> bool:
+        """The old name of :attr:`final_selector`: one of dspy-ext's instruction searches (pluggable final choice)."""
+        return self.final_selector
 
 
 def _with_valset(opt: Any, student: dspy.Module, train: list, val: list | None, **kwargs: Any) -> dspy.Module:
@@ -255,7 +281,7 @@ def _prompt_lm(ctx: BuildContext) -> dspy.BaseLM | None:
     """The prompt model of one of DSPy's optimizers (default: the configured LM), its calls counted as the
     prompt model's (it falls back to the configured LM itself when none is given, so this changes nothing
     but the count)."""
-    return with_role(ctx.prompt_model or dspy.settings.lm, "prompt")
+    return with_role(ctx.options.prompt_model or dspy.settings.lm, "prompt")
 
 
 def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
@@ -267,8 +293,8 @@ def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
         num_candidates=config.num_candidates,
         max_bootstrapped_demos=config.max_bootstrapped_demos,
         max_labeled_demos=config.max_labeled_demos,
-        num_threads=ctx.num_threads,
-        seed=ctx.seed,
+        num_threads=ctx.options.num_threads,
+        seed=ctx.options.seed,
         verbose=False,
     )
 
@@ -276,7 +302,7 @@ def _build_mipro(config: MIPROConfig, ctx: BuildContext) -> Any:
 def _mipro_compile_kwargs(config: MIPROConfig, ctx: BuildContext) -> dict[str, Any]:
     # seed passed explicitly: MIPROv2's `seed or self.seed` would turn 0 into 9.
     kwargs: dict[str, Any] = {
-        "seed": ctx.seed,
+        "seed": ctx.options.seed,
         "minibatch": ctx.n_val > config.minibatch_size,
         "minibatch_size": config.minibatch_size,
     }
@@ -343,7 +369,7 @@ def _build_bfsrs(config: RandomSearchConfig, ctx: BuildContext) -> Any:
     return dspy.BootstrapFewShotWithRandomSearch(
         ctx.metric,
         num_candidate_programs=n,
-        num_threads=ctx.num_threads,
+        num_threads=ctx.options.num_threads,
         max_bootstrapped_demos=config.max_bootstrapped_demos,
         max_labeled_demos=config.max_labeled_demos,
         max_rounds=config.max_rounds,
@@ -398,15 +424,15 @@ class GEPAMetric:
 
 
 def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
-    five_arg_metric = GEPAMetric(ctx.metric, ctx.feedback)
+    five_arg_metric = GEPAMetric(ctx.metric, ctx.options.feedback)
     reflection_lm = _prompt_lm(ctx)
     return dspy.GEPA(
         metric=five_arg_metric,
         max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
         reflection_lm=reflection_lm,
         reflection_minibatch_size=config.reflection_minibatch_size,
-        num_threads=ctx.num_threads,
-        seed=ctx.seed,
+        num_threads=ctx.options.num_threads,
+        seed=ctx.options.seed,
     )
 
 
@@ -424,117 +450,117 @@ def _build_simba(config: SIMBAConfig, ctx: BuildContext) -> Any:
         max_steps=steps,
         max_demos=config.max_demos,
         prompt_model=_prompt_lm(ctx),
-        num_threads=ctx.num_threads,
+        num_threads=ctx.options.num_threads,
     )
 
 
+#: Every optimizer by name; add one with :func:`register`.
 REGISTRY: dict[str, OptimizerSpec] = {
     spec.name: spec
     for spec in [
+        OptimizerSpec.ours(APE, description="APE: induce, score, resample"),
+        OptimizerSpec.ours(OPRO, description="OPRO: scored trajectory meta-prompt"),
+        OptimizerSpec.ours(EvoPrompt, name="evoprompt-ga", variant="ga", description="EvoPrompt, genetic"),
+        OptimizerSpec.ours(EvoPrompt, name="evoprompt-de", variant="de", description="EvoPrompt, differential"),
+        OptimizerSpec.ours(ProTeGi, description="ProTeGi: textual gradients"),
         OptimizerSpec(
-            "ape", APEConfig, _ours("ape"), _with_valset, True, "APE: induce, score, resample", instruction_search=True
-        ),
-        OptimizerSpec(
-            "opro",
-            OPROConfig,
-            _ours("opro"),
-            _with_valset,
-            True,
-            "OPRO: scored trajectory meta-prompt",
-            instruction_search=True,
-        ),
-        OptimizerSpec(
-            "evoprompt-ga",
-            EvoPromptConfig,
-            _ours("ga"),
-            _with_valset,
-            True,
-            "EvoPrompt, genetic",
-            instruction_search=True,
-        ),
-        OptimizerSpec(
-            "evoprompt-de",
-            EvoPromptConfig,
-            _ours("de"),
-            _with_valset,
-            True,
-            "EvoPrompt, differential",
-            instruction_search=True,
-        ),
-        OptimizerSpec(
-            "protegi",
-            ProTeGiConfig,
-            _ours("protegi"),
-            _with_valset,
-            True,
-            "ProTeGi: textual gradients",
-            instruction_search=True,
-        ),
-        OptimizerSpec(
-            "mipro",
-            MIPROConfig,
-            _build_mipro,
-            _with_valset,
-            False,
-            "DSPy MIPROv2",
-            _mipro_compile_kwargs,
+            name="mipro",
+            config_model=MIPROConfig,
+            build=_build_mipro,
+            compile=_with_valset,
+            enforces_budget=False,
+            description="DSPy MIPROv2",
+            compile_kwargs=_mipro_compile_kwargs,
             plan=_plan_mipro,
         ),
         # COPRO takes prompt_model as its first positional argument: metric is passed by name.
         OptimizerSpec(
-            "copro",
-            COPROConfig,
-            _build_copro,
-            _copro_compile,
-            False,
-            "DSPy COPRO",
-            lambda c, ctx: {"eval_kwargs": {"num_threads": ctx.num_threads, "display_progress": False}},
+            name="copro",
+            config_model=COPROConfig,
+            build=_build_copro,
+            compile=_copro_compile,
+            enforces_budget=False,
+            description="DSPy COPRO",
+            compile_kwargs=lambda c, ctx: {
+                "eval_kwargs": {"num_threads": ctx.options.num_threads, "display_progress": False}
+            },
+            takes_valset=False,
             plan=_plan_copro,
         ),
         OptimizerSpec(
-            "bfs",
-            BootstrapConfig,
-            lambda c, ctx: dspy.BootstrapFewShot(ctx.metric, **c.model_dump()),
-            _train_only,
-            False,
-            "DSPy BootstrapFewShot",
+            name="bfs",
+            config_model=BootstrapConfig,
+            build=lambda c, ctx: dspy.BootstrapFewShot(ctx.metric, **c.model_dump()),
+            compile=_train_only,
+            enforces_budget=False,
+            description="DSPy BootstrapFewShot",
+            takes_valset=False,
         ),
         OptimizerSpec(
-            "bfsrs", RandomSearchConfig, _build_bfsrs, _with_valset, False, "DSPy BootstrapFewShotWithRandomSearch"
+            name="bfsrs",
+            config_model=RandomSearchConfig,
+            build=_build_bfsrs,
+            compile=_with_valset,
+            enforces_budget=False,
+            description="DSPy BootstrapFewShotWithRandomSearch",
         ),
         OptimizerSpec(
-            "labeled",
-            LabeledConfig,
-            lambda c, ctx: dspy.LabeledFewShot(k=c.k),
-            _train_only,
-            False,
-            "DSPy LabeledFewShot",
-        ),
-        OptimizerSpec("gepa", GEPAConfig, _build_gepa, _with_valset, False, "DSPy GEPA"),
-        OptimizerSpec(
-            "simba", SIMBAConfig, _build_simba, _train_only, False, "DSPy SIMBA", lambda c, ctx: {"seed": ctx.seed}
+            name="labeled",
+            config_model=LabeledConfig,
+            build=lambda c, ctx: dspy.LabeledFewShot(k=c.k),
+            compile=_train_only,
+            enforces_budget=False,
+            description="DSPy LabeledFewShot",
+            takes_valset=False,
         ),
         OptimizerSpec(
-            "demo-search",
-            DemoSearchConfig,
-            lambda c, ctx: DemoSearch(
-                ctx.metric,
-                **c.model_dump(),
-                max_lm_calls=ctx.budget or DEFAULT_BUDGET,
-                seed=ctx.seed,
-                num_threads=ctx.num_threads,
-                prompt_model=ctx.prompt_model,
-                log_dir=ctx.log_dir,
-                progress=ctx.progress,
-                repeats=ctx.repeats,
-                eval_temperature=ctx.temperature,
-            ),
-            _with_valset,
-            True,
-            "DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing (small models)",
+            name="gepa",
+            config_model=GEPAConfig,
+            build=_build_gepa,
+            compile=_with_valset,
+            enforces_budget=False,
+            description="DSPy GEPA",
+            metric=MetricForm.SCALAR_FEEDBACK,
+            takes_feedback=True,
+        ),
+        OptimizerSpec(
+            name="simba",
+            config_model=SIMBAConfig,
+            build=_build_simba,
+            compile=_train_only,
+            enforces_budget=False,
+            description="DSPy SIMBA",
+            compile_kwargs=lambda c, ctx: {"seed": ctx.options.seed},
+            takes_valset=False,
+        ),
+        OptimizerSpec.ours(
+            DemoSearch,
+            description="DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing (small models)",
         ),
     ]
 }
+
+
+def register(
+    optimizer: type[SearchTeleprompter], *, description: str, name: str | None = None, **init: Any
+) -> OptimizerSpec:
+    """Add one of dspy-ext's optimizers (a :class:`~dspy_ext.search.teleprompter.SearchTeleprompter`
+    subclass) to :data:`REGISTRY`, by its class: its ``method`` is the name, its config model and
+    capabilities make the entry. ``build_optimizer``, ``dspy-ext compile --optimizer``, compare and
+    tune then know it by that name.
+
+    Raises:
+        ValueError: The name is taken by another optimizer.
+
+    Example:
+        >>> register(MySearch, description="my search")   # doctest: +SKIP
+    """
+    spec = OptimizerSpec.ours(optimizer, description=description, name=name, **init)
+    taken = REGISTRY.get(spec.name)
+    if taken is not None and taken.config_model is not spec.config_model:
+        raise ValueError(f"optimizer name {spec.name!r} is taken")
+    REGISTRY[spec.name] = spec
+    return spec
 
 
 def resolve_config(name: str, config: dict[str, Any] | None = None) -> OptimizerConfig:
@@ -559,6 +585,7 @@ def build_optimizer(
     metric: Callable[..., Any],
     *,
     config: dict[str, Any] | None = None,
+    options: CompileOptions | None = None,
     budget: int | None = None,
     seed: int = 0,
     num_threads: int = 4,
@@ -579,76 +606,97 @@ def build_optimizer(
         name: A key of :data:`REGISTRY`.
         metric: ``metric(example, prediction, trace=None)``; adapted where an optimizer wants another shape.
         config: Optimizer-specific settings (validated; see the ``*Config`` models).
-        budget: LM calls: a hard cap for dspy-ext's optimizers, the closest setting for DSPy's.
-        seed: Seed (passed explicitly so that 0 stays 0).
-        num_threads: Evaluation threads.
+        options: The shared settings as one :class:`CompileOptions`, instead of the keywords ``budget``
+            to ``temperature``.
+        budget: LM calls (``options.max_lm_calls``): a hard cap for dspy-ext's optimizers, the closest
+            setting for DSPy's.
         n_train: Training-set size (some budget mappings need it).
         n_val: Validation-set size.
-        prompt_model: LM that writes instructions, where the optimizer has one.
-        log_dir: Where dspy-ext's optimizers write ``trials.jsonl``.
-        progress: Show dspy-ext's progress bar.
-        final_selector: The final selection of a dspy-ext instruction search (default: successive halving).
-        feedback: A person's critiques: ProTeGi's first gradients, failures to fix in OPRO's and EvoPrompt's
-            meta-prompts, GEPA's metric feedback. Other optimizers cannot use them (an error says so).
-        guards: Regression guards ``{criterion: points}`` (see :mod:`dspy_ext.search.regression`). dspy-ext's
-            searches apply them to every candidate; DSPy's optimizers are wrapped in an acceptance gate
-            that returns the best guarded candidate, or the student, when the compiled program breaks one.
-        repeats: Rollouts per row of every evaluation of dspy-ext's searches and of the gate.
-        temperature: Task-LM temperature of those rollouts (``None``: the LM's own).
+        feedback: A person's critiques, for the optimizers that take them (others raise).
+        guards: Regression guards ``{criterion: points}``: dspy-ext's searches apply them to every
+            candidate; the others are wrapped in an acceptance gate that returns the best guarded
+            candidate, or the student, when the compiled program breaks one.
+        temperature: ``options.eval_temperature``. The other keywords are :class:`CompileOptions`'s fields.
 
     Returns:
-        An :class:`OptimizerHandle` (``handle.gate`` set for DSPy's optimizers with guards).
+        An :class:`OptimizerHandle` (``handle.gate`` set when the optimizer does not apply guards itself).
     """
-    spec = get_spec(name)
-    validated = resolve_config(name, config)
-    if final_selector is not None and not spec.instruction_search:
-        raise ValueError(
-            f"optimizer {name!r} has no pluggable final selection; only dspy-ext's instruction "
-            f"searches do ({', '.join(n for n, s in REGISTRY.items() if s.instruction_search)})"
+    if options is None:
+        options = CompileOptions(
+            max_lm_calls=budget or DEFAULT_BUDGET,
+            seed=seed,
+            num_threads=num_threads,
+            prompt_model=prompt_model,
+            log_dir=log_dir,
+            progress=progress,
+            final_selector=final_selector,
+            feedback=feedback,
+            guards=guards,
+            repeats=repeats,
+            eval_temperature=temperature,
         )
-    if feedback and not spec.uses_feedback:
-        raise ValueError(
-            f"optimizer {name!r} cannot use a reviewer's critiques; these can: "
-            f"{', '.join(n for n, s in REGISTRY.items() if s.uses_feedback)} (labeled examples and "
-            "review criteria still reach every optimizer through the train set and the metric)"
-        )
-    guards = parse_guards(guards)
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
-    # DSPy's optimizers add and compare scores: a metric returning criteria reaches them as one float.
-    task_metric = metric if spec.instruction_search else ScalarMetric(metric, with_feedback=name == "gepa")
+    else:
+        budget = options.max_lm_calls
+    return _build(get_spec(name), metric, resolve_config(name, config), options, budget, n_train, n_val)
+
+
+def _build(
+    spec: OptimizerSpec,
+    metric: Callable[..., Any],
+    config: OptimizerConfig,
+    options: CompileOptions,
+    budget: int | None,
+    n_train: int,
+    n_val: int,
+) -> OptimizerHandle:
+    _check_capabilities(spec, options)
+    gated = spec.guards is GuardMode.GATE
     ctx = BuildContext(
-        metric=task_metric,
+        # DSPy's optimizers add and compare scores: a metric returning criteria reaches them as one float.
+        metric=metric
+        if spec.metric is MetricForm.RAW
+        else ScalarMetric(metric, with_feedback=spec.metric is MetricForm.SCALAR_FEEDBACK),
+        options=options.replace(guards=None, guard_reference=None) if gated else options,
         budget=budget,
-        seed=seed,
-        num_threads=num_threads,
         n_train=n_train,
         n_val=n_val,
-        prompt_model=prompt_model,
-        log_dir=log_dir,
-        progress=progress,
-        final_selector=final_selector,
-        feedback=feedback or None,
-        guards=guards or None,
-        repeats=repeats,
-        temperature=temperature,
     )
     gate = None
-    if guards and not spec.instruction_search:
+    if options.guards and gated:
         gate = AcceptanceGate(
-            metric, guards, num_threads=num_threads, repeats=repeats, temperature=temperature, seed=seed
+            metric,
+            options.guards,
+            num_threads=options.num_threads,
+            repeats=options.repeats,
+            temperature=options.eval_temperature,
+            seed=options.seed,
         )
-    optimizer = spec.build(validated, ctx)
+    optimizer = spec.build(config, ctx)
     return OptimizerHandle(
-        name,
-        optimizer,
-        validated,
-        spec.enforces_budget,
-        spec.compile,
-        spec.compile_kwargs(validated, ctx),
-        gate,
-        _planner(spec, validated, ctx, optimizer),
+        name=spec.name,
+        optimizer=optimizer,
+        config=config,
+        enforces_budget=spec.enforces_budget,
+        compile_fn=spec.compile,
+        compile_kwargs=spec.compile_kwargs(config, ctx),
+        gate=gate,
+        planner=_planner(spec, config, ctx, optimizer),
     )
+
+
+def _check_capabilities(spec: OptimizerSpec, options: CompileOptions) -> None:
+    """Refuse a shared setting the optimizer cannot use, naming those that can."""
+    if options.final_selector is not None and not spec.final_selector:
+        raise ValueError(
+            f"optimizer {spec.name!r} has no pluggable final selection; only dspy-ext's instruction "
+            f"searches do ({', '.join(n for n, s in REGISTRY.items() if s.final_selector)})"
+        )
+    if options.feedback and not spec.takes_feedback:
+        raise ValueError(
+            f"optimizer {spec.name!r} cannot use a reviewer's critiques; these can: "
+            f"{', '.join(n for n, s in REGISTRY.items() if s.takes_feedback)} (labeled examples and "
+            "review criteria still reach every optimizer through the train set and the metric)"
+        )
 
 
 def _planner(

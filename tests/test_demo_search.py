@@ -1,4 +1,4 @@
-"""DemoSearch (issue 10): labeled demo sets x k, screened by likelihood, confirmed by racing.
+"""DemoSearch: labeled demo sets x k, screened by likelihood, confirmed by racing.
 
 The fake world: reviews ``"good film i"`` / ``"bad film i"`` with labels positive/negative. The fake
 model answers row ``i`` correctly iff ``i % 16`` is below a *skill* set by the number of demos in the
@@ -18,6 +18,7 @@ import pytest
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.lm import CallMeter, metering
 from dspy_ext.optimizers.demo_search import DemoSearch
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import build_optimizer, resolve_config
 
 
@@ -70,7 +71,7 @@ def calls_of(lm: dspy.LM) -> int:
 def test_finds_the_larger_demo_set_and_logs_every_trial(fake_lm, tmp_path):
     lm = fake_lm(responder(more_is_better))
     program = compile_with(lm, log_dir=tmp_path)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.screening == "likelihood" and result.screening_note == ""
     assert result.label_set == ["negative", "positive"] and result.balanced
     assert result.k == 16 and len(program.demos) == 16 and not result.chose_incumbent
@@ -94,22 +95,24 @@ def test_finds_the_larger_demo_set_and_logs_every_trial(fake_lm, tmp_path):
 def test_budget_is_a_hard_cap_forward_passes_included(fake_lm):
     for cap in (7, 45, 120):
         lm = fake_lm(responder(more_is_better))
-        result = compile_with(lm, max_lm_calls=cap).dspy_ext_result
+        result = compile_record(compile_with(lm, max_lm_calls=cap)).search
         assert calls_of(lm) <= cap and result.lm_calls == calls_of(lm)
     assert result.budget_exhausted or result.lm_calls < cap
     # An outer meter (e.g. the run's) sees the same calls.
     lm = fake_lm(responder(more_is_better))
     outer = CallMeter()
     with metering(outer):
-        result = compile_with(lm, max_lm_calls=90).dspy_ext_result
+        result = compile_record(compile_with(lm, max_lm_calls=90)).search
     assert outer.calls == result.lm_calls == calls_of(lm) <= 90
 
 
 def test_same_seed_same_search_other_seed_other_draws(fake_lm):
     def trace(seed: int) -> tuple:
         program = compile_with(fake_lm(responder(lambda n: (3 * n) % 11)), seed=seed)
-        rows = [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in program.dspy_ext_result.trials]
-        return program.dspy_ext_result.best["key"], rows
+        rows = [
+            {k: v for k, v in r.items() if k not in ("time", "seconds")} for r in compile_record(program).search.trials
+        ]
+        return compile_record(program).search.best["key"], rows
 
     assert trace(0) == trace(0)
     assert trace(0)[1] != trace(1)[1]
@@ -119,7 +122,7 @@ def test_same_seed_same_search_other_seed_other_draws(fake_lm):
 def test_never_worse_than_the_incumbent_on_val(fake_lm, skill):
     lm = fake_lm(responder(skill))
     program = compile_with(lm)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.baseline_val_score is not None
     assert result.val_score >= result.baseline_val_score  # tolerance 0: a deterministic engine
     # The same holds when the returned program is scored afresh.
@@ -129,7 +132,7 @@ def test_never_worse_than_the_incumbent_on_val(fake_lm, skill):
 
 
 def test_more_demos_hurting_keeps_the_incumbent(fake_lm):
-    result = compile_with(fake_lm(responder(lambda n: 12 if n <= 3 else 1))).dspy_ext_result
+    result = compile_record(compile_with(fake_lm(responder(lambda n: 12 if n <= 3 else 1)))).search
     assert result.chose_incumbent and result.k == 3
     dropped = [r for r in result.racing if r["dropped"]]
     assert dropped, "the race should drop the hopeless contenders early"
@@ -145,7 +148,7 @@ def test_an_lm_without_likelihood_screens_by_accuracy_with_a_note(fake_lm):
 
     base = fake_lm(responder(more_is_better))
     lm = dspy.LM("fake/demo-search-no-scoring", engine=NoScoring(base.engine), cache=False)
-    result = compile_with(lm).dspy_ext_result
+    result = compile_record(compile_with(lm)).search
     assert result.screening == "accuracy" and "cannot score" in result.screening_note
     assert not base.engine.score_requests and result.lm_calls == base.engine.calls <= 400
     assert result.val_score >= result.baseline_val_score
@@ -168,7 +171,7 @@ def test_multi_predictor_programs_are_searched_by_accuracy(fake_lm):
         program = DemoSearch(exact, max_lm_calls=300, seed=0, num_threads=1).compile(
             TwoSteps(), trainset=TRAIN, valset=VAL
         )
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.screening == "accuracy" and "one predictor" in result.screening_note
     assert len(program.draft.demos) == len(program.final.demos) == result.k
     assert result.val_score >= result.baseline_val_score and result.lm_calls <= 300
@@ -198,7 +201,7 @@ def test_registry_builds_it_and_bad_settings_fail_clearly(fake_lm, tmp_path):
     lm = fake_lm(responder(more_is_better))
     with dspy.context(lm=lm, adapter=PlainAdapter()):
         program = handle.compile(student(), trainset=TRAIN, valset=VAL)
-    assert program.dspy_ext_result.k == 8 and calls_of(lm) <= 200
+    assert compile_record(program).search.k == 8 and calls_of(lm) <= 200
     # The result is plain program state: it round-trips through program.json.
     path = tmp_path / "program.json"
     program.save(str(path))
@@ -229,7 +232,7 @@ def compile_sentiment_slice(lm: dspy.LM, **settings) -> dspy.Module:
 @pytest.mark.embedded
 def test_embedded_demo_search_on_a_sentiment_slice(local_lm):
     program = compile_sentiment_slice(local_lm, max_lm_calls=80, demo_counts=(3, 8))
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.screening == "likelihood" and result.label_set is not None
     assert result.lm_calls <= 80 and result.k in (3, 8)
     assert result.val_score is not None and result.val_score >= result.baseline_val_score
@@ -241,7 +244,7 @@ def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
     # 30 val rows; at 150 calls the confirmation fits two arms: the incumbent and the best-screened set.
     # Racing four would cut every arm off mid-valset and force the incumbent.
     lm = fake_lm(responder(more_is_better))
-    result = compile_with(lm, max_lm_calls=150).dspy_ext_result
+    result = compile_record(compile_with(lm, max_lm_calls=150)).search
     raced = [r for r in result.racing if r["val_rows"]]
     assert len(raced) == 2 and all(r["val_rows"] == len(VAL) for r in raced)
     assert not result.chose_incumbent and result.val_score > result.baseline_val_score
@@ -250,7 +253,7 @@ def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
 
 def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
     lm = fake_lm(responder(more_is_better))
-    result = compile_with(lm, screen_by="accuracy").dspy_ext_result
+    result = compile_record(compile_with(lm, screen_by="accuracy")).search
     assert result.screening == "accuracy" and "screen_by" in result.screening_note
     assert not lm.engine.score_requests  # nothing scored by likelihood
     assert result.k == 16 and result.val_score >= result.baseline_val_score
@@ -260,7 +263,7 @@ def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
 
 def test_grounded_arms_carry_the_constraints_read_off_the_outputs(fake_lm):
     lm = fake_lm(responder(more_is_better))
-    result = compile_with(lm, grounded=True).dspy_ext_result
+    result = compile_record(compile_with(lm, grounded=True)).search
     grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
     # The incumbent's demos and the first draw of each k (3, 8, 16).
     assert len(grounded) == 4
@@ -272,14 +275,14 @@ def test_grounded_arms_carry_the_constraints_read_off_the_outputs(fake_lm):
     assert any(expected in str(t) for t in texts)
     assert result.val_score >= result.baseline_val_score
     # Off by default: no grounded arm.
-    plain = compile_with(fake_lm(responder(more_is_better))).dspy_ext_result
+    plain = compile_record(compile_with(fake_lm(responder(more_is_better)))).search
     assert not [r for r in plain.racing if r["origin"] == "demo-search.grounded"]
 
 
 @pytest.mark.embedded
 def test_embedded_grounded_instruction_is_screened_on_the_real_model(local_lm):
     program = compile_sentiment_slice(local_lm, max_lm_calls=60, demo_counts=(3,), grounded=True)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
     assert grounded and all(r["screen"] is not None for r in grounded)
     assert result.lm_calls <= 60 and result.val_score >= result.baseline_val_score

@@ -1,4 +1,4 @@
-"""Instruction constraints read off training outputs (issue 10, lever 4)."""
+"""Instruction constraints read off training outputs."""
 
 from __future__ import annotations
 

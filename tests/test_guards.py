@@ -21,6 +21,7 @@ from dspy_ext.evaluation import (
     measure,
     metric_value,
 )
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import build_optimizer
 from dspy_ext.search import AcceptanceGate, RegressionGuard, parse_guards
 from dspy_ext.search.regression import one_sided_sign_flip
@@ -216,7 +217,7 @@ def test_a_candidate_that_breaks_a_guard_is_never_selected(name: str) -> None:
     # Unguarded, the optimizer adopts a verbose instruction: a higher objective, no format left.
     assert means_on(free, val)["format"] < student["format"]
     guarded, val = compile_world(name, guards={"format": 0.0}, seed=2)
-    result = guarded.dspy_ext_result
+    result = compile_record(guarded).search
     assert means_on(guarded, val)["format"] >= student["format"]
     rejected = [t for t in result.trials if t.get("guard") and not t["guard"]["ok"]]
     assert rejected and all("format" in t["guard"]["broken"] for t in rejected)
@@ -239,7 +240,7 @@ def test_a_choice_that_cannot_be_checked_returns_the_reference() -> None:
     # A budget too small to check another choice on the whole valset: the reference comes back, which is the
     # student with its labeled demos (what a user has for free), never a choice that was not checked.
     program, val = compile_world("ape", guards={"format": 0.0}, budget=40)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert program.predict.signature.instructions == BASELINE_INSTRUCTION
     assert result.best["origin"] in ("student", "final:student") or result.guard_report["fallback"] is not None
     assert program.predict.demos  # the labeled demo set of the search's reference, not the zero-shot student
@@ -256,7 +257,7 @@ def test_a_student_with_its_own_demos_is_the_reference_as_given() -> None:
     with dspy.context(lm=guard_world_lm(), adapter=PlainAdapter()):
         handle = build_optimizer("ape", guard_metric, budget=40, seed=0, num_threads=1, guards={"format": 0.0})
         program = handle.compile(student, trainset=train, valset=val)
-    assert program.dspy_ext_result.guard_report["fallback"] is not None
+    assert compile_record(program).search.guard_report["fallback"] is not None
     assert [d["input"] for d in program.predict.demos] == [d.input for d in own]
     assert program.predict.signature.instructions == BASELINE_INSTRUCTION
 
@@ -274,7 +275,11 @@ def test_the_dspy_gate_returns_the_student_when_the_compiled_program_breaks_a_gu
         assert handle.gate is not None
         gated = handle.compile(student, trainset=train, valset=val)
     # Demos raise correctness: the gate accepts; format is not guarded here.
-    assert gated.predict.demos and gated.dspy_ext_gate["accepted"] and gated.dspy_ext_gate["returned"] == "compiled"
+    assert (
+        gated.predict.demos
+        and compile_record(gated).gate["accepted"]
+        and compile_record(gated).gate["returned"] == "compiled"
+    )
     assert free.predict.demos
 
 
@@ -287,12 +292,12 @@ def test_the_dspy_gate_picks_the_best_guarded_candidate_or_the_student() -> None
     with dspy.context(lm=guard_world_lm(), adapter=PlainAdapter()):
         verbose.candidate_programs = [{"score": 0.9, "program": verbose}, {"score": 0.8, "program": concise}]
         chosen = gate.check(student, verbose, rows)
-        assert chosen is concise and chosen.dspy_ext_gate["returned"] == "candidate 1 of the optimizer"
-        assert chosen.dspy_ext_gate["compiled_verdict"]["broken"]["format"]["drop"] == 100.0
+        assert chosen is concise and compile_record(chosen).gate["returned"] == "candidate 1 of the optimizer"
+        assert compile_record(chosen).gate["compiled_verdict"]["broken"]["format"]["drop"] == 100.0
         lone = Transform(instructions="Handle the request at level 8.")
         back = gate.check(student, lone, rows)
     assert back is not student and back.predict.signature.instructions == BASELINE_INSTRUCTION
-    assert back.dspy_ext_gate["returned"] == "student" and not hasattr(student, "dspy_ext_gate")
+    assert compile_record(back).gate["returned"] == "student" and compile_record(student) is None
 
 
 def test_bfsrs_and_mipro_behind_the_gate_keep_the_format() -> None:
@@ -309,7 +314,7 @@ def test_bfsrs_and_mipro_behind_the_gate_keep_the_format() -> None:
                 n_val=len(val),
             ).compile(Transform(instructions=BASELINE_INSTRUCTION), trainset=train, valset=val)
         assert means_on(program, val)["format"] == 100.0, name
-        assert program.dspy_ext_gate["criteria"]["format"]["broken"] is False
+        assert compile_record(program).gate["criteria"]["format"]["broken"] is False
 
 
 # ---- repeats: stochastic failures --------------------------------------------------------------------------
@@ -465,4 +470,4 @@ def test_guarded_compile_on_the_embedded_model(local_lm: dspy.LM) -> None:
         ).compile(student, trainset=train, valset=val)
         after = Evaluator(metric).evaluate(program, val).criteria_means()
     assert after["format"] >= before["format"]
-    assert set(program.dspy_ext_result.guard_report["criteria"]) >= {"correct", "format"}
+    assert set(compile_record(program).search.guard_report["criteria"]) >= {"correct", "format"}

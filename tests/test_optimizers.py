@@ -33,6 +33,7 @@ from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS
 from dspy_ext.optimizers.evoprompt import differing_parts, roulette_pick
 from dspy_ext.optimizers.opro import render_trajectory
 from dspy_ext.optimizers.protegi import format_failures
+from dspy_ext.prompt_state import compile_record
 
 _lm_ids = itertools.count()
 META_TEXT = {role: sig.instructions for role, sig in DEFAULT_META_PROMPTS.items()}
@@ -168,7 +169,7 @@ def meta_requests(engine: FakeEngine, role: str) -> list[dict[str, str]]:
 
 
 def train_rows(program) -> list[dict]:
-    return [r for r in program.dspy_ext_result.trials if r["split"] == "train"]
+    return [r for r in compile_record(program).search.trials if r["split"] == "train"]
 
 
 FAST = dict(max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, max_lm_calls=5000)
@@ -331,7 +332,7 @@ def test_ape_resampling_is_seeded_by_the_top_k() -> None:
     paraphrased = Counter(f["instruction"] for f in meta_requests(engine, "paraphrase"))
     assert paraphrased == Counter({top2[0]: 2, top2[1]: 2})  # exactly the survivors, variants_per_survivor each
     survivor_keys = {initial[t][1] for t in top2}
-    resampled = [r for r in program.dspy_ext_result.trials if r["origin"] == "ape.resample1"]
+    resampled = [r for r in compile_record(program).search.trials if r["origin"] == "ape.resample1"]
     assert resampled and all(set(r["parents"]) <= survivor_keys for r in resampled)
 
 
@@ -570,7 +571,7 @@ def test_budget_cap_is_never_exceeded(method: str, cap: int, caplog: pytest.LogC
     )
     program = compile_in(optimizer, student_program(), engine, train=dataset(24), val=dataset(12, 100))
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert engine.calls <= cap
     assert result.lm_calls <= cap
     assert result.lm_calls == engine.calls  # every call (task and prompt model) is counted
@@ -606,7 +607,7 @@ def test_budget_counts_prompt_and_task_model_together(method: str) -> None:
     assert all(role_of(m) is not None for m in prompt_engine.requests)  # meta-prompts go to the prompt model
     assert all(role_of(m) is None for m in task_engine.requests)
     assert task_engine.calls + prompt_engine.calls <= 60
-    assert program.dspy_ext_result.lm_calls == task_engine.calls + prompt_engine.calls
+    assert compile_record(program).search.lm_calls == task_engine.calls + prompt_engine.calls
 
 
 def boost_task(messages: list[dict[str, str]]) -> str:
@@ -634,7 +635,7 @@ def test_two_predictor_program_gets_both_predictors_optimized(method: str) -> No
         instruction = getattr(program, name).signature.instructions
         assert instruction != before[name]
         assert "BOOST" in instruction
-    assert program.dspy_ext_result.val_score == 100.0
+    assert compile_record(program).search.val_score == 100.0
     assert {student.draft.signature.instructions, student.answer.signature.instructions} == set(before.values())
 
 
@@ -674,7 +675,7 @@ def test_student_is_untouched_and_result_is_a_new_program(method: str) -> None:
 
 
 def _fingerprint(program) -> tuple:
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     return (
         result.best["instructions"],
         result.best["demo_sets"],
@@ -723,7 +724,7 @@ def test_zero_demos_mean_zero_demos(method: str) -> None:
     )
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.demo_sets == 1
     assert program.demos == []
     assert result.best["n_demos"] == {"self": 0}
@@ -747,8 +748,8 @@ def test_demos_are_built_when_asked_for() -> None:
         num_threads=1,
     )
     program = compile_in(ape, student_program(), engine, train=dataset(16), val=dataset(8, 100))
-    assert program.dspy_ext_result.demo_sets > 1
-    assert any(r["n_demos"]["self"] > 0 for r in program.dspy_ext_result.trials)
+    assert compile_record(program).search.demo_sets > 1
+    assert any(r["n_demos"]["self"] > 0 for r in compile_record(program).search.trials)
     assert any(len(m) > 2 for m in task_requests(engine))
 
 
@@ -769,7 +770,7 @@ def test_duplicate_proposals_are_not_re_evaluated(method: str) -> None:
     optimizer = METHODS[method](seed=0, steps=3, minibatch_size=16, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.rejected.get("duplicate", 0) >= 1
     rows = [r for r in result.trials if r["instructions"]["self"] == same]
     assert len({r["key"] for r in rows}) == 1  # one candidate, however often it was proposed
@@ -796,7 +797,7 @@ def test_cut_off_or_empty_proposal_is_never_adopted(method: str, reply: str, rea
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.rejected.get(reason, 0) >= 1
     used = {m[0]["content"] for m in task_requests(engine)}
     assert not any("keep going" in text for text in used)  # never even evaluated
@@ -810,7 +811,7 @@ def test_tag_wrapped_proposals_are_unwrapped_and_empty_ones_rejected() -> None:
     engine = FakeEngine(World({"trajectory": lambda fields: next(replies, "Handle the request at level 1.")}))
     opro = OPRO(metric, seed=0, steps=1, proposals_per_step=2, minibatch_size=8, **FAST)
     program = compile_in(opro, student_program(), engine, train=dataset(16), val=dataset(8, 100))
-    assert program.dspy_ext_result.rejected.get("empty", 0) == 1
+    assert compile_record(program).search.rejected.get("empty", 0) == 1
     assert {m[0]["content"] for m in task_requests(engine)} == {STUDENT_INSTRUCTION, "Handle the request at level 8."}
     assert program.signature.instructions == "Handle the request at level 8."
 
@@ -830,7 +831,7 @@ def test_proposal_stopped_at_max_tokens_is_never_adopted(method: str) -> None:
     engine = LengthLimitedEngine(World({"paraphrase": keeping_level()}))  # short, well-formed, but cut off
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.rejected.get("truncated", 0) >= 1
     assert set(result.rejected) == {"truncated"}
     assert program.signature.instructions == STUDENT_INSTRUCTION
@@ -866,7 +867,7 @@ def test_leaking_proposals_are_rejected(method: str, mode: str, reason: str) -> 
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.rejected.get(reason, 0) >= 1
     final = program.signature.instructions
     assert "please handle item number" not in final
@@ -905,7 +906,7 @@ def test_evoprompt_survives_an_initial_population_of_rejected_proposals(method: 
     engine = FakeEngine(World({"induce": lambda f: '""', "paraphrase": lambda f: '""'}))
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
-    assert program.dspy_ext_result.rejected.get("empty", 0) >= 1
+    assert compile_record(program).search.rejected.get("empty", 0) >= 1
     assert program.signature.instructions == STUDENT_INSTRUCTION
 
 
@@ -918,7 +919,7 @@ def test_candidate_whose_every_evaluation_fails_does_not_break_the_search(method
     )
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
-    poisoned = [r for r in program.dspy_ext_result.trials if "POISON" in r["instructions"]["self"]]
+    poisoned = [r for r in compile_record(program).search.trials if "POISON" in r["instructions"]["self"]]
     assert poisoned and all(r["errors"] for r in poisoned)
     assert "POISON" not in program.signature.instructions
 
@@ -936,7 +937,7 @@ def test_task_model_errors_in_a_run_are_logged_on_trial_rows(method: str) -> Non
     )
 
     failed = [m for m in task_requests(engine) if item_number(m[-1]["content"]) % 8 == 0]
-    rows = program.dspy_ext_result.trials
+    rows = compile_record(program).search.trials
     assert failed
     assert sum(r["errors"].get("lm_error", 0) for r in rows) == len(failed)
     student_rows = [r for r in rows if r["instructions"]["self"] == "Handle the request at level 8."]
@@ -960,7 +961,7 @@ def test_a_candidate_whose_rows_mostly_failed_is_never_adopted(method: str) -> N
     optimizer = METHODS[method](seed=0, steps=2, minibatch_size=8, **FAST)
     program = compile_in(optimizer, student_program(), engine, train=dataset(16), val=dataset(8, 100))
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     flaky_rows = [r for r in result.trials if r["instructions"]["self"] == flaky]
     assert flaky_rows and any(r["errors"]["lm_error"] > 0 for r in flaky_rows)  # it was tried, and failed
     assert program.signature.instructions != flaky

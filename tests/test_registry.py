@@ -16,9 +16,10 @@ import dspy
 import pytest
 
 from dspy_ext.adapters import PlainAdapter
+from dspy_ext.optimizers.ape import APEConfig
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import (
     REGISTRY,
-    APEConfig,
     COPROConfig,
     MIPROConfig,
     build_optimizer,
@@ -165,7 +166,7 @@ def test_our_optimizers_get_the_valset_and_keep_the_budget(name: str) -> None:
     assert len(calls["trainset"]) == 12 and len(calls["valset"]) == 12
     used = lm.engine.calls + len(lm.engine.score_requests)  # likelihood passes count as calls too
     assert 0 < used <= 60
-    assert program.dspy_ext_result.lm_calls == used
+    assert compile_record(program).search.lm_calls == used
 
 
 def test_copro_gets_eval_kwargs_and_no_valset() -> None:
@@ -289,3 +290,26 @@ def test_registry_constructor_and_tuning_space_agree(name: str) -> None:
     # A constructor keyword is validated by the same model.
     with pytest.raises(ValueError, match="invalid config for optimizer '.+': .*greater than or equal to"):
         cls(metric, **{next(iter(spec.config_model.model_fields)): -1})
+
+
+def test_capabilities_are_named_fields_of_each_entry() -> None:
+    from dspy_ext.search import GuardMode, MetricForm
+
+    assert {n for n, s in REGISTRY.items() if s.takes_feedback} == {
+        "protegi",
+        "opro",
+        "evoprompt-ga",
+        "evoprompt-de",
+        "gepa",
+    }
+    assert {n for n, s in REGISTRY.items() if s.final_selector} == OURS - {"demo-search"}
+    assert {n for n, s in REGISTRY.items() if s.enforces_budget} == OURS
+    assert {n for n, s in REGISTRY.items() if s.guards is GuardMode.IN_SEARCH} == OURS - {"demo-search"}
+    assert {n for n, s in REGISTRY.items() if s.metric is MetricForm.RAW} == OURS - {"demo-search"}
+    assert REGISTRY["gepa"].metric is MetricForm.SCALAR_FEEDBACK
+    # DemoSearch is gated and scored like DSPy's optimizers: guards go through the acceptance gate.
+    demo = REGISTRY["demo-search"]
+    assert demo.guards is GuardMode.GATE and demo.metric is MetricForm.SCALAR and not demo.final_selector
+    with dspy.context(lm=fake_world_lm(), adapter=PlainAdapter()):
+        gated = build_optimizer("demo-search", metric, guards={"score": 0})
+    assert gated.gate is not None and gated.optimizer.options.guards == {}

@@ -9,6 +9,7 @@ with the signature instructions (for meta-prompts: the docstrings in
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -24,13 +25,15 @@ from dspy_ext import OPRO
 from dspy_ext.adapters.plain import PlainAdapter
 from dspy_ext.evaluation import EvaluationReport
 from dspy_ext.evaluation.evaluator import ErrorKind, RowResult
-from dspy_ext.lm import CallMeter, FakeEngine
+from dspy_ext.lm import FakeEngine
 from dspy_ext.lm.engine import Generation
 from dspy_ext.lm.metering import UsageSnapshot
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_texts
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.search import (
     Candidate,
     CandidateStore,
+    CompileOptions,
     Models,
     PredictorPrompt,
     Proposal,
@@ -318,27 +321,27 @@ def test_clean_proposal(raw, clean: str) -> None:
 # ---- SearchRun ---------------------------------------------------------------------------------------
 
 
-def make_run(responder, *, trainset=None, engine_cls=FakeEngine) -> tuple[SearchRun, FakeEngine]:
-    engine = engine_cls(responder)
+def make_run(
+    responder, *, trainset=None, engine_cls=FakeEngine, engine=None, run_metric=None
+) -> tuple[SearchRun, FakeEngine]:
+    engine = engine or engine_cls(responder)
     lm = fake_lm(engine)
     trainset = trainset or [item(i) for i in range(8)]
     run = SearchRun(
+        CompileOptions(max_lm_calls=50, seed=0, num_threads=2 if run_metric else 1),
         method="unit",
         student=dspy.Predict(dspy.Signature("input -> output", "Reply to the request.")),
         trainset=trainset,
         valset=[item(i) for i in range(100, 104)],
-        metric=metric,
+        metric=run_metric or metric,
         models=Models(lm, PlainAdapter(), lm, PlainAdapter()),
         seed=0,
-        base_seed=0,
-        total_meter=CallMeter(50),
-        search_meter=CallMeter(40),
-        minibatch_size=4,
-        num_threads=1,
         guard=ProposalGuard(
             meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS), train_inputs=[ex.input for ex in trainset]
         ),
         meta_prompts=DEFAULT_META_PROMPTS,
+        minibatch_size=4,
+        search_cap=40,
         trial_log=TrialLog(None),
     )
     return run, engine
@@ -413,12 +416,7 @@ def test_evaluation_errors_are_counted_not_scored() -> None:
         return example.output == prediction.output
 
     engine = FakeEngine(responder, fail_when=lambda m: item_number(m[-1]["content"]) % 8 == 0)
-    run, _ = make_run(responder)
-    run.models = Models(fake_lm(engine), PlainAdapter(), fake_lm(engine), PlainAdapter())
-    run.metric = strict_metric
-    from dspy_ext.evaluation import Evaluator
-
-    run.evaluator = Evaluator(strict_metric, num_threads=2)
+    run, _ = make_run(responder, engine=engine, run_metric=strict_metric)
     batch = [item(i) for i in range(16)]
     seed = Candidate.from_program(run.student)
     report = run.evaluate(seed, batch, split="train")
@@ -464,7 +462,7 @@ def test_compile_writes_the_trial_log(tmp_path: Path) -> None:
         with dspy.context(lm=fake_lm(engine), adapter=PlainAdapter()):
             program = opro.compile(dspy.Predict("input -> output"), trainset=train, valset=val)
 
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     rows = [json.loads(line) for line in (tmp_path / "trials.jsonl").read_text().splitlines()]
     assert rows == result.trials and len(rows) >= 5
     keys_before: set[str] = set()
@@ -505,3 +503,57 @@ def test_clean_proposal_strips_a_chatty_preamble() -> None:
     )
     assert clean_proposal("Here is the improved prompt: Name the larger animal.") == "Name the larger animal."
     assert clean_proposal("Here's the new instruction: \"write the first letter") == "write the first letter"
+
+
+# ---- the shared settings ---------------------------------------------------------------------------------
+
+
+def test_compile_options_are_checked_once_when_made() -> None:
+    from dspy_ext.search import CompileOptions
+
+    options = CompileOptions(max_lm_calls=200, seed=3, guards=["format=0"], repeats=2, guard_repeats=3)
+    assert options.guards == {"format": 0.0} and options.eval_repeats == 3
+    assert CompileOptions(repeats=2, guard_repeats=3).eval_repeats == 2  # guard_repeats only with guards
+    for bad, message in [
+        ({"max_lm_calls": 0}, "max_lm_calls must be >= 1"),
+        ({"num_threads": 0}, "num_threads must be >= 1"),
+        ({"repeats": 0}, "repeats must be >= 1"),
+        ({"guard_repeats": 0}, "guard_repeats must be >= 1"),
+        ({"eval_temperature": -1.0}, "eval_temperature must be >= 0"),
+        ({"guards": {"format": 101}}, "outside 0-100"),
+        ({"final_selector": object()}, "final_selector must have a select"),
+        ({"guard_reference": "student"}, "guard_reference must be a dspy.Module"),
+        ({"feedback": ["critique"]}, "feedback must be a SearchFeedback"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            CompileOptions(**bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.seed = 4  # type: ignore[misc]
+    assert options.replace(seed=4).seed == 4 and options.seed == 3
+
+
+def test_an_optimizer_takes_the_shared_settings_as_keywords_or_as_options() -> None:
+    from dspy_ext.optimizers import APE, DemoSearch
+    from dspy_ext.search import CompileOptions, SuccessiveHalving
+
+    by_keywords = APE(metric, max_lm_calls=120, seed=2, top_k=2)
+    by_options = APE(metric, options=CompileOptions(max_lm_calls=120, seed=2), top_k=2)
+    assert by_keywords.options == by_options.options and by_keywords.config == by_options.config
+    assert by_keywords.max_lm_calls == 120 and isinstance(by_keywords.final_selector, SuccessiveHalving)
+    with pytest.raises(ValueError, match="not both"):
+        APE(metric, options=CompileOptions(), seed=1)
+    # DemoSearch's final choice is its own race, and its guards are the registry's acceptance gate.
+    for shared in ({"final_selector": SuccessiveHalving()}, {"guards": {"score": 0}}):
+        with pytest.raises(ValueError, match="final selection|acceptance gate"):
+            DemoSearch(metric, **shared)
+
+
+def test_rejection_reasons_are_strings() -> None:
+    from dspy_ext.search import Rejection
+
+    assert Rejection.DUPLICATE == "duplicate" and f"{Rejection.DUPLICATE}" == "duplicate"
+    assert json.dumps({Rejection.TRUNCATED: 1}) == '{"truncated": 1}'
+    run, _ = make_run(lambda messages: "x")
+    run.reject(Rejection.EMPTY)
+    run.reject("empty")
+    assert run.rejected == {"empty": 2} and type(next(iter(run.rejected))) is str

@@ -114,6 +114,8 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
     """
 
     roles = ("induce", "paraphrase", "crossover", "differential")
+    #: It uses a person's critiques (``feedback=``).
+    capabilities = InstructionSearch.capabilities.with_feedback()
     config_model = EvoPromptConfig
     config: EvoPromptConfig
 
@@ -229,9 +231,9 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
 
     def _feedback_fields(self, run: SearchRun) -> dict[str, str]:
         """The ``reviewer_feedback`` field of a feedback meta-prompt (nothing without feedback)."""
-        if not self.feedback:
+        if not self.options.feedback:
             return {}
-        return {"reviewer_feedback": self.feedback.render(self.feedback.sample(run.rng))}
+        return {"reviewer_feedback": self.options.feedback.render(self.options.feedback.sample(run.rng))}
 
     def select(
         self, run: SearchRun, state: EvoPromptState, population: list[Candidate], children: list[Candidate]

@@ -72,6 +72,8 @@ class OPRO(InstructionSearch[OPROState]):
 
     method = "opro"
     roles = ("trajectory",)
+    #: It uses a person's critiques (``feedback=``).
+    capabilities = InstructionSearch.capabilities.with_feedback()
     config_model = OPROConfig
     config: OPROConfig
 
@@ -105,8 +107,8 @@ class OPRO(InstructionSearch[OPROState]):
             "scored_instructions": render_trajectory(self.trajectory(run, population, name)),
             "task_examples": format_pairs(exemplars),
         }
-        if self.feedback:
-            fields["reviewer_feedback"] = self.feedback.render(self.feedback.sample(run.rng))
+        if self.options.feedback:
+            fields["reviewer_feedback"] = self.options.feedback.render(self.options.feedback.sample(run.rng))
         proposals = run.ask(
             self.feedback_role("trajectory"),
             self.config.proposals_per_step,

@@ -101,6 +101,8 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
 
     method = "protegi"
     roles = ("diagnose", "edit", "paraphrase")
+    #: It uses a person's critiques (``feedback=``).
+    capabilities = InstructionSearch.capabilities.with_feedback()
     config_model = ProTeGiConfig
     config: ProTeGiConfig
 
@@ -116,7 +118,7 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
         return c.steps * c.beam_width * (1 + c.num_gradients * (1 + c.paraphrases_per_edit))
 
     def new_state(self, run: SearchRun) -> ProTeGiState:
-        return ProTeGiState(reviewer_reasons=self.feedback.reasons() if self.feedback else [])
+        return ProTeGiState(reviewer_reasons=self.options.feedback.reasons() if self.options.feedback else [])
 
     def initial(self, run: SearchRun, state: ProTeGiState, seed_candidate: Candidate) -> list[Candidate]:
         return []
@@ -150,7 +152,7 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
                 gradients += [(reason, failures, "lm") for reason in reasons[: c.num_gradients - len(gradients)]]
             for reason, failures, source in gradients:
                 # Without feedback the trial log stays as it always was: no gradient_source key.
-                meta = {"gradient": reason, **({"gradient_source": source} if self.feedback else {})}
+                meta = {"gradient": reason, **({"gradient_source": source} if self.options.feedback else {})}
                 role = "edit_feedback" if source == "reviewer" else "edit"
                 for proposal in run.ask(
                     role,
@@ -175,7 +177,7 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
 
     def _reviewer_failures(self, reason: str) -> str:
         """The outputs the reviewer rejected for ``reason``, as the edit prompt's failures."""
-        rejected = self.feedback.with_reason(reason) if self.feedback else []
+        rejected = self.options.feedback.with_reason(reason) if self.options.feedback else []
         return SearchFeedback.render(rejected[: self.config.errors_per_gradient])
 
     def select(

@@ -9,8 +9,13 @@
 * :class:`SearchRun` - the per-compile state (RNG, budget, evaluator, store, log);
 * :class:`Proposal` - one reply of the prompt model (text, cut-off flag, role);
 * :class:`InstructionSearchConfig` - the settings every search shares (each method extends it);
-* :class:`FinalSelector` - the final choice: :class:`SuccessiveHalving` (default) or :class:`CandidateTPE`;
-* :class:`InstructionSearch` - the teleprompter base class with the shared loop;
+* :class:`FinalSelector` - the final choice: :class:`SuccessiveHalving` (default), :class:`CandidateTPE`
+  or :class:`IncumbentRace` (DemoSearch's);
+* :class:`CompileOptions` - the settings every optimizer shares (budget, seed, models, guards, ...),
+  validated once; :class:`Capabilities` - what an optimizer does with them;
+* :class:`SearchTeleprompter` - the one compile of dspy-ext's optimizers, around a strategy's ``search``;
+* :class:`InstructionSearch` - the instruction-search strategy with the shared loop;
+* :class:`Rejection` - why a proposal or demo set was set aside;
 * :class:`SearchFeedback` - a person's critiques (:class:`HumanCritique`) as plain data for the methods.
 """
 
@@ -20,15 +25,31 @@ from dspy_ext.search.base import InstructionSearch, SearchResult, format_pairs
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig, OptimizerConfig, tunable
 from dspy_ext.search.feedback import HumanCritique, SearchFeedback
-from dspy_ext.search.final_selection import CandidateTPE, FinalSelector, SuccessiveHalving, final_contenders
+from dspy_ext.search.final_selection import (
+    CandidateTPE,
+    FinalSelector,
+    IncumbentRace,
+    SuccessiveHalving,
+    final_contenders,
+)
 from dspy_ext.search.guards import ProposalGuard, clean_proposal
+from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
+from dspy_ext.search.reasons import Rejection
 from dspy_ext.search.regression import AcceptanceGate, CriterionCheck, GuardVerdict, RegressionGuard, parse_guards
 from dspy_ext.search.run import Models, Proposal, SearchRun, SearchStopped
 from dspy_ext.search.store import CandidateRecord, CandidateStore
+from dspy_ext.search.teleprompter import SearchTeleprompter
 from dspy_ext.search.trial_log import TrialLog
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "Capabilities",
+    "CompileOptions",
+    "GuardMode",
+    "IncumbentRace",
+    "MetricForm",
+    "Rejection",
+    "SearchTeleprompter",
     "Candidate",
     "CandidateTPE",
     "FinalSelector",

@@ -1,4 +1,4 @@
-"""The shared instruction-search teleprompter: one loop for APE, OPRO, EvoPrompt and ProTeGi.
+"""The shared instruction-search strategy: one loop for APE, OPRO, EvoPrompt and ProTeGi.
 
 A method is a subclass that says how it *proposes* candidates and how it
 *selects* which to keep, with a typed config model (its settings, written
@@ -16,7 +16,9 @@ once) and, if it needs one, a typed per-run state; everything else is here:
 
 ``max_lm_calls`` is a hard cap on task and prompt-model calls together. The
 search phase gets ``1 - final_share`` of it; when any cap is hit the best
-candidate so far is returned, with a warning.
+candidate so far is returned, with a warning. The compile around the loop
+(valset, models, meters, trial log, result) is
+:class:`~dspy_ext.search.teleprompter.SearchTeleprompter`'s.
 """
 
 from __future__ import annotations
@@ -24,30 +26,26 @@ from __future__ import annotations
 import abc
 import logging
 import math
-import random
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import dspy
-from dspy.teleprompt import Teleprompter
 
-from dspy_ext.data import default_valset
-from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, metering
-from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_prompt_labels, meta_prompt_texts
+from dspy_ext.lm.metering import metering
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
-from dspy_ext.search.config import DEFAULT_BUDGET, InstructionSearchConfig
-from dspy_ext.search.context import demo_set_context_fit
+from dspy_ext.search.config import InstructionSearchConfig
+from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
 from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
-from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
-from dspy_ext.search.guards import ProposalGuard
+from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
 from dspy_ext.search.plan import CallPlan
-from dspy_ext.search.regression import RegressionGuard, parse_guards
-from dspy_ext.search.run import Models, SearchRun, SearchStopped
-from dspy_ext.search.trial_log import TrialLog
+from dspy_ext.search.reasons import Rejection
+from dspy_ext.search.regression import RegressionGuard
+from dspy_ext.search.result import SearchResult
+from dspy_ext.search.run import SearchRun, SearchStopped
+from dspy_ext.search.teleprompter import SearchTeleprompter
+
+__all__ = ["InstructionSearch", "SearchResult", "format_pairs"]
 
 #: A method's per-run state (``None`` for methods that need none).
 StateT = TypeVar("StateT")
@@ -55,140 +53,52 @@ StateT = TypeVar("StateT")
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SearchResult:
-    """What a compile found; attached to the returned program as ``dspy_ext_result``."""
-
-    method: str
-    best: dict[str, Any]
-    val_score: float | None
-    baseline_val_score: float | None
-    lm_calls: int
-    tokens: int
-    seconds: float
-    budget_exhausted: bool
-    n_candidates: int
-    rejected: dict[str, int]
-    demo_sets: int
-    trials: list[dict[str, Any]] = field(repr=False, default_factory=list)
-    #: With regression guards: every criterion, reference against the returned program on the valset
-    #: (means with 95% CIs, the paired drop and test, tolerance, broken), the tolerances, and how many
-    #: candidates each guard set aside (see :meth:`InstructionSearch._guard_report`).
-    guard_report: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "trials"}
-
-
-class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
+class InstructionSearch(SearchTeleprompter, Generic[StateT]):
     """Base class of the instruction-search teleprompters.
 
     A method's settings are its :attr:`config_model` (defaults and bounds written once); they are
-    given as keyword arguments and validated here, and read as ``self.config.<name>``.
+    given as keyword arguments and validated here, and read as ``self.config.<name>``. The shared
+    settings (:class:`~dspy_ext.search.options.CompileOptions`) are given as keywords or as
+    ``options=``; an instruction search uses all of them:
+
+    * ``final_selector`` chooses the returned (instruction x demo set) among the final contenders
+      (default: :class:`~dspy_ext.search.final_selection.SuccessiveHalving`);
+    * ``feedback`` (a person's critiques) reaches the methods that use them (ProTeGi as gradients,
+      OPRO and EvoPrompt in their meta-prompts);
+    * ``guards`` ``{criterion: points}``: the most points (0-100) a criterion of the metric may drop
+      against ``guard_reference`` (default: the student) on the same rows. A candidate that breaks
+      one is never selected, and its rejection is logged in the trial log; if the final choice breaks
+      one on the valset, the reference program is returned. See :mod:`dspy_ext.search.regression`.
 
     Args:
         metric: ``metric(example, prediction, trace=None)``.
-        max_lm_calls: Hard cap on LM calls (task + prompt model) for the compile.
-        seed: Seeds every random choice; ``0`` is a seed like any other.
-        num_threads: Evaluation threads.
-        prompt_model: LM that writes instructions (default: the task model).
-        task_model: LM that runs the program (default: ``dspy.settings.lm``).
-        meta_prompts: Overrides of the meta-prompt Signatures, by role.
-        log_dir: Folder for ``trials.jsonl`` (``None``: in memory only).
-        progress: Show a progress bar with the best score and calls used.
-        final_selector: Chooses the returned (instruction x demo set) among the final contenders
-            (default: :class:`~dspy_ext.search.final_selection.SuccessiveHalving`).
-        feedback: A person's critiques (Bad outputs with reasons) for the methods that use them
-            (ProTeGi as gradients, OPRO and EvoPrompt in their meta-prompts); ``None``: none.
-        guards: Regression guards ``{criterion: points}``: the most points (0-100) a criterion of the
-            metric may drop against ``guard_reference`` on the same rows (``score`` is the objective).
-            A candidate that breaks one is never selected, and its rejection is logged in the trial
-            log; if the final choice breaks one on the valset, the reference program is returned.
-            See :mod:`dspy_ext.search.regression`.
-        guard_reference: The program guards compare against (default: the student).
-        guard_repeats: Rollouts per row when guards are set (every evaluation then uses
-            ``max(repeats, guard_repeats)``); with more than one the guard's test is the stochastic one.
-        repeats: Rollouts per row of every evaluation; selection uses the mean over them.
-        eval_temperature: Task-LM temperature of the evaluations (``None``: the LM's own). Guards use the
-            stochastic test when it, or the task LM's own temperature, is above 0, or repeats exceed 1.
         **settings: The method's settings (see its config model, e.g. ``steps``, ``minibatch_size``,
-            ``max_labeled_demos``, ``final_candidates``, ``final_share``).
+            ``max_labeled_demos``, ``final_candidates``, ``final_share``), the shared settings, and
+            ``meta_prompts`` (overrides of the meta-prompt Signatures, by role).
 
     Raises:
         ValueError: A bad or unknown setting (the message names it and lists the valid ones).
     """
 
     method: ClassVar[str] = "search"
-    #: Roles of :data:`DEFAULT_META_PROMPTS` this method uses.
-    roles: ClassVar[tuple[str, ...]] = ()
-    #: The method's settings: defaults, bounds and tuning ranges.
     config_model: ClassVar[type[InstructionSearchConfig]] = InstructionSearchConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        enforces_budget=True, final_selector=True, guards=GuardMode.IN_SEARCH, metric=MetricForm.RAW
+    )
+    config: InstructionSearchConfig
 
-    def __init__(
-        self,
-        metric: Any,
-        *,
-        max_lm_calls: int = DEFAULT_BUDGET,
-        seed: int = 0,
-        num_threads: int = 4,
-        prompt_model: dspy.BaseLM | None = None,
-        task_model: dspy.BaseLM | None = None,
-        meta_prompts: dict[str, type[dspy.Signature]] | None = None,
-        log_dir: str | Path | None = None,
-        progress: bool = False,
-        final_selector: FinalSelector | None = None,
-        feedback: SearchFeedback | None = None,
-        guards: dict[str, float] | None = None,
-        guard_reference: dspy.Module | None = None,
-        guard_repeats: int = 1,
-        repeats: int = 1,
-        eval_temperature: float | None = None,
-        **settings: Any,
-    ) -> None:
-        super().__init__()
-        if max_lm_calls < 1:
-            raise ValueError("max_lm_calls must be >= 1")
-        if num_threads < 1:
-            raise ValueError("num_threads must be >= 1")
-        unknown = set(meta_prompts or {}) - set(DEFAULT_META_PROMPTS)
-        if unknown:
-            raise ValueError(f"unknown meta-prompt roles {sorted(unknown)}; known: {sorted(DEFAULT_META_PROMPTS)}")
-        if final_selector is not None and not isinstance(final_selector, FinalSelector):
-            raise ValueError(
-                f"final_selector must have a select(run, seed_candidate, contenders) method, "
-                f"got {type(final_selector).__name__}"
-            )
-        self.config = self.config_model.resolve(settings, name=self.method)
-        self.metric = metric
-        self.max_lm_calls = max_lm_calls
-        self.seed = seed
-        self.num_threads = num_threads
-        self.prompt_model = prompt_model
-        self.task_model = task_model
-        self.meta_prompts = {**DEFAULT_META_PROMPTS, **(meta_prompts or {})}
-        self.log_dir = Path(log_dir) if log_dir else None
-        self.progress = progress
-        self.final_selector: FinalSelector = final_selector or SuccessiveHalving()
-        if feedback is not None and not isinstance(feedback, SearchFeedback):
-            raise ValueError(f"feedback must be a SearchFeedback, got {type(feedback).__name__}")
-        self.feedback: SearchFeedback | None = feedback or None
-        self.guards: dict[str, float] = parse_guards(guards)
-        if guard_reference is not None and not isinstance(guard_reference, dspy.Module):
-            raise ValueError(f"guard_reference must be a dspy.Module, got {type(guard_reference).__name__}")
-        if guard_repeats < 1 or repeats < 1:
-            raise ValueError("repeats and guard_repeats must be >= 1")
-        if eval_temperature is not None and eval_temperature < 0:
-            raise ValueError(f"eval_temperature must be >= 0, got {eval_temperature}")
-        self.guard_reference = guard_reference
-        self.guard_repeats = guard_repeats
-        self.repeats = repeats
-        self.eval_temperature = eval_temperature
-        if self.guards:
+    def __init__(self, metric: Any, **settings: Any) -> None:
+        super().__init__(metric, **settings)
+        self.final_selector: FinalSelector = self.options.final_selector or SuccessiveHalving()
+
+    def _check_options(self, options: CompileOptions) -> None:
+        super()._check_options(options)
+        if options.guards:
             from dspy_ext.evaluation import criteria_names
 
-            known = criteria_names(metric)
+            known = criteria_names(self.metric)
             if known is not None:
-                RegressionGuard(self.guards).validate(known)  # a misspelt guard fails here, before any call
+                RegressionGuard(options.guards).validate(known)  # a misspelt guard fails here, before any call
 
     # ---- what a method defines --------------------------------------------------------
     def new_state(self, run: SearchRun) -> StateT:
@@ -233,97 +143,37 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         demos = max(c.max_labeled_demos, c.max_bootstrapped_demos)  # bootstrapped sets are topped up with labeled
         return CallPlan(task, prompt, demos).capped(self.max_lm_calls)
 
-    def active_roles(self) -> tuple[str, ...]:
-        """The meta-prompt roles of this compile: :attr:`roles`, plus their feedback variants with feedback."""
-        if not self.feedback:
-            return self.roles
-        return self.roles + tuple(FEEDBACK_ROLES[r] for r in self.roles if r in FEEDBACK_ROLES)
+    def search_cap(self) -> int:
+        """The search phase's share of the budget (``1 - final_share``; the rest is the final selection's)."""
+        return max(1, int(self.max_lm_calls * (1.0 - self.config.final_share)))
 
-    def feedback_role(self, role: str) -> str:
-        """``role``'s variant that shows a person's critiques when this compile has feedback, else ``role``."""
-        return FEEDBACK_ROLES.get(role, role) if self.feedback else role
+    def minibatch_size(self) -> int:
+        return self.config.minibatch_size
 
     # ---- the loop ---------------------------------------------------------------------
-    def compile(
-        self,
-        student: dspy.Module,
-        *,
-        trainset: list[dspy.Example],
-        valset: list[dspy.Example] | None = None,
-        **kwargs: Any,
-    ) -> dspy.Module:
-        """Search instructions (and demo sets) for every predictor of ``student``.
+    def search(self, run: SearchRun, student: dspy.Module) -> Candidate:
+        """Demo sets, initial candidates, ``steps`` rounds, the final selection and the guards' check."""
+        self._announce(run)
+        seed_candidate = self._search_phase(run, student)
+        try:
+            best = self._final_selection(run, seed_candidate)
+        except SearchStopped:
+            run.mark_exhausted()
+            best = None
+        if best is None:
+            validated = run.store.best_validated()
+            ranked = run.store.ranked()
+            best = validated.candidate if validated else ranked[0].candidate if ranked else seed_candidate
+            logger.warning(
+                "%s: LM-call budget of %d used up; returning the best candidate so far", self.method, self.max_lm_calls
+            )
+        if run.regression is not None:
+            best = self._guarded_choice(run, student, best)
+        return best
 
-        Args:
-            student: Any DSPy program; it is not modified.
-            trainset: Training examples (proposals, demos, search minibatches).
-            valset: Examples for the final choice; default: 40% of ``trainset``, seeded.
-
-        Returns:
-            A new program carrying the best prompts; ``program.dspy_ext_result`` holds a
-            :class:`SearchResult`.
-        """
-        if kwargs.get("teacher") is not None:
-            raise ValueError(f"{type(self).__name__} does not use a teacher program")
-        if not trainset:
-            raise ValueError("trainset is empty")
-        rng = random.Random(self.seed)
-        trainset, valset = default_valset(trainset, valset, rng)
-        models = Models.resolve(self.task_model, self.prompt_model, method=self.method, max_lm_calls=self.max_lm_calls)
-        total = CallMeter(self.max_lm_calls, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
-        search_cap = max(1, int(self.max_lm_calls * (1.0 - self.config.final_share)))
-        search_meter = CallMeter(search_cap)
-        log_path = self.log_dir / "trials.jsonl" if self.log_dir else None
-        if log_path is not None and log_path.exists():
-            log_path.unlink()
-        meta_signatures = {r: self.meta_prompts[r] for r in self.active_roles()}
-        # Inputs and labels alike: neither may be copied into the instruction (AdalFlow#434); nor may the
-        # inputs and outputs of critiques shown in a meta-prompt.
-        copied = [str(v) for ex in trainset for k, v in ex.items() if k != "accepted"]
-        if self.feedback:
-            copied += [str(v) for c in self.feedback.critiques for v in (*c.inputs.values(), *c.output.values())]
-        guard = ProposalGuard(
-            meta_texts=meta_prompt_texts(meta_signatures),
-            meta_labels=meta_prompt_labels(meta_signatures),
-            train_inputs=copied,
-        )
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.max_lm_calls, desc=self.method, unit="call")
-        repeats = max(self.repeats, self.guard_repeats) if self.guards else self.repeats
-        regression = None
-        if self.guards:
-            lm_temperature = (getattr(models.task_lm, "kwargs", None) or {}).get("temperature") or 0.0
-            sampled = (self.eval_temperature if self.eval_temperature is not None else lm_temperature) > 0
-            regression = RegressionGuard(self.guards, stochastic=sampled or repeats > 1, seed=self.seed)
-        run = SearchRun(
-            method=self.method,
-            student=student,
-            trainset=trainset,
-            valset=valset,
-            metric=self.metric,
-            models=models,
-            seed=rng.randrange(2**31),
-            base_seed=self.seed,
-            total_meter=total,
-            search_meter=search_meter,
-            minibatch_size=self.config.minibatch_size,
-            num_threads=self.num_threads,
-            guard=guard,
-            meta_prompts=self.meta_prompts,
-            trial_log=TrialLog(log_path),
-            progress=bar,
-            regression=regression,
-            reference=self.guard_reference,
-            repeats=repeats,
-            temperature=self.eval_temperature,
-        )
-        n_pred = len(run.predictor_names())
-        if n_pred == 0:
-            raise ValueError("the student has no dspy.Predict modules to optimize")
-        projected = self.projected_calls(n_pred, len(valset))
+    def _announce(self, run: SearchRun) -> None:
+        search_cap = run.search_meter.max_calls or 0
+        projected = self.projected_calls(len(run.predictor_names()), len(run.valset))
         logger.info(
             "%s: projected about %d LM calls without a cap; cap %d (search %d, final %d)",
             self.method,
@@ -334,85 +184,61 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         )
         if projected > self.max_lm_calls:
             logger.info("%s: the cap will cut the run short; the best candidate so far is returned", self.method)
-        try:
-            with metering(total):
-                best, exhausted = self._run(run, student)
-        finally:
-            if bar is not None:
-                bar.close()
-        return self._finish(run, student, best, exhausted)
 
-    def _run(self, run: SearchRun, student: dspy.Module) -> tuple[Candidate, bool]:
-        exhausted = False
+    def _search_phase(self, run: SearchRun, student: dspy.Module) -> Candidate:
+        """The demo sets, the initial candidates and the search steps; returns the student's own prompts."""
         seed_candidate = Candidate.from_program(student, origin="student")
-        population: list[Candidate] = []
         with metering(run.search_meter):
             try:
                 self._build_demo_sets(run, student)
                 seed_candidate = with_demo_set(seed_candidate, run, 0, origin="student")
-                if self.guard_reference is None:
+                if self.options.guard_reference is None:
                     # Guards compare with what a user has for free: the student with its labeled demos. A
                     # student that brings its own demos is that program already; it is the reference as given.
                     own_demos = all(p.demos for _, p in predictors(student))
-                    reference = Candidate.from_program(student, origin="student") if own_demos else seed_candidate
-                    run.reference = reference.apply(student)
-                    run.reference_candidate = reference
+                    run.set_reference(
+                        Candidate.from_program(student, origin="student") if own_demos else seed_candidate
+                    )
                 state = self.new_state(run)
                 initial = [seed_candidate] + [c for c in self.initial(run, state, seed_candidate) if c is not None]
                 population = self.select(run, state, [], _unique(initial))
                 for step in range(self.config.steps):
-                    run.step = step + 1
+                    run.begin_step(step + 1)
                     children = [c for c in self.propose(run, state, population, step) if c is not None]
                     population = self.select(run, state, population, _unique(children))
             except SearchStopped:
-                exhausted = True
+                run.mark_exhausted()
                 logger.warning(
                     "%s: search budget (%d calls) used up at step %d; continuing with the best so far",
                     self.method,
                     run.search_meter.max_calls,
                     run.step,
                 )
-        try:
-            best = self._final_selection(run, seed_candidate)
-        except SearchStopped:
-            exhausted = True
-            best = None
-        if best is None:
-            validated = run.store.best_validated()
-            ranked = run.store.ranked()
-            best = validated.candidate if validated else ranked[0].candidate if ranked else seed_candidate
-            logger.warning(
-                "%s: LM-call budget of %d used up; returning the best candidate so far", self.method, self.max_lm_calls
-            )
-        if run.regression is not None:
-            best, out_of_budget = self._guarded_choice(run, student, best)
-            exhausted = exhausted or out_of_budget
-        return best, exhausted or run.total_meter.exhausted
+        return seed_candidate
 
     def _reference_candidate(self, run: SearchRun, student: dspy.Module) -> Candidate:
         """The guards' reference as prompts of the student (the student's own when the shapes differ)."""
         own = Candidate.from_program(student, origin="reference")
-        if self.guard_reference is None:
+        if self.options.guard_reference is None:
             return run.reference_candidate or own
-        reference = Candidate.from_program(self.guard_reference, origin="reference")
+        reference = Candidate.from_program(self.options.guard_reference, origin="reference")
         return reference if set(reference.prompts) == set(own.prompts) else own
 
-    def _guarded_choice(self, run: SearchRun, student: dspy.Module, best: Candidate) -> tuple[Candidate, bool]:
-        """``best`` if it keeps every guard on the whole valset, else the reference's prompts.
+    def _guarded_choice(self, run: SearchRun, student: dspy.Module, best: Candidate) -> Candidate:
+        """``best`` if it keeps every guard on the whole valset, else the best fully checked one or the reference's.
 
         The check is paired, on every valset row both were scored on; rows already scored come from the
         evaluator's cache. A choice that cannot be checked (the budget ran out) is not returned either.
-
-        Returns:
-            The candidate to return, and whether the budget ran out during the check.
         """
         fallback = self._reference_candidate(run, student)
         if best.key == fallback.key:
-            return best, False
+            return best
         report = run.evaluate(best, run.valset, split="val")
+        if report.budget_exhausted:
+            run.mark_exhausted()
         record = run.store.get(best.key)
         if not report.budget_exhausted and record.val_guarded and record.val_reliable:
-            return best, False
+            return best
         checked = [
             r
             for r in run.store.records()
@@ -427,18 +253,19 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
                     self.method,
                     "budget" if report.budget_exhausted else "guard or failed rows",
                 )
-                run.guard_fallback = "the final choice failed its check; the best fully checked candidate was returned"
-                return runner_up, report.budget_exhausted
+                run.fall_back("the final choice failed its check; the best fully checked candidate was returned")
+                return runner_up
         if report.budget_exhausted:
-            run.guard_fallback = "the budget ran out before the choice could be checked on the whole valset"
+            run.fall_back("the budget ran out before the choice could be checked on the whole valset")
         elif not record.val_reliable:
-            run.guard_fallback = "most of the choice's valset rows failed"
+            run.fall_back("most of the choice's valset rows failed")
         else:
-            run.guard_fallback = "the choice breaks a guard on the valset: " + ", ".join(
-                f"{name} -{drop:.1f}" for name, drop in record.val_guard_breaks.items()
+            run.fall_back(
+                "the choice breaks a guard on the valset: "
+                + ", ".join(f"{name} -{drop:.1f}" for name, drop in record.val_guard_breaks.items())
             )
         logger.warning("%s: returning the reference program's prompts: %s", self.method, run.guard_fallback)
-        return fallback, report.budget_exhausted
+        return fallback
 
     def _guard_report(self, run: SearchRun, best: Candidate, fallback: Candidate) -> dict[str, Any]:
         """Every criterion on the valset, reference against the returned program (see :class:`SearchResult`)."""
@@ -446,55 +273,59 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
 
         assert run.regression is not None
         keys = [example_key(ex) for ex in run.valset]
-        reference = {k: run.reference_rows[k] for k in keys if k in run.reference_rows}
+        reference_rows = run.reference_rows
+        reference = {k: reference_rows[k] for k in keys if k in reference_rows}
         if best.key == fallback.key:
             compiled = reference
         else:
             scored = run.store.get(best.key).val_criteria if best.key in run.store else {}
             compiled = {k: scored[k] for k in keys if k in scored}
         return {
-            "reference": "student" if self.guard_reference is None else "guard_reference",
-            "tolerances": dict(self.guards),
+            "reference": "student" if self.options.guard_reference is None else "guard_reference",
+            "tolerances": dict(self.options.guards),
             "stochastic": run.regression.stochastic,
             "repeats": run.repeats,
             "split": "val",
             "n": len(set(reference) & set(compiled)),
             "criteria": run.regression.report(reference, compiled),
-            "rejected": dict(run.guard_rejections),
+            "rejected": run.guard_rejections,
             "fallback": run.guard_fallback,
         }
 
     def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> None:
+        c = self.config
         names = run.predictor_names()
         labeled_only = Candidate(
             {n: PredictorPrompt(i) for n, i in Candidate.from_program(student).instructions.items()}
         )
-        first = self._fitting_labeled_set(
-            run, student, labeled_demo_set(names, run.trainset, self.config.max_labeled_demos, run.rng)
+        first = fitting_demo_set(
+            labeled_demo_set(names, run.trainset, c.max_labeled_demos, run.rng), lambda s: self._fits(run, student, s)
         )
-        run.demo_sets = [first]
+        run.add_demo_set(first)
         teacher = Candidate(
             {n: PredictorPrompt(p.instruction, 0, first[n]) for n, p in labeled_only.prompts.items()}
         ).apply(student)
-        if self.config.max_bootstrapped_demos > 0 and self.config.num_demo_sets > 1:
+        if c.max_bootstrapped_demos > 0 and c.num_demo_sets > 1:
             # Bootstrapping stops at the first successes; a bounded pool keeps
             # a model that rarely succeeds from spending the search budget here.
-            pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * self.config.max_bootstrapped_demos + 4))
+            pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * c.max_bootstrapped_demos + 4))
             with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
                 more = build_demo_sets(
                     student,
                     pool,
                     self.metric,
-                    num_sets=self.config.num_demo_sets,
-                    max_bootstrapped_demos=self.config.max_bootstrapped_demos,
-                    max_labeled_demos=self.config.max_labeled_demos,
+                    num_sets=c.num_demo_sets,
+                    max_bootstrapped_demos=c.max_bootstrapped_demos,
+                    max_labeled_demos=c.max_labeled_demos,
                     rng=run.rng,
                     teacher=teacher,
                 )
-            run.demo_sets += [s for s in more[1:] if s not in run.demo_sets and self._fits(run, student, s)]
+            before = run.demo_sets
+            for demo_set in [s for s in more[1:] if s not in before and self._fits(run, student, s)]:
+                run.add_demo_set(demo_set)
         used = {id(ex) for ex in run.trainset if any(ex.toDict() == d for demos in first.values() for d in demos)}
         pool = [ex for ex in run.trainset if id(ex) not in used]
-        run.search_pool = pool or list(run.trainset)
+        run.set_search_pool(pool or list(run.trainset))
 
     #: A demo set is dropped when more than this share of sampled training inputs overflow the context with it.
     OVERFLOW_TOLERANCE = 0.1
@@ -506,7 +337,7 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         )
         if fit.overflowing <= self.OVERFLOW_TOLERANCE * fit.checked:
             return True
-        run.rejected["demo_set_overflow"] = run.rejected.get("demo_set_overflow", 0) + 1
+        run.reject(Rejection.DEMO_SET_OVERFLOW)
         logger.warning(
             "%s: a demo set was set aside: %d of %d sampled prompts overflow (%s)",
             self.method,
@@ -516,53 +347,29 @@ class InstructionSearch(Teleprompter, abc.ABC, Generic[StateT]):
         )
         return False
 
-    def _fitting_labeled_set(self, run: SearchRun, student: dspy.Module, demo_set: DemoSet) -> DemoSet:
-        """The labeled demo set, with demos dropped from the end until typical inputs fit the context."""
-        while any(demo_set.values()) and not self._fits(run, student, demo_set):
-            demo_set = {name: demos[:-1] for name, demos in demo_set.items()}
-        return demo_set
-
     def _final_selection(self, run: SearchRun, seed_candidate: Candidate) -> Candidate | None:
         """The final selector's choice among the leading instruction sets (student's included) x demo sets."""
         contenders = final_contenders(run, seed_candidate, self.config.final_candidates + 1)
         return self.final_selector.select(run, seed_candidate, contenders)
 
-    def _finish(self, run: SearchRun, student: dspy.Module, best: Candidate, exhausted: bool) -> dspy.Module:
-        program = best.apply(student)
+    def result_fields(self, run: SearchRun, student: dspy.Module, best: Candidate) -> dict[str, Any]:
+        """The valset scores of the returned prompts and of the student's, and the guard report."""
         record = run.store.get(best.key) if best.key in run.store else None
+        own = Candidate.from_program(student).instructions
         baseline = [
             r
             for r in run.store.records()
             if r.val_score is not None
-            and r.candidate.instructions == Candidate.from_program(student).instructions
+            and r.candidate.instructions == own
             and r.candidate.demo_sets == dict.fromkeys(best.prompts, 0)
         ]
-        usage = run.total_meter.snapshot()
-        program.dspy_ext_result = SearchResult(
-            method=self.method,
-            best=best.to_dict(),
-            val_score=record.val_score if record else None,
-            baseline_val_score=baseline[0].val_score if baseline else None,
-            lm_calls=usage.calls,
-            tokens=usage.total_tokens,
-            seconds=round(time.perf_counter() - run.started, 2),
-            budget_exhausted=exhausted,
-            n_candidates=len(run.store),
-            rejected=dict(run.rejected),
-            demo_sets=len(run.demo_sets),
-            trials=run.trial_log.rows,
-            guard_report=self._guard_report(run, best, self._reference_candidate(run, student))
+        return {
+            "val_score": record.val_score if record else None,
+            "baseline_val_score": baseline[0].val_score if baseline else None,
+            "guard_report": self._guard_report(run, best, self._reference_candidate(run, student))
             if run.regression is not None
             else None,
-        )
-        logger.info(
-            "%s: best val %.1f (baseline %s) with %d calls",
-            self.method,
-            program.dspy_ext_result.val_score or float("nan"),
-            program.dspy_ext_result.baseline_val_score,
-            usage.calls,
-        )
-        return program
+        }
 
     # ---- helpers for methods ------------------------------------------------------------
     @staticmethod

@@ -64,14 +64,6 @@ class Candidate:
         prompts[name] = PredictorPrompt(instruction, prompts[name].demo_set, prompts[name].demos)
         return Candidate(prompts, parents if parents is not None else (self.key,), origin, meta)
 
-    def with_demos(self, demo_sets: dict[str, tuple[int, tuple[dict[str, Any], ...]]], *, origin: str) -> Candidate:
-        """A copy using other demo sets: ``{name: (set_index, demos)}``."""
-        prompts = {
-            name: PredictorPrompt(p.instruction, *demo_sets.get(name, (p.demo_set, p.demos)))
-            for name, p in self.prompts.items()
-        }
-        return Candidate(prompts, (self.key,), origin)
-
     def apply(self, student: dspy.Module) -> dspy.Module:
         """A new program: a deep copy of ``student`` carrying this candidate's prompts.
 

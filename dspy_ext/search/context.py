@@ -31,7 +31,7 @@ from dspy_ext.prompt_state import predictors
 from dspy_ext.runtime import context_overflow_message
 from dspy_ext.search.demos import DemoSet
 
-__all__ = ["CHARS_PER_TOKEN_ESTIMATE", "ContextFit", "demo_set_context_fit", "token_counter"]
+__all__ = ["CHARS_PER_TOKEN_ESTIMATE", "ContextFit", "demo_set_context_fit", "fitting_demo_set", "token_counter"]
 
 #: Without a tokenizer, tokens are estimated as characters / this (English text runs at about 4
 #: characters per token; 3 over-counts, so an estimate errs toward "does not fit").
@@ -104,13 +104,12 @@ def demo_set_context_fit(
     context_window: int | None = None,
     rng: random.Random | None = None,
 ) -> ContextFit:
-    """Render ``student``'s prompts with ``demo_set`` on sampled inputs and compare them with the window.
+    """Render ``student``'s prompts with ``demo_set`` on sampled inputs: a :class:`ContextFit` against the window.
 
-    Each predictor's prompt is built by the adapter's own ``format()`` from the
-    predictor's signature, the demo set's demos for it and an example's
-    inputs. Input fields an example lacks (those a later stage of a
-    multi-step program receives from an earlier one) are left empty, so for
-    such predictors the count is a lower bound.
+    Each predictor's prompt is built by the adapter's own ``format()`` from the predictor's signature,
+    the demo set's demos for it and an example's inputs. Input fields an example lacks (those a later
+    stage of a multi-step program receives from an earlier one) are left empty, so for such
+    predictors the count is a lower bound.
 
     Args:
         student: The program the demo set is for.
@@ -124,20 +123,12 @@ def demo_set_context_fit(
         context_window: Overrides the engine's window.
         rng: Draws the sample (default ``random.Random(0)``; all examples when there are few).
 
-    Returns:
-        A :class:`ContextFit`.
-
     Raises:
         ValueError: ``sample_size`` < 1 or ``reply_tokens`` < 0.
-
-    Example:
-        >>> fit = demo_set_context_fit(student, {"predict": demos}, trainset, lm=make_lm("local"))  # doctest: +SKIP
-        >>> if not fit.fits: logger.info("skipping demo set: %s", fit.message())                 # doctest: +SKIP
     """
-    if sample_size < 1:
-        raise ValueError(f"sample_size must be >= 1, got {sample_size}")
-    if reply_tokens < 0:
-        raise ValueError(f"reply_tokens must be >= 0, got {reply_tokens}")
+    if sample_size < 1 or reply_tokens < 0:
+        what = f"sample_size must be >= 1, got {sample_size}" if sample_size < 1 else ""
+        raise ValueError(what or f"reply_tokens must be >= 0, got {reply_tokens}")
     lm = lm if lm is not None else dspy.settings.lm
     adapter = adapter or active_adapter(lm)
     window = (
@@ -146,21 +137,9 @@ def demo_set_context_fit(
     count, counted_by = token_counter(lm)
     pool = list(range(len(examples)))
     chosen = pool if len(pool) <= sample_size else sorted((rng or random.Random(0)).sample(pool, sample_size))
-
-    longest = (-1, None, None)
-    overflowing = checked = 0
-    for name, predictor in predictors(student):
-        demos = [dict(d) for d in demo_set[name]] if name in demo_set else list(predictor.demos)
-        signature = predictor.signature
-        for index in chosen:
-            example = examples[index]
-            tokens = int(count(prompt_messages(adapter, signature, demos, example)))
-            checked += 1
-            if window is not None and tokens + reply_tokens > window:
-                overflowing += 1
-            if tokens > longest[0]:
-                longest = (tokens, name, index)
-    prompt_tokens, name, index = longest
+    sizes = _prompt_sizes(student, demo_set, examples, chosen, adapter, count)
+    overflowing = sum(1 for tokens, _, _ in sizes if window is not None and tokens + reply_tokens > window)
+    prompt_tokens, name, index = max(sizes, key=lambda s: s[0], default=(-1, None, None))
     return ContextFit(
         fits=overflowing == 0,
         prompt_tokens=max(prompt_tokens, 0),
@@ -169,9 +148,42 @@ def demo_set_context_fit(
         predictor=name,
         example_index=index,
         overflowing=overflowing,
-        checked=checked,
+        checked=len(sizes),
         counted_by=counted_by,
     )
+
+
+def _prompt_sizes(
+    student: dspy.Module,
+    demo_set: DemoSet,
+    examples: Sequence[dspy.Example],
+    chosen: list[int],
+    adapter: dspy.Adapter,
+    count: Counter,
+) -> list[tuple[int, str, int]]:
+    """``(tokens, predictor, example index)`` of every predictor's prompt on every chosen input."""
+    sizes = []
+    for name, predictor in predictors(student):
+        demos = [dict(d) for d in demo_set[name]] if name in demo_set else list(predictor.demos)
+        signature = predictor.signature
+        for index in chosen:
+            tokens = int(count(prompt_messages(adapter, signature, demos, examples[index])))
+            sizes.append((tokens, name, index))
+    return sizes
+
+
+def fitting_demo_set(demo_set: DemoSet, fits: Callable[[DemoSet], bool]) -> DemoSet:
+    """``demo_set`` with demos dropped from the end of every predictor's list until ``fits`` says it fits.
+
+    An empty set is returned as it is (it is not checked).
+
+    Example:
+        >>> fitting_demo_set({"p": ({"a": 1}, {"a": 2})}, lambda s: len(s["p"]) < 2)
+        {'p': ({'a': 1},)}
+    """
+    while any(demo_set.values()) and not fits(demo_set):
+        demo_set = {name: demos[:-1] for name, demos in demo_set.items()}
+    return demo_set
 
 
 def active_adapter(lm: dspy.BaseLM | None) -> dspy.Adapter:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dspy_ext.search.reasons import Rejection
+
 _WORD = re.compile(r"\w+")
 _ANSWER_LABEL = re.compile(
     r"^\s*(?:here(?:'s| is)\s+(?:the|a|my)\s+)?(?:new\s+|improved\s+|revised\s+)?(?:instruction|prompt)\s*:\s*",
@@ -61,7 +63,7 @@ class ProposalGuard:
         >>> guard = ProposalGuard(["Write a new instruction that scores higher"], ["a long training sentence here"])
         >>> guard.check("Classify the review.", truncated=False)
         >>> guard.check("", truncated=False)
-        'empty'
+        <Rejection.EMPTY: 'empty'>
     """
 
     meta_texts: Iterable[str] = ()
@@ -78,7 +80,7 @@ class ProposalGuard:
         self._inputs = [" ".join(_words(t)) for t in self.train_inputs if len(str(t)) >= self.min_input_chars]
         self._labels = tuple({label.strip().lower() for label in self.meta_labels if label.strip()})
 
-    def check(self, text: str, *, truncated: bool | None) -> str | None:
+    def check(self, text: str, *, truncated: bool | None) -> Rejection | None:
         """Return why ``text`` is rejected, or ``None`` if it may be adopted.
 
         Args:
@@ -87,16 +89,16 @@ class ProposalGuard:
                 then a long proposal with no closing punctuation counts as cut off).
         """
         if not text or not _words(text):
-            return "empty"
+            return Rejection.EMPTY
         if truncated or (truncated is None and len(text) > 200 and not text.endswith(_TERMINAL)):
-            return "truncated"
+            return Rejection.TRUNCATED
         if len(text) > self.max_chars:
-            return "too_long"
+            return Rejection.TOO_LONG
         if text.lower().startswith(self._labels):
-            return "echoed_meta_prompt"
+            return Rejection.ECHOED_META_PROMPT
         if self._meta_ngrams and _ngrams(_words(text), self.leak_ngram) & self._meta_ngrams:
-            return "meta_prompt_leak"
+            return Rejection.META_PROMPT_LEAK
         norm = " ".join(_words(text))
         if any(inp and inp in norm for inp in self._inputs):
-            return "training_data_leak"
+            return Rejection.TRAINING_DATA_LEAK
         return None

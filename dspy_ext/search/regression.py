@@ -48,7 +48,7 @@ import dspy
 
 from dspy_ext.evaluation import EvaluationReport, Evaluator, example_key, mean_ci, paired_test
 from dspy_ext.lm.metering import CallMeter, metering
-from dspy_ext.prompt_state import program_fingerprint
+from dspy_ext.prompt_state import attach_record, program_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ def row_criteria(report: EvaluationReport, examples: Sequence[dspy.Example]) -> 
             row.setdefault(SCORE, scores[i])
         out[example_key(examples[i])] = row
     return out
+
+
+def is_sampled(lm: Any, temperature: float | None) -> bool:
+    """Whether ``lm``'s outputs are sampled: ``temperature`` (else the LM's own) is above 0."""
+    lm_temperature = (getattr(lm, "kwargs", None) or {}).get("temperature") or 0.0
+    return (temperature if temperature is not None else lm_temperature) > 0
 
 
 def one_sided_sign_flip(diffs: Sequence[float], *, n_resamples: int = 2000, seed: int = 0) -> float:
@@ -290,12 +296,6 @@ class RegressionGuard:
             }
         )
 
-    def check_reports(
-        self, reference: EvaluationReport, candidate: EvaluationReport, examples: Sequence[dspy.Example]
-    ) -> GuardVerdict:
-        """:meth:`check` on two evaluations of the same ``examples``."""
-        return self.check(row_criteria(reference, examples), row_criteria(candidate, examples))
-
     def report(
         self, reference: RowCriteria, candidate: RowCriteria, *, labels: tuple[str, str] = ("reference", "compiled")
     ) -> dict[str, Any]:
@@ -376,8 +376,8 @@ class AcceptanceGate:
     The student and the compiled program are scored on the same rows (the valset) per criterion.
     If a guard breaks, the gate returns the best candidate that keeps every guard, among those the
     optimizer exposes (``candidate_programs``, best first, as DSPy's BootstrapFewShotWithRandomSearch
-    and MIPROv2 attach them), else the student. The returned program carries the gate's report as
-    ``program.dspy_ext_gate``.
+    and MIPROv2 attach them), else the student. The returned program carries the gate's report
+    (``compile_record(program).gate``).
 
     Args:
         metric: The task metric (criteria as in :mod:`dspy_ext.evaluation.criteria`).
@@ -391,7 +391,7 @@ class AcceptanceGate:
     Example:
         >>> gate = AcceptanceGate(metric, {"format": 0.0})                        # doctest: +SKIP
         >>> program = gate.check(student, dspy.MIPROv2(metric).compile(student, trainset=train), val)  # doctest: +SKIP
-        >>> program.dspy_ext_gate["returned"]                                     # doctest: +SKIP
+        >>> compile_record(program).gate["returned"]                              # doctest: +SKIP
         'student'
     """
 
@@ -419,9 +419,7 @@ class AcceptanceGate:
         self.seed = seed
 
     def _guard(self) -> RegressionGuard:
-        lm = dspy.settings.lm
-        lm_temperature = (getattr(lm, "kwargs", None) or {}).get("temperature") or 0.0
-        sampled = (self.temperature if self.temperature is not None else lm_temperature) > 0
+        sampled = is_sampled(dspy.settings.lm, self.temperature)
         return RegressionGuard(self.guards, stochastic=sampled or self.repeats > 1, seed=self.seed)
 
     def check(self, student: dspy.Module, compiled: dspy.Module, rows: Sequence[dspy.Example]) -> dspy.Module:
@@ -432,40 +430,16 @@ class AcceptanceGate:
         """
         if not rows:
             raise ValueError("the acceptance gate needs rows to score (a valset)")
-        rows = list(rows)
-        guard = self._guard()
-        evaluator = Evaluator(self.metric, num_threads=self.num_threads)
-        meter = CallMeter()
-
-        def criteria_on(program: dspy.Module, label: str) -> dict[str, dict[str, float]]:
-            with metering(meter):
-                report = evaluator.evaluate(
-                    program, rows, repeats=self.repeats, temperature=self.temperature, desc=f"gate:{label}"
-                )
-            return row_criteria(report, rows)
-
-        reference = criteria_on(student, "student")
+        scoring = _GateScoring(self, list(rows))
+        reference = scoring.criteria_on(student, "student")
         if reference:
-            guard.validate(next(iter(reference.values())))
-        compiled_rows = criteria_on(compiled, "compiled")
-        verdict = guard.check(reference, compiled_rows)
+            scoring.guard.validate(next(iter(reference.values())))
+        compiled_rows = scoring.criteria_on(compiled, "compiled")
+        verdict = scoring.guard.check(reference, compiled_rows)
         chosen, chosen_rows, returned = compiled, compiled_rows, "compiled"
         tried: list[dict[str, Any]] = []
         if not verdict.ok:
-            chosen, chosen_rows, returned = student, reference, "student"
-            seen = {program_fingerprint(compiled), program_fingerprint(student)}
-            for entry in _candidates(compiled)[: self.max_candidates]:
-                program = entry["program"]
-                fingerprint = program_fingerprint(program)
-                if fingerprint in seen:
-                    continue
-                seen.add(fingerprint)
-                rows_of = criteria_on(program, f"candidate{len(tried)}")
-                other = guard.check(reference, rows_of)
-                tried.append({"optimizer_score": entry.get("score"), "guard": other.to_log()})
-                if other.ok:
-                    chosen, chosen_rows, returned = program, rows_of, f"candidate {len(tried)} of the optimizer"
-                    break
+            chosen, chosen_rows, returned = self._replacement(scoring, student, compiled, reference, tried)
             logger.warning(
                 "acceptance gate: the compiled program breaks a guard (%s); returning the %s",
                 verdict.describe(),
@@ -473,20 +447,64 @@ class AcceptanceGate:
             )
         if chosen is student:
             chosen = copy.deepcopy(student)  # the caller's student is never annotated
-        chosen.dspy_ext_gate = {
-            "accepted": verdict.ok,
-            "returned": returned,
-            "tolerances": dict(self.guards),
-            "stochastic": guard.stochastic,
-            "repeats": self.repeats,
-            "split": "val",
-            "n": len(rows),
-            "compiled_verdict": verdict.to_log(),
-            "candidates_tried": tried,
-            "criteria": guard.report(reference, chosen_rows),
-            "lm_calls": meter.calls,
-        }
+        attach_record(
+            chosen,
+            gate={
+                "accepted": verdict.ok,
+                "returned": returned,
+                "tolerances": dict(self.guards),
+                "stochastic": scoring.guard.stochastic,
+                "repeats": self.repeats,
+                "split": "val",
+                "n": len(scoring.rows),
+                "compiled_verdict": verdict.to_log(),
+                "candidates_tried": tried,
+                "criteria": scoring.guard.report(reference, chosen_rows),
+                "lm_calls": scoring.meter.calls,
+            },
+        )
         return chosen
+
+    def _replacement(
+        self,
+        scoring: _GateScoring,
+        student: dspy.Module,
+        compiled: dspy.Module,
+        reference: dict[str, dict[str, float]],
+        tried: list[dict[str, Any]],
+    ) -> tuple[dspy.Module, dict[str, dict[str, float]], str]:
+        """The optimizer's first other candidate that keeps every guard, else the student (``tried`` is filled)."""
+        seen = {program_fingerprint(compiled), program_fingerprint(student)}
+        for entry in _candidates(compiled)[: self.max_candidates]:
+            program = entry["program"]
+            fingerprint = program_fingerprint(program)
+            if fingerprint in seen:
+                continue
+            seen.add(fingerprint)
+            rows_of = scoring.criteria_on(program, f"candidate{len(tried)}")
+            other = scoring.guard.check(reference, rows_of)
+            tried.append({"optimizer_score": entry.get("score"), "guard": other.to_log()})
+            if other.ok:
+                return program, rows_of, f"candidate {len(tried)} of the optimizer"
+        return student, reference, "student"
+
+
+class _GateScoring:
+    """One gate check's guard, evaluator and meter: per-row criteria of a program on the gate's rows."""
+
+    def __init__(self, gate: AcceptanceGate, rows: list[dspy.Example]) -> None:
+        self.gate = gate
+        self.rows = rows
+        self.guard = gate._guard()
+        self.evaluator = Evaluator(gate.metric, num_threads=gate.num_threads)
+        self.meter = CallMeter()
+
+    def criteria_on(self, program: dspy.Module, label: str) -> dict[str, dict[str, float]]:
+        with metering(self.meter):
+            report = self.evaluator.evaluate(
+                program, self.rows, repeats=self.gate.repeats, temperature=self.gate.temperature, desc=f"gate:{label}"
+            )
+        return row_criteria(report, self.rows)
 
 
 def _candidates(program: dspy.Module) -> list[dict[str, Any]]:

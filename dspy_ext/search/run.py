@@ -1,4 +1,4 @@
-"""The per-compile state and services of an instruction search.
+"""The per-compile state and services of a dspy-ext search.
 
 A :class:`SearchRun` lives for exactly one ``compile`` call, so optimizers keep
 no state on ``self``. It owns the RNG, the budget meters, the evaluator and its
@@ -20,10 +20,13 @@ import dspy
 
 from dspy_ext.evaluation import EvaluationReport, Evaluator, example_key
 from dspy_ext.lm.engine import pop_finish_reason
-from dspy_ext.lm.metering import CallMeter, find_budget_exhausted, lm_role
+from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, find_budget_exhausted, lm_role
 from dspy_ext.search.candidate import Candidate
+from dspy_ext.search.demos import DemoSet
 from dspy_ext.search.guards import ProposalGuard, clean_proposal
-from dspy_ext.search.regression import GuardVerdict, RegressionGuard, row_criteria
+from dspy_ext.search.options import CompileOptions
+from dspy_ext.search.reasons import Rejection
+from dspy_ext.search.regression import GuardVerdict, RegressionGuard, is_sampled, row_criteria
 from dspy_ext.search.store import CandidateRecord, CandidateStore
 from dspy_ext.search.trial_log import TrialLog
 
@@ -103,9 +106,16 @@ class Models:
 
 
 class SearchRun:
-    """Everything one compile of an instruction search needs.
+    """Everything one compile of a dspy-ext search needs.
+
+    The compile's inputs and services (``student``, ``trainset``, ``valset``, ``metric``, ``models``,
+    ``rng``, the meters, ``evaluator``, ``store``, ``trial_log``, ``regression``) are set here and only
+    read afterwards. What the compile learns as it goes (the step, the demo sets, the search pool, the
+    guards' reference, the rejections, whether the budget ran out) is private: it changes through
+    the methods below and is read through properties.
 
     Args:
+        options: The shared settings (budget, seed, threads, rollouts, guards, log folder, progress bar).
         method: Name of the optimizer (logged on every trial).
         student: The program being optimized (never modified).
         trainset: Examples for proposals, demos and search scoring.
@@ -113,24 +123,20 @@ class SearchRun:
         metric: The task metric.
         models: Task and prompt LMs with their adapters.
         seed: Seeds the run's private RNG.
-        base_seed: The compile's own seed (for components that seed their own generators).
-        total_meter: The hard cap for the whole compile.
-        search_meter: The cap for the search phase (the rest is kept for the final selection).
-        minibatch_size: Examples per search minibatch.
-        num_threads: Evaluation threads.
         guard: Proposal guard.
         meta_prompts: Signatures by role.
-        trial_log: Where trials are logged.
-        progress: A tqdm bar (or ``None``).
-        regression: Regression guards (``None``: none); every scored candidate is checked against
-            ``reference`` on the same rows, and one that breaks a guard is set aside.
-        reference: The program the guards compare against (default: the student).
-        repeats: Rollouts per row of every evaluation (selection uses the mean over them).
-        temperature: Task-LM temperature of the evaluations (``None``: the LM's own).
+        minibatch_size: Examples per search minibatch.
+        search_cap: LM calls of the search phase (the rest is kept for the final selection);
+            ``None``: the search may spend the whole budget.
+        trial_log: Where trials are logged (default: a fresh log in ``options.log_dir``, else in memory).
+
+    With guards in ``options``, every scored candidate is checked against the reference (the
+    student, or ``options.guard_reference``) on the same rows, and one that breaks a guard is set aside.
     """
 
     def __init__(
         self,
+        options: CompileOptions,
         *,
         method: str,
         student: dspy.Module,
@@ -139,62 +145,163 @@ class SearchRun:
         metric: Any,
         models: Models,
         seed: int,
-        base_seed: int,
-        total_meter: CallMeter,
-        search_meter: CallMeter,
-        minibatch_size: int,
-        num_threads: int,
         guard: ProposalGuard,
         meta_prompts: dict[str, type[dspy.Signature]],
-        trial_log: TrialLog,
-        progress: Any = None,
-        regression: RegressionGuard | None = None,
-        reference: dspy.Module | None = None,
-        repeats: int = 1,
-        temperature: float | None = None,
+        minibatch_size: int,
+        search_cap: int | None = None,
+        trial_log: TrialLog | None = None,
     ) -> None:
-        if repeats < 1:
-            raise ValueError("repeats must be >= 1")
+        self.options = options
         self.method = method
         self.student = student
         self.trainset = trainset
-        self.search_pool = list(trainset)
         self.valset = valset
         self.metric = metric
         self.models = models
         self.rng = random.Random(seed)
-        self.base_seed = base_seed
-        self.total_meter = total_meter
-        self.search_meter = search_meter
+        self.base_seed = options.seed
+        self.total_meter = CallMeter(options.max_lm_calls, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
+        self.search_meter = CallMeter(search_cap) if search_cap is not None else self.total_meter
         self.minibatch_size = minibatch_size
-        self.evaluator = Evaluator(metric, num_threads=num_threads)
+        self.evaluator = Evaluator(metric, num_threads=options.num_threads)
         self.guard = guard
         self.meta_prompts = meta_prompts
-        self.trial_log = trial_log
+        self.trial_log = trial_log if trial_log is not None else TrialLog.fresh(options.trial_log_path)
         self.store = CandidateStore()
-        self.progress = progress
-        self.step = 0
-        self.rejected: dict[str, int] = {}
-        self.started = time.perf_counter()
-        self.demo_sets: list[dict[str, tuple[dict[str, Any], ...]]] = []
-        self.regression = regression
-        self.reference = reference if reference is not None else student
-        #: The reference as a candidate of the search (set once the labeled demo set exists), or ``None``.
-        self.reference_candidate: Candidate | None = None
-        self.repeats = repeats
-        self.temperature = temperature
-        #: The reference's per-row criteria (example key -> criterion -> 0-1), filled as rows are needed.
-        self.reference_rows: dict[str, dict[str, float]] = {}
+        self.repeats = options.eval_repeats
+        self.temperature = options.eval_temperature
+        self.regression = (
+            RegressionGuard(
+                options.guards,
+                stochastic=is_sampled(models.task_lm, options.eval_temperature) or self.repeats > 1,
+                seed=options.seed,
+            )
+            if options.guards
+            else None
+        )
+        self._progress = _progress_bar(options, method)
+        self._init_state(options.guard_reference if options.guard_reference is not None else student)
+
+    def _init_state(self, reference: dspy.Module) -> None:
+        self._started = time.perf_counter()
+        self._step = 0
+        self._search_pool: list[dspy.Example] = list(self.trainset)
+        self._demo_sets: list[DemoSet] = []
+        self._rejected: dict[str, int] = {}
+        self._exhausted = False
+        self._outcome: dict[str, Any] = {}
+        self._reference = reference
+        self._reference_candidate: Candidate | None = None
+        self._reference_rows: dict[str, dict[str, float]] = {}
         self._reference_tried: set[str] = set()
-        #: Candidates set aside by a guard, per criterion.
-        self.guard_rejections: dict[str, int] = {}
-        #: Why the reference's prompts were returned instead of the final choice (``None``: they were not).
-        self.guard_fallback: str | None = None
+        self._guard_rejections: dict[str, int] = {}
+        self._guard_fallback: str | None = None
+
+    # ---- what the compile has learned (read) ----------------------------------------------
+    @property
+    def started(self) -> float:
+        """``time.perf_counter()`` when the run was made."""
+        return self._started
+
+    @property
+    def step(self) -> int:
+        """The search step under way (0: the initial candidates); logged on every trial."""
+        return self._step
+
+    @property
+    def search_pool(self) -> list[dspy.Example]:
+        """The training rows search minibatches are drawn from (those not used as labeled demos)."""
+        return list(self._search_pool)
+
+    @property
+    def demo_sets(self) -> tuple[DemoSet, ...]:
+        """The demo sets built for the search (set 0 is the labeled one)."""
+        return tuple(self._demo_sets)
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """How many proposals (or demo sets) were set aside, by :class:`Rejection` value."""
+        return dict(self._rejected)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether a budget ran out during the compile (the whole compile's cap included)."""
+        return self._exhausted or self.total_meter.exhausted
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        """Result fields a method reported with :meth:`report` (merged into its result)."""
+        return dict(self._outcome)
+
+    @property
+    def reference(self) -> dspy.Module:
+        """The program the guards compare against."""
+        return self._reference
+
+    @property
+    def reference_candidate(self) -> Candidate | None:
+        """The reference as a candidate of the search (set once the labeled demo set exists), or ``None``."""
+        return self._reference_candidate
+
+    @property
+    def reference_rows(self) -> dict[str, dict[str, float]]:
+        """The reference's per-row criteria (example key -> criterion -> 0-1), filled as rows are needed."""
+        return dict(self._reference_rows)
+
+    @property
+    def guard_rejections(self) -> dict[str, int]:
+        """Candidates set aside by a guard, per criterion."""
+        return dict(self._guard_rejections)
+
+    @property
+    def guard_fallback(self) -> str | None:
+        """Why the reference's prompts were returned instead of the final choice (``None``: they were not)."""
+        return self._guard_fallback
+
+    # ---- what the compile has learned (change) ----------------------------------------------
+    def begin_step(self, step: int) -> None:
+        """Start search step ``step`` (1-based; the trials logged from now on carry it)."""
+        self._step = step
+
+    def add_demo_set(self, demo_set: DemoSet) -> None:
+        """Add a demo set (its index is the number of sets before it)."""
+        self._demo_sets.append(demo_set)
+
+    def set_search_pool(self, pool: Sequence[dspy.Example]) -> None:
+        """Draw search minibatches from ``pool`` from now on."""
+        self._search_pool = list(pool)
+
+    def reject(self, reason: Rejection | str) -> None:
+        """Count one proposal (or demo set) set aside for ``reason``."""
+        key = Rejection(reason).value
+        self._rejected[key] = self._rejected.get(key, 0) + 1
+
+    def mark_exhausted(self) -> None:
+        """Record that a budget ran out (the result says ``budget_exhausted``)."""
+        self._exhausted = True
+
+    def report(self, **fields: Any) -> None:
+        """Fields of the method's result (e.g. DemoSearch's ``k``), kept until the result is made."""
+        self._outcome.update(fields)
+
+    def set_reference(self, candidate: Candidate) -> None:
+        """Make ``candidate``'s prompts on the student the guards' reference."""
+        self._reference = candidate.apply(self.student)
+        self._reference_candidate = candidate
+
+    def fall_back(self, reason: str) -> None:
+        """Record why the reference's prompts are returned instead of the final choice."""
+        self._guard_fallback = reason
+
+    def close(self) -> None:
+        """Close the progress bar (if any)."""
+        if self._progress is not None:
+            self._progress.close()
 
     # ---- data -----------------------------------------------------------------------
     def minibatch(self, size: int | None = None) -> list[dspy.Example]:
         """A fresh minibatch of the search pool, drawn with the run's RNG."""
-        return Evaluator.sample(self.search_pool, size or self.minibatch_size, self.rng)
+        return Evaluator.sample(self._search_pool, size or self.minibatch_size, self.rng)
 
     def predictor_names(self) -> list[str]:
         from dspy_ext.prompt_state import predictors
@@ -264,12 +371,12 @@ class SearchRun:
             candidate,
             report,
             method=self.method,
-            step=self.step,
+            step=self._step,
             split=split,
             running_mean=record.mean if split != "val" else report.score,
             **extra,
         )
-        self._tick()
+        self.tick()
         return report
 
     # ---- regression guards ------------------------------------------------------------
@@ -284,21 +391,21 @@ class SearchRun:
         if missing:
             with dspy.context(lm=self.models.task_lm, adapter=self.models.task_adapter):
                 report = self.evaluator.evaluate(
-                    self.reference,
+                    self._reference,
                     missing,
                     repeats=self.repeats,
                     temperature=self.temperature,
                     desc=f"{self.method}:reference",
                 )
             rows = row_criteria(report, missing)
-            if rows and not self.reference_rows and self.regression is not None:
+            if rows and not self._reference_rows and self.regression is not None:
                 self.regression.validate(next(iter(rows.values())))
-            self.reference_rows.update(rows)
+            self._reference_rows.update(rows)
             done = {example_key(missing[r.index]) for r in report.rows}
             self._reference_tried.update(done)
             exhausted = report.budget_exhausted
         keys = [example_key(ex) for ex in examples]
-        return {k: self.reference_rows[k] for k in keys if k in self.reference_rows}, exhausted
+        return {k: self._reference_rows[k] for k in keys if k in self._reference_rows}, exhausted
 
     def _check_guards(
         self, record: CandidateRecord, examples: Sequence[dspy.Example], report: EvaluationReport, split: str
@@ -310,7 +417,7 @@ class SearchRun:
         _, exhausted = self.reference_criteria(examples)
         if exhausted:
             report.budget_exhausted = True  # the callers stop as they would for the candidate's own rows
-        verdict = self.regression.check(self.reference_rows, rows)
+        verdict = self.regression.check(self._reference_rows, rows)
         breaks = {name: round(c.drop, 4) for name, c in verdict.broken.items()}
         was_ok = record.guarded and record.val_guarded
         if split == "val":
@@ -319,7 +426,7 @@ class SearchRun:
             record.guard_breaks = breaks
         if breaks and was_ok:
             for name in breaks:
-                self.guard_rejections[name] = self.guard_rejections.get(name, 0) + 1
+                self._guard_rejections[name] = self._guard_rejections.get(name, 0) + 1
             logger.info(
                 "%s: candidate %s set aside by a guard (%s): %s",
                 self.method,
@@ -374,11 +481,11 @@ class SearchRun:
                 except Exception as exc:
                     if find_budget_exhausted(exc) is not None:
                         raise SearchStopped("search budget used up") from exc
-                    self.rejected["lm_or_parse_error"] = self.rejected.get("lm_or_parse_error", 0) + 1
+                    self.reject(Rejection.LM_OR_PARSE_ERROR)
                     logger.info("%s proposal failed: %s", role, exc)
                     continue
                 finally:
-                    self._tick()
+                    self.tick()
                 finish = pop_finish_reason()
                 truncated = None if finish is None else finish == "length"
                 proposals.append(Proposal(str(prediction.get(output) or ""), truncated, role))
@@ -398,26 +505,35 @@ class SearchRun:
         text = clean_proposal(proposal.text)
         reason = self.guard.check(text, truncated=proposal.truncated)
         if reason is None and self.store.seen_instruction(text) and text != parent.instruction(name):
-            reason = "duplicate"
+            reason = Rejection.DUPLICATE
         if reason is None and text == parent.instruction(name):
-            reason = "duplicate"
+            reason = Rejection.DUPLICATE
         if reason is not None:
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.reject(reason)
             logger.debug("rejected (%s): %r", reason, text[:120])
             return None
         child = parent.with_instruction(name, text, origin=origin, parents=parents, **meta)
         if child.key in self.store:
-            self.rejected["duplicate"] = self.rejected.get("duplicate", 0) + 1
+            self.reject(Rejection.DUPLICATE)
             return None
         return child
 
     # ---- progress -------------------------------------------------------------------
-    def _tick(self) -> None:
-        if self.progress is None:
+    def tick(self) -> None:
+        """Update the progress bar (if any): calls used and the best candidate's score."""
+        if self._progress is None:
             return
         best = self.store.ranked()
-        self.progress.n = self.total_meter.calls
-        self.progress.set_postfix_str(
+        self._progress.n = self.total_meter.calls
+        self._progress.set_postfix_str(
             f"best {best[0].mean:.0f}% (n={best[0].n_scored})" if best else "best -", refresh=False
         )
-        self.progress.refresh()
+        self._progress.refresh()
+
+
+def _progress_bar(options: CompileOptions, method: str) -> Any:
+    if not options.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=options.max_lm_calls, desc=method, unit="call")

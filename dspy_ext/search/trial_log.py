@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dspy_ext.evaluation import EvaluationReport
+from dspy_ext.lm.metering import UsageSnapshot
 from dspy_ext.search.candidate import Candidate
 
 
@@ -30,6 +31,13 @@ class TrialLog:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    @classmethod
+    def fresh(cls, path: str | Path | None) -> TrialLog:
+        """A log that starts empty: an earlier ``path`` (a previous compile's log) is deleted first."""
+        if path is not None and Path(path).exists():
+            Path(path).unlink()
+        return cls(path)
+
     def record(
         self,
         candidate: Candidate,
@@ -42,6 +50,38 @@ class TrialLog:
         **extra: Any,
     ) -> dict[str, Any]:
         """Log one evaluation of ``candidate`` and return the row."""
+        return self.record_score(
+            candidate,
+            n=report.n_examples,
+            score=report.score,
+            usage=report.usage,
+            seconds=report.seconds,
+            errors=report.errors,
+            cache_hits=report.cache_hits,
+            method=method,
+            step=step,
+            split=split,
+            running_mean=running_mean,
+            **extra,
+        )
+
+    def record_score(
+        self,
+        candidate: Candidate,
+        *,
+        n: int,
+        score: float,
+        usage: UsageSnapshot,
+        seconds: float,
+        method: str,
+        step: int,
+        split: str,
+        errors: dict[str, int] | None = None,
+        cache_hits: int = 0,
+        running_mean: float | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Log a score of ``candidate`` that is not an evaluation report (e.g. a likelihood screen)."""
         row = {
             "trial": len(self.rows),
             "time": round(time.time(), 3),
@@ -49,14 +89,14 @@ class TrialLog:
             "step": step,
             **candidate.to_dict(),
             "split": split,
-            "n": report.n_examples,
-            "score": round(report.score, 2),
+            "n": n,
+            "score": round(score, 2),
             "running_mean": None if running_mean is None else round(running_mean, 2),
-            "errors": {k: v for k, v in report.errors.items() if v},
-            "lm_calls": report.usage.calls,
-            "tokens": report.usage.total_tokens,
-            "cache_hits": report.cache_hits,
-            "seconds": round(report.seconds, 3),
+            "errors": {k: v for k, v in (errors or {}).items() if v},
+            "lm_calls": usage.calls,
+            "tokens": usage.total_tokens,
+            "cache_hits": cache_hits,
+            "seconds": round(seconds, 3),
             **extra,
         }
         with self._lock:
