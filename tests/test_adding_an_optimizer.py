@@ -135,7 +135,7 @@ def test_it_compiles_through_run_the_cli_and_compare(
         out=str(tmp_path / "run"),
     )
     result = run(settings, lm=fake_world_lm())
-    assert result.summary["optimizer"] == "toy" and 0 < result.summary["lm_calls"] <= 60
+    assert result.summary.optimizer == "toy" and 0 < result.summary.spend.lm_calls <= 60
 
     common = ["--data", str(task), "--budget", "60", "--train", "12", "--val", "8", "--threads", "1"]
     capsys.readouterr()

@@ -193,7 +193,16 @@ def test_a_failing_optimizer_does_not_lose_the_other_cells(
         raise RuntimeError("this optimizer is broken")
 
     monkeypatch.setitem(
-        REGISTRY, "broken", OptimizerSpec("broken", LabeledConfig, broken, lambda *a: None, False, "always fails")
+        REGISTRY,
+        "broken",
+        OptimizerSpec(
+            name="broken",
+            config_model=LabeledConfig,
+            build=broken,
+            compile=lambda *a: None,
+            enforces_budget=False,
+            description="always fails",
+        ),
     )
     out = tmp_path / "cmp"
     code, stdout, err = run(

@@ -16,6 +16,7 @@ import pytest
 
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.lm import CallPolicy, FakeEngine, FaultInjectingEngine
+from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import build_optimizer
 
 from support.fake_world import BASELINE_INSTRUCTION, dataset, respond
@@ -57,10 +58,10 @@ def compile_with(engine: FaultInjectingEngine, *, budget: int = BUDGET, threads:
 
 def adopted_rows(program: dspy.Module) -> list[dict]:
     """The trial rows of the returned candidate (same instructions and demos)."""
-    best = program.dspy_ext_result.best
+    best = compile_record(program).search.best
     return [
         r
-        for r in program.dspy_ext_result.trials
+        for r in compile_record(program).search.trials
         if r["instructions"] == best["instructions"] and r.get("demo_set") == best.get("demo_set")
     ]
 
@@ -72,7 +73,7 @@ def scored_share(row: dict) -> float:
 def test_twenty_percent_failing_calls_are_retried_within_the_budget() -> None:
     engine = FaultInjectingEngine(FakeEngine(respond), fail=0.2, seed=7, call_policy=FAST_RETRIES)
     program = compile_with(engine)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
 
     assert engine.injected["fail"] > 0.1 * engine.injected["tries"]  # faults really happened
     assert result.lm_calls <= BUDGET
@@ -88,7 +89,7 @@ def test_persistent_failures_are_counted_apart_from_bad_candidates() -> None:
     # sticky: a request that draws a fault fails on every retry, like an outage for that input.
     engine = FaultInjectingEngine(FakeEngine(respond), fail=0.2, seed=3, sticky=True, call_policy=FAST_RETRIES)
     program = compile_with(engine)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     trials = result.trials
 
     assert result.lm_calls <= BUDGET and engine.injected["tries"] <= BUDGET
@@ -117,7 +118,7 @@ def test_five_percent_hanging_calls_time_out_and_the_compile_finishes() -> None:
         still_hanging = sum(t.name == "dspy-ext-lm-call" for t in threading.enumerate())
     finally:
         engine.close()  # wakes the abandoned hung tries
-    result = program.dspy_ext_result
+    result = compile_record(program).search
 
     assert engine.injected["hang"] > 0 and still_hanging >= engine.injected["hang"]
     assert result.lm_calls <= BUDGET and engine.injected["tries"] <= BUDGET
@@ -134,8 +135,8 @@ def test_fault_runs_are_reproducible(threads: int) -> None:
         engine = FaultInjectingEngine(FakeEngine(respond), fail=0.2, garbage=0.05, seed=5, call_policy=FAST_RETRIES)
         programs.append((compile_with(engine, threads=threads), engine.injected))
     (first, faults_a), (second, faults_b) = programs
-    assert first.dspy_ext_result.best == second.dspy_ext_result.best
-    assert first.dspy_ext_result.lm_calls == second.dspy_ext_result.lm_calls
+    assert compile_record(first).search.best == compile_record(second).search.best
+    assert compile_record(first).search.lm_calls == compile_record(second).search.lm_calls
     if threads == 1:
         assert faults_a == faults_b
 
@@ -144,7 +145,7 @@ def test_retries_stop_at_the_budget() -> None:
     """Half the tries fail: retries eat the budget, the compile stops at the cap and returns the best so far."""
     engine = FaultInjectingEngine(FakeEngine(respond), fail=0.5, seed=2, call_policy=FAST_RETRIES)
     program = compile_with(engine, budget=40)
-    result = program.dspy_ext_result
+    result = compile_record(program).search
 
     assert result.budget_exhausted
     assert engine.injected["tries"] <= 40 and result.lm_calls <= 40

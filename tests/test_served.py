@@ -17,6 +17,7 @@ import pytest
 from dspy_ext.cli import main
 from dspy_ext.lm import EndpointError, ServedEngine, check_endpoint, make_lm
 from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.prompt_state import compile_record
 
 from support.served import MODEL_ALIAS, CountingProxy, free_port, server_available
 from support.slices import task_slice
@@ -106,7 +107,7 @@ def test_user_built_lm_is_metered_by_the_optimizer(proxy: CountingProxy, tmp_pat
         compiled = APE(exact_match, max_lm_calls=25, seed=0, num_threads=4).compile(
             Transform(instructions=task.baseline_instruction), trainset=train, valset=val
         )
-    assert compiled.dspy_ext_result is not None
+    assert compile_record(compiled).search is not None
     assert 0 < proxy.requests <= 25
 
 

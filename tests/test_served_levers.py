@@ -17,6 +17,7 @@ from dspy_ext.lm import make_lm
 from dspy_ext.lm.likelihood import LikelihoodUnavailable, continuation_scores, supports_likelihood
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.lm.served import CHATML, ServedEngine
+from dspy_ext.prompt_state import compile_record
 
 from support.served import MODEL_ALIAS, ChatOnlyProxy, CountingProxy, server_available
 
@@ -109,7 +110,7 @@ def test_demo_search_falls_back_to_accuracy_where_the_endpoint_has_no_completion
             ).compile(predict, trainset=train, valset=val)
     finally:
         proxy.close()
-    result = program.dspy_ext_result
+    result = compile_record(program).search
     assert result.screening == "accuracy"
     assert "cannot score a given reply (HTTP 404)" in result.screening_note and proxy.base in result.screening_note
     assert proxy.refused == 2  # one probe per engine; no scoring request was sent

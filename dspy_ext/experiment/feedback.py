@@ -10,7 +10,7 @@ the run's own parts, and returns what the compile uses instead:
 * **metric**: the run's metric and the review criteria's aligned checks, combined with
   :func:`dspy_ext.evaluation.criteria`; the objective stays the run's metric (the review criteria
   weigh 0), and each review criterion is a **guard** at tolerance 0 unless the run's guards name it;
-* **critiques**: for the optimizers that use them (:data:`dspy_ext.registry.FEEDBACK_OPTIMIZERS`).
+* **critiques**: for the optimizers that use them (those whose registry entry says ``takes_feedback``).
 
 Example:
     >>> merged = merge_feedback(Feedback.from_store("review.sqlite"), metric=exact_match,      # doctest: +SKIP
