@@ -1,4 +1,4 @@
-"""The search core: Candidate, CandidateStore, TrialLog, ProposalGuard and SearchRun.
+"""The search core: Candidate, CandidateStore, TrialLog, ProposalFilter and SearchRun.
 
 Unit tests of each piece, plus short runs on a deterministic fake engine for what
 only shows in a run (the trial log file, error accounting). Task requests are
@@ -37,7 +37,7 @@ from dspy_ext.search import (
     Models,
     PredictorPrompt,
     Proposal,
-    ProposalGuard,
+    ProposalFilter,
     SearchRun,
     TrialLog,
     clean_proposal,
@@ -242,7 +242,7 @@ def test_trial_log_writes_one_json_line_per_evaluation(tmp_path: Path) -> None:
     assert len(in_memory.rows) == 1 and in_memory.path is None
 
 
-# ---- ProposalGuard and clean_proposal ----------------------------------------------------------------
+# ---- ProposalFilter and clean_proposal ----------------------------------------------------------------
 
 
 META = "Someone followed one hidden instruction to turn each input below into its output and wrote it down."
@@ -250,21 +250,21 @@ INPUT = "please handle item number 3 now"
 
 
 @pytest.fixture
-def guard() -> ProposalGuard:
-    return ProposalGuard(meta_texts=[META], train_inputs=[INPUT, "short one"])
+def guard() -> ProposalFilter:
+    return ProposalFilter(meta_texts=[META], train_inputs=[INPUT, "short one"])
 
 
-def test_guard_accepts_a_plain_instruction(guard: ProposalGuard) -> None:
+def test_guard_accepts_a_plain_instruction(guard: ProposalFilter) -> None:
     assert guard.check("Reply with the item code in capitals.", truncated=False) is None
     assert guard.check("Reply with the item code in capitals.", truncated=None) is None
 
 
 @pytest.mark.parametrize("text", ["", "   ", "...", "!?"])
-def test_guard_rejects_empty(guard: ProposalGuard, text: str) -> None:
+def test_guard_rejects_empty(guard: ProposalFilter, text: str) -> None:
     assert guard.check(text, truncated=False) == "empty"
 
 
-def test_guard_rejects_cut_off_proposals(guard: ProposalGuard) -> None:
+def test_guard_rejects_cut_off_proposals(guard: ProposalFilter) -> None:
     assert guard.check("A complete, short instruction.", truncated=True) == "truncated"  # the LM hit max_tokens
     unterminated = "Reply with the item code " + "and some more words " * 12
     assert len(unterminated.strip()) > 200
@@ -274,11 +274,11 @@ def test_guard_rejects_cut_off_proposals(guard: ProposalGuard) -> None:
     assert guard.check("Short and unterminated", truncated=None) is None
 
 
-def test_guard_rejects_over_long(guard: ProposalGuard) -> None:
+def test_guard_rejects_over_long(guard: ProposalFilter) -> None:
     assert guard.check("word " * 200 + "end.", truncated=False) == "too_long"
 
 
-def test_guard_rejects_meta_prompt_leaks(guard: ProposalGuard) -> None:
+def test_guard_rejects_meta_prompt_leaks(guard: ProposalFilter) -> None:
     assert guard.check(META, truncated=False) == "meta_prompt_leak"
     # Eight consecutive words of the meta-prompt, in other case and punctuation, inside an instruction.
     assert (
@@ -288,7 +288,7 @@ def test_guard_rejects_meta_prompt_leaks(guard: ProposalGuard) -> None:
     assert guard.check("Follow one hidden instruction to turn each input.", truncated=False) is None  # 7 words
 
 
-def test_guard_rejects_verbatim_training_inputs(guard: ProposalGuard) -> None:
+def test_guard_rejects_verbatim_training_inputs(guard: ProposalFilter) -> None:
     assert guard.check(f"Answer like this: {INPUT}.", truncated=False) == "training_data_leak"
     assert guard.check("Answer like this: PLEASE handle, item number 3 now!", truncated=False) == "training_data_leak"
     assert guard.check("Answer like this: please handle item number 4 now.", truncated=False) is None
@@ -296,7 +296,7 @@ def test_guard_rejects_verbatim_training_inputs(guard: ProposalGuard) -> None:
 
 
 def test_guard_built_from_the_real_meta_prompts_catches_their_echo() -> None:
-    guard = ProposalGuard(meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS))
+    guard = ProposalFilter(meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS))
     for text in META_TEXT:
         assert guard.check(clean_proposal(text), truncated=None) == "meta_prompt_leak", text
 
@@ -336,7 +336,7 @@ def make_run(
         metric=run_metric or metric,
         models=Models(lm, PlainAdapter(), lm, PlainAdapter()),
         seed=0,
-        guard=ProposalGuard(
+        proposal_filter=ProposalFilter(
             meta_texts=meta_prompt_texts(DEFAULT_META_PROMPTS), train_inputs=[ex.input for ex in trainset]
         ),
         meta_prompts=DEFAULT_META_PROMPTS,
@@ -489,7 +489,7 @@ def test_guard_rejects_a_proposal_that_echoes_a_meta_prompt_field() -> None:
     """A small model often answers OPRO's prompt with its own 'Step: input -> output' line (seen on SmolLM2)."""
     from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, meta_prompt_labels
 
-    guard = ProposalGuard(meta_labels=meta_prompt_labels(DEFAULT_META_PROMPTS))
+    guard = ProposalFilter(meta_labels=meta_prompt_labels(DEFAULT_META_PROMPTS))
     assert guard.check("Step: input -> output", truncated=False) == "echoed_meta_prompt"
     assert guard.check("Scored instructions: Instruction: x Accuracy: 40", truncated=False) == "echoed_meta_prompt"
     assert guard.check("Input: great film -> Output: positive", truncated=False) == "echoed_meta_prompt"

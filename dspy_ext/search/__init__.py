@@ -3,7 +3,7 @@
 * :class:`Candidate` - the prompt state of every predictor, content-hashed;
 * :class:`CandidateStore` - every candidate seen, with accumulated scores;
 * :class:`TrialLog` - one JSONL row per evaluated candidate;
-* :class:`ProposalGuard` - rejects empty, cut-off, over-long and leaking proposals;
+* :class:`ProposalFilter` - rejects empty, cut-off, over-long and leaking proposals;
 * :class:`RegressionGuard` - no criterion may drop beyond its tolerance against a reference
   (:class:`AcceptanceGate`: the same around any optimizer's result);
 * :class:`SearchRun` - the per-compile state (RNG, budget, evaluator, store, log);
@@ -32,8 +32,8 @@ from dspy_ext.search.final_selection import (
     SuccessiveHalving,
     final_contenders,
 )
-from dspy_ext.search.guards import ProposalGuard, clean_proposal
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
+from dspy_ext.search.proposal_filter import ProposalFilter, clean_proposal
 from dspy_ext.search.reasons import Rejection
 from dspy_ext.search.regression import AcceptanceGate, CriterionCheck, GuardVerdict, RegressionGuard, parse_guards
 from dspy_ext.search.run import Models, Proposal, SearchRun, SearchStopped
@@ -65,7 +65,7 @@ __all__ = [
     "InstructionSearch",
     "Models",
     "PredictorPrompt",
-    "ProposalGuard",
+    "ProposalFilter",
     "AcceptanceGate",
     "CriterionCheck",
     "GuardVerdict",

@@ -23,8 +23,8 @@ from dspy_ext.lm.engine import pop_finish_reason
 from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, find_budget_exhausted, lm_role
 from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.demos import DemoSet
-from dspy_ext.search.guards import ProposalGuard, clean_proposal
 from dspy_ext.search.options import CompileOptions
+from dspy_ext.search.proposal_filter import ProposalFilter, clean_proposal
 from dspy_ext.search.reasons import Rejection
 from dspy_ext.search.regression import GuardVerdict, RegressionGuard, is_sampled, row_criteria
 from dspy_ext.search.store import CandidateRecord, CandidateStore
@@ -123,7 +123,7 @@ class SearchRun:
         metric: The task metric.
         models: Task and prompt LMs with their adapters.
         seed: Seeds the run's private RNG.
-        guard: Proposal guard.
+        proposal_filter: Rejects empty, cut-off, over-long and leaking proposals.
         meta_prompts: Signatures by role.
         minibatch_size: Examples per search minibatch.
         search_cap: LM calls of the search phase (the rest is kept for the final selection);
@@ -145,7 +145,7 @@ class SearchRun:
         metric: Any,
         models: Models,
         seed: int,
-        guard: ProposalGuard,
+        proposal_filter: ProposalFilter,
         meta_prompts: dict[str, type[dspy.Signature]],
         minibatch_size: int,
         search_cap: int | None = None,
@@ -164,7 +164,7 @@ class SearchRun:
         self.search_meter = CallMeter(search_cap) if search_cap is not None else self.total_meter
         self.minibatch_size = minibatch_size
         self.evaluator = Evaluator(metric, num_threads=options.num_threads)
-        self.guard = guard
+        self._proposal_filter = proposal_filter
         self.meta_prompts = meta_prompts
         self.trial_log = trial_log if trial_log is not None else TrialLog.fresh(options.trial_log_path)
         self.store = CandidateStore()
@@ -503,7 +503,7 @@ class SearchRun:
     ) -> Candidate | None:
         """Turn a proposal into a new candidate, or ``None`` if it is rejected or a duplicate."""
         text = clean_proposal(proposal.text)
-        reason = self.guard.check(text, truncated=proposal.truncated)
+        reason = self._proposal_filter.check(text, truncated=proposal.truncated)
         if reason is None and self.store.seen_instruction(text) and text != parent.instruction(name):
             reason = Rejection.DUPLICATE
         if reason is None and text == parent.instruction(name):

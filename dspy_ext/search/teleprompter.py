@@ -30,9 +30,9 @@ from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_pro
 from dspy_ext.prompt_state import attach_record, predictors
 from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.config import OptimizerConfig
-from dspy_ext.search.guards import ProposalGuard
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode
 from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.proposal_filter import ProposalFilter
 from dspy_ext.search.result import SearchResult
 from dspy_ext.search.run import Models, SearchRun
 
@@ -201,13 +201,13 @@ class SearchTeleprompter(Teleprompter, abc.ABC):
             metric=self.metric,
             models=models,
             seed=rng.randrange(2**31),
-            guard=self._proposal_guard(trainset),
+            proposal_filter=self._proposal_filter(trainset),
             meta_prompts=self.meta_prompts,
             minibatch_size=self.minibatch_size(),
             search_cap=self.search_cap(),
         )
 
-    def _proposal_guard(self, trainset: list[dspy.Example]) -> ProposalGuard:
+    def _proposal_filter(self, trainset: list[dspy.Example]) -> ProposalFilter:
         signatures = {r: self.meta_prompts[r] for r in self.active_roles()}
         # Inputs and labels alike: neither may be copied into the instruction (AdalFlow#434); nor may the
         # inputs and outputs of critiques shown in a meta-prompt.
@@ -215,7 +215,7 @@ class SearchTeleprompter(Teleprompter, abc.ABC):
         if self.options.feedback:
             critiques = self.options.feedback.critiques
             copied += [str(v) for c in critiques for v in (*c.inputs.values(), *c.output.values())]
-        return ProposalGuard(
+        return ProposalFilter(
             meta_texts=meta_prompt_texts(signatures), meta_labels=meta_prompt_labels(signatures), train_inputs=copied
         )
 

@@ -1,4 +1,4 @@
-"""Guards every proposed instruction passes before it is adopted.
+"""The filter every proposed instruction passes before it is adopted (a rejection is a :class:`Rejection`).
 
 * empty or cut-off proposals are never adopted (gepa#390);
 * over-long proposals are skipped (OPRO does the same);
@@ -44,7 +44,7 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 @dataclass
-class ProposalGuard:
+class ProposalFilter:
     """Rejects proposals that are empty, cut off, too long or that leak.
 
     Args:
@@ -60,7 +60,7 @@ class ProposalGuard:
             proposal that starts with one echoes the prompt instead of answering it.
 
     Example:
-        >>> guard = ProposalGuard(["Write a new instruction that scores higher"], ["a long training sentence here"])
+        >>> guard = ProposalFilter(["Write a new instruction that scores higher"], ["a long training sentence here"])
         >>> guard.check("Classify the review.", truncated=False)
         >>> guard.check("", truncated=False)
         <Rejection.EMPTY: 'empty'>
