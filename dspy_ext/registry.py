@@ -242,16 +242,6 @@ class OptimizerSpec:
             takes_valset=caps.takes_valset,
         )
 
-    @property
-    def uses_feedback(self) -> bool:
-        """Whether the optimizer takes a reviewer's critiques (``feedback=``): :attr:`takes_feedback`."""
-        return self.takes_feedback
-
-    @property
-    def instruction_search(self) -> bool:
-        """The old name of :attr:`final_selector`: one of dspy-ext's instruction searches (pluggable final choice)."""
-        return self.final_selector
-
 
 def _with_valset(opt: Any, student: dspy.Module, train: list, val: list | None, **kwargs: Any) -> dspy.Module:
     return opt.compile(student, trainset=train, valset=val, **kwargs)

@@ -95,7 +95,7 @@ def test_the_entry_comes_from_the_class(toy: ModuleType) -> None:
     spec = get_spec("toy")
     assert spec.config_model is toy.ToyConfig and spec.enforces_budget and spec.final_selector
     assert spec.guards is GuardMode.IN_SEARCH and spec.metric is MetricForm.RAW and not spec.takes_feedback
-    assert spec.instruction_search and not spec.uses_feedback  # the old names still read
+    assert spec.takes_valset
     with pytest.raises(ValueError, match="taken"):
         register(type("Other", (toy.Toy,), {"config_model": toy.ToyConfig.__base__}), description="clash")
 
@@ -147,3 +147,13 @@ def test_it_compiles_through_run_the_cli_and_compare(
     assert main([*argv, "--out", str(tmp_path / "cmp"), "--json"], lm=fake_world_lm()) == 0, capsys.readouterr().err
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["optimizer"] for r in rows] == ["toy", "labeled"]
+
+
+def test_it_has_a_tuning_space(toy: ModuleType) -> None:
+    """Registered after the tuning module was imported, it still gets its default ranges and the final-selection knob."""
+    from dspy_ext.tuning.space import TuningSpace, default_method_space
+
+    params = default_method_space("toy")
+    assert {"proposals", "final_selection", "minibatch_size"} <= set(params)  # its own, the shared, the knob
+    space = TuningSpace.from_dict({"optimizers": ["toy"]})
+    assert "proposals" in space.methods["toy"]

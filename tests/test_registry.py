@@ -276,7 +276,7 @@ def test_registry_constructor_and_tuning_space_agree(name: str) -> None:
     for key, param in space.items():
         for value, _ in param.probe_values():
             resolve_config(name, {key: value})
-    if not spec.instruction_search:
+    if not spec.final_selector:
         return
     with dspy.context(lm=fake_world_lm(), adapter=PlainAdapter()):
         handle = build_optimizer(name, metric)

@@ -142,11 +142,11 @@ def test_default_ranges_are_read_from_each_optimizers_config_model() -> None:
     for name, spec in REGISTRY.items():
         params = dict(DEFAULT_METHOD_SPACES[name])
         # Only dspy-ext's instruction searches get the final-selection knob.
-        assert (params.pop("final_selection", None) == Choice(["halving", "tpe"])) is spec.instruction_search, name
+        assert (params.pop("final_selection", None) == Choice(["halving", "tpe"])) is spec.final_selector, name
         assert params and params == {k: Param.parse(v, k) for k, v in spec.config_model.tuning_ranges().items()}
     # Every end of every default range is a value the optimizer's own config accepts.
     assert list(TuningSpace.default(list(REGISTRY)).methods) == list(REGISTRY)
-    ours = ", ".join(name for name, spec in REGISTRY.items() if spec.instruction_search)
+    ours = ", ".join(name for name, spec in REGISTRY.items() if spec.final_selector)
     with pytest.raises(TuningSpaceError, match=f"only dspy-ext's own optimizers \\({ours}\\)"):
         TuningSpace.from_dict({"optimizers": {"mipro": {"final_trials": 4}}})
 

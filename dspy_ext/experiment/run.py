@@ -180,7 +180,7 @@ def _prepare(settings: RunSettings, components: Components) -> _Inputs:
         task=components.task,
         train=train,
         val=val,
-        optimizer_uses_critiques=get_spec(settings.optimizer).uses_feedback,
+        optimizer_uses_critiques=get_spec(settings.optimizer).takes_feedback,
     )
     return _Inputs(components, student, merged.train, val, merged.metric, merged)
 

@@ -130,7 +130,7 @@ class TrialRunner:
 
         tuner = self.tuner
         extra: dict[str, Any] = {}
-        if tuner.feedback and get_spec(plan.optimizer).uses_feedback:
+        if tuner.feedback and get_spec(plan.optimizer).takes_feedback:
             extra["feedback"] = tuner.feedback
         if tuner.guards:
             extra["guards"] = tuner.guards

@@ -243,7 +243,7 @@ def default_method_space(name: str) -> dict[str, Param]:
     """
     spec = REGISTRY[name]
     params = {key: Param.parse(raw, f"{name}.{key}") for key, raw in spec.config_model.tuning_ranges().items()}
-    if spec.instruction_search:
+    if spec.final_selector:
         params["final_selection"] = Choice(FINAL_SELECTIONS)
     return params
 
@@ -319,7 +319,7 @@ class TuningSpace:
             if overrides is not None and not isinstance(overrides, Mapping):
                 problems.append(f"optimizers.{name}: expected a mapping of parameters, got {overrides!r}")
                 continue
-            params = dict(DEFAULT_METHOD_SPACES.get(name, {}))
+            params = default_method_space(name)  # read now: an optimizer registered after import has one too
             for key, value in (overrides or {}).items():
                 try:
                     params[key] = Param.parse(value, f"optimizers.{name}.{key}")
@@ -378,7 +378,7 @@ class TuningSpace:
                 if key in TRIAL_KNOBS:
                     problems += _knob_problems(name, key, param, where)
                 elif key not in fields:
-                    knobs = TRIAL_KNOBS if REGISTRY[name].instruction_search else ("budget",)
+                    knobs = TRIAL_KNOBS if REGISTRY[name].final_selector else ("budget",)
                     valid = ", ".join([*fields, *knobs])
                     problems.append(f"{where}: unknown parameter for {name} (valid: {valid})")
                 else:
@@ -462,8 +462,8 @@ def _positive_int(value: Any) -> bool:
 
 def _knob_problems(method: str, key: str, param: Param, where: str) -> list[str]:
     problems = []
-    if key in ("final_selection", "final_trials") and not REGISTRY[method].instruction_search:
-        ours = ", ".join(name for name, spec in REGISTRY.items() if spec.instruction_search)
+    if key in ("final_selection", "final_trials") and not REGISTRY[method].final_selector:
+        ours = ", ".join(name for name, spec in REGISTRY.items() if spec.final_selector)
         return [f"{where}: only dspy-ext's own optimizers ({ours}) have a pluggable final selection; {method} does not"]
     for value, what in param.probe_values():
         if key in ("budget", "final_trials") and not _positive_int(value):
