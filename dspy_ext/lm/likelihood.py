@@ -13,9 +13,11 @@ Hosted chat APIs do not (they return the log-probabilities of tokens they
 :class:`LikelihoodUnavailable` for them, with the reason.
 
 Every call is one "forward pass": it is reserved on the active call meters like
-an LM call, so a budget caps scoring and generation together. An engine that
-sends one request per continuation (``meters_own_requests = True``, the served
-engine) reserves each request itself instead.
+an LM call, so a budget caps scoring and generation together, and it goes into
+the run's call journal (:mod:`dspy_ext.lm.journal`), so a resumed compile
+replays it instead of paying for it again. An engine that sends one request per
+continuation (``meters_own_requests = True``, the served engine) reserves and
+journals each request itself instead.
 
 An engine may also offer constrained decoding of a closed label set
 (:class:`ChoiceEngine`: ``generate_choice(messages, labels, *, field)``), which a
@@ -30,11 +32,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from dspy_ext.lm.journal import active_journal
 from dspy_ext.lm.metering import active_meters, reserve_all
 
 __all__ = [
@@ -49,6 +53,10 @@ __all__ = [
     "score_continuations",
     "supports_likelihood",
 ]
+
+
+#: The journal kind of one forward pass of an in-process engine (see :mod:`dspy_ext.lm.journal`).
+SCORE_CALL = "score"
 
 
 class LikelihoodUnavailable(RuntimeError):
@@ -188,6 +196,14 @@ def continuation_scores(
         raise ValueError("continuations must be non-empty strings")
     if getattr(engine, "meters_own_requests", False):
         return engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
+    journal = active_journal()
+    key = None
+    if journal is not None:
+        request = {"model": getattr(lm, "model", None), "messages": messages, "continuations": continuations}
+        key = journal.call_key(SCORE_CALL, {**request, "end_of_turn": end_of_turn})
+        replayed = journal.replay_call(key)
+        if replayed is not None:
+            return [ContinuationScore(**row) for row in replayed["scores"]]
     meters = reserve_all(active_meters())
     try:
         scores = engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
@@ -198,6 +214,10 @@ def continuation_scores(
     evaluated = sum(s.evaluated_tokens for s in scores)
     for meter in meters:
         meter.record(evaluated, 0)
+    if journal is not None:
+        rows = [dataclasses.asdict(s) for s in scores]
+        usage = {"input_tokens": evaluated, "output_tokens": 0, "cost": 0.0}
+        journal.record_call(key, SCORE_CALL, {"scores": rows}, usage)
     return scores
 
 

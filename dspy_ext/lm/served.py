@@ -29,8 +29,9 @@ Two abilities of the embedded model also work on an OpenAI-compatible endpoint t
   first; an endpoint that refuses it (llama-cpp-python's server) gets
   ``{"type": "json_object", "schema": ...}``, and the engine remembers which form worked.
 
-Both are metered and retried exactly like a generation try. They do not pass through DSPy's cache
-or the run's call journal, so a resumed compile pays for them again.
+Both are metered and retried exactly like a generation try. They do not pass through DSPy's cache,
+but every request (the probe included) goes into the run's call journal, so a resumed compile
+replays them instead of paying for them again.
 
 :func:`check_endpoint` asks an OpenAI-compatible endpoint for its model list
 before anything is spent, so a closed port, an unknown host, a refused key or an
@@ -58,6 +59,7 @@ import dspy
 from dspy.lm15 import Request
 
 from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of
+from dspy_ext.lm.journal import active_journal
 from dspy_ext.lm.likelihood import ContinuationScore, LikelihoodUnavailable
 from dspy_ext.lm.metering import Price, find_budget_exhausted
 
@@ -77,6 +79,9 @@ __all__ = [
 # This is an environment default for LiteLLM only (a user's own value is kept); nothing dspy-ext runs may
 # reach the internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+#: The journal kind of a request a served engine sends itself (see :mod:`dspy_ext.lm.journal`).
+SERVED_CALL = "served"
 
 #: Client settings of a ``dspy.LM`` that configure its connection (kept on the inner LM only).
 _CLIENT_KEYS = ("api_key", "api_base", "base_url", "timeout", "organization", "api_version")
@@ -141,6 +146,7 @@ class _HTTPStatusError(RuntimeError):
 
     def __init__(self, url: str, status: int, text: str) -> None:
         super().__init__(f"{url}: HTTP {status}: {text[:300]}")
+        self.url = url
         self.http_status = status
         # llama-cpp-python's server answers a request it cannot validate with 500: not worth a retry.
         self.status_code = None if "validation error" in text.lower() else status
@@ -331,7 +337,22 @@ class ServedEngine(MeteredEngine):
         raise AssertionError("unreachable")
 
     def _request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to the endpoint: every try reserved on the active meters and retried like a generation."""
+        """POST ``body`` to the endpoint: every try reserved on the active meters and retried like a generation.
+
+        In a journaled compile the request goes into the run's call journal (kind ``"served"``): an
+        answer, or a refusal (an HTTP error that is not retried), is replayed on a resumed run and
+        charged as it was, one call.
+        """
+        journal = active_journal()
+        key = None
+        if journal is not None:
+            key = journal.call_key(SERVED_CALL, {"model": self.inner.model, "path": path, "body": body})
+            replayed = journal.replay_call(key)
+            if replayed is not None:
+                refused = replayed.get("refused")
+                if refused is not None:
+                    raise _HTTPStatusError(refused["url"], refused["status"], refused["text"])
+                return replayed["reply"]
         replies: list[dict[str, Any]] = []
 
         def attempt(timeout: float | None) -> Generation:
@@ -341,7 +362,16 @@ class ServedEngine(MeteredEngine):
             return Generation("", int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
         refused = lambda exc: isinstance(exc, _HTTPStatusError) and exc.status_code is None
-        self.metered(attempt, final=refused)
+        try:
+            generation, cost = self.metered(attempt, final=refused)
+        except _HTTPStatusError as exc:  # refused, not retried: a resumed run is refused the same way
+            if journal is not None:
+                record = {"refused": {"url": exc.url, "status": exc.http_status, "text": exc.text}}
+                journal.record_call(key, SERVED_CALL, record, {"failed": True})
+            raise
+        if journal is not None:
+            usage = {"input_tokens": generation.input_tokens, "output_tokens": generation.output_tokens, "cost": cost}
+            journal.record_call(key, SERVED_CALL, {"reply": _journal_form(replies[-1])}, usage)
         return replies[-1]
 
     def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -370,6 +400,24 @@ def _token_logprobs(reply: dict[str, Any]) -> list[tuple[str, int, float | None]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
     return rows or None
+
+
+def _journal_form(reply: dict[str, Any]) -> dict[str, Any]:
+    """What the engine reads of a reply (usage, message, token logprobs), as the call journal keeps it.
+
+    A ``/completions`` reply with ``echo`` holds every prompt token's top log-probabilities, which
+    nothing here reads; they are left out.
+    """
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return reply
+    first = {k: v for k, v in choices[0].items() if k in ("message", "text", "finish_reason", "index")}
+    logprobs = choices[0].get("logprobs")
+    if isinstance(logprobs, dict):
+        first["logprobs"] = {k: logprobs[k] for k in ("tokens", "text_offset", "token_logprobs") if k in logprobs}
+    elif "logprobs" in choices[0]:
+        first["logprobs"] = logprobs
+    return {"usage": reply.get("usage"), "choices": [first]}
 
 
 def _unavailable_reason(exc: BaseException) -> str:
