@@ -21,8 +21,11 @@ Two abilities of the embedded model also work on an OpenAI-compatible endpoint t
   ``POST {api_base}/completions`` with ``echo: true, logprobs: 1, max_tokens: 1`` on the chat
   messages rendered by a declared :class:`ChatTemplate` (ChatML by default, SmolLM2's and Qwen's);
   the server returns the log-probability of every prompt token, and the reply's are summed.
-  Whether the endpoint can do it is decided once, by a one-token probe (one metered request), or
-  declared with ``likelihood=True/False``; without a declared base URL it is unavailable.
+  Whether the endpoint can do it is decided once, by a probe (one metered request scoring a tiny
+  reply rendered by the template, so a server that shows no such reply fails before any scoring),
+  or declared with ``likelihood=True/False``; without a declared base URL it is unavailable. A
+  scoring request the endpoint refuses later raises :class:`LikelihoodUnavailable` and decides
+  "unavailable" from then on.
 * **constrained decoding** (:meth:`ServedEngine.generate_choice`): one ``POST
   {api_base}/chat/completions`` whose ``response_format`` is a JSON schema with an enum of the
   labels, so the reply is one of them. OpenAI's form (``{"type": "json_schema", ...}``) is sent
@@ -62,11 +65,13 @@ from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of
 from dspy_ext.lm.journal import active_journal
 from dspy_ext.lm.likelihood import ContinuationScore, LikelihoodUnavailable
 from dspy_ext.lm.metering import Price, find_budget_exhausted
+from dspy_ext.lm.retry import active_call_policy
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHATML",
+    "CHECK_TIMEOUT",
     "ChatTemplate",
     "EndpointError",
     "ServedEngine",
@@ -82,6 +87,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 #: The journal kind of a request a served engine sends itself (see :mod:`dspy_ext.lm.journal`).
 SERVED_CALL = "served"
+
+#: Seconds :func:`check_endpoint` waits for an endpoint's model list by default.
+CHECK_TIMEOUT = 30.0
 
 #: Client settings of a ``dspy.LM`` that configure its connection (kept on the inner LM only).
 _CLIENT_KEYS = ("api_key", "api_base", "base_url", "timeout", "organization", "api_version")
@@ -192,6 +200,7 @@ class ServedEngine(MeteredEngine):
         self.likelihood = likelihood
         self._likelihood_reason: str | None = None if likelihood is not False else "likelihood=False was declared"
         self._probed = likelihood is not None
+        self._end_of_turn_reason: str | None = None
         self._schema_form: str | None = None
 
     def generate(self, request: Request) -> Generation:
@@ -222,9 +231,12 @@ class ServedEngine(MeteredEngine):
     def likelihood_unavailable(self) -> str | None:
         """Why this endpoint cannot score a given reply, or ``None`` when it can.
 
-        Decided once per engine: by ``likelihood`` when declared, else by a probe (one request of
-        one prompt token, metered). A probe refused for lack of budget decides nothing; one that
-        fails through every retry (or is answered 404, 400, ...) decides "unavailable" for good.
+        Decided once per engine: by ``likelihood`` when declared, else by a probe (one metered request
+        that scores the reply ``Hi`` to ``Hi`` rendered by the chat template, end of turn included, so
+        that a server whose prompt tokens do not show the template's reply is told apart before any
+        scoring starts). A probe refused for lack of budget decides nothing; one that fails through
+        every retry (or is answered 404, 400, ...) decides "unavailable" for good, and so does a
+        scoring request the endpoint refuses later.
         """
         if self._probed:
             return self._likelihood_reason
@@ -234,20 +246,38 @@ class ServedEngine(MeteredEngine):
                 f"{self.inner.model!r} has no declared api_base; hosted chat APIs return no prompt log-probabilities"
             )
         else:
-            body = {"model": self._served_name(), "prompt": "Hi", "echo": True, "logprobs": 1, "max_tokens": 1}
-            try:
-                reply = self._request("/completions", {**body, "temperature": 0})
-                reason = None if _token_logprobs(reply) is not None else "its /completions reply has no logprobs"
-            except Exception as exc:
-                if find_budget_exhausted(exc) is not None:
-                    raise
-                reason = _unavailable_reason(exc)
+            reason = self._probe()
             if reason is not None:
                 reason = f"{base}/completions cannot score a given reply ({reason})"
         self._likelihood_reason, self._probed = reason, True
         if reason is not None:
             logger.info("likelihood scoring unavailable: %s", reason)
         return reason
+
+    def _probe(self) -> str | None:
+        """Score one tiny chat reply; why that failed, or ``None`` (sets what :meth:`score_continuations` checks)."""
+        prefix = self.chat_template.render([{"role": "user", "content": "Hi"}])
+        prompt = prefix + "Hi" + self.chat_template.end_of_turn
+        body = {"model": self._served_name(), "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1}
+        try:
+            reply = self._request("/completions", {**body, "temperature": 0})
+        except Exception as exc:
+            if find_budget_exhausted(exc) is not None:
+                raise
+            return _unavailable_reason(exc)
+        if _token_logprobs(reply) is None:
+            return "its /completions reply has no logprobs"
+        try:
+            self._reply_score(reply, prefix, "Hi", False)
+        except ValueError:
+            return f"its prompt tokens do not show a reply rendered by the {self.chat_template.name!r} chat template"
+        try:
+            self._reply_score(reply, prefix, "Hi", True)
+        except ValueError:
+            self._end_of_turn_reason = (
+                f"the {self.chat_template.name!r} template's end of turn is not among the server's prompt tokens"
+            )
+        return None
 
     def score_continuations(
         self, messages: list[dict[str, str]], continuations: Sequence[str], *, end_of_turn: bool = True
@@ -262,7 +292,7 @@ class ServedEngine(MeteredEngine):
             LikelihoodUnavailable: The endpoint cannot score (see :meth:`likelihood_unavailable`).
             BudgetExhausted: An active meter has no call left.
         """
-        reason = self.likelihood_unavailable()
+        reason = self.likelihood_unavailable() or (self._end_of_turn_reason if end_of_turn else None)
         if reason is not None:
             raise LikelihoodUnavailable(reason)
         prefix = self.chat_template.render(messages)
@@ -273,9 +303,18 @@ class ServedEngine(MeteredEngine):
             try:
                 reply = self._request("/completions", {**body, "max_tokens": 1, "temperature": 0})
             except _HTTPStatusError as exc:
-                raise LikelihoodUnavailable(f"/completions refused a scoring request ({exc})") from exc
-            scores.append(self._reply_score(reply, prefix, text, end_of_turn))
+                raise self._unavailable_from_now(f"/completions refused a scoring request ({exc})") from exc
+            try:
+                scores.append(self._reply_score(reply, prefix, text, end_of_turn))
+            except (LikelihoodUnavailable, ValueError) as exc:  # no logprobs, or the reply is not found in them
+                raise self._unavailable_from_now(str(exc)) from None
         return scores
+
+    def _unavailable_from_now(self, reason: str) -> LikelihoodUnavailable:
+        """Decide "unavailable" for good (later checks say so without a request); the error to raise."""
+        self._likelihood_reason, self._probed = reason, True
+        logger.warning("likelihood scoring unavailable from now on: %s", reason)
+        return LikelihoodUnavailable(reason)
 
     def _reply_score(self, reply: dict, prefix: str, text: str, end_of_turn: bool) -> ContinuationScore:
         logprobs = _token_logprobs(reply)
@@ -466,16 +505,24 @@ def endpoint_of(lm: dspy.LM) -> tuple[str | None, str | None]:
     return base, key
 
 
-def check_endpoint(lm: dspy.LM, *, timeout: float = 10.0) -> None:
+def check_endpoint(lm: dspy.LM, *, timeout: float | None = None) -> None:
     """Ask ``lm``'s OpenAI-compatible endpoint for ``GET /models``; raise one clear error if it cannot serve.
 
     No completion is requested, so nothing is spent. An LM without a declared endpoint (a hosted API on
-    its default address) and an endpoint that does not list models are not checked.
+    its default address) and an endpoint that does not list models are not checked. A closed port, an
+    unknown host and a refused key fail at once; only an endpoint that does not answer waits ``timeout``.
+
+    Args:
+        lm: The LM.
+        timeout: Seconds to wait for the listing. ``None``: :data:`CHECK_TIMEOUT` (30 s: a server's first
+            request after a restart can be slow), or the active call policy's timeout where that is longer.
 
     Raises:
         EndpointError: Connection refused, unknown host, no answer within ``timeout``, HTTP 401/403
             (the key), or a model list that does not hold the model.
     """
+    if timeout is None:
+        timeout = max(CHECK_TIMEOUT, active_call_policy(getattr(lm, "engine", None)).timeout or 0.0)
     base, key = endpoint_of(lm)
     if not base:
         return
