@@ -164,6 +164,7 @@ def test_a_template_whose_end_of_turn_the_server_does_not_show_is_refused_before
     lm.engine.chat_template = odd
     messages = [{"role": "user", "content": "Input: A fine film."}]
     assert supports_likelihood(lm) and proxy.requests == 1  # the probe found the reply, not the end of turn
+    assert not supports_likelihood(lm, end_of_turn=True) and proxy.requests == 1
     with pytest.raises(LikelihoodUnavailable, match="end of turn"):
         continuation_scores(lm, messages, ["positive"], end_of_turn=True)
     assert proxy.requests == 1  # refused before a request

@@ -109,12 +109,15 @@ def choice_engine(lm: Any) -> ChoiceEngine | None:
     return engine if isinstance(engine, ChoiceEngine) else None
 
 
-def likelihood_engine(lm: Any) -> LikelihoodEngine:
+def likelihood_engine(lm: Any, *, end_of_turn: bool = False) -> LikelihoodEngine:
     """The engine of ``lm`` if it can score continuations (a served engine is asked, see
     ``ServedEngine.likelihood_unavailable``: it may probe its endpoint once, with one metered request).
 
     Args:
         lm: A ``dspy.LM`` (or anything with an ``engine`` attribute).
+        end_of_turn: Also require that it can score the end-of-turn token (what a gold reply
+            scored alone needs; a label choice does not): a served endpoint whose probe showed no
+            end of turn cannot.
 
     Returns:
         The engine.
@@ -133,15 +136,17 @@ def likelihood_engine(lm: Any) -> LikelihoodEngine:
         )
     unavailable = getattr(engine, "likelihood_unavailable", None)
     reason = unavailable() if callable(unavailable) else None
+    if not reason and end_of_turn:
+        reason = getattr(engine, "end_of_turn_unavailable", None)
     if reason:
         raise LikelihoodUnavailable(reason)
     return engine
 
 
-def supports_likelihood(lm: Any) -> bool:
-    """Whether :func:`score_continuations` works for ``lm``."""
+def supports_likelihood(lm: Any, *, end_of_turn: bool = False) -> bool:
+    """Whether :func:`score_continuations` works for ``lm`` (with ``end_of_turn``, see :func:`likelihood_engine`)."""
     try:
-        likelihood_engine(lm)
+        likelihood_engine(lm, end_of_turn=end_of_turn)
     except LikelihoodUnavailable:
         return False
     return True

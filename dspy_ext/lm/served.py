@@ -200,7 +200,8 @@ class ServedEngine(MeteredEngine):
         self.likelihood = likelihood
         self._likelihood_reason: str | None = None if likelihood is not False else "likelihood=False was declared"
         self._probed = likelihood is not None
-        self._end_of_turn_reason: str | None = None
+        #: Why the end-of-turn token cannot be scored here (found by the probe), or ``None``.
+        self.end_of_turn_unavailable: str | None = None
         self._schema_form: str | None = None
 
     def generate(self, request: Request) -> Generation:
@@ -274,7 +275,7 @@ class ServedEngine(MeteredEngine):
         try:
             self._reply_score(reply, prefix, "Hi", True)
         except ValueError:
-            self._end_of_turn_reason = (
+            self.end_of_turn_unavailable = (
                 f"the {self.chat_template.name!r} template's end of turn is not among the server's prompt tokens"
             )
         return None
@@ -292,7 +293,7 @@ class ServedEngine(MeteredEngine):
             LikelihoodUnavailable: The endpoint cannot score (see :meth:`likelihood_unavailable`).
             BudgetExhausted: An active meter has no call left.
         """
-        reason = self.likelihood_unavailable() or (self._end_of_turn_reason if end_of_turn else None)
+        reason = self.likelihood_unavailable() or (self.end_of_turn_unavailable if end_of_turn else None)
         if reason is not None:
             raise LikelihoodUnavailable(reason)
         prefix = self.chat_template.render(messages)
