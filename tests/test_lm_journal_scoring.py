@@ -142,3 +142,32 @@ def test_embedded_likelihood_screen_replays_with_zero_engine_calls(local_lm, tmp
     assert second.rows == first.rows and second.usage.input_tokens == first.usage.input_tokens > 0
     assert second.score("label_prob") == first.score("label_prob")
     print(f"embedded replay: first {made_first} passes, second {made_second} passes, {replayed_second} replayed")
+
+
+@pytest.mark.embedded
+def test_embedded_demo_search_compile_replays_every_call(local_lm, tmp_path, monkeypatch) -> None:
+    """SmolLM2: a likelihood-screening compile run twice on one journal; the second reaches the model 0 times."""
+    from test_demo_search import compile_sentiment_slice
+
+    engine = local_lm.engine
+    made: list[str] = []
+    for name in ("generate", "score_continuations"):
+        real = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, _real=real, _name=name, **k: made.append(_name) or _real(*a, **k))
+    runs = []
+    for _ in range(2):
+        before = len(made)
+        with journaled(tmp_path / "calls.jsonl") as journal:
+            result = compile_sentiment_slice(local_lm, max_lm_calls=40, demo_counts=(3,)).dspy_ext_result
+        runs.append((result, made[before:], journal.replayed_calls))
+    (first, made_first, replayed_first), (second, made_second, replayed_second) = runs
+    assert first.screening == "likelihood" and "score_continuations" in made_first
+    assert len(made_first) == first.lm_calls and replayed_first == 0
+    assert made_second == [] and replayed_second == second.lm_calls == first.lm_calls
+    assert second.best == first.best and second.val_score == first.val_score
+    assert [t["score"] for t in second.trials] == [t["score"] for t in first.trials]
+    print(
+        f"embedded demo-search: first {len(made_first)} engine calls ({made_first.count('score_continuations')} "
+        f"scoring), journal {len((tmp_path / 'calls.jsonl').read_text().splitlines())} rows; "
+        f"second {len(made_second)} engine calls, {replayed_second} replayed"
+    )
