@@ -109,7 +109,8 @@ class ChatTemplate:
     ``/v1/completions`` takes raw text, so the engine renders the chat itself; the rendering must be
     the server's for the scores to be those of a chat reply. Nothing tells a client which template a
     server applies, so it is declared (:data:`CHATML` by default). A wrong template gives scores of a
-    different prompt, not an error.
+    different prompt; only one whose reply (or end of turn) the server's tokens do not show is caught,
+    by the probe (see :meth:`ServedEngine.likelihood_unavailable`).
 
     Attributes:
         name: Shown in messages.
