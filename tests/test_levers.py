@@ -160,6 +160,20 @@ def test_likelihood_evaluator_falls_back_to_the_metric_with_a_note(fake_lm):
     assert report.score() == pytest.approx(0.5) and report.usage.calls == 6
 
 
+def test_an_engine_that_cannot_score_the_end_of_turn_falls_back_before_any_pass(fake_lm):
+    """A served endpoint whose probe showed no end of turn: gold replies fall back at once, label choices score."""
+    lm = fake_lm(lambda messages: "positive")
+    lm.engine.end_of_turn_unavailable = "no end-of-turn token among the prompt tokens"
+    rows = sentiment_examples()
+    exact = lambda example, prediction, trace=None: prediction.output == example.output
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        gold = LikelihoodEvaluator(metric=exact).evaluate(student(), rows)
+        labels = LikelihoodEvaluator(LABELS, metric=exact).evaluate(student(), rows)
+    assert gold.mode == "metric" and "no end-of-turn token" in gold.note
+    assert labels.mode == "likelihood" and len(labels.rows) == len(rows)
+    assert supports_likelihood(lm) and not supports_likelihood(lm, end_of_turn=True)
+
+
 def test_likelihood_evaluator_refuses_programs_it_cannot_score(fake_lm):
     class Two(dspy.Module):
         def __init__(self):

@@ -130,3 +130,43 @@ def test_an_lm_without_an_endpoint_cannot_score_and_sends_nothing() -> None:
     assert reason is not None and "api_base" in reason
     declared_off = ServedEngine(dspy.LM("openai/m", api_base="http://127.0.0.1:9/v1", api_key="x"), likelihood=False)
     assert declared_off.likelihood_unavailable() == "likelihood=False was declared"
+
+
+def test_scoring_and_label_requests_replay_from_the_run_journal(proxy: CountingProxy, tmp_path) -> None:
+    """Probe, scores, the refused json_schema try and the label requests: a re-run sends none and counts the same."""
+    from dspy_ext.lm.journal import journaled
+
+    predict, rows = _sentiment(2)
+    program = LabelConstrained(predict, LabelRule("output", LABELS), method="constrained")
+    runs = []
+    for _ in range(2):
+        sent, meter = proxy.requests, CallMeter()
+        lm = _served(proxy.base)  # a fresh engine, as in a new process: it probes and learns the schema form again
+        with dspy.context(lm=lm, adapter=PlainAdapter()), journaled(tmp_path / "calls.jsonl") as journal:
+            replies = [gold_reply(predict, {"output": label}) for label in LABELS]
+            with metering(meter):
+                scores = [continuation_scores(lm, predictor_messages(predict, r.inputs()), replies) for r in rows]
+                labels = [program(**row.inputs()).output for row in rows]
+        runs.append((scores, labels, meter.snapshot(), proxy.requests - sent, journal.replayed_calls))
+    (scores, labels, usage, sent, replayed), again = runs
+    # probe + one request per (row, label) + the refused json_schema try + one label request a row
+    assert sent == usage.calls == 1 + len(rows) * len(LABELS) + 1 + len(rows) and usage.failed_calls == 1
+    assert replayed == 0
+    assert again == (scores, labels, usage, 0, usage.calls)
+
+
+def test_a_template_whose_end_of_turn_the_server_does_not_show_is_refused_before_any_scoring_request(
+    proxy: CountingProxy,
+) -> None:
+    from dspy_ext.lm.served import ChatTemplate
+
+    odd = ChatTemplate("odd-eot", CHATML.turn, CHATML.assistant_cue, "</end>", CHATML.special)
+    lm = _served(proxy.base)
+    lm.engine.chat_template = odd
+    messages = [{"role": "user", "content": "Input: A fine film."}]
+    assert supports_likelihood(lm) and proxy.requests == 1  # the probe found the reply, not the end of turn
+    assert not supports_likelihood(lm, end_of_turn=True) and proxy.requests == 1
+    with pytest.raises(LikelihoodUnavailable, match="end of turn"):
+        continuation_scores(lm, messages, ["positive"], end_of_turn=True)
+    assert proxy.requests == 1  # refused before a request
+    assert continuation_scores(lm, messages, ["positive"], end_of_turn=False)[0].logprob < 0

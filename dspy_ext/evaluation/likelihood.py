@@ -327,7 +327,7 @@ class LikelihoodEvaluator:
         name, predictor = single_predictor(program)
         lm = predictor.lm or dspy.settings.lm
         try:
-            likelihood_engine(lm)
+            likelihood_engine(lm, end_of_turn=self.end_of_turn)
         except LikelihoodUnavailable as exc:
             if self.metric is None:
                 raise

@@ -14,6 +14,25 @@ costs one call, as it did then.
 Only plain JSON records are journaled (what DSPy 3.4 stores for native
 engines, dspy-ext's included); nothing is ever unpickled.
 
+The metered calls that do not pass through DSPy's cache are journaled too
+(:meth:`CallJournal.replay_call`, :meth:`CallJournal.record_call`): likelihood
+scoring (``score``: one forward pass of an in-process engine) and the requests a
+served engine sends itself (``served``: ``/completions`` scoring and probe,
+``/chat/completions`` under a label schema). Unlike a chat reply, such a call is
+not free when repeated within a process (it never was), so the journal keeps
+every occurrence and a resumed compile replays as many occurrences of a request
+as were made before, each charged as a chat replay is.
+
+Rows of ``calls.jsonl`` (one JSON object a line):
+
+* a chat reply (DSPy's cache record): ``{"key", "record", "usage"}``, the form of
+  every journal so far;
+* another call: ``{"kind", "key", "record", "usage"}``, ``kind`` being ``"score"``
+  or ``"served"``. ``usage`` is ``{"input_tokens", "output_tokens", "cost"}``
+  plus ``"failed": true`` for a refused request (replayed as a failed try). A
+  reader that does not know ``kind`` keeps such a row under a key no chat
+  request hashes to, so older versions still read the file.
+
 The journal is scoped to the block's context, like the call meters: it is held
 in ``dspy.settings`` (``dspy.context``), so it follows DSPy's own propagation
 into worker threads and no other compile or thread of the process sees it.
@@ -30,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -63,10 +83,13 @@ class CallJournal(Cache):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._earlier: dict[str, dict[str, int | None]] = {}  # key -> usage of a call made in an earlier session
+        # key -> the (record, usage) of each earlier occurrence of a non-chat call not replayed yet, in order
+        self._earlier_calls: dict[str, collections.deque[tuple[Any, dict[str, Any]]]] = {}
         self._charged: set[str] = set()
         self._write_lock = threading.Lock()
         self.replayed_calls = 0
         self._load()
+        self._earlier_other = sum(len(queue) for queue in self._earlier_calls.values())
         self._file = self.path.open("a", encoding="utf-8")
 
     def _load(self) -> None:
@@ -79,8 +102,13 @@ class CallJournal(Cache):
                 try:
                     entry = json.loads(line)
                     key, record = entry["key"], entry["record"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    kind = entry.get("kind")
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     torn += 1  # the line being written when the process died
+                    continue
+                if kind is not None:
+                    queue = self._earlier_calls.setdefault(key, collections.deque())
+                    queue.append((record, entry.get("usage") or {}))
                     continue
                 self.memory_cache[key] = record
                 self._earlier[key] = entry.get("usage") or {}
@@ -90,8 +118,51 @@ class CallJournal(Cache):
 
     @property
     def earlier_calls(self) -> int:
-        """Distinct calls the journal held when it was opened."""
-        return len(self._earlier)
+        """Calls the journal held when it was opened (distinct chat requests, every other call)."""
+        return len(self._earlier) + self._earlier_other
+
+    # ---- calls outside DSPy's cache: likelihood scoring, a served engine's own requests -----------
+    def call_key(self, kind: str, request: dict[str, Any]) -> str:
+        """The journal key of a call of ``kind`` (``"score"``, ``"served"``): a hash of the request.
+
+        ``request`` must hold everything that changes the answer (model, prompt or messages, parameters).
+        """
+        return self.cache_key({"dspy_ext_call": kind, **request})
+
+    def replay_call(self, key: str) -> Any | None:
+        """The record of the next earlier occurrence of ``key`` not replayed yet, charged to the active meters.
+
+        ``None`` when every earlier occurrence was replayed (or there was none): the call is made, and
+        recorded with :meth:`record_call`.
+
+        Raises:
+            BudgetExhausted: A meter is full (the occurrence stays to be replayed).
+        """
+        with self._lock:
+            queue = self._earlier_calls.get(key)
+            if not queue:
+                return None
+            record, usage = queue.popleft()
+        try:
+            _charge(usage, failed=bool(usage.get("failed")))
+        except BaseException:
+            with self._lock:
+                queue.appendleft((record, usage))
+            raise
+        with self._lock:
+            self.replayed_calls += 1
+        return record
+
+    def record_call(self, key: str, kind: str, record: Any, usage: dict[str, Any]) -> None:
+        """Append one call of ``kind`` that reached the model (``usage``: what the meters were charged)."""
+        try:
+            line = json.dumps(
+                {"kind": kind, "key": key, "record": record, "usage": usage}, ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError):
+            logger.debug("not journaled (not plain JSON): a %s call", kind)
+            return
+        self._append(line)
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
         try:
@@ -138,6 +209,9 @@ class CallJournal(Cache):
             return
         with self._lock:
             self.memory_cache[key] = value
+        self._append(line)
+
+    def _append(self, line: str) -> None:
         with self._write_lock:
             self._file.write(line + "\n")
             self._file.flush()
@@ -197,10 +271,16 @@ def _usage(record: Any) -> dict[str, int | None]:
     }
 
 
-def _charge(usage: dict[str, int | None]) -> None:
-    """Count one replayed call on every active meter, all or none (a full meter raises ``BudgetExhausted``)."""
+def _charge(usage: dict[str, Any], *, failed: bool = False) -> None:
+    """Count one replayed call on every active meter, all or none (a full meter raises ``BudgetExhausted``).
+
+    ``failed``: the call was a refused try (charged as one, as when it was made).
+    """
     for meter in reserve_all(active_meters()):
-        meter.record(usage.get("input_tokens"), usage.get("output_tokens"), cost=usage.get("cost"))
+        if failed:
+            meter.record(None, None, failed=True)
+        else:
+            meter.record(usage.get("input_tokens"), usage.get("output_tokens"), cost=usage.get("cost"))
 
 
 _SETTINGS_KEY = "dspy_ext_journal"

@@ -13,9 +13,11 @@ Hosted chat APIs do not (they return the log-probabilities of tokens they
 :class:`LikelihoodUnavailable` for them, with the reason.
 
 Every call is one "forward pass": it is reserved on the active call meters like
-an LM call, so a budget caps scoring and generation together. An engine that
-sends one request per continuation (``meters_own_requests = True``, the served
-engine) reserves each request itself instead.
+an LM call, so a budget caps scoring and generation together, and it goes into
+the run's call journal (:mod:`dspy_ext.lm.journal`), so a resumed compile
+replays it instead of paying for it again. An engine that sends one request per
+continuation (``meters_own_requests = True``, the served engine) reserves and
+journals each request itself instead.
 
 An engine may also offer constrained decoding of a closed label set
 (:class:`ChoiceEngine`: ``generate_choice(messages, labels, *, field)``), which a
@@ -30,11 +32,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from dspy_ext.lm.journal import active_journal
 from dspy_ext.lm.metering import active_meters, reserve_all
 
 __all__ = [
@@ -49,6 +53,10 @@ __all__ = [
     "score_continuations",
     "supports_likelihood",
 ]
+
+
+#: The journal kind of one forward pass of an in-process engine (see :mod:`dspy_ext.lm.journal`).
+SCORE_CALL = "score"
 
 
 class LikelihoodUnavailable(RuntimeError):
@@ -101,12 +109,15 @@ def choice_engine(lm: Any) -> ChoiceEngine | None:
     return engine if isinstance(engine, ChoiceEngine) else None
 
 
-def likelihood_engine(lm: Any) -> LikelihoodEngine:
+def likelihood_engine(lm: Any, *, end_of_turn: bool = False) -> LikelihoodEngine:
     """The engine of ``lm`` if it can score continuations (a served engine is asked, see
     ``ServedEngine.likelihood_unavailable``: it may probe its endpoint once, with one metered request).
 
     Args:
         lm: A ``dspy.LM`` (or anything with an ``engine`` attribute).
+        end_of_turn: Also require that it can score the end-of-turn token (what a gold reply
+            scored alone needs; a label choice does not): a served endpoint whose probe showed no
+            end of turn cannot.
 
     Returns:
         The engine.
@@ -125,15 +136,17 @@ def likelihood_engine(lm: Any) -> LikelihoodEngine:
         )
     unavailable = getattr(engine, "likelihood_unavailable", None)
     reason = unavailable() if callable(unavailable) else None
+    if not reason and end_of_turn:
+        reason = getattr(engine, "end_of_turn_unavailable", None)
     if reason:
         raise LikelihoodUnavailable(reason)
     return engine
 
 
-def supports_likelihood(lm: Any) -> bool:
-    """Whether :func:`score_continuations` works for ``lm``."""
+def supports_likelihood(lm: Any, *, end_of_turn: bool = False) -> bool:
+    """Whether :func:`score_continuations` works for ``lm`` (with ``end_of_turn``, see :func:`likelihood_engine`)."""
     try:
-        likelihood_engine(lm)
+        likelihood_engine(lm, end_of_turn=end_of_turn)
     except LikelihoodUnavailable:
         return False
     return True
@@ -188,6 +201,14 @@ def continuation_scores(
         raise ValueError("continuations must be non-empty strings")
     if getattr(engine, "meters_own_requests", False):
         return engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
+    journal = active_journal()
+    key = None
+    if journal is not None:
+        request = {"model": getattr(lm, "model", None), "messages": messages, "continuations": continuations}
+        key = journal.call_key(SCORE_CALL, {**request, "end_of_turn": end_of_turn})
+        replayed = journal.replay_call(key)
+        if replayed is not None:
+            return [ContinuationScore(**row) for row in replayed["scores"]]
     meters = reserve_all(active_meters())
     try:
         scores = engine.score_continuations(messages, continuations, end_of_turn=end_of_turn)
@@ -198,6 +219,10 @@ def continuation_scores(
     evaluated = sum(s.evaluated_tokens for s in scores)
     for meter in meters:
         meter.record(evaluated, 0)
+    if journal is not None:
+        rows = [dataclasses.asdict(s) for s in scores]
+        usage = {"input_tokens": evaluated, "output_tokens": 0, "cost": 0.0}
+        journal.record_call(key, SCORE_CALL, {"scores": rows}, usage)
     return scores
 
 

@@ -21,16 +21,20 @@ Two abilities of the embedded model also work on an OpenAI-compatible endpoint t
   ``POST {api_base}/completions`` with ``echo: true, logprobs: 1, max_tokens: 1`` on the chat
   messages rendered by a declared :class:`ChatTemplate` (ChatML by default, SmolLM2's and Qwen's);
   the server returns the log-probability of every prompt token, and the reply's are summed.
-  Whether the endpoint can do it is decided once, by a one-token probe (one metered request), or
-  declared with ``likelihood=True/False``; without a declared base URL it is unavailable.
+  Whether the endpoint can do it is decided once, by a probe (one metered request scoring a tiny
+  reply rendered by the template, so a server that shows no such reply fails before any scoring),
+  or declared with ``likelihood=True/False``; without a declared base URL it is unavailable. A
+  scoring request the endpoint refuses later raises :class:`LikelihoodUnavailable` and decides
+  "unavailable" from then on.
 * **constrained decoding** (:meth:`ServedEngine.generate_choice`): one ``POST
   {api_base}/chat/completions`` whose ``response_format`` is a JSON schema with an enum of the
   labels, so the reply is one of them. OpenAI's form (``{"type": "json_schema", ...}``) is sent
   first; an endpoint that refuses it (llama-cpp-python's server) gets
   ``{"type": "json_object", "schema": ...}``, and the engine remembers which form worked.
 
-Both are metered and retried exactly like a generation try. They do not pass through DSPy's cache
-or the run's call journal, so a resumed compile pays for them again.
+Both are metered and retried exactly like a generation try. They do not pass through DSPy's cache,
+but every request (the probe included) goes into the run's call journal, so a resumed compile
+replays them instead of paying for them again.
 
 :func:`check_endpoint` asks an OpenAI-compatible endpoint for its model list
 before anything is spent, so a closed port, an unknown host, a refused key or an
@@ -58,13 +62,16 @@ import dspy
 from dspy.lm15 import Request
 
 from dspy_ext.lm.engine import Generation, MeteredEngine, generation_of
+from dspy_ext.lm.journal import active_journal
 from dspy_ext.lm.likelihood import ContinuationScore, LikelihoodUnavailable
 from dspy_ext.lm.metering import Price, find_budget_exhausted
+from dspy_ext.lm.retry import active_call_policy
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHATML",
+    "CHECK_TIMEOUT",
     "ChatTemplate",
     "EndpointError",
     "ServedEngine",
@@ -77,6 +84,12 @@ __all__ = [
 # This is an environment default for LiteLLM only (a user's own value is kept); nothing dspy-ext runs may
 # reach the internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+#: The journal kind of a request a served engine sends itself (see :mod:`dspy_ext.lm.journal`).
+SERVED_CALL = "served"
+
+#: Seconds :func:`check_endpoint` waits for an endpoint's model list by default.
+CHECK_TIMEOUT = 30.0
 
 #: Client settings of a ``dspy.LM`` that configure its connection (kept on the inner LM only).
 _CLIENT_KEYS = ("api_key", "api_base", "base_url", "timeout", "organization", "api_version")
@@ -96,7 +109,8 @@ class ChatTemplate:
     ``/v1/completions`` takes raw text, so the engine renders the chat itself; the rendering must be
     the server's for the scores to be those of a chat reply. Nothing tells a client which template a
     server applies, so it is declared (:data:`CHATML` by default). A wrong template gives scores of a
-    different prompt, not an error.
+    different prompt; only one whose reply (or end of turn) the server's tokens do not show is caught,
+    by the probe (see :meth:`ServedEngine.likelihood_unavailable`).
 
     Attributes:
         name: Shown in messages.
@@ -141,6 +155,7 @@ class _HTTPStatusError(RuntimeError):
 
     def __init__(self, url: str, status: int, text: str) -> None:
         super().__init__(f"{url}: HTTP {status}: {text[:300]}")
+        self.url = url
         self.http_status = status
         # llama-cpp-python's server answers a request it cannot validate with 500: not worth a retry.
         self.status_code = None if "validation error" in text.lower() else status
@@ -186,6 +201,8 @@ class ServedEngine(MeteredEngine):
         self.likelihood = likelihood
         self._likelihood_reason: str | None = None if likelihood is not False else "likelihood=False was declared"
         self._probed = likelihood is not None
+        #: Why the end-of-turn token cannot be scored here (found by the probe), or ``None``.
+        self.end_of_turn_unavailable: str | None = None
         self._schema_form: str | None = None
 
     def generate(self, request: Request) -> Generation:
@@ -216,9 +233,12 @@ class ServedEngine(MeteredEngine):
     def likelihood_unavailable(self) -> str | None:
         """Why this endpoint cannot score a given reply, or ``None`` when it can.
 
-        Decided once per engine: by ``likelihood`` when declared, else by a probe (one request of
-        one prompt token, metered). A probe refused for lack of budget decides nothing; one that
-        fails through every retry (or is answered 404, 400, ...) decides "unavailable" for good.
+        Decided once per engine: by ``likelihood`` when declared, else by a probe (one metered request
+        that scores the reply ``Hi`` to ``Hi`` rendered by the chat template, end of turn included, so
+        that a server whose prompt tokens do not show the template's reply is told apart before any
+        scoring starts). A probe refused for lack of budget decides nothing; one that fails through
+        every retry (or is answered 404, 400, ...) decides "unavailable" for good, and so does a
+        scoring request the endpoint refuses later.
         """
         if self._probed:
             return self._likelihood_reason
@@ -228,20 +248,38 @@ class ServedEngine(MeteredEngine):
                 f"{self.inner.model!r} has no declared api_base; hosted chat APIs return no prompt log-probabilities"
             )
         else:
-            body = {"model": self._served_name(), "prompt": "Hi", "echo": True, "logprobs": 1, "max_tokens": 1}
-            try:
-                reply = self._request("/completions", {**body, "temperature": 0})
-                reason = None if _token_logprobs(reply) is not None else "its /completions reply has no logprobs"
-            except Exception as exc:
-                if find_budget_exhausted(exc) is not None:
-                    raise
-                reason = _unavailable_reason(exc)
+            reason = self._probe()
             if reason is not None:
                 reason = f"{base}/completions cannot score a given reply ({reason})"
         self._likelihood_reason, self._probed = reason, True
         if reason is not None:
             logger.info("likelihood scoring unavailable: %s", reason)
         return reason
+
+    def _probe(self) -> str | None:
+        """Score one tiny chat reply; why that failed, or ``None`` (sets what :meth:`score_continuations` checks)."""
+        prefix = self.chat_template.render([{"role": "user", "content": "Hi"}])
+        prompt = prefix + "Hi" + self.chat_template.end_of_turn
+        body = {"model": self._served_name(), "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1}
+        try:
+            reply = self._request("/completions", {**body, "temperature": 0})
+        except Exception as exc:
+            if find_budget_exhausted(exc) is not None:
+                raise
+            return _unavailable_reason(exc)
+        if _token_logprobs(reply) is None:
+            return "its /completions reply has no logprobs"
+        try:
+            self._reply_score(reply, prefix, "Hi", False)
+        except ValueError:
+            return f"its prompt tokens do not show a reply rendered by the {self.chat_template.name!r} chat template"
+        try:
+            self._reply_score(reply, prefix, "Hi", True)
+        except ValueError:
+            self.end_of_turn_unavailable = (
+                f"the {self.chat_template.name!r} template's end of turn is not among the server's prompt tokens"
+            )
+        return None
 
     def score_continuations(
         self, messages: list[dict[str, str]], continuations: Sequence[str], *, end_of_turn: bool = True
@@ -256,7 +294,7 @@ class ServedEngine(MeteredEngine):
             LikelihoodUnavailable: The endpoint cannot score (see :meth:`likelihood_unavailable`).
             BudgetExhausted: An active meter has no call left.
         """
-        reason = self.likelihood_unavailable()
+        reason = self.likelihood_unavailable() or (self.end_of_turn_unavailable if end_of_turn else None)
         if reason is not None:
             raise LikelihoodUnavailable(reason)
         prefix = self.chat_template.render(messages)
@@ -267,9 +305,18 @@ class ServedEngine(MeteredEngine):
             try:
                 reply = self._request("/completions", {**body, "max_tokens": 1, "temperature": 0})
             except _HTTPStatusError as exc:
-                raise LikelihoodUnavailable(f"/completions refused a scoring request ({exc})") from exc
-            scores.append(self._reply_score(reply, prefix, text, end_of_turn))
+                raise self._unavailable_from_now(f"/completions refused a scoring request ({exc})") from exc
+            try:
+                scores.append(self._reply_score(reply, prefix, text, end_of_turn))
+            except (LikelihoodUnavailable, ValueError) as exc:  # no logprobs, or the reply is not found in them
+                raise self._unavailable_from_now(str(exc)) from None
         return scores
+
+    def _unavailable_from_now(self, reason: str) -> LikelihoodUnavailable:
+        """Decide "unavailable" for good (later checks say so without a request); the error to raise."""
+        self._likelihood_reason, self._probed = reason, True
+        logger.warning("likelihood scoring unavailable from now on: %s", reason)
+        return LikelihoodUnavailable(reason)
 
     def _reply_score(self, reply: dict, prefix: str, text: str, end_of_turn: bool) -> ContinuationScore:
         logprobs = _token_logprobs(reply)
@@ -331,7 +378,22 @@ class ServedEngine(MeteredEngine):
         raise AssertionError("unreachable")
 
     def _request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST ``body`` to the endpoint: every try reserved on the active meters and retried like a generation."""
+        """POST ``body`` to the endpoint: every try reserved on the active meters and retried like a generation.
+
+        In a journaled compile the request goes into the run's call journal (kind ``"served"``): an
+        answer, or a refusal (an HTTP error that is not retried), is replayed on a resumed run and
+        charged as it was, one call.
+        """
+        journal = active_journal()
+        key = None
+        if journal is not None:
+            key = journal.call_key(SERVED_CALL, {"model": self.inner.model, "path": path, "body": body})
+            replayed = journal.replay_call(key)
+            if replayed is not None:
+                refused = replayed.get("refused")
+                if refused is not None:
+                    raise _HTTPStatusError(refused["url"], refused["status"], refused["text"])
+                return replayed["reply"]
         replies: list[dict[str, Any]] = []
 
         def attempt(timeout: float | None) -> Generation:
@@ -341,7 +403,16 @@ class ServedEngine(MeteredEngine):
             return Generation("", int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
         refused = lambda exc: isinstance(exc, _HTTPStatusError) and exc.status_code is None
-        self.metered(attempt, final=refused)
+        try:
+            generation, cost = self.metered(attempt, final=refused)
+        except _HTTPStatusError as exc:  # refused, not retried: a resumed run is refused the same way
+            if journal is not None:
+                record = {"refused": {"url": exc.url, "status": exc.http_status, "text": exc.text}}
+                journal.record_call(key, SERVED_CALL, record, {"failed": True})
+            raise
+        if journal is not None:
+            usage = {"input_tokens": generation.input_tokens, "output_tokens": generation.output_tokens, "cost": cost}
+            journal.record_call(key, SERVED_CALL, {"reply": _journal_form(replies[-1])}, usage)
         return replies[-1]
 
     def _post(self, path: str, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -370,6 +441,24 @@ def _token_logprobs(reply: dict[str, Any]) -> list[tuple[str, int, float | None]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
     return rows or None
+
+
+def _journal_form(reply: dict[str, Any]) -> dict[str, Any]:
+    """What the engine reads of a reply (usage, message, token logprobs), as the call journal keeps it.
+
+    A ``/completions`` reply with ``echo`` holds every prompt token's top log-probabilities, which
+    nothing here reads; they are left out.
+    """
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return reply
+    first = {k: v for k, v in choices[0].items() if k in ("message", "text", "finish_reason", "index")}
+    logprobs = choices[0].get("logprobs")
+    if isinstance(logprobs, dict):
+        first["logprobs"] = {k: logprobs[k] for k in ("tokens", "text_offset", "token_logprobs") if k in logprobs}
+    elif "logprobs" in choices[0]:
+        first["logprobs"] = logprobs
+    return {"usage": reply.get("usage"), "choices": [first]}
 
 
 def _unavailable_reason(exc: BaseException) -> str:
@@ -418,16 +507,24 @@ def endpoint_of(lm: dspy.LM) -> tuple[str | None, str | None]:
     return base, key
 
 
-def check_endpoint(lm: dspy.LM, *, timeout: float = 10.0) -> None:
+def check_endpoint(lm: dspy.LM, *, timeout: float | None = None) -> None:
     """Ask ``lm``'s OpenAI-compatible endpoint for ``GET /models``; raise one clear error if it cannot serve.
 
     No completion is requested, so nothing is spent. An LM without a declared endpoint (a hosted API on
-    its default address) and an endpoint that does not list models are not checked.
+    its default address) and an endpoint that does not list models are not checked. A closed port, an
+    unknown host and a refused key fail at once; only an endpoint that does not answer waits ``timeout``.
+
+    Args:
+        lm: The LM.
+        timeout: Seconds to wait for the listing. ``None``: :data:`CHECK_TIMEOUT` (30 s: a server's first
+            request after a restart can be slow), or the active call policy's timeout where that is longer.
 
     Raises:
         EndpointError: Connection refused, unknown host, no answer within ``timeout``, HTTP 401/403
             (the key), or a model list that does not hold the model.
     """
+    if timeout is None:
+        timeout = max(CHECK_TIMEOUT, active_call_policy(getattr(lm, "engine", None)).timeout or 0.0)
     base, key = endpoint_of(lm)
     if not base:
         return
