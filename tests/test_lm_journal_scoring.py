@@ -17,6 +17,7 @@ from dspy_ext.evaluation.likelihood import LikelihoodEvaluator
 from dspy_ext.lm.journal import journaled
 from dspy_ext.lm.likelihood import continuation_scores
 from dspy_ext.lm.metering import BudgetExhausted, CallMeter, metering
+from dspy_ext.prompt_state import compile_record
 
 MESSAGES = [{"role": "user", "content": "Input: good film 3"}]
 LABELS = ["positive", "negative"]
@@ -105,7 +106,7 @@ def test_a_demo_search_compile_replays_every_call(fake_lm, tmp_path) -> None:
         before = calls_of(lm)
         with journaled(tmp_path / "calls.jsonl") as journal:
             program = compile_with(lm)
-        runs.append((program.dspy_ext_result, calls_of(lm) - before, journal.replayed_calls))
+        runs.append((compile_record(program).search, calls_of(lm) - before, journal.replayed_calls))
     (first, made_first, replayed_first), (second, made_second, replayed_second) = runs
     assert first.screening == "likelihood" and len(lm.engine.score_requests) > 0
     assert made_first == first.lm_calls and replayed_first == 0
@@ -158,7 +159,7 @@ def test_embedded_demo_search_compile_replays_every_call(local_lm, tmp_path, mon
     for _ in range(2):
         before = len(made)
         with journaled(tmp_path / "calls.jsonl") as journal:
-            result = compile_sentiment_slice(local_lm, max_lm_calls=40, demo_counts=(3,)).dspy_ext_result
+            result = compile_record(compile_sentiment_slice(local_lm, max_lm_calls=40, demo_counts=(3,))).search
         runs.append((result, made[before:], journal.replayed_calls))
     (first, made_first, replayed_first), (second, made_second, replayed_second) = runs
     assert first.screening == "likelihood" and "score_continuations" in made_first
