@@ -17,6 +17,8 @@ import pytest
 
 from dspy_ext.adapters import PlainAdapter
 from dspy_ext.lm import CallMeter, metering
+from dspy_ext.lm.fake import FakeEngine
+from dspy_ext.lm.likelihood import LikelihoodUnavailable
 from dspy_ext.optimizers.demo_search import DemoSearch
 from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import build_optimizer, resolve_config
@@ -153,6 +155,29 @@ def test_an_lm_without_likelihood_screens_by_accuracy_with_a_note(fake_lm):
     assert not base.engine.score_requests and result.lm_calls == base.engine.calls <= 400
     assert result.val_score >= result.baseline_val_score
     assert any(r["split"] == "screen" for r in result.trials)
+
+
+def test_an_lm_that_stops_scoring_midway_screens_every_arm_by_accuracy(fake_lm):
+    class StopsScoring(FakeEngine):  # like a served endpoint that refuses scoring after its probe passed
+        def score_continuations(self, messages, continuations, *, end_of_turn=True):
+            if len(self.score_requests) >= 30:  # the request reaches the server, which refuses it
+                self.score_requests.append((messages, tuple(continuations)))
+                raise LikelihoodUnavailable("/completions refused a scoring request (HTTP 404)")
+            return super().score_continuations(messages, continuations, end_of_turn=end_of_turn)
+
+    engine = StopsScoring(responder(more_is_better))
+    lm = dspy.LM("fake/demo-search-stops-scoring", engine=engine, cache=False)
+    result = compile_record(compile_with(lm)).search
+    assert result.screening == "accuracy" and "stopped midway" in result.screening_note
+    assert "HTTP 404" in result.screening_note and not result.budget_exhausted
+    assert len(engine.score_requests) == 31 and result.lm_calls == calls_of(lm) <= 400
+    screens = [r for r in result.trials if r["split"] == "screen"]
+    by_likelihood = [r for r in screens if r.get("objective") == "label_prob"]
+    by_accuracy = [r for r in screens if "objective" not in r]
+    # The arm screened by likelihood before the stop is screened again by accuracy, with every later arm.
+    assert len(by_likelihood) == 1 and {r["key"] for r in by_likelihood} <= {r["key"] for r in by_accuracy}
+    assert {a["screened_by"] for a in result.racing} <= {"accuracy", ""}
+    assert result.k == 16 and result.val_score > result.baseline_val_score
 
 
 def test_multi_predictor_programs_are_searched_by_accuracy(fake_lm):

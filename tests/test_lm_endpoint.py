@@ -75,3 +75,35 @@ def test_a_refused_key_fails_at_once_and_a_silent_endpoint_waits_the_timeout() -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_run_waits_for_the_model_list_as_long_as_its_lm_timeout(monkeypatch) -> None:
+    from dspy_ext.experiment.components import build_components
+    from dspy_ext.experiment.settings import ExperimentSettings
+
+    class Slow(BaseHTTPRequestHandler):  # a server still busy with a killed run's completions
+        def do_GET(self) -> None:
+            time.sleep(1.0)
+            body = b'{"object": "list", "data": [{"id": "smollm2", "object": "model"}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    monkeypatch.setattr("dspy_ext.lm.served.CHECK_TIMEOUT", 0.3)
+    try:
+        with pytest.raises(EndpointError, match=r"no answer within 0.3 s"):
+            build_components(ExperimentSettings(task="sentiment", lm="openai/smollm2", api_base=base))
+        settings = ExperimentSettings(task="sentiment", lm="openai/smollm2", api_base=base, lm_timeout=5)
+        assert build_components(settings).lm.model == "openai/smollm2"
+    finally:
+        server.shutdown()
+        server.server_close()

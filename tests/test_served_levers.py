@@ -86,35 +86,54 @@ def test_likelihood_scoring_via_completions_echo_logprobs_matches_the_embedded_m
     assert proxy.requests == 1 + len(rows) * len(LABELS) + 1  # probe, one request per (row, label), the long reply
 
 
-def test_demo_search_falls_back_to_accuracy_where_the_endpoint_has_no_completions(server: str) -> None:
+def _small_demo_search(base: str, *, max_lm_calls: int, draws_per_count: int):
+    """DemoSearch on 12 train / 4 val sentiment rows through the endpoint at ``base``; its result."""
     from dspy_ext.data import load_task, split_train_val
     from dspy_ext.optimizers.demo_search import DemoSearch
 
     task = load_task("sentiment")
     train, val = split_train_val(task.train, 12, 4, seed=0)
     predict = dspy.Predict(dspy.Signature("input -> output", task.instructions[0]))
+    settings = {"demo_counts": (3,), "draws_per_count": draws_per_count, "screen_rows": 2, "race_rows": 2}
+    with dspy.context(lm=_served(base), adapter=PlainAdapter()):
+        program = DemoSearch(
+            lambda ex, pred, trace=None: pred.output == ex.output,
+            max_lm_calls=max_lm_calls,
+            seed=0,
+            num_threads=1,
+            **settings,
+        ).compile(predict, trainset=train, valset=val)
+    return compile_record(program).search
+
+
+def test_demo_search_falls_back_to_accuracy_where_the_endpoint_has_no_completions(server: str) -> None:
     proxy = ChatOnlyProxy(server)
     try:
         lm = _served(proxy.base)
         assert not supports_likelihood(lm) and proxy.refused == 1  # decided once, by one probe
         with pytest.raises(LikelihoodUnavailable, match="404"):
             continuation_scores(lm, [{"role": "user", "content": "hi"}], ["hello"])
-        settings = {"demo_counts": (3,), "draws_per_count": 1, "screen_rows": 2, "race_rows": 2}
-        with dspy.context(lm=_served(proxy.base), adapter=PlainAdapter()):
-            program = DemoSearch(
-                lambda ex, pred, trace=None: pred.output == ex.output,
-                max_lm_calls=16,
-                seed=0,
-                num_threads=1,
-                **settings,
-            ).compile(predict, trainset=train, valset=val)
+        result = _small_demo_search(proxy.base, max_lm_calls=16, draws_per_count=1)
     finally:
         proxy.close()
-    result = compile_record(program).search
     assert result.screening == "accuracy"
     assert "cannot score a given reply (HTTP 404)" in result.screening_note and proxy.base in result.screening_note
     assert proxy.refused == 2  # one probe per engine; no scoring request was sent
     assert 0 < result.lm_calls <= 16
+
+
+def test_demo_search_screens_by_accuracy_when_the_endpoint_stops_scoring_midway(server: str) -> None:
+    # The probe and the first arm's screen (2 rows x 2 labels) are answered, then /completions is gone.
+    proxy = ChatOnlyProxy(server, completions_allowed=1 + 2 * len(LABELS))
+    try:
+        result = _small_demo_search(proxy.base, max_lm_calls=30, draws_per_count=2)
+    finally:
+        proxy.close()
+    assert result.screening == "accuracy" and "stopped midway" in result.screening_note
+    assert "HTTP 404" in result.screening_note and proxy.refused == 1  # unavailable from then on
+    assert {a["screened_by"] for a in result.racing} <= {"accuracy", ""}
+    assert any(r.get("objective") == "label_prob" for r in result.trials)  # the screen before the stop
+    assert result.lm_calls == proxy.requests <= 30
 
 
 def test_chatml_renders_the_prompt_the_server_scores() -> None:

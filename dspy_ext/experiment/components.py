@@ -113,6 +113,7 @@ def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
         EndpointError: The endpoint cannot serve the model (one line naming it and why).
     """
     from dspy_ext.lm import Price, check_endpoint, is_local_name, make_lm
+    from dspy_ext.lm.served import CHECK_TIMEOUT
 
     client: dict[str, Any] = {}
     if is_local_name(settings.lm) and (settings.api_base or settings.api_key_env or settings.price):
@@ -131,7 +132,9 @@ def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
     if settings.price is not None:
         client["price"] = Price(settings.price.input_per_1m, settings.price.output_per_1m)
     lm = make_lm(settings.lm, cache=settings.cache, **client)
-    check_endpoint(lm)
+    # A server busy with a killed run's last completions answers its model list late: wait at least as
+    # long as one call may take.
+    check_endpoint(lm, timeout=max(CHECK_TIMEOUT, settings.lm_timeout or 0.0))
     return lm
 
 

@@ -18,7 +18,10 @@ searches what the model can use:
    of the gold reply; one forward pass per row, see
    :class:`~dspy_ext.evaluation.LikelihoodEvaluator`). An LM that cannot score,
    or a program with several predictors, is screened by generated accuracy
-   instead; the result says so (``screening``, ``screening_note``).
+   instead; the result says so (``screening``, ``screening_note``). An LM that
+   stops scoring midway (a served endpoint that refuses a scoring request after
+   its probe passed) switches the screen to accuracy, and the arms already
+   screened by likelihood are screened again by accuracy.
    ``screen_by="accuracy"`` forces the latter (the ablation of the score function).
 3. **Confirmation** by generated accuracy on the whole valset: the incumbent
    (the human instruction with ``incumbent_demos`` random labeled demos, the
@@ -64,7 +67,7 @@ from pydantic import Field, field_validator
 from dspy_ext.data.demos import balanced_demos
 from dspy_ext.data.grounding import grounded_instruction
 from dspy_ext.evaluation.constrained import infer_label_set, literal_labels
-from dspy_ext.evaluation.likelihood import LikelihoodEvaluator
+from dspy_ext.evaluation.likelihood import LikelihoodEvaluator, LikelihoodReport
 from dspy_ext.lm.likelihood import LikelihoodUnavailable, likelihood_engine
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import demo_to_dict, predictors
@@ -162,6 +165,19 @@ class DemoSearchResult(SearchResult):
 
 
 @dataclass
+class _Screening:
+    """How the arms are screened: by likelihood, or by accuracy once the LM cannot score (and why)."""
+
+    mode: str
+    note: str = ""
+
+    def fall_back(self, reason: str) -> None:
+        """Screen this arm and every later one by accuracy."""
+        self.mode, self.note = "accuracy", reason
+        logger.info("screening by accuracy from now on: %s", reason)
+
+
+@dataclass
 class _Arm:
     """One candidate in the screen and the race."""
 
@@ -172,6 +188,8 @@ class _Arm:
     origin: str
     requested_k: int = 0
     screen: float | None = None
+    #: How :attr:`screen` was measured: ``"likelihood"``, ``"accuracy"`` or ``""`` (not screened).
+    screened_by: str = ""
     #: Its lane of the race on val (``None``: not raced).
     race: RaceLane | None = None
 
@@ -201,6 +219,7 @@ class _Arm:
             "draw": self.draw,
             "balanced": self.balanced,
             "screen": None if self.screen is None else round(self.screen, 4),
+            "screened_by": self.screened_by,
             "val_rows": self.complete_rows,
             "val": None if mean is None else round(mean, 2),
             "dropped": self.dropped,
@@ -265,7 +284,7 @@ class DemoSearch(SearchTeleprompter):
     def search(self, run: SearchRun, student: dspy.Module) -> Candidate:
         """Arms (incumbent, demo sets x k, grounded and generated instructions), screen, race on val."""
         labels, label_field = self._label_set(student, run.trainset)
-        screening, note = self._screening_mode(student, run, labels, label_field)
+        screening = self._screening_mode(student, run, labels, label_field)
         incumbent = self._incumbent(student, run.trainset)
         arms = [incumbent] + self._arms(run, student, labels, label_field, exclude=incumbent.candidate.key)
         if self.config.grounded:
@@ -280,8 +299,8 @@ class DemoSearch(SearchTeleprompter):
             demo_sets=len(arms),
             k=chosen.k,
             balanced=chosen.balanced,
-            screening=screening,
-            screening_note=note,
+            screening=screening.mode,
+            screening_note=screening.note,
             label_set=list(labels) if labels else None,
             chose_incumbent=chosen is incumbent,
             racing=[a.describe() for a in arms if a.screen is not None or a.val],
@@ -294,7 +313,7 @@ class DemoSearch(SearchTeleprompter):
         student: dspy.Module,
         arms: list[_Arm],
         labels: tuple[str, ...] | None,
-        screening: str,
+        screening: _Screening,
     ) -> None:
         """Add the generated-instruction arms, then screen every arm until the screen's share is spent."""
         c = self.config
@@ -315,6 +334,8 @@ class DemoSearch(SearchTeleprompter):
                 if exhausted or screen_meter.exhausted:
                     break
                 exhausted = not self._screen(run, student, arm, screen_rows, labels, screening)
+            if screening.mode == "accuracy":
+                exhausted = not self._rescreen_by_accuracy(run, arms, screen_rows, screen_meter) or exhausted
         if exhausted:
             run.mark_exhausted()
 
@@ -384,21 +405,23 @@ class DemoSearch(SearchTeleprompter):
 
     def _screening_mode(
         self, student: dspy.Module, run: SearchRun, labels: tuple[str, ...] | None, label_field: str | None
-    ) -> tuple[str, str]:
+    ) -> _Screening:
+        """Likelihood where the task LM can score the gold replies this program needs, else accuracy."""
         if self.config.screen_by == "accuracy":
-            return "accuracy", "screen_by='accuracy' was set"
+            return _Screening("accuracy", "screen_by='accuracy' was set")
         found = predictors(student)
         if len(found) != 1:
-            return "accuracy", f"likelihood screening needs one predictor, the program has {len(found)}"
+            return _Screening("accuracy", f"likelihood screening needs one predictor, the program has {len(found)}")
         outputs = list(found[0][1].signature.output_fields)
         missing = [k for k in outputs if any(k not in ex for ex in run.valset)]
         if missing:
-            return "accuracy", f"the validation examples lack the output field(s) {missing}"
+            return _Screening("accuracy", f"the validation examples lack the output field(s) {missing}")
         try:  # a served model's endpoint is asked once (one metered probe request) unless declared
-            likelihood_engine(run.models.task_lm)
+            # A gold reply scored alone (no label set) needs the end-of-turn token too.
+            likelihood_engine(run.models.task_lm, end_of_turn=labels is None)
         except LikelihoodUnavailable as exc:
-            return "accuracy", str(exc)
-        return "likelihood", ""
+            return _Screening("accuracy", str(exc))
+        return _Screening("likelihood")
 
     def _incumbent(self, student: dspy.Module, trainset: list[dspy.Example]) -> _Arm:
         # The same draw as the honest baseline of `dspy-ext compile` (random.Random(seed).sample(train, 3)).
@@ -561,23 +584,55 @@ class DemoSearch(SearchTeleprompter):
         arm: _Arm,
         rows: list[dspy.Example],
         labels: tuple[str, ...] | None,
-        screening: str,
+        screening: _Screening,
     ) -> bool:
-        """Score ``arm`` on the screen rows; ``False`` when the budget ran out before it was done."""
-        if screening == "accuracy":
-            report = run.evaluate(arm.candidate, rows, split="screen")
-            if report.budget_exhausted:
+        """Score ``arm`` on the screen rows; ``False`` when the budget ran out before it was done.
+
+        An LM that stops scoring midway (a served endpoint that refuses a scoring request after its
+        probe passed) switches this arm and every later one to the accuracy screen.
+        """
+        if screening.mode == "likelihood":
+            program = arm.candidate.apply(student)
+            scorer = LikelihoodEvaluator(labels=labels)  # no metric: an LM that cannot score raises
+            try:
+                with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
+                    report = scorer.evaluate(program, rows)
+            except LikelihoodUnavailable as exc:
+                screening.fall_back(f"likelihood scoring stopped midway ({exc})")
+            else:
+                return self._record_likelihood_screen(run, arm, report, labels)
+        return self._screen_by_accuracy(run, arm, rows)
+
+    @staticmethod
+    def _screen_by_accuracy(run: SearchRun, arm: _Arm, rows: list[dspy.Example]) -> bool:
+        """Score ``arm`` by generated accuracy on the screen rows; ``False`` when the budget ran out."""
+        arm.screen, arm.screened_by = None, ""
+        report = run.evaluate(arm.candidate, rows, split="screen")
+        if report.budget_exhausted:
+            return False
+        arm.screen, arm.screened_by = report.score / 100.0, "accuracy"
+        return True
+
+    def _rescreen_by_accuracy(
+        self, run: SearchRun, arms: list[_Arm], rows: list[dspy.Example], meter: CallMeter
+    ) -> bool:
+        """Screen again by accuracy the arms screened by likelihood before the LM stopped scoring, so
+        that every screen score compares like with like; an arm the budget cannot re-screen is not
+        raced. ``False`` when the budget ran out."""
+        for arm in [a for a in arms if a.screened_by == "likelihood"]:
+            arm.screen, arm.screened_by = None, ""
+            if meter.exhausted or not self._screen_by_accuracy(run, arm, rows):
                 return False
-            arm.screen = report.score / 100.0
-            return True
-        program = arm.candidate.apply(student)
-        scorer = LikelihoodEvaluator(labels=labels, metric=self.metric)
-        with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
-            report = scorer.evaluate(program, rows)
+        return True
+
+    def _record_likelihood_screen(
+        self, run: SearchRun, arm: _Arm, report: LikelihoodReport, labels: tuple[str, ...] | None
+    ) -> bool:
+        """Keep the arm's likelihood screen score and log it as a screen trial; ``False`` if cut off."""
         if report.budget_exhausted or not report.rows:
             return False
         objective = "label_prob" if labels else "gold_logprob"
-        arm.screen = report.score(objective)
+        arm.screen, arm.screened_by = report.score(objective), "likelihood"
         run.store.add(arm.candidate)
         extra: dict[str, Any] = {"objective": objective, "k": arm.k, "draw": arm.draw, "balanced": arm.balanced}
         if labels:

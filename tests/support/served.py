@@ -181,11 +181,20 @@ class ChatOnlyProxy(CountingProxy):
     """A :class:`CountingProxy` whose endpoint has no text-completions route: ``POST .../v1/completions``
     answers 404 (as a chat-only API does), chat completions are forwarded.
 
+    ``completions_allowed`` forwards that many ``/completions`` requests first (an endpoint that stops
+    scoring midway, after the probe passed).
+
     Attributes:
         refused: The ``/completions`` requests answered with 404 (also counted in ``requests``).
+        forwarded_completions: The ``/completions`` requests forwarded.
     """
 
     refused = 0
+    forwarded_completions = 0
+
+    def __init__(self, upstream: str, *, completions_allowed: int = 0, **kwargs) -> None:
+        self.completions_allowed = completions_allowed
+        super().__init__(upstream, **kwargs)
 
     def _handler(self):
         proxy = self
@@ -194,6 +203,12 @@ class ChatOnlyProxy(CountingProxy):
         class Handler(forwarding):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+                    with proxy._lock:
+                        forward = proxy.forwarded_completions < proxy.completions_allowed
+                        proxy.forwarded_completions += int(forward)
+                    if forward:
+                        super().do_POST()
+                        return
                     self.rfile.read(int(self.headers.get("Content-Length") or 0))
                     with proxy._lock:
                         proxy.requests += 1
