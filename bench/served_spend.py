@@ -39,12 +39,17 @@ from dspy_ext.experiment import RunSettings
 from dspy_ext.experiment.components import build_components, build_student
 from dspy_ext.experiment.run import _build_optimizer, dry_run
 from dspy_ext.lm import CallMeter, Price, metered_lm, metering
+from dspy_ext.lm.metering import current_role
 
 from support.served import MODEL_ALIAS, CountingProxy, served_model
 
-RESULTS = Path(__file__).resolve().parent / "results" / "served_spend"
+#: Cells of the run with DSPy's response cache off in every layer (the earlier run's cells are in served_spend/).
+RESULTS = Path(__file__).resolve().parent / "results" / "served_spend_nocache"
 PRICE = Price(input_per_1m=0.15, output_per_1m=0.60)
-OPTIMIZERS = ["demo-search", "ape", "opro", "evoprompt-ga", "evoprompt-de", "protegi", "mipro"]
+#: Cheapest first, so that a run cut short still has the most cells; DemoSearch last: on the served model each
+#: likelihood-screen request (/completions with echo and logprobs over a prompt of up to 16 demos) takes tens of
+#: seconds on this machine.
+OPTIMIZERS = ["ape", "protegi", "evoprompt-de", "opro", "evoprompt-ga", "mipro", "demo-search"]
 TASKS = ["sentiment", "first_word_letter"]
 
 
@@ -83,13 +88,26 @@ def _settings(task: str, optimizer: str, budget: int, threads: int, base: str) -
     )
 
 
+class PromptCallLog(CallMeter):
+    """A meter that also keeps the (input, output) tokens of every prompt-model call, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompt_tokens: list[tuple[int | None, int | None]] = []
+
+    def record(self, input_tokens: int | None, output_tokens: int | None, **kwargs: Any) -> None:
+        super().record(input_tokens, output_tokens, **kwargs)
+        if current_role() == "prompt":
+            self.prompt_tokens.append((input_tokens, output_tokens))
+
+
 def _compile(settings: RunSettings) -> dict[str, Any]:
     """One compile with the run's own optimizer and meter (no test scoring); its spend and seconds."""
     components = build_components(settings)
     student = build_student(settings, components.task)
     train, val = split_train_val(components.task.train, settings.train, settings.val, seed=settings.seed)
     lm = metered_lm(components.lm)
-    meter = CallMeter()
+    meter = PromptCallLog()
     with components.context(lm=lm):
         optimizer = _build_optimizer(settings, components.metric, train, val, None, log_dir=None, progress=False)
         started = time.perf_counter()
@@ -103,46 +121,70 @@ def _compile(settings: RunSettings) -> dict[str, Any]:
         "usd": usage.usd,
         "task_calls": roles["task"].calls,
         "prompt_calls": roles["prompt"].calls,
+        "by_role": {
+            role: {"calls": u.calls, "input_tokens": u.input_tokens, "output_tokens": u.output_tokens, "usd": u.usd}
+            for role, u in roles.items()
+        },
+        "prompt_call_tokens": meter.prompt_tokens,
         "seconds": round(seconds, 1),
     }
 
 
-def spend_cell(task: str, optimizer: str, budget: int, server: str) -> dict[str, Any]:
-    path = RESULTS / f"{task}-{optimizer}-b{budget}.json"
+def actual_cell(task: str, optimizer: str, budget: int, server: str, results: Path) -> dict[str, Any]:
+    """What one compile really spends, by its meter and by the proxy (kept in ``results``; re-used when there)."""
+    path = results / f"{task}-{optimizer}-b{budget}.actual.json"
     if path.exists():
         return json.loads(path.read_text())
     proxy = CountingProxy(server)
     try:
-        settings = _settings(task, optimizer, budget, 1, proxy.base)
-        projection = dry_run(settings)
-        assert proxy.requests == 0, "the dry run sent a completion"
-        actual = _compile(settings)
-        cell = {
-            "task": task,
-            "optimizer": optimizer,
-            "budget": budget,
-            "projected": {
-                "calls": projection.calls,
-                "tokens": projection.tokens,
-                "usd": projection.usd,
-                "task_calls": projection.task.calls,
-                "prompt_calls": projection.prompt.calls,
-                "known": projection.known,
-            },
-            "actual": actual,
-            "server_requests": proxy.requests,
-            "server_tokens": proxy.input_tokens + proxy.output_tokens,
-        }
+        actual = _compile(_settings(task, optimizer, budget, 1, proxy.base))
     finally:
         proxy.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    cell = {
+        "task": task,
+        "optimizer": optimizer,
+        "budget": budget,
+        "cache": False,
+        "actual": actual,
+        "server_requests": proxy.requests,
+        "server_tokens": proxy.input_tokens + proxy.output_tokens,
+    }
+    results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell, indent=2) + "\n")
     print(json.dumps(cell), flush=True)
     return cell
 
 
-def thread_cell(threads: int, budget: int, server: str, delay: float) -> dict[str, Any]:
-    path = RESULTS / f"threads-{threads}-b{budget}.json"
+def projected_cell(task: str, optimizer: str, budget: int, server: str) -> dict[str, Any]:
+    """What ``dspy-ext compile --dry-run`` projects for the cell (checked to send no completion request)."""
+    proxy = CountingProxy(server)
+    try:
+        projection = dry_run(_settings(task, optimizer, budget, 1, proxy.base))
+        assert proxy.requests == 0, "the dry run sent a completion"
+    finally:
+        proxy.close()
+    return {
+        "calls": projection.calls,
+        "tokens": projection.tokens,
+        "usd": projection.usd,
+        "task_calls": projection.task.calls,
+        "prompt_calls": projection.prompt.calls,
+        "known": projection.known,
+    }
+
+
+def spend_cell(task: str, optimizer: str, budget: int, server: str, results: Path) -> dict[str, Any] | None:
+    """The cell's actual spend (run now unless kept) and the current code's projection; ``None``: not run."""
+    path = results / f"{task}-{optimizer}-b{budget}.actual.json"
+    if not path.exists():
+        return None
+    cell = json.loads(path.read_text())
+    cell["projected"] = projected_cell(task, optimizer, budget, server)
+    return cell
+
+
+def thread_cell(threads: int, budget: int, server: str, delay: float, results: Path) -> dict[str, Any]:
+    path = results / f"threads-{threads}-b{budget}.json"
     if path.exists():
         return json.loads(path.read_text())
     proxy = SlowProxy(server, delay)
@@ -151,7 +193,7 @@ def thread_cell(threads: int, budget: int, server: str, delay: float) -> dict[st
     finally:
         proxy.close()
     cell = {"threads": threads, "budget": budget, "delay": delay, **actual, "server_requests": proxy.requests}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell, indent=2) + "\n")
     print(json.dumps(cell), flush=True)
     return cell
@@ -213,16 +255,35 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--thread-budget", type=int, default=60)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--delay", type=float, default=1.0)
+    parser.add_argument(
+        "--phase",
+        choices=["all", "actual", "project"],
+        default="all",
+        help="actual: run the compiles (kept per cell); project: dry-run the kept cells and write the table",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of the kept cells")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     import os
 
+    import dspy
+
     os.environ.setdefault("DSPY_EXT_BENCH_KEY", "sk-local")
+    # No reply may come from DSPy's response cache, in any layer (the LMs are built with cache=False too).
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    cells = [(t, o) for o in args.optimizers for t in args.tasks]
     with served_model(Path(tempfile.mkdtemp()) / "server.log") as server:
-        spend = [spend_cell(t, o, args.budget, server) for t in args.tasks for o in args.optimizers]
-        threads = [thread_cell(n, args.thread_budget, server, args.delay) for n in args.threads]
+        if args.phase in ("all", "actual"):
+            for t, o in cells:
+                actual_cell(t, o, args.budget, server, args.results)
+            for n in args.threads:
+                thread_cell(n, args.thread_budget, server, args.delay, args.results)
+        if args.phase == "actual":
+            return
+        spend = [c for t, o in cells if (c := spend_cell(t, o, args.budget, server, args.results)) is not None]
+        threads = [thread_cell(n, args.thread_budget, server, args.delay, args.results) for n in args.threads]
     body = render(spend, threads)
     print(body)
     if not args.no_write:
