@@ -309,9 +309,10 @@ def _mipro_compile_kwargs(config: MIPROConfig, ctx: BuildContext) -> dict[str, A
 
 #: Tokens of one prompt and of one reply of MIPROv2's proposer (DSPy's own prompts, which dspy-ext does not
 #: render): the dataset summary, the program and module descriptions, the instruction proposals. Its replies
-#: have no token cap, and a small model asked to describe a dataset or a program writes long ones: on the served
-#: SmolLM2-135M, 15 proposer calls per compile took about 1,300 output and 700 input tokens each
-#: (``docs/benchmarks.md``, issue 17: the spend and USD of the two MIPROv2 cells, less their task calls).
+#: have no token cap, and a small model asked to describe a dataset or a program writes long ones. Stated from the
+#: first served benchmark (``docs/benchmarks.md``, issue 17, the run of 2026-12-02): its two MIPROv2 cells' tokens
+#: and USD at the declared prices, less their task calls, put the 15 proposer calls of a compile at about 1,300
+#: output tokens each (1,060 on sentiment, 1,550 on first_word_letter) and about 700 input tokens each.
 MIPRO_PROPOSER_PROMPT_TOKENS = 700
 MIPRO_PROPOSER_REPLY_TOKENS = 1300
 #: Training rows MIPROv2's dataset summary shows per call (DSPy's ``view_data_batch_size``).

@@ -22,9 +22,10 @@ from dataclasses import dataclass, replace
 
 __all__ = ["INSTRUCTION_REPLY_TOKENS", "CallPlan", "MetaPromptCalls", "PlanInputs"]
 
-#: Tokens a one-instruction reply (an induction, paraphrase, crossover, edit ...) is expected to take: the
-#: mean measured on the served SmolLM2-135M in the spend benchmark (``docs/benchmarks.md``, issue 17), under
-#: the proposal cap of 150 (``search.run.PROPOSAL_MAX_TOKENS``).
+#: Tokens a one-instruction reply (an induction, paraphrase, crossover, edit ...) is expected to take: a stated
+#: typical length (one instruction of about 45 words), well under the proposal cap of 150
+#: (``search.run.PROPOSAL_MAX_TOKENS``, the most any reply can take). ``docs/benchmarks.md`` (issue 17) gives
+#: what the served SmolLM2-135M really wrote per meta-prompt kind.
 INSTRUCTION_REPLY_TOKENS = 60
 
 
