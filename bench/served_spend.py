@@ -169,6 +169,8 @@ def projected_cell(task: str, optimizer: str, budget: int, server: str) -> dict[
         "usd": projection.usd,
         "task_calls": projection.task.calls,
         "prompt_calls": projection.prompt.calls,
+        "prompt_tokens": projection.prompt.tokens,
+        "by_meta_prompt": projection.to_dict()["by_meta_prompt"],
         "known": projection.known,
     }
 
@@ -205,47 +207,93 @@ def _ratio(projected: float | None, actual: float | None) -> str:
     return f"{projected / actual:.2f}"
 
 
-def render(spend: list[dict[str, Any]], threads: list[dict[str, Any]]) -> str:
+def _median(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
+
+
+def _spend_table(spend: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"Run {dt.date.today()} on this machine (2 cores): llama.cpp's OpenAI-compatible server on loopback with",
-        "the embedded SmolLM2-135M file, a counting proxy in front; 50 train / 30 val rows, seed 0, plain adapter,",
-        f"declared price ${PRICE.input_per_1m} / ${PRICE.output_per_1m} per 1M tokens in / out.",
-        "Projected: `dspy-ext compile --dry-run` (0 requests, checked). Actual: the compile alone, by its meter;",
-        "the server column is the proxy's count of completion requests. Ratio = projected / actual.",
-        "",
-        "| task | optimizer | calls proj. | calls | server | task/prompt proj. | task/prompt | tokens proj."
-        " | tokens | ratio | usd proj. | usd |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | optimizer | calls proj. | calls | server | task/prompt proj. | task/prompt | tokens proj. | tokens"
+        " | ratio | prompt tokens proj. | prompt tokens | usd proj. | usd | ratio | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in spend:
         p, a = c["projected"], c["actual"]
+        prompt = a["by_role"]["prompt"]
+        prompt_tokens = prompt["input_tokens"] + prompt["output_tokens"]
         lines.append(
             f"| {c['task']} | {c['optimizer']} | {p['calls']} | {a['calls']} | {c['server_requests']} | "
             f"{p['task_calls']}/{p['prompt_calls']} | {a['task_calls']}/{a['prompt_calls']} | {p['tokens']} | "
-            f"{a['tokens']} | {_ratio(p['tokens'], a['tokens'])} | {p['usd']:.5f} | {a['usd']:.5f} |"
+            f"{a['tokens']} | {_ratio(p['tokens'], a['tokens'])} | {p['prompt_tokens']} | {prompt_tokens} | "
+            f"{p['usd']:.5f} | {a['usd']:.5f} | {_ratio(p['usd'], a['usd'])} | {a['seconds']:.0f} |"
         )
-    if spend:
-        calls = [c["projected"]["calls"] / c["actual"]["calls"] for c in spend if c["actual"]["calls"]]
-        tokens = [c["projected"]["tokens"] / c["actual"]["tokens"] for c in spend if c["actual"]["tokens"]]
-        lines += [
-            "",
-            f"Median projected/actual: calls {statistics.median(calls):.2f} "
-            f"(range {min(calls):.2f}-{max(calls):.2f}), tokens {statistics.median(tokens):.2f} "
-            f"(range {min(tokens):.2f}-{max(tokens):.2f}).",
-        ]
+    ratios = {
+        key: [c["projected"][key] / c["actual"][key] for c in spend if c["actual"][key] and c["projected"][key]]
+        for key in ("calls", "tokens", "usd")
+    }
+    return [
+        *lines,
+        "",
+        f"Median projected/actual over these {len(spend)} cells: calls {_median(ratios['calls'])}, "
+        f"tokens {_median(ratios['tokens'])}, USD {_median(ratios['usd'])}.",
+    ]
+
+
+def _reply_table(spend: list[dict[str, Any]]) -> list[str]:
+    """What the prompt model really wrote per call, against the plan's reply lengths."""
+    lines = [
+        "| task | optimizer | meta-prompts planned (calls x tokens in / out) | prompt calls | mean tokens in / out |",
+        "|---|---|---|---|---|",
+    ]
+    for c in spend:
+        calls = c["actual"]["prompt_call_tokens"]
+        if not calls:
+            continue
+        planned = ", ".join(
+            f"{m['role']} {m['calls']} x {m['prompt_tokens']} / {m['reply_tokens']}"
+            for m in c["projected"]["by_meta_prompt"]
+        )
+        mean_in = statistics.fmean(i or 0 for i, _ in calls)
+        mean_out = statistics.fmean(o or 0 for _, o in calls)
+        lines.append(f"| {c['task']} | {c['optimizer']} | {planned} | {len(calls)} | {mean_in:.0f} / {mean_out:.0f} |")
+    return lines
+
+
+def _thread_table(threads: list[dict[str, Any]]) -> list[str]:
+    base = next((t["seconds"] for t in threads if t["threads"] == 1), None)
+    lines = [
+        f"Wall-clock of one APE compile (sentiment, budget {threads[0]['budget']}) behind a proxy that adds "
+        f"{threads[0]['delay']:g} s to each request:",
+        "",
+        "| threads | seconds | speed-up | calls | server requests |",
+        "|---|---|---|---|---|",
+    ]
+    for t in threads:
+        speedup = f"{base / t['seconds']:.2f}x" if base else "-"
+        lines.append(f"| {t['threads']} | {t['seconds']} | {speedup} | {t['calls']} | {t['server_requests']} |")
+    return lines
+
+
+def render(spend: list[dict[str, Any]], threads: list[dict[str, Any]], missing: list[str]) -> str:
+    lines = [
+        f"Run {dt.date.today()} on this machine (2 cores, shared with other jobs): llama.cpp's OpenAI-compatible",
+        "server on loopback with the embedded SmolLM2-135M file, a counting proxy in front; 50 train / 30 val rows,",
+        f"seed 0, plain adapter, budget {spend[0]['budget'] if spend else '-'}, declared price "
+        f"${PRICE.input_per_1m} / ${PRICE.output_per_1m} per 1M tokens in / out. DSPy's response cache is off",
+        "(the LMs' `cache=False`, and `dspy.configure_cache` with neither memory nor disk). Projected:",
+        "`dspy-ext compile --dry-run` (0 requests, checked). Actual: the compile alone, by its meter; the server",
+        "column is the proxy's count of completion requests. Ratio = projected / actual.",
+        "",
+        *_spend_table(spend),
+    ]
+    if missing:
+        lines += ["", f"Not finished in this run (no figure given for them): {', '.join(missing)}."]
+    lines += ["", "What the prompt model wrote, per cell (the meter's tokens of each prompt-model call):", ""]
+    lines += _reply_table(spend)
     if threads:
-        base = next((t["seconds"] for t in threads if t["threads"] == 1), None)
-        lines += [
-            "",
-            f"Wall-clock of one APE compile (sentiment, budget {threads[0]['budget']}) behind a proxy that adds "
-            f"{threads[0]['delay']:g} s to each request:",
-            "",
-            "| threads | seconds | speed-up | calls | server requests |",
-            "|---|---|---|---|---|",
-        ]
-        for t in threads:
-            speedup = f"{base / t['seconds']:.2f}x" if base else "-"
-            lines.append(f"| {t['threads']} | {t['seconds']} | {speedup} | {t['calls']} | {t['server_requests']} |")
+        lines += ["", *_thread_table(threads)]
     return "\n".join(lines)
 
 
@@ -264,8 +312,12 @@ def main() -> None:
         help="actual: run the compiles (kept per cell); project: dry-run the kept cells and write the table",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of the kept cells")
+    parser.add_argument(
+        "--thread-results", type=Path, default=None, help="the folder of the kept thread cells (default: --results)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    args.thread_results = args.thread_results or args.results
     import os
 
     import dspy
@@ -283,8 +335,13 @@ def main() -> None:
         if args.phase == "actual":
             return
         spend = [c for t, o in cells if (c := spend_cell(t, o, args.budget, server, args.results)) is not None]
-        threads = [thread_cell(n, args.thread_budget, server, args.delay, args.results) for n in args.threads]
-    body = render(spend, threads)
+    # The thread cells are only read here (kept from an actual phase, or from an earlier run's folder).
+    kept = [args.thread_results / f"threads-{n}-b{args.thread_budget}.json" for n in args.threads]
+    threads = [json.loads(path.read_text()) for path in kept if path.exists()]
+    done = {(c["task"], c["optimizer"]) for c in spend}
+    body = render(spend, threads, [f"{t} {o}" for t, o in cells if (t, o) not in done])
+    if threads and args.thread_results != args.results:
+        body += f"\n\n(The thread cells are kept from an earlier run, in bench/results/{args.thread_results.name}/.)"
     print(body)
     if not args.no_write:
         write_section("Served model: projected against actual spend, and threads (issue 17)", body)
