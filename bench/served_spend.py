@@ -221,8 +221,8 @@ def _spend_table(spend: list[dict[str, Any]]) -> list[str]:
     ]
     for c in spend:
         p, a = c["projected"], c["actual"]
-        prompt = a["by_role"]["prompt"]
-        prompt_tokens = prompt["input_tokens"] + prompt["output_tokens"]
+        prompt = a.get("by_role", {}).get("prompt")  # not kept by the earliest cells
+        prompt_tokens = prompt["input_tokens"] + prompt["output_tokens"] if prompt else "-"
         lines.append(
             f"| {c['task']} | {c['optimizer']} | {p['calls']} | {a['calls']} | {c['server_requests']} | "
             f"{p['task_calls']}/{p['prompt_calls']} | {a['task_calls']}/{a['prompt_calls']} | {p['tokens']} | "
@@ -248,7 +248,7 @@ def _reply_table(spend: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for c in spend:
-        calls = c["actual"]["prompt_call_tokens"]
+        calls = c["actual"].get("prompt_call_tokens")
         if not calls:
             continue
         planned = ", ".join(
