@@ -3,9 +3,10 @@
 Starts llama.cpp's OpenAI-compatible server on loopback with the embedded SmolLM2 file (the ``served``
 extra), and a counting proxy in front of it. Then, for each optimizer and task:
 
-1. ``dry_run`` (what ``dspy-ext compile --dry-run`` prints): calls, tokens and USD by role, no request;
-2. the compile itself at the same settings (no test scoring), counted by the engine's meter and by the
-   proxy on the server side.
+1. the compile itself at the same settings (no test scoring), counted by the engine's meter and by the
+   proxy on the server side, with DSPy's response cache off; kept per cell in ``results/served_spend_nocache/``;
+2. ``dry_run`` (what ``dspy-ext compile --dry-run`` prints): calls, tokens and USD by role, no request, made
+   with the current code for every kept cell.
 
 USD uses a declared price of $0.15 / $0.60 per million input / output tokens (a hosted small model's).
 
@@ -14,6 +15,8 @@ request, as a hosted API does (llama.cpp's Python server answers one request at 
 is what threads can hide).
 
     PYTHONPATH=.:tests python bench/served_spend.py                 # all, writes docs/benchmarks.md
+    ... --phase actual --optimizers opro --threads                   # only run compiles (several at once)
+    ... --phase project --thread-results bench/results/served_spend  # project the kept cells, write the doc
     ... --optimizers ape mipro --tasks sentiment --no-write
 """
 
