@@ -3,9 +3,10 @@
 Starts llama.cpp's OpenAI-compatible server on loopback with the embedded SmolLM2 file (the ``served``
 extra), and a counting proxy in front of it. Then, for each optimizer and task:
 
-1. ``dry_run`` (what ``dspy-ext compile --dry-run`` prints): calls, tokens and USD by role, no request;
-2. the compile itself at the same settings (no test scoring), counted by the engine's meter and by the
-   proxy on the server side.
+1. the compile itself at the same settings (no test scoring), counted by the engine's meter and by the
+   proxy on the server side, with DSPy's response cache off; kept per cell in ``results/served_spend_nocache/``;
+2. ``dry_run`` (what ``dspy-ext compile --dry-run`` prints): calls, tokens and USD by role, no request, made
+   with the current code for every kept cell.
 
 USD uses a declared price of $0.15 / $0.60 per million input / output tokens (a hosted small model's).
 
@@ -14,6 +15,8 @@ request, as a hosted API does (llama.cpp's Python server answers one request at 
 is what threads can hide).
 
     PYTHONPATH=.:tests python bench/served_spend.py                 # all, writes docs/benchmarks.md
+    ... --phase actual --optimizers opro --threads                   # only run compiles (several at once)
+    ... --phase project --thread-results bench/results/served_spend  # project the kept cells, write the doc
     ... --optimizers ape mipro --tasks sentiment --no-write
 """
 
@@ -39,12 +42,17 @@ from dspy_ext.experiment import RunSettings
 from dspy_ext.experiment.components import build_components, build_student
 from dspy_ext.experiment.run import _build_optimizer, dry_run
 from dspy_ext.lm import CallMeter, Price, metered_lm, metering
+from dspy_ext.lm.metering import current_role
 
 from support.served import MODEL_ALIAS, CountingProxy, served_model
 
-RESULTS = Path(__file__).resolve().parent / "results" / "served_spend"
+#: Cells of the run with DSPy's response cache off in every layer (the earlier run's cells are in served_spend/).
+RESULTS = Path(__file__).resolve().parent / "results" / "served_spend_nocache"
 PRICE = Price(input_per_1m=0.15, output_per_1m=0.60)
-OPTIMIZERS = ["demo-search", "ape", "opro", "evoprompt-ga", "evoprompt-de", "protegi", "mipro"]
+#: Cheapest first, so that a run cut short still has the most cells; DemoSearch last: on the served model each
+#: likelihood-screen request (/completions with echo and logprobs over a prompt of up to 16 demos) takes tens of
+#: seconds on this machine.
+OPTIMIZERS = ["ape", "protegi", "evoprompt-de", "opro", "evoprompt-ga", "mipro", "demo-search"]
 TASKS = ["sentiment", "first_word_letter"]
 
 
@@ -83,13 +91,26 @@ def _settings(task: str, optimizer: str, budget: int, threads: int, base: str) -
     )
 
 
+class PromptCallLog(CallMeter):
+    """A meter that also keeps the (input, output) tokens of every prompt-model call, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompt_tokens: list[tuple[int | None, int | None]] = []
+
+    def record(self, input_tokens: int | None, output_tokens: int | None, **kwargs: Any) -> None:
+        super().record(input_tokens, output_tokens, **kwargs)
+        if current_role() == "prompt":
+            self.prompt_tokens.append((input_tokens, output_tokens))
+
+
 def _compile(settings: RunSettings) -> dict[str, Any]:
     """One compile with the run's own optimizer and meter (no test scoring); its spend and seconds."""
     components = build_components(settings)
     student = build_student(settings, components.task)
     train, val = split_train_val(components.task.train, settings.train, settings.val, seed=settings.seed)
     lm = metered_lm(components.lm)
-    meter = CallMeter()
+    meter = PromptCallLog()
     with components.context(lm=lm):
         optimizer = _build_optimizer(settings, components.metric, train, val, None, log_dir=None, progress=False)
         started = time.perf_counter()
@@ -103,46 +124,72 @@ def _compile(settings: RunSettings) -> dict[str, Any]:
         "usd": usage.usd,
         "task_calls": roles["task"].calls,
         "prompt_calls": roles["prompt"].calls,
+        "by_role": {
+            role: {"calls": u.calls, "input_tokens": u.input_tokens, "output_tokens": u.output_tokens, "usd": u.usd}
+            for role, u in roles.items()
+        },
+        "prompt_call_tokens": meter.prompt_tokens,
         "seconds": round(seconds, 1),
     }
 
 
-def spend_cell(task: str, optimizer: str, budget: int, server: str) -> dict[str, Any]:
-    path = RESULTS / f"{task}-{optimizer}-b{budget}.json"
+def actual_cell(task: str, optimizer: str, budget: int, server: str, results: Path) -> dict[str, Any]:
+    """What one compile really spends, by its meter and by the proxy (kept in ``results``; re-used when there)."""
+    path = results / f"{task}-{optimizer}-b{budget}.actual.json"
     if path.exists():
         return json.loads(path.read_text())
     proxy = CountingProxy(server)
     try:
-        settings = _settings(task, optimizer, budget, 1, proxy.base)
-        projection = dry_run(settings)
-        assert proxy.requests == 0, "the dry run sent a completion"
-        actual = _compile(settings)
-        cell = {
-            "task": task,
-            "optimizer": optimizer,
-            "budget": budget,
-            "projected": {
-                "calls": projection.calls,
-                "tokens": projection.tokens,
-                "usd": projection.usd,
-                "task_calls": projection.task.calls,
-                "prompt_calls": projection.prompt.calls,
-                "known": projection.known,
-            },
-            "actual": actual,
-            "server_requests": proxy.requests,
-            "server_tokens": proxy.input_tokens + proxy.output_tokens,
-        }
+        actual = _compile(_settings(task, optimizer, budget, 1, proxy.base))
     finally:
         proxy.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    cell = {
+        "task": task,
+        "optimizer": optimizer,
+        "budget": budget,
+        "cache": False,
+        "actual": actual,
+        "server_requests": proxy.requests,
+        "server_tokens": proxy.input_tokens + proxy.output_tokens,
+    }
+    results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell, indent=2) + "\n")
     print(json.dumps(cell), flush=True)
     return cell
 
 
-def thread_cell(threads: int, budget: int, server: str, delay: float) -> dict[str, Any]:
-    path = RESULTS / f"threads-{threads}-b{budget}.json"
+def projected_cell(task: str, optimizer: str, budget: int, server: str) -> dict[str, Any]:
+    """What ``dspy-ext compile --dry-run`` projects for the cell (checked to send no completion request)."""
+    proxy = CountingProxy(server)
+    try:
+        projection = dry_run(_settings(task, optimizer, budget, 1, proxy.base))
+        assert proxy.requests == 0, "the dry run sent a completion"
+    finally:
+        proxy.close()
+    return {
+        "calls": projection.calls,
+        "tokens": projection.tokens,
+        "usd": projection.usd,
+        "task_calls": projection.task.calls,
+        "prompt_calls": projection.prompt.calls,
+        "prompt_tokens": projection.prompt.tokens,
+        "by_meta_prompt": projection.to_dict()["by_meta_prompt"],
+        "known": projection.known,
+    }
+
+
+def spend_cell(task: str, optimizer: str, budget: int, server: str, results: Path) -> dict[str, Any] | None:
+    """The cell's actual spend (run now unless kept) and the current code's projection; ``None``: not run."""
+    path = results / f"{task}-{optimizer}-b{budget}.actual.json"
+    if not path.exists():
+        return None
+    cell = json.loads(path.read_text())
+    cell["projected"] = projected_cell(task, optimizer, budget, server)
+    return cell
+
+
+def thread_cell(threads: int, budget: int, server: str, delay: float, results: Path) -> dict[str, Any]:
+    path = results / f"threads-{threads}-b{budget}.json"
     if path.exists():
         return json.loads(path.read_text())
     proxy = SlowProxy(server, delay)
@@ -151,7 +198,7 @@ def thread_cell(threads: int, budget: int, server: str, delay: float) -> dict[st
     finally:
         proxy.close()
     cell = {"threads": threads, "budget": budget, "delay": delay, **actual, "server_requests": proxy.requests}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell, indent=2) + "\n")
     print(json.dumps(cell), flush=True)
     return cell
@@ -163,47 +210,93 @@ def _ratio(projected: float | None, actual: float | None) -> str:
     return f"{projected / actual:.2f}"
 
 
-def render(spend: list[dict[str, Any]], threads: list[dict[str, Any]]) -> str:
+def _median(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
+
+
+def _spend_table(spend: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"Run {dt.date.today()} on this machine (2 cores): llama.cpp's OpenAI-compatible server on loopback with",
-        "the embedded SmolLM2-135M file, a counting proxy in front; 50 train / 30 val rows, seed 0, plain adapter,",
-        f"declared price ${PRICE.input_per_1m} / ${PRICE.output_per_1m} per 1M tokens in / out.",
-        "Projected: `dspy-ext compile --dry-run` (0 requests, checked). Actual: the compile alone, by its meter;",
-        "the server column is the proxy's count of completion requests. Ratio = projected / actual.",
-        "",
-        "| task | optimizer | calls proj. | calls | server | task/prompt proj. | task/prompt | tokens proj."
-        " | tokens | ratio | usd proj. | usd |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | optimizer | calls proj. | calls | server | task/prompt proj. | task/prompt | tokens proj. | tokens"
+        " | ratio | prompt tokens proj. | prompt tokens | usd proj. | usd | ratio | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in spend:
         p, a = c["projected"], c["actual"]
+        prompt = a.get("by_role", {}).get("prompt")  # not kept by the earliest cells
+        prompt_tokens = prompt["input_tokens"] + prompt["output_tokens"] if prompt else "-"
         lines.append(
             f"| {c['task']} | {c['optimizer']} | {p['calls']} | {a['calls']} | {c['server_requests']} | "
             f"{p['task_calls']}/{p['prompt_calls']} | {a['task_calls']}/{a['prompt_calls']} | {p['tokens']} | "
-            f"{a['tokens']} | {_ratio(p['tokens'], a['tokens'])} | {p['usd']:.5f} | {a['usd']:.5f} |"
+            f"{a['tokens']} | {_ratio(p['tokens'], a['tokens'])} | {p['prompt_tokens']} | {prompt_tokens} | "
+            f"{p['usd']:.5f} | {a['usd']:.5f} | {_ratio(p['usd'], a['usd'])} | {a['seconds']:.0f} |"
         )
-    if spend:
-        calls = [c["projected"]["calls"] / c["actual"]["calls"] for c in spend if c["actual"]["calls"]]
-        tokens = [c["projected"]["tokens"] / c["actual"]["tokens"] for c in spend if c["actual"]["tokens"]]
-        lines += [
-            "",
-            f"Median projected/actual: calls {statistics.median(calls):.2f} "
-            f"(range {min(calls):.2f}-{max(calls):.2f}), tokens {statistics.median(tokens):.2f} "
-            f"(range {min(tokens):.2f}-{max(tokens):.2f}).",
-        ]
+    ratios = {
+        key: [c["projected"][key] / c["actual"][key] for c in spend if c["actual"][key] and c["projected"][key]]
+        for key in ("calls", "tokens", "usd")
+    }
+    return [
+        *lines,
+        "",
+        f"Median projected/actual over these {len(spend)} cells: calls {_median(ratios['calls'])}, "
+        f"tokens {_median(ratios['tokens'])}, USD {_median(ratios['usd'])}.",
+    ]
+
+
+def _reply_table(spend: list[dict[str, Any]]) -> list[str]:
+    """What the prompt model really wrote per call, against the plan's reply lengths."""
+    lines = [
+        "| task | optimizer | meta-prompts planned (calls x tokens in / out) | prompt calls | mean tokens in / out |",
+        "|---|---|---|---|---|",
+    ]
+    for c in spend:
+        calls = c["actual"].get("prompt_call_tokens")
+        if not calls:
+            continue
+        planned = ", ".join(
+            f"{m['role']} {m['calls']} x {m['prompt_tokens']} / {m['reply_tokens']}"
+            for m in c["projected"]["by_meta_prompt"]
+        )
+        mean_in = statistics.fmean(i or 0 for i, _ in calls)
+        mean_out = statistics.fmean(o or 0 for _, o in calls)
+        lines.append(f"| {c['task']} | {c['optimizer']} | {planned} | {len(calls)} | {mean_in:.0f} / {mean_out:.0f} |")
+    return lines
+
+
+def _thread_table(threads: list[dict[str, Any]]) -> list[str]:
+    base = next((t["seconds"] for t in threads if t["threads"] == 1), None)
+    lines = [
+        f"Wall-clock of one APE compile (sentiment, budget {threads[0]['budget']}) behind a proxy that adds "
+        f"{threads[0]['delay']:g} s to each request:",
+        "",
+        "| threads | seconds | speed-up | calls | server requests |",
+        "|---|---|---|---|---|",
+    ]
+    for t in threads:
+        speedup = f"{base / t['seconds']:.2f}x" if base else "-"
+        lines.append(f"| {t['threads']} | {t['seconds']} | {speedup} | {t['calls']} | {t['server_requests']} |")
+    return lines
+
+
+def render(spend: list[dict[str, Any]], threads: list[dict[str, Any]], missing: list[str]) -> str:
+    lines = [
+        f"Run {dt.date.today()} on this machine (2 cores, shared with other jobs): llama.cpp's OpenAI-compatible",
+        "server on loopback with the embedded SmolLM2-135M file, a counting proxy in front; 50 train / 30 val rows,",
+        f"seed 0, plain adapter, budget {spend[0]['budget'] if spend else '-'}, declared price "
+        f"${PRICE.input_per_1m} / ${PRICE.output_per_1m} per 1M tokens in / out. DSPy's response cache is off",
+        "(the LMs' `cache=False`, and `dspy.configure_cache` with neither memory nor disk). Projected:",
+        "`dspy-ext compile --dry-run` (0 requests, checked). Actual: the compile alone, by its meter; the server",
+        "column is the proxy's count of completion requests. Ratio = projected / actual.",
+        "",
+        *_spend_table(spend),
+    ]
+    if missing:
+        lines += ["", f"Not finished in this run (no figure given for them): {', '.join(missing)}."]
+    lines += ["", "What the prompt model wrote, per cell (the meter's tokens of each prompt-model call):", ""]
+    lines += _reply_table(spend)
     if threads:
-        base = next((t["seconds"] for t in threads if t["threads"] == 1), None)
-        lines += [
-            "",
-            f"Wall-clock of one APE compile (sentiment, budget {threads[0]['budget']}) behind a proxy that adds "
-            f"{threads[0]['delay']:g} s to each request:",
-            "",
-            "| threads | seconds | speed-up | calls | server requests |",
-            "|---|---|---|---|---|",
-        ]
-        for t in threads:
-            speedup = f"{base / t['seconds']:.2f}x" if base else "-"
-            lines.append(f"| {t['threads']} | {t['seconds']} | {speedup} | {t['calls']} | {t['server_requests']} |")
+        lines += ["", *_thread_table(threads)]
     return "\n".join(lines)
 
 
@@ -213,17 +306,45 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--budget", type=int, default=200)
     parser.add_argument("--thread-budget", type=int, default=60)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--threads", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--delay", type=float, default=1.0)
+    parser.add_argument(
+        "--phase",
+        choices=["all", "actual", "project"],
+        default="all",
+        help="actual: run the compiles (kept per cell); project: dry-run the kept cells and write the table",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of the kept cells")
+    parser.add_argument(
+        "--thread-results", type=Path, default=None, help="the folder of the kept thread cells (default: --results)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    args.thread_results = args.thread_results or args.results
     import os
 
+    import dspy
+
     os.environ.setdefault("DSPY_EXT_BENCH_KEY", "sk-local")
+    # No reply may come from DSPy's response cache, in any layer (the LMs are built with cache=False too).
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    cells = [(t, o) for o in args.optimizers for t in args.tasks]
     with served_model(Path(tempfile.mkdtemp()) / "server.log") as server:
-        spend = [spend_cell(t, o, args.budget, server) for t in args.tasks for o in args.optimizers]
-        threads = [thread_cell(n, args.thread_budget, server, args.delay) for n in args.threads]
-    body = render(spend, threads)
+        if args.phase in ("all", "actual"):
+            for t, o in cells:
+                actual_cell(t, o, args.budget, server, args.results)
+            for n in args.threads:
+                thread_cell(n, args.thread_budget, server, args.delay, args.results)
+        if args.phase == "actual":
+            return
+        spend = [c for t, o in cells if (c := spend_cell(t, o, args.budget, server, args.results)) is not None]
+    # The thread cells are only read here (kept from an actual phase, or from an earlier run's folder).
+    kept = [args.thread_results / f"threads-{n}-b{args.thread_budget}.json" for n in args.threads]
+    threads = [json.loads(path.read_text()) for path in kept if path.exists()]
+    done = {(c["task"], c["optimizer"]) for c in spend}
+    body = render(spend, threads, [f"{t} {o}" for t, o in cells if (t, o) not in done])
+    if threads and args.thread_results != args.results:
+        body += f"\n\n(The thread cells are kept from an earlier run, in bench/results/{args.thread_results.name}/.)"
     print(body)
     if not args.no_write:
         write_section("Served model: projected against actual spend, and threads (issue 17)", body)

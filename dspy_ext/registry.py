@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any, Literal
 
 import dspy
@@ -27,12 +27,13 @@ from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import feedback_of, measure, metric_value
 from dspy_ext.lm.metering import with_role
 from dspy_ext.optimizers import APE, OPRO, DemoSearch, EvoPrompt, ProTeGi
+from dspy_ext.optimizers.demo_search import closed_label_set
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector
 from dspy_ext.search.options import CompileOptions, GuardMode, MetricForm
-from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.plan import CallPlan, MetaPromptCalls, PlanInputs
 from dspy_ext.search.regression import AcceptanceGate
 from dspy_ext.search.teleprompter import SearchTeleprompter
 
@@ -120,12 +121,16 @@ class OptimizerHandle:
     compile_fn: Callable[..., dspy.Module]
     compile_kwargs: dict[str, Any]
     gate: AcceptanceGate | None = None
-    planner: Callable[[int], CallPlan | None] | None = None
+    planner: Callable[[PlanInputs], CallPlan | None] | None = None
 
-    def plan(self, student: dspy.Module) -> CallPlan | None:
-        """The calls compiling ``student`` is expected to make, by role; ``None`` when no plan is known."""
-        n_predictors = len(predictors(student))
-        return self.planner(n_predictors) if self.planner is not None else None
+    def plan(
+        self, student: dspy.Module, train: list[dspy.Example] | None = None, lm: dspy.BaseLM | None = None
+    ) -> CallPlan | None:
+        """The calls compiling ``student`` on ``train`` with task model ``lm`` (default: the configured LM)
+        is expected to make, by role; ``None`` when no plan is known."""
+        if self.planner is None:
+            return None
+        return self.planner(plan_inputs(student, train or [], lm or dspy.settings.lm))
 
     def compile(self, student: dspy.Module, *, trainset: list, valset: list | None = None) -> dspy.Module:
         program = self.compile_fn(
@@ -189,7 +194,8 @@ class OptimizerSpec:
         metric: The metric form its builder gets.
         takes_feedback: It uses a reviewer's critiques (``feedback=``).
         takes_valset: Its compile uses the valset.
-        plan: The calls a compile expects to make (config, context, predictors); ``None``: no plan is known.
+        plan: The calls a compile expects to make (config, context, :class:`PlanInputs`); ``None``: no plan
+            is known.
             dspy-ext's own optimizers plan themselves (their ``plan`` method).
     """
 
@@ -206,7 +212,7 @@ class OptimizerSpec:
     metric: MetricForm = MetricForm.SCALAR
     takes_feedback: bool = False
     takes_valset: bool = True
-    plan: Callable[[OptimizerConfig, BuildContext, int], CallPlan] | None = None
+    plan: Callable[[OptimizerConfig, BuildContext, PlanInputs], CallPlan] | None = None
 
     @classmethod
     def ours(
@@ -301,8 +307,24 @@ def _mipro_compile_kwargs(config: MIPROConfig, ctx: BuildContext) -> dict[str, A
     return kwargs
 
 
-def _plan_mipro(config: MIPROConfig, ctx: BuildContext, n_predictors: int) -> CallPlan:
-    """MIPROv2's own estimate (``_estimate_lm_calls``), plus the bootstrapping of its few-shot sets."""
+#: Tokens of one prompt and of one reply of MIPROv2's proposer (DSPy's own prompts, which dspy-ext does not
+#: render): the dataset summary, the program and module descriptions, the instruction proposals. Its replies
+#: have no token cap, and a small model asked to describe a dataset or a program writes long ones. Stated from the
+#: first served benchmark (``docs/benchmarks.md``, issue 17, the run of 2026-12-02): its two MIPROv2 cells' tokens
+#: and USD at the declared prices, less their task calls, put the 15 proposer calls of a compile at about 1,300
+#: output tokens each (1,060 on sentiment, 1,550 on first_word_letter) and about 700 input tokens each.
+MIPRO_PROPOSER_PROMPT_TOKENS = 700
+MIPRO_PROPOSER_REPLY_TOKENS = 1300
+#: Training rows MIPROv2's dataset summary shows per call (DSPy's ``view_data_batch_size``).
+MIPRO_VIEW_BATCH = 10
+
+
+def _plan_mipro(config: MIPROConfig, ctx: BuildContext, inputs: PlanInputs) -> CallPlan:
+    """MIPROv2's own estimate of its task calls (``_estimate_lm_calls``) plus the bootstrapping of its few-shot
+    sets; its proposer's calls as DSPy makes them: the dataset summary (one call per batch of
+    :data:`MIPRO_VIEW_BATCH` training rows, at most 10, and a summary), then per instruction a program and a
+    module description and the proposal."""
+    n_predictors = inputs.n_predictors
     n_sets, n_instructions = config.num_candidates or 0, config.num_candidates or 0
     n_trials = config.num_trials or 2 * (config.num_candidates or 0)
     val = ctx.n_val
@@ -315,7 +337,6 @@ def _plan_mipro(config: MIPROConfig, ctx: BuildContext, n_predictors: int) -> Ca
         variables = n_predictors * (1 if zero_shot else 2)
         n_trials = int(max(2 * variables * math.log2(n_sets), 1.5 * n_sets))
         val = min(val, settings["val_size"])
-    prompt = 10 + n_instructions * n_predictors + n_predictors + 1
     # With auto, MIPROv2 sets minibatch itself: on when its valset has more than 50 rows.
     minibatch = val > 50 if config.auto is not None and not config.num_candidates else val > config.minibatch_size
     if minibatch:
@@ -325,12 +346,26 @@ def _plan_mipro(config: MIPROConfig, ctx: BuildContext, n_predictors: int) -> Ca
     # Each bootstrapped set runs the program on train rows until it has max_bootstrapped_demos successes.
     bootstrap = max(0, n_sets - 2) * min(ctx.n_train, 2 * config.max_bootstrapped_demos + 2)
     demos = max(config.max_labeled_demos, config.max_bootstrapped_demos)
-    return CallPlan((task + bootstrap) * n_predictors, prompt, demos)
+    batches = min(len(range(MIPRO_VIEW_BATCH, ctx.n_train, MIPRO_VIEW_BATCH)), 9)
+    calls = {
+        "mipro.dataset_summary": 2 + batches,
+        "mipro.describe": 2 * n_instructions * n_predictors,
+        "mipro.propose_instruction": n_instructions * n_predictors,
+    }
+    asks = tuple(
+        MetaPromptCalls(role, n, reply_tokens=MIPRO_PROPOSER_REPLY_TOKENS, prompt_tokens=MIPRO_PROPOSER_PROMPT_TOKENS)
+        for role, n in calls.items()
+    )
+    return CallPlan((task + bootstrap) * n_predictors, asks, demos)
 
 
-def _plan_copro(config: COPROConfig, ctx: BuildContext, n_predictors: int) -> CallPlan:
+def _plan_copro(config: COPROConfig, ctx: BuildContext, inputs: PlanInputs) -> CallPlan:
+    """COPRO: ``depth x breadth`` candidates per predictor, each scored on the trainset; its proposals are
+    measured as an instruction-induction prompt (dspy-ext does not render COPRO's own)."""
     breadth = _build_copro(config, ctx).breadth
-    return CallPlan(config.depth * breadth * ctx.n_train * n_predictors, config.depth * breadth * n_predictors)
+    n_predictors = inputs.n_predictors
+    asks = (MetaPromptCalls("induce", config.depth * breadth * n_predictors),)
+    return CallPlan(config.depth * breadth * ctx.n_train * n_predictors, asks)
 
 
 def _build_copro(config: COPROConfig, ctx: BuildContext) -> Any:
@@ -691,11 +726,30 @@ def _check_capabilities(spec: OptimizerSpec, options: CompileOptions) -> None:
 
 def _planner(
     spec: OptimizerSpec, config: OptimizerConfig, ctx: BuildContext, optimizer: Any
-) -> Callable[[int], CallPlan | None] | None:
-    """How a built optimizer plans its calls: its own ``plan`` (dspy-ext's), else the spec's, else none."""
+) -> Callable[[PlanInputs], CallPlan | None] | None:
+    """How a built optimizer plans its calls: its own ``plan`` (dspy-ext's), else the spec's, else none.
+    The train and val sizes are the build's (``n_train``, ``n_val``)."""
     own = getattr(optimizer, "plan", None)
+
+    def sized(inputs: PlanInputs) -> PlanInputs:
+        return replace(inputs, n_train=ctx.n_train, n_val=ctx.n_val)
+
     if callable(own):
-        return lambda n_predictors: own(n_predictors, ctx.n_train, ctx.n_val)
+        return lambda inputs: own(sized(inputs))
     if spec.plan is not None:
-        return lambda n_predictors: spec.plan(config, ctx, n_predictors)
+        return lambda inputs: spec.plan(config, ctx, sized(inputs))
     return None
+
+
+def plan_inputs(student: dspy.Module, train: list[dspy.Example], lm: dspy.BaseLM | None) -> PlanInputs:
+    """What a plan of compiling ``student`` on ``train`` with task model ``lm`` depends on: its predictors,
+    the task's closed label set, and whether ``lm`` scores by one request per scored reply (a served engine)."""
+    labels = closed_label_set(student, train)[0] if train else None
+    engine = getattr(lm, "engine", None)
+    return PlanInputs(
+        n_predictors=len(predictors(student)),
+        n_train=len(train),
+        n_labels=len(labels) if labels else None,
+        served_likelihood=bool(getattr(engine, "meters_own_requests", False)),
+        likelihood_probe=bool(getattr(engine, "probe_pending", False)),
+    )

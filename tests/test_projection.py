@@ -23,7 +23,7 @@ from dspy_ext.lm import (
 )
 from dspy_ext.lm.metering import with_role
 from dspy_ext.registry import REGISTRY, build_optimizer
-from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.plan import CallPlan, MetaPromptCalls
 
 from support.fake_world import fake_world_lm, respond, write_task
 
@@ -86,8 +86,10 @@ def test_dspy_optimizers_count_their_prompt_model_as_such(task_folder: Path, tmp
 
 
 def test_a_plan_is_cut_to_the_budget_in_proportion() -> None:
-    assert CallPlan(300, 20, 3).capped(160) == CallPlan(150, 10, 3)
-    assert CallPlan(30, 2).capped(None) == CallPlan(30, 2)
+    asks = (MetaPromptCalls("induce", 12), MetaPromptCalls("paraphrase", 8))
+    capped = CallPlan(300, asks, 3).capped(160)
+    assert capped == CallPlan(150, (MetaPromptCalls("induce", 6), MetaPromptCalls("paraphrase", 4)), 3)
+    assert CallPlan(30, asks[:1]).capped(None) == CallPlan(30, asks[:1])
     with pytest.raises(ValueError):
         CallPlan(-1)
 

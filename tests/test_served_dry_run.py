@@ -107,3 +107,30 @@ def test_an_endpoint_that_stops_answering_stops_the_compile_with_one_line(
     assert stopped["failed_calls"] >= 12 and stopped["lm_calls"] < 200
     assert proxy.requests < 10 + 12 + 4  # the breaker opened after 12 failed tries (and 2 threads in flight)
     assert elapsed < 120, elapsed
+
+
+def test_a_prompt_model_on_its_own_endpoint_gets_the_prompt_requests_and_the_dry_run_projects_them(
+    proxy: CountingProxy, server: str, tmp_path: Path, capsys
+) -> None:
+    prompt_proxy = CountingProxy(server)  # the prompt model's own endpoint (the same server behind it)
+    try:
+        folder = task_slice(tmp_path / "data", n_train=20, n_test=4)
+        prompt = ["--prompt-lm", f"openai/{MODEL_ALIAS}", "--prompt-api-base", prompt_proxy.base]
+        argv = _argv(folder, tmp_path / "run", proxy.base, "--optimizer", "ape", "--budget", "12", *prompt, "--json")
+        capsys.readouterr()
+        assert main([*argv, "--dry-run"]) == 0
+        projected = json.loads(capsys.readouterr().out)
+        assert proxy.requests == prompt_proxy.requests == 0
+        planned = projected["by_role"]["prompt"]["calls"]
+        assert planned > 0 and {m["role"] for m in projected["by_meta_prompt"]} <= {"induce", "paraphrase"}
+        assert main(argv) == 0
+        summary = json.loads(capsys.readouterr().out)
+    finally:
+        prompt_proxy.close()
+    roles = summary["by_role"]
+    # Every prompt-model call went to its endpoint, and only those; the task endpoint had the rest (and the scoring).
+    assert prompt_proxy.requests == roles["prompt"]["calls"] > 0
+    assert proxy.requests >= roles["task"]["calls"] > 0
+    assert summary["projection"]["by_role"]["prompt"]["calls"] == planned
+    settings = (tmp_path / "run" / "settings.yaml").read_text()
+    assert f"prompt_api_base: {prompt_proxy.base}" in settings

@@ -135,6 +135,27 @@ def add_model_args(
     )
 
 
+def add_prompt_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--prompt-lm MODEL`` and ``--prompt-api-base URL``: a prompt model of its own, that writes the instructions."""
+    group = parser.add_argument_group("prompt model (default: the task model writes the instructions)")
+    group.add_argument(
+        "--prompt-lm",
+        dest="prompt_lm",
+        default=argparse.SUPPRESS,
+        metavar="MODEL",
+        help="the model that writes instructions ('local' or any dspy.LM model string); metered, checked and "
+        "priced as --lm is (run-file key prompt_price: its price), its calls reported as the prompt model's",
+    )
+    group.add_argument(
+        "--prompt-api-base",
+        dest="prompt_api_base",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="the prompt model's own OpenAI-compatible base URL (default: --api-base); its key is read from "
+        "--api-key-env",
+    )
+
+
 def add_split_args(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings_cls: type[ExperimentSettings], what: str
 ) -> None:

@@ -17,6 +17,7 @@ from dspy_ext.cli.common import (
     add_max_cost_arg,
     add_optimizer_config_arg,
     add_output_args,
+    add_prompt_model_args,
     add_training_args,
     emit_json,
     load_settings,
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Optimize a program's instructions and demos for a task.",
     )
     add_experiment_args(parser, RunSettings)
+    add_prompt_model_args(parser)
     parser.add_argument(
         "--optimizer",
         default=argparse.SUPPRESS,
@@ -148,6 +150,11 @@ def _print_projection(projection: Projection, settings: RunSettings, args: argpa
         print(
             f"  {role:<6} model: {part.calls} calls, {part.input_tokens} tokens in, {part.output_tokens} out, "
             f"{_usd(part.usd)}",
+            file=args.console,
+        )
+    for ask in projection.meta_prompts:
+        print(
+            f"    {ask.role}: {ask.calls} x ({ask.prompt_tokens} tokens in, {ask.reply_tokens} out)",
             file=args.console,
         )
     return 0

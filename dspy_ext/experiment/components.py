@@ -112,26 +112,52 @@ def _make_lm(settings: ExperimentSettings) -> dspy.BaseLM:
         SettingsError: ``api_key_env`` names a variable that is not set.
         EndpointError: The endpoint cannot serve the model (one line naming it and why).
     """
+    return _model(settings, settings.lm, settings.api_base, settings.price, what="")
+
+
+def make_prompt_lm(settings: Any) -> dspy.BaseLM | None:
+    """The run's prompt model (``settings.prompt_lm``; ``None``: none of its own, the task model writes the
+    instructions), metered, endpoint-checked and priced as the task model is. It is served at
+    ``prompt_api_base``, else at ``api_base``; its key is read from ``api_key_env``.
+
+    Raises:
+        SettingsError: ``api_key_env`` names a variable that is not set, or served-model keys for ``local``.
+        EndpointError: The prompt model's endpoint cannot serve it.
+    """
+    model = getattr(settings, "prompt_lm", None)
+    if model is None:
+        return None
+    from dspy_ext.lm import is_local_name
+
+    base = settings.prompt_api_base or (None if is_local_name(model) else settings.api_base)
+    return _model(settings, model, base, settings.prompt_price, what="prompt_")
+
+
+def _model(settings: ExperimentSettings, model: str, api_base: str | None, price: Any, *, what: str) -> dspy.BaseLM:
+    """``model`` at ``api_base`` (key from ``settings.api_key_env``, ``price``), checked; ``what`` prefixes the keys
+    an error names (``prompt_`` for the prompt model)."""
     from dspy_ext.lm import Price, check_endpoint, is_local_name, make_lm
     from dspy_ext.lm.served import CHECK_TIMEOUT
 
     client: dict[str, Any] = {}
-    if is_local_name(settings.lm) and (settings.api_base or settings.api_key_env or settings.price):
-        raise SettingsError("invalid settings: api_base, api_key_env and price are for served models, not lm=local")
-    if settings.api_base:
-        client["api_base"] = settings.api_base
-    if settings.api_key_env:
+    if is_local_name(model) and (api_base or price or (settings.api_key_env and not what)):
+        raise SettingsError(
+            f"invalid settings: {what}api_base, api_key_env and {what}price are for served models, not {what}lm=local"
+        )
+    if api_base:
+        client["api_base"] = api_base
+    if settings.api_key_env and not is_local_name(model):
         key = os.environ.get(settings.api_key_env)
         if not key:
             raise SettingsError(
                 f"invalid settings: api_key_env: the environment variable {settings.api_key_env} is not set"
             )
         client["api_key"] = key
-    elif settings.api_base:
+    elif api_base:
         client["api_key"] = os.environ.get("OPENAI_API_KEY") or "none"  # a local server needs no key
-    if settings.price is not None:
-        client["price"] = Price(settings.price.input_per_1m, settings.price.output_per_1m)
-    lm = make_lm(settings.lm, cache=settings.cache, **client)
+    if price is not None:
+        client["price"] = Price(price.input_per_1m, price.output_per_1m)
+    lm = make_lm(model, cache=settings.cache, **client)
     # A server busy with a killed run's last completions answers its model list late: wait at least as
     # long as one call may take.
     check_endpoint(lm, timeout=max(CHECK_TIMEOUT, settings.lm_timeout or 0.0))

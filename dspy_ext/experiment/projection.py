@@ -1,11 +1,16 @@
 """What a compile is expected to spend, before it runs: calls, tokens and dollars, by task and prompt model.
 
 :func:`project` turns the optimizer's own :class:`~dspy_ext.search.plan.CallPlan` into a
-:class:`Projection` with the measured sizes of this task's prompts: the student's prompt with as many
-labeled demos as the plan says, rendered by the run's adapter for sampled training rows, and the gold
-replies; and for the prompt model, an instruction-induction meta-prompt. Tokens are counted with the
-model's tokenizer where the engine has one (the embedded model), else estimated (4 characters a token).
-Nothing is sent to the model.
+:class:`Projection` with the measured sizes of this task's prompts. The task model's: the student's
+prompt with as many labeled demos as the plan says, rendered by the run's adapter for sampled training
+rows, and the gold replies. The prompt model's, one meta-prompt at a time: each meta-prompt the plan
+names (``induce``, ``trajectory``, ``crossover``, ``diagnose``, ...) is rendered by the prompt model's
+adapter with the inputs its optimizer fills it with (the task's training pairs, the student's
+instruction, OPRO's scored history at the run's mean length, ...:
+:meth:`~dspy_ext.search.SearchTeleprompter.typical_inputs`), and its reply is the plan's expected
+length for that meta-prompt. Prompts of DSPy's optimizers, which dspy-ext does not render, carry their
+sizes in the plan. Tokens are counted with the model's tokenizer where the engine has one (the embedded
+model), else estimated (4 characters a token). Nothing is sent to a model.
 
 ``dspy-ext compile --dry-run`` prints it; after a real run, ``run.json`` and ``report.md`` show it next
 to what was spent.
@@ -24,16 +29,15 @@ from dspy_ext.lm.likelihood import count_prompt_tokens
 from dspy_ext.lm.metering import Price
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS
 from dspy_ext.prompt_state import predictors
-from dspy_ext.search.base import format_pairs
 from dspy_ext.search.context import active_adapter, prompt_messages
-from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.plan import CallPlan, MetaPromptCalls
+from dspy_ext.search.teleprompter import SearchTeleprompter
+from dspy_ext.search.typical import TypicalAsk, shared_inputs
 
-__all__ = ["Projection", "RoleProjection", "price_of", "project"]
+__all__ = ["MetaPromptProjection", "Projection", "RoleProjection", "price_of", "project"]
 
 #: Training rows whose prompts are measured.
 SAMPLED_ROWS = 8
-#: Tokens an instruction proposal is expected to take (proposals are capped at 150).
-PROPOSAL_TOKENS = 60
 
 
 @dataclass(frozen=True)
@@ -51,19 +55,38 @@ class RoleProjection:
 
 
 @dataclass(frozen=True)
+class MetaPromptProjection:
+    """Expected spend of one meta-prompt on the prompt model: its calls and the tokens of each call.
+
+    Attributes:
+        role: The meta-prompt (``induce``, ``trajectory``, ...; see :class:`~dspy_ext.search.plan.MetaPromptCalls`).
+        calls: How many times it is sent.
+        prompt_tokens: Tokens of one prompt, as measured (or as the plan states, for DSPy's own prompts).
+        reply_tokens: Tokens of one reply, as the plan expects.
+    """
+
+    role: str
+    calls: int
+    prompt_tokens: int
+    reply_tokens: int
+
+
+@dataclass(frozen=True)
 class Projection:
     """Expected spend of a compile.
 
     Attributes:
         task: The task model's calls (the program's own), tokens and USD.
-        prompt: The prompt model's (instruction proposals).
+        prompt: The prompt model's (the meta-prompts together).
         known: ``False`` when the optimizer has no plan: the figures are then the call budget at the
             measured prompt sizes, an upper bound only where the optimizer enforces the budget.
+        meta_prompts: The prompt model's calls, one entry per meta-prompt.
     """
 
     task: RoleProjection
     prompt: RoleProjection
     known: bool = True
+    meta_prompts: tuple[MetaPromptProjection, ...] = ()
 
     @property
     def calls(self) -> int:
@@ -86,6 +109,7 @@ class Projection:
             "usd": self.usd,
             "known": self.known,
             "by_role": {"task": asdict(self.task), "prompt": asdict(self.prompt)},
+            "by_meta_prompt": [asdict(m) for m in self.meta_prompts],
         }
 
 
@@ -97,27 +121,43 @@ def project(
     lm: dspy.BaseLM,
     budget: int | None,
     seed: int = 0,
+    prompt_lm: dspy.BaseLM | None = None,
+    optimizer: Any = None,
 ) -> Projection:
     """The calls, tokens and USD of ``plan`` (``None``: the call budget, all on the task model).
 
     Call inside the run's ``dspy.context`` so that the run's adapter renders the prompts.
+
+    Args:
+        plan: The optimizer's plan.
+        student, train: The program and its training rows.
+        lm: The task model.
+        budget: The call budget (the figures when there is no plan).
+        seed: Seeds the sampled rows.
+        prompt_lm: The prompt model (default: ``lm``), whose tokenizer, adapter and price its calls use.
+        optimizer: The built optimizer; one of dspy-ext's fills its meta-prompts as its search does
+            (others get the shared ``induce`` form).
     """
     known = plan is not None
-    plan = plan or CallPlan(budget or 0, 0, min(3, len(train)))
-    adapter = active_adapter(lm)
+    plan = plan or CallPlan(budget or 0, (), min(3, len(train)))
+    prompt_lm = prompt_lm or lm
     rows = random.Random(seed).sample(train, min(SAMPLED_ROWS, len(train)))
-    task_in, task_out = _task_sizes(student, train, rows, adapter, lm, round(plan.demos))
-    prompt_in = _proposal_size(train, rows, adapter, lm) if plan.prompt_calls else 0
-    price = price_of(lm)
+    task_in, task_out = _task_sizes(student, train, rows, active_adapter(lm), lm, round(plan.demos))
+    ask = TypicalAsk(student, train, seed)
+    asks = tuple(_meta_prompt(planned, ask, prompt_lm, optimizer) for planned in plan.asks if planned.calls)
+    price, prompt_price = price_of(lm), price_of(prompt_lm)
+    prompt_in = sum(a.calls * a.prompt_tokens for a in asks)
+    prompt_out = sum(a.calls * a.reply_tokens for a in asks)
     return Projection(
-        task=_role(plan.task_calls, task_in, task_out, price),
-        prompt=_role(plan.prompt_calls, prompt_in, PROPOSAL_TOKENS, price),
+        task=_role(plan.task_calls, plan.task_calls * task_in, plan.task_calls * task_out, price),
+        prompt=_role(plan.prompt_calls, prompt_in, prompt_out, prompt_price),
         known=known,
+        meta_prompts=asks,
     )
 
 
-def _role(calls: int, input_per_call: float, output_per_call: float, price: Price | None) -> RoleProjection:
-    input_tokens, output_tokens = round(calls * input_per_call), round(calls * output_per_call)
+def _role(calls: int, input_tokens: float, output_tokens: float, price: Price | None) -> RoleProjection:
+    input_tokens, output_tokens = round(input_tokens), round(output_tokens)
     usd = None if price is None else round(price.cost(input_tokens, output_tokens), 6)
     return RoleProjection(calls, input_tokens, output_tokens, usd)
 
@@ -152,12 +192,21 @@ def _reply_tokens(lm: Any, prompt: list[dict[str, str]], reply: str) -> int:
     return max(1, count_prompt_tokens(lm, replied) - count_prompt_tokens(lm, prompt))
 
 
-def _proposal_size(train: list[dspy.Example], rows: list[dspy.Example], adapter: dspy.Adapter, lm: Any) -> float:
-    """Tokens of an instruction-induction meta-prompt showing five training pairs."""
-    signature = DEFAULT_META_PROMPTS["induce"]
-    pairs = rows[:5] or train[:5]
-    fields = {"step": "input -> output", "examples": format_pairs(pairs)}
-    return float(count_prompt_tokens(lm, prompt_messages(adapter, signature, [], fields)))
+def _meta_prompt(planned: MetaPromptCalls, ask: TypicalAsk, prompt_lm: Any, optimizer: Any) -> MetaPromptProjection:
+    """One meta-prompt of the plan, measured: rendered as its optimizer fills it, unless the plan gives its size.
+
+    A role dspy-ext has no meta-prompt for (nor a size) is measured as an instruction induction.
+    """
+    if planned.prompt_tokens is not None:
+        return MetaPromptProjection(planned.role, planned.calls, planned.prompt_tokens, planned.reply_tokens)
+    ours = isinstance(optimizer, SearchTeleprompter)
+    signatures = optimizer.meta_prompts if ours else DEFAULT_META_PROMPTS
+    role = planned.role if planned.role in signatures else "induce"
+    fields = optimizer.typical_inputs(planned, ask) if ours and role == planned.role else shared_inputs(role, ask)
+    messages = prompt_messages(active_adapter(prompt_lm), signatures[role], [], fields)
+    return MetaPromptProjection(
+        planned.role, planned.calls, count_prompt_tokens(prompt_lm, messages), planned.reply_tokens
+    )
 
 
 def price_of(lm: Any) -> Price | None:

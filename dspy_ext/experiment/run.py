@@ -38,7 +38,13 @@ import dspy
 
 from dspy_ext.data import dataset_fingerprint, split_train_val
 from dspy_ext.evaluation import EvaluationReport, Evaluator
-from dspy_ext.experiment.components import Components, build_components, build_student, labeled_demos
+from dspy_ext.experiment.components import (
+    Components,
+    build_components,
+    build_student,
+    labeled_demos,
+    make_prompt_lm,
+)
 from dspy_ext.experiment.feedback import FeedbackMerge, merge_review_store
 from dspy_ext.experiment.folder import (
     JOURNAL_FILE,
@@ -98,6 +104,8 @@ class _Inputs:
     val: list[dspy.Example]
     metric: Any
     merged: FeedbackMerge | None
+    #: The prompt model of its own (``settings.prompt_lm``), ``None``: the task model writes the instructions.
+    prompt_lm: dspy.BaseLM | None = None
 
 
 @dataclass
@@ -129,6 +137,7 @@ def run(
     *,
     components: Components | None = None,
     lm: dspy.BaseLM | None = None,
+    prompt_lm: dspy.BaseLM | None = None,
     evaluator: Evaluator | None = None,
     restart: bool = False,
     progress: bool = False,
@@ -140,6 +149,7 @@ def run(
         components: Task, LM, adapter and metric already built (``dspy-ext compare`` shares them
             across cells); default: built from ``settings``.
         lm: An LM to use instead of ``make_lm(settings.lm)`` (ignored with ``components``).
+        prompt_lm: A prompt model to use instead of ``make_lm(settings.prompt_lm)``.
         evaluator: The evaluator of the test, baseline and val scores (shared to reuse its score
             cache across runs); default: a new one.
         restart: Start over in a folder that holds a run with other settings or data (its files are
@@ -153,7 +163,7 @@ def run(
         SettingsError: Train/val sizes the task cannot give, or a folder holding another run (see ``restart``).
         RunFolderLocked: Another live process is writing the same run folder.
     """
-    inputs = _prepare(settings, components or build_components(settings, lm=lm))
+    inputs = _prepare(settings, components or build_components(settings, lm=lm), prompt_lm)
     out = Path(settings.out) if settings.out else settings.default_out
     settings = settings.with_changes(out=str(out))
     out.mkdir(parents=True, exist_ok=True)
@@ -168,12 +178,14 @@ def run(
     return RunResult(settings, summary, compiled.program, scored.test, scored.baseline, scored.val, out)
 
 
-def _prepare(settings: RunSettings, components: Components) -> _Inputs:
-    """The student, the train/val rows and the metric, with the review store ``settings.feedback`` merged in."""
+def _prepare(settings: RunSettings, components: Components, prompt_lm: dspy.BaseLM | None = None) -> _Inputs:
+    """The student, the train/val rows, the metric and the prompt model, with the review store
+    ``settings.feedback`` merged in."""
     student = build_student(settings, components.task)
     train, val = _split(settings, components.task.train)
+    prompt_lm = prompt_lm or make_prompt_lm(settings)
     if not settings.feedback:
-        return _Inputs(components, student, train, val, components.metric, None)
+        return _Inputs(components, student, train, val, components.metric, None, prompt_lm)
     merged = merge_review_store(
         settings,
         metric=components.metric,
@@ -182,7 +194,7 @@ def _prepare(settings: RunSettings, components: Components) -> _Inputs:
         val=val,
         optimizer_uses_critiques=get_spec(settings.optimizer).takes_feedback,
     )
-    return _Inputs(components, student, merged.train, val, merged.metric, merged)
+    return _Inputs(components, student, merged.train, val, merged.metric, merged, prompt_lm)
 
 
 def _identity(settings: RunSettings, inputs: _Inputs) -> dict[str, Any]:
@@ -197,6 +209,9 @@ def _identity(settings: RunSettings, inputs: _Inputs) -> dict[str, Any]:
         "test": dataset_fingerprint(task.test),
         "student": short_hash(program_state_json(inputs.student)),
     }
+    for key in ("prompt_lm", "prompt_api_base", "prompt_price"):  # run folders from before --prompt-lm resume
+        if identity["settings"].get(key) is None:
+            identity["settings"].pop(key, None)
     if inputs.merged is None:
         identity["settings"].pop("feedback", None)  # run folders from before --feedback existed still resume
     else:
@@ -207,15 +222,20 @@ def _identity(settings: RunSettings, inputs: _Inputs) -> dict[str, Any]:
 def _compile(settings: RunSettings, inputs: _Inputs, out: Path, *, progress: bool) -> _Compiled:
     """Compile the student on the metered, journaled LM; stop (raise) when the model stops answering."""
     components = inputs.components
-    # The compile's LM reads DSPy's response cache, which is the run's call journal while it runs.
-    lm = components.lm if getattr(components.lm, "cache", True) else components.lm.copy(cache=True)
-    lm = metered_lm(lm)  # the budget and the journal hold on any dspy.LM
-    _check_metered(lm, settings)
+    lm = _journaled_lm(components.lm, settings)
+    prompt_lm = _journaled_lm(inputs.prompt_lm, settings) if inputs.prompt_lm is not None else None
     with components.context(lm=lm):
         optimizer = _build_optimizer(
-            settings, inputs.metric, inputs.train, inputs.val, inputs.merged, log_dir=str(out), progress=progress
+            settings,
+            inputs.metric,
+            inputs.train,
+            inputs.val,
+            inputs.merged,
+            log_dir=str(out),
+            progress=progress,
+            prompt_model=prompt_lm,
         )
-        projection = _project(settings, optimizer, inputs.student, inputs.train, lm)
+        projection = _project(settings, optimizer, inputs.student, inputs.train, lm, prompt_lm)
     # The optimizer's own meter caps the calls; this one caps the dollars and stops a model that stopped answering.
     meter = CallMeter(max_cost=settings.max_cost, max_failures_in_a_row=MAX_FAILURES_IN_A_ROW)
     started = time.perf_counter()
@@ -235,6 +255,15 @@ def _compile(settings: RunSettings, inputs: _Inputs, out: Path, *, progress: boo
             JOURNAL_FILE,
         )
     return compiled
+
+
+def _journaled_lm(lm: dspy.BaseLM, settings: RunSettings) -> dspy.BaseLM:
+    """``lm`` metered (the budget and the journal hold on any ``dspy.LM``), reading DSPy's response cache,
+    which is the run's call journal while the compile runs; refused if it cannot be metered."""
+    lm = lm if getattr(lm, "cache", True) else lm.copy(cache=True)
+    lm = metered_lm(lm)
+    _check_metered(lm, settings)
+    return lm
 
 
 def _score(
@@ -345,8 +374,10 @@ def _build_optimizer(
     *,
     log_dir: str | None,
     progress: bool,
+    prompt_model: dspy.BaseLM | None = None,
 ) -> OptimizerHandle:
-    """The run's optimizer, with the review's guards and critiques where ``merged`` has them."""
+    """The run's optimizer (``prompt_model``: its prompt model, default the task model), with the review's
+    guards and critiques where ``merged`` has them."""
     review_kwargs = {"guards": merged.guards, "feedback": merged.critiques} if merged is not None else {}
     return build_optimizer(
         settings.optimizer,
@@ -361,17 +392,23 @@ def _build_optimizer(
         progress=progress,
         repeats=settings.repeats,
         temperature=settings.eval_temperature,
+        prompt_model=prompt_model,
         **{**review_kwargs, "guards": review_kwargs.get("guards", settings.guards) or {}},
     )
 
 
 def dry_run(
-    settings: RunSettings, *, components: Components | None = None, lm: dspy.BaseLM | None = None
+    settings: RunSettings,
+    *,
+    components: Components | None = None,
+    lm: dspy.BaseLM | None = None,
+    prompt_lm: dspy.BaseLM | None = None,
 ) -> Projection:
     """What compiling ``settings`` is expected to spend (calls, tokens, USD by role); no model call is made.
 
     The endpoint of a served model is checked (``GET /models``, nothing spent) as for a real run, and no
     run folder is written. A review store (``feedback``) is not merged: the projection is the plain run's.
+    The prompt model (``settings.prompt_lm``, or ``prompt_lm``) is checked and priced the same way.
 
     Raises:
         SettingsError: Train/val sizes the task cannot give.
@@ -380,9 +417,13 @@ def dry_run(
     student = build_student(settings, components.task)
     train, val = _split(settings, components.task.train)
     model = metered_lm(components.lm)
+    prompt = prompt_lm or make_prompt_lm(settings)
+    prompt = metered_lm(prompt) if prompt is not None else None
     with components.context(lm=model):
-        optimizer = _build_optimizer(settings, components.metric, train, val, None, log_dir=None, progress=False)
-        return _project(settings, optimizer, student, train, model)
+        optimizer = _build_optimizer(
+            settings, components.metric, train, val, None, log_dir=None, progress=False, prompt_model=prompt
+        )
+        return _project(settings, optimizer, student, train, model, prompt)
 
 
 def _split(settings: RunSettings, rows: list[dspy.Example]) -> tuple[list[dspy.Example], list[dspy.Example]]:
@@ -398,12 +439,17 @@ def _split(settings: RunSettings, rows: list[dspy.Example]) -> tuple[list[dspy.E
 
 
 def _project(
-    settings: RunSettings, optimizer: OptimizerHandle, student: dspy.Module, train: list[dspy.Example], lm: Any
+    settings: RunSettings,
+    optimizer: OptimizerHandle,
+    student: dspy.Module,
+    train: list[dspy.Example],
+    lm: Any,
+    prompt_lm: Any = None,
 ) -> Projection:
     """What ``optimizer`` is expected to spend compiling ``student`` (inside the run's context)."""
-    return project(
-        optimizer.plan(student), student=student, train=train, lm=lm, budget=settings.budget, seed=settings.seed
-    )
+    plan = optimizer.plan(student, train, lm)
+    models = {"lm": lm, "prompt_lm": prompt_lm, "optimizer": optimizer.optimizer}
+    return project(plan, student=student, train=train, budget=settings.budget, seed=settings.seed, **models)
 
 
 def _check_metered(lm: dspy.BaseLM, settings: RunSettings) -> None:

@@ -204,6 +204,12 @@ class RunSettings(ExperimentSettings):
         repeats: Rollouts per row of every evaluation (search and test); selection uses their mean, and
             the report gives per-row pass rates and the rows that pass only sometimes.
         temperature: Task-LM temperature of those rollouts (``None``: 0.7 when ``repeats > 1``, else the LM's).
+        prompt_lm: The model that writes instructions (the optimizers' prompt model), any ``dspy.LM`` model
+            string or ``local`` (``None``: the task model ``lm`` writes them). Metered, checked and priced
+            as the task model is, and reported apart (the ``prompt`` role).
+        prompt_api_base: The prompt model's own OpenAI-compatible base URL (``None``: ``api_base`` when the
+            prompt model is served there too, else the provider's default). Its key is read from ``api_key_env``.
+        prompt_price: What the prompt model charges (``None``: DSPy's bundled price list).
     """
 
     optimizer: str = "demo-search"
@@ -215,6 +221,9 @@ class RunSettings(ExperimentSettings):
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    prompt_lm: str | None = None
+    prompt_api_base: str | None = None
+    prompt_price: PriceSettings | None = None
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
 
@@ -228,6 +237,12 @@ class RunSettings(ExperimentSettings):
         from dspy_ext.registry import resolve_config
 
         resolve_config(self.optimizer, self.optimizer_config)  # ValueError naming the bad key
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_model_keys(self) -> RunSettings:
+        if self.prompt_lm is None and (self.prompt_api_base or self.prompt_price):
+            raise ValueError("prompt_api_base and prompt_price need a prompt_lm (the prompt model they are for)")
         return self
 
     @property
@@ -258,6 +273,9 @@ class CompareSettings(ExperimentSettings):
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    prompt_lm: str | None = None
+    prompt_api_base: str | None = None
+    prompt_price: PriceSettings | None = None
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
     feedback: str | None = None

@@ -230,6 +230,11 @@ class ServedEngine(MeteredEngine):
     def _served_name(self) -> str:
         return self.inner.model.partition("/")[2] or self.inner.model
 
+    @property
+    def probe_pending(self) -> bool:
+        """Whether the endpoint's scoring is still to be probed (one request, made on first need)."""
+        return not self._probed
+
     def likelihood_unavailable(self) -> str | None:
         """Why this endpoint cannot score a given reply, or ``None`` when it can.
 

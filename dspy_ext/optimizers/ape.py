@@ -16,6 +16,8 @@ from pydantic import Field
 
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
 from dspy_ext.search.config import InstructionSearchConfig, tunable
+from dspy_ext.search.plan import MetaPromptCalls
+from dspy_ext.search.typical import TypicalAsk
 
 
 class APEConfig(InstructionSearchConfig):
@@ -62,9 +64,17 @@ class APE(InstructionSearch[None]):
         rounds = c.steps * c.top_k * c.variants_per_survivor * (1 + c.minibatch_size * n_predictors)
         return initial + rounds + 3 * n_val * n_predictors
 
-    def projected_prompt_calls(self, n_predictors: int) -> int:
+    def planned_asks(self, n_predictors: int) -> tuple[MetaPromptCalls, ...]:
         c = self.config
-        return c.num_candidates * n_predictors + c.steps * c.top_k * c.variants_per_survivor
+        return (
+            MetaPromptCalls("induce", c.num_candidates * n_predictors),
+            MetaPromptCalls("paraphrase", c.steps * c.top_k * c.variants_per_survivor),
+        )
+
+    def typical_inputs(self, planned: MetaPromptCalls, ask: TypicalAsk) -> dict[str, str]:
+        if planned.role == "induce":
+            return {"step": ask.step, "examples": ask.pairs(self.config.pairs_per_induction)}
+        return super().typical_inputs(planned, ask)
 
     def initial(self, run: SearchRun, state: None, seed_candidate: Candidate) -> list[Candidate]:
         c = self.config

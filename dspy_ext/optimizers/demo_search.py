@@ -78,13 +78,13 @@ from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
 from dspy_ext.search.demos import DemoSet
 from dspy_ext.search.final_selection import IncumbentRace, RaceLane
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
-from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.plan import CallPlan, MetaPromptCalls, PlanInputs
 from dspy_ext.search.run import SearchRun, SearchStopped
 from dspy_ext.search.teleprompter import SearchTeleprompter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoSearch", "DemoSearchConfig", "DemoSearchResult"]
+__all__ = ["DemoSearch", "DemoSearchConfig", "DemoSearchResult", "closed_label_set"]
 
 
 class DemoSearchConfig(OptimizerConfig):
@@ -264,9 +264,15 @@ class DemoSearch(SearchTeleprompter):
     def minibatch_size(self) -> int:
         return max(1, self.config.screen_rows)
 
-    def plan(self, n_predictors: int, n_train: int, n_val: int) -> CallPlan:
-        """The calls a compile expects to make, by role: the screen of every arm, then the race on val."""
+    def plan(self, inputs: PlanInputs) -> CallPlan:
+        """The calls a compile expects to make, by role: the screen of every arm, then the race on val.
+
+        The likelihood screen costs one forward pass per row on the embedded engine; on a served
+        engine one ``/completions`` request per scored reply (each label of a closed label set, else
+        the gold reply) and one probe of the endpoint first (:class:`~dspy_ext.lm.ServedEngine`).
+        """
         c = self.config
+        n_predictors, n_val = inputs.n_predictors, inputs.n_val
         repeats = self.options.repeats
         ks = [k for k in c.demo_counts for _ in range(c.draws_per_count)]
         arms = [c.incumbent_demos, *ks]
@@ -274,16 +280,22 @@ class DemoSearch(SearchTeleprompter):
             arms += [c.incumbent_demos, *c.demo_counts]
         prompt = c.instructions if self.options.prompt_model is not None and n_predictors == 1 else 0
         arms += list(c.demo_counts) * prompt
-        screen_rows = min(c.screen_rows, n_val) * repeats
+        by_likelihood = c.screen_by == "likelihood" and n_predictors == 1
+        per_row, probe = 1, 0
+        if by_likelihood and inputs.served_likelihood:
+            per_row, probe = inputs.n_labels or 1, int(inputs.likelihood_probe)
+        screen_rows = min(c.screen_rows, n_val) * (1 if by_likelihood else repeats)
         confirm = min(int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * repeats)
-        screen = min(len(arms) * screen_rows, max(1, self.max_lm_calls - confirm) - prompt)
-        demos = sum(min(k, n_train) for k in arms) / len(arms)
-        return CallPlan((screen + confirm) * n_predictors, prompt, demos).capped(self.max_lm_calls)
+        screen = min(len(arms) * screen_rows * per_row, max(1, self.max_lm_calls - confirm) - prompt)
+        demos = sum(min(k, inputs.n_train) for k in arms) / len(arms)
+        asks = (MetaPromptCalls("induce", prompt),) if prompt else ()
+        task = (screen + confirm) * (1 if by_likelihood else n_predictors) + probe
+        return CallPlan(task, asks, demos).capped(self.max_lm_calls)
 
     # ---- the search -----------------------------------------------------------------------
     def search(self, run: SearchRun, student: dspy.Module) -> Candidate:
         """Arms (incumbent, demo sets x k, grounded and generated instructions), screen, race on val."""
-        labels, label_field = self._label_set(student, run.trainset)
+        labels, label_field = closed_label_set(student, run.trainset)
         screening = self._screening_mode(student, run, labels, label_field)
         incumbent = self._incumbent(student, run.trainset)
         arms = [incumbent] + self._arms(run, student, labels, label_field, exclude=incumbent.candidate.key)
@@ -389,19 +401,6 @@ class DemoSearch(SearchTeleprompter):
         return race[selector.chosen]
 
     # ---- candidates -----------------------------------------------------------------------
-    def _label_set(
-        self, student: dspy.Module, trainset: list[dspy.Example]
-    ) -> tuple[tuple[str, ...] | None, str | None]:
-        """The closed label set of the examples' single label field (``None`` when open or several)."""
-        keys = sorted({k for ex in trainset for k in ex.labels() if k != "accepted"})
-        if len(keys) != 1:
-            return None, None
-        found = predictors(student)
-        if len(found) == 1 and keys[0] in found[0][1].signature.output_fields:
-            declared = literal_labels(found[0][1].signature, keys[0])
-            if declared:
-                return declared, keys[0]
-        return infer_label_set(trainset, keys[0]), keys[0]
 
     def _screening_mode(
         self, student: dspy.Module, run: SearchRun, labels: tuple[str, ...] | None, label_field: str | None
@@ -666,3 +665,17 @@ class DemoSearch(SearchTeleprompter):
             result.baseline_val_score,
             result.lm_calls,
         )
+
+
+def closed_label_set(student: dspy.Module, trainset: list[dspy.Example]) -> tuple[tuple[str, ...] | None, str | None]:
+    """The closed label set of the examples' single label field and that field (``None`` when open or several):
+    the student's declared ``Literal`` labels, else the labels read off the training outputs."""
+    keys = sorted({k for ex in trainset for k in ex.labels() if k != "accepted"})
+    if len(keys) != 1:
+        return None, None
+    found = predictors(student)
+    if len(found) == 1 and keys[0] in found[0][1].signature.output_fields:
+        declared = literal_labels(found[0][1].signature, keys[0])
+        if declared:
+            return declared, keys[0]
+    return infer_label_set(trainset, keys[0]), keys[0]

@@ -30,6 +30,8 @@ import dspy
 
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
 from dspy_ext.search.config import InstructionSearchConfig, tunable
+from dspy_ext.search.plan import MetaPromptCalls
+from dspy_ext.search.typical import TypicalAsk
 
 
 class EvoPromptConfig(InstructionSearchConfig):
@@ -134,9 +136,31 @@ class EvoPrompt(InstructionSearch[EvoPromptState]):
         per_member = 1 + c.minibatch_size * n_predictors
         return (c.population_size + c.steps * c.population_size) * per_member + 3 * n_val * n_predictors
 
-    def projected_prompt_calls(self, n_predictors: int) -> int:
+    def planned_asks(self, n_predictors: int) -> tuple[MetaPromptCalls, ...]:
+        """The initial population (induce and paraphrase by turns), then one evolution prompt per member and step."""
         c = self.config
-        return c.population_size + c.steps * c.population_size
+        wanted = c.population_size - 1
+        evolve = "crossover" if self.variant == "ga" else "differential"
+        return (
+            MetaPromptCalls("induce", (wanted + 1) // 2),
+            MetaPromptCalls("paraphrase", wanted // 2),
+            MetaPromptCalls(evolve, c.steps * c.population_size),
+        )
+
+    def typical_inputs(self, planned: MetaPromptCalls, ask: TypicalAsk) -> dict[str, str]:
+        """Parents and donors as rewrites of the student's instruction (what the first generations breed)."""
+        own = ask.instruction
+        if planned.role == "crossover":
+            return {"parent_1": own, "parent_2": own}
+        if planned.role == "differential":
+            # Two donors that differ in about half their words: each other word of one is dropped.
+            donor = " ".join(w for i, w in enumerate(own.split()) if i % 2 == 0)
+            return {
+                "differing_parts": differing_parts(own, donor),
+                "best_instruction": own,
+                "current_instruction": own,
+            }
+        return super().typical_inputs(planned, ask)
 
     def new_state(self, run: SearchRun) -> EvoPromptState:
         return EvoPromptState(batch=run.minibatch())

@@ -21,6 +21,11 @@ from pydantic import Field
 
 from dspy_ext.search import Candidate, InstructionSearch, SearchRun, format_pairs
 from dspy_ext.search.config import InstructionSearchConfig, tunable
+from dspy_ext.search.plan import MetaPromptCalls
+from dspy_ext.search.typical import TypicalAsk
+
+#: Scores of the typical trajectory a dry run measures (their digits are what the prompt shows).
+TYPICAL_SCORES = (35.0, 50.0, 65.0, 80.0)
 
 
 class OPROConfig(InstructionSearchConfig):
@@ -82,8 +87,23 @@ class OPRO(InstructionSearch[OPROState]):
         per_step = c.proposals_per_step * (1 + c.minibatch_size * n_predictors)
         return c.minibatch_size * n_predictors + c.steps * per_step + 3 * n_val * n_predictors
 
-    def projected_prompt_calls(self, n_predictors: int) -> int:
-        return self.config.steps * self.config.proposals_per_step
+    def planned_asks(self, n_predictors: int) -> tuple[MetaPromptCalls, ...]:
+        return (MetaPromptCalls("trajectory", self.config.steps * self.config.proposals_per_step),)
+
+    def typical_inputs(self, planned: MetaPromptCalls, ask: TypicalAsk) -> dict[str, str]:
+        """The trajectory meta-prompt at the run's mean history length: the student's instruction and
+        ``proposals_per_step`` more per step before (at most ``trajectory_size``), over the planned steps."""
+        if planned.role != "trajectory":
+            return super().typical_inputs(planned, ask)
+        c = self.config
+        steps = max(1, -(-planned.calls // c.proposals_per_step))
+        entries = round(sum(min(c.trajectory_size, 1 + s * c.proposals_per_step) for s in range(steps)) / steps)
+        history = [(ask.instruction, TYPICAL_SCORES[i % len(TYPICAL_SCORES)]) for i in range(entries)]
+        return {
+            "step": ask.step,
+            "scored_instructions": render_trajectory(history),
+            "task_examples": ask.pairs(c.num_exemplars),
+        }
 
     def new_state(self, run: SearchRun) -> OPROState:
         return OPROState(batch=run.minibatch())

@@ -32,6 +32,9 @@ from pydantic import Field
 from dspy_ext.evaluation import example_key
 from dspy_ext.search import Candidate, InstructionSearch, SearchFeedback, SearchRun, SearchStopped
 from dspy_ext.search.config import InstructionSearchConfig, tunable
+from dspy_ext.search.plan import MetaPromptCalls
+from dspy_ext.search.run import PROPOSAL_MAX_TOKENS
+from dspy_ext.search.typical import TypicalAsk
 
 
 class ProTeGiConfig(InstructionSearchConfig):
@@ -113,9 +116,27 @@ class ProTeGi(InstructionSearch[ProTeGiState]):
         per_step = c.beam_width * c.minibatch_size + prompts + c.bandit_pulls * c.bandit_batch
         return c.steps * (per_step + children) + 3 * n_val * n_predictors
 
-    def projected_prompt_calls(self, n_predictors: int) -> int:
+    def planned_asks(self, n_predictors: int) -> tuple[MetaPromptCalls, ...]:
+        """Per step and beam member: one diagnosis (a list of reasons, which runs to the proposal cap), an
+        edit per gradient, and the edits' paraphrases."""
         c = self.config
-        return c.steps * c.beam_width * (1 + c.num_gradients * (1 + c.paraphrases_per_edit))
+        members = c.steps * c.beam_width
+        return (
+            MetaPromptCalls("diagnose", members, reply_tokens=PROPOSAL_MAX_TOKENS),
+            MetaPromptCalls("edit", members * c.num_gradients),
+            MetaPromptCalls("paraphrase", members * c.num_gradients * c.paraphrases_per_edit),
+        )
+
+    def typical_inputs(self, planned: MetaPromptCalls, ask: TypicalAsk) -> dict[str, str]:
+        """The student's instruction with ``errors_per_gradient`` wrong answers; an edit's problem is one line
+        of a diagnosis (about an instruction's length)."""
+        if planned.role in ("diagnose", "edit"):
+            fields = {
+                "instruction": ask.instruction,
+                "failures": format_failures(ask.wrong_answers(self.config.errors_per_gradient)),
+            }
+            return fields if planned.role == "diagnose" else {**fields, "problem": ask.instruction}
+        return super().typical_inputs(planned, ask)
 
     def new_state(self, run: SearchRun) -> ProTeGiState:
         return ProTeGiState(reviewer_reasons=self.options.feedback.reasons() if self.options.feedback else [])

@@ -38,12 +38,13 @@ from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
 from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
-from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.plan import CallPlan, MetaPromptCalls, PlanInputs
 from dspy_ext.search.reasons import Rejection
 from dspy_ext.search.regression import RegressionGuard
 from dspy_ext.search.result import SearchResult
 from dspy_ext.search.run import SearchRun, SearchStopped
 from dspy_ext.search.teleprompter import SearchTeleprompter
+from dspy_ext.search.typical import format_pairs
 
 __all__ = ["InstructionSearch", "SearchResult", "format_pairs"]
 
@@ -123,25 +124,27 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
         """A rough count of the calls a run without a cap would make (logged before running)."""
         return 0
 
-    def projected_prompt_calls(self, n_predictors: int) -> int:
-        """How many of :meth:`projected_calls` go to the prompt model (instruction proposals)."""
-        return 0
+    def planned_asks(self, n_predictors: int) -> tuple[MetaPromptCalls, ...]:
+        """The prompt model's calls of a run without a cap, by meta-prompt (part of :meth:`projected_calls`)."""
+        return ()
 
-    def plan(self, n_predictors: int, n_train: int, n_val: int) -> CallPlan:
+    def plan(self, inputs: PlanInputs) -> CallPlan:
         """The calls a compile expects to make under :attr:`max_lm_calls`, by role (see :class:`CallPlan`).
 
         The task side adds the bootstrapping of the demo sets (at most one program call per pool row
         and demo set) to the search's own :meth:`projected_calls`.
         """
         c = self.config
+        n_predictors = inputs.n_predictors
         bootstrap = 0
         if c.max_bootstrapped_demos > 0 and c.num_demo_sets > 1:
-            pool = min(n_train, 4 * c.max_bootstrapped_demos + 4)
+            pool = min(inputs.n_train, 4 * c.max_bootstrapped_demos + 4)
             bootstrap = (c.num_demo_sets - 1) * pool * n_predictors
-        prompt = self.projected_prompt_calls(n_predictors)
-        task = max(0, self.projected_calls(n_predictors, n_val) - prompt) + bootstrap
+        asks = self.planned_asks(n_predictors)
+        prompt = sum(a.calls for a in asks)
+        task = max(0, self.projected_calls(n_predictors, inputs.n_val) - prompt) + bootstrap
         demos = max(c.max_labeled_demos, c.max_bootstrapped_demos)  # bootstrapped sets are topped up with labeled
-        return CallPlan(task, prompt, demos).capped(self.max_lm_calls)
+        return CallPlan(task, asks, demos).capped(self.max_lm_calls)
 
     def search_cap(self) -> int:
         """The search phase's share of the budget (``1 - final_share``; the rest is the final selection's)."""
@@ -393,13 +396,3 @@ def _unique(candidates: list[Candidate]) -> list[Candidate]:
             seen.add(c.key)
             out.append(c)
     return out
-
-
-def format_pairs(examples: list[dspy.Example], limit: int = 400) -> str:
-    """Input/output pairs as compact text for meta-prompts."""
-    lines = []
-    for ex in examples:
-        inputs = "; ".join(f"{v}" for v in ex.inputs().values())
-        outputs = "; ".join(f"{v}" for k, v in ex.labels().items() if k != "accepted")
-        lines.append(f"Input: {inputs[:limit]} -> Output: {outputs[:limit]}")
-    return "\n".join(lines)

@@ -31,10 +31,11 @@ from dspy_ext.prompt_state import attach_record, predictors
 from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.config import OptimizerConfig
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode
-from dspy_ext.search.plan import CallPlan
+from dspy_ext.search.plan import CallPlan, MetaPromptCalls, PlanInputs
 from dspy_ext.search.proposal_filter import ProposalFilter
 from dspy_ext.search.result import SearchResult
 from dspy_ext.search.run import Models, SearchRun
+from dspy_ext.search.typical import TypicalAsk, shared_inputs
 
 __all__ = ["SearchTeleprompter"]
 
@@ -125,8 +126,17 @@ class SearchTeleprompter(Teleprompter, abc.ABC):
         """
 
     @abc.abstractmethod
-    def plan(self, n_predictors: int, n_train: int, n_val: int) -> CallPlan:
+    def plan(self, inputs: PlanInputs) -> CallPlan:
         """The calls a compile expects to make under :attr:`max_lm_calls`, by role (see :class:`CallPlan`)."""
+
+    def typical_inputs(self, planned: MetaPromptCalls, ask: TypicalAsk) -> dict[str, str]:
+        """The input fields of a typical ``planned.role`` meta-prompt of this compile, as :meth:`search` fills
+        them (what ``--dry-run`` measures). A method with its own meta-prompts fills those and defers here.
+
+        Raises:
+            ValueError: A role this optimizer does not send.
+        """
+        return shared_inputs(planned.role, ask)
 
     def search_cap(self) -> int | None:
         """LM calls of the search phase (the rest is kept for the final selection); ``None``: all of them."""
