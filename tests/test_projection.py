@@ -25,7 +25,7 @@ from dspy_ext.lm.metering import with_role
 from dspy_ext.registry import REGISTRY, build_optimizer
 from dspy_ext.search.plan import CallPlan, MetaPromptCalls
 
-from support.fake_world import fake_world_lm, respond, write_task
+from support.fake_world import dying_lm, fake_world_lm, respond, write_task
 
 
 @pytest.fixture
@@ -132,25 +132,8 @@ def test_the_projection_is_close_to_what_a_compile_spends(task_folder: Path, tmp
 # ---- a model that stops answering ---------------------------------------------------------------
 
 
-class _DyingEngine(FakeEngine):
-    """Answers ``answers`` calls, then refuses the connection on every try (an endpoint gone down)."""
-
-    def __init__(self, answers: int) -> None:
-        super().__init__(respond)
-        self.answers = answers
-
-    def generate(self, request):
-        if self.calls >= self.answers:
-            raise ConnectionRefusedError("[Errno 111] Connection refused")
-        return super().generate(request)
-
-
-def _dying_lm(answers: int) -> dspy.LM:
-    return dspy.LM(f"fake/dying-{answers}", engine=_DyingEngine(answers), cache=False)
-
-
 def test_the_breaker_stops_calls_after_failed_tries_in_a_row() -> None:
-    lm = _dying_lm(answers=1)
+    lm = dying_lm(answers=1)
     meter = CallMeter(max_failures_in_a_row=3)
     with metering(meter), call_policy(CallPolicy(max_retries=0)):
         lm("answered")
@@ -177,7 +160,7 @@ def test_an_error_the_model_answers_does_not_open_the_breaker() -> None:
 def test_a_compile_whose_model_stops_answering_keeps_the_best_program(task_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(ModelUnavailable, match="stopped answering.*program.json"):
-        run(_settings(task_folder, out, budget=200, lm_retries=0), lm=_dying_lm(answers=30))
+        run(_settings(task_folder, out, budget=200, lm_retries=0), lm=dying_lm(answers=30))
     stopped = json.loads((out / "run.json").read_text())
     assert "stopped answering" in stopped["stopped"] and stopped["lm_calls"] < 200
     assert (out / "program.json").exists()
@@ -186,7 +169,7 @@ def test_a_compile_whose_model_stops_answering_keeps_the_best_program(task_folde
 def test_the_command_line_names_the_outage_and_exits_1(task_folder: Path, tmp_path: Path, capsys) -> None:
     argv = ["compile", "--data", str(task_folder), "--optimizer", "ape", "--budget", "200", "--train", "12"]
     argv += ["--val", "8", "--adapter", "plain", "--lm-retries", "0", "--out", str(tmp_path / "r")]
-    code = main(argv, lm=_dying_lm(answers=10))
+    code = main(argv, lm=dying_lm(answers=10))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err[-1].startswith("dspy-ext compile: stopped: the model stopped answering")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -225,6 +226,64 @@ def add_feedback_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         "the training rows, the criteria's aligned checks become guarded criteria, critiques "
         "go to the optimizer, Good outputs are pinned cases",
     )
+
+
+def add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow [URI]`` and ``--mlflow-experiment NAME``: track the compile as one MLflow run."""
+    group = parser.add_argument_group("tracking (needs the mlflow extra: pip install 'dspy-ext[mlflow]')")
+    group.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="track the compile as one MLflow run in this tracking store (sqlite:///mlflow.db, "
+        "http://127.0.0.1:5000, ...); without URI, the one in MLFLOW_TRACKING_URI. Run-file key: tracking.mlflow",
+    )
+    group.add_argument(
+        "--mlflow-experiment",
+        dest="mlflow_experiment",
+        default=None,
+        metavar="NAME",
+        help="the MLflow experiment (default: the task's name). Run-file key: tracking.experiment",
+    )
+
+
+def apply_tracking_args(args: argparse.Namespace, settings: Any) -> Any:
+    """``settings`` with ``--mlflow``/``--mlflow-experiment`` over the run file's ``tracking``.
+
+    With tracking on, MLflow's usage telemetry is switched off for this process
+    (``MLFLOW_DISABLE_TELEMETRY=true`` unless already set): it is read only from the environment,
+    when ``mlflow`` is imported, and nothing may leave the machine. So is MLflow's own logging below
+    warnings (``MLFLOW_LOGGING_LEVEL=WARNING``, without ``-vv``), which MLflow too reads only there.
+
+    Raises:
+        CLIError: A bare ``--mlflow`` without ``MLFLOW_TRACKING_URI``, or ``--mlflow-experiment`` without a store.
+    """
+    uri, experiment = args.mlflow, args.mlflow_experiment
+    if uri == "":
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise CLIError("--mlflow without a URI reads MLFLOW_TRACKING_URI, which is not set; give --mlflow URI")
+    current = settings.tracking
+    if uri is not None or experiment is not None:
+        if uri is None and current is None:
+            raise CLIError(
+                "--mlflow-experiment needs a tracking store: --mlflow URI (or tracking.mlflow in the run file)"
+            )
+        tracking = {
+            "mlflow": uri if uri is not None else current.mlflow,
+            "experiment": experiment if experiment is not None else (current.experiment if current else None),
+        }
+        try:
+            settings = settings.with_changes(tracking=tracking)
+        except SettingsError as exc:
+            raise CLIError(str(exc)) from None
+    if settings.tracking is not None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        if args.verbose < 2:
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    return settings
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:

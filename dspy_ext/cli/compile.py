@@ -18,13 +18,17 @@ from dspy_ext.cli.common import (
     add_optimizer_config_arg,
     add_output_args,
     add_prompt_model_args,
+    add_tracking_args,
     add_training_args,
+    apply_tracking_args,
     emit_json,
     load_settings,
 )
 from dspy_ext.experiment import ReviewFigures, RunSettings, RunSummary, run
+from dspy_ext.experiment.mlflow_tracking import MlflowTracker
 from dspy_ext.experiment.projection import Projection
 from dspy_ext.experiment.run import dry_run
+from dspy_ext.experiment.tracking import Tracker, open_tracker
 from dspy_ext.lm.metering import ModelUnavailable
 from dspy_ext.registry import REGISTRY
 
@@ -77,17 +81,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start over in a run folder that holds a run with other settings (default: re-running "
         "the same settings resumes an interrupted compile; other settings are an error)",
     )
+    add_tracking_args(parser)
     add_output_args(parser)
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args, RunSettings, json_flags={"optimizer_config": "--optimizer-config"})
+    settings = apply_tracking_args(args, settings)
     if args.dry_run:
         return _print_projection(dry_run(settings, lm=args.injected_lm), settings, args)
     show = not args.json or sys.stderr.isatty()
+    tracker = open_tracker(settings)
     try:
-        result = run(settings, lm=args.injected_lm, restart=args.restart, progress=show)
+        result = run(settings, lm=args.injected_lm, restart=args.restart, progress=show, tracker=tracker)
     except ModelUnavailable as exc:
         print(f"dspy-ext compile: stopped: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +102,14 @@ def main(args: argparse.Namespace) -> int:
         emit_json(result.summary.to_dict(), args.console)
     else:
         print_run(result.summary, settings, args.console)
+        _print_tracking(tracker, settings, args.console)
     return 0
+
+
+def _print_tracking(tracker: Tracker, settings: RunSettings, stream: TextIO) -> None:
+    """Where the compile was recorded: its MLflow run, or nothing."""
+    if isinstance(tracker, MlflowTracker) and tracker.finished:
+        print(f"MLflow run {tracker.run_id} in {tracker.uri} (program: runs:/{tracker.run_id}/program)", file=stream)
 
 
 def print_run(summary: RunSummary, settings: RunSettings, stream: TextIO) -> None:

@@ -59,13 +59,14 @@ from dspy_ext.experiment.projection import Projection, project
 from dspy_ext.experiment.report import criteria_summary, render_report, review_summary
 from dspy_ext.experiment.settings import RunSettings, SettingsError
 from dspy_ext.experiment.summary import ReviewFigures, RunSummary, Scores, Spend, StoppedSummary
+from dspy_ext.experiment.tracking import CompileEnd, CompileStart, Tracker, open_tracker, tracked
 from dspy_ext.files import RunFolderLock, atomic_write_text
 from dspy_ext.lm.engine import MeteredEngine
 from dspy_ext.lm.journal import journaled
 from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, ModelUnavailable, metering
 from dspy_ext.lm.served import metered_lm
 from dspy_ext.prompt_state import compile_record, predictors, short_hash
-from dspy_ext.registry import OptimizerHandle, build_optimizer, get_spec
+from dspy_ext.registry import OptimizerHandle, build_optimizer, get_spec, resolve_config
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,9 @@ def run(
     evaluator: Evaluator | None = None,
     restart: bool = False,
     progress: bool = False,
+    tracker: Tracker | None = None,
 ) -> RunResult:
-    """Compile, score on the test split, and write the run folder ``settings.out``.
+    """Compile, score on the test split, and write the run folder ``settings.out``; track it if asked.
 
     Args:
         settings: What to run.
@@ -155,14 +157,18 @@ def run(
         restart: Start over in a folder that holds a run with other settings or data (its files are
             replaced); without it, such a folder is an error.
         progress: Show progress bars on stderr.
+        tracker: Where the compile is tracked (default: what ``settings.tracking`` asks for, see
+            :mod:`~dspy_ext.experiment.tracking`); it only reads what the run computes.
 
     Returns:
         A :class:`RunResult`.
 
     Raises:
-        SettingsError: Train/val sizes the task cannot give, or a folder holding another run (see ``restart``).
+        SettingsError: Train/val sizes the task cannot give, a folder holding another run (see ``restart``),
+            or ``tracking`` without its extra installed.
         RunFolderLocked: Another live process is writing the same run folder.
     """
+    tracker = tracker if tracker is not None else open_tracker(settings)
     inputs = _prepare(settings, components or build_components(settings, lm=lm), prompt_lm)
     out = Path(settings.out) if settings.out else settings.default_out
     settings = settings.with_changes(out=str(out))
@@ -170,12 +176,25 @@ def run(
     with RunFolderLock(out):
         claim_folder(out, _identity(settings, inputs), restart=restart)
         atomic_write_text(out / SETTINGS_FILE, settings.to_yaml())
-        compiled = _compile(settings, inputs, out, progress=progress)
-        scored = _score(settings, inputs, compiled, out, evaluator, progress=progress)
-        summary = _summarise(settings, inputs, compiled, scored)
-        _write_results(out, compiled.program, summary.to_dict())
-        atomic_write_text(out / REPORT_FILE, render_report(summary, compiled.program))
+        with tracked(tracker, _start(settings, inputs, out)):
+            compiled = _compile(settings, inputs, out, progress=progress)
+            scored = _score(settings, inputs, compiled, out, evaluator, progress=progress)
+            summary = _summarise(settings, inputs, compiled, scored)
+            _write_results(out, compiled.program, summary.to_dict())
+            atomic_write_text(out / REPORT_FILE, render_report(summary, compiled.program))
+            tracker.finish(CompileEnd(summary, compiled.program, out, inputs.components))
     return RunResult(settings, summary, compiled.program, scored.test, scored.baseline, scored.val, out)
+
+
+def _start(settings: RunSettings, inputs: _Inputs, out: Path) -> CompileStart:
+    """What the tracker is told before the compile."""
+    return CompileStart(
+        settings=settings,
+        task=inputs.components.task.name,
+        config=resolve_config(settings.optimizer, settings.optimizer_config).model_dump(mode="json"),
+        data_hash=dataset_fingerprint(inputs.train + inputs.val),
+        folder=out,
+    )
 
 
 def _prepare(settings: RunSettings, components: Components, prompt_lm: dspy.BaseLM | None = None) -> _Inputs:
@@ -200,9 +219,10 @@ def _prepare(settings: RunSettings, components: Components, prompt_lm: dspy.Base
 def _identity(settings: RunSettings, inputs: _Inputs) -> dict[str, Any]:
     """What the run folder belongs to: a folder holding another identity is another run."""
     components, task = inputs.components, inputs.components.task
-    # The folder is the run's by definition, and the compile reads its journal whatever the cache flag says.
+    # The folder is the run's by definition, and the compile reads its journal whatever the cache flag says;
+    # where the run is tracked is not what it computes.
     identity = {
-        "settings": settings.model_dump(mode="json", exclude={"out", "cache", "allow_unmetered"}),
+        "settings": settings.model_dump(mode="json", exclude={"out", "cache", "allow_unmetered", "tracking"}),
         "lm": getattr(components.lm, "model", None),
         "adapter": components.adapter_name,
         "train_val": dataset_fingerprint(inputs.train + inputs.val),

@@ -69,6 +69,21 @@ class PriceSettings(BaseModel):
     output_per_1m: float = Field(ge=0)
 
 
+class TrackingSettings(BaseModel):
+    """Where a compile is tracked (run-file key ``tracking``; CLI ``--mlflow URI``, ``--mlflow-experiment``).
+
+    Attributes:
+        mlflow: An MLflow tracking URI (``sqlite:///mlflow.db``, ``http://127.0.0.1:5000``, a folder...);
+            every compile becomes one MLflow run there.
+        experiment: The MLflow experiment (``None``: the task's name).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlflow: str = Field(min_length=1)
+    experiment: str | None = Field(default=None, min_length=1)
+
+
 class ExperimentSettings(BaseModel):
     """What every experiment needs: data, program, metric, model, seed and sizes.
 
@@ -210,6 +225,8 @@ class RunSettings(ExperimentSettings):
         prompt_api_base: The prompt model's own OpenAI-compatible base URL (``None``: ``api_base`` when the
             prompt model is served there too, else the provider's default). Its key is read from ``api_key_env``.
         prompt_price: What the prompt model charges (``None``: DSPy's bundled price list).
+        tracking: Track the compile in MLflow (see :class:`TrackingSettings`; ``None``: not tracked).
+            Tracking never changes what is computed, and a run folder resumes with or without it.
     """
 
     optimizer: str = "demo-search"
@@ -224,6 +241,7 @@ class RunSettings(ExperimentSettings):
     prompt_lm: str | None = None
     prompt_api_base: str | None = None
     prompt_price: PriceSettings | None = None
+    tracking: TrackingSettings | None = None
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
 

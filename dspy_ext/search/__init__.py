@@ -2,7 +2,7 @@
 
 * :class:`Candidate` - the prompt state of every predictor, content-hashed;
 * :class:`CandidateStore` - every candidate seen, with accumulated scores;
-* :class:`TrialLog` - one JSONL row per evaluated candidate;
+* :class:`TrialLog` - one JSONL row per evaluated candidate (:func:`read_trials` reads them back as :class:`Trial`);
 * :class:`ProposalFilter` - rejects empty, cut-off, over-long and leaking proposals;
 * :class:`RegressionGuard` - no criterion may drop beyond its tolerance against a reference
   (:class:`AcceptanceGate`: the same around any optimizer's result);
@@ -39,7 +39,7 @@ from dspy_ext.search.regression import AcceptanceGate, CriterionCheck, GuardVerd
 from dspy_ext.search.run import Models, Proposal, SearchRun, SearchStopped
 from dspy_ext.search.store import CandidateRecord, CandidateStore
 from dspy_ext.search.teleprompter import SearchTeleprompter
-from dspy_ext.search.trial_log import TrialLog
+from dspy_ext.search.trial_log import Trial, TrialLog, read_trials
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -75,7 +75,9 @@ __all__ = [
     "SearchResult",
     "SearchRun",
     "SearchStopped",
+    "Trial",
     "TrialLog",
+    "read_trials",
     "clean_proposal",
     "format_pairs",
 ]

@@ -166,7 +166,9 @@ class SearchRun:
         self.evaluator = Evaluator(metric, num_threads=options.num_threads)
         self._proposal_filter = proposal_filter
         self.meta_prompts = meta_prompts
-        self.trial_log = trial_log if trial_log is not None else TrialLog.fresh(options.trial_log_path)
+        self.trial_log = (
+            trial_log if trial_log is not None else TrialLog.fresh(options.trial_log_path, meter=self.total_meter)
+        )
         self.store = CandidateStore()
         self.repeats = options.eval_repeats
         self.temperature = options.eval_temperature

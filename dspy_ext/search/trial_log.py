@@ -5,12 +5,52 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dspy_ext.evaluation import EvaluationReport
-from dspy_ext.lm.metering import UsageSnapshot
+from dspy_ext.lm.metering import CallMeter, UsageSnapshot
 from dspy_ext.search.candidate import Candidate
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One row of a trial log, read back: what was scored, on which split, and the compile's calls by then.
+
+    Attributes:
+        trial: The row's number (0, 1, ...).
+        split: ``train`` (a search minibatch), ``val``, or ``screen`` (DemoSearch's likelihood screen).
+        score: The candidate's score on those rows.
+        calls_so_far: The compile's LM calls when the row was logged (``None`` in logs written without a meter).
+        time: When it was logged (seconds since the epoch).
+    """
+
+    trial: int
+    split: str
+    score: float
+    calls_so_far: int | None
+    time: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Trial:
+        calls = row.get("calls_so_far")
+        return cls(
+            trial=int(row["trial"]),
+            split=str(row["split"]),
+            score=float(row["score"]),
+            calls_so_far=None if calls is None else int(calls),
+            time=float(row["time"]),
+        )
+
+
+def read_trials(path: str | Path) -> Iterator[Trial]:
+    """The rows of the trial log ``path`` (a ``trials.jsonl``), in the order they were logged."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield Trial.from_row(json.loads(line))
 
 
 class TrialLog:
@@ -18,25 +58,28 @@ class TrialLog:
 
     Each row holds the candidate's instructions, demo sets, parents and origin
     (the method step that made it), the split and size it was scored on, its
-    score and errors, and the LM calls and tokens that evaluation cost.
+    score and errors, the LM calls and tokens that evaluation cost, and (with a
+    ``meter``) the compile's LM calls so far (``calls_so_far``).
 
     Args:
         path: JSONL file to append to, or ``None`` to keep rows in memory only.
+        meter: The compile's meter, read for ``calls_so_far`` (``None``: the key is ``None``).
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, meter: CallMeter | None = None) -> None:
         self.path = Path(path) if path else None
+        self.meter = meter
         self.rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def fresh(cls, path: str | Path | None) -> TrialLog:
+    def fresh(cls, path: str | Path | None, *, meter: CallMeter | None = None) -> TrialLog:
         """A log that starts empty: an earlier ``path`` (a previous compile's log) is deleted first."""
         if path is not None and Path(path).exists():
             Path(path).unlink()
-        return cls(path)
+        return cls(path, meter=meter)
 
     def record(
         self,
@@ -100,6 +143,7 @@ class TrialLog:
             **extra,
         }
         with self._lock:
+            row["calls_so_far"] = self.meter.calls if self.meter is not None else None
             self.rows.append(row)
             if self.path is not None:
                 with open(self.path, "a", encoding="utf-8") as fh:

@@ -115,3 +115,21 @@ def write_task(folder: Path, *, n_train: int = 40, n_test: int = 24) -> Path:
         )
     (folder / "instructions.json").write_text(json.dumps([BASELINE_INSTRUCTION]))
     return folder
+
+
+class DyingEngine(FakeEngine):
+    """Answers ``answers`` calls like the fake world, then refuses the connection on every try (an endpoint gone down)."""
+
+    def __init__(self, answers: int) -> None:
+        super().__init__(respond)
+        self.answers = answers
+
+    def generate(self, request):
+        if self.calls >= self.answers:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return super().generate(request)
+
+
+def dying_lm(answers: int) -> dspy.LM:
+    """A fake-world LM on a :class:`DyingEngine` (DSPy's cache off)."""
+    return dspy.LM(f"fake/dying-{answers}", engine=DyingEngine(answers), cache=False)
