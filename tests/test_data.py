@@ -21,6 +21,7 @@ from dspy_ext.data import (
     load_task,
     split_train_val,
 )
+from dspy_ext.optimizers.demo_search import closed_label_set
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -51,7 +52,7 @@ def make_task_folder(
 
 
 def test_builtin_tasks_are_discovered() -> None:
-    public = {"sentiment", "first_word_letter", "larger_animal", "singular_to_plural"}
+    public = {"sentiment", "first_word_letter", "larger_animal", "singular_to_plural", "sentence_similarity"}
     held_out = {"active_to_passive", "negation", "translation_en-es", "antonyms"}  # docs/held_out_tasks.md
     assert set(BUILTIN_TASKS) == public | held_out
     for folder in BUILTIN_TASKS.values():
@@ -74,6 +75,20 @@ def test_load_builtin_sentiment() -> None:
     assert task.baseline_instruction == task.instructions[0]
     assert "positive or negative" in task.baseline_instruction
     assert Path(task.source).name == "sentiment"
+
+
+def test_sentence_similarity_has_six_labels_found_as_a_closed_set() -> None:
+    task = load_task("sentence_similarity")
+    assert (len(task.train), len(task.test)) == (300, 100)
+    labels = [f"{n} - {w}" for n, w in enumerate(["definitely not", "probably not", "possibly", "probably"])]
+    labels += ["4 - almost perfectly", "5 - perfectly"]
+    assert {ex.output for ex in task.train} == {ex.output for ex in task.test} == set(labels)
+    assert task.instructions and "0" in task.baseline_instruction and "5" in task.baseline_instruction
+    student = dspy.Predict(dspy.Signature("input -> output", task.baseline_instruction))
+    for seed in range(5):  # the train rows `dspy-ext compile` draws (50 by default) name all six: a closed set
+        train, _ = split_train_val(task.train, 50, 50, seed=seed)
+        found, field = closed_label_set(student, train)
+        assert field == "output" and found is not None and set(found) == set(labels)
 
 
 @pytest.mark.parametrize("name", ["first_word_letter", "larger_animal", "singular_to_plural"])
