@@ -605,7 +605,6 @@ class DemoSearch(SearchTeleprompter):
     @staticmethod
     def _screen_by_accuracy(run: SearchRun, arm: _Arm, rows: list[dspy.Example]) -> bool:
         """Score ``arm`` by generated accuracy on the screen rows; ``False`` when the budget ran out."""
-        arm.screen, arm.screened_by = None, ""
         report = run.evaluate(arm.candidate, rows, split="screen")
         if report.budget_exhausted:
             return False

@@ -318,9 +318,9 @@ class SearchRun:
     def step_description(self, name: str) -> str:
         """``"input -> output"`` for predictor ``name`` (what its instruction maps)."""
         from dspy_ext.prompt_state import predictors
+        from dspy_ext.search.typical import signature_step
 
-        signature = dict(predictors(self.student))[name].signature
-        return f"{', '.join(signature.input_fields)} -> {', '.join(signature.output_fields)}"
+        return signature_step(dict(predictors(self.student))[name].signature)
 
     # ---- scoring --------------------------------------------------------------------
     def evaluate(

@@ -15,7 +15,12 @@ import dspy
 
 from dspy_ext.prompt_state import predictors
 
-__all__ = ["TypicalAsk", "format_pairs", "shared_inputs"]
+__all__ = ["TypicalAsk", "format_pairs", "shared_inputs", "signature_step"]
+
+
+def signature_step(signature: Any) -> str:
+    """``"input -> output"``: the fields a predictor's instruction maps (the meta-prompts' ``step``)."""
+    return f"{', '.join(signature.input_fields)} -> {', '.join(signature.output_fields)}"
 
 
 def format_pairs(examples: list[dspy.Example], limit: int = 400) -> str:
@@ -54,8 +59,7 @@ class TypicalAsk:
     @property
     def step(self) -> str:
         """``"input -> output"`` of the first predictor (the ``step`` field of the meta-prompts)."""
-        signature = self._signature
-        return f"{', '.join(signature.input_fields)} -> {', '.join(signature.output_fields)}"
+        return signature_step(self._signature)
 
     def rows(self, k: int) -> list[dspy.Example]:
         """``k`` training rows (all of them when there are fewer), drawn with the seed."""
