@@ -1,7 +1,9 @@
-"""``dspy-ext compare --max-cost`` against a real served model (llama.cpp's server on loopback).
+"""``dspy-ext compare`` and ``tune`` against a real served model (llama.cpp's server on loopback).
 
 The run file declares the model's price, so every call has a dollar figure; each cell's compile stops at the
-cap (its best program so far is scored), and the comparison's tables show what each optimizer spent.
+cap (its best program so far is scored), and the comparison's tables show what each optimizer spent. A prompt
+model on an endpoint of its own (``--prompt-lm``, ``--prompt-api-base``) gets every instruction-writing request
+of every cell and trial, and only those.
 """
 
 from __future__ import annotations
@@ -60,3 +62,33 @@ def test_compare_stops_every_cell_at_the_cost_cap_and_reports_usd(
         assert f"{row['usd_mean']:.4f} (1/1 at the cap)" in line
     with open(out / "results.csv") as fh:
         assert all(float(r["usd_mean"]) >= CAP for r in csv.DictReader(fh))
+
+
+def _prompt_model_argv(folder: Path, task_base: str, prompt_base: str) -> list[str]:
+    argv = ["--data", str(folder), "--lm", f"openai/{MODEL_ALIAS}", "--api-base", task_base, "--adapter", "plain"]
+    argv += ["--prompt-lm", f"openai/{MODEL_ALIAS}", "--prompt-api-base", prompt_base]
+    return argv + ["--train", "10", "--val", "5", "--threads", "1", "--budget", "24", "--json"]
+
+
+def test_compare_and_tune_send_the_prompt_models_requests_to_its_own_endpoint(
+    proxy: CountingProxy, server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = task_slice(tmp_path / "slice", n_train=20, n_test=4)
+    prompt_proxy = CountingProxy(server)
+    try:
+        argv = _prompt_model_argv(folder, proxy.base, prompt_proxy.base)
+        capsys.readouterr()
+        assert main(["compare", *argv, "--optimizers", "ape", "--seeds", "1", "--out", str(tmp_path / "cmp")]) == 0
+        row = json.loads(capsys.readouterr().out)["rows"][0]
+        assert prompt_proxy.requests == row["by_role"]["prompt"]["calls"] > 0
+        assert row["by_role"]["task"]["calls"] + row["by_role"]["prompt"]["calls"] == row["lm_calls"] <= 24
+        compared = prompt_proxy.requests
+
+        study = ["--optimizers", "ape", "--trials", "1", "--no-test", "--storage", str(tmp_path / "optuna.db")]
+        assert main(["tune", *argv, *study, "--out", str(tmp_path / "tune")]) == 0
+        tuned = json.loads(capsys.readouterr().out)
+    finally:
+        prompt_proxy.close()
+    assert prompt_proxy.requests > compared  # the trial's instructions were written at the prompt endpoint
+    assert tuned["n_trials"] == 1 and tuned["total_lm_calls"] >= prompt_proxy.requests - compared
+    assert "prompt_api_base: " + prompt_proxy.base in (tmp_path / "tune" / "settings.yaml").read_text()

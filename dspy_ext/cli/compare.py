@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "significance tests.",
     )
     common.add_experiment_args(parser, CompareSettings)
+    common.add_prompt_model_args(parser)
     parser.add_argument(
         "--optimizers",
         default=argparse.SUPPRESS,

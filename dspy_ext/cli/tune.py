@@ -31,6 +31,7 @@ from dspy_ext.cli.common import (
     add_experiment_args,
     add_max_cost_arg,
     add_output_args,
+    add_prompt_model_args,
     add_training_args,
     emit_json,
     load_settings,
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Tune which optimizer to run and its hyperparameters in a persistent Optuna study.",
     )
     add_experiment_args(parser, TuneSettings)
+    add_prompt_model_args(parser)
     _add_study_args(parser.add_argument_group("study"))
     add_output_args(parser)
     parser.set_defaults(func=main)

@@ -198,8 +198,35 @@ class ExperimentSettings(BaseModel):
         return self.task or Path(str(self.data)).stem
 
 
-class RunSettings(ExperimentSettings):
+class PromptModelSettings(BaseModel):
+    """The prompt model of a compile, a comparison's cells or a study's trials (the model that writes instructions).
+
+    Attributes:
+        prompt_lm: The model that writes instructions (the optimizers' prompt model), any ``dspy.LM`` model
+            string or ``local`` (``None``: the task model ``lm`` writes them). Metered, checked and priced
+            as the task model is, and reported apart (the ``prompt`` role).
+        prompt_api_base: The prompt model's own OpenAI-compatible base URL (``None``: ``api_base`` when the
+            prompt model is served there too, else the provider's default). Its key is read from ``api_key_env``.
+        prompt_price: What the prompt model charges (``None``: DSPy's bundled price list).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    prompt_lm: str | None = None
+    prompt_api_base: str | None = None
+    prompt_price: PriceSettings | None = None
+
+    @model_validator(mode="after")
+    def _prompt_model_keys(self) -> PromptModelSettings:
+        if self.prompt_lm is None and (self.prompt_api_base or self.prompt_price):
+            raise ValueError("prompt_api_base and prompt_price need a prompt_lm (the prompt model they are for)")
+        return self
+
+
+class RunSettings(ExperimentSettings, PromptModelSettings):
     """The settings of one compile (``dspy-ext compile``; :func:`dspy_ext.experiment.run`).
+
+    The prompt model's keys are those of :class:`PromptModelSettings`.
 
     Attributes:
         optimizer: A registry name (``demo-search``, the default; ``ape``, ``opro``, ``mipro``, ...).
@@ -219,12 +246,6 @@ class RunSettings(ExperimentSettings):
         repeats: Rollouts per row of every evaluation (search and test); selection uses their mean, and
             the report gives per-row pass rates and the rows that pass only sometimes.
         temperature: Task-LM temperature of those rollouts (``None``: 0.7 when ``repeats > 1``, else the LM's).
-        prompt_lm: The model that writes instructions (the optimizers' prompt model), any ``dspy.LM`` model
-            string or ``local`` (``None``: the task model ``lm`` writes them). Metered, checked and priced
-            as the task model is, and reported apart (the ``prompt`` role).
-        prompt_api_base: The prompt model's own OpenAI-compatible base URL (``None``: ``api_base`` when the
-            prompt model is served there too, else the provider's default). Its key is read from ``api_key_env``.
-        prompt_price: What the prompt model charges (``None``: DSPy's bundled price list).
         tracking: Track the compile in MLflow (see :class:`TrackingSettings`; ``None``: not tracked).
             Tracking never changes what is computed, and a run folder resumes with or without it.
     """
@@ -238,9 +259,6 @@ class RunSettings(ExperimentSettings):
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    prompt_lm: str | None = None
-    prompt_api_base: str | None = None
-    prompt_price: PriceSettings | None = None
     tracking: TrackingSettings | None = None
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
@@ -257,19 +275,15 @@ class RunSettings(ExperimentSettings):
         resolve_config(self.optimizer, self.optimizer_config)  # ValueError naming the bad key
         return self
 
-    @model_validator(mode="after")
-    def _prompt_model_keys(self) -> RunSettings:
-        if self.prompt_lm is None and (self.prompt_api_base or self.prompt_price):
-            raise ValueError("prompt_api_base and prompt_price need a prompt_lm (the prompt model they are for)")
-        return self
-
     @property
     def default_out(self) -> Path:
         return Path("runs") / f"{self.source_name}-{self.optimizer}-s{self.seed}"
 
 
-class CompareSettings(ExperimentSettings):
+class CompareSettings(ExperimentSettings, PromptModelSettings):
     """The settings of ``dspy-ext compare``: several optimizers x several seeds.
+
+    Every cell compiles with the prompt model of :class:`PromptModelSettings` (default: the task model).
 
     Attributes:
         optimizers: Registry names, in report order.
@@ -291,9 +305,6 @@ class CompareSettings(ExperimentSettings):
     guards: dict[str, float] = Field(default_factory=dict)
     repeats: int = Field(default=1, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    prompt_lm: str | None = None
-    prompt_api_base: str | None = None
-    prompt_price: PriceSettings | None = None
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
     feedback: str | None = None
@@ -338,8 +349,10 @@ class CompareSettings(ExperimentSettings):
         return Path("runs") / f"compare-{self.source_name}"
 
 
-class TuneSettings(ExperimentSettings):
+class TuneSettings(ExperimentSettings, PromptModelSettings):
     """The settings of ``dspy-ext tune``: an Optuna study over optimizers and their hyperparameters.
+
+    Every trial compiles with the prompt model of :class:`PromptModelSettings` (default: the task model).
 
     Attributes:
         space: A search space file (YAML/JSON) or ``None`` for the default space.

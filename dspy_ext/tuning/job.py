@@ -27,6 +27,7 @@ from dspy_ext.experiment import (
     build_student,
     resolve_metric,
 )
+from dspy_ext.experiment.components import make_prompt_lm
 from dspy_ext.experiment.feedback import merge_review_store
 from dspy_ext.tuning.space import TuningSpace, load_space
 from dspy_ext.tuning.storage import MEMORY, normalize_url
@@ -138,6 +139,7 @@ class TuneJob:
             worker_index=worker_index,
             max_cost=settings.max_cost,
             cost_shares=settings.workers,
+            prompt_model=make_prompt_lm(settings),
             **review,
         )
         return cls(settings, components, trainset, devset, student, tuner)
