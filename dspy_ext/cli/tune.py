@@ -31,9 +31,12 @@ from dspy_ext.cli.common import (
     add_experiment_args,
     add_max_cost_arg,
     add_output_args,
+    add_tracking_args,
     add_training_args,
+    apply_tracking_args,
     emit_json,
     load_settings,
+    print_group_tracking,
     setup_logging,
 )
 from dspy_ext.experiment import TuneSettings
@@ -50,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_experiment_args(parser, TuneSettings)
     _add_study_args(parser.add_argument_group("study"))
+    add_tracking_args(parser, "the study as one MLflow parent run, each trial a child run")
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -105,15 +109,21 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dspy_ext.experiment.tracking import open_group_tracker
     from dspy_ext.tuning import tune
 
-    settings = load_settings(args, TuneSettings)
+    settings = apply_tracking_args(args, load_settings(args, TuneSettings))
+    tracker = open_group_tracker(settings.tracking)
     quiet_optuna(args.verbose)
     show = not args.json or sys.stderr.isatty()
     bar = ProgressBar() if show else None
     try:
         result = tune(
-            settings, progress=show, on_progress=bar, worker_init=functools.partial(prepare_worker, args.verbose)
+            settings,
+            progress=show,
+            on_progress=bar,
+            worker_init=functools.partial(prepare_worker, args.verbose),
+            tracker=tracker,
         )
     finally:
         if bar is not None:
@@ -122,6 +132,7 @@ def main(args: argparse.Namespace) -> int:
         emit_json(result.summary.to_dict(), args.console)
     else:
         print(render_text(result, settings.top), file=args.console)
+        print_group_tracking(tracker, "trial", args.console)
     return 0
 
 
