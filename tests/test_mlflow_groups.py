@@ -15,6 +15,7 @@ from dspy_ext.cli import main
 
 import tune_fake as F
 from support.fake_world import fake_world_lm, write_task
+from support.mlflow_server import MlflowServer
 
 pytest.importorskip("mlflow")
 
@@ -133,3 +134,21 @@ def test_a_study_is_a_parent_run_with_a_child_run_per_trial(
             assert child.data.params == {key: str(value) for key, value in trial.params.items()}
             assert child.data.metrics["value"] == trial.value
             assert child.data.metrics["lm_calls"] == trial.user_attrs["lm_calls"]
+
+
+def test_a_comparison_logged_to_a_real_mlflow_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dspy-ext compare --mlflow http://127.0.0.1:PORT`` against ``mlflow server`` (SQLite store, artifacts folder)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    task_folder = write_task(tmp_path / "items", n_train=40, n_test=16)
+    out = tmp_path / "cmp"
+    with MlflowServer(tmp_path / "server") as server:
+        argv = compare_argv(task_folder, out, "--mlflow", server.uri, "--mlflow-experiment", "served")
+        assert main(argv, lm=fake_world_lm()) == 0
+        assert f"in {server.uri}, with a child run per cell" in capsys.readouterr().out
+        check_comparison(server.uri, "served", out, tmp_path)
+        # The artifacts went through the server into its artifacts folder, not into this folder.
+        stored = {p.name for p in (tmp_path / "server" / "artifacts").rglob("*") if p.is_file()}
+        assert stored >= COMPARE_FILES | CELL_FILES and not (tmp_path / "mlruns").exists()
