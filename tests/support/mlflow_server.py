@@ -46,7 +46,8 @@ class MlflowServer:
         argv = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         argv += ["--backend-store-uri", f"sqlite:///{self.base / 'mlflow.db'}"]
         argv += ["--artifacts-destination", str(self.base / "artifacts")]
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        # No telemetry, and no price list fetched by LiteLLM (which the server imports): nothing leaves the machine.
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         log = (self.base / "server.log").open("w")
         self.process = subprocess.Popen(
             argv, cwd=self.base, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
