@@ -7,6 +7,8 @@ trials run on the fake worlds (``support.fake_world``, ``tune_fake``).
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,22 @@ def test_a_comparison_logged_to_a_real_mlflow_server(
         # The artifacts went through the server into its artifacts folder, not into this folder.
         stored = {p.name for p in (tmp_path / "server" / "artifacts").rglob("*") if p.is_file()}
         assert stored >= COMPARE_FILES | CELL_FILES and not (tmp_path / "mlruns").exists()
+
+
+def test_a_run_file_tracking_key_on_a_server_that_is_down_costs_the_comparison_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    with socket.socket() as probe:  # a port nothing listens on: bound, then released
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "run.yaml").write_text(f"tracking:\n  mlflow: http://127.0.0.1:{port}\n")
+    task_folder = write_task(tmp_path / "items", n_train=40, n_test=16)
+    argv = compare_argv(task_folder, tmp_path / "cmp", "--config", str(tmp_path / "run.yaml"), "--json")
+    with caplog.at_level(logging.WARNING):
+        assert main(argv, lm=fake_world_lm()) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dspy_ext.experiment.mlflow_tracking"]
+    assert len(warnings) == 1, warnings  # not one more per cell
+    assert f"MLflow tracking at http://127.0.0.1:{port} is off for this comparison" in warnings[0]
+    assert len(json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]) == 4
