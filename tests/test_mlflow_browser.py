@@ -15,13 +15,15 @@ import pytest
 
 from dspy_ext.experiment import RunSettings, run
 
-from support.browser import WAIT, chromium, needs_chromium
+from support.browser import chromium, needs_chromium
 from support.fake_world import fake_world_lm, write_task
 from support.mlflow_server import MlflowServer
 
 pytestmark = needs_chromium
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "mlflow.png"
 METRIC = "trial/val/score"
+#: Seconds MLflow's JavaScript app has to load and draw (it is large, and the machine may be busy).
+UI_WAIT = 180
 
 
 def _chart(driver, metric: str):
@@ -46,7 +48,7 @@ def test_the_mlflow_ui_shows_a_compiles_metric_chart(tmp_path: Path, monkeypatch
 
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     task = write_task(tmp_path / "sentiment-demo", n_train=40, n_test=16)
-    with MlflowServer(tmp_path / "server") as server, chromium(1280, 820) as driver:
+    with MlflowServer(tmp_path / "server") as server, chromium(1280, 820, page_load=UI_WAIT) as driver:
         settings = RunSettings(
             data=str(task),
             out=str(tmp_path / "sentiment-ape-s0"),
@@ -67,7 +69,9 @@ def test_the_mlflow_ui_shows_a_compiles_metric_chart(tmp_path: Path, monkeypatch
 
         run_page = f"{server.uri}/#/experiments/{experiment.experiment_id}/runs/{mlrun.info.run_id}"
         driver.get(f"{run_page}/model-metrics")
-        wait = WebDriverWait(driver, WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+        wait = WebDriverWait(
+            driver, UI_WAIT, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+        )
         header = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="runs-header"]'))
         wait.until(lambda d: header.text == "sentiment-ape-s0")
         search = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, 'input[placeholder="Search metric charts"]'))

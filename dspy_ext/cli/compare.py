@@ -11,6 +11,9 @@ on the full held-out test split, then writes to ``--out``:
 * ``cells/*.json`` and ``runs/*/``: one finished (optimizer, seed) each; a
   re-run skips them, so it costs no LM calls.
 
+With ``--mlflow URI`` the comparison is one MLflow parent run (the tables and the plot as artifacts)
+and each cell's compile a child run of it.
+
 Progress goes to stderr, one line per cell; ``--json`` prints one object on stdout.
 """
 

@@ -13,7 +13,8 @@ At the end it prints a table of the top trials, scores the best program on the
 task's test split, writes ``tune.png`` (optimization history and
 hyperparameter importances), ``best_program.json``, ``summary.json`` and
 ``settings.yaml`` next to the study, and prints the ``optuna-dashboard``
-command that opens it. The work is :func:`dspy_ext.tuning.tune`; this module
+command that opens it. With ``--mlflow URI`` the study is one MLflow parent run and each trial that
+finished a child run of it. The work is :func:`dspy_ext.tuning.tune`; this module
 only turns flags (and a ``--config`` run file) into
 :class:`~dspy_ext.experiment.TuneSettings` and prints.
 """

@@ -26,8 +26,9 @@ needs_chromium = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def chromium(width: int = 1280, height: int = 1000) -> Iterator:
-    """A headless Chromium driver with a ``width`` x ``height`` window at scale 1; quit on exit."""
+def chromium(width: int = 1280, height: int = 1000, *, page_load: float = WAIT) -> Iterator:
+    """A headless Chromium driver with a ``width`` x ``height`` window at scale 1, that gives a page
+    ``page_load`` seconds to load; quit on exit."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs the dev extra (selenium)")
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -44,7 +45,7 @@ def chromium(width: int = 1280, height: int = 1000) -> Iterator:
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT)
+    driver.set_page_load_timeout(page_load)
     try:
         yield driver
     finally:

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 #: Seconds the server has to answer its health check (a first start migrates the store).
-START_TIMEOUT = 120
+START_TIMEOUT = 300
 
 
 def free_port() -> int:
