@@ -336,7 +336,8 @@ def test_a_tracked_compile_reaches_nothing_beyond_the_machine(tracked: Tracked, 
     assert "INFO mlflow" not in result.stderr  # MLflow's own chatter stays below warnings
 
 
-#: A user's script: MLflow's DSPy autologging around a compile of APE and of DemoSearch, called from Python.
+#: A user's script: MLflow's DSPy autologging around a compile of APE and of DemoSearch, called from Python,
+#: with dspy-ext imported before or after ``autolog()``; then autologging turned off and APE compiled again.
 _AUTOLOG = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -349,23 +350,36 @@ from dspy_ext.optimizers import APE, DemoSearch
 from metrics import exact_match
 from programs import Transform
 from support.fake_world import BASELINE_INSTRUCTION, dataset, fake_world_lm
+def compile(optimizer):
+    student = Transform(instructions=BASELINE_INSTRUCTION)
+    return optimizer.compile(student, trainset=dataset(12), valset=dataset(8, 100))
+client = mlflow.MlflowClient()
+def runs():
+    found = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    return sorted(found, key=lambda r: r.info.start_time)
+compiled = []
 with dspy.context(lm=fake_world_lm(), adapter=PlainAdapter()):
     for optimizer in (APE(exact_match, max_lm_calls=30, num_threads=1), DemoSearch(exact_match, max_lm_calls=30)):
-        optimizer.compile(Transform(instructions=BASELINE_INSTRUCTION), trainset=dataset(12), valset=dataset(8, 100))
-client = mlflow.MlflowClient()
-runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-print(json.dumps([sorted(a.path for a in client.list_artifacts(r.info.run_id)) for r in runs]))
+        compiled.append(compile(optimizer).predict.signature.instructions)
+    logged = []
+    for run in runs():
+        best = json.load(open(client.download_artifacts(run.info.run_id, "best_model.json")))
+        artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
+        logged.append({"artifacts": artifacts, "status": run.info.status, "instructions": best["predict"]["signature"]["instructions"]})
+    mlflow.dspy.autolog(disable=True)
+    compile(APE(exact_match, max_lm_calls=30, num_threads=1))
+print(json.dumps({"compiled": compiled, "logged": logged, "after_disable": len(runs())}))
 """
 
 
-def test_mlflow_autolog_sees_our_optimizers_only_when_they_are_imported_before_it(
+def test_mlflow_autolog_records_our_optimizers_compiles_whichever_is_imported_first(
     tracked: Tracked, tmp_path: Path
 ) -> None:
     """``mlflow.dspy.autolog`` patches ``compile`` on ``Teleprompter.__subclasses__()`` as they are at the call.
 
     ``SearchTeleprompter`` is such a direct subclass and every dspy-ext optimizer inherits its ``compile``,
-    so imported first, each compile is one autologged run (with the valset it was given). Imported after,
-    ours are invisible, and APE's inner bootstrapping (DSPy's ``BootstrapFewShot``) shows up instead.
+    so imported first, each compile is one autologged run. Imported after, the class takes MLflow's patch
+    when it is defined (``dspy_ext.search.autolog``): the same runs. ``autolog(disable=True)`` reverts it.
     """
     procs = {}
     for order in ("before", "after"):
@@ -379,13 +393,24 @@ def test_mlflow_autolog_sees_our_optimizers_only_when_they_are_imported_before_i
             stderr=subprocess.PIPE,
             text=True,
         )
-    runs = {}
     for order, proc in procs.items():
         out, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, err[-3000:]
-        runs[order] = json.loads(out.strip().splitlines()[-1])
-    assert runs["before"] == [["best_model.json", "trainset.json", "valset.json"]] * 2  # APE and DemoSearch
-    assert runs["after"] and all("valset.json" not in artifacts for artifacts in runs["after"])
+        report = json.loads(out.strip().splitlines()[-1])
+        # One run per compile, APE's then DemoSearch's, with the best program and the data it was given.
+        assert [run["artifacts"] for run in report["logged"]] == [
+            ["best_model.json", "trainset.json", "valset.json"]
+        ] * 2
+        assert [run["status"] for run in report["logged"]] == ["FINISHED"] * 2, order
+        assert [run["instructions"] for run in report["logged"]] == report["compiled"], order
+        assert report["after_disable"] == 2, order  # autolog(disable=True) reverted our patch too
+
+
+def test_importing_dspy_ext_imports_no_mlflow() -> None:
+    """Following a user's ``autolog()`` costs nothing without it: dspy-ext does not import MLflow to look."""
+    code = "import sys, dspy_ext.optimizers, dspy_ext.tuning, dspy_ext.cli; print('mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
 
 
 # ---- the embedded model ------------------------------------------------------------------------------

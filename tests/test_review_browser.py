@@ -10,7 +10,6 @@ Skipped only when chromium or chromedriver is not installed (``.ci/run`` install
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,38 +21,16 @@ from dspy_ext.data import load_task
 from dspy_ext.review import ReviewApp, ReviewServer, ReviewStore, collect
 from programs import Transform
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
-    "chromium-driver; .ci/run installs them)",
-)
+from support.browser import WAIT, chromium, needs_chromium
+
+pytestmark = needs_chromium
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "review.png"
-WAIT = 20
 
 
 @pytest.fixture
 def browser() -> Iterator:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs the dev extra (selenium)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        "--force-device-scale-factor=1",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(WAIT)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 class Page:

@@ -15,6 +15,7 @@ import sys
 from typing import Any, TextIO
 
 from dspy_ext.experiment import ExperimentSettings, SettingsError
+from dspy_ext.experiment.tracking import GroupTracker
 
 #: Flag destinations that are not settings keys, and the settings key each one sets.
 RENAMED_FLAGS = {"no_cache": ("cache", False), "no_test": ("test", False)}
@@ -228,8 +229,8 @@ def add_feedback_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     )
 
 
-def add_tracking_args(parser: argparse.ArgumentParser) -> None:
-    """``--mlflow [URI]`` and ``--mlflow-experiment NAME``: track the compile as one MLflow run."""
+def add_tracking_args(parser: argparse.ArgumentParser, what: str = "the compile as one MLflow run") -> None:
+    """``--mlflow [URI]`` and ``--mlflow-experiment NAME``: track ``what`` in MLflow."""
     group = parser.add_argument_group("tracking (needs the mlflow extra: pip install 'dspy-ext[mlflow]')")
     group.add_argument(
         "--mlflow",
@@ -237,7 +238,7 @@ def add_tracking_args(parser: argparse.ArgumentParser) -> None:
         const="",
         default=None,
         metavar="URI",
-        help="track the compile as one MLflow run in this tracking store (sqlite:///mlflow.db, "
+        help=f"track {what} in this tracking store (sqlite:///mlflow.db, "
         "http://127.0.0.1:5000, ...); without URI, the one in MLFLOW_TRACKING_URI. Run-file key: tracking.mlflow",
     )
     group.add_argument(
@@ -284,6 +285,14 @@ def apply_tracking_args(args: argparse.Namespace, settings: Any) -> Any:
         if args.verbose < 2:
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     return settings
+
+
+def print_group_tracking(tracker: GroupTracker, member: str, stream: TextIO) -> None:
+    """Where a comparison or a study was recorded: its MLflow parent run (a child run per ``member``), or nothing."""
+    from dspy_ext.experiment.mlflow_tracking import MlflowGroupTracker
+
+    if isinstance(tracker, MlflowGroupTracker) and tracker.finished:
+        print(f"MLflow run {tracker.run_id} in {tracker.uri}, with a child run per {member}", file=stream)
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:

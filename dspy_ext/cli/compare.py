@@ -11,6 +11,9 @@ on the full held-out test split, then writes to ``--out``:
 * ``cells/*.json`` and ``runs/*/``: one finished (optimizer, seed) each; a
   re-run skips them, so it costs no LM calls.
 
+With ``--mlflow URI`` the comparison is one MLflow parent run (the tables and the plot as artifacts)
+and each cell's compile a child run of it.
+
 Progress goes to stderr, one line per cell; ``--json`` prints one object on stdout.
 """
 
@@ -23,6 +26,7 @@ from dspy_ext.cli import common
 from dspy_ext.compare import run_compare
 from dspy_ext.compare.report import fmt_calls, fmt_usd
 from dspy_ext.experiment import CompareSettings
+from dspy_ext.experiment.tracking import open_group_tracker
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_training_args(parser, CompareSettings, drawn="per seed", learner="every compile")
     parser.add_argument("--out", default=argparse.SUPPRESS, help="comparison folder (default runs/compare-TASK)")
+    common.add_tracking_args(parser, "the comparison as one MLflow parent run, each cell's compile a child run")
     common.add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -75,16 +80,20 @@ def main(args: argparse.Namespace) -> int:
         rename={"optimizer_config": "optimizer_configs"},
         json_flags={"optimizer_configs": "--optimizer-config"},
     )
+    settings = common.apply_tracking_args(args, settings)
+    tracker = open_group_tracker(settings.tracking)
     result = run_compare(
         settings,
         lm=args.injected_lm,
         progress=sys.stderr.isatty() and not args.json,
         log=lambda message: print(message, file=sys.stderr, flush=True),
+        tracker=tracker,
     )
     if args.json:
         common.emit_json(result, args.console)
     else:
         print(render_text(result), file=args.console)
+        common.print_group_tracking(tracker, "cell", args.console)
     return 1 if result["failed"] else 0
 
 

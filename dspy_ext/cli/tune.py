@@ -13,7 +13,8 @@ At the end it prints a table of the top trials, scores the best program on the
 task's test split, writes ``tune.png`` (optimization history and
 hyperparameter importances), ``best_program.json``, ``summary.json`` and
 ``settings.yaml`` next to the study, and prints the ``optuna-dashboard``
-command that opens it. The work is :func:`dspy_ext.tuning.tune`; this module
+command that opens it. With ``--mlflow URI`` the study is one MLflow parent run and each trial that
+finished a child run of it. The work is :func:`dspy_ext.tuning.tune`; this module
 only turns flags (and a ``--config`` run file) into
 :class:`~dspy_ext.experiment.TuneSettings` and prints.
 """
@@ -32,9 +33,12 @@ from dspy_ext.cli.common import (
     add_max_cost_arg,
     add_output_args,
     add_prompt_model_args,
+    add_tracking_args,
     add_training_args,
+    apply_tracking_args,
     emit_json,
     load_settings,
+    print_group_tracking,
     setup_logging,
 )
 from dspy_ext.experiment import TuneSettings
@@ -52,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_experiment_args(parser, TuneSettings)
     add_prompt_model_args(parser)
     _add_study_args(parser.add_argument_group("study"))
+    add_tracking_args(parser, "the study as one MLflow parent run, each trial a child run")
     add_output_args(parser)
     parser.set_defaults(func=main)
 
@@ -107,15 +112,21 @@ def _add_study_args(group: argparse._ArgumentGroup) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dspy_ext.experiment.tracking import open_group_tracker
     from dspy_ext.tuning import tune
 
-    settings = load_settings(args, TuneSettings)
+    settings = apply_tracking_args(args, load_settings(args, TuneSettings))
+    tracker = open_group_tracker(settings.tracking)
     quiet_optuna(args.verbose)
     show = not args.json or sys.stderr.isatty()
     bar = ProgressBar() if show else None
     try:
         result = tune(
-            settings, progress=show, on_progress=bar, worker_init=functools.partial(prepare_worker, args.verbose)
+            settings,
+            progress=show,
+            on_progress=bar,
+            worker_init=functools.partial(prepare_worker, args.verbose),
+            tracker=tracker,
         )
     finally:
         if bar is not None:
@@ -124,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
         emit_json(result.summary.to_dict(), args.console)
     else:
         print(render_text(result, settings.top), file=args.console)
+        print_group_tracking(tracker, "trial", args.console)
     return 0
 
 

@@ -38,6 +38,14 @@ from dspy_ext.experiment import (
     build_components,
     run,
 )
+from dspy_ext.experiment.tracking import (
+    GroupEnd,
+    GroupStart,
+    GroupTracker,
+    NoTracker,
+    open_group_tracker,
+    tracked,
+)
 from dspy_ext.files import atomic_write_text
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import short_hash
@@ -201,8 +209,9 @@ def run_compare(
     lm: dspy.BaseLM | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    tracker: GroupTracker | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a comparison and write ``results.md``, ``results.csv`` and ``score_vs_calls.png``.
+    """Run (or resume) a comparison and write ``results.md``, ``results.csv`` and ``score_vs_calls.png``; track it if asked.
 
     Args:
         settings: The comparison: data, program, model, ``optimizers``, ``optimizer_configs``,
@@ -210,6 +219,8 @@ def run_compare(
         lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own).
         log: Where the one-line-per-cell progress goes (default: the module's logger, at INFO).
         progress: Show each cell's progress bars on stderr.
+        tracker: Where the comparison is tracked (default: what ``settings.tracking`` asks for): a parent
+            record with the tables and the plot, each cell run in this invocation a child record of it.
 
     Returns:
         The result object ``--json`` prints: ``rows`` (one per finished (optimizer, seed)),
@@ -218,6 +229,7 @@ def run_compare(
         scoring included; ``new_usd`` is ``None`` when a price is unknown), ``files``.
     """
     log = log or logger.info
+    group = tracker if tracker is not None else open_group_tracker(settings.tracking)
     seeds = [settings.seed + k for k in range(settings.seeds)]
     # The task is loaded with the first seed, so that the test split is one and the same for every cell.
     components = build_components(settings, lm=lm)
@@ -235,15 +247,33 @@ def run_compare(
         evaluator=Evaluator(components.metric, num_threads=settings.threads, progress=progress),
         log=log,
         progress=progress,
+        tracker=group,
     )
     meter = CallMeter()
     # Seed-major order: an interrupted comparison has every optimizer on the first seeds.
     jobs = [(name, seed) for seed in seeds for name in settings.optimizers]
     started = time.perf_counter()
-    with metering(meter):
-        for index, (name, seed) in enumerate(jobs, 1):
-            cells.run(f"[{index}/{len(jobs)}] {components.task.name} · {name} · seed {seed}", name, seed, meter)
-    return _finish(settings, components, out, cells, seeds, meter, started)
+    with tracked(group, GroupStart("compare", out.name, components.task.name, settings, out)):
+        with metering(meter):
+            for index, (name, seed) in enumerate(jobs, 1):
+                cells.run(f"[{index}/{len(jobs)}] {components.task.name} · {name} · seed {seed}", name, seed, meter)
+        result = _finish(settings, components, out, cells, seeds, meter, started)
+        group.finish(comparison_end(result))
+    return result
+
+
+def comparison_end(result: dict[str, Any]) -> GroupEnd:
+    """What a tracker stores of a finished comparison: each optimizer's figures, the tables and the plot."""
+    metrics: dict[str, float] = {
+        "cells": len(result["rows"]),
+        "failed_cells": len(result["failed"]),
+        "new_lm_calls": result["new_lm_calls"],
+    }
+    for row in result["summary"]:
+        if row["runs"]:
+            for key in ("test_mean", "test_ci95", "lm_calls_mean"):
+                metrics[f"{key}/{row['optimizer']}"] = row[key]
+    return GroupEnd(metrics, tuple(Path(path) for path in result["files"].values()))
 
 
 def _review_fingerprint(settings: CompareSettings) -> str | None:
@@ -273,6 +303,7 @@ class _Cells:
     evaluator: Evaluator
     log: Callable[[str], None]
     progress: bool
+    tracker: GroupTracker = field(default_factory=NoTracker)
     finished: list[Cell] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
@@ -302,6 +333,7 @@ class _Cells:
                 evaluator=self.evaluator,
                 restart=True,
                 progress=self.progress,
+                tracker=self.tracker.child(),  # the cell's compile, a child of the comparison's record
             )
         except KeyboardInterrupt:
             raise

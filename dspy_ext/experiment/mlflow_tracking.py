@@ -1,4 +1,5 @@
-"""One MLflow run per compile: settings as params, the trial log and the figures as metrics, the run folder.
+"""One MLflow run per compile: settings as params, the trial log and the figures as metrics, the run folder;
+one parent run per comparison or study, with a child run per cell or trial.
 
 :class:`MlflowTracker` is the :class:`~dspy_ext.experiment.tracking.Tracker` of ``tracking.mlflow``
 (``dspy-ext compile --mlflow URI``). Each compile becomes one MLflow run in the experiment
@@ -21,6 +22,11 @@
   format, a cloudpickle: load only models you trust). Its DSPy settings hold the run's adapter and no LM:
   configure the LM you run it with.
 
+:class:`MlflowGroupTracker` is the group tracker of a comparison (``dspy-ext compare --mlflow URI``) or
+a study (``dspy-ext tune --mlflow URI``): a parent run with the settings as params, the tables and
+plots as artifacts, and a child run per cell (the cell's compile run, as above) or per trial (its
+params and value).
+
 Everything goes through one ``MlflowClient`` for the tracking URI: the tracker sets no process-wide
 MLflow state (no global tracking URI, no active run). A store that cannot be reached, or a call that
 fails, costs one warning; tracking is then off for the rest of the compile and the compile goes on.
@@ -37,6 +43,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,9 +51,18 @@ from urllib.parse import urlparse
 import dspy
 
 from dspy_ext.experiment.folder import PROGRAM_FILE, REPORT_FILE, SETTINGS_FILE, SUMMARY_FILE, TRIALS_FILE
-from dspy_ext.experiment.settings import SettingsError, TrackingSettings
+from dspy_ext.experiment.settings import ExperimentSettings, SettingsError, TrackingSettings
 from dspy_ext.experiment.summary import RunSummary
-from dspy_ext.experiment.tracking import CompileEnd, CompileStart
+from dspy_ext.experiment.tracking import (
+    ChildRecord,
+    CompileEnd,
+    CompileStart,
+    GroupEnd,
+    GroupStart,
+    NoTracker,
+    Tracker,
+)
+from dspy_ext.lm.metering import without_meters
 from dspy_ext.search.trial_log import Trial, read_trials
 
 logger = logging.getLogger(__name__)
@@ -60,6 +76,9 @@ MODEL_NAME = "program"
 #: The prompt artifact's name among the run's artifacts.
 PROMPT_ARTIFACT = "prompt.json"
 
+#: The tag that makes an MLflow run a child of another (the UI nests it under its parent).
+PARENT_TAG = "mlflow.parentRunId"
+
 #: Seconds a tracking server has to accept a connection before the compile goes on without it.
 CONNECT_TIMEOUT = 5.0
 
@@ -69,15 +88,19 @@ _MAX_PARAM = 6000
 _RUN_FILES = (PROGRAM_FILE, REPORT_FILE, TRIALS_FILE, SUMMARY_FILE, SETTINGS_FILE)
 
 
-class MlflowTracker:
-    """Records each compile as one MLflow run in the store ``tracking.mlflow`` (see the module docstring).
+@dataclass(frozen=True)
+class ParentRun:
+    """The MLflow run a compile is recorded under (a comparison's): its id and its experiment."""
 
-    Args:
-        tracking: The tracking URI and experiment.
+    run_id: str
+    experiment_id: str
 
-    Raises:
-        SettingsError: MLflow is not installed (:data:`MISSING_EXTRA`).
-    """
+
+class _MlflowRecord:
+    """One MLflow run written through one ``MlflowClient``: the parts a compile's and a group's share."""
+
+    #: What the run records, in the warning of a store that cannot be reached.
+    scope = "compile"
 
     def __init__(self, tracking: TrackingSettings) -> None:
         try:
@@ -95,13 +118,72 @@ class MlflowTracker:
 
     @property
     def run_id(self) -> str | None:
-        """The MLflow run of the compile (``None`` before :meth:`start`, or when none could be created)."""
+        """The MLflow run (``None`` before ``start``, or when none could be created)."""
         return self._run_id
 
     @property
     def finished(self) -> bool:
-        """Whether the compile was recorded whole (the run is ``FINISHED``)."""
+        """Whether everything was recorded (the run is ``FINISHED``)."""
         return self._finished
+
+    def _connect(self, experiment: str | None) -> None:
+        """The client, and the id of the experiment ``experiment`` (created when missing; ``None``: no lookup)."""
+        from mlflow import MlflowClient
+
+        _check_reachable(self.uri)
+        self._client = MlflowClient(tracking_uri=self.uri)  # a SQL store is created (and migrated) here
+        if experiment is None:
+            return
+        found = self._client.get_experiment_by_name(experiment)
+        self._experiment_id = found.experiment_id if found is not None else self._client.create_experiment(experiment)
+
+    def _close_failed(self, error: BaseException) -> None:
+        """Mark the run failed (``KILLED`` on an interrupt), naming the error in the tag ``dspy_ext.error``."""
+        if self._off or not self._open:
+            return
+        with self._guard("close the run"):
+            self._client.set_tag(self._run_id, "dspy_ext.error", _one_line(error)[:_MAX_PARAM])
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self._client.set_terminated(self._run_id, status)
+            self._open = False
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Run the block; a failure warns once and turns tracking off (the callers skip their work once it is)."""
+        try:
+            yield
+        except Exception as exc:
+            self._off = True
+            logger.warning(
+                "MLflow tracking at %s is off for this %s: could not %s (%s); the %s goes on",
+                self.uri,
+                self.scope,
+                what,
+                _one_line(exc),
+                self.scope,
+            )
+            if self._open:
+                with contextlib.suppress(Exception):
+                    _check_reachable(self.uri)  # no minutes of MLflow's retries against a server that is gone
+                    self._client.set_terminated(self._run_id, "FAILED")
+                self._open = False
+
+
+class MlflowTracker(_MlflowRecord):
+    """Records each compile as one MLflow run in the store ``tracking.mlflow`` (see the module docstring).
+
+    Args:
+        tracking: The tracking URI and experiment.
+        parent: The run the compile's run is a child of, in that run's experiment (a comparison's cell);
+            ``None``: a run of its own in ``tracking.experiment``, default the task's name.
+
+    Raises:
+        SettingsError: MLflow is not installed (:data:`MISSING_EXTRA`).
+    """
+
+    def __init__(self, tracking: TrackingSettings, *, parent: ParentRun | None = None) -> None:
+        super().__init__(tracking)
+        self.parent = parent
 
     # ---- the Tracker protocol ------------------------------------------------------------------
     def start(self, start: CompileStart) -> None:
@@ -109,12 +191,13 @@ class MlflowTracker:
         if self._off:
             return
         with self._guard("start a run"):
-            from mlflow import MlflowClient
-
-            _check_reachable(self.uri)
-            self._client = MlflowClient(tracking_uri=self.uri)  # a SQL store is created (and migrated) here
-            self._experiment_id = self._experiment(self.experiment or start.task)
-            run = self._client.create_run(self._experiment_id, run_name=start.folder.name, tags=_tags(start))
+            tags = _tags(start)
+            if self.parent is None:
+                self._connect(self.experiment or start.task)
+            else:
+                self._connect(None)
+                self._experiment_id, tags[PARENT_TAG] = self.parent.experiment_id, self.parent.run_id
+            run = self._client.create_run(self._experiment_id, run_name=start.folder.name, tags=tags)
             self._run_id, self._open = run.info.run_id, True
             self._client.log_batch(self._run_id, params=_params(start))
 
@@ -139,19 +222,9 @@ class MlflowTracker:
 
     def fail(self, error: BaseException) -> None:
         """Mark the run failed (``KILLED`` on an interrupt), naming the error in the tag ``dspy_ext.error``."""
-        if self._off or not self._open:
-            return
-        with self._guard("close the run"):
-            self._client.set_tag(self._run_id, "dspy_ext.error", _one_line(error)[:_MAX_PARAM])
-            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            self._client.set_terminated(self._run_id, status)
-            self._open = False
+        self._close_failed(error)
 
     # ---- parts ---------------------------------------------------------------------------------
-    def _experiment(self, name: str) -> str:
-        found = self._client.get_experiment_by_name(name)
-        return found.experiment_id if found is not None else self._client.create_experiment(name)
-
     def _log_prompt_artifact(self, end: CompileEnd) -> None:
         """The program's prompt artifact (``prompt.json``); a program the exporter cannot represent has none."""
         from dspy_ext.export import ExportError, build_artifact
@@ -199,8 +272,9 @@ class MlflowTracker:
                     run_id=run_id,
                     model_id=model.model_id,
                 )
-                # The saved DSPy settings are the program's adapter and no LM (an LM may hold a live engine).
-                with dspy.context(lm=None, adapter=end.components.adapter):
+                # The saved DSPy settings are the program's adapter, no LM (an LM may hold a live engine)
+                # and no meter of a comparison around the compile (save_model pickles every setting).
+                with dspy.context(lm=None, adapter=end.components.adapter), without_meters():
                     save_model(
                         end.program,
                         path,
@@ -216,24 +290,80 @@ class MlflowTracker:
             raise
         client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """Run the block; a failure warns once and turns tracking off (the callers skip their work once it is)."""
-        try:
-            yield
-        except Exception as exc:
-            self._off = True
-            logger.warning(
-                "MLflow tracking at %s is off for this compile: could not %s (%s); the compile goes on",
-                self.uri,
-                what,
-                _one_line(exc),
-            )
-            if self._open:
-                with contextlib.suppress(Exception):
-                    _check_reachable(self.uri)  # no minutes of MLflow's retries against a server that is gone
-                    self._client.set_terminated(self._run_id, "FAILED")
-                self._open = False
+
+class MlflowGroupTracker(_MlflowRecord):
+    """Records a comparison or a study as one MLflow parent run, with a child run per cell or trial.
+
+    The parent run, named after the comparison's folder or the study, is in ``tracking.experiment``
+    (default: the task's name). Its params are the settings, its tags ``dspy_ext.kind`` (``compare`` or
+    ``tune``), ``dspy_ext.version`` and ``dspy_ext.task``, its metrics the figures of :class:`GroupEnd`,
+    its artifacts the tables and plots. A cell's compile is a child run written by the
+    :class:`MlflowTracker` :meth:`child` gives (what a compile's own run holds); a study's trial is a
+    child run of its params and metrics (:meth:`record`).
+
+    Args:
+        tracking: The tracking URI and experiment.
+
+    Raises:
+        SettingsError: MLflow is not installed (:data:`MISSING_EXTRA`).
+    """
+
+    def __init__(self, tracking: TrackingSettings) -> None:
+        super().__init__(tracking)
+        self.tracking = tracking
+
+    def start(self, start: GroupStart) -> None:
+        """Create the parent run with the settings as params."""
+        self.scope = "comparison" if start.kind == "compare" else "study"
+        if self._off:
+            return
+        with self._guard("start a run"):
+            self._connect(self.experiment or start.task)
+            run = self._client.create_run(self._experiment_id, run_name=start.name, tags=_group_tags(start))
+            self._run_id, self._open = run.info.run_id, True
+            self._client.log_batch(self._run_id, params=_settings_params(start.settings))
+
+    def child(self) -> Tracker:
+        """An :class:`MlflowTracker` whose compile run is a child of the parent run (none once tracking is off)."""
+        if self._off or not self._open:
+            return NoTracker()
+        return MlflowTracker(self.tracking, parent=ParentRun(self._run_id, self._experiment_id))
+
+    def record(self, child: ChildRecord) -> None:
+        """A finished child run of ``child``'s params, metrics and tags."""
+        from mlflow.entities import Metric, Param
+
+        if self._off or not self._open:
+            return
+        with self._guard(f"log {child.name}"):
+            tags = {**child.tags, PARENT_TAG: self._run_id}
+            run_id = self._client.create_run(self._experiment_id, run_name=child.name, tags=tags).info.run_id
+            params = [Param(key, _param_value(value)) for key, value in _flatten(child.params).items()]
+            stamp = int(time.time() * 1000)
+            metrics = [Metric(_metric_name(key), float(value), stamp, 0) for key, value in child.metrics.items()]
+            self._client.log_batch(run_id, metrics=metrics, params=params)
+            self._client.set_terminated(run_id, child.status)
+
+    def finish(self, end: GroupEnd) -> None:
+        """Log the figures and the files (those that exist) on the parent run and close it."""
+        from mlflow.entities import Metric
+
+        if self._off or not self._open:
+            return
+        with self._guard(f"log the {self.scope}"):
+            _check_reachable(self.uri)
+            stamp = int(time.time() * 1000)
+            metrics = [Metric(_metric_name(key), float(value), stamp, 0) for key, value in end.metrics.items()]
+            self._client.log_batch(self._run_id, metrics=metrics)
+            for path in end.files:
+                if path.is_file():
+                    self._client.log_artifact(self._run_id, str(path))
+            self._client.set_terminated(self._run_id, "FINISHED")
+            self._open, self._finished = False, True
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the parent run failed (``KILLED`` on an interrupt), naming the error in ``dspy_ext.error``."""
+        self._close_failed(error)
 
 
 def trial_metrics(trials: Iterable[Trial], model_id: str | None = None) -> list[Any]:
@@ -292,6 +422,23 @@ def _params(start: CompileStart) -> list[Any]:
     settings = start.settings.model_dump(mode="json", exclude={"tracking", "optimizer_config"})
     flat = {**_flatten(settings), **_flatten(start.config, "config.")}
     return [Param(key, _param_value(value)) for key, value in flat.items()]
+
+
+def _settings_params(settings: ExperimentSettings) -> list[Any]:
+    """A comparison's or a study's settings (all but where it is tracked), as MLflow params."""
+    from mlflow.entities import Param
+
+    flat = _flatten(settings.model_dump(mode="json", exclude={"tracking"}))
+    return [Param(key, _param_value(value)) for key, value in flat.items()]
+
+
+def _group_tags(start: GroupStart) -> dict[str, str]:
+    import dspy_ext
+
+    tags = {"dspy_ext.version": dspy_ext.__version__, "dspy_ext.kind": start.kind, "dspy_ext.task": start.task}
+    if start.folder is not None:
+        tags["dspy_ext.folder"] = str(start.folder.resolve())
+    return tags
 
 
 def _tags(start: CompileStart) -> dict[str, str]:

@@ -74,7 +74,8 @@ class TrackingSettings(BaseModel):
 
     Attributes:
         mlflow: An MLflow tracking URI (``sqlite:///mlflow.db``, ``http://127.0.0.1:5000``, a folder...);
-            every compile becomes one MLflow run there.
+            every compile becomes one MLflow run there, a comparison or a study one parent run with a
+            child run per cell or trial.
         experiment: The MLflow experiment (``None``: the task's name).
     """
 
@@ -295,6 +296,8 @@ class CompareSettings(ExperimentSettings, PromptModelSettings):
         repeats: Rollouts per row of every evaluation (see :class:`RunSettings`).
         temperature: Task-LM temperature of those rollouts (see :class:`RunSettings`).
         feedback: A review store every cell compiles from (see :class:`RunSettings`).
+        tracking: Track the comparison in MLflow: one parent run, each cell's compile a child run of it
+            (see :class:`TrackingSettings`; ``None``: not tracked).
     """
 
     optimizers: list[str]
@@ -308,6 +311,7 @@ class CompareSettings(ExperimentSettings, PromptModelSettings):
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
     feedback: str | None = None
+    tracking: TrackingSettings | None = None
 
     @field_validator("optimizers", mode="before")
     @classmethod
@@ -334,7 +338,8 @@ class CompareSettings(ExperimentSettings, PromptModelSettings):
 
     def cell(self, optimizer: str, seed: int) -> RunSettings:
         """The :class:`RunSettings` of one (optimizer, seed) cell."""
-        shared = self.model_dump(exclude={"optimizers", "optimizer_configs", "seeds", "out"})
+        # A cell is tracked as a child of the comparison's run, not by a tracking key of its own.
+        shared = self.model_dump(exclude={"optimizers", "optimizer_configs", "seeds", "out", "tracking"})
         return RunSettings.build(
             {
                 **shared,
@@ -372,6 +377,8 @@ class TuneSettings(ExperimentSettings, PromptModelSettings):
         test: Score the best program on the test split.
         guards: Regression guards given to every trial's optimizer (see :class:`RunSettings`).
         feedback: A review store every trial compiles from (see :class:`RunSettings`).
+        tracking: Track the study in MLflow: one parent run, each trial a child run of it
+            (see :class:`TrackingSettings`; ``None``: not tracked).
     """
 
     space: str | None = None
@@ -392,6 +399,7 @@ class TuneSettings(ExperimentSettings, PromptModelSettings):
 
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
     feedback: str | None = None
+    tracking: TrackingSettings | None = None
 
     _split_lists = field_validator("optimizers", "criteria", mode="before")(lambda cls, v: _keys(v))
 

@@ -373,6 +373,14 @@ def metering(meter: CallMeter) -> Iterator[CallMeter]:
         yield meter
 
 
+@contextlib.contextmanager
+def without_meters() -> Iterator[None]:
+    """A block that sees no meter of the blocks around it (for code that copies DSPy's settings, which
+    cannot copy a live meter); an LM call made in it is counted by none of them."""
+    with dspy.context(**{_SETTINGS_KEY: ()}):
+        yield
+
+
 def find_budget_exhausted(exc: BaseException | None) -> BudgetExhausted | None:
     """Return the :class:`BudgetExhausted` behind ``exc``, if any.
 

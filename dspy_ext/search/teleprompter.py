@@ -28,6 +28,7 @@ from dspy_ext.data import default_valset
 from dspy_ext.lm.metering import metering
 from dspy_ext.meta_prompts import DEFAULT_META_PROMPTS, FEEDBACK_ROLES, meta_prompt_labels, meta_prompt_texts
 from dspy_ext.prompt_state import attach_record, predictors
+from dspy_ext.search.autolog import follow_mlflow_autolog
 from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.config import OptimizerConfig
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode
@@ -265,3 +266,7 @@ class SearchTeleprompter(Teleprompter, abc.ABC):
             result.baseline_val_score,
             result.lm_calls,
         )
+
+
+# A user's mlflow.dspy.autolog() that ran before this import covers our optimizers too (see search.autolog).
+follow_mlflow_autolog(SearchTeleprompter)

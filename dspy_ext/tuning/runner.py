@@ -29,6 +29,7 @@ import dspy
 
 from dspy_ext.evaluation import Evaluator
 from dspy_ext.experiment import TuneSettings
+from dspy_ext.experiment.tracking import GroupStart, GroupTracker, open_group_tracker, tracked
 from dspy_ext.files import atomic_write_text
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.tuning.job import TuneJob
@@ -37,6 +38,7 @@ from dspy_ext.tuning.results import StudyResults
 from dspy_ext.tuning.storage import dashboard_command, sqlite_path
 from dspy_ext.tuning.study import TuneSession
 from dspy_ext.tuning.summary import TuneSummary, TuneTest
+from dspy_ext.tuning.tracking import study_end, trial_child
 from dspy_ext.tuning.workers import TuneProgress, run_workers
 
 logger = logging.getLogger(__name__)
@@ -83,8 +85,9 @@ def tune(
     progress: bool = False,
     on_progress: Callable[[TuneProgress], None] | None = None,
     worker_init: Callable[[], None] | None = None,
+    tracker: GroupTracker | None = None,
 ) -> TuneResult:
-    """Run (or resume) the tune of ``settings`` and write its files (see the module docstring).
+    """Run (or resume) the tune of ``settings`` and write its files (see the module docstring); track it if asked.
 
     Args:
         settings: What to tune.
@@ -92,6 +95,8 @@ def tune(
         progress: Show the evaluator's progress bars (test scoring) on stderr.
         on_progress: Called with a :class:`TuneProgress` as trials finish.
         worker_init: Called first in every worker process (see :func:`run_workers`).
+        tracker: Where the study is tracked (default: what ``settings.tracking`` asks for): a parent
+            record with the study's files, each trial that finished in this run a child record of it.
 
     Returns:
         A :class:`TuneResult`.
@@ -104,16 +109,31 @@ def tune(
     if lm is not None and settings.workers > 1:
         raise ValueError("an LM object cannot be sent to worker processes; with workers > 1 give settings.lm")
     started = time.perf_counter()
+    group = tracker if tracker is not None else open_group_tracker(settings.tracking)
     job = TuneJob.from_settings(settings, lm=lm)
     session = job.open()
     results = session.results
     trials_before = results.counts()["all"]
+    seen = {trial.number for trial in results.study.get_trials(deepcopy=False) if trial.state.is_finished()}
     _write_settings(job, results.out_dir)
-    failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
-    summary = _summary(job, results, trials_before, started, progress=progress)
-    if results.out_dir is not None:
-        atomic_write_text(results.out_dir / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+    start = GroupStart("tune", results.study_name, job.components.task.name, settings, results.out_dir)
+    with tracked(group, start):
+        failed = run_workers(job, session, on_progress=on_progress, worker_init=worker_init)
+        summary = _summary(job, results, trials_before, started, progress=progress)
+        if results.out_dir is not None:
+            text = json.dumps(summary.to_dict(), indent=2, default=str) + "\n"
+            atomic_write_text(results.out_dir / SUMMARY_FILE, text)
+        _record_trials(group, results, seen)
+        group.finish(study_end(summary, results.out_dir))
     return TuneResult(summary, job, session, failed)
+
+
+def _record_trials(group: GroupTracker, results: StudyResults, seen: set[int]) -> None:
+    """Each trial of the study that finished after ``seen`` (numbers of trials finished before), as a child record."""
+    for trial in results.study.get_trials(deepcopy=False):
+        child = trial_child(trial, results.criteria) if trial.number not in seen else None
+        if child is not None:
+            group.record(child)
 
 
 def _summary(job: TuneJob, results: StudyResults, trials_before: int, started: float, *, progress: bool) -> TuneSummary:

@@ -62,6 +62,7 @@ from dspy_ext.evaluation import Evaluator
 from dspy_ext.evaluation.criteria import CriteriaMetric
 from dspy_ext.lm.metering import CallMeter, metering
 from dspy_ext.prompt_state import attach_record
+from dspy_ext.search.autolog import follow_mlflow_autolog
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.tuning.objective import (
     TrialRunner,
@@ -223,6 +224,10 @@ class OptunaTuner(Teleprompter):
         if dspy.settings.lm is None:
             raise ValueError("no LM: dspy.configure(lm=...) or use dspy.context(lm=...)")
         return TuneSession(self, student, trainset, list(valset))
+
+
+# A user's mlflow.dspy.autolog() that ran before this import covers the tuner too (see search.autolog).
+follow_mlflow_autolog(OptunaTuner)
 
 
 @dataclass
