@@ -39,7 +39,7 @@ from dspy_ext.experiment import (
     run,
 )
 from dspy_ext.files import atomic_write_text
-from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.metering import CallMeter, UsageSnapshot, metering
 from dspy_ext.prompt_state import short_hash
 from dspy_ext.registry import resolve_config
 
@@ -201,15 +201,20 @@ def run_compare(
     lm: dspy.BaseLM | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    worker_init: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a comparison and write ``results.md``, ``results.csv`` and ``score_vs_calls.png``.
 
     Args:
         settings: The comparison: data, program, model, ``optimizers``, ``optimizer_configs``,
-            ``budget`` and ``max_cost`` (each per cell), ``seeds``, ``seed``, ``train``, ``val``, ``threads``, ``out``.
-        lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own).
+            ``budget`` and ``max_cost`` (each per cell), ``seeds``, ``seed``, ``train``, ``val``, ``threads``, ``out``;
+            with ``storage``, the cells are the trials of a study that ``workers`` processes here (and the same
+            command on other machines) share (see :mod:`dspy_ext.compare.distributed`).
+        lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own; one
+            process only: ``workers`` must be 1).
         log: Where the one-line-per-cell progress goes (default: the module's logger, at INFO).
         progress: Show each cell's progress bars on stderr.
+        worker_init: Called first in every spawned worker process (a picklable callable), with ``storage``.
 
     Returns:
         The result object ``--json`` prints: ``rows`` (one per finished (optimizer, seed)),
@@ -217,7 +222,35 @@ def run_compare(
         ``failed`` cells, ``new_lm_calls``/``new_tokens``/``new_usd`` (this invocation's LM usage, test
         scoring included; ``new_usd`` is ``None`` when a price is unknown), ``files``.
     """
-    log = log or logger.info
+    if lm is not None and settings.workers > 1:
+        raise SettingsError("invalid settings: an LM object cannot be sent to worker processes; give lm instead")
+    cells = open_cells(settings, lm=lm, log=log, progress=progress)
+    if settings.storage:
+        from dspy_ext.compare.distributed import run_distributed
+
+        return run_distributed(cells, worker_init=worker_init)
+    meter = CallMeter()
+    jobs = cells.jobs()
+    started = time.perf_counter()
+    with metering(meter):
+        for index, (name, seed) in enumerate(jobs, 1):
+            cells.run(f"[{index}/{len(jobs)}] {cells.components.task.name} · {name} · seed {seed}", name, seed, meter)
+    meta = compare_meta(settings, cells.components, cells.seeds)
+    return finish(meta, cells.out, cells.finished, cells.failed, cells.skipped, meter.snapshot(), started)
+
+
+def open_cells(
+    settings: CompareSettings,
+    *,
+    lm: dspy.BaseLM | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> _Cells:
+    """The cells of a comparison, ready to run: task, model and evaluator built, the out folder made.
+
+    Raises:
+        SettingsError: Train/val sizes the task cannot give, or a review store that cannot be read.
+    """
     seeds = [settings.seed + k for k in range(settings.seeds)]
     # The task is loaded with the first seed, so that the test split is one and the same for every cell.
     components = build_components(settings, lm=lm)
@@ -227,23 +260,16 @@ def run_compare(
         raise SettingsError(f"invalid settings: {exc}") from None
     out = Path(settings.out) if settings.out else settings.default_out
     out.mkdir(parents=True, exist_ok=True)
-    cells = _Cells(
+    return _Cells(
         settings,
         components,
         out,
+        seeds,
         review=_review_fingerprint(settings),
         evaluator=Evaluator(components.metric, num_threads=settings.threads, progress=progress),
-        log=log,
+        log=log or logger.info,
         progress=progress,
     )
-    meter = CallMeter()
-    # Seed-major order: an interrupted comparison has every optimizer on the first seeds.
-    jobs = [(name, seed) for seed in seeds for name in settings.optimizers]
-    started = time.perf_counter()
-    with metering(meter):
-        for index, (name, seed) in enumerate(jobs, 1):
-            cells.run(f"[{index}/{len(jobs)}] {components.task.name} · {name} · seed {seed}", name, seed, meter)
-    return _finish(settings, components, out, cells, seeds, meter, started)
 
 
 def _review_fingerprint(settings: CompareSettings) -> str | None:
@@ -269,6 +295,7 @@ class _Cells:
     settings: CompareSettings
     components: Components
     out: Path
+    seeds: list[int]
     review: str | None
     evaluator: Evaluator
     log: Callable[[str], None]
@@ -277,9 +304,27 @@ class _Cells:
     failed: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
 
-    def run(self, tag: str, name: str, seed: int, meter: CallMeter) -> None:
-        """Run the cell ``(name, seed)``, or reuse its stored result when its settings match."""
-        run_dir = self.out / "runs" / cell_name(name, seed)
+    def jobs(self) -> list[tuple[str, int]]:
+        """Every (optimizer, seed), seed-major: an interrupted comparison has every optimizer on the first seeds."""
+        return [(name, seed) for seed in self.seeds for name in self.settings.optimizers]
+
+    def run_dir(self, name: str, seed: int) -> Path:
+        """The run folder of the cell ``(name, seed)`` (its ``run.json``, call journal, ...)."""
+        return self.out / "runs" / cell_name(name, seed)
+
+    def fingerprint(self, name: str, seed: int) -> str:
+        """The :func:`cell_fingerprint` of the cell ``(name, seed)``."""
+        cell_settings = self.settings.cell(name, seed).with_changes(out=str(self.run_dir(name, seed)))
+        return cell_fingerprint(self.components, cell_settings, self.review)
+
+    def run(self, tag: str, name: str, seed: int, meter: CallMeter) -> Cell | None:
+        """Run the cell ``(name, seed)``, or reuse its stored result when its settings match.
+
+        Returns:
+            The finished cell (also kept in :attr:`finished`), or ``None`` when it failed (the error is
+            in :attr:`failed`).
+        """
+        run_dir = self.run_dir(name, seed)
         cell_settings = self.settings.cell(name, seed).with_changes(out=str(run_dir))
         fingerprint = cell_fingerprint(self.components, cell_settings, self.review)
         path = self.out / "cells" / f"{cell_name(name, seed)}.json"
@@ -288,7 +333,7 @@ class _Cells:
             self.finished.append(stored)
             self.skipped += 1
             self.log(f"{tag}: done earlier (test {stored.row['test_score']:.1f}%), skipped")
-            return
+            return stored
         if path.exists():
             self.log(f"{tag}: stored cell has other settings, running again")
         before = meter.calls
@@ -309,7 +354,7 @@ class _Cells:
             logger.debug("cell %s failed", tag, exc_info=True)
             self.failed.append({"optimizer": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
             self.log(f"{tag}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
-            return
+            return None
         cell = Cell(name, seed, cell_row(outcome.summary), list(outcome.test.example_scores))
         store_cell(path, cell, fingerprint)
         self.finished.append(cell)
@@ -319,22 +364,12 @@ class _Cells:
             f"calls, USD {fmt_usd(spend.usd)}{' (cost cap reached)' if summary.cost_cap_reached else ''}, "
             f"{summary.seconds:.1f} s; {meter.calls - before} calls with scoring"
         )
+        return cell
 
 
-def _finish(
-    settings: CompareSettings,
-    components: Components,
-    out: Path,
-    cells: _Cells,
-    seeds: list[int],
-    meter: CallMeter,
-    started: float,
-) -> dict[str, Any]:
-    """Tabulate the finished cells, write the reports and ``results.json``; the result object."""
-    optimizers = settings.optimizers
-    finished = sorted(cells.finished, key=lambda c: (optimizers.index(c.optimizer), c.seed))  # by optimizer
-    summary = summarise(finished, optimizers)
-    meta = {
+def compare_meta(settings: CompareSettings, components: Components, seeds: list[int]) -> dict[str, Any]:
+    """What the tables say about the comparison as a whole: task, model, program, budget, seeds, sizes."""
+    return {
         "task": components.task.name,
         "lm": getattr(components.lm, "model", str(components.lm)),
         "adapter": components.adapter_name,
@@ -346,17 +381,35 @@ def _finish(
         "train": settings.train,
         "val": settings.val,
         "test": len(components.task.test),
-        "optimizers": optimizers,
+        "optimizers": settings.optimizers,
     }
+
+
+def finish(
+    meta: dict[str, Any],
+    out: Path,
+    cells: list[Cell],
+    failed: list[dict[str, Any]],
+    skipped: int,
+    usage: UsageSnapshot,
+    started: float,
+) -> dict[str, Any]:
+    """Tabulate the finished ``cells``, write the reports and ``results.json`` into ``out``; the result object.
+
+    ``usage`` is this invocation's LM usage and ``started`` its ``time.perf_counter()`` at the start.
+    """
+    optimizers = meta["optimizers"]
+    finished = sorted(cells, key=lambda c: (optimizers.index(c.optimizer), c.seed))  # by optimizer
+    summary = summarise(finished, optimizers)
+    out.mkdir(parents=True, exist_ok=True)
     files = write_reports(out, meta, summary, finished)
-    usage = meter.snapshot()
     result = {
         **meta,
         "rows": [cell.row for cell in finished],
         "summary": summary,
         "best": next((r["optimizer"] for r in summary if r.get("best")), None),
-        "failed": cells.failed,
-        "skipped_cells": cells.skipped,
+        "failed": failed,
+        "skipped_cells": skipped,
         "new_lm_calls": usage.calls,
         "new_tokens": usage.total_tokens,
         "new_usd": usage.usd,
