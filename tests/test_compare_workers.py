@@ -262,3 +262,28 @@ def test_an_interrupted_cell_is_queued_again_and_the_next_run_resumes_it(tmp_pat
     (resumed,) = [t for t in complete if t.user_attrs["cell"] == interrupted]
     assert resumed.user_attrs["run"]["replayed_calls"] > 0
     assert not json.loads(again.stdout)["failed"]
+
+
+def test_bad_distribution_settings_get_one_line_naming_the_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = write_task(tmp_path / "items", n_train=40, n_test=24)
+    lm = compare_fake.make_lm()
+    missing = tmp_path / "none.db"
+    cases = [
+        (grid(task, tmp_path / "a", "--workers", "2"), "more than one worker process needs a storage"),
+        (grid(task, tmp_path / "a", "--storage", "memory"), "must be a .db file or a database URL"),
+        (grid(task, tmp_path / "a", "--storage", "study.txt"), "neither a database URL"),
+        (["compare", "--report"], "give --storage URL"),
+        (["compare", "--report", "--storage", str(missing)], "no such database file"),
+    ]
+    for argv, message in cases:
+        assert main(argv, lm=lm) == 2
+        assert message in capsys.readouterr().err
+    assert not missing.exists()  # a report never creates a storage
+    # A study holds one comparison: the same study with another budget is refused, naming the cells.
+    db = str(tmp_path / "study.db")
+    assert main(grid(task, tmp_path / "a", "--storage", db, "--seeds", "1"), lm=lm) == 0
+    capsys.readouterr()
+    assert main(grid(task, tmp_path / "b", "--storage", db, "--seeds", "1", "--budget", "30"), lm=lm) == 2
+    assert "other settings or data for ape-s0, bfs-s0, labeled-s0" in capsys.readouterr().err
