@@ -79,7 +79,12 @@ def run_grid(args: argparse.Namespace, data: Path, workers: int, work: Path) -> 
     if proc.returncode != 0:
         raise SystemExit(f"compare with {workers} worker(s) failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout)
-    return {"wall": wall, "rows": result["rows"], "per_worker": cells_per_worker(storage)}
+    return {
+        "wall": wall,
+        "rows": result["rows"],
+        "calls": result["new_lm_calls"],
+        "per_worker": cells_per_worker(storage),
+    }
 
 
 def cells_per_worker(storage: Path) -> list[int]:
@@ -116,10 +121,10 @@ def report(args: argparse.Namespace, runs: dict[int, dict], load: tuple[float, f
         f"Python {platform.python_version()}; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at "
         "the end.",
         "",
-        "| workers | wall s | cells per process | same test scores per cell as 1 worker |",
-        "|---|---|---|---|",
-        f"| 1 | {one['wall']:.1f} | {', '.join(map(str, one['per_worker']))} | |",
-        f"| 2 | {two['wall']:.1f} | {', '.join(map(str, two['per_worker']))} | {same} |",
+        "| workers | wall s | cells per process | LM calls, scoring included | same test scores per cell as 1 worker |",
+        "|---|---|---|---|---|",
+        f"| 1 | {one['wall']:.1f} | {', '.join(map(str, one['per_worker']))} | {one['calls']} | |",
+        f"| 2 | {two['wall']:.1f} | {', '.join(map(str, two['per_worker']))} | {two['calls']} | {same} |",
         "",
         f"Ratio (1 worker / 2 workers): **{one['wall'] / two['wall']:.2f}x**.",
     ]
