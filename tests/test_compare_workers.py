@@ -93,7 +93,7 @@ def test_two_workers_compute_every_cell_once_and_tabulate_like_one_process(
         cmd = [sys.executable, str(SCRIPT), *grid(task, tmp_path / "dist", "--storage", url, "--study", "grid")]
         proc = subprocess.run(
             [*cmd, "--workers", "2", "--heartbeat", "2", "--json"],
-            env=env(0.02),
+            env={**env(0.02), "DSPY_EXT_COMPARE_FAKE_MEET": f"{tmp_path / 'meet'}:2"},  # both hold a cell
             capture_output=True,
             text=True,
             timeout=900,
@@ -166,20 +166,17 @@ def test_a_killed_workers_cell_is_taken_again_and_resumes_from_its_journal(tmp_p
     with PostgresServer() as pg:
         url = pg.create_database("compare")
         cmd = [sys.executable, str(SCRIPT), *grid(task, out, "--storage", url, "--study", "grid", "--heartbeat", "1")]
-        # The victim's calls are slow, so that it is still mid-cell once the survivor has started.
-        victim = subprocess.Popen(cmd, env=env(0.3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # The victim's calls are slow, so that it is still mid-cell once the survivor has started; the first
+        # call of each waits for the other's, so both hold a cell however slowly they start.
+        meet = {"DSPY_EXT_COMPARE_FAKE_MEET": f"{tmp_path / 'meet'}:2"}
+        victim = subprocess.Popen(cmd, env={**env(0.3), **meet}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for("the first worker's cell", lambda: running_cell(url, alive(victim).pid))
+            first = wait_for("the first worker's cell", lambda: running_cell(url, alive(victim).pid))
             survivor = subprocess.Popen(
-                [*cmd, "--json"], env=env(0.02), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                [*cmd, "--json"], env={**env(0.02), **meet}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
-            # Kill the first worker mid-cell, once the second one works too and the cell's journal holds calls.
-            wait_for(
-                "both workers on cells, the first one's with journaled calls",
-                lambda: (
-                    running_cell(url, alive(survivor).pid) and _journaled(out, running_cell(url, alive(victim).pid))
-                ),
-            )
+            # Kill the first worker mid-cell, once its cell's journal holds calls.
+            wait_for("journaled calls in the first worker's cell", lambda: _journaled(out, first) and alive(victim))
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             stdout, stderr = survivor.communicate(timeout=900)
@@ -190,7 +187,8 @@ def test_a_killed_workers_cell_is_taken_again_and_resumes_from_its_journal(tmp_p
         assert survivor.returncode == 0, stderr[-3000:]
         done = cell_trials(url)
 
-    (killed,) = [t.user_attrs["cell"] for t in done if t.state.name == "FAIL"]  # the cell it was running
+    (killed,) = [t.user_attrs["cell"] for t in done if t.state.name == "FAIL"]
+    assert killed == first == "ape-s0"  # the first cell queued, the one it was running
     by_cell = {name: [t for t in done if t.user_attrs["cell"] == name] for name in CELLS}
     complete = {name: [t for t in ts if t.state.name == "COMPLETE"] for name, ts in by_cell.items()}
     assert all(len(ts) == 1 for ts in complete.values())  # every cell finished exactly once

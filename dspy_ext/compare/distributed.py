@@ -109,7 +109,7 @@ class CompareIdentity:
 
 
 class CellStudy:
-    """One process's handle on a comparison's study: take and run cells (:meth:`work`), read the finished ones.
+    """One process's handle on a comparison's study: take and run cells (:meth:`work`), read their :meth:`outcomes`.
 
     Made by :meth:`join` (to work on it) or :meth:`load` (to read it, e.g. for a report).
     """
@@ -174,7 +174,7 @@ class CellStudy:
         study = optuna.load_study(study_name=study_name, storage=storage)
         return cls(study, CompareIdentity.from_attr(study.user_attrs[STUDY_ATTR]))
 
-    def work(self, cells: _Cells, meter: CallMeter) -> None:
+    def work(self, cells: _Cells) -> None:
         """Run waiting cells until none is waiting or running (a lost worker's cell is queued again and taken)."""
         import optuna
         from optuna.trial import TrialState
@@ -187,10 +187,10 @@ class CellStudy:
                     return
                 time.sleep(POLL_SECONDS)  # another worker holds a cell: it finishes it, or its heartbeat stops
                 continue
-            objective = lambda trial: self._run_trial(trial, cells, meter)
+            objective = lambda trial: self._run_trial(trial, cells)
             self.study.optimize(objective, n_trials=1, catch=(CellFailed,), gc_after_trial=False)
 
-    def _run_trial(self, trial: Any, cells: _Cells, meter: CallMeter) -> float:
+    def _run_trial(self, trial: Any, cells: _Cells) -> float:
         """The objective: run the trial's cell and store its results in the trial; its value is the test score."""
         import optuna
 
@@ -208,7 +208,7 @@ class CellStudy:
         own = CallMeter()
         tag = f"[{done + 1}/{len(self.identity.cells)}] {cells.components.task.name} · {optimizer} · seed {seed}"
         try:
-            with metering(meter), metering(own):
+            with metering(own):
                 cell = cells.run(tag, optimizer, seed, own)
         except KeyboardInterrupt:
             # Optuna fails an interrupted trial and never queues it again: queue the cell for the next run.
@@ -229,7 +229,7 @@ class CellStudy:
             trial.set_user_attr(RUN_ATTR, json.loads(run_json.read_text()))
         return float(cell.row["test_score"])
 
-    def finished(self) -> tuple[list[Cell], list[dict[str, Any]]]:
+    def outcomes(self) -> tuple[list[Cell], list[dict[str, Any]]]:
         """The finished cells (one per cell name) and the failed ones (``optimizer``, ``seed``, ``error``)."""
         from optuna.trial import TrialState
 
@@ -315,10 +315,10 @@ def run_distributed(cells: _Cells, *, worker_init: Callable[[], None] | None = N
     started = time.perf_counter()
     url = _storage_url(settings.storage)
     study = CellStudy.join(url, study_name_of(settings), CompareIdentity.of(cells), heartbeat=settings.heartbeat)
-    resumed = len(study.finished()[0])
+    resumed = len(study.outcomes()[0])
     procs = _spawn(settings, worker_init, _picklable(cells.log) or logger.info, cells.progress)
     try:
-        study.work(cells, CallMeter())
+        study.work(cells)
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:
@@ -330,7 +330,7 @@ def run_distributed(cells: _Cells, *, worker_init: Callable[[], None] | None = N
                 "worker %s exited with code %s; its finished cells are in the study", proc.name, proc.exitcode
             )
     workers = {worker_id(), *(f"{worker_id().rsplit(':', 1)[0]}:{p.pid}" for p in procs)}
-    finished, failed = study.finished()
+    finished, failed = study.outcomes()
     return finish(study.identity.meta, cells.out, finished, failed, resumed, study.usage_of(workers), started)
 
 
@@ -372,7 +372,7 @@ def _worker_main(
     identity = CompareIdentity.of(cells)
     CellStudy.join(
         _storage_url(settings.storage), study_name_of(settings), identity, heartbeat=settings.heartbeat
-    ).work(cells, CallMeter())
+    ).work(cells)
 
 
 def report_from_storage(storage: str, study_name: str | None, out: Path | None = None) -> dict[str, Any]:
@@ -392,7 +392,7 @@ def report_from_storage(storage: str, study_name: str | None, out: Path | None =
     started = time.perf_counter()
     study = CellStudy.load(_storage_url(storage), study_name)
     out = out or Path("runs") / study.study.study_name
-    finished, failed = study.finished()
+    finished, failed = study.outcomes()
     result = finish(study.identity.meta, out, finished, failed, 0, UsageSnapshot(), started)
     for name, run_json in _run_files(study):
         path = out / "runs" / name / "run.json"
