@@ -103,6 +103,13 @@ def scores(rows: list[dict]) -> dict[str, float]:
     return {f"{r['optimizer']}-s{r['seed']}": r["test_score"] for r in rows}
 
 
+def _llama_threads(args: argparse.Namespace) -> str:
+    if args.fake:
+        return ""
+    threads = os.environ.get("DSPY_EXT_LLAMA_THREADS") or f"{min(8, os.cpu_count() or 1)} (the default)"
+    return f" (llama.cpp threads per process: {threads})"
+
+
 def report(args: argparse.Namespace, runs: dict[int, dict], load: tuple[float, float]) -> str:
     one, two = runs[1], runs[2]
     model = f"the fake world (FakeEngine, {1000 * args.latency:.0f} ms per call)" if args.fake else "the embedded model"
@@ -116,7 +123,7 @@ def report(args: argparse.Namespace, runs: dict[int, dict], load: tuple[float, f
     lines = [
         f"`{COMMAND}{' --fake' if args.fake else ''}` — `dspy-ext compare` of {args.optimizers} x {args.seeds} seeds "
         f"({cells} cells) on {task}, budget {args.budget}, train {args.train} / val {args.val}, {args.threads} "
-        f"evaluator threads per process, on {model}, DSPy cache off, a fresh SQLite study and out folder per "
+        f"evaluator threads per process, on {model}{_llama_threads(args)}, DSPy cache off, a fresh SQLite study and out folder per "
         f"setting; wall time of the whole command (workers started, model loaded in each). {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at "
         "the end.",
@@ -127,6 +134,11 @@ def report(args: argparse.Namespace, runs: dict[int, dict], load: tuple[float, f
         f"| 2 | {two['wall']:.1f} | {', '.join(map(str, two['per_worker']))} | {two['calls']} | {same} |",
         "",
         f"Ratio (1 worker / 2 workers): **{one['wall'] / two['wall']:.2f}x**.",
+        "",
+        "What the second process costs: its own interpreter start, its own model load, and its own scoring of "
+        "what the cells of one process share through the evaluator's cache (the students' baselines on the test "
+        "split), which is the difference in LM calls; on this machine's cores the two processes also share the "
+        "CPU with each other and with whatever else runs.",
     ]
     return "\n".join(lines)
 
