@@ -6,7 +6,9 @@ every cell, so per-example scores pair up). A finished cell is stored as
 ``OUT/cells/OPTIMIZER-sSEED.json`` (its row, the per-example test scores and a
 fingerprint of its settings) and its run folder as ``OUT/runs/OPTIMIZER-sSEED/``.
 A re-run skips every cell whose file matches its settings, so it makes no LM
-calls for them.
+calls for them. With ``settings.storage`` the cells are the trials of one Optuna
+study that worker processes share (:mod:`dspy_ext.compare.distributed`); each
+worker runs a cell through the same :meth:`_Cells.run`.
 
 Example:
     >>> settings = CompareSettings(task="sentiment", optimizers=["ape", "mipro"], seeds=3)   # doctest: +SKIP
@@ -223,7 +225,9 @@ def run_compare(
         scoring included; ``new_usd`` is ``None`` when a price is unknown), ``files``.
     """
     if lm is not None and settings.workers > 1:
-        raise SettingsError("invalid settings: an LM object cannot be sent to worker processes; give lm instead")
+        raise SettingsError(
+            "invalid settings: an LM object cannot be sent to worker processes; with workers > 1 name the model in settings.lm"
+        )
     cells = open_cells(settings, lm=lm, log=log, progress=progress)
     if settings.storage:
         from dspy_ext.compare.distributed import run_distributed
