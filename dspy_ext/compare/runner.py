@@ -6,7 +6,9 @@ every cell, so per-example scores pair up). A finished cell is stored as
 ``OUT/cells/OPTIMIZER-sSEED.json`` (its row, the per-example test scores and a
 fingerprint of its settings) and its run folder as ``OUT/runs/OPTIMIZER-sSEED/``.
 A re-run skips every cell whose file matches its settings, so it makes no LM
-calls for them.
+calls for them. With ``settings.storage`` the cells are the trials of one Optuna
+study that worker processes share (:mod:`dspy_ext.compare.distributed`); each
+worker runs a cell through the same :meth:`_Cells.run`.
 
 Example:
     >>> settings = CompareSettings(task="sentiment", optimizers=["ape", "mipro"], seeds=3)   # doctest: +SKIP
@@ -47,7 +49,7 @@ from dspy_ext.experiment.tracking import (
     tracked,
 )
 from dspy_ext.files import atomic_write_text
-from dspy_ext.lm.metering import CallMeter, metering
+from dspy_ext.lm.metering import CallMeter, UsageSnapshot, metering
 from dspy_ext.prompt_state import short_hash
 from dspy_ext.registry import resolve_config
 
@@ -210,17 +212,22 @@ def run_compare(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
     tracker: GroupTracker | None = None,
+    worker_init: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a comparison and write ``results.md``, ``results.csv`` and ``score_vs_calls.png``; track it if asked.
 
     Args:
         settings: The comparison: data, program, model, ``optimizers``, ``optimizer_configs``,
-            ``budget`` and ``max_cost`` (each per cell), ``seeds``, ``seed``, ``train``, ``val``, ``threads``, ``out``.
-        lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own).
+            ``budget`` and ``max_cost`` (each per cell), ``seeds``, ``seed``, ``train``, ``val``, ``threads``, ``out``;
+            with ``storage``, the cells are the trials of a study that ``workers`` processes here (and the same
+            command on other machines) share (see :mod:`dspy_ext.compare.distributed`).
+        lm: An LM to use instead of ``make_lm(settings.lm)`` (research code and tests pass their own; one
+            process only: ``workers`` must be 1).
         log: Where the one-line-per-cell progress goes (default: the module's logger, at INFO).
         progress: Show each cell's progress bars on stderr.
         tracker: Where the comparison is tracked (default: what ``settings.tracking`` asks for): a parent
-            record with the tables and the plot, each cell run in this invocation a child record of it.
+            record with the tables and the plot, each cell this process runs a child record of it.
+        worker_init: Called first in every spawned worker process (a picklable callable), with ``storage``.
 
     Returns:
         The result object ``--json`` prints: ``rows`` (one per finished (optimizer, seed)),
@@ -228,38 +235,33 @@ def run_compare(
         ``failed`` cells, ``new_lm_calls``/``new_tokens``/``new_usd`` (this invocation's LM usage, test
         scoring included; ``new_usd`` is ``None`` when a price is unknown), ``files``.
     """
-    log = log or logger.info
+    if lm is not None and settings.workers > 1:
+        raise SettingsError(
+            "invalid settings: an LM object cannot be sent to worker processes; with workers > 1 name the model in settings.lm"
+        )
     group = tracker if tracker is not None else open_group_tracker(settings.tracking)
-    seeds = [settings.seed + k for k in range(settings.seeds)]
-    # The task is loaded with the first seed, so that the test split is one and the same for every cell.
-    components = build_components(settings, lm=lm)
-    try:
-        split_train_val(components.task.train, settings.train, settings.val, seed=seeds[0])  # fails before any run
-    except ValueError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from None
-    out = Path(settings.out) if settings.out else settings.default_out
-    out.mkdir(parents=True, exist_ok=True)
-    cells = _Cells(
-        settings,
-        components,
-        out,
-        review=_review_fingerprint(settings),
-        evaluator=Evaluator(components.metric, num_threads=settings.threads, progress=progress),
-        log=log,
-        progress=progress,
-        tracker=group,
-    )
-    meter = CallMeter()
-    # Seed-major order: an interrupted comparison has every optimizer on the first seeds.
-    jobs = [(name, seed) for seed in seeds for name in settings.optimizers]
-    started = time.perf_counter()
-    with tracked(group, GroupStart("compare", out.name, components.task.name, settings, out)):
-        with metering(meter):
-            for index, (name, seed) in enumerate(jobs, 1):
-                cells.run(f"[{index}/{len(jobs)}] {components.task.name} · {name} · seed {seed}", name, seed, meter)
-        result = _finish(settings, components, out, cells, seeds, meter, started)
+    cells = open_cells(settings, lm=lm, log=log, progress=progress, tracker=group)
+    with tracked(group, GroupStart("compare", cells.out.name, cells.components.task.name, settings, cells.out)):
+        if settings.storage:
+            from dspy_ext.compare.distributed import run_distributed
+
+            result = run_distributed(cells, worker_init=worker_init)
+        else:
+            result = _run_here(cells)
         group.finish(comparison_end(result))
     return result
+
+
+def _run_here(cells: _Cells) -> dict[str, Any]:
+    """Run the comparison's cells one after another in this process."""
+    meter = CallMeter()
+    jobs = cells.jobs()
+    started = time.perf_counter()
+    with metering(meter):
+        for index, (name, seed) in enumerate(jobs, 1):
+            cells.run(f"[{index}/{len(jobs)}] {cells.components.task.name} · {name} · seed {seed}", name, seed, meter)
+    meta = compare_meta(cells.settings, cells.components, cells.seeds)
+    return finish(meta, cells.out, cells.finished, cells.failed, cells.skipped, meter.snapshot(), started)
 
 
 def comparison_end(result: dict[str, Any]) -> GroupEnd:
@@ -274,6 +276,42 @@ def comparison_end(result: dict[str, Any]) -> GroupEnd:
             for key in ("test_mean", "test_ci95", "lm_calls_mean"):
                 metrics[f"{key}/{row['optimizer']}"] = row[key]
     return GroupEnd(metrics, tuple(Path(path) for path in result["files"].values()))
+
+
+def open_cells(
+    settings: CompareSettings,
+    *,
+    lm: dspy.BaseLM | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    tracker: GroupTracker | None = None,
+) -> _Cells:
+    """The cells of a comparison, ready to run: task, model and evaluator built, the out folder made; each cell's
+    compile is tracked as a child of ``tracker`` (default: not tracked).
+
+    Raises:
+        SettingsError: Train/val sizes the task cannot give, or a review store that cannot be read.
+    """
+    seeds = [settings.seed + k for k in range(settings.seeds)]
+    # The task is loaded with the first seed, so that the test split is one and the same for every cell.
+    components = build_components(settings, lm=lm)
+    try:
+        split_train_val(components.task.train, settings.train, settings.val, seed=seeds[0])  # fails before any run
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    out = Path(settings.out) if settings.out else settings.default_out
+    out.mkdir(parents=True, exist_ok=True)
+    return _Cells(
+        settings,
+        components,
+        out,
+        seeds,
+        review=_review_fingerprint(settings),
+        evaluator=Evaluator(components.metric, num_threads=settings.threads, progress=progress),
+        log=log or logger.info,
+        progress=progress,
+        tracker=tracker or NoTracker(),
+    )
 
 
 def _review_fingerprint(settings: CompareSettings) -> str | None:
@@ -299,6 +337,7 @@ class _Cells:
     settings: CompareSettings
     components: Components
     out: Path
+    seeds: list[int]
     review: str | None
     evaluator: Evaluator
     log: Callable[[str], None]
@@ -308,9 +347,27 @@ class _Cells:
     failed: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
 
-    def run(self, tag: str, name: str, seed: int, meter: CallMeter) -> None:
-        """Run the cell ``(name, seed)``, or reuse its stored result when its settings match."""
-        run_dir = self.out / "runs" / cell_name(name, seed)
+    def jobs(self) -> list[tuple[str, int]]:
+        """Every (optimizer, seed), seed-major: an interrupted comparison has every optimizer on the first seeds."""
+        return [(name, seed) for seed in self.seeds for name in self.settings.optimizers]
+
+    def run_dir(self, name: str, seed: int) -> Path:
+        """The run folder of the cell ``(name, seed)`` (its ``run.json``, call journal, ...)."""
+        return self.out / "runs" / cell_name(name, seed)
+
+    def fingerprint(self, name: str, seed: int) -> str:
+        """The :func:`cell_fingerprint` of the cell ``(name, seed)``."""
+        cell_settings = self.settings.cell(name, seed).with_changes(out=str(self.run_dir(name, seed)))
+        return cell_fingerprint(self.components, cell_settings, self.review)
+
+    def run(self, tag: str, name: str, seed: int, meter: CallMeter) -> Cell | None:
+        """Run the cell ``(name, seed)``, or reuse its stored result when its settings match.
+
+        Returns:
+            The finished cell (also kept in :attr:`finished`), or ``None`` when it failed (the error is
+            in :attr:`failed`).
+        """
+        run_dir = self.run_dir(name, seed)
         cell_settings = self.settings.cell(name, seed).with_changes(out=str(run_dir))
         fingerprint = cell_fingerprint(self.components, cell_settings, self.review)
         path = self.out / "cells" / f"{cell_name(name, seed)}.json"
@@ -319,7 +376,7 @@ class _Cells:
             self.finished.append(stored)
             self.skipped += 1
             self.log(f"{tag}: done earlier (test {stored.row['test_score']:.1f}%), skipped")
-            return
+            return stored
         if path.exists():
             self.log(f"{tag}: stored cell has other settings, running again")
         before = meter.calls
@@ -341,7 +398,7 @@ class _Cells:
             logger.debug("cell %s failed", tag, exc_info=True)
             self.failed.append({"optimizer": name, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
             self.log(f"{tag}: FAILED: {type(exc).__name__}: {str(exc)[:300]}")
-            return
+            return None
         cell = Cell(name, seed, cell_row(outcome.summary), list(outcome.test.example_scores))
         store_cell(path, cell, fingerprint)
         self.finished.append(cell)
@@ -351,22 +408,12 @@ class _Cells:
             f"calls, USD {fmt_usd(spend.usd)}{' (cost cap reached)' if summary.cost_cap_reached else ''}, "
             f"{summary.seconds:.1f} s; {meter.calls - before} calls with scoring"
         )
+        return cell
 
 
-def _finish(
-    settings: CompareSettings,
-    components: Components,
-    out: Path,
-    cells: _Cells,
-    seeds: list[int],
-    meter: CallMeter,
-    started: float,
-) -> dict[str, Any]:
-    """Tabulate the finished cells, write the reports and ``results.json``; the result object."""
-    optimizers = settings.optimizers
-    finished = sorted(cells.finished, key=lambda c: (optimizers.index(c.optimizer), c.seed))  # by optimizer
-    summary = summarise(finished, optimizers)
-    meta = {
+def compare_meta(settings: CompareSettings, components: Components, seeds: list[int]) -> dict[str, Any]:
+    """What the tables say about the comparison as a whole: task, model, program, budget, seeds, sizes."""
+    return {
         "task": components.task.name,
         "lm": getattr(components.lm, "model", str(components.lm)),
         "adapter": components.adapter_name,
@@ -378,17 +425,35 @@ def _finish(
         "train": settings.train,
         "val": settings.val,
         "test": len(components.task.test),
-        "optimizers": optimizers,
+        "optimizers": settings.optimizers,
     }
+
+
+def finish(
+    meta: dict[str, Any],
+    out: Path,
+    cells: list[Cell],
+    failed: list[dict[str, Any]],
+    skipped: int,
+    usage: UsageSnapshot,
+    started: float,
+) -> dict[str, Any]:
+    """Tabulate the finished ``cells``, write the reports and ``results.json`` into ``out``; the result object.
+
+    ``usage`` is this invocation's LM usage and ``started`` its ``time.perf_counter()`` at the start.
+    """
+    optimizers = meta["optimizers"]
+    finished = sorted(cells, key=lambda c: (optimizers.index(c.optimizer), c.seed))  # by optimizer
+    summary = summarise(finished, optimizers)
+    out.mkdir(parents=True, exist_ok=True)
     files = write_reports(out, meta, summary, finished)
-    usage = meter.snapshot()
     result = {
         **meta,
         "rows": [cell.row for cell in finished],
         "summary": summary,
         "best": next((r["optimizer"] for r in summary if r.get("best")), None),
-        "failed": cells.failed,
-        "skipped_cells": cells.skipped,
+        "failed": failed,
+        "skipped_cells": skipped,
         "new_lm_calls": usage.calls,
         "new_tokens": usage.total_tokens,
         "new_usd": usage.usd,

@@ -281,6 +281,10 @@ class RunSettings(ExperimentSettings, PromptModelSettings):
         return Path("runs") / f"{self.source_name}-{self.optimizer}-s{self.seed}"
 
 
+#: The keys of :class:`CompareSettings` that say where its cells run, not what they compute.
+DISTRIBUTION_KEYS = ("storage", "study", "workers", "heartbeat")
+
+
 class CompareSettings(ExperimentSettings, PromptModelSettings):
     """The settings of ``dspy-ext compare``: several optimizers x several seeds.
 
@@ -298,6 +302,11 @@ class CompareSettings(ExperimentSettings, PromptModelSettings):
         feedback: A review store every cell compiles from (see :class:`RunSettings`).
         tracking: Track the comparison in MLflow: one parent run, each cell's compile a child run of it
             (see :class:`TrackingSettings`; ``None``: not tracked).
+        storage: An Optuna storage URL (or ``.db`` path) whose study holds the cells, so that worker
+            processes on this and other machines share them (``None``: the cells run here, one after another).
+        study: The study name in ``storage`` (``None``: ``compare-TASK``); the same name joins or resumes.
+        workers: Worker processes on this machine (more than 1 needs ``storage``).
+        heartbeat: Seconds between a running cell's heartbeats; a cell silent for twice this is taken again.
     """
 
     optimizers: list[str]
@@ -312,6 +321,10 @@ class CompareSettings(ExperimentSettings, PromptModelSettings):
     _parse_guards = field_validator("guards", mode="before")(lambda cls, v: _guards(v))
     feedback: str | None = None
     tracking: TrackingSettings | None = None
+    storage: str | None = None
+    study: str | None = None
+    workers: int = Field(default=1, ge=1)
+    heartbeat: int = Field(default=10, ge=1)
 
     @field_validator("optimizers", mode="before")
     @classmethod
@@ -334,12 +347,16 @@ class CompareSettings(ExperimentSettings, PromptModelSettings):
             raise ValueError(f"optimizer_configs names optimizers not in optimizers: {', '.join(unknown)}")
         for name, config in self.optimizer_configs.items():
             resolve_config(name, config)
+        if self.workers > 1 and not self.storage:
+            raise ValueError("workers: more than one worker process needs a storage (a .db path or a database URL)")
         return self
 
     def cell(self, optimizer: str, seed: int) -> RunSettings:
         """The :class:`RunSettings` of one (optimizer, seed) cell."""
         # A cell is tracked as a child of the comparison's run, not by a tracking key of its own.
-        shared = self.model_dump(exclude={"optimizers", "optimizer_configs", "seeds", "out", "tracking"})
+        shared = self.model_dump(
+            exclude={"optimizers", "optimizer_configs", "seeds", "out", "tracking", *DISTRIBUTION_KEYS}
+        )
         return RunSettings.build(
             {
                 **shared,

@@ -111,10 +111,7 @@ def run_workers(
             for p in procs:
                 p.join(timeout=POLL_SECONDS)
     except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
+        stop_workers(procs)
         raise
     report()
     failed = [p.name for p in procs if p.exitcode not in (0, None)]
@@ -124,12 +121,29 @@ def run_workers(
 
 
 def _spawn(settings: TuneSettings, max_trials: int, worker_init: Callable[[], None] | None) -> list[Any]:
+    return spawn_workers(
+        settings.workers, _worker_main, lambda index: (settings, index, max_trials, worker_init), "tune-worker"
+    )
+
+
+def stop_workers(procs: list[Any]) -> None:
+    """Terminate the worker processes ``procs`` and wait for them (after Ctrl-C in the main process)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join()
+
+
+def spawn_workers(workers: int, target: Callable[..., None], args: Callable[[int], tuple], name: str) -> list[Any]:
+    """Start ``workers - 1`` processes ``target(*args(index))``, index 1, 2, ..., named ``NAME-INDEX``.
+
+    Each is a fresh interpreter (the ``spawn`` start method: no forked LM state or threads), so
+    ``target`` and its arguments must be picklable.
+    """
     ctx = multiprocessing.get_context("spawn")
     procs = []
-    for index in range(1, settings.workers):
-        proc = ctx.Process(
-            target=_worker_main, args=(settings, index, max_trials, worker_init), name=f"tune-worker-{index}"
-        )
+    for index in range(1, workers):
+        proc = ctx.Process(target=target, args=args(index), name=f"{name}-{index}")
         proc.start()
         procs.append(proc)
     return procs
