@@ -38,6 +38,8 @@ VAL = [review(i) for i in range(100, 130)]
 def responder(skill: Callable[[int], int]) -> Callable[[list[dict[str, str]]], str]:
     def respond(messages: list[dict[str, str]]) -> str:
         text = messages[-1]["content"].removeprefix("Input: ")
+        if text.count(" ") < 2:  # a content-free input (calibration's "N/A"): the model's bias
+            return "negative"
         word, _, number = text.split(" ", 2)
         gold = "positive" if word == "good" else "negative"
         n_demos = sum(1 for m in messages[:-1] if m["role"] == "assistant")
@@ -278,7 +280,8 @@ def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
 
 def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
     lm = fake_lm(responder(more_is_better))
-    result = compile_record(compile_with(lm, screen_by="accuracy")).search
+    # The screen alone: answer rules (which score labels) are another dimension.
+    result = compile_record(compile_with(lm, screen_by="accuracy", answer_rules=("free",))).search
     assert result.screening == "accuracy" and "screen_by" in result.screening_note
     assert not lm.engine.score_requests  # nothing scored by likelihood
     assert result.k == 16 and result.val_score >= result.baseline_val_score
@@ -288,7 +291,8 @@ def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
 
 def test_grounded_arms_carry_the_constraints_read_off_the_outputs(fake_lm):
     lm = fake_lm(responder(more_is_better))
-    result = compile_record(compile_with(lm, grounded=True)).search
+    # Every grounded arm screened: no calls kept for the answer rules' priors.
+    result = compile_record(compile_with(lm, grounded=True, answer_rules=("free",))).search
     grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
     # The incumbent's demos and the first draw of each k (3, 8, 16).
     assert len(grounded) == 4
