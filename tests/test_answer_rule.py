@@ -149,3 +149,29 @@ def test_embedded_calibrated_program_answers_the_same_after_load_in_a_fresh_proc
     fresh = json.loads(done.stdout.strip().splitlines()[-1])
     assert fresh["compile_code"] == []
     assert fresh["outputs"] == expected
+
+
+@pytest.mark.embedded
+def test_embedded_export_of_a_calibrated_program_has_runtime_parity_on_100_rows(local_lm, tmp_path, capsys):
+    from dspy_ext.cli import main
+    from dspy_ext.data import load_task
+    from dspy_ext.export import load
+    from programs import Transform
+
+    task = load_task("sentiment")
+    student = Transform(instructions=task.baseline_instruction)
+    demos = tuple(d.toDict() for d in task.train[:3])
+    candidate = Candidate({"predict": PredictorPrompt(task.baseline_instruction, 0, demos)})
+    targets = answer_targets(student, task.train)
+    variant = answer_variant(candidate, student, targets, AnswerMode.CALIBRATED, lm=local_lm, adapter=PlainAdapter())
+    state = tmp_path / "program.json"
+    variant.apply(student).save(str(state))
+    out = tmp_path / "sentiment.prompt.json"
+    argv = [str(state), "--out", str(out), "--task", "sentiment", "--lm", "local", "--no-cache"]
+    code = main(["export", *argv, "--verify", "--limit", "100", "--json", "--threads", "1"])
+    result = json.loads([line for line in capsys.readouterr().out.splitlines() if line.strip()][-1])
+    assert code == 0, result
+    assert result["n"] == 100 and result["passed"] and result["rows_differing"] == 0
+    rule = load(out).label_rule("predict")
+    assert rule["labels"] == list(targets["predict"].labels) and len(rule["prior"]) == len(rule["labels"])
+    assert rule["replies"] and load(out).predictor("predict")["lm"] is None

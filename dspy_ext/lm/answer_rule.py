@@ -43,7 +43,15 @@ from dspy_ext import runtime
 from dspy_ext.lm.engine import request_messages
 from dspy_ext.lm.likelihood import LikelihoodUnavailable, choice_engine, continuation_scores, supports_likelihood
 
-__all__ = ["AnswerMode", "AnswerRule", "AnswerRuleEngine", "answer_rule_lm", "answer_rule_of"]
+__all__ = [
+    "ENGINE_CLASS_PATH",
+    "AnswerMode",
+    "AnswerRule",
+    "AnswerRuleEngine",
+    "answer_rule_lm",
+    "answer_rule_of",
+    "only_answer_rule_lms",
+]
 
 # A label the prompt never predicts on content-free inputs must not divide by zero (runtime.choose_label's floor).
 _FLOOR = 1e-6
@@ -209,3 +217,29 @@ def answer_rule_of(predictor: Any) -> AnswerRule | None:
     """The answer rule ``predictor`` carries on its own LM (``None``: it answers freely)."""
     engine = getattr(getattr(predictor, "lm", None), "engine", None)
     return engine.answer_rule if isinstance(engine, AnswerRuleEngine) else None
+
+
+#: How DSPy names this engine class in a saved LM state (``module:qualname``).
+ENGINE_CLASS_PATH = f"{AnswerRuleEngine.__module__}:{AnswerRuleEngine.__qualname__}"
+
+_UNSAFE_LM_KEYS = ("api_base", "base_url", "model_list")
+
+
+def only_answer_rule_lms(program_state: dict[str, Any]) -> bool:
+    """Whether every predictor LM saved in ``program_state`` (a ``program.save("x.json")`` state) is an
+    answer-rule LM, and at least one is: loading it with ``allow_unsafe_lm_state=True`` then imports
+    only :class:`AnswerRuleEngine` and restores no endpoint."""
+    entries = [program_state] if "signature" in program_state else list(program_state.values())  # a bare Predict
+    lms = [e.get("lm") for e in entries if isinstance(e, dict) and e.get("lm") is not None]
+    return bool(lms) and all(_is_answer_rule_lm(lm) for lm in lms)
+
+
+def _is_answer_rule_lm(state: Any) -> bool:
+    if not isinstance(state, dict) or any(k in state for k in _UNSAFE_LM_KEYS):
+        return False
+    engine = state.get("engine")
+    return (
+        state.get("_dspy_lm_class", "dspy.clients.lm.LM") == "dspy.clients.lm.LM"
+        and isinstance(engine, dict)
+        and engine.get("class") == ENGINE_CLASS_PATH
+    )
