@@ -320,11 +320,23 @@ class DemoSearch(SearchTeleprompter):
             per_row, probe = inputs.n_labels or 1, int(inputs.likelihood_probe)
         screen_rows = min(c.screen_rows, n_val) * (1 if by_likelihood else repeats)
         confirm = min(int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * repeats)
-        screen = min(len(arms) * screen_rows * per_row, max(1, self.max_lm_calls - confirm) - prompt)
+        rule_arms, priors = self._planned_rules(inputs)
+        confirm = min(confirm + rule_arms * n_val * repeats, self.max_lm_calls)
+        screen = min(len(arms) * screen_rows * per_row, max(1, self.max_lm_calls - confirm - priors) - prompt)
         demos = sum(min(k, inputs.n_train) for k in arms) / len(arms)
         asks = (MetaPromptCalls("induce", prompt),) if prompt else ()
-        task = (screen + confirm) * (1 if by_likelihood else n_predictors) + probe
+        task = (screen + confirm) * (1 if by_likelihood else n_predictors) + probe + priors
         return CallPlan(task, asks, demos).capped(self.max_lm_calls)
+
+    def _planned_rules(self, inputs: PlanInputs) -> tuple[int, int]:
+        """The answer-rule arms a compile expects to race (closed label set known) and their priors' calls."""
+        modes = self.config.rule_modes
+        if not inputs.n_labels or not modes:
+            return 0, 0
+        arms = len(modes) * self.config.answer_top
+        per_input = inputs.n_labels if inputs.served_likelihood else 1
+        calibrated = AnswerMode.CALIBRATED in modes
+        return arms, len(CONTENT_FREE_INPUTS) * per_input * self.config.answer_top * calibrated
 
     # ---- the search -----------------------------------------------------------------------
     def search(self, run: SearchRun, student: dspy.Module) -> Candidate:
