@@ -51,6 +51,7 @@ __all__ = [
     "answer_rule_lm",
     "answer_rule_of",
     "only_answer_rule_lms",
+    "scoring_lm",
 ]
 
 # A label the prompt never predicts on content-free inputs must not divide by zero (runtime.choose_label's floor).
@@ -211,6 +212,12 @@ def answer_rule_lm(rule: AnswerRule) -> dspy.LM:
         num_retries=0,
         temperature=0.0,
     )
+
+
+def scoring_lm(predictor: Any) -> dspy.BaseLM | None:
+    """The predictor's own LM for scoring its replies (``None`` for an answer-rule LM, which scores with the
+    LM configured around the call)."""
+    return None if answer_rule_of(predictor) is not None else getattr(predictor, "lm", None)
 
 
 def answer_rule_of(predictor: Any) -> AnswerRule | None:
