@@ -54,11 +54,26 @@ def signature_state(signature: type[dspy.Signature]) -> dict[str, Any]:
 
 
 def predictor_state(predictor: dspy.Predict) -> dict[str, Any]:
-    """The prompt-relevant state of one predictor (JSON-serialisable)."""
-    return {
+    """The prompt-relevant state of one predictor (JSON-serialisable), with its answer rule if it has one."""
+    state = {
         **signature_state(predictor.signature),
         "demos": [demo_to_dict(d) for d in predictor.demos],
     }
+    rule = answer_rule_state(predictor)
+    if rule is not None:
+        state["answer_rule"] = rule
+    return state
+
+
+def answer_rule_state(predictor: dspy.Predict) -> dict[str, Any] | None:
+    """The answer rule a predictor carries on its own LM, as a dict (``None``: it answers freely).
+
+    The rule is the ``answer_rule`` of the predictor's LM's engine
+    (:class:`dspy_ext.lm.answer_rule.AnswerRuleEngine`).
+    """
+    engine = getattr(getattr(predictor, "lm", None), "engine", None)
+    rule = getattr(engine, "answer_rule", None)
+    return rule.to_dict() if rule is not None else None
 
 
 def program_state(program: dspy.Module) -> dict[str, dict[str, Any]]:

@@ -834,7 +834,7 @@ def _check_predictor(entry: Any, path: str) -> None:
 
 def _check_label_rule(rule: Any, path: str, outputs: Sequence[str]) -> None:
     _expect(rule, dict, path)
-    _keys(rule, path, ("field", "labels", "prior", "method"))
+    _keys(rule, path, ("field", "labels", "prior", "method"), ("replies",))
     if rule["field"] not in outputs:
         raise ArtifactError(f"{path}.field: {rule['field']!r} is not an output field")
     _expect(rule["labels"], list, f"{path}.labels")
@@ -850,6 +850,10 @@ def _check_label_rule(rule: Any, path: str, outputs: Sequence[str]) -> None:
             raise ArtifactError(f"{path}.prior: expected one non-negative number per label")
     if rule["method"] != "likelihood":
         raise ArtifactError(f"{path}.method: expected 'likelihood', got {rule['method']!r}")
+    if "replies" in rule:
+        _expect(rule["replies"], list, f"{path}.replies")
+        if len(rule["replies"]) != len(rule["labels"]) or not all(isinstance(r, str) and r for r in rule["replies"]):
+            raise ArtifactError(f"{path}.replies: expected one non-empty reply text per label")
 
 
 def choose_label(
@@ -1420,6 +1424,42 @@ class PromptArtifact:
             if not self.has_fallback(name):
                 raise
         return self.parse_fallback(name, complete(self.render_fallback(name, **inputs)))
+
+    def label_rule(self, name: str) -> dict[str, Any] | None:
+        """The predictor's ``label_rule`` (its answer is one of a closed label set), or ``None``."""
+        return self._entry(name).get("label_rule")
+
+    def answer(
+        self, name: str, score: Callable[[list[dict[str, str]], list[str]], Sequence[float]], /, **inputs: Any
+    ) -> dict[str, Any]:
+        """Render and answer by the predictor's ``label_rule``: the label whose reply scores highest.
+
+        Args:
+            name: The predictor name (it must have a ``label_rule``).
+            score: Your serving stack's scorer: (messages, reply texts) -> the log-probability of each
+                reply as the assistant's answer to the messages (no end-of-turn token).
+            **inputs: One value per input field.
+
+        Returns:
+            ``{field: label}``, the label chosen as at compile time (:func:`choose_label`).
+
+        Raises:
+            ArtifactError: The predictor has no label rule.
+            RenderError: Bad inputs.
+
+        Example:
+            >>> art.answer("predict", my_scorer, input="Great.")  # doctest: +SKIP
+            {'output': 'positive'}
+        """
+        rule = self.label_rule(name)
+        if rule is None:
+            raise ArtifactError(f"predictor {name!r} has no label_rule; call run() instead")
+        labels = [str(label) for label in rule["labels"]]
+        replies = [str(r) for r in rule.get("replies") or labels]
+        scores = list(score(self.render(name, **inputs), replies))
+        if len(scores) != len(labels):
+            raise ValueError(f"the scorer gave {len(scores)} scores for {len(labels)} replies")
+        return {rule["field"]: choose_label(rule, label_scores=dict(zip(labels, scores)))}
 
     def _parse(
         self, name: str, entry: Mapping[str, Any], spec: Mapping[str, Any], adapter: str, reply: str

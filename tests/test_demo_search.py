@@ -38,6 +38,8 @@ VAL = [review(i) for i in range(100, 130)]
 def responder(skill: Callable[[int], int]) -> Callable[[list[dict[str, str]]], str]:
     def respond(messages: list[dict[str, str]]) -> str:
         text = messages[-1]["content"].removeprefix("Input: ")
+        if text.count(" ") < 2:  # a content-free input (calibration's "N/A"): the model's bias
+            return "negative"
         word, _, number = text.split(" ", 2)
         gold = "positive" if word == "good" else "negative"
         n_demos = sum(1 for m in messages[:-1] if m["role"] == "assistant")
@@ -278,7 +280,8 @@ def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
 
 def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
     lm = fake_lm(responder(more_is_better))
-    result = compile_record(compile_with(lm, screen_by="accuracy")).search
+    # The screen alone: answer rules (which score labels) are another dimension.
+    result = compile_record(compile_with(lm, screen_by="accuracy", answer_rules=("free",))).search
     assert result.screening == "accuracy" and "screen_by" in result.screening_note
     assert not lm.engine.score_requests  # nothing scored by likelihood
     assert result.k == 16 and result.val_score >= result.baseline_val_score
@@ -288,7 +291,8 @@ def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):
 
 def test_grounded_arms_carry_the_constraints_read_off_the_outputs(fake_lm):
     lm = fake_lm(responder(more_is_better))
-    result = compile_record(compile_with(lm, grounded=True)).search
+    # Every grounded arm screened: no calls kept for the answer rules' priors.
+    result = compile_record(compile_with(lm, grounded=True, answer_rules=("free",))).search
     grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
     # The incumbent's demos and the first draw of each k (3, 8, 16).
     assert len(grounded) == 4
@@ -311,3 +315,39 @@ def test_embedded_grounded_instruction_is_screened_on_the_real_model(local_lm):
     grounded = [r for r in result.racing if r["origin"] == "demo-search.grounded"]
     assert grounded and all(r["screen"] is not None for r in grounded)
     assert result.lm_calls <= 60 and result.val_score >= result.baseline_val_score
+
+
+# ---- the answer rule as a dimension of the search ---------------------------------------------------
+
+
+def test_a_constrained_answer_wins_where_free_replies_miss_the_label_format(fake_lm):
+    def gold(messages: list[dict[str, str]]) -> str:
+        return "positive" if messages[-1]["content"].startswith("Input: good") else "negative"
+
+    # Free replies are sentences the exact metric rejects; scored, the right label is the likely one.
+    lm = fake_lm(
+        lambda messages: f"I think it is {gold(messages)}.",
+        scorer=lambda messages, reply: -0.1 if reply == gold(messages) else -2.0,
+    )
+    result = compile_record(compile_with(lm)).search
+    assert result.answers["self"] in ("constrained", "calibrated") and result.decoding == "likelihood"
+    assert result.val_score == 100.0 and result.baseline_val_score == 0.0
+    assert {r["answer"] for r in result.racing} == {"free", "constrained", "calibrated"}
+    assert result.lm_calls == calls_of(lm) <= 400 and result.answer_note == ""
+    # Off: the free arms only, as before the dimension existed.
+    off = compile_record(compile_with(fake_lm(responder(more_is_better)), answer_rules=("free",))).search
+    assert {r["answer"] for r in off.racing} == {"free"} and off.answers == {"self": "free"}
+    with pytest.raises(ValueError, match="must include 'free'"):
+        resolve_config("demo-search", {"answer_rules": ["constrained"]})
+
+
+@pytest.mark.embedded
+def test_embedded_demo_search_races_the_answer_rules_on_a_sentiment_slice(local_lm):
+    meter = CallMeter()
+    with metering(meter):
+        program = compile_sentiment_slice(local_lm, max_lm_calls=60, demo_counts=(3,))
+    result = compile_record(program).search
+    raced = {r["answer"]: r for r in result.racing if r["val_rows"]}
+    assert {"constrained", "calibrated"} <= set(raced) and result.answer_note == ""
+    assert result.answers["self"] in raced and meter.calls == result.lm_calls <= 60
+    assert result.val_score >= result.baseline_val_score

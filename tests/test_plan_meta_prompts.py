@@ -106,14 +106,18 @@ def test_protegi_diagnoses_with_wrong_answers_and_expects_a_long_reply() -> None
 
 
 def test_demo_search_served_screen_costs_a_request_per_row_and_label_and_a_probe() -> None:
-    search = DemoSearch(_metric, max_lm_calls=100_000, screen_rows=20, demo_counts=(3, 8), draws_per_count=2)
+    settings = {"screen_rows": 20, "demo_counts": (3, 8), "draws_per_count": 2}
+    search = DemoSearch(_metric, max_lm_calls=100_000, answer_rules=("free",), **settings)
     embedded = search.plan(PlanInputs(1, n_train=40, n_val=30, n_labels=3))
+    # The answer rules race two more arms on the 30 val rows, and the calibrated prior scores 3 content-free inputs.
+    with_rules = DemoSearch(_metric, max_lm_calls=100_000, **settings).plan(PlanInputs(1, 40, 30, 3))
+    assert with_rules.task_calls == embedded.task_calls + 2 * 30 + 3
     served = search.plan(PlanInputs(1, n_train=40, n_val=30, n_labels=3, served_likelihood=True, likelihood_probe=True))
     arms, rows = 1 + 2 * 2, 20
     confirm = embedded.task_calls - arms * rows
     assert confirm > 0
     assert served.task_calls == arms * rows * 3 + 1 + confirm
-    by_accuracy = DemoSearch(_metric, max_lm_calls=100_000, screen_by="accuracy", demo_counts=(3, 8), draws_per_count=2)
+    by_accuracy = DemoSearch(_metric, max_lm_calls=100_000, screen_by="accuracy", answer_rules=("free",), **settings)
     assert by_accuracy.plan(PlanInputs(1, 40, 30, 3, served_likelihood=True)).task_calls == embedded.task_calls
 
 

@@ -189,3 +189,33 @@ def test_a_template_whose_end_of_turn_the_server_does_not_show_is_refused_before
         continuation_scores(lm, messages, ["positive"], end_of_turn=True)
     assert proxy.requests == 1  # refused before a request
     assert continuation_scores(lm, messages, ["positive"], end_of_turn=False)[0].logprob < 0
+
+
+def test_answer_rules_on_a_served_model_without_logprobs_fall_back_to_a_constrained_enum(server: str, tmp_path) -> None:
+    from dspy_ext.lm.answer_rule import AnswerMode, answer_rule_of
+    from dspy_ext.search.answers import answer_modes, answer_targets, answer_variant
+    from dspy_ext.search.candidate import Candidate
+
+    proxy = ChatOnlyProxy(server)
+    try:
+        lm = _served(proxy.base)
+        predict, rows = _sentiment(4)
+        modes, note = answer_modes(lm, ["free", "constrained", "calibrated"])
+        assert modes == (AnswerMode.CONSTRAINED,) and "calibration needs label probabilities" in note
+        targets = answer_targets(predict, rows)
+        variant = answer_variant(
+            Candidate.from_program(predict), predict, targets, modes[0], lm=lm, adapter=PlainAdapter()
+        )
+        program = variant.apply(predict)
+        program.save(str(tmp_path / "program.json"))
+        loaded = dspy.Predict(dspy.Signature("input -> output", "placeholder"))
+        loaded.load(str(tmp_path / "program.json"), allow_unsafe_lm_state=True)
+        assert answer_rule_of(loaded) == answer_rule_of(program)
+        meter = CallMeter()
+        with dspy.context(lm=lm, adapter=PlainAdapter()), metering(meter):
+            outputs = [p(**row.inputs()).output for p in (program, loaded) for row in rows]
+    finally:
+        proxy.close()
+    assert set(outputs) <= set(targets["self"].labels) and outputs[:4] == outputs[4:]
+    # One JSON-schema enum request a row (plus the refused json_schema form, once), all metered.
+    assert meter.snapshot().calls == 2 * len(rows) + 1

@@ -32,6 +32,7 @@ from dspy_ext.evaluation.likelihood import (
     predictor_messages,
     single_predictor,
 )
+from dspy_ext.lm.answer_rule import scoring_lm
 from dspy_ext.lm.likelihood import log_softmax, score_continuations
 
 __all__ = ["CONTENT_FREE_INPUTS", "LabelPrior", "estimate_label_prior"]
@@ -126,7 +127,7 @@ def estimate_label_prior(
     outputs = list(predictor.signature.output_fields)
     if len(outputs) != 1:
         raise ValueError(f"calibration needs one output field, the predictor has {outputs}")
-    lm = predictor.lm or dspy.settings.lm
+    lm = scoring_lm(predictor) or dspy.settings.lm
     replies = [gold_reply(predictor, {outputs[0]: label}) for label in labels]
     totals = [0.0] * len(labels)
     for text in content_free:

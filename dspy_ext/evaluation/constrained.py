@@ -35,6 +35,7 @@ from dspy_ext.evaluation.likelihood import (
     predictor_messages,
     single_predictor,
 )
+from dspy_ext.lm.answer_rule import scoring_lm
 from dspy_ext.lm.likelihood import (
     LikelihoodUnavailable,
     choice_engine,
@@ -193,7 +194,7 @@ def predict_label(
     Raises:
         LikelihoodUnavailable: The LM can do neither (or not the ``method`` asked for).
     """
-    lm = lm or predictor.lm or dspy.settings.lm
+    lm = lm or scoring_lm(predictor) or dspy.settings.lm
     if method == ChoiceMethod.CONSTRAINED or (
         method == ChoiceMethod.AUTO and not supports_likelihood(lm) and choice_engine(lm)
     ):

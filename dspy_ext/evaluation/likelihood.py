@@ -36,6 +36,7 @@ from typing import Any
 
 import dspy
 
+from dspy_ext.lm.answer_rule import scoring_lm
 from dspy_ext.lm.likelihood import (
     LikelihoodUnavailable,
     continuation_scores,
@@ -325,7 +326,7 @@ class LikelihoodEvaluator:
             ValueError: Several predictors, or labels with several output fields.
         """
         name, predictor = single_predictor(program)
-        lm = predictor.lm or dspy.settings.lm
+        lm = scoring_lm(predictor) or dspy.settings.lm
         try:
             likelihood_engine(lm, end_of_turn=self.end_of_turn)
         except LikelihoodUnavailable as exc:

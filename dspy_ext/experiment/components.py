@@ -36,6 +36,7 @@ import dspy
 from dspy_ext.adapters import default_adapter, make_adapter
 from dspy_ext.data import TaskData, load_task
 from dspy_ext.experiment.settings import ExperimentSettings, SettingsError
+from dspy_ext.lm.answer_rule import only_answer_rule_lms
 from dspy_ext.lm.retry import CallPolicy, call_policy
 from metrics import METRICS
 from programs import PROGRAMS, build_program
@@ -341,6 +342,8 @@ def load_program_state(program: dspy.Module, path: Path, program_name: str) -> N
     if versions.get("dspy") and versions["dspy"] != dspy.__version__:
         logger.warning("%s was saved with dspy %s; this is dspy %s", path, versions["dspy"], dspy.__version__)
     try:
-        program.load_state(state)
+        # A predictor's answer rule is saved as its own LM on dspy-ext's AnswerRuleEngine, which DSPy
+        # imports only when allowed; nothing else unsafe is allowed with it.
+        program.load_state(state, allow_unsafe_lm_state=only_answer_rule_lms(state))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ComponentError(f"{path}: could not load the program state: {type(exc).__name__}: {exc}") from None

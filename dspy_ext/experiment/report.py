@@ -8,7 +8,7 @@ import dspy
 
 from dspy_ext.evaluation import EvaluationReport
 from dspy_ext.experiment.summary import CriteriaFigures, ReviewFigures, RunSummary
-from dspy_ext.prompt_state import compile_record, predictors
+from dspy_ext.prompt_state import answer_rule_state, compile_record, predictors
 
 
 def criteria_table(student: EvaluationReport | None, compiled: EvaluationReport) -> dict[str, dict[str, float]]:
@@ -215,6 +215,12 @@ def _predictor_lines(name: str, predictor: dspy.Predict) -> list[str]:
     for demo in predictor.demos:
         data = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
         lines.append("- " + "; ".join(f"{k}: {str(v)[:120]}" for k, v in data.items() if k != "augmented"))
+    rule = answer_rule_state(predictor)
+    if rule is None:
+        lines += ["", "Answer rule: free (generated)."]
+    else:
+        prior = "" if rule["prior"] is None else ", prior " + ", ".join(f"{p:.3f}" for p in rule["prior"])
+        lines += ["", f"Answer rule: {rule['mode']} `{rule['field']}` in {', '.join(rule['labels'])}{prior}."]
     return lines
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import dspy
 
 from dspy_ext.adapters.plain import PlainAdapter, field_labels
+from dspy_ext.lm.answer_rule import answer_rule_of
 from dspy_ext.prompt_state import compile_record, demo_to_dict, predictors
 from dspy_ext.runtime import (
     REQUIRED_METADATA_KEYS,
@@ -358,7 +359,8 @@ def _predictor_entry(name: str, predictor: dspy.Predict, adapter: dspy.Adapter) 
         "instructions": signature.instructions or "",
         "demos": demos,
         "lm_kwargs": lm_kwargs,
-        "lm": lm_settings(predictor.lm) if predictor.lm is not None else None,
+        # A predictor's answer rule rides on its own LM; the artifact carries it as its label_rule instead.
+        "lm": lm_settings(predictor.lm) if predictor.lm is not None and answer_rule_of(predictor) is None else None,
         "parse": _parse_spec(adapter_name, signature),
         "fallback": fallback,
     }
@@ -438,6 +440,11 @@ def build_artifact(
     if not found:
         raise ExportError(f"{type(program).__name__} has no dspy.Predict modules to export")
     entries = {name: _predictor_entry(name, predictor, adapter) for name, predictor in found}
+    # A predictor with an answer rule (dspy_ext.lm.answer_rule) answers by likelihood among its labels.
+    for name, predictor in found:
+        rule = answer_rule_of(predictor)
+        if rule is not None:
+            entries[name]["label_rule"] = {**rule.label_rule, "replies": list(rule.replies)}
     # A program that answers from a closed label set (dspy_ext.evaluation.constrained.LabelConstrained)
     # names its rule per predictor; the runtime applies it with choose_label().
     for name, rule in (getattr(program, "label_rules", None) or {}).items():

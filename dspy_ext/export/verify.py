@@ -22,6 +22,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from dspy_ext.evaluation import EvaluationReport, Evaluator
 from dspy_ext.export.apply import check_program
+from dspy_ext.lm.likelihood import score_continuations
 from dspy_ext.prompt_state import predictors
 from dspy_ext.runtime import ParseError, PromptArtifact
 
@@ -74,7 +75,10 @@ class RuntimePredictorCall:
         self.lm_kwargs = artifact.predictor(name)["lm_kwargs"]
 
     def _lm(self) -> dspy.BaseLM:
-        lm = self.lm or self.predictor.lm or dspy.settings.lm
+        # A predictor with a label rule is answered by scoring its labels with the task LM, not through
+        # its own (answer-rule) LM.
+        own = self.predictor.lm if self.artifact.label_rule(self.name) is None else None
+        lm = self.lm or own or dspy.settings.lm
         if lm is None:
             raise ValueError("no LM configured for the runtime pass")
         return lm.copy(cache=False) if self.fresh and hasattr(lm, "cache") else lm
@@ -88,6 +92,12 @@ class RuntimePredictorCall:
             logger.debug("predictor %s: ignoring inputs not in the signature: %s", self.name, ignored)
         inputs = {k: v for k, v in kwargs.items() if k in self.inputs}
         lm = self._lm()
+        if self.artifact.label_rule(self.name) is not None:
+
+            def score(messages: list[dict[str, str]], replies: list[str]) -> list[float]:
+                return score_continuations(lm, messages, replies, end_of_turn=False)
+
+            return dspy.Prediction(**self.artifact.answer(self.name, score, **inputs))
 
         def complete(messages: list[dict[str, str]]) -> str:
             with adapter_message_call(lm, messages):

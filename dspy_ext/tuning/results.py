@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import dspy
 
+from dspy_ext.lm.answer_rule import only_answer_rule_lms
 from dspy_ext.prompt_state import predictors
 from dspy_ext.tuning.storage import display_url
 from dspy_ext.tuning.summary import StudySummary
@@ -176,7 +177,8 @@ class StudyResults:
         path = trial.user_attrs.get("program_file")
         program = self.student.deepcopy()
         if path and Path(path).exists():
-            program.load(path)
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+            program.load(path, allow_unsafe_lm_state=only_answer_rule_lms(state))
             return program
         # Another machine's trial: rebuild from the stored instructions and demos.
         instructions = trial.user_attrs.get("instructions") or {}
