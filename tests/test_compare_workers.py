@@ -285,3 +285,49 @@ def test_bad_distribution_settings_get_one_line_naming_the_problem(
     capsys.readouterr()
     assert main(grid(task, tmp_path / "b", "--storage", db, "--seeds", "1", "--budget", "30"), lm=lm) == 2
     assert "other settings or data for ape-s0, bfs-s0, labeled-s0" in capsys.readouterr().err
+
+
+@pytest.mark.embedded
+def test_two_workers_on_the_embedded_model_score_each_cell_once_as_one_process_does(
+    tmp_path: Path, local_lm, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from support.slices import task_slice
+
+    folder = task_slice(tmp_path / "slice", n_train=20, n_test=8)
+    flags = [
+        "--optimizers",
+        "labeled",
+        "--seeds",
+        "2",
+        "--train",
+        "10",
+        "--val",
+        "5",
+        "--threads",
+        "1",
+        "--adapter",
+        "plain",
+    ]
+    url = f"sqlite:///{tmp_path / 'cells.db'}"
+    command = [sys.executable, "-m", "dspy_ext", "compare", "--data", str(folder), *flags]
+    dist = subprocess.run(
+        [*command, "--out", str(tmp_path / "dist"), "--storage", url, "--workers", "2", "--json"],
+        env={**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    distributed = json.loads(dist.stdout)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (study,) = optuna.get_all_study_summaries(url)
+    done = [t for t in optuna.load_study(study_name=study.study_name, storage=url).trials if "cell" in t.user_attrs]
+    assert sorted(t.user_attrs["cell"] for t in done) == ["labeled-s0", "labeled-s1"]  # each cell once
+    assert all(t.state.name == "COMPLETE" for t in done)
+
+    assert main(["compare", "--data", str(folder), *flags, "--out", str(tmp_path / "one"), "--json"], lm=local_lm) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert [r["test_score"] for r in distributed["rows"]] == [r["test_score"] for r in single["rows"]]
+    assert table_rows(tmp_path / "dist") == table_rows(tmp_path / "one")
