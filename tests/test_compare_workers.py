@@ -241,9 +241,14 @@ def test_an_interrupted_cell_is_queued_again_and_the_next_run_resumes_it(tmp_pat
     import optuna
 
     optuna.storages.RDBStorage(url)  # the schema, before the test polls the file
-    first = subprocess.Popen(cmd, env=env(0.05), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, env=env(0.1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for("a cell with journaled calls", lambda: _journaled(tmp_path / "out", running_cell(url, first.pid)))
+        # The first cell (ape-s0, the longest): five cells are still to run, so the process cannot finish them
+        # all between the check and the signal, however slow the check is on a busy machine.
+        first_cell = lambda: _journaled(
+            tmp_path / "out", "ape-s0" if running_cell(url, first.pid) == "ape-s0" else None
+        )
+        wait_for("the first cell with journaled calls", first_cell)
         first.send_signal(signal.SIGINT)
         _, stderr = first.communicate(timeout=300)
     finally:
