@@ -9,6 +9,7 @@ turns that off (the benchmark's baseline).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import logging
@@ -17,6 +18,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,15 @@ logger = logging.getLogger(__name__)
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 256
 _LLAMA_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+#: Engines with a loaded model. They are closed when the interpreter exits, while llama-cpp-python can still
+#: free them (freed later, at module teardown, its ``Llama.__del__`` prints a traceback).
+_LOADED: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_loaded() -> None:
+    for engine in list(_LOADED):
+        engine.close()
 
 
 class EmbeddedModelMissing(RuntimeError):
@@ -190,6 +201,7 @@ class LlamaCppEngine(MeteredEngine):
                 n_threads_batch=self.n_threads,
                 verbose=False,
             )
+            _LOADED.add(self)
         return self._llama
 
     cooperative_timeout = True
