@@ -67,6 +67,7 @@ from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, ModelUnavaila
 from dspy_ext.lm.served import metered_lm
 from dspy_ext.prompt_state import compile_record, predictors, short_hash
 from dspy_ext.registry import OptimizerHandle, build_optimizer, get_spec, resolve_config
+from dspy_ext.search.demo_start import BASELINE_DEMOS
 
 logger = logging.getLogger(__name__)
 
@@ -508,8 +509,9 @@ def _write_results(out: Path, compiled: dspy.Module, summary: dict[str, Any]) ->
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
 
 
-#: Labeled demos per predictor of the baseline a user gets for free.
-LABELED_BASELINE_DEMOS = 3
+#: Labeled demos per predictor of the baseline a user gets for free (the instruction searches' demo start
+#: races against the same draw).
+LABELED_BASELINE_DEMOS = BASELINE_DEMOS
 
 
 def labeled_baseline(student: dspy.Module, train: list[dspy.Example], seed: int) -> dspy.Module:

@@ -72,7 +72,6 @@ from pydantic import Field, field_validator
 from dspy_ext.data.demos import balanced_demos
 from dspy_ext.data.grounding import grounded_instruction
 from dspy_ext.evaluation.calibration import CONTENT_FREE_INPUTS
-from dspy_ext.evaluation.constrained import infer_label_set, literal_labels
 from dspy_ext.evaluation.likelihood import LikelihoodEvaluator, LikelihoodReport
 from dspy_ext.lm.answer_rule import AnswerMode
 from dspy_ext.lm.likelihood import LikelihoodUnavailable, likelihood_engine
@@ -81,9 +80,10 @@ from dspy_ext.prompt_state import demo_to_dict, predictors
 from dspy_ext.search.answers import AnswerTarget, answer_modes, answer_targets, answer_variant
 from dspy_ext.search.base import SearchResult, format_pairs
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
-from dspy_ext.search.config import OptimizerConfig, tunable
+from dspy_ext.search.config import OptimizerConfig, distinct_demo_counts, tunable
 from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
-from dspy_ext.search.demos import DemoSet
+from dspy_ext.search.demo_start import baseline_draw
+from dspy_ext.search.demos import DemoSet, closed_label_set
 from dspy_ext.search.final_selection import IncumbentRace, RaceLane
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
 from dspy_ext.search.plan import CallPlan, MetaPromptCalls, PlanInputs
@@ -156,10 +156,8 @@ class DemoSearchConfig(OptimizerConfig):
 
     @field_validator("demo_counts")
     @classmethod
-    def _positive_counts(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
-        if any(k < 1 for k in counts):
-            raise ValueError(f"every demo count must be >= 1, got {list(counts)}")
-        return tuple(dict.fromkeys(counts))
+    def _distinct_counts(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
+        return distinct_demo_counts(counts)
 
 
 @dataclass
@@ -562,8 +560,7 @@ class DemoSearch(SearchTeleprompter):
 
     def _incumbent(self, student: dspy.Module, trainset: list[dspy.Example]) -> _Arm:
         # The same draw as the honest baseline of `dspy-ext compile` (random.Random(seed).sample(train, 3)).
-        k = min(self.config.incumbent_demos, len(trainset))
-        demos = random.Random(self.seed).sample(trainset, k) if k else []
+        demos = baseline_draw(trainset, self.seed, self.config.incumbent_demos)
         candidate = self._candidate(student, demos, 0, origin="incumbent")
         return _Arm(candidate, len(demos), 0, False, "incumbent", len(demos))
 
@@ -812,17 +809,3 @@ class DemoSearch(SearchTeleprompter):
             result.baseline_val_score,
             result.lm_calls,
         )
-
-
-def closed_label_set(student: dspy.Module, trainset: list[dspy.Example]) -> tuple[tuple[str, ...] | None, str | None]:
-    """The closed label set of the examples' single label field and that field (``None`` when open or several):
-    the student's declared ``Literal`` labels, else the labels read off the training outputs."""
-    keys = sorted({k for ex in trainset for k in ex.labels() if k != "accepted"})
-    if len(keys) != 1:
-        return None, None
-    found = predictors(student)
-    if len(found) == 1 and keys[0] in found[0][1].signature.output_fields:
-        declared = literal_labels(found[0][1].signature, keys[0])
-        if declared:
-            return declared, keys[0]
-    return infer_label_set(trainset, keys[0]), keys[0]

@@ -35,6 +35,7 @@ from dspy_ext.prompt_state import predictors
 from dspy_ext.search.candidate import Candidate, PredictorPrompt
 from dspy_ext.search.config import InstructionSearchConfig
 from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
+from dspy_ext.search.demo_start import race_demo_start, race_rows_for
 from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
@@ -142,9 +143,27 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
             bootstrap = (c.num_demo_sets - 1) * pool * n_predictors
         asks = self.planned_asks(n_predictors)
         prompt = sum(a.calls for a in asks)
-        task = max(0, self.projected_calls(n_predictors, inputs.n_val) - prompt) + bootstrap
+        task = (
+            max(0, self.projected_calls(n_predictors, inputs.n_val) - prompt) + bootstrap + self._planned_start(inputs)
+        )
         demos = max(c.max_labeled_demos, c.max_bootstrapped_demos)  # bootstrapped sets are topped up with labeled
         return CallPlan(task, asks, demos).capped(self.max_lm_calls)
+
+    def _planned_start(self, inputs: PlanInputs) -> int:
+        """Task calls of the demo start's race at most: every demo set on every raced row."""
+        c = self.config
+        if not c.demo_start or c.max_labeled_demos == 0:
+            return 0
+        n_sets = len(c.demo_start) + 1
+        rows = race_rows_for(
+            n_sets,
+            cap=self.search_cap(),
+            share=c.demo_start_share,
+            max_rows=c.demo_start_rows,
+            n_val=inputs.n_val,
+            round_rows=DEMO_START_ROUND,
+        )
+        return n_sets * rows * self.options.eval_repeats * inputs.n_predictors
 
     def search_cap(self) -> int:
         """The search phase's share of the budget (``1 - final_share``; the rest is the final selection's)."""
@@ -193,15 +212,13 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
         seed_candidate = Candidate.from_program(student, origin="student")
         with metering(run.search_meter):
             try:
-                self._build_demo_sets(run, student)
+                free_baseline = self._build_demo_sets(run, student)
                 seed_candidate = with_demo_set(seed_candidate, run, 0, origin="student")
                 if self.options.guard_reference is None:
                     # Guards compare with what a user has for free: the student with its labeled demos. A
                     # student that brings its own demos is that program already; it is the reference as given.
                     own_demos = all(p.demos for _, p in predictors(student))
-                    run.set_reference(
-                        Candidate.from_program(student, origin="student") if own_demos else seed_candidate
-                    )
+                    run.set_reference(Candidate.from_program(student, origin="student") if own_demos else free_baseline)
                 state = self.new_state(run)
                 initial = [seed_candidate] + [c for c in self.initial(run, state, seed_candidate) if c is not None]
                 population = self.select(run, state, [], _unique(initial))
@@ -295,40 +312,64 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
             "fallback": run.guard_fallback,
         }
 
-    def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> None:
+    def _build_demo_sets(self, run: SearchRun, student: dspy.Module) -> Candidate:
+        """The run's demo sets: the demo start (set 0), then the bootstrapped ones; returns the free baseline."""
         c = self.config
-        names = run.predictor_names()
-        labeled_only = Candidate(
-            {n: PredictorPrompt(i) for n, i in Candidate.from_program(student).instructions.items()}
-        )
-        first = fitting_demo_set(
-            labeled_demo_set(names, run.trainset, c.max_labeled_demos, run.rng), lambda s: self._fits(run, student, s)
-        )
+        first, free_baseline = self._demo_start(run, student)
         run.add_demo_set(first)
-        teacher = Candidate(
-            {n: PredictorPrompt(p.instruction, 0, first[n]) for n, p in labeled_only.prompts.items()}
-        ).apply(student)
         if c.max_bootstrapped_demos > 0 and c.num_demo_sets > 1:
-            # Bootstrapping stops at the first successes; a bounded pool keeps
-            # a model that rarely succeeds from spending the search budget here.
-            pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * c.max_bootstrapped_demos + 4))
-            with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
-                more = build_demo_sets(
-                    student,
-                    pool,
-                    self.metric,
-                    num_sets=c.num_demo_sets,
-                    max_bootstrapped_demos=c.max_bootstrapped_demos,
-                    max_labeled_demos=c.max_labeled_demos,
-                    rng=run.rng,
-                    teacher=teacher,
-                )
-            before = run.demo_sets
-            for demo_set in [s for s in more[1:] if s not in before and self._fits(run, student, s)]:
-                run.add_demo_set(demo_set)
+            self._bootstrap_demo_sets(run, student, first)
         used = {id(ex) for ex in run.trainset if any(ex.toDict() == d for demos in first.values() for d in demos)}
         pool = [ex for ex in run.trainset if id(ex) not in used]
         run.set_search_pool(pool or list(run.trainset))
+        return free_baseline
+
+    def _demo_start(self, run: SearchRun, student: dspy.Module) -> tuple[DemoSet, Candidate]:
+        """Demo set 0 and the free baseline's candidate (see :mod:`~dspy_ext.search.demo_start`).
+
+        Without ``demo_start`` (or with ``max_labeled_demos=0``) set 0 is ``max_labeled_demos`` random
+        labeled demos drawn with the run's RNG, and it is the baseline the guards compare with.
+        """
+        c = self.config
+        names = run.predictor_names()
+        fit = lambda s: fitting_demo_set(s, lambda d: self._fits(run, student, d))
+        if not c.demo_start or c.max_labeled_demos == 0:
+            first = fit(labeled_demo_set(names, run.trainset, c.max_labeled_demos, run.rng))
+            return first, _with_demos(student, first, "student")
+        first, baseline, report = race_demo_start(
+            run,
+            student,
+            counts=c.demo_start,
+            max_rows=c.demo_start_rows,
+            share=c.demo_start_share,
+            round_rows=DEMO_START_ROUND,
+            seed=self.seed,
+            fit=fit,
+        )
+        run.report(demo_start=report.to_dict())
+        return first, _with_demos(student, baseline, "baseline")
+
+    def _bootstrap_demo_sets(self, run: SearchRun, student: dspy.Module, first: DemoSet) -> None:
+        """Demo sets 1.. bootstrapped by DSPy, taught by set 0 (those that do not fit are set aside)."""
+        c = self.config
+        teacher = _with_demos(student, first, "teacher").apply(student)
+        # Bootstrapping stops at the first successes; a bounded pool keeps
+        # a model that rarely succeeds from spending the search budget here.
+        pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * c.max_bootstrapped_demos + 4))
+        with dspy.context(lm=run.models.task_lm, adapter=run.models.task_adapter):
+            more = build_demo_sets(
+                student,
+                pool,
+                self.metric,
+                num_sets=c.num_demo_sets,
+                max_bootstrapped_demos=c.max_bootstrapped_demos,
+                max_labeled_demos=c.max_labeled_demos,
+                rng=run.rng,
+                teacher=teacher,
+            )
+        before = run.demo_sets
+        for demo_set in [s for s in more[1:] if s not in before and self._fits(run, student, s)]:
+            run.add_demo_set(demo_set)
 
     #: A demo set is dropped when more than this share of sampled training inputs overflow the context with it.
     OVERFLOW_TOLERANCE = 0.1
@@ -367,6 +408,7 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
             and r.candidate.demo_sets == dict.fromkeys(best.prompts, 0)
         ]
         return {
+            "demo_start": run.outcome.get("demo_start"),
             "val_score": record.val_score if record else None,
             "baseline_val_score": baseline[0].val_score if baseline else None,
             "guard_report": self._guard_report(run, best, self._reference_candidate(run, student))
@@ -386,6 +428,16 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
             return (broken, -mean, record.order if record else math.inf)
 
         return sorted(candidates, key=key)[:k]
+
+
+#: Valset rows per round of the demo start's race.
+DEMO_START_ROUND = 10
+
+
+def _with_demos(student: dspy.Module, demo_set: DemoSet, origin: str) -> Candidate:
+    """The student's own instructions with ``demo_set`` (demo set index 0)."""
+    instructions = Candidate.from_program(student).instructions
+    return Candidate({n: PredictorPrompt(i, 0, demo_set.get(n, ())) for n, i in instructions.items()}, (), origin)
 
 
 def _unique(candidates: list[Candidate]) -> list[Candidate]:

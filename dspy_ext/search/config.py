@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: LM calls of one compile when nothing else is said (task and prompt model together).
 DEFAULT_BUDGET = 400
@@ -32,6 +32,13 @@ DEFAULT_BUDGET = 400
 def tunable(default: Any, *, tune: Any, **bounds: Any) -> Any:
     """A config field with ``default``, pydantic ``bounds`` (``ge``, ``le``, ...) and a default tuning range."""
     return Field(default=default, json_schema_extra={"tune": tune}, **bounds)
+
+
+def distinct_demo_counts(counts: tuple[int, ...]) -> tuple[int, ...]:
+    """``counts`` without repeats, in order; a count below 1 is an error (a config validator)."""
+    if any(k < 1 for k in counts):
+        raise ValueError(f"every demo count must be >= 1, got {list(counts)}")
+    return tuple(dict.fromkeys(counts))
 
 
 class OptimizerConfig(BaseModel):
@@ -92,6 +99,11 @@ class InstructionSearchConfig(OptimizerConfig):
         num_demo_sets: Demo sets to build (the first is labeled-only).
         final_candidates: Instruction sets carried into the final selection.
         final_share: Share of the LM-call budget kept for the final selection.
+        demo_start: Demo counts ``k`` of the class-balanced labeled draws raced against the free baseline
+            (3 random labeled demos) before the search; the winner is the demo set every instruction is
+            searched on (see :mod:`dspy_ext.search.demo_start`). Empty: start from the baseline's draw.
+        demo_start_rows: Valset rows of that race (fewer when ``demo_start_share`` cannot pay for them).
+        demo_start_share: Largest share of the search phase's calls the race may take.
     """
 
     steps: int = Field(default=4, ge=0)
@@ -101,3 +113,11 @@ class InstructionSearchConfig(OptimizerConfig):
     num_demo_sets: int = Field(default=3, ge=1)
     final_candidates: int = Field(default=3, ge=1)
     final_share: float = Field(default=0.35, ge=0.0, lt=1.0)
+    demo_start: tuple[int, ...] = Field(default=(3, 8, 16))
+    demo_start_rows: int = Field(default=20, ge=1)
+    demo_start_share: float = Field(default=0.4, gt=0.0, lt=1.0)
+
+    @field_validator("demo_start")
+    @classmethod
+    def _distinct_counts(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
+        return distinct_demo_counts(counts)

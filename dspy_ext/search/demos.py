@@ -16,6 +16,7 @@ from typing import Any
 import dspy
 from dspy.teleprompt import BootstrapFewShot
 
+from dspy_ext.evaluation.constrained import infer_label_set, literal_labels
 from dspy_ext.lm.metering import find_budget_exhausted
 from dspy_ext.prompt_state import demo_to_dict, predictors
 
@@ -85,3 +86,17 @@ def build_demo_sets(
         if demo_set not in sets:
             sets.append(demo_set)
     return sets
+
+
+def closed_label_set(student: dspy.Module, trainset: list[dspy.Example]) -> tuple[tuple[str, ...] | None, str | None]:
+    """The closed label set of the examples' single label field and that field (``None`` when open or several):
+    the student's declared ``Literal`` labels, else the labels read off the training outputs."""
+    keys = sorted({k for ex in trainset for k in ex.labels() if k != "accepted"})
+    if len(keys) != 1:
+        return None, None
+    found = predictors(student)
+    if len(found) == 1 and keys[0] in found[0][1].signature.output_fields:
+        declared = literal_labels(found[0][1].signature, keys[0])
+        if declared:
+            return declared, keys[0]
+    return infer_label_set(trainset, keys[0]), keys[0]

@@ -389,32 +389,39 @@ class IncumbentRace:
         race_rows: Valset rows per round.
         alpha: Significance level of the racing and final paired tests.
         preferred_k: The ``requested_k`` that wins among ties (0: no preference).
+        rows: Race on the first ``rows`` valset rows only (``None``: the whole valset).
     """
 
-    def __init__(self, *, race_rows: int = 10, alpha: float = 0.05, preferred_k: int = 0) -> None:
+    def __init__(
+        self, *, race_rows: int = 10, alpha: float = 0.05, preferred_k: int = 0, rows: int | None = None
+    ) -> None:
         if race_rows < 1:
             raise ValueError("race_rows must be >= 1")
+        if rows is not None and rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         self.race_rows = race_rows
         self.alpha = alpha
         self.preferred_k = preferred_k
+        self.rows = rows
         self.lanes: list[RaceLane] = []
         self.chosen = 0
         self.exhausted = False
 
     def select(self, run: SearchRun, seed_candidate: Candidate, contenders: list[Candidate]) -> Candidate | None:
         self.lanes = [RaceLane(c) for c in [seed_candidate, *contenders]]
-        self.exhausted = self._race(run)
-        self.chosen = self._choose(len(run.valset))
+        valset = run.valset[: self.rows] if self.rows is not None else run.valset
+        self.exhausted = self._race(run, valset)
+        self.chosen = self._choose(len(valset))
         return self.lanes[self.chosen].candidate
 
-    def _race(self, run: SearchRun) -> bool:
-        """Score the lanes on the valset in rounds, dropping losers; ``True`` when the budget ran out."""
-        n_val = len(run.valset)
+    def _race(self, run: SearchRun, valset: list) -> bool:
+        """Score the lanes on ``valset`` in rounds, dropping losers; ``True`` when the budget ran out."""
+        n_val = len(valset)
         programs = [lane.candidate.apply(run.student) for lane in self.lanes]
         for start in range(0, n_val, self.race_rows):
-            rows = run.valset[start : start + self.race_rows]
+            rows = valset[start : start + self.race_rows]
             for lane, program in zip(self.lanes, programs):
                 if lane.dropped:
                     continue

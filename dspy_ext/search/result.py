@@ -28,6 +28,8 @@ class SearchResult:
         guard_report: With regression guards: every criterion, reference against the returned program on
             the valset (means with 95% CIs, the paired drop and test, tolerance, broken), the tolerances,
             and how many candidates each guard set aside.
+        demo_start: An instruction search's demo start: which demo set it started from and the race on
+            val that chose it (:class:`~dspy_ext.search.demo_start.DemoStart`; ``None``: none was raced).
     """
 
     method: str
@@ -43,6 +45,7 @@ class SearchResult:
     demo_sets: int
     trials: list[dict[str, Any]] = field(repr=False, default_factory=list)
     guard_report: dict[str, Any] | None = None
+    demo_start: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
