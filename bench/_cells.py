@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -25,3 +27,24 @@ def run_cell(cmd: list[str], out: Path, collect_only: bool) -> dict | None:
         return None
     out.write_text(proc.stdout)
     return read_json(proc.stdout)
+
+
+def run_commands(pending: list[list[str]], jobs: int) -> None:
+    """Run every command, ``jobs`` at a time, each logged next to its ``--out`` folder (one llama.cpp thread
+    per process unless ``DSPY_EXT_LLAMA_THREADS`` says otherwise)."""
+    env = {**os.environ, "DSPY_EXT_LLAMA_THREADS": os.environ.get("DSPY_EXT_LLAMA_THREADS", "1")}
+    pending = list(pending)
+    running: list[tuple[subprocess.Popen, list[str], float]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd = pending.pop(0)
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), cmd, time.time()))
+        time.sleep(2)
+        for item in list(running):
+            proc, cmd, started = item
+            if proc.poll() is not None:
+                running.remove(item)
+                print(f"rc={proc.returncode} {time.time() - started:.0f}s {' '.join(cmd)}", flush=True)

@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import run_commands  # noqa: E402
 from _docs import write_section  # noqa: E402
 
 from dspy_ext.evaluation.significance import paired_test  # noqa: E402
@@ -96,22 +94,7 @@ def commands() -> list[list[str]]:
 
 def run_all(jobs: int) -> None:
     """Run every compare command, ``jobs`` at a time (each resumes its stored cells)."""
-    env = {**os.environ, "DSPY_EXT_LLAMA_THREADS": os.environ.get("DSPY_EXT_LLAMA_THREADS", "1")}
-    pending = commands()
-    running: list[tuple[subprocess.Popen, list[str], float]] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            cmd = pending.pop(0)
-            out = Path(cmd[cmd.index("--out") + 1])
-            out.parent.mkdir(parents=True, exist_ok=True)
-            log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), cmd, time.time()))
-        time.sleep(2)
-        for item in list(running):
-            proc, cmd, started = item
-            if proc.poll() is not None:
-                running.remove(item)
-                print(f"rc={proc.returncode} {time.time() - started:.0f}s {' '.join(cmd)}", flush=True)
+    run_commands(commands(), jobs)
 
 
 # ---- reading -------------------------------------------------------------------------------------------

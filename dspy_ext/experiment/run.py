@@ -348,7 +348,7 @@ def _summarise(settings: RunSettings, inputs: _Inputs, compiled: _Compiled, scor
         budget=settings.budget,
         budget_enforced=compiled.optimizer.enforces_budget
         and isinstance(getattr(compiled.lm, "engine", None), MeteredEngine),
-        config=compiled.optimizer.config.model_dump(),
+        config=compiled.optimizer.config.model_dump(mode="json"),
         lm=getattr(components.lm, "model", str(components.lm)),
         adapter=components.adapter_name,
         train=len(train),
