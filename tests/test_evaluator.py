@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
+import signal
+import threading
+import time
 
 import dspy
 import pytest
@@ -356,3 +360,84 @@ def test_budget_already_spent_runs_nothing(fake_lm) -> None:
         report = Evaluator(exact, num_threads=4).evaluate(predict(), examples(5), meter=CallMeter(max_calls=0))
     assert report.budget_exhausted and report.rows == [] and lm.engine.calls == 0
     assert report.score == 0.0
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sigint_raises_keyboard_interrupt():
+    """SIGINT turns into ``KeyboardInterrupt`` in this block, whatever the test runner's own disposition.
+
+    A runner started in the background of a script ignores SIGINT (see tests/test_compare_workers.py).
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
+
+
+class _CtrlC:
+    """A responder that answers ``ok`` and, once ``after`` calls were made, sends SIGINT to the main thread
+    as a terminal's Ctrl-C does (once)."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.engine: FakeEngine | None = None
+        self._sent = threading.Event()
+        self._main = threading.main_thread().ident
+
+    def __call__(self, messages: list[dict[str, str]]) -> str:
+        if self.engine.calls >= self.after and not self._sent.is_set():
+            self._sent.set()
+            signal.pthread_kill(self._main, signal.SIGINT)
+        return "ok"
+
+
+def _settled(engine: FakeEngine, latency: float) -> int:
+    """The engine's call count once the rows still in flight have finished (they run on after the interrupt)."""
+    calls = -1
+    while calls != engine.calls:
+        calls = engine.calls
+        time.sleep(4 * latency)
+    return calls
+
+
+def test_ctrl_c_with_threads_cancels_the_queued_rows(fake_lm) -> None:
+    """A Ctrl-C while the main thread waits on the pool stops the evaluation at once: the queued rows are
+    cancelled and no running worker starts another, instead of every queued row being run first."""
+    threads, rows, after, latency = 4, 40, 8, 0.05
+    ctrl_c = _CtrlC(after)
+    lm = fake_lm(ctrl_c, latency=latency)
+    ctrl_c.engine = lm.engine
+    evaluator = Evaluator(exact, num_threads=threads)
+    meter = CallMeter()
+    with plain(lm), _sigint_raises_keyboard_interrupt(), pytest.raises(KeyboardInterrupt):
+        evaluator.evaluate(predict(), examples(rows), meter=meter)
+    calls = _settled(lm.engine, latency)
+    # At most the calls in flight when the signal came and one more row per thread that had just started.
+    assert after <= calls <= after + 2 * threads
+    assert meter.calls == calls  # every call made is counted
+    # The rows finished before (and during) the interrupt stay in the score cache: a new run pays for the rest.
+    with plain(lm):
+        rest = evaluator.evaluate(predict(), examples(rows))
+    assert rest.complete and rest.score == 100.0
+    assert rest.cache_hits >= threads and rest.cache_hits + rest.usage.calls == rows
+
+
+def test_interrupt_raised_in_a_worker_cancels_the_queued_rows(fake_lm) -> None:
+    """A KeyboardInterrupt out of a worker's row reaches the caller without the queued rows being run."""
+    threads, rows, after, latency = 4, 40, 8, 0.02
+
+    def interrupt(messages: list[dict[str, str]]) -> str:
+        if user_input(messages) == f"x{after - 1}":
+            raise KeyboardInterrupt
+        return "ok"
+
+    lm = fake_lm(interrupt, latency=latency)
+    with plain(lm), pytest.raises(KeyboardInterrupt):
+        Evaluator(exact, num_threads=threads).evaluate(predict(), examples(rows))
+    assert _settled(lm.engine, latency) <= after + 2 * threads

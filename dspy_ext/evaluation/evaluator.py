@@ -391,7 +391,10 @@ class Evaluator:
         temperature: float | None,
         stop: threading.Event,
     ) -> RowResult | None:
-        """Score one rollout under its own ``rollout_id``/temperature and cache it; ``None`` once the budget ran out."""
+        """Score one rollout under its own ``rollout_id``/temperature and cache it; ``None`` once ``stop`` is set.
+
+        ``stop`` is set when the budget ran out or the evaluation was interrupted (see :meth:`_run_threaded`).
+        """
         if stop.is_set():
             return None
         lm_ctx = {}
@@ -419,13 +422,15 @@ class Evaluator:
         desc: str,
     ) -> list[RowResult]:
         """Run the pending rollouts (in a thread pool when ``num_threads > 1``), with a progress bar if asked."""
-        rows: list[RowResult] = []
         bar = None
         if self.progress and pending:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(pending), desc=desc, leave=False)
-        if self.num_threads == 1 or len(pending) <= 1:
+        try:
+            if self.num_threads > 1 and len(pending) > 1:
+                return self._run_threaded(run, pending, stop, bar)
+            rows: list[RowResult] = []
             for i, k, key in pending:
                 row = run(i, k, key)
                 if row is not None:
@@ -434,17 +439,44 @@ class Evaluator:
                     bar.update(1)
                 if stop.is_set():
                     break
-        else:
-            with ThreadPoolExecutor(self.num_threads) as pool:
-                futures = [pool.submit(contextvars.copy_context().run, run, i, k, key) for i, k, key in pending]
-                for future in futures:
-                    row = future.result()
-                    if row is not None:
-                        rows.append(row)
-                    if bar is not None:
-                        bar.update(1)
-        if bar is not None:
-            bar.close()
+            return rows
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _run_threaded(
+        self,
+        run: Callable[[int, int, tuple], RowResult | None],
+        pending: list[tuple[int, int, tuple]],
+        stop: threading.Event,
+        bar: Any,
+    ) -> list[RowResult]:
+        """Run the pending rollouts in a thread pool; an interrupt (Ctrl-C) cancels the queued ones and goes up at once.
+
+        On a ``KeyboardInterrupt`` (or another ``BaseException`` that is not an ``Exception``) while this
+        thread waits, or out of a worker, the queued rows are cancelled and ``stop`` is set, so a worker
+        that takes a row after that makes no call for it. The rows in flight finish in the background
+        (their calls already counted by the meters, their rows kept in the score cache); the pool is not
+        waited for (the interpreter joins its threads at exit). No signal handler is installed.
+        """
+        rows: list[RowResult] = []
+        pool = ThreadPoolExecutor(self.num_threads)
+        try:
+            futures = [pool.submit(contextvars.copy_context().run, run, i, k, key) for i, k, key in pending]
+            for future in futures:
+                row = future.result()
+                if row is not None:
+                    rows.append(row)
+                if bar is not None:
+                    bar.update(1)
+        except Exception:
+            pool.shutdown(wait=True)
+            raise
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         return rows
 
     def _score_row(self, program: dspy.Module, example: dspy.Example, i: int, k: int) -> RowResult | None:
