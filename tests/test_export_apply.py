@@ -18,7 +18,10 @@ from dspy_ext.export import (
     load,
     runtime_program,
 )
+from dspy_ext.export.apply import answer_rule
+from dspy_ext.lm.answer_rule import AnswerMode, AnswerRule, answer_rule_lm, answer_rule_of
 from dspy_ext.prompt_state import program_state
+from dspy_ext.runtime import compute_hash, loads
 from programs import ChainOfThoughtProgram, DraftThenAnswer, Transform
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing OpenAI-style message:DeprecationWarning")
@@ -156,6 +159,25 @@ def test_runtime_program_answers_like_the_program(tmp_path: Path, fake_lm) -> No
             assert dict(runtime_backed(input=text).items()) == dict(compiled(input=text).items())
     first, second, third, fourth = lm.engine.requests
     assert first == second and third == fourth  # same messages through the runtime and through DSPy
+
+
+def test_apply_restores_a_calibrated_answer_rule(tmp_path: Path, fake_lm) -> None:
+    # The fake model's free reply is "great!"; by likelihood "positive" wins unless the prior corrects it.
+    scores = {"negative": -2.0, "positive": -1.0}
+    lm = fake_lm(lambda messages: "great!", scorer=lambda messages, reply: scores.get(reply, -9.0))
+    rule = AnswerRule(AnswerMode.CALIBRATED, "output", ("negative", "positive"), ("negative", "positive"), (0.1, 0.9))
+    compiled = _compiled_transform()
+    compiled.predict.lm = answer_rule_lm(rule)
+    export(compiled, tmp_path / "a.json", adapter=PlainAdapter())
+    fresh = apply(tmp_path / "a.json", Transform(instructions=BASELINE))
+    assert answer_rule_of(fresh.predict) == rule
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        assert fresh(input="a film").output == compiled(input="a film").output == "negative"
+    # A rule without reply texts (a program's own label_rules) is the runtime's alone: no LM is set.
+    data = json.loads((tmp_path / "a.json").read_text())
+    del data["predictors"]["predict"]["label_rule"]["replies"]
+    data["content_hash"] = compute_hash(data)
+    assert answer_rule(loads(json.dumps(data)), "predict") is None
 
 
 # --- the embedded model (9 LM calls) -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Apply an artifact back onto a program: instructions, field prefixes/descriptions and demos.
+"""Apply an artifact back onto a program: instructions, field prefixes/descriptions, demos and answer rules.
 
 Everything is checked before anything changes: predictor names, field names,
 roles, order and types must match, and the program with the new state must
@@ -15,12 +15,13 @@ from typing import Any
 import dspy
 
 from dspy_ext.export.exporter import adapter_from_options, annotation_type
+from dspy_ext.lm.answer_rule import AnswerMode, AnswerRule, answer_rule_lm
 from dspy_ext.prompt_state import predictors
 from dspy_ext.runtime import PromptArtifact, format_type, load, placeholder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ApplyError", "apply", "check_program"]
+__all__ = ["ApplyError", "answer_rule", "apply", "check_program"]
 
 
 class ApplyError(ValueError):
@@ -126,13 +127,15 @@ def check_program(artifact: PromptArtifact, program: dspy.Module) -> dict[str, t
 
 
 def apply(artifact_or_path: PromptArtifact | str | os.PathLike[str], program: dspy.Module) -> dspy.Module:
-    """Set the artifact's instructions, field prefixes/descriptions and demos on ``program``.
+    """Set the artifact's instructions, field prefixes/descriptions, demos and answer rules on ``program``.
 
     All-or-nothing: every predictor is checked (see :func:`check_program`)
     before any is changed. Instructions are set with
     ``signature.with_instructions`` on a new signature class, never through
     ``signature.instructions =`` (which would change a class shared with
-    other copies).
+    other copies). A predictor whose entry carries a ``label_rule`` with its reply texts (a compile's
+    constrained or calibrated answer rule) gets that rule back as its own LM
+    (:func:`~dspy_ext.lm.answer_rule.answer_rule_lm`), as the compiled program had it.
 
     Args:
         artifact_or_path: A loaded artifact, or the path of one (validated on load).
@@ -151,9 +154,29 @@ def apply(artifact_or_path: PromptArtifact | str | os.PathLike[str], program: ds
     """
     artifact = artifact_or_path if isinstance(artifact_or_path, PromptArtifact) else load(artifact_or_path)
     planned = check_program(artifact, program)
+    rules = {name: answer_rule(artifact, name) for name in planned}
     found = dict(predictors(program))
     for name, (signature, demos) in planned.items():
         found[name].signature = signature
         found[name].demos = demos
+        if rules[name] is not None:
+            found[name].lm = answer_rule_lm(rules[name])
     logger.info("applied %d predictor(s) from artifact %s", len(planned), artifact.content_hash[:12])
     return program
+
+
+def answer_rule(artifact: PromptArtifact, name: str) -> AnswerRule | None:
+    """Predictor ``name``'s answer rule as the compile made it, or ``None`` (free generation, or a label rule
+    without reply texts, which only the runtime applies).
+
+    Raises:
+        ApplyError: The ``label_rule`` is not a valid answer rule (the message says why).
+    """
+    rule = artifact.label_rule(name)
+    if not rule or "replies" not in rule:
+        return None
+    mode = AnswerMode.CALIBRATED if rule.get("prior") is not None else AnswerMode.CONSTRAINED
+    try:
+        return AnswerRule.from_dict({**rule, "mode": mode.value})
+    except ValueError as exc:
+        raise ApplyError(f"predictor {name!r}: the artifact's label_rule is not an answer rule: {exc}") from None
