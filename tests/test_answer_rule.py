@@ -118,6 +118,62 @@ _FRESH_PROCESS = textwrap.dedent(
 )
 
 
+_FRESH_FAKE_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import dspy
+    from dspy_ext.adapters import PlainAdapter
+    from support.biased_world import biased_lm
+
+    path, rows = sys.argv[1], json.loads(sys.argv[2])
+    program = dspy.Predict(dspy.Signature("input -> output", "placeholder"))
+    program.load(path, allow_unsafe_lm_state=True)
+    dspy.configure(lm=biased_lm(), adapter=PlainAdapter())
+    outputs = [program(input=row).output for row in rows]
+    compile_code = sorted(
+        m for m in sys.modules
+        if m.split(".")[:2] in (["dspy_ext", p] for p in ("search", "optimizers", "evaluation", "experiment", "registry"))
+    )
+    print(json.dumps({"outputs": outputs, "compile_code": compile_code}))
+    """
+)
+
+
+def test_a_demo_search_compile_that_chose_calibration_answers_the_same_in_a_fresh_process(tmp_path):
+    from dspy_ext.optimizers import DemoSearch
+    from dspy_ext.prompt_state import compile_record
+
+    from support.biased_world import biased_lm, review
+
+    student = dspy.Predict(dspy.Signature("input -> output", "Say positive or negative."))
+    train, val, test = [review(i) for i in range(40)], [review(i) for i in range(100, 130)], range(200, 220)
+    lm = biased_lm("fake/biased-compile")
+    exact = lambda example, prediction, trace=None: float(prediction.output == example.output)
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        program = DemoSearch(exact, max_lm_calls=400, seed=0, num_threads=1).compile(
+            student, trainset=train, valset=val
+        )
+        expected = [program(input=review(i).input).output for i in test]
+    result = compile_record(program).search
+    assert result.answers == {"self": "calibrated"} and result.calibration == "contextual"
+    assert expected == [review(i).output for i in test]  # calibrated: every row right
+    path = tmp_path / "program.json"
+    program.save(str(path))
+    saved = json.loads(path.read_text())["lm"]["engine"]["state"]["answer_rule"]
+    assert saved["mode"] == "calibrated" and saved["prior"][1] > saved["prior"][0]  # the prompt leans positive
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_FAKE_PROCESS, str(path), json.dumps([review(i).input for i in test])],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": f"{WORKTREE}:{WORKTREE / 'tests'}", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fresh["compile_code"] == []
+    assert fresh["outputs"] == expected
+
+
 @pytest.mark.embedded
 def test_embedded_calibrated_program_answers_the_same_after_load_in_a_fresh_process(local_lm, tmp_path):
     from dspy_ext.data import load_task, split_train_val
