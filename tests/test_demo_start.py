@@ -21,17 +21,7 @@ from dspy_ext.search.demo_start import baseline_draw
 from dspy_ext.search.plan import PlanInputs
 
 from support import fake_world
-
-
-def review(i: int) -> dspy.Example:
-    good = i % 2 == 0
-    return dspy.Example(
-        input=f"{'good' if good else 'bad'} film {i}", output="positive" if good else "negative"
-    ).with_inputs("input")
-
-
-TRAIN = [review(i) for i in range(40)]
-VAL = [review(i) for i in range(100, 130)]
+from support.reviews import TRAIN, VAL
 
 
 def respond(messages: list[dict[str, str]]) -> str:

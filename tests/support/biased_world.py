@@ -14,6 +14,8 @@ import dspy
 
 from dspy_ext.lm.fake import FakeEngine
 
+from support.reviews import review  # noqa: F401 - the rows of this world
+
 
 def polarity(messages: list[dict[str, str]]) -> int:
     text = messages[-1]["content"].removeprefix("Input: ")
@@ -31,10 +33,3 @@ def score(messages: list[dict[str, str]], reply: str) -> float:
 
 def biased_lm(name: str = "fake/biased") -> dspy.LM:
     return dspy.LM(name, engine=FakeEngine(respond, scorer=score), cache=False)
-
-
-def review(i: int) -> dspy.Example:
-    good = i % 2 == 0
-    return dspy.Example(
-        input=f"{'good' if good else 'bad'} film {i}", output="positive" if good else "negative"
-    ).with_inputs("input")
