@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -48,3 +49,12 @@ def run_commands(pending: list[list[str]], jobs: int) -> None:
             if proc.poll() is not None:
                 running.remove(item)
                 print(f"rc={proc.returncode} {time.time() - started:.0f}s {' '.join(cmd)}", flush=True)
+
+
+def grid_arguments(doc: str) -> argparse.Namespace:
+    """The command line of a benchmark grid: ``--collect-only``, ``--jobs N``, ``--no-doc``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--collect-only", action="store_true", help="tabulate the stored cells, run nothing")
+    parser.add_argument("--jobs", type=int, default=2, help="compare processes at once")
+    parser.add_argument("--no-doc", action="store_true", help="print, leave docs/benchmarks.md alone")
+    return parser.parse_args()

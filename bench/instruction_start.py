@@ -18,7 +18,6 @@ The cells are resumable ``dspy-ext compare`` runs (one per task):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import run_commands  # noqa: E402
+from _cells import grid_arguments, run_commands  # noqa: E402
 from _docs import write_section  # noqa: E402
 from issue10 import cells, fmean  # noqa: E402
 
@@ -94,11 +93,7 @@ def _fmt(value: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--collect-only", action="store_true", help="tabulate the stored cells, run nothing")
-    parser.add_argument("--jobs", type=int, default=2, help="compare processes at once")
-    parser.add_argument("--no-doc", action="store_true", help="print, leave docs/benchmarks.md alone")
-    args = parser.parse_args()
+    args = grid_arguments(__doc__)
     if not args.collect_only:
         run_commands(commands(), args.jobs)
     text, _ = table()

@@ -21,7 +21,6 @@ Cells that have not finished are shown as missing, never estimated.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import run_commands  # noqa: E402
+from _cells import grid_arguments, run_commands  # noqa: E402
 from _docs import write_section  # noqa: E402
 
 from dspy_ext.evaluation.significance import paired_test  # noqa: E402
@@ -299,11 +298,7 @@ def goal_text(summary: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--collect-only", action="store_true", help="tabulate the stored cells, run nothing")
-    parser.add_argument("--jobs", type=int, default=2, help="compare processes at once")
-    parser.add_argument("--no-doc", action="store_true", help="print, leave docs/benchmarks.md alone")
-    args = parser.parse_args()
+    args = grid_arguments(__doc__)
     if not args.collect_only:
         run_all(args.jobs)
     public, summary = comparison_table(PUBLIC)
