@@ -94,10 +94,11 @@ def commands() -> list[list[str]]:
     return jobs
 
 
-def run_all(jobs: int) -> None:
-    """Run every compare command, ``jobs`` at a time (each resumes its stored cells)."""
-    env = {**os.environ, "DSPY_EXT_LLAMA_THREADS": os.environ.get("DSPY_EXT_LLAMA_THREADS", "1")}
-    pending = commands()
+def run_all(jobs: int, pending: list[list[str]] | None = None, env: dict[str, str] | None = None) -> None:
+    """Run every compare command (``pending``, else this benchmark's), ``jobs`` at a time (each resumes its
+    stored cells), with ``env`` added to the environment."""
+    env = {**os.environ, "DSPY_EXT_LLAMA_THREADS": os.environ.get("DSPY_EXT_LLAMA_THREADS", "1"), **(env or {})}
+    pending = list(commands() if pending is None else pending)
     running: list[tuple[subprocess.Popen, list[str], float]] = []
     while pending or running:
         while pending and len(running) < jobs:
@@ -315,12 +316,17 @@ def goal_text(summary: dict[str, dict[str, float]]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(description: str) -> argparse.Namespace:
+    """The options of a grid benchmark: ``--collect-only``, ``--jobs``, ``--no-doc``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--collect-only", action="store_true", help="tabulate the stored cells, run nothing")
     parser.add_argument("--jobs", type=int, default=2, help="compare processes at once")
     parser.add_argument("--no-doc", action="store_true", help="print, leave docs/benchmarks.md alone")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
     if not args.collect_only:
         run_all(args.jobs)
     public, summary = comparison_table(PUBLIC)
