@@ -81,7 +81,10 @@ def collect_choices() -> dict[str, dict]:
                 if summary.exists():
                     search = json.loads(summary.read_text()).get("search") or {}
                     kept[f"{screen}/{task}/{seed}"] = {
-                        key: search.get(key) for key in ("answers", "screening", "screening_note", "k")
+                        **{key: search.get(key) for key in ("answers", "screening", "screening_note", "k")},
+                        "screened_arms": sum(
+                            1 for r in search.get("racing") or [] if r.get("screened_by") and r.get("answer") == "free"
+                        ),
                     }
     CHOICES.parent.mkdir(parents=True, exist_ok=True)
     CHOICES.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
@@ -148,6 +151,17 @@ def pooled_test(a: str, b: str) -> str:
     return f"{100 * test.diff:+.1f} points on {test.n} paired rows, p = {test.p_value:.2g}"
 
 
+def screened_arms(choices: dict[str, dict]) -> str:
+    """The mean number of arms each screen scored before the race, over the runs whose folder was read."""
+    parts = []
+    for screen in SCREENS:
+        counts = [c["screened_arms"] for k, c in choices.items() if k.startswith(f"{screen}/") and "screened_arms" in c]
+        parts.append(f"{screen} {fmean(counts):.1f} ({len(counts)} runs)" if counts else f"{screen} –")
+    return "Arms screened before the race (incumbent included; answer-rule variants not counted), mean per run: " + (
+        "; ".join(parts) + "."
+    )
+
+
 def missing_cells() -> list[str]:
     """``screen/task/seed`` of every cell that has not finished."""
     return [f"{s}/{t}/seed {seed}" for s in SCREENS for t in TASKS for seed in SEEDS if seed not in runs(s, t)]
@@ -190,6 +204,8 @@ def body(choices: dict[str, dict]) -> str:
             "gap of the chosen program; the answer rule each seed chose).",
             "",
             table,
+            "",
+            screened_arms(choices),
             "",
             f"Pooled paired tests on every (task, seed, test row): blend vs likelihood {pooled_test('blend', DEFAULT)}; "
             f"accuracy vs likelihood {pooled_test('accuracy', DEFAULT)}; blend vs accuracy "
