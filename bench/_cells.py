@@ -30,10 +30,10 @@ def run_cell(cmd: list[str], out: Path, collect_only: bool) -> dict | None:
     return read_json(proc.stdout)
 
 
-def run_commands(pending: list[list[str]], jobs: int) -> None:
-    """Run every command, ``jobs`` at a time, each logged next to its ``--out`` folder (one llama.cpp thread
-    per process unless ``DSPY_EXT_LLAMA_THREADS`` says otherwise)."""
-    env = {**os.environ, "DSPY_EXT_LLAMA_THREADS": os.environ.get("DSPY_EXT_LLAMA_THREADS", "1")}
+def run_commands(pending: list[list[str]], jobs: int, env: dict[str, str] | None = None) -> None:
+    """Run every command, ``jobs`` at a time, each logged next to its ``--out`` folder, with ``env`` added to
+    the environment (one llama.cpp thread per process unless ``DSPY_EXT_LLAMA_THREADS`` says otherwise)."""
+    env = {**os.environ, "DSPY_EXT_LLAMA_THREADS": os.environ.get("DSPY_EXT_LLAMA_THREADS", "1"), **(env or {})}
     pending = list(pending)
     running: list[tuple[subprocess.Popen, list[str], float]] = []
     while pending or running:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import dspy
 import pytest
@@ -52,6 +53,16 @@ def responder(skill: Callable[[int], int]) -> Callable[[list[dict[str, str]]], s
 
 def more_is_better(n_demos: int) -> int:
     return min(16, n_demos)
+
+
+class NoScoring:
+    """An engine that generates only, like a remote API: no likelihood screen."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def complete(self, request):
+        return self.inner.complete(request)
 
 
 def student() -> dspy.Predict:
@@ -143,13 +154,6 @@ def test_more_demos_hurting_keeps_the_incumbent(fake_lm):
 
 
 def test_an_lm_without_likelihood_screens_by_accuracy_with_a_note(fake_lm):
-    class NoScoring:  # generation only, like a remote API
-        def __init__(self, inner):
-            self.inner = inner
-
-        def complete(self, request):
-            return self.inner.complete(request)
-
     base = fake_lm(responder(more_is_better))
     lm = dspy.LM("fake/demo-search-no-scoring", engine=NoScoring(base.engine), cache=False)
     result = compile_record(compile_with(lm)).search
@@ -351,3 +355,76 @@ def test_embedded_demo_search_races_the_answer_rules_on_a_sentiment_slice(local_
     assert {"constrained", "calibrated"} <= set(raced) and result.answer_note == ""
     assert result.answers["self"] in raced and meter.calls == result.lm_calls <= 60
     assert result.val_score >= result.baseline_val_score
+
+
+# ---- the blended screen: accuracy first, likelihood breaking ties -----------------------------------
+
+
+def test_blend_orders_arms_tied_on_accuracy_by_likelihood_within_budget(fake_lm):
+    def n_demos(messages: list[dict[str, str]]) -> int:
+        return sum(1 for m in messages[:-1] if m["role"] == "assistant")
+
+    respond = responder(lambda n: 12)  # every demo set answers the same rows: accuracy ties everywhere
+
+    def scorer(messages: list[dict[str, str]], reply: str) -> float:
+        # The reply it generates is the likely one; 8-demo prompts are the most confident.
+        return 0.0 if reply == respond(messages) else (-3.0 if n_demos(messages) == 8 else -0.5)
+
+    def screened(**settings) -> tuple[Any, list[dict]]:
+        lm = fake_lm(respond, scorer=scorer)
+        result = compile_record(compile_with(lm, **settings)).search
+        assert result.lm_calls == calls_of(lm) <= settings.get("max_lm_calls", 400)
+        raced = [r for r in result.racing if r["val_rows"] and r["answer"] == "free" and r["origin"] != "incumbent"]
+        return result, raced
+
+    # 800 calls: every arm is screened both ways and the race fits every contender.
+    blend, raced = screened(screen_by="blend", max_lm_calls=800)
+    assert blend.screening == "blend" and blend.screening_note == ""
+    # The two best-screened (confirm_top=2) are the 8-demo sets; the preferred 16 joins them.
+    assert sorted(r["requested_k"] for r in raced) == [8, 8, 16]
+    arms = [r for r in blend.racing if r["origin"] != "incumbent" and r["answer"] == "free"]
+    assert {r["screened_by"] for r in arms} == {"blend"} and len({r["screen"] for r in arms}) == 1
+    assert all(r["screen_likelihood"] is not None for r in arms)
+    # Both screens ran on the same rows: a likelihood and an accuracy trial per arm.
+    screens = [r for r in blend.trials if r["split"] == "screen"]
+    by_likelihood = [r["key"] for r in screens if r.get("objective") == "label_prob"]
+    assert sorted(by_likelihood) == sorted(r["key"] for r in screens if "objective" not in r)
+    # Accuracy alone cannot tell the sets apart: the first drawn (k=3, k=8) race.
+    accuracy, raced = screened(screen_by="accuracy", max_lm_calls=800)
+    assert sorted(r["requested_k"] for r in raced) == [3, 8, 16]
+    for cap in (7, 45, 150, 400):
+        screened(screen_by="blend", max_lm_calls=cap)
+
+
+def test_blend_costs_both_screens_in_the_plan_and_falls_back_to_accuracy(fake_lm):
+    from dspy_ext.search.plan import PlanInputs
+
+    settings = {"max_lm_calls": 100_000, "demo_counts": (3, 8), "draws_per_count": 2, "answer_rules": ("free",)}
+    plans = {
+        s: DemoSearch(exact, screen_by=s, **settings).plan(PlanInputs(1, 40, 30, 2)).task_calls
+        for s in ("likelihood", "accuracy", "blend")
+    }
+    arms = 1 + 2 * 2
+    assert plans["blend"] == plans["likelihood"] + arms * 20 == plans["accuracy"] + arms * 20
+
+    # An LM that cannot score: the blend is the accuracy screen, and says why.
+    base = fake_lm(responder(more_is_better))
+    lm = dspy.LM("fake/demo-search-blend-no-scoring", engine=NoScoring(base.engine), cache=False)
+    result = compile_record(compile_with(lm, screen_by="blend")).search
+    assert result.screening == "accuracy" and "cannot score" in result.screening_note
+    assert not base.engine.score_requests and result.lm_calls == base.engine.calls <= 400
+    assert {r["screened_by"] for r in result.racing} <= {"accuracy", ""}
+
+
+@pytest.mark.embedded
+def test_embedded_blend_screen_on_a_sentiment_slice(local_lm):
+    meter = CallMeter()
+    with metering(meter):
+        program = compile_sentiment_slice(local_lm, max_lm_calls=80, demo_counts=(3, 8), screen_by="blend")
+    result = compile_record(program).search
+    assert result.screening == "blend" and result.screening_note == ""
+    screened = [r for r in result.racing if r["screened_by"]]
+    assert screened and all(r["screened_by"] == "blend" and r["screen_likelihood"] is not None for r in screened)
+    screens = [r for r in result.trials if r["split"] == "screen"]
+    assert {r.get("objective") for r in screens} == {"label_prob", None}
+    assert meter.calls == result.lm_calls <= 80 and result.val_score >= result.baseline_val_score
