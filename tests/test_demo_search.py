@@ -24,16 +24,7 @@ from dspy_ext.optimizers.demo_search import DemoSearch
 from dspy_ext.prompt_state import compile_record
 from dspy_ext.registry import build_optimizer, resolve_config
 
-
-def review(i: int) -> dspy.Example:
-    good = i % 2 == 0
-    return dspy.Example(
-        input=f"{'good' if good else 'bad'} film {i}", output="positive" if good else "negative"
-    ).with_inputs("input")
-
-
-TRAIN = [review(i) for i in range(40)]
-VAL = [review(i) for i in range(100, 130)]
+from support.reviews import TRAIN, VAL
 
 
 def responder(skill: Callable[[int], int]) -> Callable[[list[dict[str, str]]], str]:
