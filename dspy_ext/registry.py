@@ -27,9 +27,9 @@ from dspy_ext.adapters import PlainAdapter
 from dspy_ext.evaluation import feedback_of, measure, metric_value
 from dspy_ext.lm.metering import with_role
 from dspy_ext.optimizers import APE, OPRO, DemoSearch, EvoPrompt, ProTeGi
-from dspy_ext.optimizers.demo_search import closed_label_set
 from dspy_ext.prompt_state import predictors
 from dspy_ext.search.config import DEFAULT_BUDGET, OptimizerConfig, tunable
+from dspy_ext.search.demos import closed_label_set
 from dspy_ext.search.feedback import SearchFeedback
 from dspy_ext.search.final_selection import FinalSelector
 from dspy_ext.search.options import CompileOptions, GuardMode, MetricForm

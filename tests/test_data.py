@@ -21,7 +21,7 @@ from dspy_ext.data import (
     load_task,
     split_train_val,
 )
-from dspy_ext.optimizers.demo_search import closed_label_set
+from dspy_ext.search.demos import closed_label_set
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:

@@ -42,7 +42,6 @@ from dspy_ext.experiment.components import (
     Components,
     build_components,
     build_student,
-    labeled_demos,
     make_prompt_lm,
 )
 from dspy_ext.experiment.feedback import FeedbackMerge, merge_review_store
@@ -67,7 +66,7 @@ from dspy_ext.lm.metering import MAX_FAILURES_IN_A_ROW, CallMeter, ModelUnavaila
 from dspy_ext.lm.served import metered_lm
 from dspy_ext.prompt_state import compile_record, predictors, short_hash
 from dspy_ext.registry import OptimizerHandle, build_optimizer, get_spec, resolve_config
-from dspy_ext.search.demo_start import BASELINE_DEMOS
+from dspy_ext.search.demo_start import BASELINE_DEMOS, baseline_draw
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +516,7 @@ LABELED_BASELINE_DEMOS = BASELINE_DEMOS
 def labeled_baseline(student: dspy.Module, train: list[dspy.Example], seed: int) -> dspy.Module:
     """The student with :data:`LABELED_BASELINE_DEMOS` labeled training demos per predictor, drawn with ``seed``."""
     program = student.deepcopy()
-    demos = labeled_demos(train, min(LABELED_BASELINE_DEMOS, len(train)), seed)
+    demos = baseline_draw(train, seed, LABELED_BASELINE_DEMOS)
     for _, predictor in predictors(program):
         predictor.demos = list(demos)
     return program

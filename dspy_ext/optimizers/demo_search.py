@@ -95,7 +95,7 @@ from dspy_ext.search.teleprompter import SearchTeleprompter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoSearch", "DemoSearchConfig", "DemoSearchResult", "closed_label_set"]
+__all__ = ["DemoSearch", "DemoSearchConfig", "DemoSearchResult"]
 
 
 class DemoSearchConfig(OptimizerConfig):

@@ -32,10 +32,10 @@ import dspy
 
 from dspy_ext.lm.metering import metering
 from dspy_ext.prompt_state import predictors
-from dspy_ext.search.candidate import Candidate, PredictorPrompt
+from dspy_ext.search.candidate import Candidate
 from dspy_ext.search.config import InstructionSearchConfig
 from dspy_ext.search.context import demo_set_context_fit, fitting_demo_set
-from dspy_ext.search.demo_start import race_demo_start, race_rows_for
+from dspy_ext.search.demo_start import race_demo_start, race_rows_for, with_demos
 from dspy_ext.search.demos import DemoSet, build_demo_sets, labeled_demo_set
 from dspy_ext.search.final_selection import FinalSelector, SuccessiveHalving, final_contenders, with_demo_set
 from dspy_ext.search.options import Capabilities, CompileOptions, GuardMode, MetricForm
@@ -335,7 +335,7 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
         fit = lambda s: fitting_demo_set(s, lambda d: self._fits(run, student, d))
         if not c.demo_start or c.max_labeled_demos == 0:
             first = fit(labeled_demo_set(names, run.trainset, c.max_labeled_demos, run.rng))
-            return first, _with_demos(student, first, "student")
+            return first, with_demos(student, first, "student")
         first, baseline, report = race_demo_start(
             run,
             student,
@@ -347,12 +347,12 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
             fit=fit,
         )
         run.report(demo_start=report.to_dict())
-        return first, _with_demos(student, baseline, "baseline")
+        return first, with_demos(student, baseline, "baseline")
 
     def _bootstrap_demo_sets(self, run: SearchRun, student: dspy.Module, first: DemoSet) -> None:
         """Demo sets 1.. bootstrapped by DSPy, taught by set 0 (those that do not fit are set aside)."""
         c = self.config
-        teacher = _with_demos(student, first, "teacher").apply(student)
+        teacher = with_demos(student, first, "teacher").apply(student)
         # Bootstrapping stops at the first successes; a bounded pool keeps
         # a model that rarely succeeds from spending the search budget here.
         pool = run.rng.sample(run.trainset, min(len(run.trainset), 4 * c.max_bootstrapped_demos + 4))
@@ -432,12 +432,6 @@ class InstructionSearch(SearchTeleprompter, Generic[StateT]):
 
 #: Valset rows per round of the demo start's race.
 DEMO_START_ROUND = 10
-
-
-def _with_demos(student: dspy.Module, demo_set: DemoSet, origin: str) -> Candidate:
-    """The student's own instructions with ``demo_set`` (demo set index 0)."""
-    instructions = Candidate.from_program(student).instructions
-    return Candidate({n: PredictorPrompt(i, 0, demo_set.get(n, ())) for n, i in instructions.items()}, (), origin)
 
 
 def _unique(candidates: list[Candidate]) -> list[Candidate]:

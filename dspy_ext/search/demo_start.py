@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,10 @@ from dspy_ext.search.run import SearchRun
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BASELINE_DEMOS", "DemoStart", "baseline_draw", "race_demo_start", "race_rows_for"]
+__all__ = ["BASELINE_DEMOS", "DemoStart", "baseline_draw", "race_demo_start", "race_rows_for", "with_demos"]
+
+#: Cuts a demo set to fit the context window.
+Fit = Callable[[DemoSet], DemoSet]
 
 #: Labeled demos per predictor of the free baseline (``dspy-ext compile``'s ``baseline_test_score``).
 BASELINE_DEMOS = 3
@@ -84,14 +88,14 @@ def race_demo_start(
     share: float,
     round_rows: int,
     seed: int,
-    fit: Any,
+    fit: Fit,
 ) -> tuple[DemoSet, DemoSet, DemoStart]:
     """The demo set an instruction search starts from (see the module docstring).
 
     Args:
         run: The search run (its valset, evaluator, store and meters).
         student: The program being optimized.
-        counts: Demo counts ``k`` of the class-balanced draws raced against the baseline.
+        counts: Demo counts ``k`` of the class-balanced draws raced against the baseline (at least one).
         max_rows: At most this many valset rows are raced.
         share: Largest share of the search phase's calls the race may take.
         round_rows: Valset rows per racing round.
@@ -105,9 +109,6 @@ def race_demo_start(
     baseline = fit(_as_set(names, baseline_draw(run.trainset, seed)))
     labels, label_field = closed_label_set(student, run.trainset)
     report = DemoStart(k=_size(baseline), labels=list(labels) if labels else None)
-    if not counts:
-        report.note = "demo_start is empty"
-        return baseline, baseline, report
     arms = _balanced_arms(run, names, counts, labels, label_field, seed, fit, exclude=baseline)
     cap = run.search_meter.max_calls or run.total_meter.max_calls
     rows = race_rows_for(
@@ -142,11 +143,10 @@ def _race(
     report: DemoStart,
 ) -> DemoSet:
     """Race the baseline (the incumbent) against ``arms`` on the first ``rows`` valset rows."""
-    instructions = {name: p.signature.instructions for name, p in predictors(student)}
-    incumbent = _candidate(instructions, baseline, "start.baseline")
-    contenders = [_candidate(instructions, demo_set, f"start.{name}", requested_k=k) for name, k, demo_set in arms]
+    incumbent = with_demos(student, baseline, "start.baseline")
+    contenders = [with_demos(student, demo_set, f"start.{name}", requested_k=k) for name, k, demo_set in arms]
     race = IncumbentRace(race_rows=race_rows, rows=rows)
-    chosen = race.select(run, incumbent, contenders)
+    race.select(run, incumbent, contenders)
     sets = [("baseline", _size(baseline), baseline), *arms]
     report.rows = rows
     report.arms = [
@@ -164,7 +164,6 @@ def _race(
     if race.exhausted:
         report.note = "the budget ran out during the race; the baseline's draw was kept"
     logger.info("%s: demo start %s (k=%d) after a race on %d valset rows", run.method, name, k, rows)
-    assert chosen is not None
     return demo_set
 
 
@@ -175,7 +174,7 @@ def _balanced_arms(
     labels: tuple[str, ...] | None,
     label_field: str | None,
     seed: int,
-    fit: Any,
+    fit: Fit,
     *,
     exclude: DemoSet,
 ) -> list[tuple[str, int, DemoSet]]:
@@ -203,6 +202,9 @@ def _size(demo_set: DemoSet) -> int:
     return min((len(v) for v in demo_set.values()), default=0)
 
 
-def _candidate(instructions: dict[str, str], demo_set: DemoSet, origin: str, **meta: Any) -> Candidate:
-    prompts = {name: PredictorPrompt(text, 0, demo_set.get(name, ())) for name, text in instructions.items()}
+def with_demos(student: dspy.Module, demo_set: DemoSet, origin: str, **meta: Any) -> Candidate:
+    """The student's own instructions with ``demo_set`` (as demo set 0) on every predictor."""
+    prompts = {
+        name: PredictorPrompt(p.signature.instructions, 0, demo_set.get(name, ())) for name, p in predictors(student)
+    }
     return Candidate(prompts, (), origin, meta)
