@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -58,3 +59,22 @@ def grid_arguments(doc: str) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="compare processes at once")
     parser.add_argument("--no-doc", action="store_true", help="print, leave docs/benchmarks.md alone")
     return parser.parse_args()
+
+
+def run_grid(doc: str, commands: Callable[[], list[list[str]]], body: Callable[[], str], title: str, **hooks) -> None:
+    """A benchmark grid's command line: run what is missing (``commands()``, this checkout's code, one llama.cpp
+    thread per process), then print ``body()`` and write it as the ``title`` section of docs/benchmarks.md
+    (``hooks["before_write"]()`` first, e.g. a plot) unless ``--no-doc``."""
+    from _docs import write_section
+
+    args = grid_arguments(doc)
+    root = Path(__file__).resolve().parent.parent
+    os.chdir(root)
+    if not args.collect_only:
+        run_commands(commands(), args.jobs, env={"PYTHONPATH": str(root), "DSPY_EXT_LLAMA_THREADS": "1"})
+    text = body()
+    if not args.no_doc:
+        if "before_write" in hooks:
+            hooks["before_write"]()
+        write_section(title, text)
+    print(text)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cells import grid_arguments, run_commands  # noqa: E402
 from _docs import write_section  # noqa: E402
+from _plot import score_vs_calls  # noqa: E402
 
 from dspy_ext.evaluation.significance import paired_test  # noqa: E402
 
@@ -181,20 +182,20 @@ def comparison_table(tasks: list[str]) -> tuple[str, dict[str, dict[str, float]]
     return "\n".join(lines), summary
 
 
-def pooled_test(tasks: list[str], a: str, b: str) -> str:
-    """Paired test of optimizer ``a`` against ``b`` on all (task, seed, test row) triples."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for task in tasks:
-        found = cells(RESULTS / "issue10" / task)
-        for seed in SEEDS:
-            if (a, seed) in found and (b, seed) in found:
-                xs += found[(a, seed)]["scores"]
-                ys += found[(b, seed)]["scores"]
+def paired_text(pairs: list[tuple[dict, dict]]) -> str:
+    """A paired test over every test row of the ``(cell a, cell b)`` pairs, as text (``a`` minus ``b``)."""
+    xs = [x for a, _ in pairs for x in a["scores"]]
+    ys = [y for _, b in pairs for y in b["scores"]]
     if not xs:
         return "no paired cells"
     test = paired_test(xs, ys)
     return f"{100 * test.diff:+.1f} points on {test.n} paired rows, p = {test.p_value:.2g}"
+
+
+def pooled_test(tasks: list[str], a: str, b: str) -> str:
+    """Paired test of optimizer ``a`` against ``b`` on all (task, seed, test row) triples."""
+    found = {task: cells(RESULTS / "issue10" / task) for task in tasks}
+    return paired_text([(f[(a, s)], f[(b, s)]) for f in found.values() for s in SEEDS if (a, s) in f and (b, s) in f])
 
 
 def ablation_table() -> str:
@@ -249,36 +250,20 @@ def ablation_table() -> str:
 
 
 def plot(summary: dict[str, dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"demo-search": "C0", "mipro": "C1", "bfsrs": "C2", "labeled": "C7", "demo-search @200": "C9"}
-    for label, colour in colours.items():
+    """Every public run (dots) and each column's mean of tasks (stars); ``summary`` is unused (same means)."""
+    series = {}
+    for label in ("demo-search", "mipro", "bfsrs", "labeled", "demo-search @200"):
         root, optimizer = (
             (RESULTS / "issue10_b200", "demo-search") if label.endswith("@200") else (RESULTS / "issue10", label)
         )
-        xs, ys = [], []
-        for task in PUBLIC:
-            for seed in SEEDS:
-                cell = cells(root / task).get((optimizer, seed))
-                if cell:
-                    xs.append(cell["row"]["lm_calls"])
-                    ys.append(cell["row"]["test_score"])
-        ax.scatter(xs, ys, s=14, alpha=0.35, color=colour)
-        if label in summary:
-            ax.scatter(
-                [summary[label]["calls"]], [summary[label]["test"]], s=120, marker="*", color=colour, label=label
-            )
-    ax.set_xlabel("LM calls of the compile (forward passes included)")
-    ax.set_ylabel("test accuracy %")
-    ax.set_title("Public tasks, 3 seeds: each run (dots) and the mean of tasks (stars)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
-    plt.close(fig)
+        found = [cells(root / task).get((optimizer, seed)) for task in PUBLIC for seed in SEEDS]
+        series[label] = [(c["row"]["lm_calls"], c["row"]["test_score"]) for c in found if c]
+    score_vs_calls(
+        series,
+        PLOT,
+        "Public tasks, 3 seeds: each run (dots) and the mean of tasks (stars)",
+        "LM calls of the compile (forward passes included)",
+    )
 
 
 def goal_text(summary: dict[str, dict[str, float]]) -> str:

@@ -21,18 +21,14 @@ each run chose is read from its run folder (``runs/``, not kept in git) into ``c
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cells import grid_arguments, run_commands  # noqa: E402
-from _docs import write_section  # noqa: E402
-from issue10 import SEEDS, cells, fmean  # noqa: E402
-
-from dspy_ext.evaluation.significance import paired_test  # noqa: E402
+from _cells import run_grid  # noqa: E402
+from issue10 import SEEDS, cells, fmean, paired_text  # noqa: E402
 
 SCREENS = ["likelihood", "accuracy", "blend"]
 DEFAULT = "likelihood"
@@ -138,18 +134,8 @@ def screens_table(choices: dict[str, dict]) -> tuple[str, dict[str, float]]:
 
 def pooled_test(a: str, b: str) -> str:
     """Paired test of screen ``a`` against ``b`` on all (task, seed, test row) triples both finished."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for task in TASKS:
-        left, right = runs(a, task), runs(b, task)
-        for seed in SEEDS:
-            if seed in left and seed in right:
-                xs += left[seed]["scores"]
-                ys += right[seed]["scores"]
-    if not xs:
-        return "no paired cells"
-    test = paired_test(xs, ys)
-    return f"{100 * test.diff:+.1f} points on {test.n} paired rows, p = {test.p_value:.2g}"
+    pairs = [(runs(a, t), runs(b, t)) for t in TASKS]
+    return paired_text([(left[s], right[s]) for left, right in pairs for s in SEEDS if s in left and s in right])
 
 
 def screened_arms(choices: dict[str, dict]) -> str:
@@ -218,14 +204,7 @@ def body(choices: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    args = grid_arguments(__doc__)
-    os.chdir(ROOT)
-    if not args.collect_only:
-        run_commands(commands(), args.jobs, env={"PYTHONPATH": str(ROOT), "DSPY_EXT_LLAMA_THREADS": "1"})
-    text = body(collect_choices())
-    if not args.no_doc:
-        write_section(TITLE, text)
-    print(text)
+    run_grid(__doc__, commands, lambda: body(collect_choices()), TITLE)
 
 
 if __name__ == "__main__":

@@ -419,3 +419,45 @@ def test_embedded_blend_screen_on_a_sentiment_slice(local_lm):
     screens = [r for r in result.trials if r["split"] == "screen"]
     assert {r.get("objective") for r in screens} == {"label_prob", None}
     assert meter.calls == result.lm_calls <= 80 and result.val_score >= result.baseline_val_score
+
+
+def test_screen_on_train_scores_each_arm_on_training_rows_it_does_not_show(fake_lm):
+    lm = fake_lm(responder(more_is_better))
+    program = compile_with(lm, screen_on="train", answer_rules=("free",))
+    result = compile_record(program).search
+    val_inputs = {f"Input: {ex.input}" for ex in VAL}
+    train_inputs = {f"Input: {ex.input}" for ex in TRAIN}
+    assert lm.engine.score_requests
+    for messages, _ in lm.engine.score_requests:
+        asked = messages[-1]["content"]
+        shown = {m["content"] for m in messages[:-1] if m["role"] == "user"}
+        # A training row the prompt does not show as a demo, never a validation row the race scores again.
+        assert asked in train_inputs and asked not in val_inputs and asked not in shown
+    screens = [r for r in result.trials if r["split"] == "screen"]
+    assert screens and all(r["n"] == 20 for r in screens)
+    assert result.k == 16 and result.val_score > result.baseline_val_score
+    assert result.lm_calls == calls_of(lm) <= 400
+
+
+def test_screen_on_train_tops_up_with_val_rows_when_train_runs_short(fake_lm):
+    lm = fake_lm(responder(more_is_better))
+    # 20 screen rows, 16-demo arms on 24 training rows: 8 unused training rows, then 12 validation rows.
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        DemoSearch(exact, max_lm_calls=400, seed=0, num_threads=1, screen_on="train", answer_rules=("free",)).compile(
+            student(), trainset=TRAIN[:24], valset=VAL
+        )
+    val_inputs = {f"Input: {ex.input}" for ex in VAL}
+    sixteen = [m for m, _ in lm.engine.score_requests if sum(r["role"] == "assistant" for r in m) == 16]
+    assert sixteen and sum(m[-1]["content"] in val_inputs for m in sixteen) == 12 * len(sixteen) // 20
+    with pytest.raises(ValueError, match="screen_on"):
+        resolve_config("demo-search", {"screen_on": "test"})
+
+
+@pytest.mark.embedded
+def test_embedded_screen_on_train_on_a_sentiment_slice(local_lm):
+    program = compile_sentiment_slice(local_lm, max_lm_calls=80, demo_counts=(3, 8), screen_on="train")
+    result = compile_record(program).search
+    assert result.screening == "likelihood"
+    screens = [r for r in result.trials if r["split"] == "screen"]
+    assert screens and all(r["n"] == 5 and 0 < r["score"] <= 100 for r in screens)
+    assert result.lm_calls <= 80 and result.val_score >= result.baseline_val_score

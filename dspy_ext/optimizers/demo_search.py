@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -121,6 +122,10 @@ class DemoSearchConfig(OptimizerConfig):
             ``"accuracy"`` (generated accuracy on the screen rows: measures what the likelihood screen adds)
             or ``"blend"`` (both on the same rows: ranked by accuracy, ties broken by likelihood; costs both
             screens' calls; falls back to accuracy where likelihood cannot be computed).
+        screen_on: Where the screen's ``screen_rows`` rows come from. ``"val"``: the first validation
+            rows, which the race on val scores again. ``"train"``: for each arm, training rows it does not
+            show as demos (a fixed seeded order, topped up with validation rows if too few are left), so
+            the choice rests on ``screen_rows`` labeled rows besides the valset, at the same cost.
         answer_rules: The answer rules raced for predictors with a closed label set (``"free"`` always
             races; ``("free",)`` turns the dimension off).
         answer_top: Best-screened demo sets that race with each answer rule besides free generation.
@@ -143,6 +148,7 @@ class DemoSearchConfig(OptimizerConfig):
     reply_tokens: int = Field(default=64, ge=1)
     instructions: int = Field(default=0, ge=0)
     screen_by: Literal["likelihood", "accuracy", "blend"] = "likelihood"
+    screen_on: Literal["val", "train"] = "val"
     answer_rules: tuple[Literal["free", "constrained", "calibrated"], ...] = ("free", "constrained", "calibrated")
     answer_top: int = Field(default=1, ge=0)
     grounded: bool = False
@@ -328,7 +334,7 @@ class DemoSearch(SearchTeleprompter):
         per_row, probe = 1, 0
         if scoring and inputs.served_likelihood:
             per_row, probe = inputs.n_labels or 1, int(inputs.likelihood_probe)
-        rows = min(c.screen_rows, n_val)
+        rows = min(c.screen_rows, n_val + inputs.n_train * (c.screen_on == "train"))
         per_arm = rows * per_row * scoring + rows * repeats * (not scoring or c.screen_by == "blend")
         confirm = min(int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * repeats)
         rule_arms, priors = self._planned_rules(inputs)
@@ -468,7 +474,8 @@ class DemoSearch(SearchTeleprompter):
         (the budget less the confirmation's share and ``reserve`` calls kept for later)."""
         c = self.config
         n_val = len(run.valset)
-        screen_rows = run.valset[: min(c.screen_rows, n_val)]
+        rows_of = self._screen_rows(run)
+        screen_rows = rows_of(None)
         # The confirmation races at most confirm_top + 2 arms over the valset; the screen gets the rest.
         confirm_calls = min(
             int(self.max_lm_calls * c.confirm_share), (c.confirm_top + 2) * n_val * self.options.repeats
@@ -490,11 +497,26 @@ class DemoSearch(SearchTeleprompter):
                         "%s: %d calls are kept for the answer rules; later arms are not screened", self.method, reserve
                     )
                     break
-                exhausted = not self._screen(run, student, arm, screen_rows, labels, screening)
+                exhausted = not self._screen(run, student, arm, rows_of(arm), labels, screening)
             if screening.mode == "accuracy":
-                exhausted = not self._rescreen_by_accuracy(run, arms, screen_rows, screen_meter) or exhausted
+                exhausted = not self._rescreen_by_accuracy(run, arms, rows_of, screen_meter) or exhausted
         if exhausted:
             run.mark_exhausted()
+
+    def _screen_rows(self, run: SearchRun) -> Callable[[_Arm | None], list[dspy.Example]]:
+        """The screen rows of an arm (``None``: of any arm, for counting calls); see ``screen_on``."""
+        n = min(self.config.screen_rows, len(run.valset) + len(run.trainset))
+        if self.config.screen_on == "val":
+            fixed = run.valset[: min(n, len(run.valset))]
+            return lambda arm: fixed
+        order = random.Random(self.seed + 104729).sample(run.trainset, len(run.trainset))
+
+        def rows_of(arm: _Arm | None) -> list[dspy.Example]:
+            shown = arm.candidate.demo_rows() if arm is not None else []
+            unused = [row for row in order if demo_to_dict(row) not in shown]
+            return (unused + list(run.valset))[:n]
+
+        return rows_of
 
     def _contenders(self, arms: list[_Arm], incumbent: _Arm) -> list[_Arm]:
         """The best-screened arms (and the best with ``preferred_k`` demos), best first; a blended screen's
@@ -784,7 +806,7 @@ class DemoSearch(SearchTeleprompter):
         return True
 
     def _rescreen_by_accuracy(
-        self, run: SearchRun, arms: list[_Arm], rows: list[dspy.Example], meter: CallMeter
+        self, run: SearchRun, arms: list[_Arm], rows_of: Callable[[_Arm], list[dspy.Example]], meter: CallMeter
     ) -> bool:
         """Screen again by accuracy the arms screened by likelihood before the LM stopped scoring, so
         that every screen score compares like with like; an arm the budget cannot re-screen is not
@@ -793,7 +815,7 @@ class DemoSearch(SearchTeleprompter):
             arm.tiebreak, arm.screened_by = None, "accuracy"
         for arm in [a for a in arms if a.screened_by == "likelihood"]:
             arm.screen, arm.screened_by = None, ""
-            if meter.exhausted or not self._screen_by_accuracy(run, arm, rows):
+            if meter.exhausted or not self._screen_by_accuracy(run, arm, rows_of(arm)):
                 return False
         return True
 

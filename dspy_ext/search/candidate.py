@@ -61,6 +61,10 @@ class Candidate:
     def demo_sets(self) -> dict[str, int]:
         return {name: p.demo_set for name, p in self.prompts.items()}
 
+    def demo_rows(self) -> list[dict[str, Any]]:
+        """Every demo any predictor shows, as plain dicts (the rows a held-out score must leave out)."""
+        return [demo for p in self.prompts.values() for demo in p.demos]
+
     def with_instruction(
         self, name: str, instruction: str, *, origin: str, parents: tuple[str, ...] | None = None, **meta: Any
     ) -> Candidate:
