@@ -73,6 +73,10 @@ class LabeledConfig(OptimizerConfig):
 
 
 class GEPAConfig(OptimizerConfig):
+    """GEPA's settings. ``auto`` (one of GEPA's presets, which sizes its own metric calls from the program and
+    the valset) wins over ``max_metric_calls``; without either, the budget is its metric calls."""
+
+    auto: Literal["light", "medium", "heavy"] | None = None
     max_metric_calls: int | None = tunable(None, ge=1, tune={"int": [40, 200], "step": 20})
     reflection_minibatch_size: int = tunable(3, ge=1, tune={"int": [2, 5]})
 
@@ -451,9 +455,14 @@ class GEPAMetric:
 def _build_gepa(config: GEPAConfig, ctx: BuildContext) -> Any:
     five_arg_metric = GEPAMetric(ctx.metric, ctx.options.feedback)
     reflection_lm = _prompt_lm(ctx)
+    size = (
+        {"auto": config.auto}
+        if config.auto
+        else {"max_metric_calls": config.max_metric_calls or ctx.budget or DEFAULT_BUDGET}
+    )
     return dspy.GEPA(
         metric=five_arg_metric,
-        max_metric_calls=config.max_metric_calls or ctx.budget or DEFAULT_BUDGET,
+        **size,
         reflection_lm=reflection_lm,
         reflection_minibatch_size=config.reflection_minibatch_size,
         num_threads=ctx.options.num_threads,

@@ -92,6 +92,7 @@ def test_unknown_key_is_rejected_naming_it(name: str) -> None:
         ("bfsrs", {"num_candidate_programs": 0}, "num_candidate_programs"),
         ("labeled", {"k": -1}, "k"),
         ("gepa", {"max_metric_calls": 0}, "max_metric_calls"),
+        ("gepa", {"auto": "tiny"}, "auto"),
     ],
 )
 def test_bad_value_is_rejected_naming_the_key(name: str, config: dict[str, Any], key: str) -> None:
@@ -127,7 +128,10 @@ def test_budget_maps_to_dspy_settings() -> None:
         bfsrs = build_optimizer("bfsrs", metric, budget=100, n_train=10, n_val=10)
         copro = build_optimizer("copro", metric, budget=100, n_train=10, n_val=10)
         explicit = build_optimizer("copro", metric, budget=100, n_train=10, config={"breadth": 3})
+        light = build_optimizer("gepa", metric, budget=77, config={"auto": "light"})
     assert gepa.optimizer.max_metric_calls == 77
+    # GEPA's own preset sizes its metric calls; the budget does not override it.
+    assert light.optimizer.auto == "light" and light.optimizer.max_metric_calls is None
     assert bfsrs.optimizer.num_candidate_sets == 100 // 10 - 3
     assert copro.optimizer.breadth == 100 // (2 * 11)
     assert explicit.optimizer.breadth == 3
