@@ -271,6 +271,24 @@ def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
     assert len(raced) == 2 and all(r["val_rows"] == len(VAL) for r in raced)
     assert not result.chose_incumbent and result.val_score > result.baseline_val_score
     assert result.lm_calls <= 150
+    # With one seat besides the incumbent, the best set races under the constrained rule: the rule whose
+    # decision the likelihood screen scored.
+    assert [r["answer"] for r in raced] == ["free", "constrained"] and raced[1]["origin"] != "incumbent"
+
+
+def test_a_constrained_variant_keeps_its_seat_when_the_free_one_is_cut(fake_lm):
+    def gold(messages: list[dict[str, str]]) -> str:
+        return "positive" if messages[-1]["content"].startswith("Input: good") else "negative"
+
+    # Free replies miss the label format: racing only the free arm would keep the incumbent.
+    lm = fake_lm(
+        lambda messages: f"I think it is {gold(messages)}.",
+        scorer=lambda messages, reply: -0.1 if reply == gold(messages) else -2.0,
+    )
+    result = compile_record(compile_with(lm, max_lm_calls=150)).search
+    raced = [r for r in result.racing if r["val_rows"]]
+    assert [r["answer"] for r in raced] == ["free", "constrained"]
+    assert result.answers["self"] == "constrained" and result.val_score == 100.0 and result.lm_calls <= 150
 
 
 def test_screen_by_accuracy_is_the_likelihood_ablation(fake_lm):

@@ -531,7 +531,9 @@ class DemoSearch(SearchTeleprompter):
         return contenders
 
     def _fit_race(self, run: SearchRun, contenders: list[_Arm]) -> list[_Arm]:
-        """The first ``contenders``, as many as the budget left can race on the whole valset."""
+        """The ``contenders`` the budget left can race on the whole valset, in their order. When some must be cut,
+        constrained variants are kept first: the likelihood screen scored exactly their decision (the gold
+        label's probability among the labels), then the rest best-screened first."""
         n_val = len(run.valset)
         # Race only as many arms as the confirmation budget can score on the whole valset: an arm cut off
         # mid-race can never be chosen, and an unfinished incumbent forces the incumbent.
@@ -539,14 +541,16 @@ class DemoSearch(SearchTeleprompter):
         fits = max(1, available // max(1, n_val * self.options.repeats))
         if len(contenders) + 1 > fits:
             logger.info(
-                "%s: the %d calls left fit %d arm(s) on %d val rows; racing the incumbent and the %d best-screened",
+                "%s: the %d calls left fit %d arm(s) on %d val rows; racing the incumbent and %d contender(s)",
                 self.method,
                 available,
                 fits,
                 n_val,
                 fits - 1,
             )
-            contenders = contenders[: fits - 1]
+            first = [a for a in contenders if a.answer == AnswerMode.CONSTRAINED.value]
+            kept = (first + [a for a in contenders if a.answer != AnswerMode.CONSTRAINED.value])[: fits - 1]
+            contenders = [a for a in contenders if any(a is k for k in kept)]
         return contenders
 
     def _confirm(self, run: SearchRun, race: list[_Arm]) -> _Arm:
