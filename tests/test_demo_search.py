@@ -262,6 +262,18 @@ def test_embedded_demo_search_on_a_sentiment_slice(local_lm):
     assert screens and all(r["objective"] == "label_prob" and 0 < r["score"] <= 100 for r in screens)
 
 
+def label_format_missing_lm(fake_lm) -> dspy.LM:
+    """Free replies are sentences the exact metric rejects; scored, the right label is the likely one."""
+
+    def gold(messages: list[dict[str, str]]) -> str:
+        return "positive" if messages[-1]["content"].startswith("Input: good") else "negative"
+
+    return fake_lm(
+        lambda messages: f"I think it is {gold(messages)}.",
+        scorer=lambda messages, reply: -0.1 if reply == gold(messages) else -2.0,
+    )
+
+
 def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
     # 30 val rows; at 150 calls the confirmation fits two arms: the incumbent and the best-screened set.
     # Racing four would cut every arm off mid-valset and force the incumbent.
@@ -277,14 +289,8 @@ def test_a_small_budget_races_only_the_arms_it_can_finish(fake_lm):
 
 
 def test_a_constrained_variant_keeps_its_seat_when_the_free_one_is_cut(fake_lm):
-    def gold(messages: list[dict[str, str]]) -> str:
-        return "positive" if messages[-1]["content"].startswith("Input: good") else "negative"
-
     # Free replies miss the label format: racing only the free arm would keep the incumbent.
-    lm = fake_lm(
-        lambda messages: f"I think it is {gold(messages)}.",
-        scorer=lambda messages, reply: -0.1 if reply == gold(messages) else -2.0,
-    )
+    lm = label_format_missing_lm(fake_lm)
     result = compile_record(compile_with(lm, max_lm_calls=150)).search
     raced = [r for r in result.racing if r["val_rows"]]
     assert [r["answer"] for r in raced] == ["free", "constrained"]
@@ -334,14 +340,7 @@ def test_embedded_grounded_instruction_is_screened_on_the_real_model(local_lm):
 
 
 def test_a_constrained_answer_wins_where_free_replies_miss_the_label_format(fake_lm):
-    def gold(messages: list[dict[str, str]]) -> str:
-        return "positive" if messages[-1]["content"].startswith("Input: good") else "negative"
-
-    # Free replies are sentences the exact metric rejects; scored, the right label is the likely one.
-    lm = fake_lm(
-        lambda messages: f"I think it is {gold(messages)}.",
-        scorer=lambda messages, reply: -0.1 if reply == gold(messages) else -2.0,
-    )
+    lm = label_format_missing_lm(fake_lm)
     result = compile_record(compile_with(lm)).search
     assert result.answers["self"] in ("constrained", "calibrated") and result.decoding == "likelihood"
     assert result.val_score == 100.0 and result.baseline_val_score == 0.0
