@@ -249,8 +249,8 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict[str, dict[str, float]]) -> None:
-    """Every public run (dots) and each column's mean of tasks (stars); ``summary`` is unused (same means)."""
+def plot() -> None:
+    """Every public run (dots) and each column's mean of tasks (stars)."""
     series = {}
     for label in ("demo-search", "mipro", "bfsrs", "labeled", "demo-search @200"):
         root, optimizer = (
@@ -289,7 +289,7 @@ def main() -> None:
     public, summary = comparison_table(PUBLIC)
     held_out, _ = comparison_table(HELD_OUT)
     if not args.no_doc:
-        plot(summary)
+        plot()
     body = "\n".join(
         [
             "`DSPY_EXT_LLAMA_THREADS=1 python bench/issue10.py --jobs 2` (runs what is missing, then writes this "

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cells import run_grid  # noqa: E402
 from _plot import score_vs_calls  # noqa: E402
-from issue10 import SEEDS, cells, fmean, paired_text  # noqa: E402
+from issue10 import cells, fmean, paired_text, task_runs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CLOSED = ["sentiment", "first_word_letter", "sentence_similarity"]
@@ -102,11 +102,8 @@ def commands() -> list[list[str]]:
 
 # ---- reading -------------------------------------------------------------------------------------------
 def runs(column: str, task: str, root: Path | None = None) -> list[dict] | None:
-    """The column's cells of ``task`` over seeds 0-2, or ``None`` when any seed is missing."""
-    found = cells(root or folder(column, task))
-    optimizer = OPTIMIZER.get(column, column if root is None else "demo-search")
-    picked = [found.get((optimizer, s)) for s in SEEDS]
-    return None if any(p is None for p in picked) else picked  # type: ignore[return-value]
+    """The column's cells of ``task`` (in ``root`` if given) over seeds 0-2, or ``None`` when any seed is missing."""
+    return task_runs(root or folder(column, task), OPTIMIZER.get(column, column))
 
 
 def stored_seeds(root: Path, optimizer: str) -> list[int]:
