@@ -25,7 +25,6 @@ import inspect
 import json
 import logging
 import os
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from dspy_ext.data import TaskData, load_task
 from dspy_ext.experiment.settings import ExperimentSettings, SettingsError
 from dspy_ext.lm.answer_rule import only_answer_rule_lms
 from dspy_ext.lm.retry import CallPolicy, call_policy
+from dspy_ext.search.demo_start import baseline_draw
 from metrics import METRICS
 from programs import PROGRAMS, build_program
 
@@ -282,11 +282,9 @@ def labeled_demos(train: list[dspy.Example], k: int, seed: int) -> list[dspy.Exa
     Raises:
         ComponentError: ``k`` is larger than the training set.
     """
-    if k <= 0:
-        return []
     if k > len(train):
         raise ComponentError(f"{k} demos asked for, but the training set has only {len(train)} examples")
-    return random.Random(seed).sample(train, k)
+    return baseline_draw(train, seed, k)
 
 
 # ---- program state ------------------------------------------------------------------------------

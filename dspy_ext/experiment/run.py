@@ -357,7 +357,7 @@ def _summarise(settings: RunSettings, inputs: _Inputs, compiled: _Compiled, scor
             val=round(scored.val.score, 2),
             test=round(scored.test.score, 2),
             baseline_test=round(scored.baseline.score, 2),
-            baseline=f"the student with {LABELED_BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
+            baseline=f"the student with {BASELINE_DEMOS} labeled demos per predictor (0 LM calls)",
             zero_shot_test=round(scored.zero_shot.score, 2),
         ),
         spend=spend,
@@ -508,15 +508,11 @@ def _write_results(out: Path, compiled: dspy.Module, summary: dict[str, Any]) ->
     atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
 
 
-#: Labeled demos per predictor of the baseline a user gets for free (the instruction searches' demo start
-#: races against the same draw).
-LABELED_BASELINE_DEMOS = BASELINE_DEMOS
-
-
 def labeled_baseline(student: dspy.Module, train: list[dspy.Example], seed: int) -> dspy.Module:
-    """The student with :data:`LABELED_BASELINE_DEMOS` labeled training demos per predictor, drawn with ``seed``."""
+    """The student with :data:`~dspy_ext.search.demo_start.BASELINE_DEMOS` labeled training demos per predictor,
+    drawn with ``seed`` (the instruction searches' demo start races against the same draw)."""
     program = student.deepcopy()
-    demos = baseline_draw(train, seed, LABELED_BASELINE_DEMOS)
+    demos = baseline_draw(train, seed, BASELINE_DEMOS)
     for _, predictor in predictors(program):
         predictor.demos = list(demos)
     return program

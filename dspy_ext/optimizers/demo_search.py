@@ -507,7 +507,7 @@ class DemoSearch(SearchTeleprompter):
         """The screen rows of an arm (``None``: of any arm, for counting calls); see ``screen_on``."""
         n = min(self.config.screen_rows, len(run.valset) + len(run.trainset))
         if self.config.screen_on == "val":
-            fixed = run.valset[: min(n, len(run.valset))]
+            fixed = run.valset[:n]
             return lambda arm: fixed
         order = random.Random(self.seed + 104729).sample(run.trainset, len(run.trainset))
 
@@ -548,9 +548,11 @@ class DemoSearch(SearchTeleprompter):
                 n_val,
                 fits - 1,
             )
-            first = [a for a in contenders if a.answer == AnswerMode.CONSTRAINED.value]
-            kept = (first + [a for a in contenders if a.answer != AnswerMode.CONSTRAINED.value])[: fits - 1]
-            contenders = [a for a in contenders if any(a is k for k in kept)]
+            # A stable sort: constrained variants first, the rest in their order.
+            kept = {
+                id(a) for a in sorted(contenders, key=lambda a: a.answer != AnswerMode.CONSTRAINED.value)[: fits - 1]
+            }
+            contenders = [a for a in contenders if id(a) in kept]
         return contenders
 
     def _confirm(self, run: SearchRun, race: list[_Arm]) -> _Arm:
