@@ -219,3 +219,14 @@ def test_answer_rules_on_a_served_model_without_logprobs_fall_back_to_a_constrai
     assert set(outputs) <= set(targets["self"].labels) and outputs[:4] == outputs[4:]
     # One JSON-schema enum request a row (plus the refused json_schema form, once), all metered.
     assert meter.snapshot().calls == 2 * len(rows) + 1
+
+
+def test_a_cut_race_on_a_served_model_counts_a_request_per_label_for_rule_arms(proxy: CountingProxy) -> None:
+    """At 30 calls the race cannot take every contender: the constrained variant keeps its seat, priced at a
+    scoring request per label per row, so it finishes the valset; the server saw exactly what was reported."""
+    sent = proxy.requests
+    result = _small_demo_search(proxy.base, max_lm_calls=30, draws_per_count=1)
+    raced = [r for r in result.racing if r["val_rows"]]
+    assert [r["answer"] for r in raced] == ["free", "constrained"] and raced[0]["origin"] == "incumbent"
+    assert all(r["val_rows"] == 4 for r in raced)  # no arm cut off mid-valset
+    assert result.lm_calls == proxy.requests - sent <= 30

@@ -531,29 +531,39 @@ class DemoSearch(SearchTeleprompter):
         return contenders
 
     def _fit_race(self, run: SearchRun, contenders: list[_Arm]) -> list[_Arm]:
-        """The ``contenders`` the budget left can race on the whole valset, in their order. When some must be cut,
-        constrained variants are kept first: the likelihood screen scored exactly their decision (the gold
-        label's probability among the labels), then the rest best-screened first."""
-        n_val = len(run.valset)
+        """The ``contenders`` the budget left can race on the whole valset next to the incumbent, in their order.
+        When some must be cut, constrained variants are kept first: the likelihood screen scored exactly their
+        decision (the gold label's probability among the labels), then the rest best-screened first."""
         # Race only as many arms as the confirmation budget can score on the whole valset: an arm cut off
         # mid-race can never be chosen, and an unfinished incumbent forces the incumbent.
         available = self.max_lm_calls - run.total_meter.calls
-        fits = max(1, available // max(1, n_val * self.options.repeats))
-        if len(contenders) + 1 > fits:
+        left = available - self._race_calls(run, None)
+        kept: set[int] = set()
+        # A stable sort: constrained variants first, the rest in their order.
+        for arm in sorted(contenders, key=lambda a: a.answer != AnswerMode.CONSTRAINED.value):
+            if self._race_calls(run, arm) <= left:
+                kept.add(id(arm))
+                left -= self._race_calls(run, arm)
+        if len(kept) < len(contenders):
             logger.info(
-                "%s: the %d calls left fit %d arm(s) on %d val rows; racing the incumbent and %d contender(s)",
+                "%s: the %d calls left race the incumbent and %d of %d contender(s) on %d val rows",
                 self.method,
                 available,
-                fits,
-                n_val,
-                fits - 1,
+                len(kept),
+                len(contenders),
+                len(run.valset),
             )
-            # A stable sort: constrained variants first, the rest in their order.
-            kept = {
-                id(a) for a in sorted(contenders, key=lambda a: a.answer != AnswerMode.CONSTRAINED.value)[: fits - 1]
-            }
-            contenders = [a for a in contenders if id(a) in kept]
-        return contenders
+        return [a for a in contenders if id(a) in kept]
+
+    def _race_calls(self, run: SearchRun, arm: _Arm | None) -> int:
+        """The calls an arm (``None``: the incumbent) takes on the whole valset: a generation per row, or on an
+        engine that meters its own requests (a served model), a scoring request per label for a rule's rows."""
+        per_row = self.options.repeats
+        served = getattr(getattr(run.models.task_lm, "engine", None), "meters_own_requests", False)
+        if arm is not None and served:
+            labels = [len(p.answer.labels) for p in arm.candidate.prompts.values() if p.answer is not None]
+            per_row = max([per_row, *labels])
+        return max(1, len(run.valset) * per_row)
 
     def _confirm(self, run: SearchRun, race: list[_Arm]) -> _Arm:
         """Race ``race`` (the incumbent first) on the valset (:class:`IncumbentRace`); the chosen arm."""
